@@ -1,0 +1,1 @@
+//! Custom resource types of `asgbatch.io/v1alpha1`.

@@ -1,0 +1,1 @@
+//! The embedded Kubernetes API server used by `asg-batch dev` and the tests.

@@ -1,0 +1,9 @@
+//! asg-batch: a self-hosted AWS Batch — a Kubernetes operator that schedules batch jobs
+//! onto EC2 Auto Scaling Groups.
+//!
+//! The library does the work; `src/main.rs` only wires it to the command line.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod apiserver;
+pub mod scheduler;

@@ -1,0 +1,1 @@
+//! Pure scheduling logic: queue order, bin-packing, capacity plan, retry decisions.
