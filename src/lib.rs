@@ -6,4 +6,5 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod cloud;
 pub mod scheduler;
