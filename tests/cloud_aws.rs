@@ -5,54 +5,6 @@ mod support;
 
 use asg_batch::cloud::aws::AwsFleet;
 use asg_batch::cloud::{CloudError, Fleet, Lifecycle};
-use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
-use aws_sdk_ec2::types::RequestLaunchTemplateData;
-
-async fn create_group(config: &aws_config::SdkConfig, name: &str, max: i32) {
-    let ec2 = aws_sdk_ec2::Client::new(config);
-    let image_id = ec2
-        .describe_images()
-        .send()
-        .await
-        .expect("DescribeImages")
-        .images()
-        .first()
-        .and_then(|i| i.image_id().map(String::from))
-        .expect("moto ships AMIs");
-    let lt = ec2
-        .create_launch_template()
-        .launch_template_name(format!("{name}-lt"))
-        .launch_template_data(
-            RequestLaunchTemplateData::builder()
-                .image_id(image_id)
-                .instance_type("c5.xlarge".into())
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateLaunchTemplate");
-    let lt_id = lt
-        .launch_template()
-        .and_then(|t| t.launch_template_id())
-        .expect("id")
-        .to_string();
-    aws_sdk_autoscaling::Client::new(config)
-        .create_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .launch_template(
-            LaunchTemplateSpecification::builder()
-                .launch_template_id(lt_id)
-                .version("$Latest")
-                .build(),
-        )
-        .min_size(0)
-        .max_size(max)
-        .desired_capacity(0)
-        .availability_zones("us-east-1a")
-        .send()
-        .await
-        .expect("CreateAutoScalingGroup");
-}
 
 fn live_ids(state: &asg_batch::cloud::FleetState) -> Vec<String> {
     let mut ids: Vec<String> = state
@@ -67,7 +19,7 @@ fn live_ids(state: &asg_batch::cloud::FleetState) -> Vec<String> {
 async fn scale_protect_and_terminate() {
     let moto = support::moto::MotoServer::start();
     let config = moto.sdk_config().await;
-    create_group(&config, "nightly", 5).await;
+    support::moto::create_group(&config, "nightly", 5, 0).await;
     let fleet = AwsFleet::new(&config, "nightly");
 
     let empty = fleet.describe().await.expect("describe");
@@ -134,7 +86,7 @@ async fn scale_protect_and_terminate() {
 async fn errors_are_classified() {
     let moto = support::moto::MotoServer::start();
     let config = moto.sdk_config().await;
-    create_group(&config, "small", 2).await;
+    support::moto::create_group(&config, "small", 2, 0).await;
 
     let missing = AwsFleet::new(&config, "no-such-group");
     let err = missing.describe().await.expect_err("missing group");
