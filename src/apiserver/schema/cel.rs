@@ -52,23 +52,98 @@ pub(crate) struct CompiledRule {
 /// Functions (beyond operators) a rule may call.
 const SUPPORTED_FUNCTIONS: &[&str] = &[
     // standard library
-    "size", "matches", "contains", "startsWith", "endsWith", "int", "uint", "double", "string",
-    "bytes", "bool", "type", "dyn", "max", "min", "has",
+    "size",
+    "matches",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "type",
+    "dyn",
+    "has",
     // strings extension
-    "charAt", "indexOf", "lastIndexOf", "lowerAscii", "upperAscii", "replace", "split",
-    "substring", "trim", "join", "format", "strings.quote", "reverse",
+    "charAt",
+    "indexOf",
+    "lastIndexOf",
+    "lowerAscii",
+    "upperAscii",
+    "replace",
+    "split",
+    "substring",
+    "trim",
+    "join",
+    "format",
+    "strings.quote",
+    "reverse",
     // lists extension
-    "slice", "flatten", "distinct", "sort", "sortBy",
+    "slice",
+    "flatten",
+    "distinct",
+    "sort",
+    "sortBy",
     // math extension
-    "math.greatest", "math.least", "math.abs", "math.ceil", "math.floor", "math.round",
-    "math.sign", "math.trunc", "math.isNaN", "math.isInf", "math.isFinite",
+    "math.greatest",
+    "math.least",
+    "math.abs",
+    "math.ceil",
+    "math.floor",
+    "math.round",
+    "math.sign",
+    "math.trunc",
+    "math.isNaN",
+    "math.isInf",
+    "math.isFinite",
     // optionals
-    "optional.of", "optional.ofNonZeroValue", "optional.none", "hasValue", "value", "orValue",
-    "or", "optMap", "optFlatMap",
+    "optional.of",
+    "optional.ofNonZeroValue",
+    "optional.none",
+    "hasValue",
+    "value",
+    "orValue",
+    "or",
+    "optMap",
+    "optFlatMap",
     // Kubernetes libraries implemented here
-    "quantity", "isQuantity", "compareTo", "isGreaterThan", "isLessThan", "asInteger",
-    "asApproximateFloat", "isInteger", "sign", "add", "sub", "find", "findAll", "isSorted",
-    "sum", "sets.contains", "sets.equivalent", "sets.intersects",
+    "quantity",
+    "isQuantity",
+    "compareTo",
+    "isGreaterThan",
+    "isLessThan",
+    "asInteger",
+    "asApproximateFloat",
+    "isInteger",
+    "sign",
+    "add",
+    "sub",
+    "find",
+    "findAll",
+    "isSorted",
+    "sum",
+    "sets.contains",
+    "sets.equivalent",
+    "sets.intersects",
+    // namespaced functions as the parser may report them (without the namespace)
+    "quote",
+    "greatest",
+    "least",
+    "abs",
+    "ceil",
+    "floor",
+    "round",
+    "trunc",
+    "isNaN",
+    "isInf",
+    "isFinite",
+    "of",
+    "ofNonZeroValue",
+    "none",
+    "equivalent",
+    "intersects",
 ];
 
 /// The shared CEL environment (standard library plus extensions).
@@ -88,9 +163,11 @@ fn env() -> Arc<Env> {
 
 /// Compiles one CEL expression and checks that every function it calls is supported.
 pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
-    let program = env()
-        .compile(source)
-        .map_err(|e| format!("compilation failed: ERROR: <input>: {e}"))?;
+    // The CEL crate is third-party code fed with user input: never let a
+    // panic in it take the API server down.
+    let compiled = std::panic::catch_unwind(|| env().compile(source))
+        .map_err(|_| "compilation failed: internal error in the CEL parser".to_string())?;
+    let program = compiled.map_err(|e| format!("compilation failed: ERROR: <input>: {e}"))?;
     let refs = program.references();
     let mut unsupported: Vec<&str> = refs
         .functions()
@@ -107,7 +184,28 @@ pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
     let mut vars: Vec<&str> = refs
         .variables()
         .into_iter()
-        .filter(|v| !matches!(*v, "self" | "oldSelf") && !v.starts_with('@'))
+        .filter(|v| {
+            !matches!(
+                *v,
+                "self"
+                    | "oldSelf"
+                    | "int"
+                    | "uint"
+                    | "double"
+                    | "string"
+                    | "bool"
+                    | "bytes"
+                    | "list"
+                    | "map"
+                    | "null_type"
+                    | "type"
+                    | "optional_type"
+                    | "strings"
+                    | "math"
+                    | "sets"
+                    | "optional"
+            ) && !v.starts_with('@')
+        })
         .collect();
     vars.sort_unstable();
     // Comprehension variables are bound inside the program; only report
@@ -123,23 +221,29 @@ pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
 
 /// True when `var` is introduced by a macro such as `x.all(var, ...)`.
 fn binds_variable(source: &str, var: &str) -> bool {
-    ["all", "exists", "exists_one", "map", "filter", "existsOne", "transformList", "transformMap"]
-        .iter()
-        .any(|m| {
-            let pat = format!(".{m}(");
-            source.match_indices(&pat).any(|(i, _)| {
-                let rest = &source[i + pat.len()..];
-                let rest = rest.trim_start();
-                rest.starts_with(var)
-                    && rest[var.len()..]
-                        .trim_start()
-                        .starts_with([',', ')'])
-            })
+    [
+        "all",
+        "exists",
+        "exists_one",
+        "map",
+        "filter",
+        "existsOne",
+        "transformList",
+        "transformMap",
+    ]
+    .iter()
+    .any(|m| {
+        let pat = format!(".{m}(");
+        source.match_indices(&pat).any(|(i, _)| {
+            let rest = &source[i + pat.len()..];
+            let rest = rest.trim_start();
+            rest.starts_with(var) && rest[var.len()..].trim_start().starts_with([',', ')'])
         })
+    })
 }
 
 fn is_operator(name: &str) -> bool {
-    name.starts_with('_') || name.starts_with('@') || name.starts_with('!') || name.starts_with('-')
+    name.starts_with('_') || name.contains('@') || name.starts_with('!') || name.starts_with('-')
 }
 
 /// What evaluating a rule gave.
@@ -163,8 +267,21 @@ pub(crate) enum OldSelf<'a> {
     Optional(Option<&'a Value>),
 }
 
-/// Evaluates `rule` with `self` = `this`.
+/// Evaluates `rule` with `self` = `this` (a panic inside the CEL crate is
+/// reported as an evaluation error).
 pub(crate) fn evaluate(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        evaluate_inner(rule, this, old)
+    }))
+    .unwrap_or_else(|_| {
+        Outcome::Error(format!(
+            "internal error evaluating rule: {}",
+            rule_error_string(rule)
+        ))
+    })
+}
+
+fn evaluate_inner(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcome {
     let mut ctx = Context::with_env(env());
     register_functions(&mut ctx);
     ctx.add_variable_from_value("self", this.clone());
@@ -211,7 +328,10 @@ pub(crate) fn evaluate(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> O
                     rule_error_string(rule)
                 ))
             } else {
-                Outcome::Error(format!("{text} evaluating rule: {}", rule_error_string(rule)))
+                Outcome::Error(format!(
+                    "{text} evaluating rule: {}",
+                    rule_error_string(rule)
+                ))
             }
         }
     }
@@ -376,16 +496,24 @@ fn register_functions(ctx: &mut Context<'_, '_>) {
     );
     let _ = ctx.add_function(
         "find",
-        |ftx: &FunctionContext, This(s): This<Arc<String>>, p: Arc<String>| -> Result<Value, ExecutionError> {
+        |ftx: &FunctionContext,
+         This(s): This<Arc<String>>,
+         p: Arc<String>|
+         -> Result<Value, ExecutionError> {
             let re = regex_for(ftx, &p)?;
             Ok(Value::String(Arc::new(
-                re.find(&s).map(|m| m.as_str().to_string()).unwrap_or_default(),
+                re.find(&s)
+                    .map(|m| m.as_str().to_string())
+                    .unwrap_or_default(),
             )))
         },
     );
     let _ = ctx.add_function(
         "findAll",
-        |ftx: &FunctionContext, This(s): This<Arc<String>>, p: Arc<String>| -> Result<Value, ExecutionError> {
+        |ftx: &FunctionContext,
+         This(s): This<Arc<String>>,
+         p: Arc<String>|
+         -> Result<Value, ExecutionError> {
             let re = regex_for(ftx, &p)?;
             let all: Vec<Value> = re
                 .find_iter(&s)
@@ -416,7 +544,9 @@ fn register_functions(ctx: &mut Context<'_, '_>) {
             for v in l.iter() {
                 match v {
                     Value::Int(i) => {
-                        int = int.checked_add(*i).ok_or_else(|| ftx.error("integer overflow"))?
+                        int = int
+                            .checked_add(*i)
+                            .ok_or_else(|| ftx.error("integer overflow"))?
                     }
                     Value::Float(f) => {
                         is_float = true;
@@ -473,7 +603,9 @@ pub(crate) fn to_cel(v: &serde_json::Value, as_double: bool) -> Value {
             }
         }
         serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
-        serde_json::Value::Array(a) => Value::List(Arc::new(a.iter().map(|x| to_cel(x, false)).collect())),
+        serde_json::Value::Array(a) => {
+            Value::List(Arc::new(a.iter().map(|x| to_cel(x, false)).collect()))
+        }
         serde_json::Value::Object(m) => {
             let map: std::collections::HashMap<Key, Value> = m
                 .iter()
@@ -508,29 +640,82 @@ mod tests {
     #[test]
     fn every_supported_function_works() {
         let cases = [
-            ("size(self.a) == 2 && self.a.size() == 2", serde_json::json!({"a": [1, 2]})),
+            (
+                "size(self.a) == 2 && self.a.size() == 2",
+                serde_json::json!({"a": [1, 2]}),
+            ),
             ("self.s.matches('^a+$')", serde_json::json!({"s": "aa"})),
-            ("self.s.contains('b') && self.s.startsWith('a') && self.s.endsWith('c')", serde_json::json!({"s": "abc"})),
-            ("int('1') == 1 && uint(1) == 1u && double(1) == 1.0 && string(1) == '1' && bool('true') && bytes('a') == b'a'", serde_json::json!({})),
+            (
+                "self.s.contains('b') && self.s.startsWith('a') && self.s.endsWith('c')",
+                serde_json::json!({"s": "abc"}),
+            ),
+            (
+                "int('1') == 1 && uint(1) == 1u && double(1) == 1.0 && string(1) == '1' && bool('true') && bytes('a') == b'a'",
+                serde_json::json!({}),
+            ),
             ("type(1) == int && dyn(1) == 1", serde_json::json!({})),
-            ("self.s.charAt(0) == 'a' && self.s.indexOf('b') == 1 && self.s.lastIndexOf('c') == 2", serde_json::json!({"s": "abc"})),
-            ("self.s.lowerAscii() == 'abc' && self.s.upperAscii() == 'ABC'", serde_json::json!({"s": "aBc"})),
-            ("self.s.replace('a', 'x') == 'xbc' && self.s.split('b') == ['a', 'c'] && self.s.substring(1) == 'bc'", serde_json::json!({"s": "abc"})),
-            ("' a '.trim() == 'a' && ['a','b'].join('-') == 'a-b' && 'abc'.reverse() == 'cba' && strings.quote('a') == '\"a\"'", serde_json::json!({})),
+            (
+                "self.s.charAt(0) == 'a' && self.s.indexOf('b') == 1 && self.s.lastIndexOf('c') == 2",
+                serde_json::json!({"s": "abc"}),
+            ),
+            (
+                "self.s.lowerAscii() == 'abc' && self.s.upperAscii() == 'ABC'",
+                serde_json::json!({"s": "aBc"}),
+            ),
+            (
+                "self.s.replace('a', 'x') == 'xbc' && self.s.split('b') == ['a', 'c'] && self.s.substring(1) == 'bc'",
+                serde_json::json!({"s": "abc"}),
+            ),
+            (
+                "' a '.trim() == 'a' && ['a','b'].join('-') == 'a-b' && 'abc'.reverse() == 'cba' && strings.quote('a') == '\"a\"'",
+                serde_json::json!({}),
+            ),
             ("'%s'.format(['x']) == 'x'", serde_json::json!({})),
-            ("[1,2,3].slice(0, 2) == [1, 2] && [[1],[2]].flatten() == [1, 2] && [1,1].distinct() == [1] && [2,1].sort() == [1, 2]", serde_json::json!({})),
-            ("math.greatest(1, 2) == 2 && math.least(1, 2) == 1 && math.abs(-1) == 1", serde_json::json!({})),
-            ("optional.of(1).hasValue() && optional.none().orValue(2) == 2 && optional.of(3).value() == 3", serde_json::json!({})),
-            ("quantity('2Gi').compareTo(quantity('1Gi')) == 1 && isQuantity('1m') && !isQuantity('x')", serde_json::json!({})),
-            ("quantity(self.m).isGreaterThan(quantity('1Gi')) && quantity('1').isLessThan(quantity('2'))", serde_json::json!({"m": "2Gi"})),
-            ("quantity('2k').asInteger() == 2000 && quantity('500m').asApproximateFloat() == 0.5 && !quantity('500m').isInteger() && quantity('-1').sign() == -1", serde_json::json!({})),
-            ("quantity('1').add(quantity('500m')) == quantity('1500m') && quantity('1').sub(1) == quantity('0')", serde_json::json!({})),
-            ("'abc123'.find('[0-9]+') == '123' && 'a1b2'.findAll('[0-9]') == ['1', '2']", serde_json::json!({})),
-            ("[1,2,3].isSorted() && [1,2,3].sum() == 6", serde_json::json!({})),
-            ("sets.contains([1,2], [1]) && sets.equivalent([1,2], [2,1]) && sets.intersects([1], [1,3])", serde_json::json!({})),
-            ("self.l.all(x, x > 0) && self.l.exists(x, x == 2) && self.l.exists_one(x, x == 3) && self.l.map(x, x * 2) == [2, 4, 6] && self.l.filter(x, x > 1) == [2, 3]", serde_json::json!({"l": [1, 2, 3]})),
+            (
+                "[1,2,3].slice(0, 2) == [1, 2] && [[1],[2]].flatten() == [1, 2] && [1,1].distinct() == [1] && [2,1].sort() == [1, 2]",
+                serde_json::json!({}),
+            ),
+            (
+                "math.greatest(1, 2) == 2 && math.least(1, 2) == 1 && math.abs(-1) == 1",
+                serde_json::json!({}),
+            ),
+            (
+                "optional.of(1).hasValue() && optional.none().orValue(2) == 2 && optional.of(3).value() == 3",
+                serde_json::json!({}),
+            ),
+            (
+                "quantity('2Gi').compareTo(quantity('1Gi')) == 1 && isQuantity('1m') && !isQuantity('x')",
+                serde_json::json!({}),
+            ),
+            (
+                "quantity(self.m).isGreaterThan(quantity('1Gi')) && quantity('1').isLessThan(quantity('2'))",
+                serde_json::json!({"m": "2Gi"}),
+            ),
+            (
+                "quantity('2k').asInteger() == 2000 && quantity('500m').asApproximateFloat() == 0.5 && !quantity('500m').isInteger() && quantity('-1').sign() == -1",
+                serde_json::json!({}),
+            ),
+            (
+                "quantity('1').add(quantity('500m')) == quantity('1500m') && quantity('1').sub(1) == quantity('0')",
+                serde_json::json!({}),
+            ),
+            (
+                "'abc123'.find('[0-9]+') == '123' && 'a1b2'.findAll('[0-9]') == ['1', '2']",
+                serde_json::json!({}),
+            ),
+            (
+                "[1,2,3].isSorted() && [1,2,3].sum() == 6",
+                serde_json::json!({}),
+            ),
+            (
+                "sets.contains([1,2], [1]) && sets.equivalent([1,2], [2,1]) && sets.intersects([1], [1,3])",
+                serde_json::json!({}),
+            ),
+            (
+                "self.l.all(x, x > 0) && self.l.exists(x, x == 2) && self.l.exists_one(x, x == 3) && self.l.map(x, x * 2) == [2, 4, 6] && self.l.filter(x, x > 1) == [2, 3]",
+                serde_json::json!({"l": [1, 2, 3]}),
+            ),
             ("has(self.a) && !has(self.b)", serde_json::json!({"a": 1})),
-            ("max(1, 2) == 2", serde_json::json!({})),
         ];
         for (src, this) in cases {
             assert_eq!(eval(src, this), Outcome::Pass, "{src}");
@@ -539,12 +724,23 @@ mod tests {
 
     #[test]
     fn unsupported_functions_are_refused() {
-        for src in ["url(self.u).getHost() == 'a'", "ip('1.2.3.4').family() == 4", "self.x.semver()", "timestamp('2020-01-01T00:00:00Z') > timestamp('2019-01-01T00:00:00Z')"] {
+        for src in [
+            "url(self.u).getHost() == 'a'",
+            "ip('1.2.3.4').family() == 4",
+            "self.x.semver()",
+            "max(1, 2) == 2",
+            "[1].min() == 1",
+            "timestamp('2020-01-01T00:00:00Z') > timestamp('2019-01-01T00:00:00Z')",
+        ] {
             let e = compile_expression(src).map(|_| ()).unwrap_err();
             assert!(e.contains("not supported"), "{src}: {e}");
         }
         assert!(compile_expression("self.a ==").is_err());
-        assert!(compile_expression("foo == 1").unwrap_err().contains("undeclared reference to 'foo'"));
+        assert!(
+            compile_expression("foo == 1")
+                .unwrap_err()
+                .contains("undeclared reference to 'foo'")
+        );
         assert!(compile_expression("self.l.all(x, x > 0)").is_ok());
     }
 
@@ -562,12 +758,20 @@ mod tests {
         r.message = "a must be > 1".into();
         r.message_expression = compile_expression("'a is ' + string(self.a)").ok();
         assert_eq!(
-            evaluate(&r, &to_cel(&serde_json::json!({"a": 1}), false), OldSelf::None),
+            evaluate(
+                &r,
+                &to_cel(&serde_json::json!({"a": 1}), false),
+                OldSelf::None
+            ),
             Outcome::Fail("a is 1".into())
         );
         r.message_expression = compile_expression("self.a").ok();
         assert_eq!(
-            evaluate(&r, &to_cel(&serde_json::json!({"a": 1}), false), OldSelf::None),
+            evaluate(
+                &r,
+                &to_cel(&serde_json::json!({"a": 1}), false),
+                OldSelf::None
+            ),
             Outcome::Fail("a must be > 1".into())
         );
     }
@@ -575,13 +779,19 @@ mod tests {
     #[test]
     fn old_self_binding() {
         let r = rule("self >= oldSelf");
-        assert_eq!(evaluate(&r, &Value::Int(2), OldSelf::Value(&Value::Int(1))), Outcome::Pass);
+        assert_eq!(
+            evaluate(&r, &Value::Int(2), OldSelf::Value(&Value::Int(1))),
+            Outcome::Pass
+        );
         assert_eq!(
             evaluate(&r, &Value::Int(0), OldSelf::Value(&Value::Int(1))),
             Outcome::Fail("failed rule: self >= oldSelf".into())
         );
         let r = rule("!oldSelf.hasValue() || self >= oldSelf.value()");
-        assert_eq!(evaluate(&r, &Value::Int(0), OldSelf::Optional(None)), Outcome::Pass);
+        assert_eq!(
+            evaluate(&r, &Value::Int(0), OldSelf::Optional(None)),
+            Outcome::Pass
+        );
         assert_eq!(
             evaluate(&r, &Value::Int(0), OldSelf::Optional(Some(&Value::Int(1)))),
             Outcome::Fail("failed rule: !oldSelf.hasValue() || self >= oldSelf.value()".into())

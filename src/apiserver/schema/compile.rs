@@ -46,7 +46,10 @@ pub(crate) struct Node {
 impl Node {
     /// The schema of property `name`.
     pub fn property(&self, name: &str) -> Option<&Node> {
-        self.properties.iter().find(|(k, _)| k == name).map(|(_, n)| n)
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, n)| n)
     }
 
     /// The schema of the value under key `name` of an object (property or additionalProperties).
@@ -106,7 +109,15 @@ impl Compiler {
             ));
             return n;
         };
-        for forbidden in ["$ref", "$schema", "definitions", "dependencies", "id", "patternProperties", "additionalItems"] {
+        for forbidden in [
+            "$ref",
+            "$schema",
+            "definitions",
+            "dependencies",
+            "id",
+            "patternProperties",
+            "additionalItems",
+        ] {
             if m.contains_key(forbidden) {
                 self.errors.push(FieldError::forbidden(
                     format!("{path}.{forbidden}"),
@@ -159,7 +170,8 @@ impl Compiler {
                 Place::Items => "must not be empty for specified array items",
                 _ => "must not be empty",
             };
-            self.errors.push(FieldError::required(format!("{path}.type"), detail));
+            self.errors
+                .push(FieldError::required(format!("{path}.type"), detail));
         }
         if n.embedded_resource && n.ty.as_deref() != Some("object") && n.ty.is_some() {
             self.errors.push(FieldError::invalid(
@@ -212,7 +224,12 @@ impl Compiler {
         }
         if let Some(r) = m.get("required") {
             match r.as_array() {
-                Some(a) => n.required = a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                Some(a) => {
+                    n.required = a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                }
                 None => self.errors.push(FieldError::invalid(
                     format!("{path}.required"),
                     r,
@@ -225,7 +242,16 @@ impl Compiler {
             match props.as_object() {
                 Some(p) => {
                     for (k, v) in p {
-                        let child = self.node(v, &format!("{path}.properties[{k}]"), if place == Place::Junctor { Place::Junctor } else { Place::Property }, child_preserve);
+                        let child = self.node(
+                            v,
+                            &format!("{path}.properties[{k}]"),
+                            if place == Place::Junctor {
+                                Place::Junctor
+                            } else {
+                                Place::Property
+                            },
+                            child_preserve,
+                        );
                         n.properties.push((k.clone(), child));
                     }
                 }
@@ -255,7 +281,16 @@ impl Compiler {
                         "additionalProperties and properties are mutual exclusive",
                     ));
                 }
-                let child = self.node(v, &format!("{path}.additionalProperties"), if place == Place::Junctor { Place::Junctor } else { Place::AdditionalProperties }, child_preserve);
+                let child = self.node(
+                    v,
+                    &format!("{path}.additionalProperties"),
+                    if place == Place::Junctor {
+                        Place::Junctor
+                    } else {
+                        Place::AdditionalProperties
+                    },
+                    child_preserve,
+                );
                 n.additional = Some(Box::new(child));
             }
         }
@@ -266,7 +301,16 @@ impl Compiler {
                     "items must be a schema object and not an array",
                 ));
             } else {
-                let child = self.node(items, &format!("{path}.items"), if place == Place::Junctor { Place::Junctor } else { Place::Items }, child_preserve);
+                let child = self.node(
+                    items,
+                    &format!("{path}.items"),
+                    if place == Place::Junctor {
+                        Place::Junctor
+                    } else {
+                        Place::Items
+                    },
+                    child_preserve,
+                );
                 n.items = Some(Box::new(child));
             }
         } else if n.ty.as_deref() == Some("array") && place != Place::Junctor {
@@ -278,7 +322,11 @@ impl Compiler {
         for (key, target) in [("allOf", 0), ("anyOf", 1), ("oneOf", 2)] {
             if let Some(list) = m.get(key) {
                 let Some(a) = list.as_array() else {
-                    self.errors.push(FieldError::invalid(format!("{path}.{key}"), list, "must be an array"));
+                    self.errors.push(FieldError::invalid(
+                        format!("{path}.{key}"),
+                        list,
+                        "must be an array",
+                    ));
                     continue;
                 };
                 let nodes: Vec<Node> = a
@@ -294,7 +342,12 @@ impl Compiler {
             }
         }
         if let Some(not) = m.get("not") {
-            n.not = Some(Box::new(self.node(not, &format!("{path}.not"), Place::Junctor, true)));
+            n.not = Some(Box::new(self.node(
+                not,
+                &format!("{path}.not"),
+                Place::Junctor,
+                true,
+            )));
         }
         if let Some(lt) = m.get("x-kubernetes-list-type") {
             match lt.as_str() {
@@ -309,15 +362,26 @@ impl Compiler {
                     n.list_type = Some(s.to_string());
                 }
                 _ => {
-                    let valid: Vec<String> = ["atomic", "set", "map"].iter().map(|s| s.to_string()).collect();
-                    self.errors.push(FieldError::not_supported(format!("{path}.x-kubernetes-list-type"), lt, &valid));
+                    let valid: Vec<String> = ["atomic", "set", "map"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                    self.errors.push(FieldError::not_supported(
+                        format!("{path}.x-kubernetes-list-type"),
+                        lt,
+                        &valid,
+                    ));
                 }
             }
         }
         if let Some(keys) = m.get("x-kubernetes-list-map-keys") {
             n.list_map_keys = keys
                 .as_array()
-                .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
         }
         if n.list_type.as_deref() == Some("map") {
@@ -365,7 +429,9 @@ impl Compiler {
             match rules.as_array() {
                 Some(a) => {
                     for (i, r) in a.iter().enumerate() {
-                        if let Some(c) = self.rule(r, &format!("{path}.x-kubernetes-validations[{i}]")) {
+                        if let Some(c) =
+                            self.rule(r, &format!("{path}.x-kubernetes-validations[{i}]"))
+                        {
                             n.rules.push(c);
                         }
                     }
@@ -382,7 +448,8 @@ impl Compiler {
 
     fn rule(&mut self, r: &Value, path: &str) -> Option<CompiledRule> {
         let Some(m) = r.as_object() else {
-            self.errors.push(FieldError::invalid(path, r, "must be an object"));
+            self.errors
+                .push(FieldError::invalid(path, r, "must be an object"));
             return None;
         };
         let rule = str_of(m, "rule").unwrap_or_default();
@@ -408,22 +475,39 @@ impl Compiler {
         ));
         let mut ok = true;
         if rule.trim().is_empty() {
-            self.errors.push(FieldError::required(format!("{path}.rule"), ""));
+            self.errors
+                .push(FieldError::required(format!("{path}.rule"), ""));
             return None;
         }
         if message.trim().is_empty() && !message.is_empty() {
-            self.errors.push(FieldError::required(format!("{path}.message"), "message must be non-empty if specified"));
+            self.errors.push(FieldError::required(
+                format!("{path}.message"),
+                "message must be non-empty if specified",
+            ));
             ok = false;
         }
         if message.contains('\n') {
-            self.errors.push(FieldError::invalid(format!("{path}.message"), &Value::from(message.clone()), "message must not contain line breaks"));
+            self.errors.push(FieldError::invalid(
+                format!("{path}.message"),
+                &Value::from(message.clone()),
+                "message must not contain line breaks",
+            ));
             ok = false;
         }
         if let Some(rs) = &reason {
-            let valid = ["FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"];
+            let valid = [
+                "FieldValueInvalid",
+                "FieldValueForbidden",
+                "FieldValueRequired",
+                "FieldValueDuplicate",
+            ];
             if !valid.contains(&rs.as_str()) {
                 let valid: Vec<String> = valid.iter().map(|s| s.to_string()).collect();
-                self.errors.push(FieldError::not_supported(format!("{path}.reason"), &Value::from(rs.clone()), &valid));
+                self.errors.push(FieldError::not_supported(
+                    format!("{path}.reason"),
+                    &Value::from(rs.clone()),
+                    &valid,
+                ));
                 ok = false;
             }
         }
@@ -431,7 +515,11 @@ impl Compiler {
             Some(fp) => match normalize_field_path(fp) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    self.errors.push(FieldError::invalid(format!("{path}.fieldPath"), &Value::from(fp.clone()), e));
+                    self.errors.push(FieldError::invalid(
+                        format!("{path}.fieldPath"),
+                        &Value::from(fp.clone()),
+                        e,
+                    ));
                     ok = false;
                     None
                 }
@@ -441,7 +529,12 @@ impl Compiler {
         let program = match cel::compile_expression(&rule) {
             Ok(p) => Some(p),
             Err(e) => {
-                self.errors.push(FieldError::new(format!("{path}.rule"), FieldErrorKind::Invalid, shown.clone(), e));
+                self.errors.push(FieldError::new(
+                    format!("{path}.rule"),
+                    FieldErrorKind::Invalid,
+                    shown.clone(),
+                    e,
+                ));
                 None
             }
         };
@@ -512,17 +605,23 @@ fn normalize_field_path(fp: &str) -> Result<String, String> {
             out.push_str(name);
             rest = &r[end..];
         } else if let Some(r) = rest.strip_prefix("['") {
-            let end = r.find("']").ok_or("fieldPath must be a valid path: unclosed [")?;
+            let end = r
+                .find("']")
+                .ok_or("fieldPath must be a valid path: unclosed [")?;
             if !out.is_empty() {
                 out.push('.');
             }
             out.push_str(&r[..end]);
             rest = &r[end + 2..];
         } else if let Some(r) = rest.strip_prefix('[') {
-            let end = r.find(']').ok_or("fieldPath must be a valid path: unclosed [")?;
+            let end = r
+                .find(']')
+                .ok_or("fieldPath must be a valid path: unclosed [")?;
             let idx = &r[..end];
             if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("fieldPath must be a valid path: invalid index {idx:?}"));
+                return Err(format!(
+                    "fieldPath must be a valid path: invalid index {idx:?}"
+                ));
             }
             out.push('[');
             out.push_str(idx);
@@ -548,7 +647,8 @@ fn f64_of(m: &Map<String, Value>, k: &str) -> Option<f64> {
 }
 
 fn i64_of(m: &Map<String, Value>, k: &str) -> Option<i64> {
-    m.get(k).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+    m.get(k)
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
 }
 
 #[cfg(test)]
@@ -558,8 +658,14 @@ mod tests {
     #[test]
     fn field_paths_normalize() {
         assert_eq!(normalize_field_path(".spec.foo").as_deref(), Ok("spec.foo"));
-        assert_eq!(normalize_field_path(".a['b.c'].d").as_deref(), Ok("a.b.c.d"));
-        assert_eq!(normalize_field_path(".list[0].x").as_deref(), Ok("list[0].x"));
+        assert_eq!(
+            normalize_field_path(".a['b.c'].d").as_deref(),
+            Ok("a.b.c.d")
+        );
+        assert_eq!(
+            normalize_field_path(".list[0].x").as_deref(),
+            Ok("list[0].x")
+        );
         assert!(normalize_field_path("foo").is_err());
         assert!(normalize_field_path(".a[x]").is_err());
         assert!(normalize_field_path("").is_err());

@@ -11,8 +11,12 @@ pub(crate) fn prune_nulls(node: &Node, v: &mut Value) {
         Value::Object(m) => {
             let keys: Vec<String> = m.keys().cloned().collect();
             for k in keys {
-                let Some(child) = node.child(&k) else { continue };
-                let drop = m.get(&k).is_some_and(Value::is_null) && !child.nullable && child.default.is_none();
+                let Some(child) = node.child(&k) else {
+                    continue;
+                };
+                let drop = m.get(&k).is_some_and(Value::is_null)
+                    && !child.nullable
+                    && child.default.is_none();
                 if drop {
                     m.remove(&k);
                 } else if let Some(x) = m.get_mut(&k) {

@@ -100,7 +100,12 @@ impl FieldError {
 
     /// `field.Invalid(path, value, detail)`.
     pub fn invalid(field: impl Into<String>, value: &Value, message: impl Into<String>) -> Self {
-        Self::new(field, FieldErrorKind::Invalid, BadValue::Json(value.clone()), message)
+        Self::new(
+            field,
+            FieldErrorKind::Invalid,
+            BadValue::Json(value.clone()),
+            message,
+        )
     }
 
     /// `field.Required(path, detail)`.
@@ -171,7 +176,11 @@ impl FieldError {
     }
 
     /// `field.TypeInvalid(path, value, detail)`.
-    pub fn type_invalid(field: impl Into<String>, value: &Value, message: impl Into<String>) -> Self {
+    pub fn type_invalid(
+        field: impl Into<String>,
+        value: &Value,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(
             field,
             FieldErrorKind::TypeInvalid,
@@ -327,10 +336,18 @@ pub fn go_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if f.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     // Shortest round-trip digits via Rust's `{:e}`.
     let e = format!("{f:e}");
@@ -342,7 +359,7 @@ pub fn go_float(f: f64) -> String {
     let neg = mant.starts_with('-');
     let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
     let sign = if neg { "-" } else { "" };
-    if !(-4..21).contains(&exp) {
+    if !(-4..6).contains(&exp) {
         // %e form with at least two exponent digits.
         let mut m = String::new();
         m.push_str(&digits[..1]);
@@ -442,8 +459,12 @@ mod tests {
             "spec.image: Required value"
         );
         assert_eq!(
-            FieldError::invalid("spec", &json!("object"), "minInstances must be <= maxInstances")
-                .to_string_k8s(),
+            FieldError::invalid(
+                "spec",
+                &json!("object"),
+                "minInstances must be <= maxInstances"
+            )
+            .to_string_k8s(),
             "spec: Invalid value: \"object\": minInstances must be <= maxInstances"
         );
         assert_eq!(

@@ -6,8 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Whether `s` is valid for `format`.
 pub(crate) fn valid(format: &str, s: &str) -> bool {
     match format {
-        "date-time" | "datetime" => jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%:z", s).is_ok()
-            || s.parse::<jiff::Timestamp>().is_ok(),
+        "date-time" | "datetime" => {
+            jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%:z", s).is_ok()
+                || s.parse::<jiff::Timestamp>().is_ok()
+        }
         "date" => jiff::civil::Date::strptime("%Y-%m-%d", s).is_ok() && s.len() == 10,
         "byte" => is_base64(s),
         "uuid" => is_uuid(s, None),
@@ -62,7 +64,8 @@ fn is_cidr(s: &str) -> bool {
     let Ok(bits) = bits.parse::<u8>() else {
         return false;
     };
-    (ip.parse::<Ipv4Addr>().is_ok() && bits <= 32) || (ip.parse::<Ipv6Addr>().is_ok() && bits <= 128)
+    (ip.parse::<Ipv4Addr>().is_ok() && bits <= 32)
+        || (ip.parse::<Ipv6Addr>().is_ok() && bits <= 128)
 }
 
 fn is_hostname(s: &str) -> bool {

@@ -54,7 +54,10 @@ impl StructuralSchema {
 
     /// Like [`StructuralSchema::compile`], naming errors under `path`
     /// (e.g. `spec.versions[0].schema.openAPIV3Schema`).
-    pub fn compile_at(openapi_v3_schema: &serde_json::Value, path: &str) -> Result<Self, Vec<FieldError>> {
+    pub fn compile_at(
+        openapi_v3_schema: &serde_json::Value,
+        path: &str,
+    ) -> Result<Self, Vec<FieldError>> {
         let mut c = Compiler { errors: Vec::new() };
         let root = c.compile_root(openapi_v3_schema, path);
         if c.errors.is_empty() {
@@ -81,7 +84,14 @@ impl StructuralSchema {
 
     /// Validates `obj` (schema keywords, list types, CEL rules); `old` is the
     /// stored object on update (transition rules, ratcheting).
-    pub fn validate(&self, obj: &serde_json::Value, old: Option<&serde_json::Value>) -> Vec<FieldError> {
+    pub fn validate(
+        &self,
+        obj: &serde_json::Value,
+        old: Option<&serde_json::Value>,
+    ) -> Vec<FieldError> {
         validate::validate(&self.root, obj, old)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -88,12 +88,22 @@ fn resource_schema(schema: &Value, group: &str, version: &str, kind: &str) -> Va
         Some(Value::Object(p)) => p,
         _ => Map::new(),
     };
-    let mut api_version = props.remove("apiVersion").and_then(|v| v.as_object().cloned()).unwrap_or_default();
+    let mut api_version = props
+        .remove("apiVersion")
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
     api_version.entry("type").or_insert(Value::from("string"));
-    api_version.entry("description").or_insert(Value::from(API_VERSION_DESC));
-    let mut kind_prop = props.remove("kind").and_then(|v| v.as_object().cloned()).unwrap_or_default();
+    api_version
+        .entry("description")
+        .or_insert(Value::from(API_VERSION_DESC));
+    let mut kind_prop = props
+        .remove("kind")
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
     kind_prop.entry("type").or_insert(Value::from("string"));
-    kind_prop.entry("description").or_insert(Value::from(KIND_DESC));
+    kind_prop
+        .entry("description")
+        .or_insert(Value::from(KIND_DESC));
     props.remove("metadata");
     let mut ordered = Map::new();
     ordered.insert("apiVersion".into(), Value::Object(api_version));
@@ -116,7 +126,14 @@ fn resource_schema(schema: &Value, group: &str, version: &str, kind: &str) -> Va
     Value::Object(s)
 }
 
-fn list_schema(item: &str, group: &str, version: &str, list_kind: &str, kind: &str, plural: &str) -> Value {
+fn list_schema(
+    item: &str,
+    group: &str,
+    version: &str,
+    list_kind: &str,
+    kind: &str,
+    plural: &str,
+) -> Value {
     json!({
         "description": format!("{list_kind} is a list of {kind}"),
         "type": "object",
@@ -152,25 +169,67 @@ fn param(name: &str, location: &str, description: &str, ty: &str, required: bool
 }
 
 fn p_dry_run() -> Value {
-    param("dryRun", "query", "When present, indicates that modifications should not be persisted. An invalid or unrecognized dryRun directive will result in an error response and no further processing of the request. Valid values are: - All: all dry run stages will be processed", "string", false)
+    param(
+        "dryRun",
+        "query",
+        "When present, indicates that modifications should not be persisted. An invalid or unrecognized dryRun directive will result in an error response and no further processing of the request. Valid values are: - All: all dry run stages will be processed",
+        "string",
+        false,
+    )
 }
 fn p_field_manager() -> Value {
-    param("fieldManager", "query", "fieldManager is a name associated with the actor or entity that is making these changes. The value must be less than or 128 characters long, and only contain printable characters, as defined by https://golang.org/pkg/unicode/#IsPrint.", "string", false)
+    param(
+        "fieldManager",
+        "query",
+        "fieldManager is a name associated with the actor or entity that is making these changes. The value must be less than or 128 characters long, and only contain printable characters, as defined by https://golang.org/pkg/unicode/#IsPrint.",
+        "string",
+        false,
+    )
 }
 fn p_field_validation() -> Value {
-    param("fieldValidation", "query", "fieldValidation instructs the server on how to handle objects in the request (POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: - Ignore: This will ignore any unknown fields that are silently dropped from the object, and will ignore all but the last duplicate field that the decoder encounters. This is the default behavior prior to v1.23. - Warn: This will send a warning via the standard warning response header for each unknown field that is dropped from the object, and for each duplicate field that is encountered. The request will still succeed if there are no other errors, and will only persist the last of any duplicate fields. This is the default in v1.23+ - Strict: This will fail the request with a BadRequest error if any unknown fields would be dropped from the object, or if any duplicate fields are present. The error returned from the server will contain all unknown and duplicate fields encountered.", "string", false)
+    param(
+        "fieldValidation",
+        "query",
+        "fieldValidation instructs the server on how to handle objects in the request (POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: - Ignore: This will ignore any unknown fields that are silently dropped from the object, and will ignore all but the last duplicate field that the decoder encounters. This is the default behavior prior to v1.23. - Warn: This will send a warning via the standard warning response header for each unknown field that is dropped from the object, and for each duplicate field that is encountered. The request will still succeed if there are no other errors, and will only persist the last of any duplicate fields. This is the default in v1.23+ - Strict: This will fail the request with a BadRequest error if any unknown fields would be dropped from the object, or if any duplicate fields are present. The error returned from the server will contain all unknown and duplicate fields encountered.",
+        "string",
+        false,
+    )
 }
 fn p_force() -> Value {
-    param("force", "query", "Force is going to \"force\" Apply requests. It means user will re-acquire conflicting fields owned by other people. Force flag must be unset for non-apply patch requests.", "boolean", false)
+    param(
+        "force",
+        "query",
+        "Force is going to \"force\" Apply requests. It means user will re-acquire conflicting fields owned by other people. Force flag must be unset for non-apply patch requests.",
+        "boolean",
+        false,
+    )
 }
 fn p_pretty() -> Value {
-    param("pretty", "query", "If 'true', then the output is pretty printed. Defaults to 'false' unless the user-agent indicates a browser or command-line HTTP tool (curl and wget).", "string", false)
+    param(
+        "pretty",
+        "query",
+        "If 'true', then the output is pretty printed. Defaults to 'false' unless the user-agent indicates a browser or command-line HTTP tool (curl and wget).",
+        "string",
+        false,
+    )
 }
 fn p_name(kind: &str) -> Value {
-    param("name", "path", &format!("name of the {kind}"), "string", true)
+    param(
+        "name",
+        "path",
+        &format!("name of the {kind}"),
+        "string",
+        true,
+    )
 }
 fn p_namespace() -> Value {
-    param("namespace", "path", "object name and auth scope, such as for teams and projects", "string", true)
+    param(
+        "namespace",
+        "path",
+        "object name and auth scope, such as for teams and projects",
+        "string",
+        true,
+    )
 }
 fn list_params() -> Vec<Value> {
     [
@@ -206,7 +265,10 @@ fn responses(codes: &[&str], schema: &Value) -> Value {
             "202" => "Accepted",
             _ => "OK",
         };
-        r.insert((*c).into(), json!({ "description": desc, "content": content(schema.clone()) }));
+        r.insert(
+            (*c).into(),
+            json!({ "description": desc, "content": content(schema.clone()) }),
+        );
     }
     r.insert("401".into(), json!({ "description": "Unauthorized" }));
     Value::Object(r)
@@ -239,7 +301,17 @@ impl Res<'_> {
         format!("{}_{}", lower_first(&camel(self.group)), self.version)
     }
     #[allow(clippy::too_many_arguments)]
-    fn op(&self, verb: &str, action: &str, desc: &str, params: Vec<Value>, body: Option<Value>, resp: Value, kind: &str, suffix: &str) -> Value {
+    fn op(
+        &self,
+        verb: &str,
+        action: &str,
+        desc: &str,
+        params: Vec<Value>,
+        body: Option<Value>,
+        resp: Value,
+        kind: &str,
+        suffix: &str,
+    ) -> Value {
         let mut o = json!({
             "tags": [self.tag()],
             "description": desc,
@@ -266,7 +338,8 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Res<'_>, status: bool) {
     let item_ref = schema_ref(&r.item);
     let list_ref = schema_ref(&r.list);
     let status_ref = schema_ref(&format!("{META}.Status"));
-    let body = |s: &Value| json!({ "content": { "*/*": { "schema": s.clone() } }, "required": true });
+    let body =
+        |s: &Value| json!({ "content": { "*/*": { "schema": s.clone() } }, "required": true });
     let patch_body = json!({
         "content": {
             "application/apply-patch+yaml": { "schema": schema_ref(&format!("{META}.Patch")) },
@@ -282,35 +355,185 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Res<'_>, status: bool) {
     scope_params.push(p_pretty());
     // collection
     let mut col = Map::new();
-    col.insert("get".into(), r.op("list", "list", &format!("list objects of kind {}", r.kind), list_params(), None, responses(&["200"], &list_ref), r.kind, ""));
-    col.insert("post".into(), r.op("create", "post", &format!("create a {}", r.kind), vec![p_dry_run(), p_field_manager(), p_field_validation()], Some(body(&item_ref)), responses(&["200", "201", "202"], &item_ref), r.kind, ""));
-    col.insert("delete".into(), r.op("deletecollection", "deletecollection", &format!("delete collection of {}", r.kind), list_params(), Some(body(&schema_ref(&format!("{META}.DeleteOptions")))), responses(&["200"], &status_ref), r.kind, ""));
+    col.insert(
+        "get".into(),
+        r.op(
+            "list",
+            "list",
+            &format!("list objects of kind {}", r.kind),
+            list_params(),
+            None,
+            responses(&["200"], &list_ref),
+            r.kind,
+            "",
+        ),
+    );
+    col.insert(
+        "post".into(),
+        r.op(
+            "create",
+            "post",
+            &format!("create a {}", r.kind),
+            vec![p_dry_run(), p_field_manager(), p_field_validation()],
+            Some(body(&item_ref)),
+            responses(&["200", "201", "202"], &item_ref),
+            r.kind,
+            "",
+        ),
+    );
+    col.insert(
+        "delete".into(),
+        r.op(
+            "deletecollection",
+            "deletecollection",
+            &format!("delete collection of {}", r.kind),
+            list_params(),
+            Some(body(&schema_ref(&format!("{META}.DeleteOptions")))),
+            responses(&["200"], &status_ref),
+            r.kind,
+            "",
+        ),
+    );
     col.insert("parameters".into(), Value::Array(scope_params.clone()));
     paths.insert(collection.clone(), Value::Object(col));
     // item
     let mut item_params = vec![p_name(r.kind)];
     item_params.extend(scope_params.clone());
     let mut it = Map::new();
-    it.insert("get".into(), r.op("read", "get", &format!("read the specified {}", r.kind), vec![], None, responses(&["200"], &item_ref), r.kind, ""));
-    it.insert("put".into(), r.op("replace", "put", &format!("replace the specified {}", r.kind), vec![p_dry_run(), p_field_manager(), p_field_validation()], Some(body(&item_ref)), responses(&["200", "201"], &item_ref), r.kind, ""));
-    it.insert("patch".into(), r.op("patch", "patch", &format!("partially update the specified {}", r.kind), vec![p_dry_run(), p_field_manager(), p_field_validation(), p_force()], Some(patch_body.clone()), responses(&["200", "201"], &item_ref), r.kind, ""));
-    it.insert("delete".into(), r.op("delete", "delete", &format!("delete a {}", r.kind), vec![p_dry_run()], Some(body(&schema_ref(&format!("{META}.DeleteOptions")))), responses(&["200", "202"], &status_ref), r.kind, ""));
+    it.insert(
+        "get".into(),
+        r.op(
+            "read",
+            "get",
+            &format!("read the specified {}", r.kind),
+            vec![],
+            None,
+            responses(&["200"], &item_ref),
+            r.kind,
+            "",
+        ),
+    );
+    it.insert(
+        "put".into(),
+        r.op(
+            "replace",
+            "put",
+            &format!("replace the specified {}", r.kind),
+            vec![p_dry_run(), p_field_manager(), p_field_validation()],
+            Some(body(&item_ref)),
+            responses(&["200", "201"], &item_ref),
+            r.kind,
+            "",
+        ),
+    );
+    it.insert(
+        "patch".into(),
+        r.op(
+            "patch",
+            "patch",
+            &format!("partially update the specified {}", r.kind),
+            vec![
+                p_dry_run(),
+                p_field_manager(),
+                p_field_validation(),
+                p_force(),
+            ],
+            Some(patch_body.clone()),
+            responses(&["200", "201"], &item_ref),
+            r.kind,
+            "",
+        ),
+    );
+    it.insert(
+        "delete".into(),
+        r.op(
+            "delete",
+            "delete",
+            &format!("delete a {}", r.kind),
+            vec![p_dry_run()],
+            Some(body(&schema_ref(&format!("{META}.DeleteOptions")))),
+            responses(&["200", "202"], &status_ref),
+            r.kind,
+            "",
+        ),
+    );
     it.insert("parameters".into(), Value::Array(item_params.clone()));
     paths.insert(format!("{collection}/{{name}}"), Value::Object(it));
     if status {
         let mut st = Map::new();
-        st.insert("get".into(), r.op("read", "get", &format!("read status of the specified {}", r.kind), vec![], None, responses(&["200"], &item_ref), r.kind, "Status"));
-        st.insert("put".into(), r.op("replace", "put", &format!("replace status of the specified {}", r.kind), vec![p_dry_run(), p_field_manager(), p_field_validation()], Some(body(&item_ref)), responses(&["200", "201"], &item_ref), r.kind, "Status"));
-        st.insert("patch".into(), r.op("patch", "patch", &format!("partially update status of the specified {}", r.kind), vec![p_dry_run(), p_field_manager(), p_field_validation(), p_force()], Some(patch_body), responses(&["200", "201"], &item_ref), r.kind, "Status"));
+        st.insert(
+            "get".into(),
+            r.op(
+                "read",
+                "get",
+                &format!("read status of the specified {}", r.kind),
+                vec![],
+                None,
+                responses(&["200"], &item_ref),
+                r.kind,
+                "Status",
+            ),
+        );
+        st.insert(
+            "put".into(),
+            r.op(
+                "replace",
+                "put",
+                &format!("replace status of the specified {}", r.kind),
+                vec![p_dry_run(), p_field_manager(), p_field_validation()],
+                Some(body(&item_ref)),
+                responses(&["200", "201"], &item_ref),
+                r.kind,
+                "Status",
+            ),
+        );
+        st.insert(
+            "patch".into(),
+            r.op(
+                "patch",
+                "patch",
+                &format!("partially update status of the specified {}", r.kind),
+                vec![
+                    p_dry_run(),
+                    p_field_manager(),
+                    p_field_validation(),
+                    p_force(),
+                ],
+                Some(patch_body),
+                responses(&["200", "201"], &item_ref),
+                r.kind,
+                "Status",
+            ),
+        );
         st.insert("parameters".into(), Value::Array(item_params));
         paths.insert(format!("{collection}/{{name}}/status"), Value::Object(st));
     }
     if r.namespaced {
         let mut all = Map::new();
-        all.insert("get".into(), r.op("list", "list", &format!("list objects of kind {}", r.kind), list_params(), None, responses(&["200"], &list_ref), r.kind, "ForAllNamespaces"));
+        all.insert(
+            "get".into(),
+            r.op(
+                "list",
+                "list",
+                &format!("list objects of kind {}", r.kind),
+                list_params(),
+                None,
+                responses(&["200"], &list_ref),
+                r.kind,
+                "ForAllNamespaces",
+            ),
+        );
         all.insert("parameters".into(), Value::Array(vec![p_pretty()]));
         if let Some(op) = all.get_mut("get").and_then(Value::as_object_mut) {
-            op.insert("operationId".into(), Value::from(format!("list{}{}{}ForAllNamespaces", camel(r.group), camel(r.version), r.kind)));
+            op.insert(
+                "operationId".into(),
+                Value::from(format!(
+                    "list{}{}{}ForAllNamespaces",
+                    camel(r.group),
+                    camel(r.version),
+                    r.kind
+                )),
+            );
         }
         paths.insert(format!("{base}/{}", r.plural), Value::Object(all));
     }
@@ -353,8 +576,12 @@ pub fn openapi_v3_group_version(group: &str, version: &str, crds: &[Value]) -> V
         if ver["served"].as_bool() == Some(false) {
             continue;
         }
-        let Some(kind) = spec["names"]["kind"].as_str() else { continue };
-        let Some(plural) = spec["names"]["plural"].as_str() else { continue };
+        let Some(kind) = spec["names"]["kind"].as_str() else {
+            continue;
+        };
+        let Some(plural) = spec["names"]["plural"].as_str() else {
+            continue;
+        };
         let list_kind = spec["names"]["listKind"]
             .as_str()
             .map(String::from)
@@ -371,7 +598,10 @@ pub fn openapi_v3_group_version(group: &str, version: &str, crds: &[Value]) -> V
             list: format!("{prefix}.{list_kind}"),
         };
         let schema = &ver["schema"]["openAPIV3Schema"];
-        schemas.insert(r.item.clone(), resource_schema(schema, group, version, kind));
+        schemas.insert(
+            r.item.clone(),
+            resource_schema(schema, group, version, kind),
+        );
         schemas.insert(
             r.list.clone(),
             list_schema(&r.item, group, version, &r.list_kind, kind, plural),

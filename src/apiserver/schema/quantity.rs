@@ -57,7 +57,9 @@ impl Quantity {
             "Pi" => (0, 50),
             "Ei" => (0, 60),
             other => {
-                let rest = other.strip_prefix('e').or_else(|| other.strip_prefix('E'))?;
+                let rest = other
+                    .strip_prefix('e')
+                    .or_else(|| other.strip_prefix('E'))?;
                 if rest.is_empty() {
                     return None;
                 }
@@ -72,7 +74,9 @@ impl Quantity {
         // digits as an integer with `frac_len` decimals
         let mut mantissa: i128 = 0;
         for b in int_part.bytes().chain(frac_part.bytes()) {
-            mantissa = mantissa.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+            mantissa = mantissa
+                .checked_mul(10)?
+                .checked_add(i128::from(b - b'0'))?;
         }
         let frac_len = i32::try_from(frac_part.len()).ok()?;
         // nanos = mantissa * 10^(dec_exp - frac_len + 9) * 2^bin_exp
@@ -160,14 +164,23 @@ mod tests {
         assert_eq!(q("1Xi"), None);
         assert!(Quantity::parse("1Gi") > Quantity::parse("1000Mi"));
         assert_eq!(Quantity::parse("1Gi"), Quantity::parse("1024Mi"));
-        assert_eq!(Quantity::parse("99999999999999999999999999999999999999999E"), None);
+        assert_eq!(
+            Quantity::parse("99999999999999999999999999999999999999999E"),
+            None
+        );
     }
 
     #[test]
     fn integer_and_render() {
-        assert_eq!(Quantity::parse("2k").and_then(|q| q.as_integer()), Some(2000));
+        assert_eq!(
+            Quantity::parse("2k").and_then(|q| q.as_integer()),
+            Some(2000)
+        );
         assert_eq!(Quantity::parse("500m").and_then(|q| q.as_integer()), None);
-        assert_eq!(Quantity::parse("500m").map(|q| q.render()), Some("500m".into()));
+        assert_eq!(
+            Quantity::parse("500m").map(|q| q.render()),
+            Some("500m".into())
+        );
         assert_eq!(Quantity::parse("-3").map(|q| q.sign()), Some(-1));
     }
 }

@@ -161,7 +161,10 @@ fn type_matches(ty: &str, v: &Value) -> bool {
         ("boolean", Value::Bool(_)) => true,
         ("number", Value::Number(_)) => true,
         ("integer", Value::Number(n)) => {
-            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.is_finite())
+            n.is_i64()
+                || n.is_u64()
+                || n.as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f.is_finite())
         }
         _ => false,
     }
@@ -317,13 +320,27 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
                     if is_root && k == "metadata" {
                         continue;
                     }
-                    openapi(child, cv, old_m.and_then(|o| o.get(k)), &path.prop(k), ctx, false);
+                    openapi(
+                        child,
+                        cv,
+                        old_m.and_then(|o| o.get(k)),
+                        &path.prop(k),
+                        ctx,
+                        false,
+                    );
                 }
             }
             if let Some(add) = &node.additional {
                 for (k, cv) in m {
                     if node.property(k).is_none() {
-                        openapi(add, cv, old_m.and_then(|o| o.get(k)), &path.prop(k), ctx, false);
+                        openapi(
+                            add,
+                            cv,
+                            old_m.and_then(|o| o.get(k)),
+                            &path.prop(k),
+                            ctx,
+                            false,
+                        );
                     }
                 }
             }
@@ -431,7 +448,14 @@ fn path_from_name(name: &str) -> Path {
     }
 }
 
-fn numbers(node: &Node, n: &serde_json::Number, v: &Value, name: &str, field: &str, errs: &mut Vec<FieldError>) {
+fn numbers(
+    node: &Node,
+    n: &serde_json::Number,
+    v: &Value,
+    name: &str,
+    field: &str,
+    errs: &mut Vec<FieldError>,
+) {
     let is_int = n.is_i64() || n.is_u64();
     let f = n.as_f64().unwrap_or(0.0);
     let bound = |b: f64| {
@@ -488,7 +512,10 @@ fn correlate_item<'a>(list: &Node, item: &Value, old: Option<&'a Value>) -> Opti
     }
     let old = old?.as_array()?;
     let keys = |x: &Value| -> Vec<Option<Value>> {
-        list.list_map_keys.iter().map(|k| x.get(k).cloned()).collect()
+        list.list_map_keys
+            .iter()
+            .map(|k| x.get(k).cloned())
+            .collect()
     };
     let want = keys(item);
     old.iter().find(|o| keys(o) == want)
@@ -510,7 +537,8 @@ fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mu
                 Some("map") => {
                     let mut seen: Vec<Vec<Option<&Value>>> = Vec::new();
                     for (i, x) in a.iter().enumerate() {
-                        let ks: Vec<Option<&Value>> = node.list_map_keys.iter().map(|k| x.get(k)).collect();
+                        let ks: Vec<Option<&Value>> =
+                            node.list_map_keys.iter().map(|k| x.get(k)).collect();
                         if seen.contains(&ks) {
                             let mut shown = serde_json::Map::new();
                             for (k, val) in node.list_map_keys.iter().zip(&ks) {
@@ -518,7 +546,10 @@ fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mu
                                     shown.insert(k.clone(), (*val).clone());
                                 }
                             }
-                            ctx.push(FieldError::duplicate(path.index(i).field(), &Value::Object(shown)), unchanged);
+                            ctx.push(
+                                FieldError::duplicate(path.index(i).field(), &Value::Object(shown)),
+                                unchanged,
+                            );
                         } else {
                             seen.push(ks);
                         }
@@ -567,7 +598,10 @@ fn to_cel_typed(node: Option<&Node>, v: &Value) -> ::cel::Value {
                 .collect();
             ::cel::Value::Map(::cel::objects::Map { map: Arc::new(map) })
         }
-        other => cel::to_cel(other, node.is_some_and(|n| n.ty.as_deref() == Some("number"))),
+        other => cel::to_cel(
+            other,
+            node.is_some_and(|n| n.ty.as_deref() == Some("number")),
+        ),
     }
 }
 
@@ -589,7 +623,14 @@ fn self_value(node: &Node, v: &Value, is_root: bool) -> ::cel::Value {
     to_cel_typed(Some(node), v)
 }
 
-fn cel_walk(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut Ctx, is_root: bool) {
+fn cel_walk(
+    node: &Node,
+    v: &Value,
+    old: Option<&Value>,
+    path: &Path,
+    ctx: &mut Ctx,
+    is_root: bool,
+) {
     if v.is_null() {
         return;
     }
@@ -613,7 +654,9 @@ fn cel_walk(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut 
             let ratchet = unchanged && !rule.uses_old_self;
             match cel::evaluate(rule, &this, binding) {
                 Outcome::Pass => {}
-                Outcome::Error(msg) => ctx.push(FieldError::invalid(path.field(), &ty, msg), ratchet),
+                Outcome::Error(msg) => {
+                    ctx.push(FieldError::invalid(path.field(), &ty, msg), ratchet)
+                }
                 Outcome::Fail(msg) => {
                     let field = match &rule.field_path {
                         Some(fp) if path.0.is_empty() => fp.clone(),
@@ -640,16 +683,37 @@ fn cel_walk(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut 
                     continue;
                 }
                 if let Some(p) = node.property(k) {
-                    cel_walk(p, x, old_m.and_then(|o| o.get(k)), &path.prop(k), ctx, false);
+                    cel_walk(
+                        p,
+                        x,
+                        old_m.and_then(|o| o.get(k)),
+                        &path.prop(k),
+                        ctx,
+                        false,
+                    );
                 } else if let Some(add) = &node.additional {
-                    cel_walk(add, x, old_m.and_then(|o| o.get(k)), &path.key(k), ctx, false);
+                    cel_walk(
+                        add,
+                        x,
+                        old_m.and_then(|o| o.get(k)),
+                        &path.key(k),
+                        ctx,
+                        false,
+                    );
                 }
             }
         }
         Value::Array(a) => {
             if let Some(items) = &node.items {
                 for (i, x) in a.iter().enumerate() {
-                    cel_walk(items, x, correlate_item(node, x, old), &path.index(i), ctx, false);
+                    cel_walk(
+                        items,
+                        x,
+                        correlate_item(node, x, old),
+                        &path.index(i),
+                        ctx,
+                        false,
+                    );
                 }
             }
         }
