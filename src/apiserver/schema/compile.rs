@@ -443,6 +443,20 @@ impl Compiler {
                 )),
             }
         }
+        if n.unique_items {
+            self.errors.push(FieldError::forbidden(
+                format!("{path}.uniqueItems"),
+                "uniqueItems cannot be set to true since the runtime complexity becomes quadratic",
+            ));
+        }
+        if let Some(d) = &n.default {
+            // A default must itself be valid (kube-apiserver validates defaults
+            // against their schema when the CRD is created).
+            let name = format!("{path}.default");
+            let mut probe = d.clone();
+            super::defaults::default(&n, &mut probe);
+            self.errors.extend(super::validate::validate_value(&n, &probe, &name));
+        }
         n
     }
 

@@ -396,6 +396,9 @@ fn bad_schemas_are_refused_with_paths() {
         .map(|_| ())
         .unwrap_err();
     assert!(errs[0].to_string_k8s().starts_with("spec.versions[0].schema.openAPIV3Schema.x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.a ==\", Message:\"m\""), "{:?}", messages(&errs));
+    let bad_default = json!({"type": "object", "properties": {"a": {"type": "integer", "maximum": 10, "default": 20}}});
+    let errs = StructuralSchema::compile(&bad_default).map(|_| ()).unwrap_err();
+    assert_eq!(messages(&errs), vec!["spec.validation.openAPIV3Schema.properties[a].default: Invalid value: 20: spec.validation.openAPIV3Schema.properties[a].default in body should be less than or equal to 10".to_string()]);
     let unsupported = json!({"type": "object", "x-kubernetes-validations": [{"rule": "url(self.u).getHost() == 'x'"}]});
     let errs = StructuralSchema::compile(&unsupported)
         .map(|_| ())

@@ -140,6 +140,14 @@ pub(crate) fn validate(root: &Node, obj: &Value, old: Option<&Value>) -> Vec<Fie
     errors
 }
 
+/// Validates a standalone value (e.g. a schema's `default`) against `node`'s
+/// OpenAPI keywords, naming errors under `name`.
+pub(crate) fn validate_value(node: &Node, v: &Value, name: &str) -> Vec<FieldError> {
+    let mut ctx = Ctx { out: Vec::new() };
+    openapi(node, v, None, &path_from_name(name), &mut ctx, false);
+    ctx.out.into_iter().map(|c| c.err).collect()
+}
+
 /// The JSON type name kube-openapi infers for a value.
 fn data_type(v: &Value) -> &'static str {
     match v {
