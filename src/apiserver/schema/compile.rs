@@ -429,10 +429,29 @@ impl Compiler {
             match rules.as_array() {
                 Some(a) => {
                     for (i, r) in a.iter().enumerate() {
-                        if let Some(c) =
-                            self.rule(r, &format!("{path}.x-kubernetes-validations[{i}]"))
-                        {
-                            n.rules.push(c);
+                        let rule_path = format!("{path}.x-kubernetes-validations[{i}]");
+                        if let Some(c) = self.rule(r, &rule_path) {
+                            let root = place == Place::Root;
+                            let checked = cel::check_fields(&c.program, &n, root)
+                                .map_err(|e| (format!("{rule_path}.rule"), e))
+                                .and_then(|_| match &c.message_expression {
+                                    Some(p) => cel::check_fields(p, &n, root).map_err(|e| {
+                                        (
+                                            format!("{rule_path}.messageExpression"),
+                                            format!("messageExpression {e}"),
+                                        )
+                                    }),
+                                    None => Ok(()),
+                                });
+                            match checked {
+                                Ok(()) => n.rules.push(c),
+                                Err((field, msg)) => self.errors.push(FieldError::new(
+                                    field,
+                                    FieldErrorKind::Invalid,
+                                    BadValue::Raw(c.shown.clone()),
+                                    msg,
+                                )),
+                            }
                         }
                     }
                 }
@@ -455,7 +474,8 @@ impl Compiler {
             let name = format!("{path}.default");
             let mut probe = d.clone();
             super::defaults::default(&n, &mut probe);
-            self.errors.extend(super::validate::validate_value(&n, &probe, &name));
+            self.errors
+                .extend(super::validate::validate_value(&n, &probe, &name));
         }
         n
     }
@@ -472,7 +492,7 @@ impl Compiler {
         let reason = str_of(m, "reason");
         let field_path = str_of(m, "fieldPath");
         let optional_old_self = m.get("optionalOldSelf").and_then(Value::as_bool);
-        let shown = BadValue::Raw(format!(
+        let shown_text = format!(
             "apiextensions.ValidationRule{{Rule:{}, Message:{}, MessageExpression:{}, Reason:{}, FieldPath:{}, OptionalOldSelf:{}}}",
             go_quote(&rule),
             go_quote(&message),
@@ -486,7 +506,8 @@ impl Compiler {
                 Some(b) => format!("(*bool)({b})"),
                 None => "(*bool)(nil)".into(),
             }
-        ));
+        );
+        let shown = BadValue::Raw(shown_text.clone());
         let mut ok = true;
         if rule.trim().is_empty() {
             self.errors
@@ -594,6 +615,7 @@ impl Compiler {
             reason,
             uses_old_self,
             optional_old_self: optional_old_self.unwrap_or(false),
+            shown: shown_text,
         })
     }
 }

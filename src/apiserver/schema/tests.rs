@@ -396,8 +396,20 @@ fn bad_schemas_are_refused_with_paths() {
         .map(|_| ())
         .unwrap_err();
     assert!(errs[0].to_string_k8s().starts_with("spec.versions[0].schema.openAPIV3Schema.x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.a ==\", Message:\"m\""), "{:?}", messages(&errs));
+    let undefined = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"minInstances": {"type": "integer"}, "list": {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "string"}}}}},
+        "x-kubernetes-validations": [{"rule": "self.minInstances <= self.maxInstancez"}, {"rule": "self.list.all(x, x.a != '')"}, {"rule": "self.list[0].b == ''"}]}}});
+    let errs = StructuralSchema::compile(&undefined)
+        .map(|_| ())
+        .unwrap_err();
+    let m = messages(&errs);
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(m[0].starts_with("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.minInstances <= self.maxInstancez\""), "{m:?}");
+    assert!(m[0].contains("undefined field 'maxInstancez'"), "{m:?}");
+    assert!(m[1].contains("undefined field 'b'"), "{m:?}");
     let bad_default = json!({"type": "object", "properties": {"a": {"type": "integer", "maximum": 10, "default": 20}}});
-    let errs = StructuralSchema::compile(&bad_default).map(|_| ()).unwrap_err();
+    let errs = StructuralSchema::compile(&bad_default)
+        .map(|_| ())
+        .unwrap_err();
     assert_eq!(messages(&errs), vec!["spec.validation.openAPIV3Schema.properties[a].default: Invalid value: 20: spec.validation.openAPIV3Schema.properties[a].default in body should be less than or equal to 10".to_string()]);
     let unsupported = json!({"type": "object", "x-kubernetes-validations": [{"rule": "url(self.u).getHost() == 'x'"}]});
     let errs = StructuralSchema::compile(&unsupported)
