@@ -622,6 +622,118 @@ pub(crate) fn to_cel(v: &serde_json::Value, as_double: bool) -> Value {
     }
 }
 
+/// Type-checks the field selections of a rule against the schema it sits on,
+/// as cel-go's checker does for CRD rules: `self.nope` on an object without
+/// such a property is a compile error ("undefined field 'nope'").
+pub(crate) fn check_fields(
+    program: &Program,
+    node: &super::compile::Node,
+    is_root: bool,
+) -> Result<(), String> {
+    use super::compile::Node;
+    use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+
+    enum Resolved<'a> {
+        Known(&'a Node),
+        Dynamic,
+    }
+
+    fn lookup<'a>(n: &'a Node, field: &str, root: bool) -> Result<Resolved<'a>, String> {
+        if let Some(p) = n.property(field) {
+            return Ok(Resolved::Known(p));
+        }
+        if root && matches!(field, "apiVersion" | "kind" | "metadata") {
+            return Ok(Resolved::Dynamic);
+        }
+        if let Some(a) = n.additional.as_deref() {
+            return Ok(Resolved::Known(a));
+        }
+        if n.preserve_unknown || n.ty.as_deref() != Some("object") {
+            return Ok(Resolved::Dynamic);
+        }
+        Err(format!("undefined field '{field}'"))
+    }
+
+    fn resolve<'a>(
+        e: &IdedExpr,
+        node: &'a Node,
+        root: bool,
+    ) -> Result<Resolved<'a>, (u64, String)> {
+        match &e.expr {
+            Expr::Ident(name) if name == "self" || name == "oldSelf" => Ok(Resolved::Known(node)),
+            Expr::Select(s) => match resolve(&s.operand, node, root)? {
+                Resolved::Known(n) => {
+                    let at_root = root && std::ptr::eq(n, node);
+                    lookup(n, &s.field, at_root).map_err(|m| (e.id, m))
+                }
+                Resolved::Dynamic => Ok(Resolved::Dynamic),
+            },
+            Expr::Call(c) if c.func_name == "_[_]" && c.args.len() == 2 => {
+                match resolve(&c.args[0], node, root)? {
+                    Resolved::Known(n) => Ok(match (n.items.as_deref(), n.additional.as_deref()) {
+                        (Some(i), _) => Resolved::Known(i),
+                        (None, Some(a)) => Resolved::Known(a),
+                        _ => Resolved::Dynamic,
+                    }),
+                    Resolved::Dynamic => Ok(Resolved::Dynamic),
+                }
+            }
+            _ => Ok(Resolved::Dynamic),
+        }
+    }
+
+    fn walk(e: &IdedExpr, node: &Node, root: bool) -> Result<(), (u64, String)> {
+        match &e.expr {
+            Expr::Select(s) => {
+                resolve(e, node, root)?;
+                walk(&s.operand, node, root)
+            }
+            Expr::Call(c) => {
+                if let Some(t) = &c.target {
+                    walk(t, node, root)?;
+                }
+                if c.func_name == "_[_]" {
+                    resolve(e, node, root)?;
+                }
+                c.args.iter().try_for_each(|a| walk(a, node, root))
+            }
+            Expr::Comprehension(c) => {
+                for x in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    walk(x, node, root)?;
+                }
+                Ok(())
+            }
+            Expr::List(l) => l.elements.iter().try_for_each(|x| walk(x, node, root)),
+            Expr::Map(m) => m.entries.iter().try_for_each(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => {
+                    walk(&me.key, node, root).and_then(|_| walk(&me.value, node, root))
+                }
+                EntryExpr::StructField(f) => walk(&f.value, node, root),
+            }),
+            Expr::Struct(s) => s.entries.iter().try_for_each(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => {
+                    walk(&me.key, node, root).and_then(|_| walk(&me.value, node, root))
+                }
+                EntryExpr::StructField(f) => walk(&f.value, node, root),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    walk(program.expression(), node, is_root).map_err(|(id, msg)| {
+        match program.source_info().offset_for(id) {
+            Some((line, col)) => format!("compilation failed: ERROR: <input>:{line}:{col}: {msg}"),
+            None => format!("compilation failed: ERROR: <input>: {msg}"),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,116 +916,4 @@ mod tests {
             Outcome::Fail("failed rule: !oldSelf.hasValue() || self >= oldSelf.value()".into())
         );
     }
-}
-
-/// Type-checks the field selections of a rule against the schema it sits on,
-/// as cel-go's checker does for CRD rules: `self.nope` on an object without
-/// such a property is a compile error ("undefined field 'nope'").
-pub(crate) fn check_fields(
-    program: &Program,
-    node: &super::compile::Node,
-    is_root: bool,
-) -> Result<(), String> {
-    use super::compile::Node;
-    use cel::common::ast::{EntryExpr, Expr, IdedExpr};
-
-    enum Resolved<'a> {
-        Known(&'a Node),
-        Dynamic,
-    }
-
-    fn lookup<'a>(n: &'a Node, field: &str, root: bool) -> Result<Resolved<'a>, String> {
-        if let Some(p) = n.property(field) {
-            return Ok(Resolved::Known(p));
-        }
-        if root && matches!(field, "apiVersion" | "kind" | "metadata") {
-            return Ok(Resolved::Dynamic);
-        }
-        if let Some(a) = n.additional.as_deref() {
-            return Ok(Resolved::Known(a));
-        }
-        if n.preserve_unknown || n.ty.as_deref() != Some("object") {
-            return Ok(Resolved::Dynamic);
-        }
-        Err(format!("undefined field '{field}'"))
-    }
-
-    fn resolve<'a>(
-        e: &IdedExpr,
-        node: &'a Node,
-        root: bool,
-    ) -> Result<Resolved<'a>, (u64, String)> {
-        match &e.expr {
-            Expr::Ident(name) if name == "self" || name == "oldSelf" => Ok(Resolved::Known(node)),
-            Expr::Select(s) => match resolve(&s.operand, node, root)? {
-                Resolved::Known(n) => {
-                    let at_root = root && std::ptr::eq(n, node);
-                    lookup(n, &s.field, at_root).map_err(|m| (e.id, m))
-                }
-                Resolved::Dynamic => Ok(Resolved::Dynamic),
-            },
-            Expr::Call(c) if c.func_name == "_[_]" && c.args.len() == 2 => {
-                match resolve(&c.args[0], node, root)? {
-                    Resolved::Known(n) => Ok(match (n.items.as_deref(), n.additional.as_deref()) {
-                        (Some(i), _) => Resolved::Known(i),
-                        (None, Some(a)) => Resolved::Known(a),
-                        _ => Resolved::Dynamic,
-                    }),
-                    Resolved::Dynamic => Ok(Resolved::Dynamic),
-                }
-            }
-            _ => Ok(Resolved::Dynamic),
-        }
-    }
-
-    fn walk(e: &IdedExpr, node: &Node, root: bool) -> Result<(), (u64, String)> {
-        match &e.expr {
-            Expr::Select(s) => {
-                resolve(e, node, root)?;
-                walk(&s.operand, node, root)
-            }
-            Expr::Call(c) => {
-                if let Some(t) = &c.target {
-                    walk(t, node, root)?;
-                }
-                if c.func_name == "_[_]" {
-                    resolve(e, node, root)?;
-                }
-                c.args.iter().try_for_each(|a| walk(a, node, root))
-            }
-            Expr::Comprehension(c) => {
-                for x in [
-                    &c.iter_range,
-                    &c.accu_init,
-                    &c.loop_cond,
-                    &c.loop_step,
-                    &c.result,
-                ] {
-                    walk(x, node, root)?;
-                }
-                Ok(())
-            }
-            Expr::List(l) => l.elements.iter().try_for_each(|x| walk(x, node, root)),
-            Expr::Map(m) => m.entries.iter().try_for_each(|en| match &en.expr {
-                EntryExpr::MapEntry(me) => {
-                    walk(&me.key, node, root).and_then(|_| walk(&me.value, node, root))
-                }
-                EntryExpr::StructField(f) => walk(&f.value, node, root),
-            }),
-            Expr::Struct(s) => s.entries.iter().try_for_each(|en| match &en.expr {
-                EntryExpr::MapEntry(me) => {
-                    walk(&me.key, node, root).and_then(|_| walk(&me.value, node, root))
-                }
-                EntryExpr::StructField(f) => walk(&f.value, node, root),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    walk(program.expression(), node, is_root).map_err(|(id, msg)| {
-        match program.source_info().offset_for(id) {
-            Some((line, col)) => format!("compilation failed: ERROR: <input>:{line}:{col}: {msg}"),
-            None => format!("compilation failed: ERROR: <input>: {msg}"),
-        }
-    })
 }
