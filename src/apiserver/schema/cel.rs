@@ -313,7 +313,7 @@ fn evaluate_inner(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcom
             let msg = match &rule.message_expression {
                 Some(p) => match p.execute(&ctx) {
                     Ok(Value::String(s)) if !s.trim().is_empty() && !s.contains('\n') => {
-                        s.trim().to_string()
+                        s.to_string()
                     }
                     _ => default,
                 },

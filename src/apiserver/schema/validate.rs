@@ -398,53 +398,65 @@ fn has_duplicates(a: &[Value]) -> bool {
 }
 
 fn junctors(node: &Node, v: &Value, name: &str, field: &str, errs: &mut Vec<FieldError>) {
-    let passes = |n: &Node| {
-        let mut c = Ctx { out: Vec::new() };
-        openapi(n, v, None, &Path::default(), &mut c, false);
-        c.out.is_empty()
-    };
-    let with_errors = |n: &Node| {
+    let run = |n: &Node| {
         let mut c = Ctx { out: Vec::new() };
         openapi(n, v, None, &path_from_name(name), &mut c, false);
         c.out.into_iter().map(|c| c.err).collect::<Vec<_>>()
     };
-    for n in &node.all_of {
-        let e = with_errors(n);
-        if !e.is_empty() {
-            errs.push(FieldError::invalid(
-                field.to_string(),
-                &Value::from(""),
-                format!("{name} in body must validate all the schemas (allOf)"),
-            ));
-            errs.extend(e);
-            break;
+    let composite = |msg: String| FieldError::invalid(field.to_string(), &Value::from(""), msg);
+    // kube-openapi's order: anyOf, oneOf, allOf, not.
+    if !node.any_of.is_empty() {
+        let results: Vec<Vec<FieldError>> = node.any_of.iter().map(run).collect();
+        if results.iter().all(|r| !r.is_empty()) {
+            errs.push(composite(format!(
+                "{name} in body must validate at least one schema (anyOf)"
+            )));
+            if let Some(best) = results.into_iter().next() {
+                errs.extend(best);
+            }
         }
     }
-    if !node.any_of.is_empty() && !node.any_of.iter().any(passes) {
-        errs.push(FieldError::invalid(
-            field.to_string(),
-            &Value::from(""),
-            format!("{name} in body must validate at least one schema (anyOf)"),
-        ));
-        if let Some(first) = node.any_of.first() {
-            errs.extend(with_errors(first));
+    if !node.one_of.is_empty() {
+        let results: Vec<Vec<FieldError>> = node.one_of.iter().map(run).collect();
+        let valid = results.iter().filter(|r| r.is_empty()).count();
+        if valid != 1 {
+            let extra = if valid == 0 {
+                "Found none valid".to_string()
+            } else {
+                format!("Found {valid} valid alternatives")
+            };
+            errs.push(composite(format!(
+                "{name} in body must validate one and only one schema (oneOf). {extra}"
+            )));
+            if valid == 0
+                && let Some(best) = results.into_iter().next()
+            {
+                errs.extend(best);
+            }
         }
     }
-    if !node.one_of.is_empty() && node.one_of.iter().filter(|n| passes(n)).count() != 1 {
-        errs.push(FieldError::invalid(
-            field.to_string(),
-            &Value::from(""),
-            format!("{name} in body must validate one and only one schema (oneOf)"),
-        ));
+    if !node.all_of.is_empty() {
+        let mut validated = 0;
+        for n in &node.all_of {
+            let r = run(n);
+            if r.is_empty() {
+                validated += 1;
+            }
+            errs.extend(r);
+        }
+        if validated != node.all_of.len() {
+            let extra = if validated == 0 { ". None validated" } else { "" };
+            errs.push(composite(format!(
+                "{name} in body must validate all the schemas (allOf){extra}"
+            )));
+        }
     }
     if let Some(not) = &node.not
-        && passes(not)
+        && run(not).is_empty()
     {
-        errs.push(FieldError::invalid(
-            field.to_string(),
-            &Value::from(""),
-            format!("{name} in body must not validate the schema (not)"),
-        ));
+        errs.push(composite(format!(
+            "{name} in body must not validate the schema provided"
+        )));
     }
 }
 
@@ -536,30 +548,25 @@ fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mu
         Value::Array(a) => {
             match node.list_type.as_deref() {
                 Some("set") => {
+                    let mut seen = std::collections::HashSet::new();
                     for (i, x) in a.iter().enumerate() {
-                        if a[..i].iter().any(|y| json_eq(x, y)) {
+                        if !seen.insert(canonical(x)) {
                             ctx.push(FieldError::duplicate(path.index(i).field(), x), unchanged);
                         }
                     }
                 }
                 Some("map") => {
-                    let mut seen: Vec<Vec<Option<&Value>>> = Vec::new();
+                    let mut seen = std::collections::HashSet::new();
                     for (i, x) in a.iter().enumerate() {
-                        let ks: Vec<Option<&Value>> =
-                            node.list_map_keys.iter().map(|k| x.get(k)).collect();
-                        if seen.contains(&ks) {
-                            let mut shown = serde_json::Map::new();
-                            for (k, val) in node.list_map_keys.iter().zip(&ks) {
-                                if let Some(val) = val {
-                                    shown.insert(k.clone(), (*val).clone());
-                                }
+                        let mut shown = serde_json::Map::new();
+                        for k in &node.list_map_keys {
+                            if let Some(val) = x.get(k) {
+                                shown.insert(k.clone(), val.clone());
                             }
-                            ctx.push(
-                                FieldError::duplicate(path.index(i).field(), &Value::Object(shown)),
-                                unchanged,
-                            );
-                        } else {
-                            seen.push(ks);
+                        }
+                        let shown = Value::Object(shown);
+                        if !seen.insert(canonical(&shown)) {
+                            ctx.push(FieldError::duplicate(path.index(i).field(), &shown), unchanged);
                         }
                     }
                 }
@@ -582,6 +589,27 @@ fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mu
             }
         }
         _ => {}
+    }
+}
+
+/// A key identifying a JSON value for duplicate detection (objects have
+/// sorted keys; numbers compare by their f64 value).
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Number(n) => format!("n:{}", n.as_f64().unwrap_or(0.0)),
+        Value::Array(a) => {
+            let parts: Vec<String> = a.iter().map(canonical).collect();
+            format!("[{}]", parts.join(","))
+        }
+        Value::Object(m) => {
+            let mut parts: Vec<String> = m
+                .iter()
+                .map(|(k, x)| format!("{}:{}", go_quote(k), canonical(x)))
+                .collect();
+            parts.sort();
+            format!("{{{}}}", parts.join(","))
+        }
+        other => other.to_string(),
     }
 }
 
