@@ -237,7 +237,9 @@ impl Compiler {
                 )),
             }
         }
-        let child_preserve = under_preserve || n.preserve_unknown;
+        // Only the node carrying x-kubernetes-preserve-unknown-fields may omit
+        // its type; its specified children still need one.
+        let child_preserve = under_preserve;
         if let Some(props) = m.get("properties") {
             match props.as_object() {
                 Some(p) => {
@@ -421,7 +423,8 @@ impl Compiler {
                     format!("{path}.default"),
                     "must not be set inside allOf, anyOf, oneOf or not",
                 ));
-            } else {
+            } else if !d.is_null() {
+                // `default: null` is no default (Go decodes it to nil).
                 n.default = Some(d.clone());
             }
         }

@@ -336,6 +336,15 @@ fn nullable_and_null_handling() {
 }
 
 #[test]
+fn null_default_is_no_default() {
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true, "default": null}}});
+    let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut obj = json!({});
+    s.apply_defaults(&mut obj);
+    assert_eq!(obj, json!({}));
+}
+
+#[test]
 fn defaults_apply_only_where_parents_exist() {
     let s = bj();
     let mut obj = job(json!({"queue": "q", "definitionRef": "d"}));
@@ -446,18 +455,42 @@ fn junctors_as_kube_rs_emits_them() {
         "not": {"required": ["forbidden"]},
         "allOf": [{"properties": {"n": {"maximum": 100}}}]}}});
     let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
-    assert!(s.validate(&json!({"spec": {"aws": {}, "n": 2}}), None).is_empty());
+    assert!(
+        s.validate(&json!({"spec": {"aws": {}, "n": 2}}), None)
+            .is_empty()
+    );
     let m = messages(&s.validate(&json!({"spec": {"n": 2}}), None));
     assert_eq!(m, vec![
         "spec: Invalid value: \"\": spec in body must validate one and only one schema (oneOf). Found none valid".to_string(),
         "spec.aws: Required value".to_string(),
         "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".to_string(),
     ]);
-    let m = messages(&s.validate(&json!({"spec": {"aws": {}, "local": {}, "n": 0, "forbidden": 1}}), None));
-    assert!(m.contains(&"spec: Invalid value: \"\": spec in body must validate at least one schema (anyOf)".to_string()), "{m:?}");
-    assert!(m.contains(&"spec.n: Invalid value: 0: spec.n in body should be greater than or equal to 1".to_string()), "{m:?}");
+    let m = messages(&s.validate(
+        &json!({"spec": {"aws": {}, "local": {}, "n": 0, "forbidden": 1}}),
+        None,
+    ));
+    assert!(
+        m.contains(
+            &"spec: Invalid value: \"\": spec in body must validate at least one schema (anyOf)"
+                .to_string()
+        ),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(
+            &"spec.n: Invalid value: 0: spec.n in body should be greater than or equal to 1"
+                .to_string()
+        ),
+        "{m:?}"
+    );
     assert!(m.contains(&"spec: Invalid value: \"\": spec in body must validate one and only one schema (oneOf). Found 2 valid alternatives".to_string()), "{m:?}");
-    assert!(m.contains(&"spec: Invalid value: \"\": spec in body must not validate the schema provided".to_string()), "{m:?}");
+    assert!(
+        m.contains(
+            &"spec: Invalid value: \"\": spec in body must not validate the schema provided"
+                .to_string()
+        ),
+        "{m:?}"
+    );
     let m = messages(&s.validate(&json!({"spec": {"aws": {}, "n": 200}}), None));
     assert_eq!(m, vec![
         "spec.n: Invalid value: 200: spec.n in body should be less than or equal to 100".to_string(),

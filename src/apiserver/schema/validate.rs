@@ -445,7 +445,11 @@ fn junctors(node: &Node, v: &Value, name: &str, field: &str, errs: &mut Vec<Fiel
             errs.extend(r);
         }
         if validated != node.all_of.len() {
-            let extra = if validated == 0 { ". None validated" } else { "" };
+            let extra = if validated == 0 {
+                ". None validated"
+            } else {
+                ""
+            };
             errs.push(composite(format!(
                 "{name} in body must validate all the schemas (allOf){extra}"
             )));
@@ -566,7 +570,10 @@ fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mu
                         }
                         let shown = Value::Object(shown);
                         if !seen.insert(canonical(&shown)) {
-                            ctx.push(FieldError::duplicate(path.index(i).field(), &shown), unchanged);
+                            ctx.push(
+                                FieldError::duplicate(path.index(i).field(), &shown),
+                                unchanged,
+                            );
                         }
                     }
                 }
