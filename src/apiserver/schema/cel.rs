@@ -173,7 +173,8 @@ pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
     // panic in it take the API server down.
     let compiled = std::panic::catch_unwind(|| env().compile(source))
         .map_err(|_| "compilation failed: internal error in the CEL parser".to_string())?;
-    let program = compiled.map_err(|e| format!("compilation failed: ERROR: <input>: {e}"))?;
+    // cel-rust words parse errors as cel-go does ("ERROR: <input>:1:10: Syntax error: ...").
+    let program = compiled.map_err(|e| format!("compilation failed: {e}"))?;
     let refs = program.references();
     let mut unsupported: Vec<&str> = refs
         .functions()
@@ -854,7 +855,9 @@ mod tests {
             let e = compile_expression(src).map(|_| ()).unwrap_err();
             assert!(e.contains("not supported"), "{src}: {e}");
         }
-        assert!(compile_expression("self.a ==").is_err());
+        assert!(compile_expression("self.a ==").unwrap_err().starts_with(
+            "compilation failed: ERROR: <input>:1:10: Syntax error: mismatched input '<EOF>'"
+        ));
         assert!(
             compile_expression("foo == 1")
                 .unwrap_err()
