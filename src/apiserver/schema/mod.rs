@@ -48,7 +48,6 @@
 //!   authorizer; rules using them are refused when the CRD is created. No CEL
 //!   cost estimation or runtime budget; no full CEL type-checking beyond field
 //!   names.
-//! - `metadata` schema constraints at the root (name/generateName) are not applied.
 //! - Conversion between versions (one schema per served version).
 //!
 //! Paths: errors on the object root use the field `<nil>`, like apimachinery.

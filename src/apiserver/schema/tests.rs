@@ -336,6 +336,23 @@ fn nullable_and_null_handling() {
 }
 
 #[test]
+fn root_metadata_name_constraints() {
+    let schema = json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 5}}}}});
+    let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(
+        s.validate(
+            &json!({"metadata": {"name": "abc", "labels": {"x": "y"}}}),
+            None
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        messages(&s.validate(&json!({"metadata": {"name": "abcdef"}}), None))[0],
+        "metadata.name: Too long: may not be more than 5 bytes"
+    );
+}
+
+#[test]
 fn null_default_is_no_default() {
     let schema = json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true, "default": null}}});
     let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));

@@ -326,6 +326,13 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
             for (k, child) in &node.properties {
                 if let Some(cv) = m.get(k) {
                     if is_root && k == "metadata" {
+                        // kube-apiserver applies only name/generateName constraints here.
+                        for field in ["name", "generateName"] {
+                            if let (Some(fs), Some(fv)) = (child.property(field), cv.get(field)) {
+                                let o = old_m.and_then(|o| o.get(k)).and_then(|o| o.get(field));
+                                openapi(fs, fv, o, &path.prop(k).prop(field), ctx, false);
+                            }
+                        }
                         continue;
                     }
                     openapi(
