@@ -564,7 +564,7 @@ impl Compiler {
             },
             None => None,
         };
-        let program = match cel::compile_expression(&rule) {
+        let program = match cel::compile_expression_with_depth(&rule) {
             Ok(p) => Some(p),
             Err(e) => {
                 self.errors.push(FieldError::new(
@@ -576,10 +576,7 @@ impl Compiler {
                 None
             }
         };
-        let uses_old_self = program
-            .as_ref()
-            .map(|p| p.references().has_variable("oldSelf"))
-            .unwrap_or(false);
+        let uses_old_self = program.as_ref().map(|c| c.uses_old_self).unwrap_or(false);
         if optional_old_self.is_some() && !uses_old_self && program.is_some() {
             self.errors.push(FieldError::invalid(
                 format!("{path}.optionalOldSelf"),
@@ -591,7 +588,7 @@ impl Compiler {
         let message_expression_program = if message_expression.trim().is_empty() {
             None
         } else {
-            match cel::compile_expression(&message_expression) {
+            match cel::compile_expression_with_depth(&message_expression) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     self.errors.push(FieldError::new(
@@ -605,15 +602,18 @@ impl Compiler {
                 }
             }
         };
-        let program = program?;
+        let compiled = program?;
+        let (program, rule_depth) = (compiled.program, compiled.depth);
         if !ok {
             return None;
         }
+        let message_depth = message_expression_program.as_ref().map_or(0, |c| c.depth);
         Some(CompiledRule {
             rule,
             program,
             message: message.trim().to_string(),
-            message_expression: message_expression_program,
+            message_expression: message_expression_program.map(|c| c.program),
+            depth: rule_depth.max(message_depth),
             field_path: normalized_field_path,
             reason,
             uses_old_self,

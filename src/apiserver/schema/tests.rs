@@ -516,6 +516,32 @@ fn junctors_as_kube_rs_emits_them() {
 }
 
 #[test]
+fn deep_rules_on_a_small_stack() {
+    let worker = std::thread::Builder::new().stack_size(2 << 20).spawn(|| {
+        let deep = format!(
+            "{}self.a > 0 && ({}1{}) == 1",
+            "self.a + 1 >= 0 && ".repeat(150),
+            "(".repeat(50),
+            ")".repeat(50)
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}},
+            "x-kubernetes-validations": [{"rule": deep, "message": "a must be positive"}]});
+        let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
+        let ok = s.validate(&json!({"a": 1}), None);
+        let bad = s.validate(&json!({"a": 0}), None);
+        (ok.len(), messages(&bad))
+    });
+    let (ok, bad) = worker
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default();
+    assert_eq!(ok, 0);
+    assert_eq!(
+        bad,
+        vec!["<nil>: Invalid value: \"object\": a must be positive".to_string()]
+    );
+}
+
+#[test]
 fn cel_runtime_errors_are_reported() {
     let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"a": {"type": "integer", "nullable": true}},
         "x-kubernetes-validations": [{"rule": "self.a > 0"}]}}});
