@@ -238,7 +238,8 @@ pub(crate) fn compile_expression_with_depth(source: &str) -> Result<Compiled, St
     })
 }
 
-/// [`compile_expression_with_depth`] without the depth.
+/// [`compile_expression_with_depth`], keeping only the program.
+#[cfg(test)]
 pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
     compile_expression_with_depth(source).map(|c| c.program)
 }
