@@ -248,12 +248,12 @@ fn too_large(snapshot: &Snapshot, d: &Demand<'_>) -> Option<Reason> {
         .collect();
     let (first, shape) = enabled.first()?;
     let dimension: Dimension = d.resources.first_excess(shape)?;
-    let (ce, largest) = enabled
-        .iter()
-        .map(|(c, s)| (*c, s.get(dimension)))
-        .fold((*first, shape.get(dimension)), |acc, x| {
+    let (ce, largest) = enabled.iter().map(|(c, s)| (*c, s.get(dimension))).fold(
+        (*first, shape.get(dimension)),
+        |acc, x| {
             if x.1 > acc.1 { x } else { acc }
-        });
+        },
+    );
     Some(Reason::TooLarge {
         dimension,
         needs: d.resources.get(dimension),

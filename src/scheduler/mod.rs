@@ -245,3 +245,295 @@ fn blocked(snapshot: &Snapshot, job: &Job, now: Seconds) -> Option<Reason> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod properties;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resources::GIB;
+
+    fn ce(min: u32, max: u32) -> ComputeEnvironment {
+        ComputeEnvironment {
+            state: State::Enabled,
+            shape: Resources::new(4000, 16 * GIB, 0),
+            min_instances: min,
+            max_instances: max,
+            booting: 0,
+            scale_in_after_idle_seconds: 300,
+        }
+    }
+
+    fn queue(priority: i32, ces: &[&str]) -> JobQueue {
+        JobQueue {
+            priority,
+            state: State::Enabled,
+            compute_environments: ces.iter().map(|s| s.to_string()).collect(),
+            fair_share: None,
+        }
+    }
+
+    fn node(ce: &str, allocated: Resources, idle_since: Option<Seconds>) -> Node {
+        Node {
+            compute_environment: ce.into(),
+            capacity: Resources::new(4000, 16 * GIB, 0),
+            allocated,
+            jobs: u32::from(!allocated.is_zero()),
+            phase: NodePhase::Ready,
+            idle_since,
+        }
+    }
+
+    fn job(queue: &str, cpu: u64, gib: u64, at: Seconds) -> Job {
+        Job::runnable(queue, Resources::new(cpu, gib * GIB, 0), at)
+    }
+
+    /// One CE `ce` (max 10), one queue `q` on it, and the given nodes and jobs.
+    fn world(nodes: Vec<(&str, Node)>, jobs: Vec<(&str, Job)>) -> Snapshot {
+        Snapshot {
+            queues: [("q".to_string(), queue(1, &["ce"]))].into(),
+            compute_environments: [("ce".to_string(), ce(0, 10))].into(),
+            nodes: nodes.into_iter().map(|(n, x)| (n.to_string(), x)).collect(),
+            jobs: jobs.into_iter().map(|(i, j)| (JobId::new(i), j)).collect(),
+        }
+    }
+
+    fn bound(p: &Plan) -> Vec<(&str, &str)> {
+        p.bindings
+            .iter()
+            .map(|b| (b.job.0.as_str(), b.node.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn released_job_is_bound_in_the_same_pass() {
+        let mut dep = job("q", 1000, 1, 0);
+        dep.phase = Phase::Succeeded;
+        let mut after = job("q", 1000, 1, 1);
+        after.phase = Phase::Pending;
+        after.depends_on = vec![Dependency {
+            job: JobId::new("extract"),
+            kind: DependencyType::Standard,
+        }];
+        let s = world(
+            vec![("n1", node("ce", Resources::ZERO, Some(0)))],
+            vec![("extract", dep), ("load", after)],
+        );
+        let p = plan(&s, 10);
+        assert_eq!(
+            p.phase_changes,
+            [PhaseChange {
+                job: JobId::new("load"),
+                to: Phase::Runnable
+            }]
+        );
+        assert_eq!(bound(&p), [("load", "n1")]);
+    }
+
+    #[test]
+    fn waiting_and_failed_dependencies_are_reported_and_never_bound() {
+        let mut a = job("q", 1000, 1, 0);
+        a.phase = Phase::Running;
+        a.node = Some("n1".into());
+        let mut f = job("q", 1000, 1, 0);
+        f.phase = Phase::Failed;
+        let on = |d: &str| {
+            let mut j = job("q", 1000, 1, 1);
+            j.phase = Phase::Submitted;
+            j.depends_on = vec![Dependency {
+                job: JobId::new(d),
+                kind: DependencyType::Standard,
+            }];
+            j
+        };
+        let s = world(
+            vec![("n1", node("ce", Resources::new(1000, GIB, 0), None))],
+            vec![("a", a), ("f", f), ("wait", on("a")), ("doomed", on("f"))],
+        );
+        let p = plan(&s, 10);
+        assert!(p.bindings.is_empty());
+        assert_eq!(
+            p.unplaced[&JobId::new("wait")].to_string(),
+            "waiting on dependency a"
+        );
+        assert_eq!(
+            p.phase_changes,
+            [PhaseChange {
+                job: JobId::new("wait"),
+                to: Phase::Pending
+            }]
+        );
+        assert_eq!(
+            p.dependency_failures,
+            [DependencyFailure {
+                job: JobId::new("doomed"),
+                dependency: JobId::new("f")
+            }]
+        );
+        assert!(!p.unplaced.contains_key(&JobId::new("doomed")));
+    }
+
+    #[test]
+    fn higher_priority_queue_gets_the_last_slot() {
+        let mut s = world(
+            vec![("n1", node("ce", Resources::new(3000, 0, 0), None))],
+            vec![
+                ("low-old", job("q", 1000, 1, 0)),
+                ("high-new", job("hi", 1000, 1, 50)),
+            ],
+        );
+        s.queues.insert("hi".into(), queue(10, &["ce"]));
+        let p = plan(&s, 100);
+        assert_eq!(bound(&p), [("high-new", "n1")]);
+        assert_eq!(
+            p.unplaced[&JobId::new("low-old")].to_string(),
+            "waiting for 1 instance to boot in ce/ce"
+        );
+    }
+
+    #[test]
+    fn fifo_within_a_queue() {
+        let s = world(
+            vec![("n1", node("ce", Resources::new(3000, 0, 0), None))],
+            vec![
+                ("b-second", job("q", 1000, 1, 5)),
+                ("a-first", job("q", 1000, 1, 9)),
+            ],
+        );
+        // Submission time decides, not the id.
+        let p = plan(&s, 100);
+        assert_eq!(bound(&p), [("b-second", "n1")]);
+    }
+
+    #[test]
+    fn disabled_queue_schedules_nothing_and_asks_for_nothing() {
+        let mut s = world(
+            vec![("n1", node("ce", Resources::ZERO, Some(0)))],
+            vec![("j", job("q", 1000, 1, 0))],
+        );
+        if let Some(q) = s.queues.get_mut("q") {
+            q.state = State::Disabled;
+        }
+        let p = plan(&s, 1);
+        assert!(p.bindings.is_empty());
+        assert_eq!(
+            p.unplaced[&JobId::new("j")].to_string(),
+            "queue jq/q disabled"
+        );
+        assert_eq!(p.capacity["ce"].new_instances, 0);
+    }
+
+    #[test]
+    fn disabled_environment_places_nothing_new_but_keeps_busy_nodes() {
+        let mut s = world(
+            vec![
+                ("busy", node("ce", Resources::new(1000, GIB, 0), None)),
+                ("idle", node("ce", Resources::ZERO, Some(0))),
+            ],
+            vec![("j", job("q", 1000, 1, 0))],
+        );
+        if let Some(c) = s.compute_environments.get_mut("ce") {
+            c.state = State::Disabled;
+        }
+        let p = plan(&s, 10_000);
+        assert!(p.bindings.is_empty());
+        assert_eq!(
+            p.unplaced[&JobId::new("j")].to_string(),
+            "no enabled compute environment in queue jq/q"
+        );
+        // Scale-in goes on: the idle node drains, the busy one stays.
+        assert_eq!(p.drain, ["idle"]);
+        assert!(p.terminate.is_empty());
+    }
+
+    #[test]
+    fn unplaced_demand_scales_out_and_says_so() {
+        let s = world(
+            vec![],
+            (0..5)
+                .map(|i| (["a", "b", "c", "d", "e"][i], job("q", 2000, 4, 0)))
+                .collect(),
+        );
+        let p = plan(&s, 0);
+        // 5 × 2 cpu on 4-cpu instances: 3 instances.
+        assert_eq!(
+            p.capacity["ce"],
+            CapacityDecision {
+                desired: 3,
+                current: 0,
+                new_instances: 3
+            }
+        );
+        assert_eq!(
+            p.unplaced[&JobId::new("a")].to_string(),
+            "waiting for 3 instances to boot in ce/ce"
+        );
+    }
+
+    #[test]
+    fn too_large_job_gets_an_actionable_reason_and_no_instances() {
+        let s = world(vec![], vec![("huge", job("q", 1000, 64, 0))]);
+        let p = plan(&s, 0);
+        assert_eq!(p.capacity["ce"].desired, 0);
+        assert_eq!(
+            p.unplaced[&JobId::new("huge")].to_string(),
+            "needs 64Gi memory, largest instance of ce/ce has 16Gi"
+        );
+    }
+
+    #[test]
+    fn backoff_keeps_a_job_off_nodes_until_its_time() {
+        let mut j = job("q", 1000, 1, 0);
+        j.not_before = Some(130);
+        let s = world(
+            vec![("n1", node("ce", Resources::ZERO, Some(0)))],
+            vec![("j", j)],
+        );
+        let p = plan(&s, 100);
+        assert!(p.bindings.is_empty());
+        assert_eq!(
+            p.unplaced[&JobId::new("j")].to_string(),
+            "retry backoff: runnable again in 30s"
+        );
+        assert_eq!(bound(&plan(&s, 130)), [("j", "n1")]);
+    }
+
+    #[test]
+    fn min_instances_hold_without_demand_and_scale_in_respects_them() {
+        let mut s = world(
+            vec![
+                ("n1", node("ce", Resources::ZERO, Some(0))),
+                ("n2", node("ce", Resources::ZERO, Some(10))),
+            ],
+            vec![],
+        );
+        if let Some(c) = s.compute_environments.get_mut("ce") {
+            c.min_instances = 1;
+        }
+        let p = plan(&s, 10_000);
+        assert_eq!(p.drain, ["n1"]);
+        assert_eq!(p.capacity["ce"].desired, 2, "draining nodes still exist");
+    }
+
+    #[test]
+    fn draining_node_is_terminated_and_desired_drops_with_it() {
+        let mut d = node("ce", Resources::ZERO, Some(0));
+        d.phase = NodePhase::Draining;
+        let s = world(vec![("d", d)], vec![]);
+        let p = plan(&s, 10_000);
+        assert_eq!(p.terminate, ["d"]);
+        assert_eq!(p.capacity["ce"].desired, 0);
+    }
+
+    #[test]
+    fn an_idle_node_that_receives_a_job_is_not_drained() {
+        let s = world(
+            vec![("n1", node("ce", Resources::ZERO, Some(0)))],
+            vec![("j", job("q", 1000, 1, 0))],
+        );
+        let p = plan(&s, 10_000);
+        assert_eq!(bound(&p), [("j", "n1")]);
+        assert!(p.drain.is_empty());
+    }
+}
