@@ -7,3 +7,4 @@
 pub mod api;
 pub mod apiserver;
 pub mod scheduler;
+pub mod simulate;
