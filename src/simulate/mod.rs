@@ -88,28 +88,37 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<22} {:>11} {:>15} {:>5} {:>12} {:>12} {:>9}",
-        "policy", "makespan", "instance-hours", "peak", "utilisation", "lower bound", "vs bound"
+        "{:<22} {:>11} {:>15} {:>5} {:>12} {:>12} {:>9} {:>14} {:>9}",
+        "policy",
+        "makespan",
+        "instance-hours",
+        "peak",
+        "utilisation",
+        "lower bound",
+        "vs bound",
+        "no-wait bound",
+        "vs it"
     );
     for r in reports {
-        let vs = if r.lower_bound_instance_hours > 0.0 {
-            format!(
-                "+{:.1}%",
-                (r.instance_hours / r.lower_bound_instance_hours - 1.0) * 100.0
-            )
-        } else {
-            "-".into()
+        let vs = |bound: f64| {
+            if bound > 0.0 {
+                format!("{:+.1}%", (r.instance_hours / bound - 1.0) * 100.0)
+            } else {
+                "-".into()
+            }
         };
         let _ = writeln!(
             out,
-            "{:<22} {:>11} {:>15.2} {:>5} {:>11.1}% {:>12.2} {:>9}",
+            "{:<22} {:>11} {:>15.2} {:>5} {:>11.1}% {:>12.2} {:>9} {:>14.2} {:>9}",
             r.policy,
             hms(r.makespan_s),
             r.instance_hours,
             r.peak_instances,
             r.utilisation * 100.0,
             r.lower_bound_instance_hours,
-            vs
+            vs(r.lower_bound_instance_hours),
+            r.no_wait_bound_instance_hours,
+            vs(r.no_wait_bound_instance_hours),
         );
         if r.unfinished_jobs > 0 {
             let _ = writeln!(
