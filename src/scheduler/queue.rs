@@ -29,8 +29,7 @@ pub fn order(snapshot: &Snapshot, candidates: &[JobId], now: Seconds) -> Vec<Job
         let Some(mut ids) = by_queue.remove(name) else {
             continue;
         };
-        let key = |id: &JobId| snapshot.jobs.get(id).map_or(0, |j| j.submitted_at);
-        ids.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.cmp(b)));
+        ids.sort_by_cached_key(|id| (snapshot.jobs.get(*id).map_or(0, |j| j.submitted_at), *id));
         match snapshot
             .queues
             .get(name)

@@ -12,9 +12,10 @@
 //! - No rule matches: retry while attempts remain.
 //! - RETRY with no attempts left: the job fails.
 //! - Lost nodes and timeouts end attempts with the reasons [`REASON_NODE_LOST`] and
-//!   [`REASON_TIMEOUT`], which rules can match like any other reason. (AWS Batch itself
-//!   never retries an attempt that hit its timeout; here it is the rules' choice, so
-//!   `onReason: Timeout` / `action: EXIT` gives AWS's behaviour.)
+//!   [`REASON_TIMEOUT`], which rules can match like any other reason. A lost node is an
+//!   ordinary failure (retried while attempts remain). A timed-out attempt is, as in AWS
+//!   Batch, not retried by default ("if a job is terminated for exceeding the timeout,
+//!   it isn't retried"); a rule that matches it with RETRY opts in to retrying it.
 //! - Optionally, an exponential backoff delays the retry: the `n`-th retry waits
 //!   `min(max, base × 2^(n−1))` seconds before the job is runnable again.
 
@@ -141,6 +142,8 @@ pub enum FailCause {
         /// Index in `evaluateOnExit`.
         rule: usize,
     },
+    /// The attempt timed out and no rule asked to retry it.
+    TimedOut,
     /// Every attempt has been used.
     AttemptsExhausted {
         /// `attempts`.
@@ -288,6 +291,9 @@ pub fn decide(
     {
         return RetryDecision::Fail(FailCause::ExitRule { rule });
     }
+    if matched.is_none() && outcome.reason == Some(REASON_TIMEOUT) {
+        return RetryDecision::Fail(FailCause::TimedOut);
+    }
     if attempts_started >= attempts {
         return RetryDecision::Fail(FailCause::AttemptsExhausted { attempts });
     }
@@ -427,6 +433,28 @@ mod tests {
     }
 
     #[test]
+    fn timeout_is_not_retried_unless_a_rule_says_so() {
+        let none = strategy(3, vec![]);
+        assert_eq!(
+            decide(&none, 1, &reason(REASON_TIMEOUT), None, 100),
+            RetryDecision::Fail(FailCause::TimedOut)
+        );
+        let opt_in = strategy(3, vec![rule(None, Some("Time*"), None, "RETRY")]);
+        assert_eq!(
+            decide(&opt_in, 1, &reason(REASON_TIMEOUT), None, 100),
+            RetryDecision::Retry {
+                runnable_at: 100,
+                rule: Some(0)
+            }
+        );
+        // A lost node, by contrast, is retried by default.
+        assert_eq!(
+            decide(&none, 1, &reason(REASON_NODE_LOST), None, 100),
+            RETRY_NOW
+        );
+    }
+
+    #[test]
     fn exit_code_condition_does_not_match_a_missing_exit_code() {
         let s = strategy(3, vec![rule(Some("*"), None, None, "EXIT")]);
         assert_eq!(
@@ -534,5 +562,35 @@ mod tests {
             "EXIT",
         )];
         assert_eq!(validate(&strategy(10, ok)), Ok(()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_retries_past_attempts_and_exit_rules_always_fail(
+            attempts in 1u32..=10,
+            started in 1u32..=12,
+            code in proptest::option::of(0i32..300),
+            rules in proptest::collection::vec(
+                (proptest::option::of("[0-9]{0,2}\\*?"), proptest::bool::ANY), 0..=5),
+        ) {
+            let s = strategy(
+                attempts,
+                rules
+                    .iter()
+                    .map(|(p, retry)| rule(p.as_deref(), None, None, if *retry { "RETRY" } else { "EXIT" }))
+                    .collect(),
+            );
+            let outcome = AttemptOutcome { exit_code: code, ..AttemptOutcome::default() };
+            let d = decide(&s, started, &outcome, None, 0);
+            if let RetryDecision::Retry { .. } = d {
+                proptest::prop_assert!(started < attempts);
+            }
+            let first = s.evaluate_on_exit.iter().position(|r| rule_matches(r, &outcome));
+            if let Some(i) = first
+                && s.evaluate_on_exit[i].action == Action::Exit
+            {
+                proptest::prop_assert_eq!(d, RetryDecision::Fail(FailCause::ExitRule { rule: i }));
+            }
+        }
     }
 }
