@@ -317,7 +317,7 @@ pub fn parse_cpu(text: &str) -> Result<u64, String> {
     let v: f64 = t
         .parse()
         .map_err(|_| format!("{text:?} is not a cpu amount (use 2, 0.5 or 500m)"))?;
-    if !v.is_finite() || v < 0.0 || v > 1e9 {
+    if !(0.0..=1e9).contains(&v) {
         return Err(format!("{text:?} is not a cpu amount"));
     }
     Ok((v * 1000.0).round() as u64)
@@ -345,7 +345,7 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a memory amount (use 16Gi, 512Mi or bytes)"))?;
     let bytes = v * unit as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > 1e18 {
+    if !(0.0..=1e18).contains(&bytes) {
         return Err(format!("{text:?} is not a memory amount"));
     }
     Ok(bytes.round() as u64)
