@@ -248,7 +248,7 @@ fn build(ces: &[RawCe], queues: &[RawQueue], nodes: &[RawNode], jobs: &[RawJob])
             .deps
             .iter()
             .map(|(d, k)| Dependency {
-                job: if *d < 50 {
+                job: if *d < 35 {
                     JobId(format!("j{}", d % jobs.len().max(1)))
                 } else {
                     JobId(format!("arr{}", d % 2))
