@@ -119,6 +119,20 @@ fn asg_batch_scales_out_for_jobs_that_do_not_fit_together() {
 }
 
 #[test]
+fn asg_batch_keeps_min_instances_and_bills_them_to_the_end() {
+    // minInstances 1 and a job at 0: one launch at 0, Ready at 100, a runs 100..1100; the node is never drained
+    // (it is the minimum), and the simulation ends with the last job: billed 0..1100.
+    let yaml_ce = workload(
+        5,
+        SEED,
+        &["{ name: a, arrival: 0, duration: 1000, cpu: 1, memory: 1Gi }"],
+    );
+    let mut w = yaml_ce;
+    w.fleet.min_instances = 1;
+    check(&simulate::run(&w, Policy::AsgBatch), 1100, 1100.0, 1);
+}
+
+#[test]
 fn single_host_runs_first_in_first_out_within_its_concurrency() {
     // Concurrency 1: a 0..100, b 100..150, c (arrived at 10) 150..180. The host (size 2)
     // is billed from the first arrival to the last completion: 180 s × 2 = 360 s.

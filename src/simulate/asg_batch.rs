@@ -14,7 +14,9 @@
 //!   (`ShouldDecrementDesiredCapacity=true`); should the desired capacity fall below the
 //!   instances alive, the group removes booting instances first, then idle ones, never
 //!   one holding a job (scale-in protection);
-//! - billing is per second from launch to termination, at least 60 s.
+//! - billing is per second from launch to termination, at least 60 s; the simulation
+//!   ends once every job is done and only `minInstances` instances are left, which are
+//!   billed until then.
 
 use std::collections::BTreeMap;
 
