@@ -120,14 +120,14 @@ fn asg_batch_scales_out_for_jobs_that_do_not_fit_together() {
 
 #[test]
 fn asg_batch_keeps_min_instances_and_bills_them_to_the_end() {
-    // minInstances 1 and a job at 0: one launch at 0, Ready at 100, a runs 100..1100; the node is never drained
-    // (it is the minimum), and the simulation ends with the last job: billed 0..1100.
-    let yaml_ce = workload(
+    // minInstances 1 and a job at 0: one launch at 0, Ready at 100, a runs 100..1100;
+    // the node is never drained (it is the minimum), and the simulation ends with the
+    // last job: billed 0..1100.
+    let mut w = workload(
         5,
         SEED,
         &["{ name: a, arrival: 0, duration: 1000, cpu: 1, memory: 1Gi }"],
     );
-    let mut w = yaml_ce;
     w.fleet.min_instances = 1;
     check(&simulate::run(&w, Policy::AsgBatch), 1100, 1100.0, 1);
 }
