@@ -217,3 +217,47 @@ fn nightly_meets_the_makespan_goal_and_stays_near_the_no_wait_bound() {
     assert!(ours.instance_hours >= ours.lower_bound_instance_hours);
     assert!(ours.instance_hours <= 1.2 * ours.no_wait_bound_instance_hours);
 }
+
+mod random_workloads {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn job_line(i: usize, (arrival, duration, cpu, mem): (u64, u64, u64, u64)) -> String {
+        format!(
+            "{{ name: j{i}, arrival: {arrival}, duration: {duration}, cpu: {cpu}m, memory: {mem}Mi }}"
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// On any workload, asg-batch finishes every job, never bills below the lower
+        /// bound (which holds for every schedule), and finishes no earlier than the jobs
+        /// can run.
+        #[test]
+        fn asg_batch_finishes_everything_and_respects_the_bound(
+            jobs in prop::collection::vec((0u64..5000, 1u64..3000, 1u64..=4000, 1u64..=16384), 1..25),
+            max in 1u32..6,
+        ) {
+            let lines: Vec<String> = jobs.iter().copied().enumerate().map(|(i, j)| job_line(i, j)).collect();
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let w = workload(max, SEED, &refs);
+            let r = simulate::run(&w, Policy::AsgBatch);
+            prop_assert_eq!(r.unfinished_jobs, 0);
+            prop_assert!(r.instance_hours + 1e-9 >= r.lower_bound_instance_hours, "{:?}", r);
+            prop_assert!(r.peak_instances <= max);
+            let first = jobs.iter().map(|j| j.0).min().unwrap_or(0);
+            // Every job ends after it arrives and runs; the first ones also wait for a
+            // boot (later ones may find a node already up).
+            let last_end = jobs.iter().map(|j| j.0 + j.1).max().unwrap_or(0);
+            let first_run = jobs.iter().filter(|j| j.0 == first).map(|j| 100 + j.1).max().unwrap_or(0);
+            let floor = (last_end - first).max(first_run);
+            prop_assert!(r.makespan_s >= floor, "{:?} < {}", r, floor);
+            prop_assert!(r.utilisation <= 1.0 + 1e-9);
+            // The seeds terminate too.
+            let _ = simulate::run(&w, Policy::SeedOnePerInstance);
+            let s = simulate::run(&w, Policy::SeedSingleHost);
+            prop_assert_eq!(s.unfinished_jobs, 0);
+        }
+    }
+}
