@@ -232,8 +232,10 @@ pub fn plan(snapshot: &Snapshot, demand: &[Demand<'_>]) -> CapacityPlan {
     out
 }
 
-/// The reason for a job larger than every enabled instance shape of its queue: the first
-/// dimension it exceeds on the environment that is largest in that dimension.
+/// The reason for a job larger than every enabled instance shape of its queue. It names
+/// a dimension in which the job exceeds even the largest shape (and that shape's
+/// environment) when there is one; otherwise every dimension fits some shape but no
+/// shape fits all, and the reason says so.
 fn too_large(snapshot: &Snapshot, d: &Demand<'_>) -> Option<Reason> {
     let enabled: Vec<(&String, Resources)> = d
         .compute_environments
@@ -246,19 +248,31 @@ fn too_large(snapshot: &Snapshot, d: &Demand<'_>) -> Option<Reason> {
                 .map(|ce| (c, ce.shape))
         })
         .collect();
-    let (first, shape) = enabled.first()?;
-    let dimension: Dimension = d.resources.first_excess(shape)?;
-    let (ce, largest) = enabled.iter().map(|(c, s)| (*c, s.get(dimension))).fold(
-        (*first, shape.get(dimension)),
-        |acc, x| {
-            if x.1 > acc.1 { x } else { acc }
-        },
-    );
-    Some(Reason::TooLarge {
-        dimension,
-        needs: d.resources.get(dimension),
+    let largest_in = |dim: Dimension| -> Option<(&String, u64)> {
+        enabled.iter().map(|(c, s)| (*c, s.get(dim))).fold(
+            None,
+            |best: Option<(&String, u64)>, x| match best {
+                Some(b) if b.1 >= x.1 => Some(b),
+                _ => Some(x),
+            },
+        )
+    };
+    let reason = |dim: Dimension, (ce, largest): (&String, u64)| Reason::TooLarge {
+        dimension: dim,
+        needs: d.resources.get(dim),
         compute_environment: ce.clone(),
         largest,
+    };
+    for dim in [Dimension::Cpu, Dimension::Memory, Dimension::Gpu] {
+        if let Some(l) = largest_in(dim)
+            && d.resources.get(dim) > l.1
+        {
+            return Some(reason(dim, l));
+        }
+    }
+    (!enabled.is_empty()).then(|| Reason::NoShapeFits {
+        needs: d.resources,
+        compute_environments: enabled.iter().map(|(c, _)| (*c).clone()).collect(),
     })
 }
 
@@ -389,6 +403,35 @@ mod tests {
         assert_eq!(
             p.reasons[&JobId::new("j0")].to_string(),
             "needs 64Gi memory, largest instance of ce/nightly has 16Gi"
+        );
+    }
+
+    #[test]
+    fn too_large_names_the_dimension_no_environment_has() {
+        // ce "wide" has more cpu, ce "deep" more memory; the job exceeds both in memory.
+        let mut wide = ce(0, 0, 10);
+        wide.shape = Resources::new(16_000, 8 * GIB, 0);
+        let mut deep = ce(0, 0, 10);
+        deep.shape = Resources::new(2000, 32 * GIB, 0);
+        let s = snap(vec![("wide", wide), ("deep", deep)]);
+        let p = run(
+            &s,
+            &names(&["wide", "deep"]),
+            &[Resources::new(4000, 64 * GIB, 0)],
+        );
+        assert_eq!(
+            p.reasons[&JobId::new("j0")].to_string(),
+            "needs 64Gi memory, largest instance of ce/deep has 32Gi"
+        );
+        // Fits each dimension somewhere but no single shape.
+        let p = run(
+            &s,
+            &names(&["wide", "deep"]),
+            &[Resources::new(4000, 16 * GIB, 0)],
+        );
+        assert_eq!(
+            p.reasons[&JobId::new("j0")].to_string(),
+            "needs cpu=4, memory=16Gi, no instance of ce/wide, ce/deep has all of it"
         );
     }
 

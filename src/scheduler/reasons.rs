@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::model::{JobId, Seconds};
-use super::resources::{Dimension, format_amount};
+use super::resources::{Dimension, Resources, format_amount};
 
 /// Reason string the controller puts on a job failed because a dependency failed.
 pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
@@ -54,6 +54,13 @@ pub enum Reason {
         /// Its instance's amount in that dimension.
         largest: u64,
     },
+    /// Fits each dimension of some instance shape, but no single shape holds it all.
+    NoShapeFits {
+        /// What the job needs.
+        needs: Resources,
+        /// The enabled compute environments considered.
+        compute_environments: Vec<String>,
+    },
     /// Capacity for it is booting.
     WaitingForBoot {
         /// Compute environment.
@@ -99,6 +106,20 @@ impl fmt::Display for Reason {
                 format_amount(*dimension, *needs),
                 format_amount(*dimension, *largest)
             ),
+            Reason::NoShapeFits {
+                needs,
+                compute_environments,
+            } => {
+                let ces: Vec<String> = compute_environments
+                    .iter()
+                    .map(|c| format!("ce/{c}"))
+                    .collect();
+                write!(
+                    f,
+                    "needs {needs}, no instance of {} has all of it",
+                    ces.join(", ")
+                )
+            }
             Reason::WaitingForBoot {
                 compute_environment,
                 instances,
