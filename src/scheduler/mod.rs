@@ -18,6 +18,8 @@
 //! 5. [`scale_in::plan`] — drain idle nodes nobody needs, terminate drained empty ones;
 //! 6. a [`Reason`] for every waiting job that was not bound.
 
+#![warn(missing_docs)]
+
 pub mod capacity;
 pub mod deps;
 pub mod fairshare;

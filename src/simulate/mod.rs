@@ -7,6 +7,8 @@
 //! workload's instance type), peak instances, mean utilisation of the busiest resource,
 //! and the workload's instance-hour lower bound ([`accounting::lower_bound_seconds`]).
 
+#![warn(missing_docs)]
+
 pub mod accounting;
 pub mod asg_batch;
 pub mod seed;
