@@ -12,7 +12,9 @@
 //! 1. [`deps::evaluate`] — which waiting jobs are released, keep waiting, or fail with
 //!    `DependencyFailed`;
 //! 2. [`queue::order`] — queue priority, then FIFO or fair share within each queue;
-//! 3. [`packing::NodePool::place`] — best-fit onto Ready nodes with room;
+//! 3. [`packing::NodePool::place`] — best-fit onto Ready nodes with room; a job that
+//!    fits nowhere while its environments are at `maxInstances` holds a node
+//!    ([`packing::NodePool::reserve`]) so smaller jobs cannot starve it;
 //! 4. [`capacity::plan`] — first-fit-decreasing of the rest onto booting and new
 //!    instances, per compute environment, within `[minInstances, maxInstances]`;
 //! 5. [`scale_in::plan`] — drain idle nodes nobody needs, terminate drained empty ones;
@@ -96,6 +98,10 @@ pub struct Plan {
     pub dependency_failures: Vec<DependencyFailure>,
     /// Per compute environment.
     pub capacity: BTreeMap<String, CapacityDecision>,
+    /// Nodes held for a job that fits no node and whose compute environments are all
+    /// at `maxInstances` with nothing booting (at most one per environment): nothing
+    /// else was bound to them in this pass. Informational; the job is in `unplaced`.
+    pub reserved: Vec<Binding>,
     /// Nodes to mark Draining.
     pub drain: Vec<String>,
     /// Nodes to terminate (`ShouldDecrementDesiredCapacity=true`).
@@ -149,6 +155,8 @@ pub fn plan(snapshot: &Snapshot, now: Seconds) -> Plan {
 
     let ordered = queue::order(snapshot, &candidates, now);
     let mut pool = NodePool::from_snapshot(snapshot);
+    let saturated = saturated_environments(snapshot);
+    let mut holding: BTreeSet<&str> = BTreeSet::new();
     let mut unbound: Vec<(&JobId, &Job, &[String])> = Vec::new();
     for id in &ordered {
         let Some(job) = snapshot.jobs.get(id) else {
@@ -162,7 +170,32 @@ pub fn plan(snapshot: &Snapshot, now: Seconds) -> Plan {
                 job: id.clone(),
                 node,
             }),
-            None => unbound.push((id, job, &q.compute_environments)),
+            None => {
+                // Blocked with no way to grow: hold a node for it (first such job per
+                // environment), so later, smaller jobs cannot starve it by backfilling.
+                let eligible: Vec<&str> = q
+                    .compute_environments
+                    .iter()
+                    .filter(|c| {
+                        snapshot.compute_environments.get(*c).is_some_and(|ce| {
+                            ce.state == State::Enabled && job.resources.fits_in(&ce.shape)
+                        })
+                    })
+                    .map(String::as_str)
+                    .collect();
+                let stuck = !eligible.is_empty() && eligible.iter().all(|c| saturated.contains(c));
+                if stuck
+                    && let Some(ce) = eligible.iter().find(|c| !holding.contains(*c))
+                    && let Some(node) = pool.reserve(ce, &job.resources)
+                {
+                    holding.insert(ce);
+                    out.reserved.push(Binding {
+                        job: id.clone(),
+                        node,
+                    });
+                }
+                unbound.push((id, job, &q.compute_environments));
+            }
         }
     }
 
@@ -217,6 +250,25 @@ pub fn plan(snapshot: &Snapshot, now: Seconds) -> Plan {
     out.drain = scale_in.drain;
     out.terminate = scale_in.terminate;
     out
+}
+
+/// Enabled compute environments that cannot grow: nothing booting and at least
+/// `maxInstances` instances (nodes of any phase).
+fn saturated_environments(snapshot: &Snapshot) -> BTreeSet<&str> {
+    let mut nodes: BTreeMap<&str, u32> = BTreeMap::new();
+    for n in snapshot.nodes.values() {
+        *nodes.entry(n.compute_environment.as_str()).or_default() += 1;
+    }
+    snapshot
+        .compute_environments
+        .iter()
+        .filter(|(name, ce)| {
+            ce.state == State::Enabled
+                && ce.booting == 0
+                && nodes.get(name.as_str()).copied().unwrap_or(0) >= ce.max_instances
+        })
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 /// Why a job whose dependencies are met still cannot be placed, if anything does.
@@ -471,6 +523,41 @@ mod tests {
             p.unplaced[&JobId::new("a")].to_string(),
             "waiting for 3 instances to boot in ce/ce"
         );
+    }
+
+    #[test]
+    fn at_max_instances_a_blocked_job_holds_a_node_against_backfill() {
+        let mut s = world(
+            vec![("n1", node("ce", Resources::new(2000, GIB, 0), None))],
+            vec![
+                ("big", job("q", 4000, 1, 0)),
+                ("small", job("q", 1000, 1, 5)),
+            ],
+        );
+        if let Some(c) = s.compute_environments.get_mut("ce") {
+            c.max_instances = 1;
+        }
+        let p = plan(&s, 10);
+        assert!(p.bindings.is_empty(), "small must not backfill n1: {p:?}");
+        assert_eq!(
+            p.reserved,
+            [Binding {
+                job: JobId::new("big"),
+                node: "n1".into()
+            }]
+        );
+        assert_eq!(
+            p.unplaced[&JobId::new("big")].to_string(),
+            "ce/ce is at maxInstances (1); waiting for running jobs to finish"
+        );
+        // Below max there is no reservation: small backfills, big gets an instance.
+        if let Some(c) = s.compute_environments.get_mut("ce") {
+            c.max_instances = 2;
+        }
+        let p = plan(&s, 10);
+        assert_eq!(bound(&p), [("small", "n1")]);
+        assert!(p.reserved.is_empty());
+        assert_eq!(p.capacity["ce"].new_instances, 1);
     }
 
     #[test]

@@ -17,6 +17,9 @@ struct Slot {
     /// 1 / capacity per dimension (0 for an absent dimension), for the best-fit score.
     inv: [f64; 3],
     placed: u32,
+    /// Held for a blocked job: takes nothing more in this pass.
+    reserved: bool,
+    capacity: Resources,
 }
 
 #[derive(Default)]
@@ -30,7 +33,7 @@ struct Pool {
 impl Pool {
     fn refresh_bound(&mut self) {
         let mut m = Resources::ZERO;
-        for s in &self.slots {
+        for s in self.slots.iter().filter(|s| !s.reserved) {
             m.cpu_millis = m.cpu_millis.max(s.free.cpu_millis);
             m.memory_bytes = m.memory_bytes.max(s.free.memory_bytes);
             m.gpus = m.gpus.max(s.free.gpus);
@@ -79,6 +82,8 @@ impl NodePool {
                         inverse(u64::from(cap.gpus)),
                     ],
                     placed: 0,
+                    reserved: false,
+                    capacity: cap,
                 });
         }
         for p in pools.values_mut() {
@@ -99,7 +104,7 @@ impl NodePool {
             }
             let mut best: Option<(f64, usize)> = None;
             for (i, s) in pool.slots.iter().enumerate() {
-                if !need.fits_in(&s.free) {
+                if s.reserved || !need.fits_in(&s.free) {
                     continue;
                 }
                 let left = s.free.saturating_sub(need);
@@ -121,6 +126,35 @@ impl NodePool {
             }
         }
         None
+    }
+
+    /// Reserves a node of `compute_environment` for a job needing `need` that fits no
+    /// node now and cannot get a new instance (the environment is at `maxInstances`):
+    /// the node closest to holding it (most free room relative to capacity, ties by
+    /// name) takes no other job in this pass, so smaller jobs later in the order cannot
+    /// keep backfilling the room it is waiting for. Returns the node's name.
+    pub fn reserve(&mut self, compute_environment: &str, need: &Resources) -> Option<String> {
+        let pool = self.pools.get_mut(compute_environment)?;
+        let mut best: Option<(f64, usize)> = None;
+        for (i, s) in pool.slots.iter().enumerate() {
+            // A node too small for the job even when empty would be held for nothing.
+            if s.reserved || !need.fits_in(&s.capacity) {
+                continue;
+            }
+            // Shortfall relative to capacity; the smallest is closest to fitting.
+            let short = need.saturating_sub(&s.free);
+            let score = short.cpu_millis as f64 * s.inv[0]
+                + short.memory_bytes as f64 * s.inv[1]
+                + f64::from(short.gpus) * s.inv[2];
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, i));
+            }
+        }
+        let (_, i) = best?;
+        pool.slots[i].reserved = true;
+        let name = pool.slots[i].name.clone();
+        pool.refresh_bound();
+        Some(name)
     }
 
     /// Names of nodes that received at least one job in this pass.
@@ -252,6 +286,33 @@ mod tests {
         // a is full; b comes before c in the queue's list even though c fits tighter.
         let got = pool.place(&ces(&["a", "b", "c"]), &Resources::new(1000, GIB, 0));
         assert_eq!(got.as_deref(), Some("b1"));
+    }
+
+    #[test]
+    fn a_reserved_node_takes_nothing_else() {
+        let s = snapshot(
+            vec![
+                ("a", node("a", Resources::new(3000, 0, 0), NodePhase::Ready)),
+                ("b", node("a", Resources::new(1000, 0, 0), NodePhase::Ready)),
+            ],
+            vec![("a", State::Enabled)],
+        );
+        let mut pool = NodePool::from_snapshot(&s);
+        // A whole-instance job: b (3 cpu free) is closest to holding it.
+        let big = Resources::new(4000, GIB, 0);
+        assert_eq!(pool.reserve("a", &big).as_deref(), Some("b"));
+        let small = Resources::new(1000, GIB, 0);
+        assert_eq!(pool.place(&ces(&["a"]), &small).as_deref(), Some("a"));
+        assert_eq!(pool.place(&ces(&["a"]), &small), None);
+    }
+
+    #[test]
+    fn a_node_too_small_for_the_job_is_never_reserved() {
+        let mut small_node = node("a", Resources::ZERO, NodePhase::Ready);
+        small_node.capacity = Resources::new(2000, 16 * GIB, 0);
+        let s = snapshot(vec![("n", small_node)], vec![("a", State::Enabled)]);
+        let mut pool = NodePool::from_snapshot(&s);
+        assert_eq!(pool.reserve("a", &Resources::new(4000, GIB, 0)), None);
     }
 
     #[test]

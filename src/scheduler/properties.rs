@@ -404,6 +404,23 @@ proptest! {
     }
 
     #[test]
+    fn reservations_only_where_nothing_can_grow((s, now) in world()) {
+        let p = plan(&s, now);
+        let mut per_ce = BTreeSet::new();
+        for r in &p.reserved {
+            let node = &s.nodes[&r.node];
+            let ce = &s.compute_environments[&node.compute_environment];
+            let count = s.nodes.values()
+                .filter(|n| n.compute_environment == node.compute_environment)
+                .count();
+            prop_assert!(ce.booting == 0 && count >= ce.max_instances as usize);
+            prop_assert_eq!(node.phase, NodePhase::Ready);
+            prop_assert!(per_ce.insert(&node.compute_environment), "two reservations in one CE");
+            prop_assert!(p.unplaced.contains_key(&r.job));
+        }
+    }
+
+    #[test]
     fn every_waiting_job_gets_exactly_one_outcome((s, now) in world()) {
         let p = plan(&s, now);
         let bound: BTreeSet<&JobId> = p.bindings.iter().map(|b| &b.job).collect();
