@@ -9,3 +9,4 @@ pub mod api;
 pub mod apiserver;
 pub mod cloud;
 pub mod scheduler;
+pub mod simulate;
