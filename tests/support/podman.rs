@@ -21,7 +21,9 @@ impl PodmanService {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("podman.sock");
+        // conmon drops files (e.g. `oom`) in its working directory: keep them in the temp dir.
         let child = Command::new("podman")
+            .current_dir(dir.path())
             .args([
                 "system",
                 "service",
