@@ -44,7 +44,16 @@ fn not_built(what: &str, issue: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds => not_built("crds", "foundation"),
+        Command::Crds => match asg_batch::api::crds::all_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("asg-batch crds: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Apiserver {
             listen,
             kubeconfig,

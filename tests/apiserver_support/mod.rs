@@ -92,7 +92,9 @@ impl TestServer {
 
 /// `.tools/kubectl` of this checkout (installed by `scripts/install-test-deps.sh`).
 pub fn kubectl_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/kubectl");
+    let p = std::env::var_os("ASG_BATCH_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/kubectl"));
     assert!(
         p.exists(),
         "{} is missing: run scripts/install-test-deps.sh (make test does)",

@@ -1,0 +1,23 @@
+# asg-batch — `make test` installs what the tests need (idempotent) and runs every check.
+CARGO ?= cargo
+
+.PHONY: test test-deps check crds bench
+
+## Install test needs, then fmt + clippy + the whole test suite.
+test: test-deps check
+
+## moto server (.venv), podman + runc + containers.conf, the busybox test image, kubectl + helm (.tools).
+test-deps:
+	./scripts/install-test-deps.sh
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --all-features
+
+## Regenerate crds/ from the Rust types.
+crds:
+	ASG_BATCH_BLESS_CRDS=1 $(CARGO) test --test crds checked_in_crds_match_the_code
+
+bench:
+	$(CARGO) bench

@@ -1,0 +1,225 @@
+//! BatchJob: the unit of work.
+
+use super::common::{
+    Condition, ContainerSpec, JobDependency, ProcessSpec, Resources, RetryStrategy, Time,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A batch job: runs on a worker instance of its queue's compute environments, retried by
+/// its `retryStrategy`, after the jobs it `dependsOn` have succeeded.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "asgbatch.io",
+    doc = "A batch job: a container or process run on a worker instance, with retries, timeout, dependencies and array children.",
+    version = "v1alpha1",
+    kind = "BatchJob",
+    shortname = "bj",
+    category = "asgbatch",
+    namespaced,
+    status = "BatchJobStatus",
+    printcolumn(name = "Queue", type_ = "string", json_path = ".spec.queue"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
+    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attempt"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.definitionRef) || has(self.container) || has(self.process)").message("a job needs definitionRef, container or process"),
+    validation = Rule::new("!(has(self.container) && has(self.process))").message("container and process are mutually exclusive"),
+    validation = Rule::new("!(has(self.arrayIndex) && has(self.arrayProperties))").message("arrayIndex is set by the controller on array children and cannot be combined with arrayProperties"),
+    validation = Rule::new("!has(self.dependsOn) || self.dependsOn.all(d, !has(d.type) || has(self.arrayProperties) || has(self.arrayIndex))").message("a dependsOn type (N_TO_N, SEQUENTIAL) needs an array job").field_path(".dependsOn")
+)]
+pub struct BatchJobSpec {
+    /// Name of the JobQueue to submit to.
+    #[schemars(length(min = 1, max = 253))]
+    pub queue: String,
+    /// JobDefinition in the same namespace to start from; inline fields override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_ref: Option<DefinitionRef>,
+    /// Run as a container (overrides the definition's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// Run as a process (overrides the definition's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
+    /// cpu, memory and gpu one attempt needs (overrides the definition's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Retries and their rules (overrides the definition's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_strategy: Option<RetryStrategy>,
+    /// An attempt running longer is stopped and ends with reason `Timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1209600))]
+    pub timeout_seconds: Option<u32>,
+    /// Jobs (same namespace) that must succeed before this one becomes runnable; at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub depends_on: Vec<JobDependency>,
+    /// Makes this an array job of `size` children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_properties: Option<ArrayProperties>,
+    /// Index of this job within its array parent; set by the controller on array children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 9999))]
+    pub array_index: Option<u32>,
+    /// Fair-share identifier (a team, a project) when the queue uses fair share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub share_identifier: Option<String>,
+}
+
+/// A JobDefinition in the job's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionRef {
+    /// JobDefinition name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Array job settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArrayProperties {
+    /// Number of children, 2 to 10,000; child i sees `AWS_BATCH_JOB_ARRAY_INDEX=i`.
+    #[schemars(range(min = 2, max = 10000))]
+    pub size: u32,
+}
+
+/// Lifecycle phase of a job, as AWS Batch's.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum JobPhase {
+    /// Accepted, not yet evaluated.
+    Submitted,
+    /// Waiting on dependencies (or on a retry backoff).
+    Pending,
+    /// Queued for capacity.
+    Runnable,
+    /// Bound to a node; the agent is pulling and starting it.
+    Starting,
+    /// Running on its node.
+    Running,
+    /// Finished with exit code 0.
+    Succeeded,
+    /// Finished unsuccessfully with no attempts left, or cancelled.
+    Failed,
+}
+
+impl JobPhase {
+    /// Succeeded or Failed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// Observed state of a job. The controller owns the phase and decisions; the agent on the
+/// bound node owns the progress of the current attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchJobStatus {
+    /// Current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// Machine-readable reason of the phase (e.g. `DependencyFailed`, `NodeLost`, `Timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human explanation, e.g. why a Runnable job is not running yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Number of the current (or last) attempt, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// BatchNode the current attempt is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Not runnable before this time (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
+    /// When the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the job reached Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Time>,
+    /// Every attempt, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["attempt".into()]))]
+    pub attempts: Vec<AttemptStatus>,
+    /// For array parents: children per phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_status: Option<ArrayStatus>,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One start of the job.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptStatus {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// BatchNode it ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Instance id of that node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// When the process or container started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Time>,
+    /// Exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it ended: `Completed`, `Error`, `OutOfMemory`, `Timeout`, `NodeLost`, `Cancelled`, `ImagePullFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Detail of the reason (AWS Batch's `statusReason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// Last lines of the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+}
+
+/// Children of an array job per phase.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArrayStatus {
+    /// Number of children.
+    pub size: u32,
+    /// Children Submitted or Pending.
+    #[serde(default)]
+    pub pending: u32,
+    /// Children Runnable.
+    #[serde(default)]
+    pub runnable: u32,
+    /// Children Starting.
+    #[serde(default)]
+    pub starting: u32,
+    /// Children Running.
+    #[serde(default)]
+    pub running: u32,
+    /// Children Succeeded.
+    #[serde(default)]
+    pub succeeded: u32,
+    /// Children Failed.
+    #[serde(default)]
+    pub failed: u32,
+}

@@ -1,0 +1,108 @@
+//! BatchNode: one worker instance, registered by its node agent.
+
+use super::common::{Condition, Resources, Time};
+use super::compute_environment::Executor;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A worker instance. Its agent creates it at start, heartbeats into its status and runs
+/// the jobs bound to it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "asgbatch.io",
+    doc = "A worker instance registered by its node agent: capacity, bound jobs, heartbeat.",
+    version = "v1alpha1",
+    kind = "BatchNode",
+    shortname = "bn",
+    category = "asgbatch",
+    status = "BatchNodeStatus",
+    printcolumn(
+        name = "ComputeEnvironment",
+        type_ = "string",
+        json_path = ".spec.computeEnvironment"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "CPU-Used",
+        type_ = "string",
+        json_path = ".status.allocated.cpu"
+    ),
+    printcolumn(name = "CPU", type_ = "string", json_path = ".spec.capacity.cpu"),
+    printcolumn(name = "Jobs", type_ = "integer", json_path = ".status.jobCount"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchNodeSpec {
+    /// EC2 instance id (or a local id for `local` compute environments).
+    #[schemars(length(min = 1, max = 64))]
+    pub instance_id: String,
+    /// EC2 instance type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// ComputeEnvironment this instance belongs to.
+    #[schemars(length(min = 1, max = 253))]
+    pub compute_environment: String,
+    /// Allocatable resources for jobs.
+    pub capacity: Resources,
+    /// How the agent runs jobs.
+    #[serde(default)]
+    pub executor: Executor,
+}
+
+/// Phase of a node.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NodePhase {
+    /// Heartbeating and accepting jobs.
+    Ready,
+    /// Chosen for scale-in: takes no new job, terminated once empty.
+    Draining,
+    /// Heartbeat expired; its attempts end with reason `NodeLost`.
+    Lost,
+}
+
+/// A job bound to a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeJob {
+    /// Namespace of the BatchJob.
+    pub namespace: String,
+    /// Name of the BatchJob.
+    pub name: String,
+    /// Attempt number bound here.
+    pub attempt: u32,
+}
+
+/// Observed state of a node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchNodeStatus {
+    /// Ready, Draining or Lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<NodePhase>,
+    /// Resources held by bound jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<Resources>,
+    /// Jobs bound to this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<NodeJob>,
+    /// Number of jobs bound (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_count: Option<u32>,
+    /// Last heartbeat from the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<Time>,
+    /// Since when the node holds no job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Time>,
+    /// Whether the instance is protected from scale-in (it is while it holds a job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_from_scale_in: Option<bool>,
+    /// Standard conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

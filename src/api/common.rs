@@ -1,0 +1,238 @@
+//! Types shared by several kinds: resources, containers, retry strategy, conditions.
+
+use super::quantity::Quantity;
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Whether new work may start here.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum State {
+    /// Accepts and schedules new jobs.
+    #[default]
+    Enabled,
+    /// Schedules nothing new; work already placed finishes.
+    Disabled,
+}
+
+/// cpu, memory and gpu of a job or an instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPU as a Kubernetes quantity: `"2"` cores, `"500m"` millicores.
+    pub cpu: Quantity,
+    /// Memory as a Kubernetes quantity: `"4Gi"`, `"512Mi"`.
+    pub memory: Quantity,
+    /// Number of GPUs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(max = 64))]
+    pub gpu: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// An environment variable of a job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    /// Variable name.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub name: String,
+    /// Literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Take the value from a key of a Secret in the job's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the job's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// Run the job as a container (image pulled on demand by the node agent).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    /// Container image, e.g. `registry.example.com/etl:1.4`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+    /// Entrypoint override; the image's entrypoint when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables, in addition to the `AWS_BATCH_*` variables every job sees.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub env: Vec<EnvVar>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// What the job needs from its instance.
+pub type ResourceRequirements = Resources;
+
+/// When a job ends unsuccessfully, whether to run it again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryStrategy {
+    /// How many times the job may start in all (AWS Batch's `attempts`), 1 to 10.
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: u32,
+    /// Up to 5 rules checked in order; the first whose every given condition matches decides.
+    /// When none matches, the job is retried while attempts remain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub evaluate_on_exit: Vec<EvaluateOnExit>,
+    /// Wait before a retried job becomes runnable again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<RetryBackoff>,
+}
+
+fn default_attempts() -> u32 {
+    1
+}
+
+/// One `evaluateOnExit` rule, as AWS Batch's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluateOnExit {
+    /// Exit code to match: digits, optionally ending in `*` (e.g. `"137"`, `"1*"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[0-9]*\*?$"))]
+    pub on_exit_code: Option<String>,
+    /// Glob on the attempt's reason (`NodeLost`, `Timeout`, `OutOfMemory`, ...); may end in `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub on_reason: Option<String>,
+    /// Glob on the attempt's status reason message; may end in `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub on_status_reason: Option<String>,
+    /// `RETRY` or `EXIT` (case-insensitive).
+    pub action: RetryAction,
+}
+
+/// What an `evaluateOnExit` rule does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryAction {
+    /// Run the job again (while attempts remain).
+    Retry,
+    /// Fail the job now.
+    Exit,
+}
+
+impl Serialize for RetryAction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Self::Retry => "RETRY",
+            Self::Exit => "EXIT",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryAction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.eq_ignore_ascii_case("retry") {
+            Ok(Self::Retry)
+        } else if s.eq_ignore_ascii_case("exit") {
+            Ok(Self::Exit)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "action must be RETRY or EXIT, not {s:?}"
+            )))
+        }
+    }
+}
+
+impl JsonSchema for RetryAction {
+    fn schema_name() -> Cow<'static, str> {
+        "RetryAction".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "RETRY or EXIT (case-insensitive).",
+            "pattern": "^([Rr][Ee][Tt][Rr][Yy]|[Ee][Xx][Ii][Tt])$",
+        })
+    }
+}
+
+/// Exponential backoff between attempts: `min(initialDelaySeconds * 2^(attempt-1), maxDelaySeconds)`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBackoff {
+    /// Delay before the second attempt.
+    #[schemars(range(min = 1, max = 86400))]
+    pub initial_delay_seconds: u32,
+    /// Upper bound of the delay.
+    #[serde(default = "default_max_delay")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_delay_seconds: u32,
+}
+
+fn default_max_delay() -> u32 {
+    3600
+}
+
+/// How a job waits for another.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DependencyType {
+    /// Child i of this array job waits for child i of the array job it depends on.
+    #[serde(rename = "N_TO_N")]
+    NToN,
+    /// Child i of this array job waits for child i-1 of this same array.
+    #[serde(rename = "SEQUENTIAL")]
+    Sequential,
+}
+
+/// A job this one waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDependency {
+    /// Name of a BatchJob in the same namespace (for `SEQUENTIAL`, this job's own name).
+    #[schemars(length(min = 1, max = 253))]
+    pub job_name: String,
+    /// For array jobs: `N_TO_N` or `SEQUENTIAL`. Absent: wait for the whole job.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub dependency_type: Option<DependencyType>,
+}
+
+/// Run the job as a process on the instance (executor `process`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSpec {
+    /// Program and arguments; the first element is the program.
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    /// Environment variables, in addition to the `AWS_BATCH_*` variables every job sees.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub env: Vec<EnvVar>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}

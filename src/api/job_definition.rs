@@ -1,0 +1,60 @@
+//! JobDefinition: a reusable job template.
+
+use super::common::{ContainerSpec, ProcessSpec, Resources, RetryStrategy};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A reusable job template: what to run, what it needs, how to retry and when to give up.
+/// BatchJobs reference it with `definitionRef` and may override any part inline.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "asgbatch.io",
+    doc = "A reusable batch job template: what to run, resources, retries and timeout.",
+    version = "v1alpha1",
+    kind = "JobDefinition",
+    shortname = "jd",
+    category = "asgbatch",
+    namespaced,
+    status = "JobDefinitionStatus",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.container.image"),
+    printcolumn(name = "CPU", type_ = "string", json_path = ".spec.resources.cpu"),
+    printcolumn(
+        name = "Memory",
+        type_ = "string",
+        json_path = ".spec.resources.memory"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.container) != has(self.process)").message("exactly one of container or process must be set"))]
+pub struct JobDefinitionSpec {
+    /// Run as a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// Run as a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
+    /// cpu, memory and gpu one attempt needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Retries and their rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_strategy: Option<RetryStrategy>,
+    /// An attempt running longer is stopped and ends with reason `Timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1209600))]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// Status of a job definition (reserved; nothing writes it yet).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDefinitionStatus {
+    /// Generation of the spec last seen by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

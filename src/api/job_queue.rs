@@ -1,0 +1,90 @@
+//! JobQueue: where jobs wait, with a priority and an ordered list of compute environments.
+
+use super::common::{Condition, State};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A queue of jobs. Higher `priority` queues are served first; within a queue jobs run
+/// first-in first-out, or by fair share when `fairShare` is set.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "asgbatch.io",
+    doc = "A queue of batch jobs with a priority and an ordered list of compute environments.",
+    version = "v1alpha1",
+    kind = "JobQueue",
+    shortname = "jq",
+    category = "asgbatch",
+    status = "JobQueueStatus",
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
+    printcolumn(name = "State", type_ = "string", json_path = ".spec.state"),
+    printcolumn(
+        name = "Runnable",
+        type_ = "integer",
+        json_path = ".status.runnableJobs"
+    ),
+    printcolumn(name = "Running", type_ = "integer", json_path = ".status.runningJobs"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueueSpec {
+    /// Higher is served first.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub priority: i32,
+    /// Compute environments tried in this order; a job goes to the first one that can take it.
+    #[schemars(length(min = 1, max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub compute_environments: Vec<String>,
+    /// `Disabled` schedules nothing new from this queue.
+    #[serde(default)]
+    pub state: State,
+    /// Fair-share scheduling between `shareIdentifier`s (AWS Batch scheduling policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fair_share: Option<FairSharePolicy>,
+}
+
+/// Fair share: the share with the least weighted recent usage goes next.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FairSharePolicy {
+    /// Usage older than this counts less and less (decay half-life, seconds); 0 counts only current usage.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 604800))]
+    pub share_decay_seconds: u32,
+    /// Weights per share; shares not listed weigh 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 500))]
+    pub share_distribution: Vec<ShareWeight>,
+}
+
+/// Weight of one share.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareWeight {
+    /// The `shareIdentifier` jobs carry.
+    #[schemars(length(min = 1, max = 255))]
+    pub share_identifier: String,
+    /// Lower gets more: a share of weight 0.5 gets twice the resources of a share of weight 1.
+    #[schemars(range(min = 0.0001, max = 999.9999))]
+    pub weight_factor: f64,
+}
+
+/// Observed state of a queue (written by the controller).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueueStatus {
+    /// Jobs waiting for capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runnable_jobs: Option<i32>,
+    /// Jobs starting or running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_jobs: Option<i32>,
+    /// Conditions such as `Valid` (all compute environments exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,49 @@
+//! Test support shared by the integration tests: real servers started per test (moto,
+//! Podman's Docker API), the real kubectl/helm binaries, and manifest validation.
+//! Every server started here stops when its guard drops, also when a test fails.
+#![allow(dead_code)]
+
+pub mod manifests;
+pub mod moto;
+pub mod podman;
+pub mod tools;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on loopback");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `ready` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard {
+    pub child: std::process::Child,
+    pub name: &'static str,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
