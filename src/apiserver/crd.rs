@@ -94,17 +94,9 @@ pub fn validate(crd: &Value) -> Vec<Cause> {
                 "Required value: schemas are required",
             )),
             Some(s) => {
-                if let Err(es) = CompiledSchema::compile(s) {
-                    for mut e in es {
-                        if !e.field.starts_with("spec.") {
-                            e.field = format!(
-                                "spec.versions[{i}].schema.openAPIV3Schema{}{}",
-                                if e.field.is_empty() { "" } else { "." },
-                                e.field
-                            );
-                        }
-                        errs.push(e);
-                    }
+                let path = format!("spec.versions[{i}].schema.openAPIV3Schema");
+                if let Err(es) = CompiledSchema::compile_at(s, &path) {
+                    errs.extend(es);
                 }
             }
         }

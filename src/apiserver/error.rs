@@ -171,7 +171,12 @@ impl ApiError {
         } else {
             format!("{kind}.{group}")
         };
-        let texts: Vec<String> = causes.iter().map(|c| c.text()).collect();
+        let mut texts: Vec<String> = vec![];
+        for t in causes.iter().map(|c| c.text()) {
+            if !texts.contains(&t) {
+                texts.push(t);
+            }
+        }
         let body = if texts.len() == 1 {
             texts[0].clone()
         } else {

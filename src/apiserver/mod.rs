@@ -27,6 +27,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod resources;
+pub mod schema;
 pub mod selectors;
 pub mod server;
 pub mod ssa;

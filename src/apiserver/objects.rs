@@ -332,21 +332,19 @@ impl Core {
         if let Some(schema) = &info.schema {
             let unknown = schema.prune(obj);
             if !unknown.is_empty() {
-                let list: Vec<String> = unknown
-                    .iter()
-                    .map(|p| format!("unknown field \"{}\"", p.trim_start_matches('.')))
-                    .collect();
                 match o.field_validation {
                     FieldValidation::Strict => {
-                        return Err(ApiError::bad_request(format!(
-                            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                            info.kind,
-                            info.version,
-                            info.kind,
-                            list.join(", ")
+                        return Err(ApiError::bad_request(super::validation::strict_message(
+                            &info.kind,
+                            &info.version,
+                            &unknown,
                         )));
                     }
-                    FieldValidation::Warn => warnings.extend(list),
+                    FieldValidation::Warn => warnings.extend(
+                        unknown
+                            .iter()
+                            .map(|p| super::validation::unknown_field_warning(p)),
+                    ),
                     FieldValidation::Ignore => {}
                 }
             }
@@ -634,13 +632,10 @@ impl Core {
                         if let Some(schema) = &info.schema {
                             let unknown = schema.prune(&mut applied);
                             if !unknown.is_empty() && o.field_validation == FieldValidation::Strict {
-                                let list: Vec<String> = unknown
-                                    .iter()
-                                    .map(|p| format!("unknown field \"{}\"", p.trim_start_matches('.')))
-                                    .collect();
-                                return Err(ApiError::bad_request(format!(
-                                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                                    info.kind, info.version, info.kind, list.join(", ")
+                                return Err(ApiError::bad_request(super::validation::strict_message(
+                                    &info.kind,
+                                    &info.version,
+                                    &unknown,
                                 )));
                             }
                         }

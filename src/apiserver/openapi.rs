@@ -5,14 +5,9 @@ use serde_json::{Map, Value, json};
 
 use super::resources::{Registry, ResourceInfo};
 
-/// FNV-1a hash of a document, used as the `?hash=` of the index's URLs.
+/// Hash of a document as served, used as the `?hash=` of the index's URLs.
 pub fn hash(doc: &Value) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in doc.to_string().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016X}")
+    super::validation::openapi_hash(doc)
 }
 
 /// Path key of a group version in the index: `api/v1` or `apis/g/v`.
@@ -34,7 +29,7 @@ pub fn index(reg: &Registry, crds: &[Value]) -> Value {
         }
     }
     for (g, v) in gvs {
-        let doc = group_version(reg, &g, &v, crds);
+        let doc = document(reg, &g, &v, crds);
         let p = gv_path(&g, &v);
         paths.insert(
             p.clone(),
@@ -184,9 +179,12 @@ fn crd_schema(crds: &[Value], info: &ResourceInfo) -> Option<Value> {
         .cloned()
 }
 
-/// Fallback used by the validation adapter while the schema engine is not merged.
-pub fn fallback_group_version(group: &str, version: &str, crds: &[Value]) -> Value {
-    let customs: Vec<ResourceInfo> = crds.iter().flat_map(super::resources::from_crd).collect();
-    let reg = Registry::new(customs);
-    group_version(&reg, group, version, crds)
+/// The document served for a group version: the schema engine's for CRD groups,
+/// [`group_version`] for built-in groups.
+pub fn document(reg: &Registry, group: &str, version: &str, crds: &[Value]) -> Value {
+    if reg.resources_of(group, version).iter().any(|i| i.custom) {
+        super::validation::openapi_group_version(group, version, crds)
+    } else {
+        group_version(reg, group, version, crds)
+    }
 }

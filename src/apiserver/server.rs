@@ -297,13 +297,7 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
             if reg.resources_of(g, v).is_empty() {
                 return Err(ApiError::path_not_found());
             }
-            let crds = core.crds();
-            let doc = if reg.resources_of(g, v).iter().any(|i| i.custom) {
-                super::validation::openapi_group_version(g, v, &crds)
-            } else {
-                openapi::group_version(&reg, g, v, &crds)
-            };
-            return get_only(doc);
+            return get_only(openapi::document(&reg, g, v, &core.crds()));
         }
         ["apis", g] => {
             return match discovery::group(&reg, g) {

@@ -1,0 +1,758 @@
+//! Validation of an object against a compiled schema: first the OpenAPI
+//! keywords (worded as kube-openapi words them, mapped to field errors as
+//! apiextensions-apiserver maps them), then list-type invariants, then the CEL
+//! rules; with validation ratcheting on update (errors in values unchanged
+//! from the old object are dropped, as kube-apiserver does by default).
+
+use serde_json::Value;
+
+use super::cel::{self, OldSelf, Outcome};
+use super::compile::Node;
+use super::errors::{FieldError, FieldErrorKind, go_float, go_quote};
+
+/// A path segment.
+#[derive(Clone, Debug)]
+enum Seg {
+    Prop(String),
+    Key(String),
+    Index(usize),
+}
+
+/// A path into the object, rendered in two styles.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Path(Vec<Seg>);
+
+impl Path {
+    fn prop(&self, k: &str) -> Path {
+        let mut p = self.0.clone();
+        p.push(Seg::Prop(k.to_string()));
+        Path(p)
+    }
+    fn key(&self, k: &str) -> Path {
+        let mut p = self.0.clone();
+        p.push(Seg::Key(k.to_string()));
+        Path(p)
+    }
+    fn index(&self, i: usize) -> Path {
+        let mut p = self.0.clone();
+        p.push(Seg::Index(i));
+        Path(p)
+    }
+    /// kube-openapi's names: `spec.map.key`, `spec.list[0]`; empty at the root.
+    fn openapi(&self) -> String {
+        let mut s = String::new();
+        for seg in &self.0 {
+            match seg {
+                Seg::Prop(k) | Seg::Key(k) => {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(k);
+                }
+                Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        s
+    }
+    /// apimachinery `field.Path` rendering: `spec.map[key]`, `spec.list[0]`, `<nil>` at the root.
+    fn field(&self) -> String {
+        if self.0.is_empty() {
+            return "<nil>".into();
+        }
+        let mut s = String::new();
+        for seg in &self.0 {
+            match seg {
+                Seg::Prop(k) => {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(k);
+                }
+                Seg::Key(k) => {
+                    if s.is_empty() {
+                        s.push_str(k);
+                    } else {
+                        s.push_str(&format!("[{k}]"));
+                    }
+                }
+                Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        s
+    }
+    /// The field for an OpenAPI error: `<nil>` at the root, else the kube-openapi name.
+    fn openapi_field(&self) -> String {
+        if self.0.is_empty() {
+            "<nil>".into()
+        } else {
+            self.openapi()
+        }
+    }
+}
+
+/// An error with whether validation ratcheting may drop it.
+struct Collected {
+    err: FieldError,
+    ratchetable: bool,
+}
+
+struct Ctx {
+    out: Vec<Collected>,
+}
+
+impl Ctx {
+    fn push(&mut self, err: FieldError, ratchetable: bool) {
+        self.out.push(Collected { err, ratchetable });
+    }
+}
+
+/// Validates `obj` (and correlates it with `old` on update).
+pub(crate) fn validate(root: &Node, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut ctx = Ctx { out: Vec::new() };
+    openapi(root, obj, old, &Path::default(), &mut ctx, true);
+    list_types(root, obj, old, &Path::default(), &mut ctx);
+    let mut errors: Vec<FieldError> = ctx
+        .out
+        .drain(..)
+        .filter(|c| !c.ratchetable)
+        .map(|c| c.err)
+        .collect();
+    let blocking = errors.iter().any(|e| {
+        matches!(
+            e.kind,
+            FieldErrorKind::NotSupported
+                | FieldErrorKind::Required
+                | FieldErrorKind::TooLong
+                | FieldErrorKind::TooMany
+                | FieldErrorKind::TypeInvalid
+        )
+    });
+    if blocking {
+        errors.push(FieldError::invalid(
+            "<nil>",
+            &Value::Null,
+            "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+        ));
+    } else {
+        cel_walk(root, obj, old, &Path::default(), &mut ctx, true);
+        errors.extend(ctx.out.drain(..).filter(|c| !c.ratchetable).map(|c| c.err));
+    }
+    errors
+}
+
+/// Validates a standalone value (e.g. a schema's `default`) against `node`'s
+/// OpenAPI keywords, naming errors under `name`.
+pub(crate) fn validate_value(node: &Node, v: &Value, name: &str) -> Vec<FieldError> {
+    let mut ctx = Ctx { out: Vec::new() };
+    openapi(node, v, None, &path_from_name(name), &mut ctx, false);
+    ctx.out.into_iter().map(|c| c.err).collect()
+}
+
+/// The JSON type name kube-openapi infers for a value.
+fn data_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn type_matches(ty: &str, v: &Value) -> bool {
+    match (ty, v) {
+        ("object", Value::Object(_)) => true,
+        ("array", Value::Array(_)) => true,
+        ("string", Value::String(_)) => true,
+        ("boolean", Value::Bool(_)) => true,
+        ("number", Value::Number(_)) => true,
+        ("integer", Value::Number(n)) => {
+            n.is_i64()
+                || n.is_u64()
+                || n.as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f.is_finite())
+        }
+        _ => false,
+    }
+}
+
+fn type_error(name: &str, field: String, ty: &str, v: &Value) -> FieldError {
+    let dt = data_type(v);
+    FieldError::type_invalid(
+        field,
+        &Value::from(dt),
+        format!("{name} in body must be of type {ty}: {}", go_quote(dt)),
+    )
+}
+
+/// kube-openapi + apiextensions' mapping to field errors.
+fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut Ctx, is_root: bool) {
+    let unchanged = old.is_some_and(|o| o == v);
+    let name = path.openapi();
+    let field = path.openapi_field();
+    let mut errs: Vec<FieldError> = Vec::new();
+    // type
+    if v.is_null() {
+        if let Some(ty) = &node.ty
+            && !node.nullable
+        {
+            errs.push(type_error(&name, field.clone(), ty, v));
+        }
+        for e in errs {
+            ctx.push(e, unchanged);
+        }
+        return;
+    }
+    if node.int_or_string && !matches!(v, Value::String(_)) && !type_matches("integer", v) {
+        errs.push(FieldError::invalid(
+            field.clone(),
+            &Value::from(""),
+            format!("{name} in body must validate at least one schema (anyOf)"),
+        ));
+        errs.push(type_error(&name, field.clone(), "integer", v));
+        for e in errs {
+            ctx.push(e, unchanged);
+        }
+        return;
+    }
+    if let Some(ty) = &node.ty
+        && !type_matches(ty, v)
+    {
+        errs.push(type_error(&name, field.clone(), ty, v));
+        enum_check(node, v, &field, &mut errs);
+        for e in errs {
+            ctx.push(e, unchanged);
+        }
+        return;
+    }
+    // junctors
+    junctors(node, v, &name, &field, &mut errs);
+    match v {
+        Value::String(s) => {
+            let len = s.chars().count() as i64;
+            if let Some(max) = node.max_length
+                && len > max
+            {
+                errs.push(FieldError::too_long(field.clone(), max));
+            }
+            if let Some(min) = node.min_length
+                && len < min
+            {
+                errs.push(FieldError::invalid(
+                    field.clone(),
+                    v,
+                    format!("{name} in body should be at least {min} chars long"),
+                ));
+            }
+            if let Some((p, re)) = &node.pattern
+                && !re.is_match(s)
+            {
+                errs.push(FieldError::invalid(
+                    field.clone(),
+                    v,
+                    format!("{name} in body should match '{p}'"),
+                ));
+            }
+            if let Some(f) = &node.format
+                && !super::formats::valid(f, s)
+            {
+                errs.push(FieldError::type_invalid(
+                    field.clone(),
+                    v,
+                    format!("{name} in body must be of type {f}: {}", go_quote(s)),
+                ));
+            }
+        }
+        Value::Number(n) => numbers(node, n, v, &name, &field, &mut errs),
+        Value::Array(a) => {
+            let size = a.len() as i64;
+            if let Some(min) = node.min_items
+                && size < min
+            {
+                errs.push(FieldError::invalid(
+                    field.clone(),
+                    &Value::from(size),
+                    format!("{name} in body should have at least {min} items"),
+                ));
+            }
+            if let Some(max) = node.max_items
+                && size > max
+            {
+                errs.push(FieldError::too_many(field.clone(), size, max));
+            }
+            if node.unique_items && has_duplicates(a) {
+                errs.push(FieldError::invalid(
+                    field.clone(),
+                    v,
+                    format!("{name} in body shouldn't contain duplicates"),
+                ));
+            }
+        }
+        _ => {}
+    }
+    enum_check(node, v, &field, &mut errs);
+    if let Value::Object(m) = v {
+        let size = m.len() as i64;
+        if let Some(max) = node.max_properties
+            && size > max
+        {
+            errs.push(FieldError::too_many(field.clone(), size, max));
+        }
+        if let Some(min) = node.min_properties
+            && size < min
+        {
+            errs.push(FieldError::invalid(
+                field.clone(),
+                &Value::from(size),
+                format!("{name} in body should have at least {min} properties"),
+            ));
+        }
+        for r in &node.required {
+            if !m.contains_key(r) {
+                errs.push(FieldError::required(path.prop(r).openapi(), ""));
+            }
+        }
+    }
+    for e in errs {
+        ctx.push(e, unchanged);
+    }
+    // children
+    match v {
+        Value::Object(m) => {
+            let old_m = old.and_then(Value::as_object);
+            // properties in schema order, then additional keys in object order
+            for (k, child) in &node.properties {
+                if let Some(cv) = m.get(k) {
+                    if is_root && k == "metadata" {
+                        continue;
+                    }
+                    openapi(
+                        child,
+                        cv,
+                        old_m.and_then(|o| o.get(k)),
+                        &path.prop(k),
+                        ctx,
+                        false,
+                    );
+                }
+            }
+            if let Some(add) = &node.additional {
+                for (k, cv) in m {
+                    if node.property(k).is_none() {
+                        openapi(
+                            add,
+                            cv,
+                            old_m.and_then(|o| o.get(k)),
+                            &path.prop(k),
+                            ctx,
+                            false,
+                        );
+                    }
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = &node.items {
+                for (i, cv) in a.iter().enumerate() {
+                    let o = correlate_item(node, cv, old);
+                    openapi(items, cv, o, &path.index(i), ctx, false);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn enum_check(node: &Node, v: &Value, field: &str, errs: &mut Vec<FieldError>) {
+    if let Some(values) = &node.enum_values
+        && !values.iter().any(|e| json_eq(e, v))
+    {
+        let shown: Vec<String> = values
+            .iter()
+            .map(|e| match e {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        errs.push(FieldError::not_supported(field.to_string(), v, &shown));
+    }
+}
+
+/// JSON equality treating 1 and 1.0 as equal.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn has_duplicates(a: &[Value]) -> bool {
+    for (i, x) in a.iter().enumerate() {
+        if a[..i].iter().any(|y| json_eq(x, y)) {
+            return true;
+        }
+    }
+    false
+}
+
+fn junctors(node: &Node, v: &Value, name: &str, field: &str, errs: &mut Vec<FieldError>) {
+    let run = |n: &Node| {
+        let mut c = Ctx { out: Vec::new() };
+        openapi(n, v, None, &path_from_name(name), &mut c, false);
+        c.out.into_iter().map(|c| c.err).collect::<Vec<_>>()
+    };
+    let composite = |msg: String| FieldError::invalid(field.to_string(), &Value::from(""), msg);
+    // kube-openapi's order: anyOf, oneOf, allOf, not.
+    if !node.any_of.is_empty() {
+        let results: Vec<Vec<FieldError>> = node.any_of.iter().map(run).collect();
+        if results.iter().all(|r| !r.is_empty()) {
+            errs.push(composite(format!(
+                "{name} in body must validate at least one schema (anyOf)"
+            )));
+            if let Some(best) = results.into_iter().next() {
+                errs.extend(best);
+            }
+        }
+    }
+    if !node.one_of.is_empty() {
+        let results: Vec<Vec<FieldError>> = node.one_of.iter().map(run).collect();
+        let valid = results.iter().filter(|r| r.is_empty()).count();
+        if valid != 1 {
+            let extra = if valid == 0 {
+                "Found none valid".to_string()
+            } else {
+                format!("Found {valid} valid alternatives")
+            };
+            errs.push(composite(format!(
+                "{name} in body must validate one and only one schema (oneOf). {extra}"
+            )));
+            if valid == 0
+                && let Some(best) = results.into_iter().next()
+            {
+                errs.extend(best);
+            }
+        }
+    }
+    if !node.all_of.is_empty() {
+        let mut validated = 0;
+        for n in &node.all_of {
+            let r = run(n);
+            if r.is_empty() {
+                validated += 1;
+            }
+            errs.extend(r);
+        }
+        if validated != node.all_of.len() {
+            let extra = if validated == 0 { ". None validated" } else { "" };
+            errs.push(composite(format!(
+                "{name} in body must validate all the schemas (allOf){extra}"
+            )));
+        }
+    }
+    if let Some(not) = &node.not
+        && run(not).is_empty()
+    {
+        errs.push(composite(format!(
+            "{name} in body must not validate the schema provided"
+        )));
+    }
+}
+
+fn path_from_name(name: &str) -> Path {
+    if name.is_empty() {
+        Path::default()
+    } else {
+        Path(vec![Seg::Prop(name.to_string())])
+    }
+}
+
+fn numbers(
+    node: &Node,
+    n: &serde_json::Number,
+    v: &Value,
+    name: &str,
+    field: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let is_int = n.is_i64() || n.is_u64();
+    let f = n.as_f64().unwrap_or(0.0);
+    let bound = |b: f64| {
+        if is_int {
+            format!("{}", b as i64)
+        } else {
+            go_float(b)
+        }
+    };
+    if let Some(max) = node.maximum {
+        let (bad, word) = if node.exclusive_maximum {
+            (f >= max, "less than")
+        } else {
+            (f > max, "less than or equal to")
+        };
+        if bad {
+            errs.push(FieldError::invalid(
+                field.to_string(),
+                v,
+                format!("{name} in body should be {word} {}", bound(max)),
+            ));
+        }
+    }
+    if let Some(min) = node.minimum {
+        let (bad, word) = if node.exclusive_minimum {
+            (f <= min, "greater than")
+        } else {
+            (f < min, "greater than or equal to")
+        };
+        if bad {
+            errs.push(FieldError::invalid(
+                field.to_string(),
+                v,
+                format!("{name} in body should be {word} {}", bound(min)),
+            ));
+        }
+    }
+    if let Some(m) = node.multiple_of {
+        let q = f / m;
+        if (q - q.round()).abs() > 1e-9 {
+            errs.push(FieldError::invalid(
+                field.to_string(),
+                v,
+                format!("{name} in body should be a multiple of {}", bound(m)),
+            ));
+        }
+    }
+}
+
+/// The old element correlated with `item` of a list: only `x-kubernetes-list-type: map` correlates.
+fn correlate_item<'a>(list: &Node, item: &Value, old: Option<&'a Value>) -> Option<&'a Value> {
+    if list.list_type.as_deref() != Some("map") || list.list_map_keys.is_empty() {
+        return None;
+    }
+    let old = old?.as_array()?;
+    let keys = |x: &Value| -> Vec<Option<Value>> {
+        list.list_map_keys
+            .iter()
+            .map(|k| x.get(k).cloned())
+            .collect()
+    };
+    let want = keys(item);
+    old.iter().find(|o| keys(o) == want)
+}
+
+/// `x-kubernetes-list-type` set/map uniqueness (apiextensions `listtype` validation).
+fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut Ctx) {
+    let unchanged = old.is_some_and(|o| o == v);
+    match v {
+        Value::Array(a) => {
+            match node.list_type.as_deref() {
+                Some("set") => {
+                    let mut seen = std::collections::HashSet::new();
+                    for (i, x) in a.iter().enumerate() {
+                        if !seen.insert(canonical(x)) {
+                            ctx.push(FieldError::duplicate(path.index(i).field(), x), unchanged);
+                        }
+                    }
+                }
+                Some("map") => {
+                    let mut seen = std::collections::HashSet::new();
+                    for (i, x) in a.iter().enumerate() {
+                        let mut shown = serde_json::Map::new();
+                        for k in &node.list_map_keys {
+                            if let Some(val) = x.get(k) {
+                                shown.insert(k.clone(), val.clone());
+                            }
+                        }
+                        let shown = Value::Object(shown);
+                        if !seen.insert(canonical(&shown)) {
+                            ctx.push(FieldError::duplicate(path.index(i).field(), &shown), unchanged);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Some(items) = &node.items {
+                for (i, x) in a.iter().enumerate() {
+                    list_types(items, x, correlate_item(node, x, old), &path.index(i), ctx);
+                }
+            }
+        }
+        Value::Object(m) => {
+            let old_m = old.and_then(Value::as_object);
+            for (k, x) in m {
+                if let Some(p) = node.property(k) {
+                    list_types(p, x, old_m.and_then(|o| o.get(k)), &path.prop(k), ctx);
+                } else if let Some(add) = &node.additional {
+                    list_types(add, x, old_m.and_then(|o| o.get(k)), &path.key(k), ctx);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A key identifying a JSON value for duplicate detection (objects have
+/// sorted keys; numbers compare by their f64 value).
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Number(n) => format!("n:{}", n.as_f64().unwrap_or(0.0)),
+        Value::Array(a) => {
+            let parts: Vec<String> = a.iter().map(canonical).collect();
+            format!("[{}]", parts.join(","))
+        }
+        Value::Object(m) => {
+            let mut parts: Vec<String> = m
+                .iter()
+                .map(|(k, x)| format!("{}:{}", go_quote(k), canonical(x)))
+                .collect();
+            parts.sort();
+            format!("{{{}}}", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Converts a JSON value to CEL following the schema (numbers are doubles).
+fn to_cel_typed(node: Option<&Node>, v: &Value) -> ::cel::Value {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    match v {
+        Value::Array(a) => {
+            let items = node.and_then(|n| n.items.as_deref());
+            ::cel::Value::List(Arc::new(a.iter().map(|x| to_cel_typed(items, x)).collect()))
+        }
+        Value::Object(m) => {
+            let map: HashMap<::cel::objects::Key, ::cel::Value> = m
+                .iter()
+                .map(|(k, x)| {
+                    (
+                        ::cel::objects::Key::String(Arc::new(k.clone())),
+                        to_cel_typed(node.and_then(|n| n.child(k)), x),
+                    )
+                })
+                .collect();
+            ::cel::Value::Map(::cel::objects::Map { map: Arc::new(map) })
+        }
+        other => cel::to_cel(
+            other,
+            node.is_some_and(|n| n.ty.as_deref() == Some("number")),
+        ),
+    }
+}
+
+/// The value `self` is bound to; at the root, metadata keeps only name and generateName.
+fn self_value(node: &Node, v: &Value, is_root: bool) -> ::cel::Value {
+    if is_root && let Value::Object(m) = v {
+        let mut m = m.clone();
+        if let Some(Value::Object(meta)) = m.get("metadata") {
+            let mut kept = serde_json::Map::new();
+            for k in ["name", "generateName"] {
+                if let Some(x) = meta.get(k) {
+                    kept.insert(k.to_string(), x.clone());
+                }
+            }
+            m.insert("metadata".into(), Value::Object(kept));
+        }
+        return to_cel_typed(Some(node), &Value::Object(m));
+    }
+    to_cel_typed(Some(node), v)
+}
+
+fn cel_walk(
+    node: &Node,
+    v: &Value,
+    old: Option<&Value>,
+    path: &Path,
+    ctx: &mut Ctx,
+    is_root: bool,
+) {
+    if v.is_null() {
+        return;
+    }
+    let old = old.filter(|o| !o.is_null());
+    let unchanged = old.is_some_and(|o| o == v);
+    if !node.rules.is_empty() {
+        let this = self_value(node, v, is_root);
+        let old_cel = old.map(|o| self_value(node, o, is_root));
+        for rule in &node.rules {
+            let binding = if !rule.uses_old_self {
+                OldSelf::None
+            } else if rule.optional_old_self {
+                OldSelf::Optional(old_cel.as_ref())
+            } else {
+                match &old_cel {
+                    Some(o) => OldSelf::Value(o),
+                    None => continue,
+                }
+            };
+            let ty = Value::from(node.type_name());
+            let ratchet = unchanged && !rule.uses_old_self;
+            match cel::evaluate(rule, &this, binding) {
+                Outcome::Pass => {}
+                Outcome::Error(msg) => {
+                    ctx.push(FieldError::invalid(path.field(), &ty, msg), ratchet)
+                }
+                Outcome::Fail(msg) => {
+                    let field = match &rule.field_path {
+                        Some(fp) if path.0.is_empty() => fp.clone(),
+                        Some(fp) if fp.starts_with('[') => format!("{}{fp}", path.field()),
+                        Some(fp) => format!("{}.{fp}", path.field()),
+                        None => path.field(),
+                    };
+                    let err = match rule.reason.as_deref() {
+                        Some("FieldValueForbidden") => FieldError::forbidden(field, msg),
+                        Some("FieldValueRequired") => FieldError::required(field, msg),
+                        Some("FieldValueDuplicate") => FieldError::duplicate(field, &ty),
+                        _ => FieldError::invalid(field, &ty, msg),
+                    };
+                    ctx.push(err, ratchet);
+                }
+            }
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            let old_m = old.and_then(Value::as_object);
+            for (k, x) in m {
+                if is_root && k == "metadata" {
+                    continue;
+                }
+                if let Some(p) = node.property(k) {
+                    cel_walk(
+                        p,
+                        x,
+                        old_m.and_then(|o| o.get(k)),
+                        &path.prop(k),
+                        ctx,
+                        false,
+                    );
+                } else if let Some(add) = &node.additional {
+                    cel_walk(
+                        add,
+                        x,
+                        old_m.and_then(|o| o.get(k)),
+                        &path.key(k),
+                        ctx,
+                        false,
+                    );
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = &node.items {
+                for (i, x) in a.iter().enumerate() {
+                    cel_walk(
+                        items,
+                        x,
+                        correlate_item(node, x, old),
+                        &path.index(i),
+                        ctx,
+                        false,
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
