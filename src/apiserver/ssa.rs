@@ -570,6 +570,20 @@ pub fn apply(
             .any(|q| q.len() > p.len() && q.starts_with(p));
         if !still_owned {
             remove_at(&mut new, p);
+            // like structured-merge-diff, do not leave an emptied list or map behind
+            let mut parent = &p[..p.len().saturating_sub(1)];
+            while parent.len() > 1 {
+                let empty = match value_at(&new, parent) {
+                    Some(Value::Array(a)) => a.is_empty(),
+                    Some(Value::Object(m)) => m.is_empty(),
+                    _ => false,
+                };
+                if !empty || applied_set.contains(parent) {
+                    break;
+                }
+                remove_at(&mut new, parent);
+                parent = &parent[..parent.len() - 1];
+            }
         }
     }
     // merge applied into new
