@@ -13,7 +13,7 @@ use asg_batch::apiserver::ApiServerConfig;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 
 fn lines(body: &str) -> Vec<Value> {
@@ -212,6 +212,8 @@ async fn too_old_resource_version_is_410_and_watcher_recovers() {
     for i in 0..40 {
         cms.patch(&format!("cm{i}"), &PatchParams::default(), &Patch::Merge(json!({"data": {"x": "1"}}))).await.unwrap();
     }
+    // the watch reconnects (timeout 1 s) with its now-expired resourceVersion
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     api.create(&PostParams::default(), &widget("new", 2)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
