@@ -320,3 +320,41 @@ async fn http_errors_are_status_objects() {
     assert!(head.contains("299 - \"unknown field \\\"spec.zzz\\\"\""), "{head}");
     assert!(!body.contains("zzz"), "pruned: {body}");
 }
+
+#[tokio::test]
+async fn typed_batchjob_with_the_project_crds() {
+    use asg_batch::api::{BatchJob, JobPhase, crds};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let s = server().await;
+    let c = s.client();
+    let crd_api: Api<CustomResourceDefinition> = Api::all(c.clone());
+    for crd in crds::all() {
+        crd_api.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/hello-local.yaml")).unwrap();
+    let bj: BatchJob = serde_yaml::from_str(&text).unwrap();
+    let api: Api<BatchJob> = Api::namespaced(c.clone(), "default");
+    let made = api.create(&PostParams::default(), &bj).await.unwrap();
+    assert_eq!(made.spec.queue, "adhoc");
+    let st = api
+        .patch_status("hello", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Runnable"}})))
+        .await
+        .unwrap();
+    assert!(matches!(st.status.unwrap().phase, Some(JobPhase::Runnable)));
+    // the CRD's CEL rules and schema apply: an unknown phase is refused
+    let err = status_of(
+        api.patch_status("hello", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Dancing"}})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("status.phase"), "{}", err.message);
+    let mut cur = api.get("hello").await.unwrap();
+    cur.spec.timeout_seconds = Some(30);
+    let up = api.replace("hello", &PostParams::default(), &cur).await.unwrap();
+    assert_eq!(up.spec.timeout_seconds, Some(30));
+    assert_eq!(up.metadata.generation, Some(2));
+    assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    api.delete("hello", &DeleteParams::default()).await.unwrap();
+    assert!(api.get_opt("hello").await.unwrap().is_none());
+}
