@@ -19,16 +19,21 @@ fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -51,7 +56,10 @@ fn job(name: &str) -> BatchJob {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::var("APISERVER_BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("APISERVER_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let rss_start = rss_mib();
     let server = start(ApiServerConfig::default()).await?;
     let client = server.client()?;
@@ -66,25 +74,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let results: Vec<Result<BatchJob, kube::Error>> = futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
-            async move { api.create(&PostParams::default(), &job(&format!("job-{i:05}"))).await }
+            async move {
+                api.create(&PostParams::default(), &job(&format!("job-{i:05}")))
+                    .await
+            }
         })
         .buffer_unordered(64)
         .collect()
         .await;
     let secs = start_t.elapsed().as_secs_f64();
     let failed = results.iter().filter(|r| r.is_err()).count();
-    println!("create {n} BatchJobs via kube-rs: {secs:.2} s, {:.0} writes/s ({failed} failed)", n as f64 / secs);
+    println!(
+        "create {n} BatchJobs via kube-rs: {secs:.2} s, {:.0} writes/s ({failed} failed)",
+        n as f64 / secs
+    );
     drop(results);
 
     // 2. RSS
     let rss = rss_mib();
-    println!("RSS with {n} BatchJobs stored: {rss:.1} MiB (process start {rss_start:.1} MiB; server + client in one process)");
+    println!(
+        "RSS with {n} BatchJobs stored: {rss:.1} MiB (process start {rss_start:.1} MiB; server + client in one process)"
+    );
 
     // 3. watch fan-out on 100 watchers
     let watchers = 100;
     let writes = 200;
-    let rv = api.list_metadata(&Default::default()).await?.metadata.resource_version.unwrap_or_default();
-    let delays = Arc::new(tokio::sync::Mutex::new(Vec::<f64>::with_capacity(watchers * writes)));
+    let rv = api
+        .list_metadata(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let delays = Arc::new(tokio::sync::Mutex::new(Vec::<f64>::with_capacity(
+        watchers * writes,
+    )));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
     let mut tasks = vec![];
     for _ in 0..watchers {
@@ -93,13 +116,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let delays = delays.clone();
         let ready = ready_tx.clone();
         tasks.push(tokio::spawn(async move {
-            let stream = api.watch(&WatchParams::default().labels("fanout=yes").timeout(120), &rv).await?;
+            let stream = api
+                .watch(
+                    &WatchParams::default().labels("fanout=yes").timeout(120),
+                    &rv,
+                )
+                .await?;
             let _ = ready.send(()).await;
             let mut stream = stream.boxed();
             let mut got = 0;
             while let Some(ev) = stream.try_next().await? {
                 if let WatchEvent::Modified(o) = ev {
-                    let sent: u128 = o.metadata.annotations.as_ref().and_then(|a| a.get("sent-ns")).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let sent: u128 = o
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("sent-ns"))
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
                     let d = (now_ns().saturating_sub(sent)) as f64 / 1e6;
                     delays.lock().await.push(d);
                     got += 1;
@@ -115,7 +149,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ready_rx.recv().await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    api.patch("job-00000", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"fanout": "yes"}}}))).await?;
+    api.patch(
+        "job-00000",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"fanout": "yes"}}})),
+    )
+    .await?;
     // the label change is an ADDED for these watchers; now timed MODIFIED writes
     for _ in 0..writes {
         api.patch(

@@ -21,10 +21,21 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
-        "[a-z0-9$/.:{}\"~-]{0,10}".prop_map(Value::from),
-        prop_oneof![Just("replace"), Just("delete"), Just("merge"), Just("add"), Just("remove"), Just("test"), Just("/spec/size"), Just("/metadata")]
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
             .prop_map(Value::from),
+        "[a-z0-9$/.:{}\"~-]{0,10}".prop_map(Value::from),
+        prop_oneof![
+            Just("replace"),
+            Just("delete"),
+            Just("merge"),
+            Just("add"),
+            Just("remove"),
+            Just("test"),
+            Just("/spec/size"),
+            Just("/metadata")
+        ]
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -100,26 +111,44 @@ proptest! {
 fn write_pipeline_never_panics() {
     let core = Core::new(Store::in_memory(1000));
     let reg = core.registry();
-    let crd_info = reg.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").unwrap();
-    let o = WriteOpts { manager: "fuzz".into(), manager_explicit: true, ..WriteOpts::default() };
+    let crd_info = reg
+        .get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        .unwrap();
+    let o = WriteOpts {
+        manager: "fuzz".into(),
+        manager_explicit: true,
+        ..WriteOpts::default()
+    };
     core.create(&crd_info, "", widget_crd(), &o).unwrap();
-    let info = core.registry().get("example.asgbatch.io", "v1", "widgets").unwrap();
+    let info = core
+        .registry()
+        .get("example.asgbatch.io", "v1", "widgets")
+        .unwrap();
     core.create(&info, "default", json!({"apiVersion": "example.asgbatch.io/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1}}), &o).unwrap();
-    let mut runner = TestRunner::new(Config { cases: 400, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 400,
+        ..Config::default()
+    });
     runner
-        .run(&(arb_json(), 0..5usize, any::<bool>()), |(body, kind, force)| {
-            let o = WriteOpts { force: force && kind == 3, ..o.clone() };
-            let bytes = serde_json::to_vec(&body).unwrap();
-            let _ = match kind {
-                0 => core.patch(&info, "default", "w", "", PatchType::Merge, &bytes, &o),
-                1 => core.patch(&info, "default", "w", "status", PatchType::Json, &bytes, &o),
-                2 => core.patch(&info, "default", "w", "", PatchType::Strategic, &bytes, &o),
-                3 => core.patch(&info, "default", "w", "", PatchType::Apply, &bytes, &o),
-                _ => core.update(&info, "default", "w", "", body.clone(), &o),
-            };
-            let _ = core.create(&info, "default", body, &o);
-            Ok(())
-        })
+        .run(
+            &(arb_json(), 0..5usize, any::<bool>()),
+            |(body, kind, force)| {
+                let o = WriteOpts {
+                    force: force && kind == 3,
+                    ..o.clone()
+                };
+                let bytes = serde_json::to_vec(&body).unwrap();
+                let _ = match kind {
+                    0 => core.patch(&info, "default", "w", "", PatchType::Merge, &bytes, &o),
+                    1 => core.patch(&info, "default", "w", "status", PatchType::Json, &bytes, &o),
+                    2 => core.patch(&info, "default", "w", "", PatchType::Strategic, &bytes, &o),
+                    3 => core.patch(&info, "default", "w", "", PatchType::Apply, &bytes, &o),
+                    _ => core.update(&info, "default", "w", "", body.clone(), &o),
+                };
+                let _ = core.create(&info, "default", body, &o);
+                Ok(())
+            },
+        )
         .unwrap();
 }
 
@@ -131,40 +160,86 @@ fn random_http_requests_never_break_the_server() {
         install_widgets(&s.client()).await;
         s
     });
-    let methods = prop_oneof![Just("GET"), Just("POST"), Just("PUT"), Just("PATCH"), Just("DELETE"), Just("HEAD"), Just("OPTIONS")];
+    let methods = prop_oneof![
+        Just("GET"),
+        Just("POST"),
+        Just("PUT"),
+        Just("PATCH"),
+        Just("DELETE"),
+        Just("HEAD"),
+        Just("OPTIONS")
+    ];
     let seg = prop_oneof![
-        Just("api"), Just("apis"), Just("v1"), Just("namespaces"), Just("default"), Just("widgets"),
-        Just("example.asgbatch.io"), Just("status"), Just("w"), Just("openapi"), Just("v3"), Just("watch"),
-        Just("configmaps"), Just("%zz"), Just(".."), Just("")
+        Just("api"),
+        Just("apis"),
+        Just("v1"),
+        Just("namespaces"),
+        Just("default"),
+        Just("widgets"),
+        Just("example.asgbatch.io"),
+        Just("status"),
+        Just("w"),
+        Just("openapi"),
+        Just("v3"),
+        Just("watch"),
+        Just("configmaps"),
+        Just("%zz"),
+        Just(".."),
+        Just("")
     ];
     let query = prop_oneof![
-        Just(""), Just("watch=1&timeoutSeconds=1"), Just("labelSelector=a%20in%20(b"), Just("fieldSelector=x"),
-        Just("limit=-5"), Just("continue=%00%01"), Just("resourceVersion=abc&watch=true&timeoutSeconds=1"),
-        Just("dryRun=Some"), Just("fieldValidation=Nope"), Just("force=true"), Just("propagationPolicy=X"),
-        Just("sendInitialEvents=true&timeoutSeconds=1&watch=1"), Just("fieldManager=a")
+        Just(""),
+        Just("watch=1&timeoutSeconds=1"),
+        Just("labelSelector=a%20in%20(b"),
+        Just("fieldSelector=x"),
+        Just("limit=-5"),
+        Just("continue=%00%01"),
+        Just("resourceVersion=abc&watch=true&timeoutSeconds=1"),
+        Just("dryRun=Some"),
+        Just("fieldValidation=Nope"),
+        Just("force=true"),
+        Just("propagationPolicy=X"),
+        Just("sendInitialEvents=true&timeoutSeconds=1&watch=1"),
+        Just("fieldManager=a")
     ];
     let ct = prop_oneof![
-        Just("application/json"), Just("application/yaml"), Just("application/merge-patch+json"),
-        Just("application/json-patch+json"), Just("application/strategic-merge-patch+json"),
-        Just("application/apply-patch+yaml"), Just("text/plain"), Just("")
+        Just("application/json"),
+        Just("application/yaml"),
+        Just("application/merge-patch+json"),
+        Just("application/json-patch+json"),
+        Just("application/strategic-merge-patch+json"),
+        Just("application/apply-patch+yaml"),
+        Just("text/plain"),
+        Just("")
     ];
     let body = prop_oneof![
         arb_json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         prop::collection::vec(any::<u8>(), 0..200),
     ];
-    let mut runner = TestRunner::new(Config { cases: 300, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        ..Config::default()
+    });
     runner
-        .run(&(methods, prop::collection::vec(seg, 0..7), query, ct, body), |(m, segs, q, ct, body)| {
-            let path = format!("/{}?{q}", segs.join("/"));
-            let ct = if ct.is_empty() { None } else { Some(ct) };
-            let (code, _, resp) = rt.block_on(http(&s, m, &path, ct, &body));
-            prop_assert!(code >= 200 && code < 500, "{m} {path} ({ct:?}) -> {code}: {resp}");
-            if code >= 400 && m != "HEAD" {
-                let v: Value = serde_json::from_str(&resp).map_err(|e| TestCaseError::fail(format!("{m} {path}: non-JSON error {e}: {resp}")))?;
-                prop_assert_eq!(v["kind"].as_str(), Some("Status"));
-            }
-            Ok(())
-        })
+        .run(
+            &(methods, prop::collection::vec(seg, 0..7), query, ct, body),
+            |(m, segs, q, ct, body)| {
+                let path = format!("/{}?{q}", segs.join("/"));
+                let ct = if ct.is_empty() { None } else { Some(ct) };
+                let (code, _, resp) = rt.block_on(http(&s, m, &path, ct, &body));
+                prop_assert!(
+                    (200..500).contains(&code),
+                    "{m} {path} ({ct:?}) -> {code}: {resp}"
+                );
+                if code >= 400 && m != "HEAD" {
+                    let v: Value = serde_json::from_str(&resp).map_err(|e| {
+                        TestCaseError::fail(format!("{m} {path}: non-JSON error {e}: {resp}"))
+                    })?;
+                    prop_assert_eq!(v["kind"].as_str(), Some("Status"));
+                }
+                Ok(())
+            },
+        )
         .unwrap();
     let (code, _, _) = rt.block_on(http(&s, "GET", "/version", None, b""));
     assert_eq!(code, 200);

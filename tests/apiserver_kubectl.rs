@@ -18,7 +18,13 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "kubectl failed ({:?}):\nstdout: {}\nstderr: {}", o.status.code(), out(o), err(o));
+    assert!(
+        o.status.success(),
+        "kubectl failed ({:?}):\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        out(o),
+        err(o)
+    );
     out(o)
 }
 
@@ -26,8 +32,19 @@ fn ok(o: &Output) -> String {
 async fn with_examples() -> TestServer {
     let s = server().await;
     let o = ok(&s.kubectl(&["apply", "-f", "crds/"]).await);
-    for kind in ["batchjobs", "batchnodes", "computeenvironments", "jobdefinitions", "jobqueues"] {
-        assert!(o.contains(&format!("customresourcedefinition.apiextensions.k8s.io/{kind}.asgbatch.io created")), "{o}");
+    for kind in [
+        "batchjobs",
+        "batchnodes",
+        "computeenvironments",
+        "jobdefinitions",
+        "jobqueues",
+    ] {
+        assert!(
+            o.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{kind}.asgbatch.io created"
+            )),
+            "{o}"
+        );
     }
     let o = ok(&s.kubectl(&["apply", "-f", "manifests/examples/"]).await);
     assert!(o.contains("batchjob.asgbatch.io/hello created"), "{o}");
@@ -36,7 +53,13 @@ async fn with_examples() -> TestServer {
 }
 
 fn header(table: &str) -> Vec<String> {
-    table.lines().next().unwrap_or("").split_whitespace().map(str::to_string).collect()
+    table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
@@ -52,11 +75,19 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
 async fn apply_get_columns_categories_yaml_and_explain() {
     let s = with_examples().await;
     let t = ok(&s.kubectl(&["get", "bj"]).await);
-    assert_eq!(header(&t), ["NAME", "QUEUE", "PHASE", "NODE", "ATTEMPTS", "AGE"]);
+    assert_eq!(
+        header(&t),
+        ["NAME", "QUEUE", "PHASE", "NODE", "ATTEMPTS", "AGE"]
+    );
     assert_eq!(row(&t, "hello")[1], "adhoc");
     // categories: every kind of the project
     let all = ok(&s.kubectl(&["get", "asgbatch"]).await);
-    for n in ["batchjob.asgbatch.io/hello", "jobqueue.asgbatch.io/adhoc", "computeenvironment.asgbatch.io/local", "jobdefinition.asgbatch.io/nightly-etl"] {
+    for n in [
+        "batchjob.asgbatch.io/hello",
+        "jobqueue.asgbatch.io/adhoc",
+        "computeenvironment.asgbatch.io/local",
+        "jobdefinition.asgbatch.io/nightly-etl",
+    ] {
         assert!(all.contains(n), "{n} missing from\n{all}");
     }
     let y = ok(&s.kubectl(&["get", "bj", "hello", "-o", "yaml"]).await);
@@ -72,11 +103,24 @@ async fn apply_get_columns_categories_yaml_and_explain() {
     let e = ok(&s.kubectl(&["explain", "bj.spec.retryStrategy"]).await);
     assert!(e.contains("attempts"), "{e}");
     // api-resources from discovery
-    let r = ok(&s.kubectl(&["api-resources", "--api-group=asgbatch.io"]).await);
+    let r = ok(&s
+        .kubectl(&["api-resources", "--api-group=asgbatch.io"])
+        .await);
     let bj = row(&r, "batchjobs");
-    assert_eq!(bj, ["batchjobs", "bj", "asgbatch.io/v1alpha1", "true", "BatchJob"]);
+    assert_eq!(
+        bj,
+        [
+            "batchjobs",
+            "bj",
+            "asgbatch.io/v1alpha1",
+            "true",
+            "BatchJob"
+        ]
+    );
     // re-applying the same manifests changes nothing
-    let o = ok(&s.kubectl(&["apply", "-f", "manifests/examples/hello-local.yaml"]).await);
+    let o = ok(&s
+        .kubectl(&["apply", "-f", "manifests/examples/hello-local.yaml"])
+        .await);
     assert!(o.contains("batchjob.asgbatch.io/hello unchanged"), "{o}");
 }
 
@@ -94,10 +138,14 @@ async fn get_watch_sees_another_clients_update() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let api: Api<BatchJob> = Api::namespaced(s.client(), "default");
-    api.patch_status("hello", &PatchParams::apply("test-controller"), &Patch::Apply(json!({
-        "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob", "metadata": {"name": "hello"},
-        "status": {"phase": "Running", "node": "node-7"},
-    })))
+    api.patch_status(
+        "hello",
+        &PatchParams::apply("test-controller"),
+        &Patch::Apply(json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob", "metadata": {"name": "hello"},
+            "status": {"phase": "Running", "node": "node-7"},
+        })),
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -105,77 +153,194 @@ async fn get_watch_sees_another_clients_update() {
     let o = child.wait_with_output().await.unwrap();
     let text = out(&o);
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("hello")).collect();
-    assert_eq!(rows.len(), 2, "initial row and the update:\n{text}\n{}", err(&o));
+    assert_eq!(
+        rows.len(),
+        2,
+        "initial row and the update:\n{text}\n{}",
+        err(&o)
+    );
     let updated: Vec<&str> = rows[1].split_whitespace().collect();
-    assert_eq!(&updated[..4], ["hello", "adhoc", "Running", "node-7"], "{text}");
-    assert!(matches!(api.get("hello").await.unwrap().status.unwrap().phase, Some(JobPhase::Running)));
+    assert_eq!(
+        &updated[..4],
+        ["hello", "adhoc", "Running", "node-7"],
+        "{text}"
+    );
+    assert!(matches!(
+        api.get("hello").await.unwrap().status.unwrap().phase,
+        Some(JobPhase::Running)
+    ));
 }
 
 #[tokio::test]
 async fn patch_merge_status_and_server_side_apply_conflicts() {
     let s = with_examples().await;
-    let o = ok(&s.kubectl(&["patch", "bj", "hello", "--type=merge", "-p", r#"{"spec":{"timeoutSeconds":60}}"#]).await);
+    let o = ok(&s
+        .kubectl(&[
+            "patch",
+            "bj",
+            "hello",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"timeoutSeconds":60}}"#,
+        ])
+        .await);
     assert_eq!(o.trim(), "batchjob.asgbatch.io/hello patched");
-    let o = ok(&s.kubectl(&["patch", "bj", "hello", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Runnable"}}"#]).await);
+    let o = ok(&s
+        .kubectl(&[
+            "patch",
+            "bj",
+            "hello",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Runnable"}}"#,
+        ])
+        .await);
     assert_eq!(o.trim(), "batchjob.asgbatch.io/hello patched");
     let t = ok(&s.kubectl(&["get", "bj", "hello"]).await);
     assert_eq!(row(&t, "hello")[2], "Runnable");
-    let j = ok(&s.kubectl(&["get", "bj", "hello", "-o", "jsonpath={.spec.timeoutSeconds} {.metadata.generation}"]).await);
-    assert_eq!(j, "60 2", "spec patch bumped generation once; status patch did not");
+    let j = ok(&s
+        .kubectl(&[
+            "get",
+            "bj",
+            "hello",
+            "-o",
+            "jsonpath={.spec.timeoutSeconds} {.metadata.generation}",
+        ])
+        .await);
+    assert_eq!(
+        j, "60 2",
+        "spec patch bumped generation once; status patch did not"
+    );
     // a status patch through the main resource does not change status
-    ok(&s.kubectl(&["patch", "bj", "hello", "--type=merge", "-p", r#"{"status":{"phase":"Failed"}}"#]).await);
-    let j = ok(&s.kubectl(&["get", "bj", "hello", "-o", "jsonpath={.status.phase}"]).await);
+    ok(&s
+        .kubectl(&[
+            "patch",
+            "bj",
+            "hello",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Failed"}}"#,
+        ])
+        .await);
+    let j = ok(&s
+        .kubectl(&["get", "bj", "hello", "-o", "jsonpath={.status.phase}"])
+        .await);
     assert_eq!(j, "Runnable");
 
     // server-side apply: a field another manager set to another value conflicts
-    let manifest = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/hello-local.yaml"))
-        .unwrap()
-        .replace("shareIdentifier: analytics", "shareIdentifier: analytics\n  timeoutSeconds: 120");
-    let o = s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&manifest)).await;
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/examples/hello-local.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "shareIdentifier: analytics",
+        "shareIdentifier: analytics\n  timeoutSeconds: 120",
+    );
+    let o = s
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&manifest))
+        .await;
     assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), err(&o));
     let e = err(&o);
-    assert!(e.contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\""), "{e}");
+    assert!(
+        e.contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\""),
+        "{e}"
+    );
     assert!(e.contains(".spec.timeoutSeconds"), "{e}");
     assert!(e.contains("--force-conflicts"), "{e}");
-    let o = ok(&s.kubectl_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&manifest)).await);
+    let o = ok(&s
+        .kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&manifest),
+        )
+        .await);
     assert_eq!(o.trim(), "batchjob.asgbatch.io/hello serverside-applied");
-    let j = ok(&s.kubectl(&["get", "bj", "hello", "-o", "jsonpath={.spec.timeoutSeconds}"]).await);
+    let j = ok(&s
+        .kubectl(&[
+            "get",
+            "bj",
+            "hello",
+            "-o",
+            "jsonpath={.spec.timeoutSeconds}",
+        ])
+        .await);
     assert_eq!(j, "120");
 }
 
 #[tokio::test]
 async fn delete_with_finalizer_pending() {
     let s = with_examples().await;
-    ok(&s.kubectl(&["patch", "bj", "hello", "--type=merge", "-p", r#"{"metadata":{"finalizers":["asgbatch.io/test-hold"]}}"#]).await);
+    ok(&s
+        .kubectl(&[
+            "patch",
+            "bj",
+            "hello",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":["asgbatch.io/test-hold"]}}"#,
+        ])
+        .await);
     let o = ok(&s.kubectl(&["delete", "bj", "hello", "--wait=false"]).await);
     assert!(o.contains("batchjob.asgbatch.io \"hello\" deleted"), "{o}");
-    let j = ok(&s.kubectl(&["get", "bj", "hello", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await);
+    let j = ok(&s
+        .kubectl(&[
+            "get",
+            "bj",
+            "hello",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+        .await);
     assert!(!j.is_empty(), "still there, terminating");
     // a waiting delete times out while the finalizer is pending
     let o = s.kubectl(&["delete", "bj", "hello", "--timeout=2s"]).await;
     assert_ne!(o.status.code(), Some(0));
-    ok(&s.kubectl(&["patch", "bj", "hello", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]).await);
+    ok(&s
+        .kubectl(&[
+            "patch",
+            "bj",
+            "hello",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ])
+        .await);
     let o = s.kubectl(&["get", "bj", "hello"]).await;
     assert_eq!(o.status.code(), Some(1));
-    assert!(err(&o).contains("batchjobs.asgbatch.io \"hello\" not found"), "{}", err(&o));
+    assert!(
+        err(&o).contains("batchjobs.asgbatch.io \"hello\" not found"),
+        "{}",
+        err(&o)
+    );
 }
 
 #[tokio::test]
 async fn invalid_manifests_name_the_field() {
     let s = with_examples().await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 5);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        let expect = text.lines().find_map(|l| l.strip_prefix("# expect: ")).expect("# expect: line");
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .expect("# expect: line");
         let message = text.lines().find_map(|l| l.strip_prefix("# message: "));
         let o = s.kubectl(&["apply", "-f", f.to_str().unwrap()]).await;
         assert_eq!(o.status.code(), Some(1), "{}: {}", f.display(), out(&o));
         let e = err(&o);
         assert!(e.contains("is invalid"), "{}: {e}", f.display());
-        assert!(e.contains(&format!("{expect}")), "{}: field {expect} not named in {e}", f.display());
+        assert!(
+            e.contains(expect),
+            "{}: field {expect} not named in {e}",
+            f.display()
+        );
         if let Some(m) = message {
             assert!(e.contains(m), "{}: {m:?} not in {e}", f.display());
         }
@@ -188,5 +353,9 @@ async fn invalid_manifests_name_the_field() {
         )
         .await;
     assert_eq!(o.status.code(), Some(1));
-    assert!(err(&o).contains("unknown field \"spec.qeueu\""), "{}", err(&o));
+    assert!(
+        err(&o).contains("unknown field \"spec.qeueu\""),
+        "{}",
+        err(&o)
+    );
 }

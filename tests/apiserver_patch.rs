@@ -14,16 +14,30 @@ async fn merge_and_json_patch() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    let w = api.create(&PostParams::default(), &widget("p", 1)).await.unwrap();
-
-    let m = api
-        .patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2, "tags": ["a"]}})))
+    let w = api
+        .create(&PostParams::default(), &widget("p", 1))
         .await
         .unwrap();
-    assert_eq!((m.spec.size, m.spec.tags.clone()), (2, Some(vec!["a".to_string()])));
+
+    let m = api
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2, "tags": ["a"]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.spec.size, m.spec.tags.clone()),
+        (2, Some(vec!["a".to_string()]))
+    );
     // null deletes in a merge patch
     let m = api
-        .patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tags": null}})))
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"tags": null}})),
+        )
         .await
         .unwrap();
     assert_eq!(m.spec.tags, None);
@@ -34,7 +48,10 @@ async fn merge_and_json_patch() {
         {"op": "replace", "path": "/spec/size", "value": 3}
     ]))
     .unwrap();
-    let j = api.patch("p", &PatchParams::default(), &Patch::<()>::Json(jp)).await.unwrap();
+    let j = api
+        .patch("p", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .unwrap();
     assert_eq!(j.spec.size, 3);
     // failing test -> 422 and no change
     let jp: json_patch::Patch = serde_json::from_value(json!([
@@ -42,28 +59,44 @@ async fn merge_and_json_patch() {
         {"op": "replace", "path": "/spec/size", "value": 4}
     ]))
     .unwrap();
-    let err = status_of(api.patch("p", &PatchParams::default(), &Patch::<()>::Json(jp)).await.unwrap_err());
+    let err = status_of(
+        api.patch("p", &PatchParams::default(), &Patch::<()>::Json(jp))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, 422);
     assert_eq!(api.get("p").await.unwrap().spec.size, 3);
 
     // patch carrying a stale resourceVersion -> 409
     let stale = w.metadata.resource_version.clone().unwrap();
     let err = status_of(
-        api.patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"resourceVersion": stale}, "spec": {"size": 9}})))
-            .await
-            .unwrap_err(),
+        api.patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"resourceVersion": stale}, "spec": {"size": 9}})),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
 
     // patch producing an invalid object -> 422
     let err = status_of(
-        api.patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": "x"}})))
-            .await
-            .unwrap_err(),
+        api.patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": "x"}})),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(err.code, 422);
     // patch on a missing object -> 404
-    let err = status_of(api.patch("nope", &PatchParams::default(), &Patch::Merge(json!({}))).await.unwrap_err());
+    let err = status_of(
+        api.patch("nope", &PatchParams::default(), &Patch::Merge(json!({})))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, 404);
 }
 
@@ -72,8 +105,11 @@ async fn strategic_merge_on_configmap() {
     let s = server().await;
     let c = s.client();
     let api: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c", "labels": {"a": "1", "b": "2"},
-        "finalizers": ["x.io/one"]}, "data": {"k": "v", "k2": "v2"}})).unwrap();
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "c", "labels": {"a": "1", "b": "2"},
+        "finalizers": ["x.io/one"]}, "data": {"k": "v", "k2": "v2"}}),
+    )
+    .unwrap();
     api.create(&PostParams::default(), &cm).await.unwrap();
     let p = api
         .patch(
@@ -86,20 +122,38 @@ async fn strategic_merge_on_configmap() {
     let labels = p.metadata.labels.unwrap();
     assert_eq!(labels.get("a"), None);
     assert_eq!(labels["c"], "3");
-    assert_eq!(p.metadata.finalizers.unwrap(), vec!["x.io/one", "x.io/two"], "finalizers merge as a set");
+    assert_eq!(
+        p.metadata.finalizers.unwrap(),
+        vec!["x.io/one", "x.io/two"],
+        "finalizers merge as a set"
+    );
     let data = p.data.unwrap();
     assert_eq!((data["k"].as_str(), data["k2"].as_str()), ("new", "v2"));
     // $patch: replace on data
     let p = api
-        .patch("c", &PatchParams::default(), &Patch::Strategic(json!({"data": {"$patch": "replace", "only": "1"}})))
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"data": {"$patch": "replace", "only": "1"}})),
+        )
         .await
         .unwrap();
     assert_eq!(p.data.unwrap().len(), 1);
     // strategic merge patch on a custom resource is 415, as in kube-apiserver
     install_widgets(&c).await;
     let wapi: Api<Widget> = Api::namespaced(c.clone(), "default");
-    wapi.create(&PostParams::default(), &widget("w", 1)).await.unwrap();
-    let err = status_of(wapi.patch("w", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"size": 2}}))).await.unwrap_err());
+    wapi.create(&PostParams::default(), &widget("w", 1))
+        .await
+        .unwrap();
+    let err = status_of(
+        wapi.patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"size": 2}})),
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(err.code, 415);
 }
 
@@ -117,11 +171,11 @@ async fn server_side_apply_ownership_conflicts_and_removal() {
             api.patch("s", &pp, &Patch::Apply(body)).await
         }
     };
-    let base = |spec: serde_json::Value| {
-        json!({"apiVersion": "example.asgbatch.io/v1", "kind": "Widget", "metadata": {"name": "s"}, "spec": spec})
-    };
+    let base = |spec: serde_json::Value| json!({"apiVersion": "example.asgbatch.io/v1", "kind": "Widget", "metadata": {"name": "s"}, "spec": spec});
     // apply creates
-    let w = apply("alice", false, base(json!({"size": 1, "tags": ["x"]}))).await.unwrap();
+    let w = apply("alice", false, base(json!({"size": 1, "tags": ["x"]})))
+        .await
+        .unwrap();
     assert_eq!(w.spec.size, 1);
     let mf = w.metadata.managed_fields.clone().unwrap();
     assert_eq!(mf.len(), 1);
@@ -129,32 +183,73 @@ async fn server_side_apply_ownership_conflicts_and_removal() {
     assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
     let fields = serde_json::to_value(mf[0].fields_v1.as_ref().unwrap()).unwrap();
     assert_eq!(fields["f:spec"]["f:size"], json!({}));
-    assert_eq!(fields["f:spec"]["f:tags"]["v:\"x\""], json!({}), "tags is a set list: {fields}");
+    assert_eq!(
+        fields["f:spec"]["f:tags"]["v:\"x\""],
+        json!({}),
+        "tags is a set list: {fields}"
+    );
 
     // bob applies a different size: conflict naming alice and the field
-    let err = status_of(apply("bob", false, base(json!({"size": 2}))).await.unwrap_err());
+    let err = status_of(
+        apply("bob", false, base(json!({"size": 2})))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"alice\": .spec.size");
+    assert_eq!(
+        err.message,
+        "Apply failed with 1 conflict: conflict with \"alice\": .spec.size"
+    );
     // bob applies the same value: shared ownership, no conflict
     apply("bob", false, base(json!({"size": 1}))).await.unwrap();
     // bob forces a new value: alice loses spec.size
     let w = apply("bob", true, base(json!({"size": 5}))).await.unwrap();
     assert_eq!(w.spec.size, 5);
-    let alice = w.metadata.managed_fields.as_ref().unwrap().iter().find(|e| e.manager.as_deref() == Some("alice")).unwrap();
+    let alice = w
+        .metadata
+        .managed_fields
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("alice"))
+        .unwrap();
     let af = serde_json::to_value(alice.fields_v1.as_ref().unwrap()).unwrap();
     assert!(af["f:spec"].get("f:size").is_none(), "{af}");
 
     // an Update manager also conflicts with an apply
-    api.patch("s", &PatchParams { field_manager: Some("carol".into()), ..PatchParams::default() }, &Patch::Merge(json!({"spec": {"color": "red"}})))
+    api.patch(
+        "s",
+        &PatchParams {
+            field_manager: Some("carol".into()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(json!({"spec": {"color": "red"}})),
+    )
+    .await
+    .unwrap();
+    let err = status_of(
+        apply(
+            "alice",
+            false,
+            base(json!({"tags": ["x"], "color": "green"})),
+        )
         .await
-        .unwrap();
-    let err = status_of(apply("alice", false, base(json!({"tags": ["x"], "color": "green"}))).await.unwrap_err());
+        .unwrap_err(),
+    );
     assert_eq!(err.code, 409);
-    assert!(err.message.contains("conflict with \"carol\" using example.asgbatch.io/v1"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("conflict with \"carol\" using example.asgbatch.io/v1"),
+        "{}",
+        err.message
+    );
 
     // alice stops applying tags: they are removed (nobody else owns them)
     let w = apply("alice", false, base(json!({}))).await.unwrap();
-    assert_eq!(w.spec.tags, None, "fields a manager stops applying are removed");
+    assert_eq!(
+        w.spec.tags, None,
+        "fields a manager stops applying are removed"
+    );
     assert_eq!(w.spec.size, 5, "fields owned by others stay");
     assert_eq!(w.spec.color.as_deref(), Some("red"));
 
@@ -168,7 +263,14 @@ async fn server_side_apply_ownership_conflicts_and_removal() {
         .await
         .unwrap();
     assert_eq!(st.status.unwrap().phase.as_deref(), Some("Running"));
-    let agent = st.metadata.managed_fields.as_ref().unwrap().iter().find(|e| e.manager.as_deref() == Some("agent")).unwrap();
+    let agent = st
+        .metadata
+        .managed_fields
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("agent"))
+        .unwrap();
     assert_eq!(agent.subresource.as_deref(), Some("status"));
 
     // apply without fieldManager is refused

@@ -14,7 +14,9 @@ pub fn aggregated_media_type(accept: &str) -> Option<&'static str> {
             && p.contains(&"g=apidiscovery.k8s.io")
         {
             if p.contains(&"v=v2") {
-                return Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+                return Some(
+                    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+                );
             }
             if p.contains(&"v=v2beta1") {
                 return Some(

@@ -97,12 +97,18 @@ pub fn sweep(core: &Core) -> bool {
             let Some(info) = info_of(key) else { continue };
             let owners: Vec<Option<&(String, Obj)>> = refs
                 .iter()
-                .map(|r| r.get("uid").and_then(Value::as_str).and_then(|u| by_uid.get(u)))
+                .map(|r| {
+                    r.get("uid")
+                        .and_then(Value::as_str)
+                        .and_then(|u| by_uid.get(u))
+                })
                 .collect();
             let orphaning: Vec<String> = owners
                 .iter()
                 .flatten()
-                .filter(|(_, ow)| is_deleting(ow) && finalizers_of(ow).iter().any(|f| f == "orphan"))
+                .filter(|(_, ow)| {
+                    is_deleting(ow) && finalizers_of(ow).iter().any(|f| f == "orphan")
+                })
                 .map(|(_, ow)| uid_of(ow).to_string())
                 .collect();
             if !orphaning.is_empty() {
@@ -147,7 +153,11 @@ pub fn sweep(core: &Core) -> bool {
             let fins = finalizers_of(o);
             let live_deps = dependents
                 .get(uid_of(o))
-                .map(|d| d.iter().filter(|(k, dep)| st.get(k, namespace_of(dep), name_of(dep)).is_some()).count())
+                .map(|d| {
+                    d.iter()
+                        .filter(|(k, dep)| st.get(k, namespace_of(dep), name_of(dep)).is_some())
+                        .count()
+                })
                 .unwrap_or(0);
             if fins.iter().any(|f| f == "orphan") && live_deps == 0 {
                 remove_finalizer(core, st, &info, o, "orphan");

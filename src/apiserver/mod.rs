@@ -128,10 +128,12 @@ pub async fn start(cfg: ApiServerConfig) -> Result<RunningApiServer, ApiServerEr
             addr: cfg.listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| ApiServerError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ApiServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
     let app = server::router(server::AppState {
         core: core.clone(),
         addr: addr.to_string(),
@@ -208,7 +210,10 @@ impl RunningApiServer {
         self.stop_now();
         if let Some(http) = self.http.take() {
             let abort = http.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(3), http).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(3), http)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }

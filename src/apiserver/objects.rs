@@ -272,18 +272,20 @@ impl Core {
             .collect();
         if total > page.len() {
             if let Some(last) = page.last() {
-                meta["continue"] = json!(format!(
-                    "{rv}:{}/{}",
-                    namespace_of(last),
-                    name_of(last)
-                ));
+                meta["continue"] = json!(format!("{rv}:{}/{}", namespace_of(last), name_of(last)));
                 meta["remainingItemCount"] = json!(total - page.len());
             }
         }
         Ok((page, meta))
     }
 
-    fn writer<'a>(info: &'a ResourceInfo, o: &'a WriteOpts, sub: &'a str, now: &'a str, api_version: &'a str) -> Writer<'a> {
+    fn writer<'a>(
+        info: &'a ResourceInfo,
+        o: &'a WriteOpts,
+        sub: &'a str,
+        now: &'a str,
+        api_version: &'a str,
+    ) -> Writer<'a> {
         let _ = info;
         Writer {
             manager: &o.manager,
@@ -304,7 +306,11 @@ impl Core {
             }
         }
         if let Some(av) = obj.get("apiVersion").and_then(Value::as_str) {
-            let group_of = |s: &str| s.rsplit_once('/').map(|(g, _)| g.to_string()).unwrap_or_default();
+            let group_of = |s: &str| {
+                s.rsplit_once('/')
+                    .map(|(g, _)| g.to_string())
+                    .unwrap_or_default()
+            };
             if !av.is_empty() && group_of(av) != info.group {
                 return Err(ApiError::bad_request(format!(
                     "the API version in the data ({av}) does not match the expected API version ({})",
@@ -376,7 +382,11 @@ impl Core {
             if obj.pointer("/spec/finalizers").is_none() {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
             }
-            let phase = if is_deleting(obj) { "Terminating" } else { "Active" };
+            let phase = if is_deleting(obj) {
+                "Terminating"
+            } else {
+                "Active"
+            };
             obj["status"] = json!({"phase": phase});
             let name = name_of(obj).to_string();
             if let Some(md) = metadata_mut(obj) {
@@ -466,7 +476,13 @@ impl Core {
         Ok(obj)
     }
 
-    fn insert_new(&self, st: &mut State, info: &ResourceInfo, obj: Value, dry_run: bool) -> ApiResult<Value> {
+    fn insert_new(
+        &self,
+        st: &mut State,
+        info: &ResourceInfo,
+        obj: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
         let ns = namespace_of(&obj).to_string();
         let name = name_of(&obj).to_string();
         if info.namespaced {
@@ -486,7 +502,9 @@ impl Core {
                             "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                             objref(info, &name).qualified()
                         ),
-                        details: Some(json!({"name": name, "group": info.group, "kind": info.plural})),
+                        details: Some(
+                            json!({"name": name, "group": info.group, "kind": info.plural}),
+                        ),
                     });
                 }
                 _ => {}
@@ -507,11 +525,19 @@ impl Core {
     }
 
     /// POST: create.
-    pub fn create(&self, info: &ResourceInfo, ns: &str, body: Value, o: &WriteOpts) -> ApiResult<Outcome> {
+    pub fn create(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        body: Value,
+        o: &WriteOpts,
+    ) -> ApiResult<Outcome> {
         let mut warnings = vec![];
         let obj = Self::prepare_body(info, body)?;
         let obj = Self::prepare_create(info, ns, obj, o, false, &mut warnings)?;
-        let body = self.store.write(|st| self.insert_new(st, info, obj, o.dry_run))?;
+        let body = self
+            .store
+            .write(|st| self.insert_new(st, info, obj, o.dry_run))?;
         Ok(Outcome {
             body,
             code: 201,
@@ -599,7 +625,12 @@ impl Core {
                 ));
             }
             let applied = ensure_object(patch_doc)?;
-            if applied.get("kind").and_then(Value::as_str).unwrap_or("").is_empty() {
+            if applied
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+            {
                 return Err(ApiError::bad_request("invalid object type: /, Kind="));
             }
             let applied = Self::prepare_body(info, applied)?;
@@ -622,7 +653,8 @@ impl Core {
                         if sub == "status" {
                             return Err(ApiError::not_found(objref(info, name)));
                         }
-                        let obj = ssa::apply(None, &applied, SchemaCtx { root: schema }, &w, o.force)?;
+                        let obj =
+                            ssa::apply(None, &applied, SchemaCtx { root: schema }, &w, o.force)?;
                         let obj = Self::prepare_create(info, ns, obj, o, true, &mut warnings)?;
                         self.insert_new(st, info, obj, o.dry_run).map(|b| (b, 201))
                     }
@@ -631,15 +663,24 @@ impl Core {
                         let mut applied = applied.clone();
                         if let Some(schema) = &info.schema {
                             let unknown = schema.prune(&mut applied);
-                            if !unknown.is_empty() && o.field_validation == FieldValidation::Strict {
-                                return Err(ApiError::bad_request(super::validation::strict_message(
-                                    &info.kind,
-                                    &info.version,
-                                    &unknown,
-                                )));
+                            if !unknown.is_empty() && o.field_validation == FieldValidation::Strict
+                            {
+                                return Err(ApiError::bad_request(
+                                    super::validation::strict_message(
+                                        &info.kind,
+                                        &info.version,
+                                        &unknown,
+                                    ),
+                                ));
                             }
                         }
-                        let new = ssa::apply(Some(&old), &applied, SchemaCtx { root: schema }, &w, o.force)?;
+                        let new = ssa::apply(
+                            Some(&old),
+                            &applied,
+                            SchemaCtx { root: schema },
+                            &w,
+                            o.force,
+                        )?;
                         self.commit_update(st, info, &old, new, sub, true, o, &mut warnings)
                             .map(|b| (b, 200))
                     }
@@ -671,7 +712,10 @@ impl Core {
             }
             // A patch without resourceVersion applies to the current object.
             let mut doc = doc;
-            if doc.pointer("/metadata/resourceVersion").is_none_or(Value::is_null) {
+            if doc
+                .pointer("/metadata/resourceVersion")
+                .is_none_or(Value::is_null)
+            {
                 set_meta(&mut doc, "resourceVersion", json!(rv_of(&old).to_string()));
             }
             self.commit_update(st, info, &old, doc, sub, false, o, &mut warnings)
@@ -777,7 +821,11 @@ impl Core {
                         "metadata.finalizers",
                         format!(
                             "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
-                            added.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")
+                            added
+                                .iter()
+                                .map(|f| format!("{f:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     )],
                 ));
@@ -835,11 +883,14 @@ impl Core {
         name: &str,
         d: &DeleteOpts,
     ) -> ApiResult<Outcome> {
-        if info.storage_key() == NS_KEY && matches!(name, "default" | "kube-system" | "kube-public") {
+        if info.storage_key() == NS_KEY && matches!(name, "default" | "kube-system" | "kube-public")
+        {
             return Err(ApiError {
                 code: 403,
                 reason: "Forbidden",
-                message: format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+                message: format!(
+                    "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+                ),
                 details: Some(json!({"name": name, "kind": "namespaces"})),
             });
         }

@@ -56,9 +56,8 @@ fn valid_value(v: &str) -> bool {
 impl LabelSelector {
     /// Parse the `labelSelector` query parameter.
     pub fn parse(s: &str) -> ApiResult<Self> {
-        let bad = |why: &str| {
-            ApiError::bad_request(format!("unable to parse requirement: {why}: {s:?}"))
-        };
+        let bad =
+            |why: &str| ApiError::bad_request(format!("unable to parse requirement: {why}: {s:?}"));
         let mut reqs = vec![];
         if s.trim().is_empty() {
             return Ok(LabelSelector(reqs));
@@ -217,7 +216,11 @@ mod tests {
             ("app=a,tier in (y)", false),
             ("missing notin (a)", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&o),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("a in b").is_err());
         assert!(LabelSelector::parse("a=b c").is_err());
@@ -226,8 +229,16 @@ mod tests {
     #[test]
     fn field_ops() {
         let o = json!({"metadata": {"name": "n", "namespace": "d"}});
-        assert!(FieldSelector::parse("metadata.name=n", "X").unwrap().matches(&o));
-        assert!(!FieldSelector::parse("metadata.namespace!=d", "X").unwrap().matches(&o));
+        assert!(
+            FieldSelector::parse("metadata.name=n", "X")
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.namespace!=d", "X")
+                .unwrap()
+                .matches(&o)
+        );
         assert!(FieldSelector::parse("spec.x=1", "X").is_err());
     }
 }

@@ -82,7 +82,7 @@ fn error_response(e: &ApiError) -> Response {
     json_response(e.code, &e.to_status(), &[])
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> &str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -129,9 +129,7 @@ fn parse_object(ct: &str, body: &[u8]) -> ApiResult<Value> {
     let mt = ct.split(';').next().unwrap_or("").trim();
     match mt {
         "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "couldn't get version/kind; json parse error: {e}"
-            ))
+            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         }),
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
@@ -259,7 +257,9 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
     };
     match segs.as_slice() {
         [] => {
-            return get_only(json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v3", "/readyz", "/version"]}));
+            return get_only(
+                json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v3", "/readyz", "/version"]}),
+            );
         }
         ["version"] => return get_only(discovery::version()),
         ["healthz"] | ["livez"] | ["readyz"] => {
@@ -366,7 +366,7 @@ async fn resource_request(
     if !info.namespaced && ns.is_some() {
         return Err(ApiError::path_not_found());
     }
-    if !sub.is_empty() && !(sub == "status" && info.status_subresource) {
+    if !(sub.is_empty() || sub == "status" && info.status_subresource) {
         return Err(ApiError::path_not_found());
     }
     let is_watch = legacy_watch || q.flag("watch").unwrap_or(false);
@@ -467,7 +467,12 @@ async fn resource_request(
             let body = read_body(req).await?;
             let d = delete_opts(q, &body)?;
             match name {
-                Some(n) => Ok(outcome(core.delete(&info, ns.as_deref().unwrap_or(""), n, &d)?)),
+                Some(n) => Ok(outcome(core.delete(
+                    &info,
+                    ns.as_deref().unwrap_or(""),
+                    n,
+                    &d,
+                )?)),
                 None => {
                     let lq = list_query(q, &info)?;
                     let v = core.delete_collection(&info, ns.as_deref(), &lq, &d)?;
@@ -523,7 +528,9 @@ fn delete_opts(q: &Query, body: &[u8]) -> ApiResult<DeleteOpts> {
                 vec![super::error::Cause::new(
                     "FieldValueNotSupported",
                     "propagationPolicy",
-                    format!("Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+                    format!(
+                        "Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
                 )],
             ));
         }

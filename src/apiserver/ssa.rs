@@ -436,16 +436,21 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w
     let mut entries = old.map(entries_of).unwrap_or_default();
     // A client may not rewrite managedFields through an update; if it sent its own,
     // kube-apiserver would take them, but the common case is echoing them back.
-    if let Some(req) = new.pointer("/metadata/managedFields").and_then(Value::as_array) {
+    if let Some(req) = new
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    {
         if req.is_empty() {
             entries.clear();
         }
     }
     let all_new: FieldSet = fields_of(new, ctx, None);
     for e in entries.iter_mut() {
-        e.fields.retain(|p| !removed.contains(p) && !changed.contains(p));
+        e.fields
+            .retain(|p| !removed.contains(p) && !changed.contains(p));
         // drop ownership of paths that disappeared
-        e.fields.retain(|p| all_new.contains(p) || value_at(new, p).is_some());
+        e.fields
+            .retain(|p| all_new.contains(p) || value_at(new, p).is_some());
     }
     if !changed.is_empty() {
         match entries.iter_mut().find(|e| {
@@ -526,7 +531,9 @@ pub fn apply(
             let Some(av) = value_at(applied, p) else {
                 continue;
             };
-            if p.last().is_some_and(|l| l.starts_with("k:") || l.starts_with("v:")) {
+            if p.last()
+                .is_some_and(|l| l.starts_with("k:") || l.starts_with("v:"))
+            {
                 continue;
             }
             if av.is_object() && av.as_object().is_some_and(|m| !m.is_empty()) {
@@ -650,7 +657,8 @@ fn merge_into(target: &mut Value, src: &Value, schema: Option<&Value>, dotted: &
                 let isch = items_schema(schema);
                 for it in sa {
                     let pos = ta.iter().position(|t| {
-                        keys.iter().all(|k| t.get(k).is_some() && t.get(k) == it.get(k))
+                        keys.iter()
+                            .all(|k| t.get(k).is_some() && t.get(k) == it.get(k))
                     });
                     match pos {
                         Some(i) => merge_into(&mut ta[i], it, isch, &format!("{dotted}[]")),
@@ -737,16 +745,54 @@ mod tests {
     #[test]
     fn apply_conflict_and_force() {
         let ctx = SchemaCtx { root: None };
-        let a = apply(None, &json!({"metadata": {"name": "o"}, "spec": {"x": 1, "y": 1}}), ctx, &w("a"), false).unwrap();
-        let err = apply(Some(&a), &json!({"metadata": {"name": "o"}, "spec": {"x": 2}}), ctx, &w("b"), false).unwrap_err();
+        let a = apply(
+            None,
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 1, "y": 1}}),
+            ctx,
+            &w("a"),
+            false,
+        )
+        .unwrap();
+        let err = apply(
+            Some(&a),
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 2}}),
+            ctx,
+            &w("b"),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(err.code, 409);
-        assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"a\": .spec.x");
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"a\": .spec.x"
+        );
         // same value: shared ownership, no conflict
-        let b = apply(Some(&a), &json!({"metadata": {"name": "o"}, "spec": {"x": 1}}), ctx, &w("b"), false).unwrap();
+        let b = apply(
+            Some(&a),
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 1}}),
+            ctx,
+            &w("b"),
+            false,
+        )
+        .unwrap();
         // a stops applying y and x: y removed, x stays (b owns it)
-        let c = apply(Some(&b), &json!({"metadata": {"name": "o"}, "spec": {}}), ctx, &w("a"), false).unwrap();
+        let c = apply(
+            Some(&b),
+            &json!({"metadata": {"name": "o"}, "spec": {}}),
+            ctx,
+            &w("a"),
+            false,
+        )
+        .unwrap();
         assert_eq!(c["spec"], json!({"x": 1}));
-        let d = apply(Some(&c), &json!({"metadata": {"name": "o"}, "spec": {"x": 5}}), ctx, &w("a"), true).unwrap();
+        let d = apply(
+            Some(&c),
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 5}}),
+            ctx,
+            &w("a"),
+            true,
+        )
+        .unwrap();
         assert_eq!(d["spec"]["x"], 5);
     }
 }

@@ -62,6 +62,9 @@ pub struct Event {
     pub prev: Option<Obj>,
 }
 
+/// History replay plus the live event receiver of a watch.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// Errors opening the persistent store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -110,9 +113,10 @@ impl State {
             return vec![];
         };
         let iter: Box<dyn Iterator<Item = (&(String, String), &Obj)>> = match after {
-            Some(a) => Box::new(
-                m.range((std::ops::Bound::Excluded(a.clone()), std::ops::Bound::Unbounded)),
-            ),
+            Some(a) => Box::new(m.range((
+                std::ops::Bound::Excluded(a.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
             None => Box::new(m.iter()),
         };
         iter.filter(|((n, _), _)| ns.is_none_or(|want| want == n))
@@ -320,10 +324,7 @@ impl Store {
 
     /// Subscribe to events after `from` atomically with reading the history.
     /// `Err` when `from` is older than the retained history.
-    pub fn watch_from(
-        &self,
-        from: u64,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), u64> {
+    pub fn watch_from(&self, from: u64) -> Result<WatchStart, u64> {
         let st = self.lock();
         match st.events_since(from) {
             Some(evs) => Ok((evs, self.tx.subscribe())),

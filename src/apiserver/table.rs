@@ -45,7 +45,9 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
                 cur = cur.as_array()?.iter().find(|it| {
                     json_path(it, &format!(".{key}")).is_some_and(|v| match v {
                         Value::String(s) => s == want,
-                        other => other.to_string() == want,
+                        Value::Number(n) => n.to_string() == want,
+                        Value::Bool(b) => b.to_string() == want,
+                        _ => false,
                     })
                 })?;
             } else if let Ok(i) = inner.trim().parse::<i64>() {
@@ -246,10 +248,15 @@ mod tests {
     #[test]
     fn paths() {
         let o = json!({"status": {"conditions": [{"type": "A", "status": "False"}, {"type": "Ready", "status": "True"}]}, "spec": {"l": [1, 2]}});
-        assert_eq!(json_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"), Some(&json!("True")));
+        assert_eq!(
+            json_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
+            Some(&json!("True"))
+        );
         assert_eq!(json_path(&o, ".spec.l[1]"), Some(&json!(2)));
         assert_eq!(json_path(&o, ".spec.missing"), None);
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 }

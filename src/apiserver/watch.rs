@@ -95,7 +95,8 @@ impl Watcher {
         if initial_end {
             md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": md});
+        let obj =
+            json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": md});
         self.send("BOOKMARK", obj).await
     }
 
@@ -174,7 +175,8 @@ pub fn start(
             }
         } else {
             let Ok(from) = rv_param.parse::<u64>() else {
-                w.expired(format!("invalid resource version: {rv_param}")).await;
+                w.expired(format!("invalid resource version: {rv_param}"))
+                    .await;
                 return;
             };
             match core.store.watch_from(from) {

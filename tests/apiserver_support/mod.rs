@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use asg_batch::apiserver::{ApiServerConfig, RunningApiServer, start};
-use kube::api::{Api, PostParams};
 use kube::CustomResource;
+use kube::api::{Api, PostParams};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,7 +126,9 @@ pub async fn install_widgets(client: &kube::Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd: CustomResourceDefinition = serde_json::from_value(widget_crd()).expect("crd type");
-    api.create(&PostParams::default(), &crd).await.expect("create crd");
+    api.create(&PostParams::default(), &crd)
+        .await
+        .expect("create crd");
 }
 
 /// A widget object.
@@ -151,7 +153,9 @@ pub fn status_of(e: kube::Error) -> kube::core::Status {
 /// Raw HTTP request to the server; returns (status, headers text, body).
 pub async fn raw(server: &TestServer, req: &[u8]) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.server.addr()).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(server.server.addr())
+        .await
+        .expect("connect");
     s.write_all(req).await.expect("write");
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await;
@@ -185,7 +189,10 @@ pub async fn http(
     bytes.extend_from_slice(body);
     let (code, head, body) = raw(server, &bytes).await;
     // de-chunk if needed
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -197,7 +204,9 @@ fn dechunk(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some((len, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
