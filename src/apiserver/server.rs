@@ -125,9 +125,10 @@ async fn read_body(req: Request) -> ApiResult<Bytes> {
         .map_err(|_| ApiError::too_large())
 }
 
-fn parse_object(ct: &str, body: &[u8]) -> ApiResult<Value> {
+fn parse_object(ct: &str, body: &[u8], kind: &str) -> ApiResult<Value> {
     let mt = ct.split(';').next().unwrap_or("").trim();
     match mt {
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode_object(body, kind),
         "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         }),
@@ -135,7 +136,11 @@ fn parse_object(ct: &str, body: &[u8]) -> ApiResult<Value> {
             .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
         other => Err(ApiError::unsupported_media_type(
             other,
-            &["application/json", "application/yaml"],
+            &[
+                "application/json",
+                "application/yaml",
+                "application/vnd.kubernetes.protobuf",
+            ],
         )),
     }
 }
@@ -439,7 +444,7 @@ async fn resource_request(
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
             let o = write_opts(q, headers, false)?;
             let body = read_body(req).await?;
-            let obj = parse_object(&ct, &body)?;
+            let obj = parse_object(&ct, &body, &info.kind)?;
             let out = core.create(&info, ns.as_deref().unwrap_or(""), obj, &o)?;
             Ok(outcome(out))
         }
@@ -447,7 +452,7 @@ async fn resource_request(
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
             let o = write_opts(q, headers, false)?;
             let body = read_body(req).await?;
-            let obj = parse_object(&ct, &body)?;
+            let obj = parse_object(&ct, &body, &info.kind)?;
             let out = core.update(&info, ns.as_deref().unwrap_or(""), n, sub, obj, &o)?;
             Ok(outcome(out))
         }
@@ -464,8 +469,9 @@ async fn resource_request(
             if !sub.is_empty() {
                 return Err(ApiError::method_not_allowed());
             }
+            let ct = header_str(headers, header::CONTENT_TYPE).to_string();
             let body = read_body(req).await?;
-            let d = delete_opts(q, &body)?;
+            let d = delete_opts(q, &ct, &body)?;
             match name {
                 Some(n) => Ok(outcome(core.delete(
                     &info,
@@ -488,15 +494,19 @@ fn outcome(o: Outcome) -> Response {
     json_response(o.code, &o.body, &o.warnings)
 }
 
-fn delete_opts(q: &Query, body: &[u8]) -> ApiResult<DeleteOpts> {
+fn delete_opts(q: &Query, ct: &str, body: &[u8]) -> ApiResult<DeleteOpts> {
     let mut d = DeleteOpts {
         propagation: q.get("propagationPolicy").map(str::to_string),
         dry_run: q.get("dryRun") == Some("All"),
         ..DeleteOpts::default()
     };
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        let v: Value = if ct.starts_with("application/vnd.kubernetes.protobuf") {
+            super::protobuf::decode_object(body, "DeleteOptions")?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        };
         if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
             d.propagation = Some(p.to_string());
         }
