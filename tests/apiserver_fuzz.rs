@@ -100,7 +100,7 @@ proptest! {
         if let Ok(sel) = LabelSelector::parse(&s) {
             let _ = sel.matches(&obj);
         }
-        if let Ok(sel) = FieldSelector::parse(&s, "X") {
+        if let Ok(sel) = FieldSelector::parse(&s, &["spec.size".to_string()]) {
             let _ = sel.matches(&obj);
         }
         let _ = table::json_path(&obj, &s);

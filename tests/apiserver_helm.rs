@@ -14,7 +14,11 @@ fn helm_path() -> PathBuf {
     let p = std::env::var_os("ASG_BATCH_HELM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/helm"));
-    assert!(p.exists(), "{} is missing: run scripts/install-test-deps.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        p.display()
+    );
     p
 }
 
@@ -47,14 +51,22 @@ async fn helm_install_upgrade_uninstall() {
     let s = server().await;
     let chart = s.dir.path().join("chart");
     std::fs::create_dir_all(chart.join("templates")).unwrap();
-    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: demo\nversion: 0.1.0\n").unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
+    )
+    .unwrap();
     std::fs::write(
         chart.join("templates/cm.yaml"),
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo-cm\ndata:\n  a: \"{{ .Values.a | default \"1\" }}\"\n",
     )
     .unwrap();
     let chart = chart.to_str().unwrap().to_string();
-    let o = ok(&helm(&s, &["install", "demo", &chart, "--wait", "--timeout", "30s"]).await);
+    let o = ok(&helm(
+        &s,
+        &["install", "demo", &chart, "--wait", "--timeout", "30s"],
+    )
+    .await);
     assert!(o.contains("STATUS: deployed"), "{o}");
     let cms: Api<ConfigMap> = Api::namespaced(s.client(), "default");
     assert_eq!(cms.get("demo-cm").await.unwrap().data.unwrap()["a"], "1");
@@ -62,11 +74,25 @@ async fn helm_install_upgrade_uninstall() {
     assert!(o.contains("REVISION: 2"), "{o}");
     assert_eq!(cms.get("demo-cm").await.unwrap().data.unwrap()["a"], "2");
     let o = ok(&helm(&s, &["list"]).await);
-    assert!(o.lines().any(|l| l.starts_with("demo") && l.contains("deployed")), "{o}");
+    assert!(
+        o.lines()
+            .any(|l| l.starts_with("demo") && l.contains("deployed")),
+        "{o}"
+    );
     let secrets: Api<Secret> = Api::namespaced(s.client(), "default");
-    let releases = secrets.list(&ListParams::default().labels("owner=helm,name=demo")).await.unwrap();
+    let releases = secrets
+        .list(&ListParams::default().labels("owner=helm,name=demo"))
+        .await
+        .unwrap();
     assert_eq!(releases.items.len(), 2, "one release Secret per revision");
     ok(&helm(&s, &["uninstall", "demo"]).await);
     assert!(cms.get_opt("demo-cm").await.unwrap().is_none());
-    assert!(secrets.list(&ListParams::default().labels("owner=helm")).await.unwrap().items.is_empty());
+    assert!(
+        secrets
+            .list(&ListParams::default().labels("owner=helm"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

@@ -100,7 +100,10 @@ const DELETE_OPTIONS: &[Field] = &[
     Field(4, "propagationPolicy", Kind::Str),
     Field(5, "dryRun", Kind::RepStr),
 ];
-const TYPE_META: &[Field] = &[Field(1, "apiVersion", Kind::Str), Field(2, "kind", Kind::Str)];
+const TYPE_META: &[Field] = &[
+    Field(1, "apiVersion", Kind::Str),
+    Field(2, "kind", Kind::Str),
+];
 const UNKNOWN: &[Field] = &[
     Field(1, "typeMeta", Kind::Msg(TYPE_META)),
     Field(2, "raw", Kind::Bytes),
@@ -121,7 +124,10 @@ impl Reader<'_> {
     fn varint(&mut self) -> ApiResult<u64> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.pos).ok_or_else(|| bad("truncated varint"))?;
+            let byte = *self
+                .b
+                .get(self.pos)
+                .ok_or_else(|| bad("truncated varint"))?;
             self.pos += 1;
             v |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
@@ -133,7 +139,10 @@ impl Reader<'_> {
     fn bytes(&mut self) -> ApiResult<&[u8]> {
         let len = usize::try_from(self.varint()?).map_err(|_| bad("length"))?;
         let end = self.pos.checked_add(len).ok_or_else(|| bad("length"))?;
-        let s = self.b.get(self.pos..end).ok_or_else(|| bad("truncated field"))?;
+        let s = self
+            .b
+            .get(self.pos..end)
+            .ok_or_else(|| bad("truncated field"))?;
         self.pos = end;
         Ok(s)
     }
@@ -159,7 +168,11 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].iter().enumerate() {
             if i <= chunk.len() {
@@ -274,7 +287,11 @@ fn unwrap_envelope(body: &[u8]) -> ApiResult<(String, String, Vec<u8>)> {
         match (tag >> 3, tag & 7) {
             (1, 2) => {
                 let tm = decode_msg(r.bytes()?, TYPE_META, 1)?;
-                api_version = tm.get("apiVersion").and_then(Value::as_str).unwrap_or("").into();
+                api_version = tm
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into();
                 kind = tm.get("kind").and_then(Value::as_str).unwrap_or("").into();
             }
             (2, 2) => raw = r.bytes()?.to_vec(),
@@ -288,7 +305,11 @@ fn unwrap_envelope(body: &[u8]) -> ApiResult<(String, String, Vec<u8>)> {
 /// Decode a protobuf-encoded object body into its JSON form.
 pub fn decode_object(body: &[u8], expected_kind: &str) -> ApiResult<Value> {
     let (api_version, kind, raw) = unwrap_envelope(body)?;
-    let kind = if kind.is_empty() { expected_kind.to_string() } else { kind };
+    let kind = if kind.is_empty() {
+        expected_kind.to_string()
+    } else {
+        kind
+    };
     let fields = match kind.as_str() {
         "Secret" => SECRET,
         "ConfigMap" => CONFIG_MAP,

@@ -58,6 +58,8 @@ pub struct ResourceInfo {
     pub custom: bool,
     /// Whether this is the CRD's storage version (used for the preferred version).
     pub storage: bool,
+    /// Field selector fields besides `metadata.name` / `metadata.namespace`.
+    pub selectable_fields: Vec<String>,
 }
 
 impl ResourceInfo {
@@ -118,7 +120,43 @@ fn builtin(
         raw_schema: None,
         custom: false,
         storage: true,
+        selectable_fields: builtin_selectable(group, plural),
     }
+}
+
+/// Field selectors kube-apiserver supports on the built-in kinds served here.
+fn builtin_selectable(group: &str, plural: &str) -> Vec<String> {
+    let f: &[&str] = match (group, plural) {
+        ("", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("events.k8s.io", "events") => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        ("", "secrets") => &["type"],
+        ("", "namespaces") => &["status.phase"],
+        _ => &[],
+    };
+    f.iter().map(|s| s.to_string()).collect()
 }
 
 /// The built-in resources this server serves.
@@ -341,6 +379,15 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceInfo> {
             raw_schema: raw.map(Arc::new),
             custom: true,
             storage: v["storage"].as_bool().unwrap_or(false),
+            selectable_fields: v["selectableFields"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f["jsonPath"].as_str())
+                        .map(|p| p.trim_start_matches('.').to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     out

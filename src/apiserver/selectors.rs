@@ -137,14 +137,16 @@ fn parse_set(s: String) -> Option<Vec<String>> {
     )
 }
 
-/// A parsed field selector on `metadata.name` / `metadata.namespace`.
+/// A parsed field selector. `metadata.name` and `metadata.namespace` work on every
+/// resource; further fields are those a resource declares (CRD `selectableFields`, and
+/// the built-ins' fields kube-apiserver supports, e.g. `involvedObject.name` on Events).
 #[derive(Debug, Clone, Default)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
-    /// Parse the `fieldSelector` query parameter. `kind` names the resource kind for the
-    /// error message.
-    pub fn parse(s: &str, kind: &str) -> ApiResult<Self> {
+    /// Parse the `fieldSelector` query parameter, allowing `extra` fields besides
+    /// `metadata.name` and `metadata.namespace`.
+    pub fn parse(s: &str, extra: &[String]) -> ApiResult<Self> {
         let mut out = vec![];
         if s.trim().is_empty() {
             return Ok(FieldSelector(out));
@@ -163,34 +165,36 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if field != "metadata.name" && field != "metadata.namespace" {
+            if field != "metadata.name"
+                && field != "metadata.namespace"
+                && !extra.iter().any(|e| e == field)
+            {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
-                )))
-                .map_err(|mut e| {
-                    e.message = format!("\"{field}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\" (kind {kind})");
-                    e
-                });
+                )));
             }
             out.push((field.to_string(), eq, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
     }
 
-    /// Whether an object matches.
+    /// Whether an object matches (absent fields compare as the empty string).
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(f, eq, v)| {
-            let actual = match f.as_str() {
-                "metadata.name" => obj.pointer("/metadata/name"),
-                _ => obj.pointer("/metadata/namespace"),
+            let mut cur = Some(obj);
+            for part in f.split('.') {
+                cur = cur.and_then(|c| c.get(part));
             }
-            .and_then(Value::as_str)
-            .unwrap_or("");
-            (actual == v) == *eq
+            let actual = match cur {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            (actual == *v) == *eq
         })
     }
 
-    /// The `metadata.name` this selector pins, if any (kubectl `get NAME -w` uses it).
+    /// Whether the selector selects everything.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -230,15 +234,17 @@ mod tests {
     fn field_ops() {
         let o = json!({"metadata": {"name": "n", "namespace": "d"}});
         assert!(
-            FieldSelector::parse("metadata.name=n", "X")
+            FieldSelector::parse("metadata.name=n", &[])
                 .unwrap()
                 .matches(&o)
         );
         assert!(
-            !FieldSelector::parse("metadata.namespace!=d", "X")
+            !FieldSelector::parse("metadata.namespace!=d", &[])
                 .unwrap()
                 .matches(&o)
         );
-        assert!(FieldSelector::parse("spec.x=1", "X").is_err());
+        assert!(FieldSelector::parse("spec.x=1", &[]).is_err());
+        let extra = vec!["spec.x".to_string()];
+        assert!(FieldSelector::parse("spec.x=", &extra).unwrap().matches(&o));
     }
 }

@@ -214,7 +214,10 @@ fn write_opts(q: &Query, headers: &HeaderMap, is_apply: bool) -> ApiResult<Write
 fn list_query(q: &Query, info: &ResourceInfo) -> ApiResult<ListQuery> {
     Ok(ListQuery {
         labels: LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?,
-        fields: FieldSelector::parse(q.get("fieldSelector").unwrap_or(""), &info.kind)?,
+        fields: FieldSelector::parse(
+            q.get("fieldSelector").unwrap_or(""),
+            &info.selectable_fields,
+        )?,
         limit: match q.get("limit") {
             None | Some("") => None,
             Some(l) => Some(

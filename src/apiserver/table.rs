@@ -202,6 +202,10 @@ fn cells(info: &ResourceInfo, cols: &[PrinterColumn], obj: &Value) -> Vec<Value>
                         .sum::<usize>();
                     json!(n)
                 }
+                ("apiextensions.k8s.io", _, "Created At") => obj
+                    .pointer("/metadata/creationTimestamp")
+                    .cloned()
+                    .unwrap_or(Value::Null),
                 _ if c.json_path == ".metadata.creationTimestamp" && c.type_ == "date" => {
                     age_of(obj)
                 }
