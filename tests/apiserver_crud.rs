@@ -395,6 +395,11 @@ async fn builtin_kinds() {
             .len(),
         1
     );
+    // kubectl describe selects events by the object they are about
+    let sel = ListParams::default().fields("involvedObject.name=a,involvedObject.kind=Widget");
+    assert_eq!(core_ev.list(&sel).await.unwrap().items.len(), 1);
+    let sel = ListParams::default().fields("involvedObject.name=b");
+    assert!(core_ev.list(&sel).await.unwrap().items.is_empty());
 
     // protected namespaces
     let err = status_of(

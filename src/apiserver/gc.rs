@@ -27,6 +27,14 @@ pub async fn run(core: Arc<Core>) {
         if rv == last_rv {
             continue;
         }
+        if !core
+            .store
+            .write(|st| Ok(st.take_gc_dirty()))
+            .unwrap_or(true)
+        {
+            last_rv = rv;
+            continue;
+        }
         // repeat while sweeps make progress (cascades over several levels)
         for _ in 0..16 {
             if !sweep(&core) {

@@ -88,6 +88,9 @@ pub struct State {
     oldest_rv: u64,
     history_limit: usize,
     pending: Vec<Arc<Event>>,
+    /// Set by changes the garbage collector must look at (removals, objects with
+    /// ownerReferences or a deletionTimestamp, namespaces and CRDs).
+    gc_dirty: bool,
 }
 
 impl State {
@@ -140,9 +143,21 @@ impl State {
         self.len() == 0
     }
 
+    /// Whether a change since the last call needs the garbage collector; resets it.
+    pub fn take_gc_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.gc_dirty)
+    }
+
     /// Store `obj` (create or replace), assigning the next resourceVersion.
     pub fn put(&mut self, key: &str, obj: Value) -> Obj {
         let mut obj = obj;
+        if super::meta::is_deleting(&obj)
+            || obj.pointer("/metadata/ownerReferences").is_some()
+            || key.ends_with("/namespaces")
+            || key.ends_with("/customresourcedefinitions")
+        {
+            self.gc_dirty = true;
+        }
         self.rv += 1;
         let rv = self.rv;
         super::meta::set_meta(&mut obj, "resourceVersion", Value::String(rv.to_string()));
@@ -177,6 +192,7 @@ impl State {
             .objects
             .get_mut(key)?
             .remove(&(ns.to_string(), name.to_string()))?;
+        self.gc_dirty = true;
         self.rv += 1;
         let rv = self.rv;
         let mut obj = last.unwrap_or_else(|| (*prev).clone());
@@ -278,6 +294,7 @@ impl Store {
             }
         }
         st.oldest_rv = st.rv;
+        st.gc_dirty = true;
         let (tx, _) = broadcast::channel(65_536);
         Ok(Store {
             state: Mutex::new(st),
