@@ -4,6 +4,9 @@
 //! The library does the work; `src/main.rs` only wires it to the command line.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod apiserver;
+pub mod cloud;
 pub mod scheduler;
+pub mod simulate;

@@ -1,5 +1,8 @@
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use asg_batch::simulate::{self, Output, Policy, Workload};
 
 /// asg-batch: a self-hosted AWS Batch on EC2 Auto Scaling Groups.
 #[derive(Parser)]
@@ -34,6 +37,19 @@ enum Command {
     Agent,
     /// Run the embedded default: API server, controller and a local fleet.
     Dev,
+    /// Replay a workload through the scheduler and a simulated fleet; print cost and
+    /// makespan beside the seed's ways.
+    Simulate {
+        /// Workload YAML (format: manifests/examples/workloads/README.md).
+        #[arg(long)]
+        workload: PathBuf,
+        /// One policy; all three side by side when omitted.
+        #[arg(long, value_enum)]
+        policy: Option<Policy>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 fn not_built(what: &str, issue: &str) -> ExitCode {
@@ -63,6 +79,11 @@ fn main() -> ExitCode {
         Command::Controller => not_built("controller", "controller issue"),
         Command::Agent => not_built("agent", "node agent issue"),
         Command::Dev => not_built("dev", "embedded default issue"),
+        Command::Simulate {
+            workload,
+            policy,
+            output,
+        } => run_simulate(&workload, policy, output),
     }
 }
 
@@ -100,4 +121,30 @@ fn run_apiserver(
             ExitCode::from(2)
         }
     }
+}
+
+fn run_simulate(path: &std::path::Path, policy: Option<Policy>, output: Output) -> ExitCode {
+    let workload = match Workload::from_file(path) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("asg-batch simulate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let policies = policy.map_or(Policy::ALL.to_vec(), |p| vec![p]);
+    let reports: Vec<_> = policies
+        .into_iter()
+        .map(|p| simulate::run(&workload, p))
+        .collect();
+    match output {
+        Output::Table => print!("{}", simulate::table(&workload, &reports)),
+        Output::Json => match simulate::json(&reports) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("asg-batch simulate: cannot render JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }

@@ -527,12 +527,12 @@ async fn typed_batchjob_with_the_project_crds() {
     assert_eq!(err.code, 422);
     assert!(err.message.contains("status.phase"), "{}", err.message);
     let mut cur = api.get("hello").await.unwrap();
-    cur.spec.timeout_seconds = Some(30);
+    cur.spec.template.timeout_seconds = Some(30);
     let up = api
         .replace("hello", &PostParams::default(), &cur)
         .await
         .unwrap();
-    assert_eq!(up.spec.timeout_seconds, Some(30));
+    assert_eq!(up.spec.template.timeout_seconds, Some(30));
     assert_eq!(up.metadata.generation, Some(2));
     assert_eq!(
         api.list(&ListParams::default()).await.unwrap().items.len(),

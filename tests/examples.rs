@@ -60,11 +60,15 @@ fn examples_show_the_advertised_features() {
         .collect();
     assert!(jobs.iter().any(|j| {
         j.spec
+            .template
             .retry_strategy
             .as_ref()
             .is_some_and(|r| r.evaluate_on_exit.iter().any(|e| e.on_exit_code.is_some()))
     }));
-    assert!(jobs.iter().any(|j| j.spec.timeout_seconds.is_some()));
+    assert!(
+        jobs.iter()
+            .any(|j| j.spec.template.timeout_seconds.is_some())
+    );
     assert!(jobs.iter().any(|j| j.spec.array_properties.is_some()));
     // A chain: some job depends on a job that itself depends on another.
     let depends = |name: &str| {

@@ -1,8 +1,6 @@
 //! BatchJob: the unit of work.
 
-use super::common::{
-    Condition, ContainerSpec, JobDependency, ProcessSpec, Resources, RetryStrategy, Time,
-};
+use super::common::{Condition, JobDependency, JobTemplate, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -43,22 +41,10 @@ pub struct BatchJobSpec {
     /// JobDefinition in the same namespace to start from; inline fields override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition_ref: Option<DefinitionRef>,
-    /// Run as a container (overrides the definition's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerSpec>,
-    /// Run as a process (overrides the definition's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<ProcessSpec>,
-    /// cpu, memory and gpu one attempt needs (overrides the definition's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
-    /// Retries and their rules (overrides the definition's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_strategy: Option<RetryStrategy>,
-    /// An attempt running longer is stopped and ends with reason `Timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1209600))]
-    pub timeout_seconds: Option<u32>,
+    /// What to run, its resources, retries and timeout; each field set here overrides the
+    /// definition's.
+    #[serde(flatten)]
+    pub template: JobTemplate,
     /// Jobs (same namespace) that must succeed before this one becomes runnable; at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]

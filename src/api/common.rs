@@ -236,3 +236,119 @@ pub struct ProcessSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
 }
+
+/// What to run and how: the part a JobDefinition and a BatchJob share. A BatchJob's own
+/// fields override those of the definition it references ([`JobTemplate::overlay`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTemplate {
+    /// Run as a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// Run as a process (executor `process`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
+    /// cpu, memory and gpu one attempt needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Retries and their rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_strategy: Option<RetryStrategy>,
+    /// An attempt running longer is stopped and ends with reason `Timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1209600))]
+    pub timeout_seconds: Option<u32>,
+}
+
+impl JobTemplate {
+    /// This template's fields where set, `base`'s otherwise. Setting `container` or
+    /// `process` replaces the base's workload entirely (a job cannot be both).
+    pub fn overlay(&self, base: &JobTemplate) -> JobTemplate {
+        let workload_set = self.container.is_some() || self.process.is_some();
+        JobTemplate {
+            container: if workload_set {
+                self.container.clone()
+            } else {
+                base.container.clone()
+            },
+            process: if workload_set {
+                self.process.clone()
+            } else {
+                base.process.clone()
+            },
+            resources: self.resources.clone().or_else(|| base.resources.clone()),
+            retry_strategy: self
+                .retry_strategy
+                .clone()
+                .or_else(|| base.retry_strategy.clone()),
+            timeout_seconds: self.timeout_seconds.or(base.timeout_seconds),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(image: &str) -> ContainerSpec {
+        ContainerSpec {
+            image: image.into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            working_dir: None,
+        }
+    }
+
+    #[test]
+    fn inline_fields_override_the_definition() {
+        let definition = JobTemplate {
+            container: Some(container("etl:1")),
+            resources: Some(Resources {
+                cpu: "2".into(),
+                memory: "4Gi".into(),
+                gpu: 0,
+            }),
+            retry_strategy: Some(RetryStrategy {
+                attempts: 3,
+                evaluate_on_exit: vec![],
+                backoff: None,
+            }),
+            timeout_seconds: Some(600),
+            ..Default::default()
+        };
+        let inline = JobTemplate {
+            container: Some(container("etl:2")),
+            timeout_seconds: Some(60),
+            ..Default::default()
+        };
+        let merged = inline.overlay(&definition);
+        assert_eq!(merged.container.map(|c| c.image).as_deref(), Some("etl:2"));
+        assert_eq!(merged.timeout_seconds, Some(60));
+        assert_eq!(
+            merged.resources, definition.resources,
+            "unset inline fields come from the definition"
+        );
+        assert_eq!(merged.retry_strategy.map(|r| r.attempts), Some(3));
+    }
+
+    #[test]
+    fn an_inline_process_replaces_a_definition_container() {
+        let definition = JobTemplate {
+            container: Some(container("etl:1")),
+            ..Default::default()
+        };
+        let inline = JobTemplate {
+            process: Some(ProcessSpec {
+                command: vec!["true".into()],
+                env: vec![],
+                working_dir: None,
+            }),
+            ..Default::default()
+        };
+        let merged = inline.overlay(&definition);
+        assert!(merged.container.is_none());
+        assert!(merged.process.is_some());
+        assert_eq!(JobTemplate::default().overlay(&definition), definition);
+    }
+}

@@ -1,6 +1,6 @@
 //! JobDefinition: a reusable job template.
 
-use super::common::{ContainerSpec, ProcessSpec, Resources, RetryStrategy};
+use super::common::JobTemplate;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -32,22 +32,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.container) != has(self.process)").message("exactly one of container or process must be set"))]
 pub struct JobDefinitionSpec {
-    /// Run as a container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerSpec>,
-    /// Run as a process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<ProcessSpec>,
-    /// cpu, memory and gpu one attempt needs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
-    /// Retries and their rules.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_strategy: Option<RetryStrategy>,
-    /// An attempt running longer is stopped and ends with reason `Timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1209600))]
-    pub timeout_seconds: Option<u32>,
+    /// What to run, its resources, retries and timeout.
+    #[serde(flatten)]
+    pub template: JobTemplate,
 }
 
 /// Status of a job definition (reserved; nothing writes it yet).

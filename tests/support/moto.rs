@@ -54,3 +54,53 @@ impl MotoServer {
             .await
     }
 }
+
+/// Creates a c5.xlarge launch template (from an AMI moto ships) and an Auto Scaling Group
+/// `name` using it, with min 0, the given max and desired capacity, in us-east-1a.
+pub async fn create_group(config: &aws_config::SdkConfig, name: &str, max: i32, desired: i32) {
+    use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
+    use aws_sdk_ec2::types::RequestLaunchTemplateData;
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let image_id = ec2
+        .describe_images()
+        .send()
+        .await
+        .expect("DescribeImages")
+        .images()
+        .first()
+        .and_then(|i| i.image_id().map(String::from))
+        .expect("moto ships AMIs");
+    let lt = ec2
+        .create_launch_template()
+        .launch_template_name(format!("{name}-lt"))
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id(image_id)
+                .instance_type("c5.xlarge".into())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateLaunchTemplate");
+    let lt_id = lt
+        .launch_template()
+        .and_then(|t| t.launch_template_id())
+        .expect("launch template id")
+        .to_string();
+    aws_sdk_autoscaling::Client::new(config)
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_id(lt_id)
+                .version("$Latest")
+                .build(),
+        )
+        .min_size(0)
+        .max_size(max)
+        .desired_capacity(desired)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .expect("CreateAutoScalingGroup");
+}

@@ -53,6 +53,8 @@ pub(crate) struct CompiledRule {
     pub optional_old_self: bool,
     /// The rule as kube-apiserver prints it in CRD errors (a Go struct literal).
     pub shown: String,
+    /// The deepest expression tree of the rule and its message expression.
+    pub depth: usize,
 }
 
 /// Functions (beyond operators) a rule may call.
@@ -167,13 +169,82 @@ fn env() -> Arc<Env> {
     .clone()
 }
 
-/// Compiles one CEL expression and checks that every function it calls is supported.
+/// Deepest expression tree evaluated on the caller's stack; deeper ones are
+/// evaluated on a thread with a large stack (the CEL crate recurses deeply:
+/// a 2 MiB stack overflows near depth 60 in debug builds).
+const INLINE_DEPTH: usize = 24;
+/// Deepest expression tree accepted at all.
+const MAX_DEPTH: usize = 250;
+/// Longest rule source accepted.
+const MAX_SOURCE_LEN: usize = 16 * 1024;
+/// Stack for parsing (antlr recursion) and for evaluating deep expressions.
+const BIG_STACK: usize = 256 << 20;
+
+/// Runs `f` on a scoped thread with a large stack; `None` if it panicked or
+/// no thread could be started.
+fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(BIG_STACK)
+            .spawn_scoped(s, f)
+            .ok()?
+            .join()
+            .ok()
+    })
+}
+
+/// A compiled expression with what the engine needs to know about it.
+pub(crate) struct Compiled {
+    pub program: Program,
+    /// Depth of the expression tree.
+    pub depth: usize,
+    /// Whether it refers to `oldSelf`.
+    pub uses_old_self: bool,
+}
+
+/// Compiles one CEL expression and checks that every function it calls is
+/// supported.
+pub(crate) fn compile_expression_with_depth(source: &str) -> Result<Compiled, String> {
+    if source.len() > MAX_SOURCE_LEN {
+        return Err(format!(
+            "compilation failed: expression is longer than {MAX_SOURCE_LEN} bytes"
+        ));
+    }
+    // Parsing recurses deeply (a 2 MiB stack overflows at ~15 nested
+    // parentheses in debug builds): parse on a large stack. A panic in the
+    // third-party parser is reported, never propagated.
+    let compiled = on_big_stack(|| {
+        env().compile(source).map(|p| {
+            let depth = ast_depth(p.expression());
+            let supported = check_supported(&p, source);
+            let uses_old_self = p.references().has_variable("oldSelf");
+            (p, depth, supported, uses_old_self)
+        })
+    })
+    .ok_or_else(|| "compilation failed: internal error in the CEL parser".to_string())?;
+    // cel-rust words parse errors as cel-go does ("ERROR: <input>:1:10: Syntax error: ...").
+    let (program, depth, supported, uses_old_self) =
+        compiled.map_err(|e| format!("compilation failed: {e}"))?;
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "compilation failed: expression nesting depth {depth} exceeds the supported {MAX_DEPTH}"
+        ));
+    }
+    supported?;
+    Ok(Compiled {
+        program,
+        depth,
+        uses_old_self,
+    })
+}
+
+/// [`compile_expression_with_depth`], keeping only the program.
+#[cfg(test)]
 pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
-    // The CEL crate is third-party code fed with user input: never let a
-    // panic in it take the API server down.
-    let compiled = std::panic::catch_unwind(|| env().compile(source))
-        .map_err(|_| "compilation failed: internal error in the CEL parser".to_string())?;
-    let program = compiled.map_err(|e| format!("compilation failed: ERROR: <input>: {e}"))?;
+    compile_expression_with_depth(source).map(|c| c.program)
+}
+
+fn check_supported(program: &Program, source: &str) -> Result<(), String> {
     let refs = program.references();
     let mut unsupported: Vec<&str> = refs
         .functions()
@@ -222,7 +293,7 @@ pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
             "compilation failed: ERROR: <input>: undeclared reference to '{v}'"
         ));
     }
-    Ok(program)
+    Ok(())
 }
 
 /// True when `var` is introduced by a macro such as `x.all(var, ...)`.
@@ -276,15 +347,19 @@ pub(crate) enum OldSelf<'a> {
 /// Evaluates `rule` with `self` = `this` (a panic inside the CEL crate is
 /// reported as an evaluation error).
 pub(crate) fn evaluate(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcome {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        evaluate_inner(rule, this, old)
-    }))
-    .unwrap_or_else(|_| {
+    let internal = || {
         Outcome::Error(format!(
             "internal error evaluating rule: {}",
             rule_error_string(rule)
         ))
-    })
+    };
+    if rule.depth > INLINE_DEPTH {
+        return on_big_stack(|| evaluate_inner(rule, this, old)).unwrap_or_else(internal);
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        evaluate_inner(rule, this, old)
+    }))
+    .unwrap_or_else(|_| internal())
 }
 
 fn evaluate_inner(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcome {
@@ -622,6 +697,46 @@ pub(crate) fn to_cel(v: &serde_json::Value, as_double: bool) -> Value {
     }
 }
 
+/// The nesting depth of an expression tree.
+pub(crate) fn ast_depth(e: &cel::common::ast::IdedExpr) -> usize {
+    use cel::common::ast::{EntryExpr, Expr};
+    let children: Vec<&cel::common::ast::IdedExpr> = match &e.expr {
+        Expr::Call(c) => c
+            .target
+            .iter()
+            .map(|t| t.as_ref())
+            .chain(c.args.iter())
+            .collect(),
+        Expr::Select(s) => vec![s.operand.as_ref()],
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => m
+            .entries
+            .iter()
+            .flat_map(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .flat_map(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    1 + children.into_iter().map(ast_depth).max().unwrap_or(0)
+}
+
 /// Type-checks the field selections of a rule against the schema it sits on,
 /// as cel-go's checker does for CRD rules: `self.nope` on an object without
 /// such a property is a compile error ("undefined field 'nope'").
@@ -749,6 +864,7 @@ mod tests {
             uses_old_self: src.contains("oldSelf"),
             optional_old_self: false,
             shown: String::new(),
+            depth: 1,
         }
     }
 
@@ -854,7 +970,9 @@ mod tests {
             let e = compile_expression(src).map(|_| ()).unwrap_err();
             assert!(e.contains("not supported"), "{src}: {e}");
         }
-        assert!(compile_expression("self.a ==").is_err());
+        assert!(compile_expression("self.a ==").unwrap_err().starts_with(
+            "compilation failed: ERROR: <input>:1:10: Syntax error: mismatched input '<EOF>'"
+        ));
         assert!(
             compile_expression("foo == 1")
                 .unwrap_err()
@@ -892,6 +1010,41 @@ mod tests {
                 OldSelf::None
             ),
             Outcome::Fail("a must be > 1".into())
+        );
+    }
+
+    #[test]
+    fn deep_expressions_do_not_overflow_the_stack() {
+        // Run on a 2 MiB stack, like a server worker thread.
+        let worker = std::thread::Builder::new().stack_size(2 << 20).spawn(|| {
+            let parens = format!("{}1{} == 1", "(".repeat(60), ")".repeat(60));
+            let sum = format!("{} == 201", "1 + ".repeat(200) + "1");
+            let mut out = Vec::new();
+            for src in [parens, sum] {
+                let c = compile_expression_with_depth(&src).unwrap_or_else(|e| panic!("{e}"));
+                let (program, depth) = (c.program, c.depth);
+                let mut r = rule("true");
+                r.program = program;
+                r.depth = depth;
+                out.push(evaluate(&r, &Value::Null, OldSelf::None));
+            }
+            let too_deep = format!("{} == 1", "1 + ".repeat(300) + "1");
+            out.push(match compile_expression(&too_deep) {
+                Ok(_) => Outcome::Pass,
+                Err(e) => Outcome::Error(e),
+            });
+            out
+        });
+        let out = worker
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0], Outcome::Pass);
+        assert_eq!(out[1], Outcome::Pass);
+        assert!(
+            matches!(&out[2], Outcome::Error(e) if e.contains("depth") || e.contains("Recursion limit")),
+            "{:?}",
+            out[2]
         );
     }
 

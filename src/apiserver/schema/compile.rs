@@ -237,7 +237,9 @@ impl Compiler {
                 )),
             }
         }
-        let child_preserve = under_preserve || n.preserve_unknown;
+        // Only the node carrying x-kubernetes-preserve-unknown-fields may omit
+        // its type; its specified children still need one.
+        let child_preserve = under_preserve;
         if let Some(props) = m.get("properties") {
             match props.as_object() {
                 Some(p) => {
@@ -421,7 +423,8 @@ impl Compiler {
                     format!("{path}.default"),
                     "must not be set inside allOf, anyOf, oneOf or not",
                 ));
-            } else {
+            } else if !d.is_null() {
+                // `default: null` is no default (Go decodes it to nil).
                 n.default = Some(d.clone());
             }
         }
@@ -561,7 +564,7 @@ impl Compiler {
             },
             None => None,
         };
-        let program = match cel::compile_expression(&rule) {
+        let program = match cel::compile_expression_with_depth(&rule) {
             Ok(p) => Some(p),
             Err(e) => {
                 self.errors.push(FieldError::new(
@@ -573,10 +576,7 @@ impl Compiler {
                 None
             }
         };
-        let uses_old_self = program
-            .as_ref()
-            .map(|p| p.references().has_variable("oldSelf"))
-            .unwrap_or(false);
+        let uses_old_self = program.as_ref().map(|c| c.uses_old_self).unwrap_or(false);
         if optional_old_self.is_some() && !uses_old_self && program.is_some() {
             self.errors.push(FieldError::invalid(
                 format!("{path}.optionalOldSelf"),
@@ -588,7 +588,7 @@ impl Compiler {
         let message_expression_program = if message_expression.trim().is_empty() {
             None
         } else {
-            match cel::compile_expression(&message_expression) {
+            match cel::compile_expression_with_depth(&message_expression) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     self.errors.push(FieldError::new(
@@ -602,15 +602,18 @@ impl Compiler {
                 }
             }
         };
-        let program = program?;
+        let compiled = program?;
+        let (program, rule_depth) = (compiled.program, compiled.depth);
         if !ok {
             return None;
         }
+        let message_depth = message_expression_program.as_ref().map_or(0, |c| c.depth);
         Some(CompiledRule {
             rule,
             program,
             message: message.trim().to_string(),
-            message_expression: message_expression_program,
+            message_expression: message_expression_program.map(|c| c.program),
+            depth: rule_depth.max(message_depth),
             field_path: normalized_field_path,
             reason,
             uses_old_self,

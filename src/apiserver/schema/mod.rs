@@ -5,14 +5,52 @@
 //! Order of use for a create/update of a custom resource (as kube-apiserver):
 //! 1. [`StructuralSchema::prune`] on the decoded body — the returned paths drive
 //!    `fieldValidation`: `Strict` → 400 BadRequest with
-//!    [`strict_decoding_message`]; `Warn` → one `Warning: 299 - "<msg>"` header per path with
-//!    [`unknown_field_warning`]; `Ignore` → nothing.
+//!    [`strict_decoding_message`]; `Warn` (kubectl's default is Strict, the
+//!    server default is Warn) → one `Warning: 299 - "<msg>"` header per path
+//!    with [`unknown_field_warning`]; `Ignore` → nothing.
 //! 2. [`StructuralSchema::apply_defaults`] (also on objects read back from storage).
-//! 3. [`StructuralSchema::validate`] with the old object on update; a non-empty
-//!    result → 422 with [`invalid_status`].
+//! 3. [`StructuralSchema::validate`] with the old object on update (`None` on
+//!    create); a non-empty result → 422 with [`invalid_status`]. Metadata
+//!    (name format, labels…) is not validated here: append those errors first.
 //!
 //! [`openapi_v3_group_version`] and [`openapi_v3_index`] build the OpenAPI v3
 //! documents `kubectl explain` and kubectl's field-validation probe read.
+//!
+//! # What is supported
+//! - Schema keywords: `type`, `nullable`, `required`, `properties`,
+//!   `additionalProperties` (schema or `true`), `items`, `enum`,
+//!   `maximum`/`minimum` with `exclusiveMaximum`/`exclusiveMinimum`,
+//!   `multipleOf`, `maxLength`/`minLength`, `pattern` (Rust `regex`, close to
+//!   Go's RE2), `maxItems`/`minItems`, `maxProperties`/`minProperties`,
+//!   `format` (date-time, date, byte, uuid/uuid3/4/5, ipv4, ipv6, cidr,
+//!   hostname, email, mac; others pass as in Kubernetes), `default`,
+//!   `allOf`/`anyOf`/`oneOf`/`not` (value validations only),
+//!   `x-kubernetes-int-or-string`, `x-kubernetes-preserve-unknown-fields`,
+//!   `x-kubernetes-embedded-resource`, `x-kubernetes-list-type`
+//!   (atomic/set/map) with `x-kubernetes-list-map-keys`,
+//!   `x-kubernetes-validations` (`rule`, `message`, `messageExpression`,
+//!   `fieldPath`, `reason`, `optionalOldSelf`).
+//! - CRD compile checks: missing/unknown `type`, non-object root,
+//!   `$ref`/`definitions`/... forbidden, `uniqueItems: true` forbidden,
+//!   properties with additionalProperties, invalid `pattern`, list-type
+//!   consistency, defaults that do not validate, CEL rules that do not parse,
+//!   call an unsupported function or select an undefined field.
+//! - Validation ratcheting on update (errors in values equal to the
+//!   correlated old value are dropped, not for transition rules), and CEL
+//!   skipped after a blocking error, as kube-apiserver does.
+//! - CEL: see the `cel` module: stdlib + macros, strings/lists/math
+//!   extensions, optionals, Kubernetes quantity, regex, lists and sets
+//!   libraries.
+//!
+//! # Not supported
+//! - CEL `timestamp`/`duration` (so `format: date-time`/`duration` values are
+//!   plain strings in CEL), `url`, `ip`, `cidr`, `semver`, `format.*`,
+//!   authorizer; rules using them are refused when the CRD is created. No CEL
+//!   cost estimation or runtime budget; no full CEL type-checking beyond field
+//!   names.
+//! - Conversion between versions (one schema per served version).
+//!
+//! Paths: errors on the object root use the field `<nil>`, like apimachinery.
 
 mod cel;
 mod compile;

@@ -542,6 +542,11 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Res<'_>, status: bool) {
 /// The Kubernetes meta types a CRD document references (ObjectMeta, ListMeta,
 /// Status, DeleteOptions, Patch and what they reference), with their descriptions.
 fn meta_schemas() -> Map<String, Value> {
+    static CACHE: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(build_meta_schemas).clone()
+}
+
+fn build_meta_schemas() -> Map<String, Value> {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
     let mut g = schemars::generate::SchemaSettings::openapi3().into_generator();
     let _ = g.subschema_for::<meta::ObjectMeta>();

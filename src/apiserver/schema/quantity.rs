@@ -81,7 +81,7 @@ impl Quantity {
         let frac_len = i32::try_from(frac_part.len()).ok()?;
         // nanos = mantissa * 10^(dec_exp - frac_len + 9) * 2^bin_exp
         let mut value = mantissa.checked_mul(1i128.checked_shl(bin_exp)?)?;
-        let exp10 = dec_exp - frac_len + 9;
+        let exp10 = dec_exp.checked_sub(frac_len)?.checked_add(9)?;
         if exp10 >= 0 {
             if exp10 > 38 {
                 if value == 0 {

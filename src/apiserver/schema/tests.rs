@@ -336,6 +336,32 @@ fn nullable_and_null_handling() {
 }
 
 #[test]
+fn root_metadata_name_constraints() {
+    let schema = json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 5}}}}});
+    let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(
+        s.validate(
+            &json!({"metadata": {"name": "abc", "labels": {"x": "y"}}}),
+            None
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        messages(&s.validate(&json!({"metadata": {"name": "abcdef"}}), None))[0],
+        "metadata.name: Too long: may not be more than 5 bytes"
+    );
+}
+
+#[test]
+fn null_default_is_no_default() {
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true, "default": null}}});
+    let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut obj = json!({});
+    s.apply_defaults(&mut obj);
+    assert_eq!(obj, json!({}));
+}
+
+#[test]
 fn defaults_apply_only_where_parents_exist() {
     let s = bj();
     let mut obj = job(json!({"queue": "q", "definitionRef": "d"}));
@@ -446,23 +472,73 @@ fn junctors_as_kube_rs_emits_them() {
         "not": {"required": ["forbidden"]},
         "allOf": [{"properties": {"n": {"maximum": 100}}}]}}});
     let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
-    assert!(s.validate(&json!({"spec": {"aws": {}, "n": 2}}), None).is_empty());
+    assert!(
+        s.validate(&json!({"spec": {"aws": {}, "n": 2}}), None)
+            .is_empty()
+    );
     let m = messages(&s.validate(&json!({"spec": {"n": 2}}), None));
     assert_eq!(m, vec![
         "spec: Invalid value: \"\": spec in body must validate one and only one schema (oneOf). Found none valid".to_string(),
         "spec.aws: Required value".to_string(),
         "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".to_string(),
     ]);
-    let m = messages(&s.validate(&json!({"spec": {"aws": {}, "local": {}, "n": 0, "forbidden": 1}}), None));
-    assert!(m.contains(&"spec: Invalid value: \"\": spec in body must validate at least one schema (anyOf)".to_string()), "{m:?}");
-    assert!(m.contains(&"spec.n: Invalid value: 0: spec.n in body should be greater than or equal to 1".to_string()), "{m:?}");
+    let m = messages(&s.validate(
+        &json!({"spec": {"aws": {}, "local": {}, "n": 0, "forbidden": 1}}),
+        None,
+    ));
+    assert!(
+        m.contains(
+            &"spec: Invalid value: \"\": spec in body must validate at least one schema (anyOf)"
+                .to_string()
+        ),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(
+            &"spec.n: Invalid value: 0: spec.n in body should be greater than or equal to 1"
+                .to_string()
+        ),
+        "{m:?}"
+    );
     assert!(m.contains(&"spec: Invalid value: \"\": spec in body must validate one and only one schema (oneOf). Found 2 valid alternatives".to_string()), "{m:?}");
-    assert!(m.contains(&"spec: Invalid value: \"\": spec in body must not validate the schema provided".to_string()), "{m:?}");
+    assert!(
+        m.contains(
+            &"spec: Invalid value: \"\": spec in body must not validate the schema provided"
+                .to_string()
+        ),
+        "{m:?}"
+    );
     let m = messages(&s.validate(&json!({"spec": {"aws": {}, "n": 200}}), None));
     assert_eq!(m, vec![
         "spec.n: Invalid value: 200: spec.n in body should be less than or equal to 100".to_string(),
         "spec: Invalid value: \"\": spec in body must validate all the schemas (allOf). None validated".to_string(),
     ]);
+}
+
+#[test]
+fn deep_rules_on_a_small_stack() {
+    let worker = std::thread::Builder::new().stack_size(2 << 20).spawn(|| {
+        let deep = format!(
+            "{}self.a > 0 && ({}1{}) == 1",
+            "self.a + 1 >= 0 && ".repeat(150),
+            "(".repeat(50),
+            ")".repeat(50)
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}},
+            "x-kubernetes-validations": [{"rule": deep, "message": "a must be positive"}]});
+        let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
+        let ok = s.validate(&json!({"a": 1}), None);
+        let bad = s.validate(&json!({"a": 0}), None);
+        (ok.len(), messages(&bad))
+    });
+    let (ok, bad) = worker
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default();
+    assert_eq!(ok, 0);
+    assert_eq!(
+        bad,
+        vec!["<nil>: Invalid value: \"object\": a must be positive".to_string()]
+    );
 }
 
 #[test]

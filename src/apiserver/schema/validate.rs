@@ -134,7 +134,7 @@ pub(crate) fn validate(root: &Node, obj: &Value, old: Option<&Value>) -> Vec<Fie
             "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
         ));
     } else {
-        cel_walk(root, obj, old, &Path::default(), &mut ctx, true);
+        cel_walk(root, obj, old, &Path::default(), &mut ctx, true, false);
         errors.extend(ctx.out.drain(..).filter(|c| !c.ratchetable).map(|c| c.err));
     }
     errors
@@ -326,6 +326,13 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
             for (k, child) in &node.properties {
                 if let Some(cv) = m.get(k) {
                     if is_root && k == "metadata" {
+                        // kube-apiserver applies only name/generateName constraints here.
+                        for field in ["name", "generateName"] {
+                            if let (Some(fs), Some(fv)) = (child.property(field), cv.get(field)) {
+                                let o = old_m.and_then(|o| o.get(k)).and_then(|o| o.get(field));
+                                openapi(fs, fv, o, &path.prop(k).prop(field), ctx, false);
+                            }
+                        }
                         continue;
                     }
                     openapi(
@@ -356,7 +363,11 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
         Value::Array(a) => {
             if let Some(items) = &node.items {
                 for (i, cv) in a.iter().enumerate() {
-                    let o = correlate_item(node, cv, old);
+                    let o = if unchanged {
+                        old.and_then(|o| o.get(i))
+                    } else {
+                        correlate_item(node, cv, old)
+                    };
                     openapi(items, cv, o, &path.index(i), ctx, false);
                 }
             }
@@ -445,7 +456,11 @@ fn junctors(node: &Node, v: &Value, name: &str, field: &str, errs: &mut Vec<Fiel
             errs.extend(r);
         }
         if validated != node.all_of.len() {
-            let extra = if validated == 0 { ". None validated" } else { "" };
+            let extra = if validated == 0 {
+                ". None validated"
+            } else {
+                ""
+            };
             errs.push(composite(format!(
                 "{name} in body must validate all the schemas (allOf){extra}"
             )));
@@ -566,7 +581,10 @@ fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mu
                         }
                         let shown = Value::Object(shown);
                         if !seen.insert(canonical(&shown)) {
-                            ctx.push(FieldError::duplicate(path.index(i).field(), &shown), unchanged);
+                            ctx.push(
+                                FieldError::duplicate(path.index(i).field(), &shown),
+                                unchanged,
+                            );
                         }
                     }
                 }
@@ -574,7 +592,12 @@ fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mu
             }
             if let Some(items) = &node.items {
                 for (i, x) in a.iter().enumerate() {
-                    list_types(items, x, correlate_item(node, x, old), &path.index(i), ctx);
+                    let o = if unchanged {
+                        old.and_then(|o| o.get(i))
+                    } else {
+                        correlate_item(node, x, old)
+                    };
+                    list_types(items, x, o, &path.index(i), ctx);
                 }
             }
         }
@@ -666,12 +689,15 @@ fn cel_walk(
     path: &Path,
     ctx: &mut Ctx,
     is_root: bool,
+    parent_unchanged: bool,
 ) {
     if v.is_null() {
         return;
     }
     let old = old.filter(|o| !o.is_null());
-    let unchanged = old.is_some_and(|o| o == v);
+    // Inside an unchanged value everything is unchanged (ratcheting), even
+    // where old and new cannot be correlated (atomic lists).
+    let unchanged = parent_unchanged || old.is_some_and(|o| o == v);
     if !node.rules.is_empty() {
         let this = self_value(node, v, is_root);
         let old_cel = old.map(|o| self_value(node, o, is_root));
@@ -726,6 +752,7 @@ fn cel_walk(
                         &path.prop(k),
                         ctx,
                         false,
+                        unchanged,
                     );
                 } else if let Some(add) = &node.additional {
                     cel_walk(
@@ -735,6 +762,7 @@ fn cel_walk(
                         &path.key(k),
                         ctx,
                         false,
+                        unchanged,
                     );
                 }
             }
@@ -749,6 +777,7 @@ fn cel_walk(
                         &path.index(i),
                         ctx,
                         false,
+                        unchanged,
                     );
                 }
             }

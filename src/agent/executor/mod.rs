@@ -1,0 +1,252 @@
+//! Running one attempt of a job and reporting how it ended.
+//!
+//! An [`Executor`] takes a [`RunSpec`], reports [`Progress`] (pulling, started) while it
+//! works, and returns an [`Outcome`] with AWS Batch's vocabulary: exit code, a reason rules
+//! can match (`onReason`), a status reason (`onStatusReason`), timings and the log tail.
+//! How an ending is classified is pure ([`classify`]) and unit-tested.
+
+pub mod docker;
+pub mod process;
+mod tail;
+
+pub use tail::LogTail;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// A container: `command` replaces the image's entrypoint when non-empty, `args` its cmd.
+    Container {
+        /// Image reference; pulled when not present.
+        image: String,
+        /// Entrypoint override.
+        command: Vec<String>,
+        /// Arguments.
+        args: Vec<String>,
+        /// Working directory.
+        working_dir: Option<String>,
+    },
+    /// A process: `command[0]` is the program.
+    Process {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Working directory.
+        working_dir: Option<String>,
+    },
+}
+
+/// One attempt to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    /// Unique name of the attempt (container name), e.g. `asgb-default-etl-2`.
+    pub name: String,
+    /// What to run.
+    pub workload: Workload,
+    /// Environment, including the `AWS_BATCH_*` variables.
+    pub env: Vec<(String, String)>,
+    /// cpu limit in millicores (0: none).
+    pub cpu_millis: u64,
+    /// Memory limit in bytes (0: none).
+    pub memory_bytes: u64,
+    /// Stop the attempt after this long, with reason `Timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// Progress while an attempt starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The image is being pulled.
+    Pulling {
+        /// Image reference.
+        image: String,
+    },
+    /// The attempt is running.
+    Started {
+        /// When it started.
+        at: Timestamp,
+    },
+}
+
+/// Why an attempt ended (matched by `evaluateOnExit.onReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Exit code 0.
+    Completed,
+    /// Non-zero exit code.
+    Error,
+    /// Killed for exceeding its memory limit.
+    OutOfMemory,
+    /// Ran longer than its timeout and was stopped.
+    Timeout,
+    /// Stopped on request (job cancelled or node draining).
+    Cancelled,
+    /// The image could not be pulled.
+    ImagePullFailed,
+    /// The container or process could not be created or started.
+    StartFailed,
+}
+
+impl EndReason {
+    /// The reason as written into the job's status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "Completed",
+            Self::Error => "Error",
+            Self::OutOfMemory => "OutOfMemory",
+            Self::Timeout => "Timeout",
+            Self::Cancelled => "Cancelled",
+            Self::ImagePullFailed => "ImagePullFailed",
+            Self::StartFailed => "StartFailed",
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Exit code when the workload ran (128+signal when killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// Human detail, AWS Batch's `statusReason`.
+    pub status_reason: String,
+    /// When it started running.
+    pub started_at: Option<Timestamp>,
+    /// When it stopped.
+    pub stopped_at: Timestamp,
+    /// Last lines of stdout and stderr.
+    pub log_tail: String,
+}
+
+impl Outcome {
+    /// An attempt that never ran.
+    pub fn not_started(reason: EndReason, status_reason: impl Into<String>) -> Self {
+        Self {
+            exit_code: None,
+            reason,
+            status_reason: status_reason.into(),
+            started_at: None,
+            stopped_at: Timestamp::now(),
+            log_tail: String::new(),
+        }
+    }
+
+    /// Whether the attempt succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.reason == EndReason::Completed
+    }
+}
+
+/// How the workload stopped, before classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited with this code on its own.
+    Exited(i32),
+    /// The timeout fired and it was killed; the code it died with, if known.
+    TimedOut(Option<i32>),
+    /// It was cancelled and killed; the code it died with, if known.
+    Cancelled(Option<i32>),
+}
+
+/// Exit code of SIGKILL (128 + 9): what a container killed by the kernel's OOM killer exits with.
+pub const SIGKILL_EXIT: i32 = 137;
+
+/// Classifies an ending. `memory_limited` says a memory limit was enforced on the workload:
+/// then exit code 137 means it was killed for memory. Podman 4.3 reports `OOMKilled: false`
+/// even then, so the limit plus 137 is the evidence used, and the status reason says so.
+pub fn classify(ending: Ending, memory_limited: bool) -> (Option<i32>, EndReason, String) {
+    match ending {
+        Ending::Exited(0) => (Some(0), EndReason::Completed, "Essential container in task exited".into()),
+        Ending::Exited(SIGKILL_EXIT) if memory_limited => (
+            Some(SIGKILL_EXIT),
+            EndReason::OutOfMemory,
+            "OutOfMemoryError: Container killed due to memory usage (exit code 137 under a memory limit)".into(),
+        ),
+        Ending::Exited(code) if code > 128 && code <= 128 + 64 => {
+            (Some(code), EndReason::Error, format!("killed by signal {} (exit code {code})", code - 128))
+        }
+        Ending::Exited(code) => (Some(code), EndReason::Error, format!("Essential container in task exited with code {code}")),
+        Ending::TimedOut(code) => (code, EndReason::Timeout, "Job attempt duration exceeded timeout".into()),
+        Ending::Cancelled(code) => (code, EndReason::Cancelled, "Job attempt cancelled".into()),
+    }
+}
+
+/// Runs attempts. Object-safe so an agent can hold either kind.
+pub trait Executor: Send + Sync {
+    /// Runs `spec` to its end. Reports progress on `progress`; stops the attempt when
+    /// `cancel` turns true. Never fails: failures to start are outcomes too.
+    fn run(
+        &self,
+        spec: RunSpec,
+        progress: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
+    ) -> BoxFuture<'_, Outcome>;
+}
+
+/// Waits until `cancel` is true (never returns if the sender is dropped while false).
+async fn cancelled(mut cancel: watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Sleeps for `timeout`, or forever when there is none.
+async fn expires(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_endings() {
+        assert_eq!(classify(Ending::Exited(0), true).1, EndReason::Completed);
+        let (code, reason, why) = classify(Ending::Exited(3), true);
+        assert_eq!((code, reason), (Some(3), EndReason::Error));
+        assert!(why.contains("code 3"), "{why}");
+        let (code, reason, why) = classify(Ending::Exited(137), true);
+        assert_eq!((code, reason), (Some(137), EndReason::OutOfMemory));
+        assert!(why.starts_with("OutOfMemoryError"), "{why}");
+        let (_, reason, why) = classify(Ending::Exited(137), false);
+        assert_eq!(
+            reason,
+            EndReason::Error,
+            "137 without a memory limit is a plain kill"
+        );
+        assert!(why.contains("signal 9"), "{why}");
+        assert_eq!(
+            classify(Ending::TimedOut(Some(137)), true).1,
+            EndReason::Timeout
+        );
+        assert_eq!(
+            classify(Ending::Cancelled(None), false).1,
+            EndReason::Cancelled
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelled_fires_on_true_only() {
+        let (tx, rx) = watch::channel(false);
+        let waiter = tokio::spawn(cancelled(rx));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        tx.send(true).expect("send");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("fires")
+            .expect("join");
+    }
+}

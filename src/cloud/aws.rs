@@ -1,0 +1,253 @@
+//! [`Fleet`] on an EC2 Auto Scaling Group, with the few autoscaling and EC2 calls it needs:
+//! DescribeAutoScalingGroups, SetDesiredCapacity, TerminateInstanceInAutoScalingGroup,
+//! SetInstanceProtection, DescribeLaunchTemplateVersions, DescribeLaunchConfigurations and
+//! DescribeInstanceTypes.
+
+use super::{CloudError, Fleet, FleetInstance, FleetState, InstanceTypeInfo, Lifecycle};
+use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use futures::future::BoxFuture;
+
+/// An Auto Scaling Group reached through the AWS SDK.
+#[derive(Clone, Debug)]
+pub struct AwsFleet {
+    autoscaling: aws_sdk_autoscaling::Client,
+    ec2: aws_sdk_ec2::Client,
+    group: String,
+}
+
+/// Turns an SDK error into a classified [`CloudError`].
+fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => CloudError::Transport {
+            operation,
+            message: detail,
+        },
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let message = e.message().map(String::from).unwrap_or(detail);
+            CloudError::from_aws_code(operation, e.code(), message)
+        }
+        _ => CloudError::Other {
+            operation,
+            message: detail,
+        },
+    }
+}
+
+fn clamp_u32(n: Option<i32>) -> u32 {
+    n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
+}
+
+impl AwsFleet {
+    /// A fleet for `group` using an already loaded SDK configuration.
+    pub fn new(config: &aws_config::SdkConfig, group: impl Into<String>) -> Self {
+        Self {
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            ec2: aws_sdk_ec2::Client::new(config),
+            group: group.into(),
+        }
+    }
+
+    /// A fleet for `group` with the default credential chain (`AWS_ENDPOINT_URL` is honoured),
+    /// in `region` when given.
+    pub async fn from_env(group: impl Into<String>, region: Option<String>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        Self::new(&loader.load().await, group)
+    }
+
+    /// The Auto Scaling Group name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    async fn describe_inner(&self) -> Result<FleetState, CloudError> {
+        const OP: &str = "DescribeAutoScalingGroups";
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(&self.group)
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))?;
+        let Some(group) = out.auto_scaling_groups().first() else {
+            return Err(CloudError::NotFound {
+                operation: OP,
+                message: format!("Auto Scaling Group {:?} does not exist", self.group),
+            });
+        };
+        let instances = group
+            .instances()
+            .iter()
+            .map(|i| FleetInstance {
+                instance_id: i.instance_id().unwrap_or_default().to_string(),
+                lifecycle: Lifecycle::from_asg(
+                    i.lifecycle_state().map(|s| s.as_str()).unwrap_or("Unknown"),
+                ),
+                protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
+                instance_type: i.instance_type().map(String::from),
+            })
+            .collect();
+        let instance_type = self.group_instance_type(group).await?;
+        Ok(FleetState {
+            desired: clamp_u32(group.desired_capacity()),
+            min: clamp_u32(group.min_size()),
+            max: clamp_u32(group.max_size()),
+            instance_type,
+            instances,
+        })
+    }
+
+    /// The instance type new instances get: from the launch template version or the launch
+    /// configuration (mixed-instances groups report none).
+    async fn group_instance_type(
+        &self,
+        group: &aws_sdk_autoscaling::types::AutoScalingGroup,
+    ) -> Result<Option<String>, CloudError> {
+        if let Some(lt) = group.launch_template() {
+            const OP: &str = "DescribeLaunchTemplateVersions";
+            let mut req = self
+                .ec2
+                .describe_launch_template_versions()
+                .versions(lt.version().unwrap_or("$Default"));
+            if let Some(id) = lt.launch_template_id() {
+                req = req.launch_template_id(id);
+            } else if let Some(name) = lt.launch_template_name() {
+                req = req.launch_template_name(name);
+            }
+            let out = req.send().await.map_err(|e| classify(OP, e))?;
+            return Ok(out
+                .launch_template_versions()
+                .first()
+                .and_then(|v| v.launch_template_data())
+                .and_then(|d| d.instance_type())
+                .map(|t| t.as_str().to_string()));
+        }
+        if let Some(name) = group.launch_configuration_name() {
+            const OP: &str = "DescribeLaunchConfigurations";
+            let out = self
+                .autoscaling
+                .describe_launch_configurations()
+                .launch_configuration_names(name)
+                .send()
+                .await
+                .map_err(|e| classify(OP, e))?;
+            return Ok(out
+                .launch_configurations()
+                .first()
+                .and_then(|c| c.instance_type())
+                .map(String::from));
+        }
+        Ok(None)
+    }
+}
+
+impl Fleet for AwsFleet {
+    fn describe(&self) -> BoxFuture<'_, Result<FleetState, CloudError>> {
+        Box::pin(self.describe_inner())
+    }
+
+    fn set_desired(&self, desired: u32) -> BoxFuture<'_, Result<(), CloudError>> {
+        Box::pin(async move {
+            let desired = i32::try_from(desired).map_err(|_| CloudError::InvalidRequest {
+                operation: "SetDesiredCapacity",
+                message: format!("desired capacity {desired} is out of range"),
+            })?;
+            self.autoscaling
+                .set_desired_capacity()
+                .auto_scaling_group_name(&self.group)
+                .desired_capacity(desired)
+                .honor_cooldown(false)
+                .send()
+                .await
+                .map_err(|e| classify("SetDesiredCapacity", e))?;
+            Ok(())
+        })
+    }
+
+    fn terminate(&self, instance_id: &str) -> BoxFuture<'_, Result<(), CloudError>> {
+        let instance_id = instance_id.to_string();
+        Box::pin(async move {
+            self.autoscaling
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(instance_id)
+                .should_decrement_desired_capacity(true)
+                .send()
+                .await
+                .map_err(|e| classify("TerminateInstanceInAutoScalingGroup", e))?;
+            Ok(())
+        })
+    }
+
+    fn protect(
+        &self,
+        instance_ids: &[String],
+        protected: bool,
+    ) -> BoxFuture<'_, Result<(), CloudError>> {
+        let ids = instance_ids.to_vec();
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            self.autoscaling
+                .set_instance_protection()
+                .auto_scaling_group_name(&self.group)
+                .set_instance_ids(Some(ids))
+                .protected_from_scale_in(protected)
+                .send()
+                .await
+                .map_err(|e| classify("SetInstanceProtection", e))?;
+            Ok(())
+        })
+    }
+
+    fn instance_type_info(
+        &self,
+        instance_type: &str,
+    ) -> BoxFuture<'_, Result<InstanceTypeInfo, CloudError>> {
+        let instance_type = instance_type.to_string();
+        Box::pin(async move {
+            const OP: &str = "DescribeInstanceTypes";
+            let out = self
+                .ec2
+                .describe_instance_types()
+                .instance_types(aws_sdk_ec2::types::InstanceType::from(
+                    instance_type.as_str(),
+                ))
+                .send()
+                .await
+                .map_err(|e| classify(OP, e))?;
+            let info = out
+                .instance_types()
+                .first()
+                .ok_or_else(|| CloudError::NotFound {
+                    operation: OP,
+                    message: format!("instance type {instance_type:?} is unknown"),
+                })?;
+            let vcpus = info
+                .v_cpu_info()
+                .and_then(|v| v.default_v_cpus())
+                .unwrap_or(0);
+            let mib = info
+                .memory_info()
+                .and_then(|m| m.size_in_mib())
+                .unwrap_or(0);
+            let gpus: i32 = info
+                .gpu_info()
+                .map(|g| g.gpus().iter().filter_map(|d| d.count()).sum())
+                .unwrap_or(0);
+            Ok(InstanceTypeInfo {
+                cpu_millis: u64::try_from(vcpus).unwrap_or(0) * 1000,
+                memory_bytes: u64::try_from(mib).unwrap_or(0) * 1024 * 1024,
+                gpus: u32::try_from(gpus).unwrap_or(0),
+            })
+        })
+    }
+}
