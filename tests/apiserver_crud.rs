@@ -541,3 +541,40 @@ async fn typed_batchjob_with_the_project_crds() {
     api.delete("hello", &DeleteParams::default()).await.unwrap();
     assert!(api.get_opt("hello").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn kube_runtime_recorder_publishes_events() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    use kube::{Resource, ResourceExt};
+    let s = server().await;
+    let c = s.client();
+    install_widgets(&c).await;
+    let api: Api<Widget> = Api::namespaced(c.clone(), "default");
+    let w = api.create(&PostParams::default(), &widget("ev", 1)).await.unwrap();
+    let recorder = Recorder::new(
+        c.clone(),
+        Reporter {
+            controller: "asg-batch-test".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Scheduled".into(),
+        note: Some("bound to node-1".into()),
+        action: "Bind".into(),
+        secondary: None,
+    };
+    let reference = w.object_ref(&());
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "default");
+    let list = events
+        .list(&ListParams::default().fields(&format!("regarding.name={}", w.name_any())))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1, "the repeat is a series on the same Event");
+    let e = &list.items[0];
+    assert_eq!(e.reason.as_deref(), Some("Scheduled"));
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+}
