@@ -550,7 +550,10 @@ async fn kube_runtime_recorder_publishes_events() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    let w = api.create(&PostParams::default(), &widget("ev", 1)).await.unwrap();
+    let w = api
+        .create(&PostParams::default(), &widget("ev", 1))
+        .await
+        .unwrap();
     let recorder = Recorder::new(
         c.clone(),
         Reporter {
@@ -573,7 +576,11 @@ async fn kube_runtime_recorder_publishes_events() {
         .list(&ListParams::default().fields(&format!("regarding.name={}", w.name_any())))
         .await
         .unwrap();
-    assert_eq!(list.items.len(), 1, "the repeat is a series on the same Event");
+    assert_eq!(
+        list.items.len(),
+        1,
+        "the repeat is a series on the same Event"
+    );
     let e = &list.items[0];
     assert_eq!(e.reason.as_deref(), Some("Scheduled"));
     assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));

@@ -273,6 +273,12 @@ async fn server_side_apply_ownership_conflicts_and_removal() {
         .unwrap();
     assert_eq!(agent.subresource.as_deref(), Some("status"));
 
+    // a resourceVersion in the applied configuration is a precondition
+    let stale = json!({"apiVersion": "example.asgbatch.io/v1", "kind": "Widget",
+        "metadata": {"name": "s", "resourceVersion": "1"}, "spec": {"size": 5}});
+    let err = status_of(apply("bob", false, stale).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+
     // apply without fieldManager is refused
     let (code, _, body) = http(
         &s,

@@ -63,6 +63,7 @@ pub fn sweep(core: &Core) -> bool {
     let reg = core.registry();
     let result = core.store.write(|st| {
         let rv_before = st.rv();
+        let mut crd_removed = false;
         // index: uid -> (key, object)
         let mut by_uid: HashMap<String, (String, Obj)> = HashMap::new();
         let mut all: Vec<(String, Obj)> = vec![];
@@ -217,13 +218,14 @@ pub fn sweep(core: &Core) -> bool {
             if st.list(&info.storage_key(), None, None).is_empty() {
                 if let Some(crd_info) = info_of(CRD_KEY) {
                     remove_finalizer(core, st, &crd_info, &o, CLEANUP_FINALIZER);
+                    crd_removed = true;
                 }
             }
         }
-        Ok(st.rv() != rv_before)
+        Ok((st.rv() != rv_before, crd_removed))
     });
-    let changed = result.unwrap_or(false);
-    if changed {
+    let (changed, crd_removed) = result.unwrap_or((false, false));
+    if crd_removed {
         core.refresh_registry();
     }
     changed

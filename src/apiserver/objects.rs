@@ -659,6 +659,14 @@ impl Core {
                         self.insert_new(st, info, obj, o.dry_run).map(|b| (b, 201))
                     }
                     Some(old) => {
+                        // a resourceVersion in the applied configuration is a precondition
+                        let arv = applied
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        if !arv.is_empty() && arv != rv_of(&old).to_string() {
+                            return Err(ApiError::conflict_modified(objref(info, name)));
+                        }
                         // prune the applied configuration first so unknown fields are not owned
                         let mut applied = applied.clone();
                         if let Some(schema) = &info.schema {
