@@ -398,3 +398,46 @@ async fn too_old_resource_version_is_410_and_watcher_recovers() {
     }
     task.abort();
 }
+
+#[tokio::test]
+async fn metadata_only_get_list_and_watch() {
+    let s = server().await;
+    let c = s.client();
+    install_widgets(&c).await;
+    let api: Api<Widget> = Api::namespaced(c.clone(), "default");
+    api.create(&PostParams::default(), &widget("m", 1))
+        .await
+        .unwrap();
+    let meta = api.get_metadata("m").await.unwrap();
+    assert_eq!(meta.metadata.name.as_deref(), Some("m"));
+    assert_eq!(
+        meta.types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let (_, head, body) = {
+        let req = "GET /apis/example.asgbatch.io/v1/namespaces/default/widgets?watch=1&timeoutSeconds=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1\r\n\r\n";
+        raw(&s, req.as_bytes()).await
+    };
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.contains("\"kind\":\"PartialObjectMetadata\""),
+        "{body}"
+    );
+    assert!(!body.contains("\"spec\""), "{body}");
+    // a metadata-only watcher (kube-rs `Api<PartialObjectMeta<K>>`) sees the object
+    let meta_api: Api<kube::core::PartialObjectMeta<Widget>> =
+        Api::namespaced(c.clone(), "default");
+    let (reader, writer) = reflector::store();
+    let task = tokio::spawn(
+        reflector(writer, watcher(meta_api, watcher::Config::default()))
+            .for_each(|_| futures::future::ready(())),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.state().len() != 1 {
+        assert!(Instant::now() < deadline, "metadata watcher saw nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+}

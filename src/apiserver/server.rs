@@ -379,6 +379,7 @@ async fn resource_request(
     }
     let is_watch = legacy_watch || q.flag("watch").unwrap_or(false);
     let wants_table = table::wants_table(accept);
+    let wants_partial = !wants_table && table::wants_partial_metadata(accept);
     let include = q.get("includeObject").unwrap_or("Metadata").to_string();
     match (method.clone(), name) {
         (Method::GET, None) => {
@@ -396,6 +397,7 @@ async fn resource_request(
                     fields: lq.fields,
                     as_table: wants_table,
                     include_object: include,
+                    as_partial: wants_partial,
                 };
                 let rx = watch::start(core.clone(), info.clone(), ns, p);
                 return Ok(watch_response(rx));
@@ -419,6 +421,14 @@ async fn resource_request(
                     &[],
                 ));
             }
+            if wants_partial {
+                let items: Vec<Value> = items.iter().map(table::partial_metadata).collect();
+                let body = json!({
+                    "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta, "items": items,
+                });
+                return Ok(json_response(200, &body, &[]));
+            }
             let body = json!({
                 "kind": info.list_kind, "apiVersion": info.api_version(),
                 "metadata": meta, "items": items,
@@ -437,6 +447,9 @@ async fn resource_request(
                     &table::table(&info, &[&obj], meta, &include),
                     &[],
                 ));
+            }
+            if wants_partial {
+                return Ok(json_response(200, &table::partial_metadata(&obj), &[]));
             }
             Ok(json_response(200, &obj, &[]))
         }

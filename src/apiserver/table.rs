@@ -15,6 +15,27 @@ pub fn wants_table(accept: &str) -> bool {
     })
 }
 
+/// Whether the Accept header asks for `PartialObjectMetadata` (kube-rs `get_metadata`,
+/// `list_metadata`, `metadata_watcher`; client-go's metadata client).
+pub fn wants_partial_metadata(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let p: Vec<&str> = part.split(';').map(str::trim).collect();
+        p.first() == Some(&"application/json")
+            && (p.contains(&"as=PartialObjectMetadata")
+                || p.contains(&"as=PartialObjectMetadataList"))
+            && p.contains(&"g=meta.k8s.io")
+    })
+}
+
+/// The `meta.k8s.io/v1` PartialObjectMetadata of an object.
+pub fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+    })
+}
+
 /// Evaluate a simple JSONPath (`.a.b`, `.a[0].b`, `.a[?(@.type=="Ready")].status`,
 /// optionally wrapped in `{}`).
 pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
@@ -175,14 +196,6 @@ fn columns(info: &ResourceInfo) -> Vec<PrinterColumn> {
     }
     cols.push(age());
     cols
-}
-
-fn partial_metadata(obj: &Value) -> Value {
-    json!({
-        "kind": "PartialObjectMetadata",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
-    })
 }
 
 fn cells(info: &ResourceInfo, cols: &[PrinterColumn], obj: &Value) -> Vec<Value> {

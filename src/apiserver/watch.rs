@@ -47,6 +47,8 @@ pub struct WatchParams {
     pub as_table: bool,
     /// `includeObject` for tables.
     pub include_object: String,
+    /// PartialObjectMetadata output (metadata-only watches).
+    pub as_partial: bool,
 }
 
 struct Watcher {
@@ -65,6 +67,9 @@ impl Watcher {
 
     fn render(&self, o: &Value) -> Value {
         let obj = Core::present(&self.info, o);
+        if self.p.as_partial {
+            return table::partial_metadata(&obj);
+        }
         if self.p.as_table {
             let rv = o
                 .pointer("/metadata/resourceVersion")
