@@ -252,8 +252,13 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
     let q = Query::parse(req.uri().query());
     let headers = req.headers().clone();
     let accept = header_str(&headers, header::ACCEPT).to_string();
-    check_accept(&accept)?;
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // OpenAPI v2 is not served (clients fall back to v3); say so before negotiating,
+    // since clients ask for it in protobuf only.
+    if segs.first() == Some(&"openapi") && segs.get(1) == Some(&"v2") {
+        return Err(ApiError::path_not_found());
+    }
+    check_accept(&accept)?;
     let core = &state.core;
     let reg = core.registry();
     let get_only = |v: Value| -> ApiResult<Response> {
