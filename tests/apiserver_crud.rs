@@ -585,3 +585,71 @@ async fn kube_runtime_recorder_publishes_events() {
     assert_eq!(e.reason.as_deref(), Some("Scheduled"));
     assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
 }
+
+#[tokio::test]
+async fn crd_updates_take_effect_at_once() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let s = server().await;
+    let c = s.client();
+    install_widgets(&c).await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.asgbatch.io", "v1", "Widget"),
+        "widgets",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
+    let obj = DynamicObject::new("x", &ar).data(json!({"spec": {"size": 1, "weight": 5}}));
+    let made = api.create(&PostParams::default(), &obj).await.unwrap();
+    assert!(
+        made.data["spec"].get("weight").is_none(),
+        "unknown field pruned"
+    );
+    // add spec.weight to the schema: the next write keeps it
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let patch = json!([{"op": "add",
+        "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/weight",
+        "value": {"type": "integer", "maximum": 10}}]);
+    let jp: json_patch::Patch = serde_json::from_value(patch).unwrap();
+    crds.patch(
+        "widgets.example.asgbatch.io",
+        &PatchParams::default(),
+        &Patch::<()>::Json(jp),
+    )
+    .await
+    .unwrap();
+    let up = api
+        .patch(
+            "x",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"weight": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(up.data["spec"]["weight"], 5);
+    let err = status_of(
+        api.patch(
+            "x",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"weight": 11}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("spec.weight"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn written_kubeconfig_works_for_kube_client() {
+    let s = server().await;
+    let path = s.kubeconfig();
+    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(cfg.default_namespace, "default");
+    let client = kube::Client::try_from(cfg).unwrap();
+    let v = client.apiserver_version().await.unwrap();
+    assert_eq!((v.major.as_str(), v.minor.as_str()), ("1", "35"));
+    let nss: Api<Namespace> = Api::all(client);
+    assert!(nss.get("kube-system").await.is_ok());
+}
