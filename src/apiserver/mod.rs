@@ -66,7 +66,7 @@ impl Default for ApiServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: None,
             allow_remote: false,
-            history_limit: 50_000,
+            history_limit: 10_000,
         }
     }
 }
