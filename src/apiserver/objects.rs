@@ -1,0 +1,1042 @@
+//! Object semantics independent of HTTP: create, get, list, update (main resource and
+//! `/status`), patch, server-side apply, delete with finalizers and propagation.
+
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Value, json};
+
+use super::crd::{self, CRD_KEY};
+use super::error::{ApiError, ApiResult, Cause, ObjRef};
+use super::meta::{
+    finalizers_of, is_deleting, metadata_mut, name_of, namespace_of, new_uid, now_rfc3339,
+    random_suffix, remove_meta, rv_of, set_meta, uid_of, validate_labels, validate_name,
+};
+use super::patch::{self, PatchType};
+use super::resources::{Registry, ResourceInfo, from_crd};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::ssa::{self, SchemaCtx, Writer};
+use super::store::{Obj, State, Store};
+
+/// Storage key of namespaces.
+pub const NS_KEY: &str = "/namespaces";
+
+/// `fieldValidation` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Drop unknown fields silently.
+    Ignore,
+    /// Drop unknown fields with a warning (kube-apiserver's default).
+    #[default]
+    Warn,
+    /// Refuse unknown fields with 400.
+    Strict,
+}
+
+/// Options of a write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOpts {
+    /// `dryRun=All`.
+    pub dry_run: bool,
+    /// Field manager (from `fieldManager` or the User-Agent).
+    pub manager: String,
+    /// Whether `fieldManager` was given explicitly.
+    pub manager_explicit: bool,
+    /// `fieldValidation`.
+    pub field_validation: FieldValidation,
+    /// `force` (server-side apply).
+    pub force: bool,
+}
+
+/// `DeleteOptions`.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOpts {
+    /// `Orphan`, `Background` or `Foreground`.
+    pub propagation: Option<String>,
+    /// Precondition on uid.
+    pub uid: Option<String>,
+    /// Precondition on resourceVersion.
+    pub resource_version: Option<String>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// List parameters.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// Continue token.
+    pub cont: Option<String>,
+}
+
+/// The result of a write.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Response body.
+    pub body: Value,
+    /// HTTP status.
+    pub code: u16,
+    /// `Warning` headers.
+    pub warnings: Vec<String>,
+}
+
+/// The server's shared state: store + registry.
+#[derive(Debug)]
+pub struct Core {
+    /// The object store.
+    pub store: Store,
+    registry: RwLock<Arc<Registry>>,
+    /// Wakes the garbage collector.
+    pub gc_wake: tokio::sync::Notify,
+    /// Set to true when the server shuts down (ends watches).
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+fn objref<'a>(info: &'a ResourceInfo, name: &'a str) -> ObjRef<'a> {
+    ObjRef {
+        plural: &info.plural,
+        group: &info.group,
+        name,
+    }
+}
+
+fn spec_part(obj: &Value, drop_status: bool) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        if drop_status {
+            m.remove("status");
+        }
+    }
+    o
+}
+
+/// Object without resourceVersion and managedFields times, for no-op detection.
+fn comparable(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    remove_meta(&mut o, "resourceVersion");
+    if let Some(Value::Array(mf)) = metadata_mut(&mut o).and_then(|m| m.get_mut("managedFields")) {
+        for e in mf {
+            if let Some(m) = e.as_object_mut() {
+                m.remove("time");
+            }
+        }
+    }
+    o
+}
+
+fn ensure_object(body: Value) -> ApiResult<Value> {
+    match &body {
+        Value::Object(m) => {
+            if let Some(md) = m.get("metadata") {
+                if !md.is_object() && !md.is_null() {
+                    return Err(ApiError::bad_request(
+                        "metadata: expected an object (json: cannot unmarshal into Go struct field of type v1.ObjectMeta)",
+                    ));
+                }
+            }
+            Ok(body)
+        }
+        _ => Err(ApiError::bad_request(
+            "the body of the request must be a JSON or YAML object",
+        )),
+    }
+}
+
+/// Registry derived from the CRDs currently in the store.
+pub fn registry_from_state(st: &State) -> Registry {
+    let customs = st
+        .list(CRD_KEY, None, None)
+        .iter()
+        .flat_map(|c| from_crd(c))
+        .collect();
+    Registry::new(customs)
+}
+
+impl Core {
+    /// A core over a store; seeds `default` and `kube-system` namespaces.
+    pub fn new(store: Store) -> Self {
+        let reg = store.read(registry_from_state);
+        let core = Core {
+            store,
+            registry: RwLock::new(Arc::new(reg)),
+            gc_wake: tokio::sync::Notify::new(),
+            shutdown: tokio::sync::watch::Sender::new(false),
+        };
+        let now = now_rfc3339();
+        let _ = core.store.write(|st| {
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                if st.get(NS_KEY, "", ns).is_none() {
+                    st.put(
+                        NS_KEY,
+                        json!({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": ns, "uid": new_uid(), "creationTimestamp": now,
+                                "labels": {"kubernetes.io/metadata.name": ns}},
+                            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+                    );
+                }
+            }
+            Ok(())
+        });
+        core
+    }
+
+    /// The current registry.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Rebuild the registry from the stored CRDs.
+    pub fn refresh_registry(&self) {
+        let reg = self.store.read(registry_from_state);
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
+    }
+
+    fn rebuild_registry(&self, st: &State) {
+        let reg = registry_from_state(st);
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
+    }
+
+    /// All CRD objects.
+    pub fn crds(&self) -> Vec<Value> {
+        self.store.read(|st| {
+            st.list(CRD_KEY, None, None)
+                .iter()
+                .map(|c| (**c).clone())
+                .collect()
+        })
+    }
+
+    /// The object as served at `info`'s version.
+    pub fn present(info: &ResourceInfo, obj: &Value) -> Value {
+        let mut o = obj.clone();
+        if let Some(m) = o.as_object_mut() {
+            m.insert("apiVersion".into(), json!(info.api_version()));
+            m.insert("kind".into(), json!(info.kind));
+        }
+        o
+    }
+
+    /// GET one object.
+    pub fn get(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<Value> {
+        self.store
+            .read(|st| st.get(&info.storage_key(), ns, name))
+            .map(|o| Self::present(info, &o))
+            .ok_or_else(|| ApiError::not_found(objref(info, name)))
+    }
+
+    /// LIST: returns (items, list metadata).
+    pub fn list(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        q: &ListQuery,
+    ) -> ApiResult<(Vec<Value>, Value)> {
+        let key = info.storage_key();
+        let (start_rv, after) = match &q.cont {
+            Some(c) if !c.is_empty() => {
+                let bad = || {
+                    ApiError::bad_request(format!(
+                        "continue key is not valid: invalid continue token {c:?}"
+                    ))
+                };
+                let (rv, rest) = c.split_once(':').ok_or_else(bad)?;
+                let rv: u64 = rv.parse().map_err(|_| bad())?;
+                let (n, nm) = rest.split_once('/').ok_or_else(bad)?;
+                (Some(rv), Some((n.to_string(), nm.to_string())))
+            }
+            _ => (None, None),
+        };
+        let (objs, rv) = self
+            .store
+            .read(|st| (st.list(&key, ns, after.as_ref()), st.rv()));
+        let rv = start_rv.unwrap_or(rv);
+        let matching: Vec<Obj> = objs
+            .into_iter()
+            .filter(|o| q.labels.matches(o) && q.fields.matches(o))
+            .collect();
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        let take = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let total = matching.len();
+        let page: Vec<Value> = matching
+            .iter()
+            .take(take)
+            .map(|o| Self::present(info, o))
+            .collect();
+        if total > page.len() {
+            if let Some(last) = page.last() {
+                meta["continue"] = json!(format!("{rv}:{}/{}", namespace_of(last), name_of(last)));
+                meta["remainingItemCount"] = json!(total - page.len());
+            }
+        }
+        Ok((page, meta))
+    }
+
+    fn writer<'a>(
+        info: &'a ResourceInfo,
+        o: &'a WriteOpts,
+        sub: &'a str,
+        now: &'a str,
+        api_version: &'a str,
+    ) -> Writer<'a> {
+        let _ = info;
+        Writer {
+            manager: &o.manager,
+            api_version,
+            subresource: sub,
+            now,
+        }
+    }
+
+    fn prepare_body(info: &ResourceInfo, body: Value) -> ApiResult<Value> {
+        let mut obj = ensure_object(body)?;
+        if let Some(k) = obj.get("kind").and_then(Value::as_str) {
+            if !k.is_empty() && k != info.kind {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    info.kind
+                )));
+            }
+        }
+        if let Some(av) = obj.get("apiVersion").and_then(Value::as_str) {
+            let group_of = |s: &str| {
+                s.rsplit_once('/')
+                    .map(|(g, _)| g.to_string())
+                    .unwrap_or_default()
+            };
+            if !av.is_empty() && group_of(av) != info.group {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({av}) does not match the expected API version ({})",
+                    info.api_version()
+                )));
+            }
+        }
+        if let Some(m) = obj.as_object_mut() {
+            m.insert("apiVersion".into(), json!(info.api_version()));
+            m.insert("kind".into(), json!(info.kind));
+        }
+        metadata_mut(&mut obj);
+        Ok(obj)
+    }
+
+    /// Pruning, defaulting, schema + metadata validation, kind-specific hooks.
+    fn admit(
+        info: &ResourceInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+        o: &WriteOpts,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<()> {
+        let name = name_of(obj).to_string();
+        if let Some(schema) = &info.schema {
+            let unknown = schema.prune(obj);
+            if !unknown.is_empty() {
+                match o.field_validation {
+                    FieldValidation::Strict => {
+                        return Err(ApiError::bad_request(super::validation::strict_message(
+                            &info.kind,
+                            &info.version,
+                            &unknown,
+                        )));
+                    }
+                    FieldValidation::Warn => warnings.extend(
+                        unknown
+                            .iter()
+                            .map(|p| super::validation::unknown_field_warning(p)),
+                    ),
+                    FieldValidation::Ignore => {}
+                }
+            }
+            schema.apply_defaults(obj);
+        }
+        let mut causes = validate_labels(obj);
+        if let Some(schema) = &info.schema {
+            causes.extend(schema.validate(obj, old));
+        }
+        if info.storage_key() == CRD_KEY {
+            causes.extend(crd::validate(obj));
+        }
+        if !causes.is_empty() {
+            return Err(super::validation::invalid(
+                &info.group,
+                &info.kind,
+                &name,
+                causes,
+            ));
+        }
+        Ok(())
+    }
+
+    fn kind_hooks(info: &ResourceInfo, obj: &mut Value, now: &str) {
+        if info.storage_key() == CRD_KEY {
+            crd::set_status(obj, now);
+        }
+        if info.storage_key() == NS_KEY {
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+            let phase = if is_deleting(obj) {
+                "Terminating"
+            } else {
+                "Active"
+            };
+            obj["status"] = json!({"phase": phase});
+            let name = name_of(obj).to_string();
+            if let Some(md) = metadata_mut(obj) {
+                let labels = md.entry("labels").or_insert_with(|| json!({}));
+                if let Some(l) = labels.as_object_mut() {
+                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
+                }
+            }
+        }
+    }
+
+    /// Prepare a new object for insertion (everything but the store checks).
+    fn prepare_create(
+        info: &ResourceInfo,
+        ns: &str,
+        mut obj: Value,
+        o: &WriteOpts,
+        mf_preset: bool,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<Value> {
+        let now = now_rfc3339();
+        if info.namespaced {
+            let bns = namespace_of(&obj);
+            if !bns.is_empty() && bns != ns {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            set_meta(&mut obj, "namespace", json!(ns));
+        } else {
+            remove_meta(&mut obj, "namespace");
+        }
+        let mut name = name_of(&obj).to_string();
+        if name.is_empty() {
+            let gn = obj
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if gn.is_empty() {
+                return Err(ApiError::invalid(
+                    &info.group,
+                    &info.kind,
+                    "",
+                    vec![Cause::new(
+                        "FieldValueRequired",
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    )],
+                ));
+            }
+            name = format!("{gn}{}", random_suffix());
+            set_meta(&mut obj, "name", json!(name));
+        }
+        if let Some(c) = validate_name(&name, info.storage_key() == NS_KEY) {
+            return Err(ApiError::invalid(&info.group, &info.kind, &name, vec![c]));
+        }
+        set_meta(&mut obj, "uid", json!(new_uid()));
+        set_meta(&mut obj, "creationTimestamp", json!(now));
+        for k in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "resourceVersion",
+            "selfLink",
+        ] {
+            remove_meta(&mut obj, k);
+        }
+        if info.has_generation() {
+            set_meta(&mut obj, "generation", json!(1));
+        } else {
+            remove_meta(&mut obj, "generation");
+        }
+        if info.status_subresource && info.custom {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        Self::admit(info, &mut obj, None, o, warnings)?;
+        Self::kind_hooks(info, &mut obj, &now);
+        if !mf_preset {
+            let api_version = info.api_version();
+            let w = Self::writer(info, o, "", &now, &api_version);
+            let schema = info.raw_schema.as_deref();
+            remove_meta(&mut obj, "managedFields");
+            ssa::record_update(None, &mut obj, SchemaCtx { root: schema }, &w);
+        }
+        Ok(obj)
+    }
+
+    fn insert_new(
+        &self,
+        st: &mut State,
+        info: &ResourceInfo,
+        obj: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let ns = namespace_of(&obj).to_string();
+        let name = name_of(&obj).to_string();
+        if info.namespaced {
+            match st.get(NS_KEY, "", &ns) {
+                None => {
+                    return Err(ApiError::not_found(ObjRef {
+                        plural: "namespaces",
+                        group: "",
+                        name: &ns,
+                    }));
+                }
+                Some(n) if is_deleting(&n) => {
+                    return Err(ApiError {
+                        code: 403,
+                        reason: "Forbidden",
+                        message: format!(
+                            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                            objref(info, &name).qualified()
+                        ),
+                        details: Some(
+                            json!({"name": name, "group": info.group, "kind": info.plural}),
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let key = info.storage_key();
+        if st.get(&key, &ns, &name).is_some() {
+            return Err(ApiError::already_exists(objref(info, &name)));
+        }
+        if dry_run {
+            return Ok(Self::present(info, &obj));
+        }
+        let stored = st.put(&key, obj);
+        if key == CRD_KEY {
+            self.rebuild_registry(st);
+        }
+        Ok(Self::present(info, &stored))
+    }
+
+    /// POST: create.
+    pub fn create(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        body: Value,
+        o: &WriteOpts,
+    ) -> ApiResult<Outcome> {
+        let mut warnings = vec![];
+        let obj = Self::prepare_body(info, body)?;
+        let obj = Self::prepare_create(info, ns, obj, o, false, &mut warnings)?;
+        let body = self
+            .store
+            .write(|st| self.insert_new(st, info, obj, o.dry_run))?;
+        Ok(Outcome {
+            body,
+            code: 201,
+            warnings,
+        })
+    }
+
+    /// PUT: update the main resource or `/status`.
+    pub fn update(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        sub: &str,
+        body: Value,
+        o: &WriteOpts,
+    ) -> ApiResult<Outcome> {
+        let new = Self::prepare_body(info, body)?;
+        let bname = name_of(&new);
+        if !bname.is_empty() && bname != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({bname}) does not match the name on the URL ({name})"
+            )));
+        }
+        let bns = namespace_of(&new);
+        if info.namespaced && !bns.is_empty() && bns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let mut warnings = vec![];
+        let body = self.store.write(|st| {
+            let old = st
+                .get(&info.storage_key(), ns, name)
+                .ok_or_else(|| ApiError::not_found(objref(info, name)))?;
+            self.commit_update(st, info, &old, new, sub, false, o, &mut warnings)
+        })?;
+        Ok(Outcome {
+            body,
+            code: 200,
+            warnings,
+        })
+    }
+
+    /// PATCH (all patch types, including server-side apply).
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        sub: &str,
+        pt: PatchType,
+        body: &[u8],
+        o: &WriteOpts,
+    ) -> ApiResult<Outcome> {
+        let patch_doc: Value = match pt {
+            PatchType::Apply => serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+            _ => serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
+        };
+        if pt == PatchType::Strategic && info.custom {
+            return Err(ApiError::unsupported_media_type(
+                "application/strategic-merge-patch+json",
+                &[
+                    "application/json-patch+json",
+                    "application/merge-patch+json",
+                    "application/apply-patch+yaml",
+                ],
+            ));
+        }
+        let mut warnings = vec![];
+        if pt == PatchType::Apply {
+            if !o.manager_explicit {
+                return Err(ApiError::invalid(
+                    &info.group,
+                    &info.kind,
+                    name,
+                    vec![Cause::new(
+                        "FieldValueRequired",
+                        "fieldManager",
+                        "Required value: is required for apply patch",
+                    )],
+                ));
+            }
+            let applied = ensure_object(patch_doc)?;
+            if applied
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+            {
+                return Err(ApiError::bad_request("invalid object type: /, Kind="));
+            }
+            let applied = Self::prepare_body(info, applied)?;
+            let aname = name_of(&applied);
+            if !aname.is_empty() && aname != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({aname}) does not match the name on the URL ({name})"
+                )));
+            }
+            let mut applied = applied;
+            set_meta(&mut applied, "name", json!(name));
+            let now = now_rfc3339();
+            let api_version = info.api_version();
+            let schema = info.raw_schema.as_deref();
+            let body = self.store.write(|st| {
+                let old = st.get(&info.storage_key(), ns, name);
+                let w = Self::writer(info, o, sub, &now, &api_version);
+                match old {
+                    None => {
+                        if sub == "status" {
+                            return Err(ApiError::not_found(objref(info, name)));
+                        }
+                        let obj =
+                            ssa::apply(None, &applied, SchemaCtx { root: schema }, &w, o.force)?;
+                        let obj = Self::prepare_create(info, ns, obj, o, true, &mut warnings)?;
+                        self.insert_new(st, info, obj, o.dry_run).map(|b| (b, 201))
+                    }
+                    Some(old) => {
+                        // a resourceVersion in the applied configuration is a precondition
+                        let arv = applied
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        if !arv.is_empty() && arv != rv_of(&old).to_string() {
+                            return Err(ApiError::conflict_modified(objref(info, name)));
+                        }
+                        // prune the applied configuration first so unknown fields are not owned
+                        let mut applied = applied.clone();
+                        if let Some(schema) = &info.schema {
+                            let unknown = schema.prune(&mut applied);
+                            if !unknown.is_empty() && o.field_validation == FieldValidation::Strict
+                            {
+                                return Err(ApiError::bad_request(
+                                    super::validation::strict_message(
+                                        &info.kind,
+                                        &info.version,
+                                        &unknown,
+                                    ),
+                                ));
+                            }
+                        }
+                        let new = ssa::apply(
+                            Some(&old),
+                            &applied,
+                            SchemaCtx { root: schema },
+                            &w,
+                            o.force,
+                        )?;
+                        self.commit_update(st, info, &old, new, sub, true, o, &mut warnings)
+                            .map(|b| (b, 200))
+                    }
+                }
+            })?;
+            return Ok(Outcome {
+                body: body.0,
+                code: body.1,
+                warnings,
+            });
+        }
+        let body = self.store.write(|st| {
+            let old = st
+                .get(&info.storage_key(), ns, name)
+                .ok_or_else(|| ApiError::not_found(objref(info, name)))?;
+            let mut doc = Self::present(info, &old);
+            match pt {
+                PatchType::Merge => patch::merge_patch(&mut doc, &patch_doc)?,
+                PatchType::Json => patch::json_patch(&mut doc, &patch_doc)?,
+                PatchType::Strategic => patch::strategic_merge_patch(&mut doc, &patch_doc)?,
+                PatchType::Apply => {}
+            }
+            let doc = ensure_object(doc)?;
+            if name_of(&doc) != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    name_of(&doc)
+                )));
+            }
+            // A patch without resourceVersion applies to the current object.
+            let mut doc = doc;
+            if doc
+                .pointer("/metadata/resourceVersion")
+                .is_none_or(Value::is_null)
+            {
+                set_meta(&mut doc, "resourceVersion", json!(rv_of(&old).to_string()));
+            }
+            self.commit_update(st, info, &old, doc, sub, false, o, &mut warnings)
+        })?;
+        Ok(Outcome {
+            body,
+            code: 200,
+            warnings,
+        })
+    }
+
+    /// The shared update path for PUT, PATCH and apply. `mf_preset`: managedFields in
+    /// `new` were computed by server-side apply.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_update(
+        &self,
+        st: &mut State,
+        info: &ResourceInfo,
+        old: &Obj,
+        new: Value,
+        sub: &str,
+        mf_preset: bool,
+        o: &WriteOpts,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<Value> {
+        let name = name_of(old).to_string();
+        if sub == "status" && !info.status_subresource {
+            return Err(ApiError::path_not_found());
+        }
+        let req_rv = new
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if !req_rv.is_empty() && req_rv != rv_of(old).to_string() {
+            return Err(ApiError::conflict_modified(objref(info, &name)));
+        }
+        let now = now_rfc3339();
+        let old_v: &Value = old;
+        let mut cand = if sub == "status" {
+            let mut c = old_v.clone();
+            match new.get("status") {
+                Some(s) => c["status"] = s.clone(),
+                None => {
+                    if let Some(m) = c.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            if mf_preset {
+                if let Some(mf) = new.pointer("/metadata/managedFields") {
+                    set_meta(&mut c, "managedFields", mf.clone());
+                }
+            }
+            c
+        } else {
+            let mut c = new;
+            if info.status_subresource {
+                if let Some(m) = c.as_object_mut() {
+                    match old_v.get("status") {
+                        Some(s) => {
+                            m.insert("status".into(), s.clone());
+                        }
+                        None => {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            c
+        };
+        if let Some(m) = cand.as_object_mut() {
+            m.insert("apiVersion".into(), old_v["apiVersion"].clone());
+            m.insert("kind".into(), json!(info.kind));
+        }
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old_v.pointer(&format!("/metadata/{k}")) {
+                Some(v) => set_meta(&mut cand, k, v.clone()),
+                None => remove_meta(&mut cand, k),
+            }
+        }
+        if is_deleting(old_v) {
+            let before = finalizers_of(old_v);
+            let added: Vec<String> = finalizers_of(&cand)
+                .into_iter()
+                .filter(|f| !before.contains(f))
+                .collect();
+            if !added.is_empty() {
+                return Err(ApiError::invalid(
+                    &info.group,
+                    &info.kind,
+                    &name,
+                    vec![Cause::new(
+                        "FieldValueForbidden",
+                        "metadata.finalizers",
+                        format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                            added
+                                .iter()
+                                .map(|f| format!("{f:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )],
+                ));
+            }
+        }
+        Self::admit(info, &mut cand, Some(old_v), o, warnings)?;
+        Self::kind_hooks(info, &mut cand, &now);
+        if info.has_generation() {
+            let drop_status = info.status_subresource;
+            if spec_part(&cand, drop_status) != spec_part(old_v, drop_status) {
+                let g = old_v
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                set_meta(&mut cand, "generation", json!(g + 1));
+            }
+        }
+        if !mf_preset {
+            let api_version = info.api_version();
+            let w = Self::writer(info, o, sub, &now, &api_version);
+            let schema = info.raw_schema.as_deref();
+            ssa::record_update(Some(old_v), &mut cand, SchemaCtx { root: schema }, &w);
+        }
+        if comparable(&cand) == comparable(old_v) {
+            return Ok(Self::present(info, old_v));
+        }
+        let key = info.storage_key();
+        let ns = namespace_of(old_v).to_string();
+        if o.dry_run {
+            return Ok(Self::present(info, &cand));
+        }
+        if is_deleting(&cand) && finalizers_of(&cand).is_empty() && key != NS_KEY {
+            let gone = st.remove(&key, &ns, &name, Some(cand));
+            if key == CRD_KEY {
+                self.rebuild_registry(st);
+            }
+            self.gc_wake.notify_one();
+            return Ok(gone.map(|g| Self::present(info, &g)).unwrap_or_default());
+        }
+        let stored = st.put(&key, cand);
+        if key == CRD_KEY {
+            self.rebuild_registry(st);
+        }
+        if is_deleting(&stored) || stored.pointer("/metadata/ownerReferences").is_some() {
+            self.gc_wake.notify_one();
+        }
+        Ok(Self::present(info, &stored))
+    }
+
+    /// DELETE one object. Returns the body and whether it is gone.
+    pub fn delete(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        d: &DeleteOpts,
+    ) -> ApiResult<Outcome> {
+        if info.storage_key() == NS_KEY && matches!(name, "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError {
+                code: 403,
+                reason: "Forbidden",
+                message: format!(
+                    "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+                ),
+                details: Some(json!({"name": name, "kind": "namespaces"})),
+            });
+        }
+        let (obj, gone) = self.store.write(|st| {
+            let old = st
+                .get(&info.storage_key(), ns, name)
+                .ok_or_else(|| ApiError::not_found(objref(info, name)))?;
+            if let Some(u) = &d.uid {
+                if u != uid_of(&old) {
+                    return Err(ApiError::conflict(
+                        objref(info, name),
+                        &format!(
+                            "Precondition failed: UID in precondition: {u}, UID in object meta: {}",
+                            uid_of(&old)
+                        ),
+                    ));
+                }
+            }
+            if let Some(rv) = &d.resource_version {
+                if *rv != rv_of(&old).to_string() {
+                    return Err(ApiError::conflict(
+                        objref(info, name),
+                        &format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            rv_of(&old)
+                        ),
+                    ));
+                }
+            }
+            Ok(self.delete_in(st, info, &old, d.propagation.as_deref(), d.dry_run))
+        })?;
+        self.gc_wake.notify_one();
+        let body = if gone && !info.custom {
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "group": info.group, "kind": info.plural, "uid": uid_of(&obj)},
+            })
+        } else {
+            Self::present(info, &obj)
+        };
+        Ok(Outcome {
+            body,
+            code: 200,
+            warnings: vec![],
+        })
+    }
+
+    /// Delete inside a write: finalizers → deletionTimestamp, else remove. Returns the
+    /// resulting object and whether it is gone.
+    pub fn delete_in(
+        &self,
+        st: &mut State,
+        info: &ResourceInfo,
+        old: &Obj,
+        propagation: Option<&str>,
+        dry_run: bool,
+    ) -> (Value, bool) {
+        let key = info.storage_key();
+        let mut obj: Value = (**old).clone();
+        let mut fins = finalizers_of(&obj);
+        let want = match propagation {
+            Some("Orphan") => Some("orphan"),
+            Some("Foreground") => Some("foregroundDeletion"),
+            _ => None,
+        };
+        if let Some(f) = want {
+            if !fins.iter().any(|x| x == f) && !is_deleting(&obj) {
+                fins.push(f.to_string());
+            }
+        }
+        let ns_with_content = key == NS_KEY;
+        if fins.is_empty() && !ns_with_content {
+            if dry_run {
+                return (obj, true);
+            }
+            let ns = namespace_of(&obj).to_string();
+            let name = name_of(&obj).to_string();
+            let gone = st.remove(&key, &ns, &name, None);
+            if key == CRD_KEY {
+                self.rebuild_registry(st);
+            }
+            return (gone.map(|g| (*g).clone()).unwrap_or(obj), true);
+        }
+        let was = obj.clone();
+        if !is_deleting(&obj) {
+            set_meta(&mut obj, "deletionTimestamp", json!(now_rfc3339()));
+            set_meta(&mut obj, "deletionGracePeriodSeconds", json!(0));
+            if info.has_generation() {
+                let g = obj
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                set_meta(&mut obj, "generation", json!(g + 1));
+            }
+        }
+        if !fins.is_empty() {
+            set_meta(&mut obj, "finalizers", json!(fins));
+        }
+        if key == NS_KEY {
+            obj["status"] = json!({"phase": "Terminating"});
+        }
+        if key == CRD_KEY {
+            crd::set_status(&mut obj, &now_rfc3339());
+        }
+        if dry_run || obj == was {
+            return (obj, false);
+        }
+        let stored = st.put(&key, obj);
+        ((*stored).clone(), false)
+    }
+
+    /// DELETE on a collection (with selectors).
+    pub fn delete_collection(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        q: &ListQuery,
+        d: &DeleteOpts,
+    ) -> ApiResult<Value> {
+        let key = info.storage_key();
+        let items = self.store.write(|st| {
+            let objs: Vec<Obj> = st
+                .list(&key, ns, None)
+                .into_iter()
+                .filter(|o| q.labels.matches(o) && q.fields.matches(o))
+                .collect();
+            let mut out = vec![];
+            for o in objs {
+                let (v, _) = self.delete_in(st, info, &o, d.propagation.as_deref(), d.dry_run);
+                out.push(Self::present(info, &v));
+            }
+            Ok(out)
+        })?;
+        self.gc_wake.notify_one();
+        let rv = self.store.read(State::rv);
+        Ok(json!({
+            "kind": info.list_kind, "apiVersion": info.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()}, "items": items,
+        }))
+    }
+}

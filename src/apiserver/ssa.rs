@@ -1,0 +1,798 @@
+//! Field ownership (`metadata.managedFields`, FieldsV1) and server-side apply.
+//!
+//! A field set is a set of paths; a path is a list of FieldsV1 path elements
+//! (`f:name`, `k:{"uid":"..."}`, `v:"value"`). Lists follow the schema's
+//! `x-kubernetes-list-type` (atomic by default, `set`, `map` with
+//! `x-kubernetes-list-map-keys`); `metadata.ownerReferences` is a map keyed by `uid`
+//! and `metadata.finalizers` a set, as in kube-apiserver.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value, json};
+
+use super::error::{ApiError, ApiResult};
+
+/// A path of FieldsV1 elements.
+pub type FPath = Vec<String>;
+/// A set of owned paths.
+pub type FieldSet = BTreeSet<FPath>;
+
+/// The schema context used to classify lists and maps.
+#[derive(Clone, Copy)]
+pub struct SchemaCtx<'a> {
+    /// The CRD version's openAPIV3Schema (None for built-ins).
+    pub root: Option<&'a Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ListKind {
+    Atomic,
+    Set,
+    Map(Vec<String>),
+}
+
+fn list_kind(schema: Option<&Value>, dotted: &str) -> ListKind {
+    match dotted {
+        ".metadata.ownerReferences" => return ListKind::Map(vec!["uid".into()]),
+        ".metadata.finalizers" => return ListKind::Set,
+        _ => {}
+    }
+    let Some(s) = schema else {
+        return ListKind::Atomic;
+    };
+    match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => ListKind::Set,
+        Some("map") => ListKind::Map(
+            s.get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        _ => ListKind::Atomic,
+    }
+}
+
+fn is_atomic_map(schema: Option<&Value>) -> bool {
+    schema
+        .and_then(|s| s.get("x-kubernetes-map-type"))
+        .and_then(Value::as_str)
+        == Some("atomic")
+}
+
+fn is_granular_map(schema: Option<&Value>, dotted: &str) -> bool {
+    matches!(
+        dotted,
+        ".metadata.labels" | ".metadata.annotations" | ".data" | ".binaryData" | ".stringData"
+    ) || schema
+        .and_then(|s| s.get("additionalProperties"))
+        .is_some_and(Value::is_object)
+}
+
+fn child_schema<'a>(schema: Option<&'a Value>, field: &str) -> Option<&'a Value> {
+    let s = schema?;
+    s.get("properties")
+        .and_then(|p| p.get(field))
+        .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+}
+
+fn items_schema(schema: Option<&Value>) -> Option<&Value> {
+    schema?.get("items")
+}
+
+fn key_element(item: &Value, keys: &[String]) -> Option<String> {
+    let mut parts = vec![];
+    for k in keys {
+        let v = item.get(k)?;
+        parts.push(format!("{}:{}", Value::String(k.clone()), v));
+    }
+    Some(format!("k:{{{}}}", parts.join(",")))
+}
+
+/// The fields of an object that a manager can own: everything except apiVersion, kind,
+/// the server-set parts of metadata, and status (or only status for the subresource).
+pub fn fields_of(obj: &Value, ctx: SchemaCtx<'_>, status_only: Option<bool>) -> FieldSet {
+    let mut out = FieldSet::new();
+    let Some(m) = obj.as_object() else {
+        return out;
+    };
+    for (k, v) in m {
+        match k.as_str() {
+            "apiVersion" | "kind" => continue,
+            "status" if status_only == Some(false) => continue,
+            "metadata" => {
+                if status_only == Some(true) {
+                    continue;
+                }
+                if let Some(md) = v.as_object() {
+                    for (mk, mv) in md {
+                        if matches!(
+                            mk.as_str(),
+                            "labels" | "annotations" | "finalizers" | "ownerReferences"
+                        ) {
+                            let mut p = vec!["f:metadata".to_string(), format!("f:{mk}")];
+                            walk(mv, None, &mut p, &format!(".metadata.{mk}"), &mut out);
+                        }
+                    }
+                }
+                continue;
+            }
+            _ if status_only == Some(true) && k != "status" => continue,
+            _ => {}
+        }
+        let mut p = vec![format!("f:{k}")];
+        walk(
+            v,
+            child_schema(ctx.root, k),
+            &mut p,
+            &format!(".{k}"),
+            &mut out,
+        );
+    }
+    out
+}
+
+fn walk(v: &Value, schema: Option<&Value>, path: &mut FPath, dotted: &str, out: &mut FieldSet) {
+    match v {
+        Value::Object(m) if !is_atomic_map(schema) => {
+            if m.is_empty() || is_granular_map(schema, dotted) {
+                out.insert(path.clone());
+            }
+            for (k, child) in m {
+                path.push(format!("f:{k}"));
+                walk(
+                    child,
+                    child_schema(schema, k),
+                    path,
+                    &format!("{dotted}.{k}"),
+                    out,
+                );
+                path.pop();
+            }
+        }
+        Value::Array(items) => match list_kind(schema, dotted) {
+            ListKind::Atomic => {
+                out.insert(path.clone());
+            }
+            ListKind::Set => {
+                for it in items {
+                    path.push(format!("v:{it}"));
+                    out.insert(path.clone());
+                    path.pop();
+                }
+            }
+            ListKind::Map(keys) => {
+                let isch = items_schema(schema);
+                for it in items {
+                    let Some(ke) = key_element(it, &keys) else {
+                        continue;
+                    };
+                    path.push(ke);
+                    out.insert(path.clone());
+                    if let Some(m) = it.as_object() {
+                        for (k, child) in m {
+                            path.push(format!("f:{k}"));
+                            walk(
+                                child,
+                                child_schema(isch, k),
+                                path,
+                                &format!("{dotted}[].{k}"),
+                                out,
+                            );
+                            path.pop();
+                        }
+                    }
+                    path.pop();
+                }
+            }
+        },
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+/// The value at a path, if present.
+pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for el in path {
+        if let Some(f) = el.strip_prefix("f:") {
+            cur = cur.get(f)?;
+        } else if let Some(k) = el.strip_prefix("k:") {
+            let keys: Map<String, Value> = serde_json::from_str(k).ok()?;
+            cur = cur
+                .as_array()?
+                .iter()
+                .find(|it| keys.iter().all(|(kk, kv)| it.get(kk) == Some(kv)))?;
+        } else if let Some(vs) = el.strip_prefix("v:") {
+            let want: Value = serde_json::from_str(vs).ok()?;
+            cur = cur.as_array()?.iter().find(|it| **it == want)?;
+        } else {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+fn remove_at(obj: &mut Value, path: &[String]) {
+    let Some((last, parent_path)) = path.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for el in parent_path {
+        let next = if let Some(f) = el.strip_prefix("f:") {
+            cur.get_mut(f)
+        } else if let Some(k) = el.strip_prefix("k:") {
+            let Ok(keys) = serde_json::from_str::<Map<String, Value>>(k) else {
+                return;
+            };
+            cur.as_array_mut().and_then(|a| {
+                a.iter_mut()
+                    .find(|it| keys.iter().all(|(kk, kv)| it.get(kk) == Some(kv)))
+            })
+        } else {
+            None
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    if let Some(f) = last.strip_prefix("f:") {
+        if let Some(m) = cur.as_object_mut() {
+            m.remove(f);
+        }
+    } else if let Some(k) = last.strip_prefix("k:") {
+        if let (Ok(keys), Some(a)) = (
+            serde_json::from_str::<Map<String, Value>>(k),
+            cur.as_array_mut(),
+        ) {
+            a.retain(|it| !keys.iter().all(|(kk, kv)| it.get(kk) == Some(kv)));
+        }
+    } else if let Some(vs) = last.strip_prefix("v:") {
+        if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(vs), cur.as_array_mut()) {
+            a.retain(|it| *it != want);
+        }
+    }
+}
+
+/// Render a path like kube-apiserver does in conflict messages: `.spec.containers[name="x"].image`.
+pub fn path_string(path: &[String]) -> String {
+    let mut s = String::new();
+    for el in path {
+        if let Some(f) = el.strip_prefix("f:") {
+            s.push('.');
+            s.push_str(f);
+        } else if let Some(k) = el.strip_prefix("k:") {
+            let keys: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+            let parts: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!("[{}]", parts.join(",")));
+        } else if let Some(v) = el.strip_prefix("v:") {
+            s.push_str(&format!("[={v}]"));
+        }
+    }
+    s
+}
+
+#[derive(Default)]
+struct Node {
+    member: bool,
+    children: BTreeMap<String, Node>,
+}
+
+/// Encode a field set as a FieldsV1 object.
+pub fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = Node::default();
+    for p in set {
+        let mut n = &mut root;
+        for el in p {
+            n = n.children.entry(el.clone()).or_default();
+        }
+        n.member = true;
+    }
+    fn enc(n: &Node) -> Value {
+        let mut m = Map::new();
+        if n.member && !n.children.is_empty() {
+            m.insert(".".into(), json!({}));
+        }
+        for (k, c) in &n.children {
+            m.insert(k.clone(), enc(c));
+        }
+        Value::Object(m)
+    }
+    enc(&root)
+}
+
+/// Decode a FieldsV1 object.
+pub fn from_fields_v1(v: &Value) -> FieldSet {
+    fn dec(v: &Value, prefix: &mut FPath, out: &mut FieldSet) {
+        let Some(m) = v.as_object() else {
+            return;
+        };
+        if m.is_empty() && !prefix.is_empty() {
+            out.insert(prefix.clone());
+        }
+        for (k, c) in m {
+            if k == "." {
+                out.insert(prefix.clone());
+                continue;
+            }
+            prefix.push(k.clone());
+            dec(c, prefix, out);
+            prefix.pop();
+        }
+    }
+    let mut out = FieldSet::new();
+    dec(v, &mut vec![], &mut out);
+    out
+}
+
+/// One managedFields entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Manager name.
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    /// apiVersion the fields refer to.
+    pub api_version: String,
+    /// RFC 3339 time of the last change.
+    pub time: String,
+    /// Subresource (`""` or `status`).
+    pub subresource: String,
+    /// Owned fields.
+    pub fields: FieldSet,
+}
+
+impl Entry {
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "manager": self.manager,
+            "operation": self.operation,
+            "apiVersion": self.api_version,
+            "time": self.time,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(&self.fields),
+        });
+        if !self.subresource.is_empty() {
+            v["subresource"] = json!(self.subresource);
+        }
+        v
+    }
+}
+
+/// Parse `metadata.managedFields` of an object.
+pub fn entries_of(obj: &Value) -> Vec<Entry> {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| Entry {
+                    manager: e["manager"].as_str().unwrap_or_default().to_string(),
+                    operation: e["operation"].as_str().unwrap_or("Update").to_string(),
+                    api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+                    time: e["time"].as_str().unwrap_or_default().to_string(),
+                    subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
+                    fields: from_fields_v1(&e["fieldsV1"]),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Write entries into `metadata.managedFields` (dropping empty ones).
+pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
+    let list: Vec<Value> = entries
+        .iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(Entry::to_json)
+        .collect();
+    if let Some(md) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        if list.is_empty() {
+            md.remove("managedFields");
+        } else {
+            md.insert("managedFields".into(), Value::Array(list));
+        }
+    }
+}
+
+/// Who is writing, for field ownership.
+#[derive(Debug, Clone)]
+pub struct Writer<'a> {
+    /// Manager name.
+    pub manager: &'a str,
+    /// apiVersion of the request.
+    pub api_version: &'a str,
+    /// `""` or `status`.
+    pub subresource: &'a str,
+    /// Current time (RFC 3339).
+    pub now: &'a str,
+}
+
+fn status_filter(subresource: &str) -> Option<bool> {
+    if subresource == "status" {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// Record an Update operation by `w` that turned `old` into `new` (either may be absent
+/// for creates). Writes the result into `new.metadata.managedFields`.
+pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w: &Writer<'_>) {
+    let old_set = old
+        .map(|o| fields_of(o, ctx, status_filter(w.subresource)))
+        .unwrap_or_default();
+    let new_set = fields_of(new, ctx, status_filter(w.subresource));
+    let changed: FieldSet = new_set
+        .iter()
+        .filter(|p| old.and_then(|o| value_at(o, p)) != value_at(new, p))
+        .cloned()
+        .collect();
+    let removed: FieldSet = old_set.difference(&new_set).cloned().collect();
+    let mut entries = old.map(entries_of).unwrap_or_default();
+    // A client may not rewrite managedFields through an update; if it sent its own,
+    // kube-apiserver would take them, but the common case is echoing them back.
+    if let Some(req) = new
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    {
+        if req.is_empty() {
+            entries.clear();
+        }
+    }
+    let all_new: FieldSet = fields_of(new, ctx, None);
+    for e in entries.iter_mut() {
+        e.fields
+            .retain(|p| !removed.contains(p) && !changed.contains(p));
+        // drop ownership of paths that disappeared
+        e.fields
+            .retain(|p| all_new.contains(p) || value_at(new, p).is_some());
+    }
+    if !changed.is_empty() {
+        match entries.iter_mut().find(|e| {
+            e.manager == w.manager
+                && e.operation == "Update"
+                && e.subresource == w.subresource
+                && e.api_version == w.api_version
+        }) {
+            Some(e) => {
+                e.fields.extend(changed);
+                e.time = w.now.to_string();
+            }
+            None => entries.push(Entry {
+                manager: w.manager.to_string(),
+                operation: "Update".into(),
+                api_version: w.api_version.to_string(),
+                time: w.now.to_string(),
+                subresource: w.subresource.to_string(),
+                fields: changed,
+            }),
+        }
+    }
+    set_entries(new, &entries);
+}
+
+fn print_manager(e: &Entry) -> String {
+    if e.operation == "Update" {
+        format!("\"{}\" using {}", e.manager, e.api_version)
+    } else {
+        format!("\"{}\"", e.manager)
+    }
+}
+
+/// Server-side apply of `applied` by `w` onto `live` (None when creating). Returns the
+/// new object with managedFields set. Conflicts give 409 unless `force`.
+pub fn apply(
+    live: Option<&Value>,
+    applied: &Value,
+    ctx: SchemaCtx<'_>,
+    w: &Writer<'_>,
+    force: bool,
+) -> ApiResult<Value> {
+    let filter = if w.subresource == "status" {
+        Some(true)
+    } else {
+        Some(false)
+    };
+    let applied_set = fields_of(applied, ctx, filter);
+    let Some(live) = live else {
+        let mut new = applied.clone();
+        if w.subresource != "status" {
+            if let Some(m) = new.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        let entries = vec![Entry {
+            manager: w.manager.to_string(),
+            operation: "Apply".into(),
+            api_version: w.api_version.to_string(),
+            time: w.now.to_string(),
+            subresource: w.subresource.to_string(),
+            fields: applied_set,
+        }];
+        set_entries(&mut new, &entries);
+        return Ok(new);
+    };
+    let mut entries = entries_of(live);
+    let is_me = |e: &Entry| {
+        e.manager == w.manager && e.operation == "Apply" && e.subresource == w.subresource
+    };
+    // conflicts on leaves whose value would change
+    let mut conflicts: Vec<(usize, FPath)> = vec![];
+    for (i, e) in entries.iter().enumerate() {
+        if is_me(e) {
+            continue;
+        }
+        for p in applied_set.intersection(&e.fields) {
+            let Some(av) = value_at(applied, p) else {
+                continue;
+            };
+            if p.last()
+                .is_some_and(|l| l.starts_with("k:") || l.starts_with("v:"))
+            {
+                continue;
+            }
+            if av.is_object() && av.as_object().is_some_and(|m| !m.is_empty()) {
+                continue;
+            }
+            if value_at(live, p) != Some(av) {
+                conflicts.push((i, p.clone()));
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        if !force {
+            return Err(conflict_error(&entries, &conflicts));
+        }
+        for (i, p) in &conflicts {
+            entries[*i].fields.remove(p);
+        }
+    }
+    let mut new = live.clone();
+    // fields this manager applied before and no longer applies, owned by nobody else
+    let prev: FieldSet = entries
+        .iter()
+        .find(|e| is_me(e))
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
+    let others: FieldSet = entries
+        .iter()
+        .filter(|e| !is_me(e))
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    let mut to_remove: Vec<&FPath> = prev
+        .iter()
+        .filter(|p| !applied_set.contains(*p) && !others.contains(*p))
+        .collect();
+    to_remove.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in to_remove {
+        // containers still holding owned children stay
+        let still_owned = applied_set
+            .iter()
+            .chain(others.iter())
+            .any(|q| q.len() > p.len() && q.starts_with(p));
+        if !still_owned {
+            remove_at(&mut new, p);
+            // like structured-merge-diff, do not leave an emptied list or map behind
+            let mut parent = &p[..p.len().saturating_sub(1)];
+            while parent.len() > 1 {
+                let empty = match value_at(&new, parent) {
+                    Some(Value::Array(a)) => a.is_empty(),
+                    Some(Value::Object(m)) => m.is_empty(),
+                    _ => false,
+                };
+                if !empty || applied_set.contains(parent) {
+                    break;
+                }
+                remove_at(&mut new, parent);
+                parent = &parent[..parent.len() - 1];
+            }
+        }
+    }
+    // merge applied into new
+    let mut body = applied.clone();
+    if let Some(m) = body.as_object_mut() {
+        m.remove("apiVersion");
+        m.remove("kind");
+        if w.subresource == "status" {
+            m.retain(|k, _| k == "status");
+        } else {
+            m.remove("status");
+        }
+        if let Some(md) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+            md.retain(|k, _| {
+                matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences"
+                )
+            });
+        }
+    }
+    merge_into(&mut new, &body, ctx.root, "");
+    // record ownership
+    entries.retain(|e| !is_me(e));
+    entries.push(Entry {
+        manager: w.manager.to_string(),
+        operation: "Apply".into(),
+        api_version: w.api_version.to_string(),
+        time: w.now.to_string(),
+        subresource: w.subresource.to_string(),
+        fields: applied_set,
+    });
+    set_entries(&mut new, &entries);
+    Ok(new)
+}
+
+fn merge_into(target: &mut Value, src: &Value, schema: Option<&Value>, dotted: &str) {
+    match (target.as_object_mut(), src) {
+        (Some(tm), Value::Object(sm)) if !is_atomic_map(schema) => {
+            for (k, sv) in sm {
+                let cs = if dotted.is_empty() && k == "metadata" {
+                    None
+                } else {
+                    child_schema(schema, k)
+                };
+                let cd = format!("{dotted}.{k}");
+                match tm.get_mut(k) {
+                    Some(tv) if !sv.is_null() => merge_into(tv, sv, cs, &cd),
+                    _ => {
+                        tm.insert(k.clone(), sv.clone());
+                    }
+                }
+            }
+        }
+        _ => match (target.as_array_mut(), src, list_kind(schema, dotted)) {
+            (Some(ta), Value::Array(sa), ListKind::Set) => {
+                for it in sa {
+                    if !ta.contains(it) {
+                        ta.push(it.clone());
+                    }
+                }
+            }
+            (Some(ta), Value::Array(sa), ListKind::Map(keys)) => {
+                let isch = items_schema(schema);
+                for it in sa {
+                    let pos = ta.iter().position(|t| {
+                        keys.iter()
+                            .all(|k| t.get(k).is_some() && t.get(k) == it.get(k))
+                    });
+                    match pos {
+                        Some(i) => merge_into(&mut ta[i], it, isch, &format!("{dotted}[]")),
+                        None => ta.push(it.clone()),
+                    }
+                }
+            }
+            _ => *target = src.clone(),
+        },
+    }
+}
+
+fn conflict_error(entries: &[Entry], conflicts: &[(usize, FPath)]) -> ApiError {
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|(i, p)| {
+            json!({
+                "reason": "FieldManagerConflict",
+                "message": format!("conflict with {}", print_manager(&entries[*i])),
+                "field": path_string(p),
+            })
+        })
+        .collect();
+    let message = if conflicts.len() == 1 {
+        let (i, p) = &conflicts[0];
+        format!(
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            print_manager(&entries[*i]),
+            path_string(p)
+        )
+    } else {
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (i, p) in conflicts {
+            by.entry(print_manager(&entries[*i]))
+                .or_default()
+                .push(path_string(p));
+        }
+        let mut lines = vec![];
+        for (m, paths) in by {
+            lines.push(format!("conflicts with {m}"));
+            for p in paths {
+                lines.push(format!("- {p}"));
+            }
+        }
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            lines.join("\n")
+        )
+    };
+    ApiError {
+        code: 409,
+        reason: "Conflict",
+        message,
+        details: Some(json!({"causes": causes})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w<'a>(m: &'a str) -> Writer<'a> {
+        Writer {
+            manager: m,
+            api_version: "x/v1",
+            subresource: "",
+            now: "2026-01-01T00:00:00Z",
+        }
+    }
+
+    #[test]
+    fn fields_roundtrip() {
+        let o = json!({"metadata": {"labels": {"a": "b"}, "finalizers": ["f"]}, "spec": {"x": 1, "l": [1, 2]}});
+        let s = fields_of(&o, SchemaCtx { root: None }, None);
+        let enc = to_fields_v1(&s);
+        assert_eq!(
+            enc,
+            json!({"f:metadata": {"f:labels": {".": {}, "f:a": {}}, "f:finalizers": {"v:\"f\"": {}}}, "f:spec": {"f:x": {}, "f:l": {}}})
+        );
+        assert_eq!(from_fields_v1(&enc), s);
+    }
+
+    #[test]
+    fn apply_conflict_and_force() {
+        let ctx = SchemaCtx { root: None };
+        let a = apply(
+            None,
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 1, "y": 1}}),
+            ctx,
+            &w("a"),
+            false,
+        )
+        .unwrap();
+        let err = apply(
+            Some(&a),
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 2}}),
+            ctx,
+            &w("b"),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 409);
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"a\": .spec.x"
+        );
+        // same value: shared ownership, no conflict
+        let b = apply(
+            Some(&a),
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 1}}),
+            ctx,
+            &w("b"),
+            false,
+        )
+        .unwrap();
+        // a stops applying y and x: y removed, x stays (b owns it)
+        let c = apply(
+            Some(&b),
+            &json!({"metadata": {"name": "o"}, "spec": {}}),
+            ctx,
+            &w("a"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c["spec"], json!({"x": 1}));
+        let d = apply(
+            Some(&c),
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 5}}),
+            ctx,
+            &w("a"),
+            true,
+        )
+        .unwrap();
+        assert_eq!(d["spec"]["x"], 5);
+    }
+}

@@ -1,0 +1,408 @@
+//! The object store: every object keyed by storage key (`group/plural`), namespace and
+//! name; one global, monotonically increasing resourceVersion; a bounded history of
+//! change events for watches; optional persistence through `redb`.
+//!
+//! All writes go through [`Store::write`], which runs a closure under one lock, then
+//! persists, records and broadcasts the events it produced in order — so watchers see
+//! changes in resourceVersion order without gaps.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::error::{ApiError, ApiResult};
+
+/// A stored object (shared, immutable).
+pub type Obj = Arc<Value>;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Type of a change event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Removed.
+    Deleted,
+}
+
+impl EventType {
+    /// The watch event type string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change to the store.
+#[derive(Debug)]
+pub struct Event {
+    /// resourceVersion of the change.
+    pub rv: u64,
+    /// Storage key of the resource.
+    pub key: String,
+    /// Namespace (`""` for cluster-scoped).
+    pub namespace: String,
+    /// Event type.
+    pub kind: EventType,
+    /// The object after the change (the last state for deletions, with the new rv).
+    pub object: Obj,
+    /// The object before the change (for MODIFIED), so selector watches can turn a
+    /// change out of (into) the selection into DELETED (ADDED).
+    pub prev: Option<Obj>,
+}
+
+/// History replay plus the live event receiver of a watch.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
+/// Errors opening the persistent store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or read.
+    #[error("data store {path}: {source}")]
+    Db {
+        /// Path of the database file.
+        path: String,
+        /// Underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The mutable state, accessible inside [`Store::write`] / [`Store::read`].
+#[derive(Debug, Default)]
+pub struct State {
+    rv: u64,
+    objects: HashMap<String, BTreeMap<(String, String), Obj>>,
+    history: VecDeque<Arc<Event>>,
+    /// A watch may start at any rv >= this (all later events are retained).
+    oldest_rv: u64,
+    history_limit: usize,
+    pending: Vec<Arc<Event>>,
+    /// Set by changes the garbage collector must look at (removals, objects with
+    /// ownerReferences or a deletionTimestamp, namespaces and CRDs).
+    gc_dirty: bool,
+}
+
+impl State {
+    /// Current (latest) resourceVersion.
+    pub fn rv(&self) -> u64 {
+        self.rv
+    }
+    /// Oldest resourceVersion a watch can start from.
+    pub fn oldest_rv(&self) -> u64 {
+        self.oldest_rv
+    }
+    /// Get one object.
+    pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Obj> {
+        self.objects
+            .get(key)
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .cloned()
+    }
+    /// Objects of a resource, optionally in one namespace, in (namespace, name) order,
+    /// starting strictly after `after` when given.
+    pub fn list(&self, key: &str, ns: Option<&str>, after: Option<&(String, String)>) -> Vec<Obj> {
+        let Some(m) = self.objects.get(key) else {
+            return vec![];
+        };
+        let iter: Box<dyn Iterator<Item = (&(String, String), &Obj)>> = match after {
+            Some(a) => Box::new(m.range((
+                std::ops::Bound::Excluded(a.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
+            None => Box::new(m.iter()),
+        };
+        iter.filter(|((n, _), _)| ns.is_none_or(|want| want == n))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+    /// Every storage key that has objects.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+    /// Number of stored objects.
+    pub fn len(&self) -> usize {
+        self.objects.values().map(BTreeMap::len).sum()
+    }
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a change since the last call needs the garbage collector; resets it.
+    pub fn take_gc_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.gc_dirty)
+    }
+
+    /// Store `obj` (create or replace), assigning the next resourceVersion.
+    pub fn put(&mut self, key: &str, obj: Value) -> Obj {
+        let mut obj = obj;
+        if super::meta::is_deleting(&obj)
+            || obj.pointer("/metadata/ownerReferences").is_some()
+            || key.ends_with("/namespaces")
+            || key.ends_with("/customresourcedefinitions")
+        {
+            self.gc_dirty = true;
+        }
+        self.rv += 1;
+        let rv = self.rv;
+        super::meta::set_meta(&mut obj, "resourceVersion", Value::String(rv.to_string()));
+        let ns = super::meta::namespace_of(&obj).to_string();
+        let name = super::meta::name_of(&obj).to_string();
+        let obj = Arc::new(obj);
+        let prev = self
+            .objects
+            .entry(key.to_string())
+            .or_default()
+            .insert((ns.clone(), name), obj.clone());
+        let kind = if prev.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        self.pending.push(Arc::new(Event {
+            rv,
+            key: key.to_string(),
+            namespace: ns,
+            kind,
+            object: obj.clone(),
+            prev,
+        }));
+        obj
+    }
+
+    /// Remove an object; `last` is its final state (stored into the DELETED event with a
+    /// new resourceVersion). Returns the deleted object, or `None` if absent.
+    pub fn remove(&mut self, key: &str, ns: &str, name: &str, last: Option<Value>) -> Option<Obj> {
+        let prev = self
+            .objects
+            .get_mut(key)?
+            .remove(&(ns.to_string(), name.to_string()))?;
+        self.gc_dirty = true;
+        self.rv += 1;
+        let rv = self.rv;
+        let mut obj = last.unwrap_or_else(|| (*prev).clone());
+        super::meta::set_meta(&mut obj, "resourceVersion", Value::String(rv.to_string()));
+        let obj = Arc::new(obj);
+        self.pending.push(Arc::new(Event {
+            rv,
+            key: key.to_string(),
+            namespace: ns.to_string(),
+            kind: EventType::Deleted,
+            object: obj.clone(),
+            prev: Some(prev),
+        }));
+        Some(obj)
+    }
+
+    /// Events with rv > `from` still in history, or `None` if `from` is too old.
+    pub fn events_since(&self, from: u64) -> Option<Vec<Arc<Event>>> {
+        if from < self.oldest_rv {
+            return None;
+        }
+        // history is sorted by rv; find the first event with rv > from.
+        let start = self.history.partition_point(|e| e.rv <= from);
+        Some(self.history.iter().skip(start).cloned().collect())
+    }
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    state: Mutex<State>,
+    tx: broadcast::Sender<Arc<Event>>,
+    db: Option<Database>,
+}
+
+fn db_err(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Db {
+        path: path.display().to_string(),
+        source: Box::new(e),
+    }
+}
+
+fn row_key(event: &Event) -> String {
+    let name = super::meta::name_of(&event.object);
+    format!("{}\u{0}{}\u{0}{}", event.key, event.namespace, name)
+}
+
+impl Store {
+    /// An in-memory store retaining `history_limit` events for watches.
+    pub fn in_memory(history_limit: usize) -> Self {
+        let (tx, _) = broadcast::channel(65_536);
+        Store {
+            state: Mutex::new(State {
+                history_limit: history_limit.max(16),
+                ..State::default()
+            }),
+            tx,
+            db: None,
+        }
+    }
+
+    /// A store persisted in `dir/store.redb`; loads objects and the counter.
+    pub fn open(dir: &Path, history_limit: usize) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| db_err(dir, e))?;
+        let path = dir.join("store.redb");
+        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
+        let mut st = State {
+            history_limit: history_limit.max(16),
+            ..State::default()
+        };
+        {
+            let w = db.begin_write().map_err(|e| db_err(&path, e))?;
+            w.open_table(OBJECTS).map_err(|e| db_err(&path, e))?;
+            w.open_table(META).map_err(|e| db_err(&path, e))?;
+            w.commit().map_err(|e| db_err(&path, e))?;
+            let r = db.begin_read().map_err(|e| db_err(&path, e))?;
+            let meta = r.open_table(META).map_err(|e| db_err(&path, e))?;
+            st.rv = meta
+                .get("rv")
+                .map_err(|e| db_err(&path, e))?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let objs = r.open_table(OBJECTS).map_err(|e| db_err(&path, e))?;
+            for row in objs.iter().map_err(|e| db_err(&path, e))? {
+                let (k, v) = row.map_err(|e| db_err(&path, e))?;
+                let mut parts = k.value().splitn(3, '\u{0}');
+                let (Some(key), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                let Ok(obj) = serde_json::from_slice::<Value>(v.value()) else {
+                    tracing::warn!(key = k.value(), "skipping unreadable stored object");
+                    continue;
+                };
+                st.objects
+                    .entry(key.to_string())
+                    .or_default()
+                    .insert((ns.to_string(), name.to_string()), Arc::new(obj));
+            }
+        }
+        st.oldest_rv = st.rv;
+        st.gc_dirty = true;
+        let (tx, _) = broadcast::channel(65_536);
+        Ok(Store {
+            state: Mutex::new(st),
+            tx,
+            db: Some(db),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read the state.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.lock())
+    }
+
+    /// Run `f` under the write lock, then persist, record and broadcast its events.
+    /// `f` must do all its checks before changing anything.
+    pub fn write<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
+        let mut st = self.lock();
+        let result = f(&mut st);
+        let events = std::mem::take(&mut st.pending);
+        if events.is_empty() {
+            return result;
+        }
+        if let Some(db) = &self.db {
+            if let Err(e) = persist(db, &events, st.rv) {
+                tracing::error!(error = %e, "persisting to the data store failed");
+            }
+        }
+        for e in events {
+            st.history.push_back(e.clone());
+            // send fails only when nobody listens.
+            let _ = self.tx.send(e);
+        }
+        while st.history.len() > st.history_limit {
+            if let Some(old) = st.history.pop_front() {
+                st.oldest_rv = old.rv;
+            }
+        }
+        result
+    }
+
+    /// Subscribe to events after `from` atomically with reading the history.
+    /// `Err` when `from` is older than the retained history.
+    pub fn watch_from(&self, from: u64) -> Result<WatchStart, u64> {
+        let st = self.lock();
+        match st.events_since(from) {
+            Some(evs) => Ok((evs, self.tx.subscribe())),
+            None => Err(st.oldest_rv),
+        }
+    }
+
+    /// Snapshot the objects of a resource and subscribe to later events atomically.
+    pub fn snapshot_and_watch(
+        &self,
+        key: &str,
+        ns: Option<&str>,
+    ) -> (Vec<Obj>, u64, broadcast::Receiver<Arc<Event>>) {
+        let st = self.lock();
+        (st.list(key, ns, None), st.rv, self.tx.subscribe())
+    }
+
+    /// Subscribe to all future events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// Make all writes durable (persistent stores commit lazily).
+    pub fn flush(&self) {
+        if let Some(db) = &self.db {
+            let _guard = self.lock();
+            let r: Result<(), Box<dyn std::error::Error>> = (|| {
+                let mut w = db.begin_write()?;
+                w.set_durability(redb::Durability::Immediate)?;
+                w.commit()?;
+                Ok(())
+            })();
+            if let Err(e) = r {
+                tracing::error!(error = %e, "flushing the data store failed");
+            }
+        }
+    }
+}
+
+fn persist(db: &Database, events: &[Arc<Event>], rv: u64) -> Result<(), ApiError> {
+    let ie = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
+    let mut w = db.begin_write().map_err(|e| ie(&e))?;
+    w.set_durability(redb::Durability::None)
+        .map_err(|e| ie(&e))?;
+    {
+        let mut t = w.open_table(OBJECTS).map_err(|e| ie(&e))?;
+        for e in events {
+            let k = row_key(e);
+            match e.kind {
+                EventType::Deleted => {
+                    t.remove(k.as_str()).map_err(|e| ie(&e))?;
+                }
+                _ => {
+                    let bytes = serde_json::to_vec(&*e.object).map_err(|e| ie(&e))?;
+                    t.insert(k.as_str(), bytes.as_slice()).map_err(|e| ie(&e))?;
+                }
+            }
+        }
+        let mut m = w.open_table(META).map_err(|e| ie(&e))?;
+        m.insert("rv", rv).map_err(|e| ie(&e))?;
+    }
+    w.commit().map_err(|e| ie(&e))?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Watch: a stream of newline-delimited `{"type": ..., "object": ...}` events.
+//!
+//! - `resourceVersion` unset or `0`: synthetic ADDED events for the current state, then
+//!   changes (kube-apiserver's "Get State and Start at Most Recent" / "Start at Any").
+//! - `resourceVersion=N`: every change after N, or one ERROR event with a 410 `Expired`
+//!   Status when N is older than the retained history (in a 200 response, as
+//!   kube-apiserver's watch cache does, so clients relist).
+//! - `sendInitialEvents=true`: the current state as ADDED events, then a BOOKMARK
+//!   annotated `k8s.io/initial-events-end: "true"` (streaming lists).
+//! - `allowWatchBookmarks=true`: periodic BOOKMARK events carrying the latest
+//!   resourceVersion. `timeoutSeconds` ends the stream.
+//!
+//! Selector watches turn a change into (out of) the selection into ADDED (DELETED).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::objects::Core;
+use super::resources::ResourceInfo;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::store::{Event, EventType, Obj};
+use super::table;
+
+/// Interval between BOOKMARK events when bookmarks are allowed.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Parameters of a watch.
+#[derive(Debug, Clone, Default)]
+pub struct WatchParams {
+    /// `resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `sendInitialEvents`.
+    pub send_initial_events: Option<bool>,
+    /// `allowWatchBookmarks`.
+    pub bookmarks: bool,
+    /// `timeoutSeconds`.
+    pub timeout: Option<u64>,
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+    /// Table output (kubectl get -w).
+    pub as_table: bool,
+    /// `includeObject` for tables.
+    pub include_object: String,
+    /// PartialObjectMetadata output (metadata-only watches).
+    pub as_partial: bool,
+}
+
+struct Watcher {
+    info: Arc<ResourceInfo>,
+    key: String,
+    ns: Option<String>,
+    p: WatchParams,
+    tx: mpsc::Sender<Bytes>,
+    last_rv: u64,
+}
+
+impl Watcher {
+    fn selected(&self, o: &Value) -> bool {
+        self.p.labels.matches(o) && self.p.fields.matches(o)
+    }
+
+    fn render(&self, o: &Value) -> Value {
+        let obj = Core::present(&self.info, o);
+        if self.p.as_partial {
+            return table::partial_metadata(&obj);
+        }
+        if self.p.as_table {
+            let rv = o
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(json!(""));
+            table::table(
+                &self.info,
+                &[&obj],
+                json!({"resourceVersion": rv}),
+                &self.p.include_object,
+            )
+        } else {
+            obj
+        }
+    }
+
+    async fn send(&self, kind: &str, object: Value) -> bool {
+        let mut line = match serde_json::to_vec(&json!({"type": kind, "object": object})) {
+            Ok(l) => l,
+            Err(_) => return true,
+        };
+        line.push(b'\n');
+        self.tx.send(Bytes::from(line)).await.is_ok()
+    }
+
+    async fn bookmark(&self, rv: u64, initial_end: bool) -> bool {
+        let mut md = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj =
+            json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": md});
+        self.send("BOOKMARK", obj).await
+    }
+
+    async fn expired(&self, message: String) {
+        let status = super::error::ApiError::expired(message).to_status();
+        let _ = self.send("ERROR", status).await;
+    }
+
+    /// Process one store event; false when the client is gone.
+    async fn event(&mut self, e: &Event) -> bool {
+        if e.rv <= self.last_rv {
+            return true;
+        }
+        self.last_rv = e.rv;
+        if e.key != self.key {
+            return true;
+        }
+        if let Some(ns) = &self.ns {
+            if &e.namespace != ns {
+                return true;
+            }
+        }
+        let now = self.selected(&e.object);
+        let before = e.prev.as_ref().map(|p| self.selected(p));
+        let kind = match (e.kind, before, now) {
+            (EventType::Added, _, true) => "ADDED",
+            (EventType::Modified, Some(true), true) => "MODIFIED",
+            (EventType::Modified, Some(false) | None, true) => "ADDED",
+            (EventType::Modified, Some(true), false) => "DELETED",
+            (EventType::Deleted, Some(true), _) => "DELETED",
+            (EventType::Deleted, None, true) => "DELETED",
+            _ => return true,
+        };
+        let obj = self.render(&e.object);
+        self.send(kind, obj).await
+    }
+}
+
+/// Start a watch; returns the receiving end of the response body.
+pub fn start(
+    core: Arc<Core>,
+    info: Arc<ResourceInfo>,
+    ns: Option<String>,
+    p: WatchParams,
+) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(1024);
+    let key = info.storage_key();
+    let mut w = Watcher {
+        info,
+        key,
+        ns,
+        p,
+        tx,
+        last_rv: 0,
+    };
+    tokio::spawn(async move {
+        let rv_param = w.p.resource_version.clone().unwrap_or_default();
+        let initial = w.p.send_initial_events == Some(true)
+            || (w.p.send_initial_events.is_none() && (rv_param.is_empty() || rv_param == "0"));
+        let mut rx: broadcast::Receiver<Arc<Event>>;
+        if initial || rv_param.is_empty() {
+            let (objs, rv, sub) = core.store.snapshot_and_watch(&w.key, w.ns.as_deref());
+            rx = sub;
+            w.last_rv = rv;
+            if initial {
+                let objs: Vec<Obj> = objs.into_iter().filter(|o| w.selected(o)).collect();
+                for o in objs {
+                    let obj = w.render(&o);
+                    if !w.send("ADDED", obj).await {
+                        return;
+                    }
+                }
+                if w.p.send_initial_events == Some(true) && !w.bookmark(rv, true).await {
+                    return;
+                }
+            }
+        } else {
+            let Ok(from) = rv_param.parse::<u64>() else {
+                w.expired(format!("invalid resource version: {rv_param}"))
+                    .await;
+                return;
+            };
+            match core.store.watch_from(from) {
+                Ok((events, sub)) => {
+                    rx = sub;
+                    w.last_rv = from;
+                    for e in events {
+                        if !w.event(&e).await {
+                            return;
+                        }
+                    }
+                }
+                Err(oldest) => {
+                    w.expired(format!("too old resource version: {from} ({oldest})"))
+                        .await;
+                    return;
+                }
+            }
+        }
+        let mut stop = core.shutdown.subscribe();
+        let timeout = tokio::time::sleep(Duration::from_secs(w.p.timeout.unwrap_or(1800)));
+        tokio::pin!(timeout);
+        let mut tick = tokio::time::interval(BOOKMARK_INTERVAL);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(e) => {
+                        if !w.event(&e).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        w.expired(format!("too old resource version: {} (watcher fell behind)", w.last_rv)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick(), if w.p.bookmarks && !w.p.as_table => {
+                    let rv = w.last_rv.max(core.store.read(|st| st.rv()));
+                    // Only advance past events this watcher has seen: every event up to
+                    // the store's rv was already delivered through `rx` or is queued.
+                    if rx.is_empty() {
+                        w.last_rv = rv;
+                    }
+                    if !w.bookmark(w.last_rv, false).await {
+                        return;
+                    }
+                }
+                _ = &mut timeout => return,
+                _ = stop.changed() => return,
+                _ = w.tx.closed() => return,
+            }
+        }
+    });
+    rx
+}
