@@ -65,8 +65,10 @@ async fn timeout_and_cancel_stop_the_process() {
 #[tokio::test]
 async fn stopping_kills_what_the_job_started() {
     let marker = format!("asgb-orphan-check-{}", std::process::id());
-    // A background grandchild that would outlive its shell if only the shell were killed.
-    let script = format!("sleep 300 & echo {marker}; wait");
+    // A background grandchild that would outlive its shell if only the shell were killed;
+    // its duration is unique to this test process so other runs cannot be mistaken for it.
+    let seconds = 100_000 + std::process::id() % 100_000;
+    let script = format!("sleep {seconds} & echo {marker}; wait");
     let t = run(spec(&script, Some(Duration::from_millis(500))), None).await;
     assert_eq!(t.reason, EndReason::Timeout);
     assert_eq!(t.log_tail, marker);
@@ -77,7 +79,7 @@ async fn stopping_kills_what_the_job_started() {
         .expect("ps");
     let leftover: Vec<String> = String::from_utf8_lossy(&ps.stdout)
         .lines()
-        .filter(|l| l.contains("sleep 300"))
+        .filter(|l| l.contains(&format!("sleep {seconds}")))
         .map(String::from)
         .collect();
     assert!(
