@@ -10,7 +10,7 @@ use std::fmt;
 
 /// The schema pattern of a non-negative quantity (controller-gen's pattern without a sign).
 pub const QUANTITY_PATTERN: &str =
-    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[mkMGTPE]|([eE](\+|-)?[0-9]+))?$";
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$";
 
 /// Why a quantity string could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,34 +113,38 @@ impl JsonSchema for Quantity {
     }
 }
 
-/// Parses `s` and returns its value times 10^`scale`, rounded up to an integer.
-fn parse_scaled(s: &str, scale: i32) -> Result<u64, QuantityError> {
+/// Parses a quantity as `resource.ParseQuantity` does (sign, decimal and binary suffixes
+/// `n u m k M G T P E Ki Mi Gi Ti Pi Ei`, exponents `e3`/`E-2`) into an exact count of
+/// nano-units (value × 10^9); finer fractions round up (away from zero), as Kubernetes does.
+/// This is the one quantity parser of the project: resource accounting and the API
+/// server's CEL quantity library both use it.
+pub fn parse_nanos(s: &str) -> Result<i128, QuantityError> {
+    let err = |reason: &str| QuantityError::new(s, reason);
     if s.is_empty() {
-        return Err(QuantityError::new(s, "empty"));
+        return Err(err("empty"));
     }
-    if s.starts_with('-') {
-        return Err(QuantityError::new(s, "must not be negative"));
-    }
-    let s_body = s.strip_prefix('+').unwrap_or(s);
-    let num_end = s_body
+    let (negative, body) = match s.as_bytes()[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let num_end = body
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s_body.len());
-    let (number, suffix) = s_body.split_at(num_end);
+        .unwrap_or(body.len());
+    let (number, suffix) = body.split_at(num_end);
     if number.is_empty() || number == "." {
-        return Err(QuantityError::new(s, "no number"));
+        return Err(err("no number"));
     }
     let (int_part, frac_part) = match number.split_once('.') {
-        Some((i, f)) => {
-            if f.contains('.') {
-                return Err(QuantityError::new(s, "more than one decimal point"));
-            }
-            (i, f)
-        }
+        Some((_, f)) if f.contains('.') => return Err(err("more than one decimal point")),
+        Some((i, f)) => (i, f),
         None => (number, ""),
     };
-    // Value = digits * 10^(exp10) * 2^(exp2)
+    // value = digits * 10^exp10 * 2^exp2
     let (exp10, exp2): (i32, u32) = match suffix {
         "" => (0, 0),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
         "m" => (-3, 0),
         "k" => (3, 0),
         "M" => (6, 0),
@@ -157,39 +161,69 @@ fn parse_scaled(s: &str, scale: i32) -> Result<u64, QuantityError> {
         other => {
             let exp = other
                 .strip_prefix(['e', 'E'])
-                .and_then(|e| e.parse::<i32>().ok())
-                .filter(|e| e.abs() <= 30);
+                .filter(|e| {
+                    let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                })
+                .and_then(|e| e.parse::<i32>().ok());
             match exp {
                 Some(e) => (e, 0),
-                None => return Err(QuantityError::new(s, format!("unknown suffix {other:?}"))),
+                None => return Err(err(&format!("unknown suffix {other:?}"))),
             }
         }
     };
-    let digits: String = format!("{int_part}{frac_part}");
-    let mantissa: u128 = if digits.is_empty() {
-        0
-    } else {
-        digits
-            .parse::<u128>()
-            .map_err(|_| QuantityError::new(s, "number too large"))?
-    };
-    let frac_len =
-        i32::try_from(frac_part.len()).map_err(|_| QuantityError::new(s, "too many digits"))?;
-    let pow10 = exp10 + scale - frac_len;
-    let too_large = || QuantityError::new(s, "number too large");
-    let scaled_mantissa = mantissa.checked_mul(1u128 << exp2).ok_or_else(too_large)?;
-    let value = if pow10 >= 0 {
-        let factor = 10u128
-            .checked_pow(pow10.unsigned_abs())
+    let too_large = || err("number too large");
+    let mut mantissa: i128 = 0;
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        mantissa = mantissa
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(i128::from(b - b'0')))
             .ok_or_else(too_large)?;
-        scaled_mantissa.checked_mul(factor).ok_or_else(too_large)?
+    }
+    let frac_len = i32::try_from(frac_part.len()).map_err(|_| too_large())?;
+    let mut value = mantissa
+        .checked_mul(1i128.checked_shl(exp2).ok_or_else(too_large)?)
+        .ok_or_else(too_large)?;
+    let pow10 = exp10
+        .checked_sub(frac_len)
+        .and_then(|e| e.checked_add(9))
+        .ok_or_else(too_large)?;
+    if pow10 >= 0 {
+        if value != 0 {
+            let factor = 10i128
+                .checked_pow(pow10.unsigned_abs())
+                .ok_or_else(too_large)?;
+            value = value.checked_mul(factor).ok_or_else(too_large)?;
+        }
     } else {
-        let divisor = 10u128
-            .checked_pow(pow10.unsigned_abs())
-            .ok_or_else(too_large)?;
-        scaled_mantissa.div_ceil(divisor)
-    };
-    u64::try_from(value).map_err(|_| too_large())
+        value = match 10i128.checked_pow(pow10.unsigned_abs()) {
+            Some(divisor) => value.div_ceil_pos(divisor),
+            None => i128::from(value != 0),
+        };
+    }
+    Ok(if negative { -value } else { value })
+}
+
+/// Division rounding up, for non-negative dividends.
+trait DivCeilPos {
+    fn div_ceil_pos(self, d: i128) -> i128;
+}
+
+impl DivCeilPos for i128 {
+    fn div_ceil_pos(self, d: i128) -> i128 {
+        let q = self / d;
+        if self % d != 0 { q + 1 } else { q }
+    }
+}
+
+/// Parses `s` and returns its value times 10^`scale` (0..=9), rounded up to an integer.
+fn parse_scaled(s: &str, scale: u32) -> Result<u64, QuantityError> {
+    let nanos = parse_nanos(s)?;
+    if nanos < 0 {
+        return Err(QuantityError::new(s, "must not be negative"));
+    }
+    let value = nanos.div_ceil_pos(10i128.pow(9 - scale));
+    u64::try_from(value).map_err(|_| QuantityError::new(s, "number too large"))
 }
 
 /// Formats millicores the way Kubernetes prints cpu: whole cores when exact, else `NNNm`.
@@ -281,6 +315,17 @@ mod tests {
             "more than one decimal point"
         );
         assert_eq!(mem("").unwrap_err().reason, "empty");
+    }
+
+    #[test]
+    fn nano_and_micro_suffixes_and_exact_values() {
+        assert_eq!(cpu("250u").unwrap(), 1, "0.25m rounds up to 1m");
+        assert_eq!(cpu("1000000n").unwrap(), 1);
+        assert_eq!(parse_nanos("-1").unwrap(), -1_000_000_000);
+        assert_eq!(parse_nanos("1Gi").unwrap(), parse_nanos("1024Mi").unwrap());
+        assert_eq!(parse_nanos("0.1n").unwrap(), 1, "finer than nano rounds up");
+        assert_eq!(parse_nanos("1E-3").unwrap(), 1_000_000);
+        assert!(parse_nanos("1e+").is_err());
     }
 
     #[test]

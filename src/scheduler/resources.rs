@@ -146,18 +146,13 @@ pub fn format_amount(dim: Dimension, value: u64) -> String {
 /// Formats bytes with the largest binary suffix that divides them exactly
 /// (falling back to one decimal of Gi for large odd values).
 pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("Ti", 1 << 40), ("Gi", GIB), ("Mi", MIB), ("Ki", 1 << 10)];
-    for (suffix, unit) in UNITS {
-        if bytes >= unit && bytes % unit == 0 {
-            return format!("{}{suffix}", bytes / unit);
-        }
+    let exact = crate::api::quantity::format_bytes(bytes);
+    if bytes < GIB || exact.ends_with('i') {
+        return exact;
     }
-    if bytes >= GIB {
-        // Not exact: one decimal is enough for a human reason.
-        let tenths = (u128::from(bytes) * 10 + u128::from(GIB) / 2) / u128::from(GIB);
-        return format!("{}.{}Gi", tenths / 10, tenths % 10);
-    }
-    format!("{bytes}")
+    // Not exact: one decimal is enough for a human reason.
+    let tenths = (u128::from(bytes) * 10 + u128::from(GIB) / 2) / u128::from(GIB);
+    format!("{}.{}Gi", tenths / 10, tenths % 10)
 }
 
 impl fmt::Display for Resources {

@@ -306,49 +306,18 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
-/// Parses cpu as vCPUs (`4`, `0.5`) or millicores (`500m`) into millicores.
+/// Parses cpu as a Kubernetes quantity (`4`, `0.5`, `500m`) into millicores.
 pub fn parse_cpu(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    if let Some(m) = t.strip_suffix('m') {
-        return m
-            .parse::<u64>()
-            .map_err(|_| format!("{text:?} is not a cpu amount (use 2, 0.5 or 500m)"));
-    }
-    let v: f64 = t
-        .parse()
-        .map_err(|_| format!("{text:?} is not a cpu amount (use 2, 0.5 or 500m)"))?;
-    if !(0.0..=1e9).contains(&v) {
-        return Err(format!("{text:?} is not a cpu amount"));
-    }
-    Ok((v * 1000.0).round() as u64)
+    crate::api::Quantity::from(text.trim())
+        .millicores()
+        .map_err(|e| e.to_string())
 }
 
-/// Parses memory (`16Gi`, `512Mi`, `2G`, `1.5Gi`, bytes) into bytes.
+/// Parses memory as a Kubernetes quantity (`16Gi`, `512Mi`, `2G`, bytes) into bytes.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    const SUFFIXES: [(&str, u64); 8] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("K", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    let (number, unit) = SUFFIXES
-        .iter()
-        .find_map(|(s, u)| t.strip_suffix(s).map(|n| (n, *u)))
-        .unwrap_or((t, 1));
-    let v: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a memory amount (use 16Gi, 512Mi or bytes)"))?;
-    let bytes = v * unit as f64;
-    if !(0.0..=1e18).contains(&bytes) {
-        return Err(format!("{text:?} is not a memory amount"));
-    }
-    Ok(bytes.round() as u64)
+    crate::api::Quantity::from(text.trim())
+        .bytes()
+        .map_err(|e| e.to_string())
 }
 
 fn field<T>(name: &str, r: Result<T, String>) -> Result<T, WorkloadError> {
@@ -603,7 +572,7 @@ jobs:
     fn bad_values_are_named() {
         let e = error_of(&MINIMAL.replace("memory: 1.5Gi", "memory: lots"));
         assert!(
-            e.starts_with("jobs[0] (a).memory: \"lots\" is not a memory amount"),
+            e.starts_with("jobs[0] (a).memory: invalid quantity \"lots\""),
             "{e}"
         );
         let e = error_of(&MINIMAL.replace("duration: 1h30m", "duration: 1d"));

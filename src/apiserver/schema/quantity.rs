@@ -1,5 +1,6 @@
 //! Kubernetes resource quantities (`resource.Quantity`) for the CEL quantity
-//! library: parsing as `resource.ParseQuantity` does, exact comparison.
+//! library: exact values and comparison over the project's one quantity parser,
+//! [`crate::api::quantity::parse_nanos`].
 
 /// A parsed quantity, held exactly as a count of nano-units (10^-9), the
 /// smallest scale Kubernetes keeps (smaller fractions round up, as Kubernetes does).
@@ -15,94 +16,9 @@ impl Quantity {
     /// Parses a quantity string like `500m`, `2Gi`, `1.5`, `1e3`; `None` if it
     /// is not a valid quantity (or out of the representable range).
     pub fn parse(s: &str) -> Option<Quantity> {
-        if s.is_empty() {
-            return None;
-        }
-        let bytes = s.as_bytes();
-        let mut i = 0;
-        let mut negative = false;
-        if bytes[0] == b'+' || bytes[0] == b'-' {
-            negative = bytes[0] == b'-';
-            i = 1;
-        }
-        let num_start = i;
-        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
-            i += 1;
-        }
-        let number = &s[num_start..i];
-        let suffix = &s[i..];
-        if number.is_empty() || number.matches('.').count() > 1 || number == "." {
-            return None;
-        }
-        let (int_part, frac_part) = match number.split_once('.') {
-            Some((a, b)) => (a, b),
-            None => (number, ""),
-        };
-        // Scale factor: value = digits * 10^dec_exp * 2^bin_exp
-        let (dec_exp, bin_exp): (i32, u32) = match suffix {
-            "" => (0, 0),
-            "n" => (-9, 0),
-            "u" => (-6, 0),
-            "m" => (-3, 0),
-            "k" => (3, 0),
-            "M" => (6, 0),
-            "G" => (9, 0),
-            "T" => (12, 0),
-            "P" => (15, 0),
-            "E" => (18, 0),
-            "Ki" => (0, 10),
-            "Mi" => (0, 20),
-            "Gi" => (0, 30),
-            "Ti" => (0, 40),
-            "Pi" => (0, 50),
-            "Ei" => (0, 60),
-            other => {
-                let rest = other
-                    .strip_prefix('e')
-                    .or_else(|| other.strip_prefix('E'))?;
-                if rest.is_empty() {
-                    return None;
-                }
-                let digits = rest.strip_prefix(['+', '-']).unwrap_or(rest);
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                let e: i32 = rest.parse().ok()?;
-                (e, 0)
-            }
-        };
-        // digits as an integer with `frac_len` decimals
-        let mut mantissa: i128 = 0;
-        for b in int_part.bytes().chain(frac_part.bytes()) {
-            mantissa = mantissa
-                .checked_mul(10)?
-                .checked_add(i128::from(b - b'0'))?;
-        }
-        let frac_len = i32::try_from(frac_part.len()).ok()?;
-        // nanos = mantissa * 10^(dec_exp - frac_len + 9) * 2^bin_exp
-        let mut value = mantissa.checked_mul(1i128.checked_shl(bin_exp)?)?;
-        let exp10 = dec_exp.checked_sub(frac_len)?.checked_add(9)?;
-        if exp10 >= 0 {
-            if exp10 > 38 {
-                if value == 0 {
-                    return Some(Quantity { nanos: 0 });
-                }
-                return None;
-            }
-            value = value.checked_mul(10i128.checked_pow(exp10 as u32)?)?;
-        } else {
-            let div = -exp10;
-            if div > 38 {
-                value = i128::from(value != 0);
-            } else {
-                let d = 10i128.pow(div as u32);
-                let q = value / d;
-                value = if value % d != 0 { q + 1 } else { q };
-            }
-        }
-        Some(Quantity {
-            nanos: if negative { -value } else { value },
-        })
+        crate::api::quantity::parse_nanos(s)
+            .ok()
+            .map(|nanos| Quantity { nanos })
     }
 
     /// The value rounded to an integer, if it is one within i64 range.
