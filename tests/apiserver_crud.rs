@@ -1,7 +1,8 @@
 //! CRUD through kube-rs (typed and DynamicObject), status subresource, generation,
 //! conflicts, errors as Status, selectors, pagination, built-in kinds.
 
-mod apiserver_support;
+mod support;
+use support::apiserver as apiserver_support;
 
 use apiserver_support::*;
 use k8s_openapi::api::coordination::v1::Lease;

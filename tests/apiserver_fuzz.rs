@@ -3,7 +3,8 @@
 //! requests (methods, paths, queries, content types, bodies) over a real socket, after
 //! which the server still answers.
 
-mod apiserver_support;
+mod support;
+use support::apiserver as apiserver_support;
 
 use apiserver_support::*;
 use asg_batch::apiserver::objects::{Core, WriteOpts};

@@ -2,28 +2,15 @@
 //! Helm stores releases in Secrets through client-go's typed client, which sends
 //! protobuf request bodies.
 
-mod apiserver_support;
-
-use std::path::PathBuf;
+mod support;
+use support::apiserver as apiserver_support;
 
 use apiserver_support::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 
-fn helm_path() -> PathBuf {
-    let p = std::env::var_os("ASG_BATCH_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/helm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-test-deps.sh",
-        p.display()
-    );
-    p
-}
-
 async fn helm(s: &TestServer, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(helm_path())
+    tokio::process::Command::new(support::tools::helm())
         .args(args)
         .env("KUBECONFIG", s.kubeconfig())
         .env("HOME", s.dir.path())

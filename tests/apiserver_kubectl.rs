@@ -1,7 +1,8 @@
 //! The real kubectl 1.35 against the embedded API server, with the project's CRDs and
 //! example manifests: what a user types and sees.
 
-mod apiserver_support;
+mod support;
+use support::apiserver as apiserver_support;
 
 use std::process::Output;
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! Deletion semantics (finalizers, ownerReference cascades with background, foreground
 //! and orphan propagation, namespace termination, CRD removal) and persistence.
 
-mod apiserver_support;
+mod support;
+use support::apiserver as apiserver_support;
 
 use std::time::{Duration, Instant};
 

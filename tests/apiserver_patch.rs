@@ -1,7 +1,8 @@
 //! Patch types through kube-rs: merge, JSON (with `test`), strategic merge on
 //! built-ins, server-side apply with managedFields, conflicts, force, field removal.
 
-mod apiserver_support;
+mod support;
+use support::apiserver as apiserver_support;
 
 use apiserver_support::*;
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -1,7 +1,8 @@
 //! List/watch: kube-rs watcher + reflector in sync across 1,000 changes (list-watch and
 //! streaming lists), 410 Expired and recovery, bookmarks, selector transitions, timeout.
 
-mod apiserver_support;
+mod support;
+use support::apiserver as apiserver_support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

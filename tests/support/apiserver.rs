@@ -1,6 +1,5 @@
 //! Shared helpers for the `apiserver_*` tests: an in-process server that stops on drop,
 //! a test CRD (`Widget`), and a kubectl runner with an isolated cache.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -90,17 +89,9 @@ impl TestServer {
     }
 }
 
-/// `.tools/kubectl` of this checkout (installed by `scripts/install-test-deps.sh`).
+/// The kubectl binary (see [`super::tools::kubectl`]).
 pub fn kubectl_path() -> PathBuf {
-    let p = std::env::var_os("ASG_BATCH_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/kubectl"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-test-deps.sh (make test does)",
-        p.display()
-    );
-    p
+    super::tools::kubectl()
 }
 
 /// Start an in-memory server.
