@@ -328,6 +328,64 @@ impl Res<'_> {
     }
 }
 
+/// The read, replace and patch operations of one object path (the object itself, or its
+/// `/status` with `suffix` "Status"); `what` completes "read {what} {kind}".
+fn read_replace_patch(
+    r: &Res<'_>,
+    what: &str,
+    suffix: &str,
+    put_body: &Value,
+    item_ref: &Value,
+    patch_body: &Value,
+) -> Map<String, Value> {
+    let mut ops = Map::new();
+    ops.insert(
+        "get".into(),
+        r.op(
+            "read",
+            "get",
+            &format!("read {what} {}", r.kind),
+            vec![],
+            None,
+            responses(&["200"], item_ref),
+            r.kind,
+            suffix,
+        ),
+    );
+    ops.insert(
+        "put".into(),
+        r.op(
+            "replace",
+            "put",
+            &format!("replace {what} {}", r.kind),
+            vec![p_dry_run(), p_field_manager(), p_field_validation()],
+            Some(put_body.clone()),
+            responses(&["200", "201"], item_ref),
+            r.kind,
+            suffix,
+        ),
+    );
+    ops.insert(
+        "patch".into(),
+        r.op(
+            "patch",
+            "patch",
+            &format!("partially update {what} {}", r.kind),
+            vec![
+                p_dry_run(),
+                p_field_manager(),
+                p_field_validation(),
+                p_force(),
+            ],
+            Some(patch_body.clone()),
+            responses(&["200", "201"], item_ref),
+            r.kind,
+            suffix,
+        ),
+    );
+    ops
+}
+
 fn add_paths(paths: &mut Map<String, Value>, r: &Res<'_>, status: bool) {
     let base = format!("/apis/{}/{}", r.group, r.version);
     let collection = if r.namespaced {
@@ -399,50 +457,13 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Res<'_>, status: bool) {
     // item
     let mut item_params = vec![p_name(r.kind)];
     item_params.extend(scope_params.clone());
-    let mut it = Map::new();
-    it.insert(
-        "get".into(),
-        r.op(
-            "read",
-            "get",
-            &format!("read the specified {}", r.kind),
-            vec![],
-            None,
-            responses(&["200"], &item_ref),
-            r.kind,
-            "",
-        ),
-    );
-    it.insert(
-        "put".into(),
-        r.op(
-            "replace",
-            "put",
-            &format!("replace the specified {}", r.kind),
-            vec![p_dry_run(), p_field_manager(), p_field_validation()],
-            Some(body(&item_ref)),
-            responses(&["200", "201"], &item_ref),
-            r.kind,
-            "",
-        ),
-    );
-    it.insert(
-        "patch".into(),
-        r.op(
-            "patch",
-            "patch",
-            &format!("partially update the specified {}", r.kind),
-            vec![
-                p_dry_run(),
-                p_field_manager(),
-                p_field_validation(),
-                p_force(),
-            ],
-            Some(patch_body.clone()),
-            responses(&["200", "201"], &item_ref),
-            r.kind,
-            "",
-        ),
+    let mut it = read_replace_patch(
+        r,
+        "the specified",
+        "",
+        &body(&item_ref),
+        &item_ref,
+        &patch_body,
     );
     it.insert(
         "delete".into(),
@@ -460,50 +481,13 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Res<'_>, status: bool) {
     it.insert("parameters".into(), Value::Array(item_params.clone()));
     paths.insert(format!("{collection}/{{name}}"), Value::Object(it));
     if status {
-        let mut st = Map::new();
-        st.insert(
-            "get".into(),
-            r.op(
-                "read",
-                "get",
-                &format!("read status of the specified {}", r.kind),
-                vec![],
-                None,
-                responses(&["200"], &item_ref),
-                r.kind,
-                "Status",
-            ),
-        );
-        st.insert(
-            "put".into(),
-            r.op(
-                "replace",
-                "put",
-                &format!("replace status of the specified {}", r.kind),
-                vec![p_dry_run(), p_field_manager(), p_field_validation()],
-                Some(body(&item_ref)),
-                responses(&["200", "201"], &item_ref),
-                r.kind,
-                "Status",
-            ),
-        );
-        st.insert(
-            "patch".into(),
-            r.op(
-                "patch",
-                "patch",
-                &format!("partially update status of the specified {}", r.kind),
-                vec![
-                    p_dry_run(),
-                    p_field_manager(),
-                    p_field_validation(),
-                    p_force(),
-                ],
-                Some(patch_body),
-                responses(&["200", "201"], &item_ref),
-                r.kind,
-                "Status",
-            ),
+        let mut st = read_replace_patch(
+            r,
+            "status of the specified",
+            "Status",
+            &body(&item_ref),
+            &item_ref,
+            &patch_body,
         );
         st.insert("parameters".into(), Value::Array(item_params));
         paths.insert(format!("{collection}/{{name}}/status"), Value::Object(st));
