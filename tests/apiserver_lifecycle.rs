@@ -54,21 +54,9 @@ async fn finalizers_hold_deletion() {
     );
     assert_eq!(err.code, 422);
     // spec updates still allowed while terminating
-    api.patch(
-        "f",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"size": 2}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&api, "f", json!({"spec": {"size": 2}})).await;
     // removing the last finalizer deletes it
-    api.patch(
-        "f",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&api, "f", json!({"metadata": {"finalizers": null}})).await;
     assert!(api.get_opt("f").await.unwrap().is_none());
 }
 
@@ -153,13 +141,7 @@ async fn owner_references_cascade() {
         api.get_opt("fg").await.unwrap().is_some(),
         "owner waits for its dependents"
     );
-    cms.patch(
-        "fg-child",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&cms, "fg-child", json!({"metadata": {"finalizers": null}})).await;
     let api2 = api.clone();
     eventually("foreground owner removed", || {
         let api = api2.clone();

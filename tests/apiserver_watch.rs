@@ -80,13 +80,7 @@ async fn reflector_stays_in_sync(config: watcher::Config) {
         api.create(&PostParams::default(), &widget(&name, i))
             .await
             .unwrap();
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"size": i + 1000}})),
-        )
-        .await
-        .unwrap();
+        merge_patch(&api, &name, json!({"spec": {"size": i + 1000}})).await;
         api.patch_status(
             &name,
             &PatchParams::default(),
@@ -99,13 +93,7 @@ async fn reflector_stays_in_sync(config: watcher::Config) {
             api.delete(&name, &DeleteParams::default()).await.unwrap();
             n += 1;
         } else {
-            api.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"size": i + 2000}})),
-            )
-            .await
-            .unwrap();
+            merge_patch(&api, &name, json!({"spec": {"size": i + 2000}})).await;
             n += 1;
         }
     }
@@ -157,13 +145,7 @@ async fn raw_watch_semantics() {
         .unwrap()
         .parse()
         .unwrap();
-    api.patch(
-        "a",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"size": 2}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&api, "a", json!({"spec": {"size": 2}})).await;
     api.delete("a", &DeleteParams::default()).await.unwrap();
     let base = "/apis/example.asgbatch.io/v1/namespaces/default/widgets";
 
@@ -267,34 +249,10 @@ async fn selector_watch_turns_label_changes_into_added_and_deleted() {
         .await
         .unwrap();
     let rv = w.metadata.resource_version.clone().unwrap();
-    api.patch(
-        "x",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"sel": "yes"}}})),
-    )
-    .await
-    .unwrap();
-    api.patch(
-        "x",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"size": 2}})),
-    )
-    .await
-    .unwrap();
-    api.patch(
-        "x",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"sel": "no"}}})),
-    )
-    .await
-    .unwrap();
-    api.patch(
-        "x",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"size": 3}})),
-    )
-    .await
-    .unwrap();
+    merge_patch(&api, "x", json!({"metadata": {"labels": {"sel": "yes"}}})).await;
+    merge_patch(&api, "x", json!({"spec": {"size": 2}})).await;
+    merge_patch(&api, "x", json!({"metadata": {"labels": {"sel": "no"}}})).await;
+    merge_patch(&api, "x", json!({"spec": {"size": 3}})).await;
     let (_, _, body) = http(
         &s,
         "GET",

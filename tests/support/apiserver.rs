@@ -206,3 +206,17 @@ fn dechunk(s: &str) -> String {
     }
     out
 }
+
+/// A JSON merge patch of `name` that must succeed; returns the patched object.
+pub async fn merge_patch<K>(api: &Api<K>, name: &str, patch: Value) -> K
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("merge patch of {name}: {e}"))
+}
