@@ -20,10 +20,7 @@ async fn typed_crud_status_and_generation() {
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
 
-    let created = api
-        .create(&PostParams::default(), &widget("a", 3))
-        .await
-        .unwrap();
+    let created = create_widget(&api, "a", 3).await;
     let md = &created.metadata;
     assert!(md.uid.as_deref().is_some_and(|u| u.len() == 36));
     assert!(md.creation_timestamp.is_some());
@@ -551,10 +548,7 @@ async fn kube_runtime_recorder_publishes_events() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    let w = api
-        .create(&PostParams::default(), &widget("ev", 1))
-        .await
-        .unwrap();
+    let w = create_widget(&api, "ev", 1).await;
     let recorder = Recorder::new(
         c.clone(),
         Reporter {

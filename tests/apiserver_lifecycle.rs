@@ -79,10 +79,7 @@ async fn owner_references_cascade() {
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
 
     // background (default)
-    let o = api
-        .create(&PostParams::default(), &widget("bg", 1))
-        .await
-        .unwrap();
+    let o = create_widget(&api, "bg", 1).await;
     cms.create(&PostParams::default(), &owned_cm("bg-child", &o, false))
         .await
         .unwrap();
@@ -99,10 +96,7 @@ async fn owner_references_cascade() {
     .await;
 
     // foreground: owner stays (with foregroundDeletion) until dependents are gone
-    let o = api
-        .create(&PostParams::default(), &widget("fg", 1))
-        .await
-        .unwrap();
+    let o = create_widget(&api, "fg", 1).await;
     let mut child = owned_cm("fg-child", &o, true);
     child.metadata.finalizers = Some(vec!["example.com/hold".into()]);
     cms.create(&PostParams::default(), &child).await.unwrap();
@@ -150,10 +144,7 @@ async fn owner_references_cascade() {
     .await;
 
     // orphan: dependents stay, ownerReferences removed
-    let o = api
-        .create(&PostParams::default(), &widget("or", 1))
-        .await
-        .unwrap();
+    let o = create_widget(&api, "or", 1).await;
     cms.create(&PostParams::default(), &owned_cm("or-child", &o, false))
         .await
         .unwrap();
@@ -196,9 +187,7 @@ async fn namespace_and_crd_deletion_remove_contents() {
     .await
     .unwrap();
     let api: Api<Widget> = Api::namespaced(c.clone(), "tmp");
-    api.create(&PostParams::default(), &widget("in-ns", 1))
-        .await
-        .unwrap();
+    create_widget(&api, "in-ns", 1).await;
     nss.delete("tmp", &DeleteParams::default()).await.unwrap();
     // terminating namespaces refuse new content
     let err = status_of(
@@ -224,9 +213,7 @@ async fn namespace_and_crd_deletion_remove_contents() {
 
     // deleting the CRD removes its objects and stops serving the resource
     let dflt: Api<Widget> = Api::namespaced(c.clone(), "default");
-    dflt.create(&PostParams::default(), &widget("w", 1))
-        .await
-        .unwrap();
+    create_widget(&dflt, "w", 1).await;
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
     let crd = crds.get("widgets.example.asgbatch.io").await.unwrap();
     let conds = crd.status.unwrap().conditions.unwrap();
@@ -274,10 +261,7 @@ async fn persistence_across_restart() {
         let c = s.client();
         install_widgets(&c).await;
         let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-        let w = api
-            .create(&PostParams::default(), &widget("keep", 7))
-            .await
-            .unwrap();
+        let w = create_widget(&api, "keep", 7).await;
         api.patch_status(
             "keep",
             &PatchParams::default(),
@@ -285,9 +269,7 @@ async fn persistence_across_restart() {
         )
         .await
         .unwrap();
-        api.create(&PostParams::default(), &widget("drop", 1))
-            .await
-            .unwrap();
+        create_widget(&api, "drop", 1).await;
         api.delete("drop", &DeleteParams::default()).await.unwrap();
         let rv: u64 = api
             .get("keep")
@@ -310,10 +292,7 @@ async fn persistence_across_restart() {
     assert_eq!(w.status.unwrap().phase.as_deref(), Some("Done"));
     assert!(api.get_opt("drop").await.unwrap().is_none());
     // the counter survived: new writes get larger resourceVersions
-    let n = api
-        .create(&PostParams::default(), &widget("next", 1))
-        .await
-        .unwrap();
+    let n = create_widget(&api, "next", 1).await;
     let nrv: u64 = n.metadata.resource_version.unwrap().parse().unwrap();
     assert!(nrv > rv + 1, "{nrv} > {rv}");
     // a watch from before the restart gets 410 Expired

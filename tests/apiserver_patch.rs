@@ -15,10 +15,7 @@ async fn merge_and_json_patch() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    let w = api
-        .create(&PostParams::default(), &widget("p", 1))
-        .await
-        .unwrap();
+    let w = create_widget(&api, "p", 1).await;
 
     let m = api
         .patch(
@@ -143,9 +140,7 @@ async fn strategic_merge_on_configmap() {
     // strategic merge patch on a custom resource is 415, as in kube-apiserver
     install_widgets(&c).await;
     let wapi: Api<Widget> = Api::namespaced(c.clone(), "default");
-    wapi.create(&PostParams::default(), &widget("w", 1))
-        .await
-        .unwrap();
+    create_widget(&wapi, "w", 1).await;
     let err = status_of(
         wapi.patch(
             "w",

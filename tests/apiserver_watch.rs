@@ -77,9 +77,7 @@ async fn reflector_stays_in_sync(config: watcher::Config) {
     let mut n = 0;
     for i in 0..250 {
         let name = format!("w{i}");
-        api.create(&PostParams::default(), &widget(&name, i))
-            .await
-            .unwrap();
+        create_widget(&api, &name, i).await;
         merge_patch(&api, &name, json!({"spec": {"size": i + 1000}})).await;
         api.patch_status(
             &name,
@@ -134,10 +132,7 @@ async fn raw_watch_semantics() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    let a = api
-        .create(&PostParams::default(), &widget("a", 1))
-        .await
-        .unwrap();
+    let a = create_widget(&api, "a", 1).await;
     let rv_a: u64 = a
         .metadata
         .resource_version
@@ -181,12 +176,8 @@ async fn raw_watch_semantics() {
     assert!(rvs[0] > rv_a && rvs[1] > rvs[0]);
 
     // streaming list: initial ADDED events then the initial-events-end bookmark
-    api.create(&PostParams::default(), &widget("b", 1))
-        .await
-        .unwrap();
-    api.create(&PostParams::default(), &widget("c", 1))
-        .await
-        .unwrap();
+    create_widget(&api, "b", 1).await;
+    create_widget(&api, "c", 1).await;
     let (_, _, body) = http(
         &s,
         "GET",
@@ -244,10 +235,7 @@ async fn selector_watch_turns_label_changes_into_added_and_deleted() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    let w = api
-        .create(&PostParams::default(), &widget("x", 1))
-        .await
-        .unwrap();
+    let w = create_widget(&api, "x", 1).await;
     let rv = w.metadata.resource_version.clone().unwrap();
     merge_patch(&api, "x", json!({"metadata": {"labels": {"sel": "yes"}}})).await;
     merge_patch(&api, "x", json!({"spec": {"size": 2}})).await;
@@ -278,10 +266,7 @@ async fn too_old_resource_version_is_410_and_watcher_recovers() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    let first = api
-        .create(&PostParams::default(), &widget("old", 1))
-        .await
-        .unwrap();
+    let first = create_widget(&api, "old", 1).await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
     for i in 0..40 {
         let cm: ConfigMap =
@@ -335,9 +320,7 @@ async fn too_old_resource_version_is_410_and_watcher_recovers() {
     }
     // the watch reconnects (timeout 1 s) with its now-expired resourceVersion
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    api.create(&PostParams::default(), &widget("new", 2))
-        .await
-        .unwrap();
+    create_widget(&api, "new", 2).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let names: Vec<String> = reader
@@ -364,9 +347,7 @@ async fn metadata_only_get_list_and_watch() {
     let c = s.client();
     install_widgets(&c).await;
     let api: Api<Widget> = Api::namespaced(c.clone(), "default");
-    api.create(&PostParams::default(), &widget("m", 1))
-        .await
-        .unwrap();
+    create_widget(&api, "m", 1).await;
     let meta = api.get_metadata("m").await.unwrap();
     assert_eq!(meta.metadata.name.as_deref(), Some("m"));
     assert_eq!(

@@ -220,3 +220,10 @@ where
     .await
     .unwrap_or_else(|e| panic!("merge patch of {name}: {e}"))
 }
+
+/// Creates `widget(name, size)` and returns it as stored.
+pub async fn create_widget(api: &Api<Widget>, name: &str, size: i64) -> Widget {
+    api.create(&PostParams::default(), &widget(name, size))
+        .await
+        .unwrap_or_else(|e| panic!("create widget {name}: {e}"))
+}
