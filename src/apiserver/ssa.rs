@@ -412,6 +412,20 @@ pub struct Writer<'a> {
     pub now: &'a str,
 }
 
+impl Writer<'_> {
+    /// A managedFields entry of this writer for `operation` owning `fields`.
+    fn entry(&self, operation: &str, fields: FieldSet) -> Entry {
+        Entry {
+            manager: self.manager.to_string(),
+            operation: operation.into(),
+            api_version: self.api_version.to_string(),
+            time: self.now.to_string(),
+            subresource: self.subresource.to_string(),
+            fields,
+        }
+    }
+}
+
 fn status_filter(subresource: &str) -> Option<bool> {
     if subresource == "status" {
         Some(true)
@@ -463,14 +477,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w
                 e.fields.extend(changed);
                 e.time = w.now.to_string();
             }
-            None => entries.push(Entry {
-                manager: w.manager.to_string(),
-                operation: "Update".into(),
-                api_version: w.api_version.to_string(),
-                time: w.now.to_string(),
-                subresource: w.subresource.to_string(),
-                fields: changed,
-            }),
+            None => entries.push(w.entry("Update", changed)),
         }
     }
     set_entries(new, &entries);
@@ -506,14 +513,7 @@ pub fn apply(
                 m.remove("status");
             }
         }
-        let entries = vec![Entry {
-            manager: w.manager.to_string(),
-            operation: "Apply".into(),
-            api_version: w.api_version.to_string(),
-            time: w.now.to_string(),
-            subresource: w.subresource.to_string(),
-            fields: applied_set,
-        }];
+        let entries = vec![w.entry("Apply", applied_set)];
         set_entries(&mut new, &entries);
         return Ok(new);
     };
@@ -615,14 +615,7 @@ pub fn apply(
     merge_into(&mut new, &body, ctx.root, "");
     // record ownership
     entries.retain(|e| !is_me(e));
-    entries.push(Entry {
-        manager: w.manager.to_string(),
-        operation: "Apply".into(),
-        api_version: w.api_version.to_string(),
-        time: w.now.to_string(),
-        subresource: w.subresource.to_string(),
-        fields: applied_set,
-    });
+    entries.push(w.entry("Apply", applied_set));
     set_entries(&mut new, &entries);
     Ok(new)
 }
