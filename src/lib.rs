@@ -8,5 +8,6 @@ pub mod agent;
 pub mod api;
 pub mod apiserver;
 pub mod cloud;
+pub mod controller;
 pub mod scheduler;
 pub mod simulate;
