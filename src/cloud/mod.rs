@@ -8,6 +8,7 @@
 //! callers can tell a missing group from throttling from bad credentials.
 
 pub mod aws;
+pub mod local;
 
 use futures::future::BoxFuture;
 
