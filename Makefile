@@ -17,7 +17,7 @@ check:
 
 ## Regenerate crds/ from the Rust types.
 crds:
-	ASG_BATCH_BLESS_CRDS=1 $(CARGO) test --test crds checked_in_crds_match_the_code
+	ASG_BATCH_BLESS_CRDS=1 $(CARGO) test --test crds --test chart -- checked_in_crds_match_the_code the_helm_chart_carries_the_same_crds chart_lints_and_install_yaml_is_current
 
 bench:
 	$(CARGO) bench

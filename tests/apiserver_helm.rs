@@ -10,17 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 
 async fn helm(s: &TestServer, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(support::tools::helm())
-        .args(args)
-        .env("KUBECONFIG", s.kubeconfig())
-        .env("HOME", s.dir.path())
-        .env("HELM_CACHE_HOME", s.dir.path().join("helm-cache"))
-        .env("HELM_CONFIG_HOME", s.dir.path().join("helm-config"))
-        .env("HELM_DATA_HOME", s.dir.path().join("helm-data"))
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run helm")
+    s.helm(args).await
 }
 
 fn ok(o: &std::process::Output) -> String {

@@ -6,9 +6,10 @@ mod support;
 use asg_batch::api::crds;
 use std::process::Command;
 
-#[test]
-fn checked_in_crds_match_the_code() {
-    let dir = support::repo_root().join("crds");
+/// `dir` (relative to the repository) holds exactly the generated CRDs; with
+/// `ASG_BATCH_BLESS_CRDS` set it is rewritten first.
+fn check_crd_dir(dir: &str) {
+    let dir = support::repo_root().join(dir);
     let bless = std::env::var_os("ASG_BATCH_BLESS_CRDS").is_some();
     let mut expected_files = Vec::new();
     for crd in crds::all() {
@@ -16,7 +17,7 @@ fn checked_in_crds_match_the_code() {
         let generated = crds::to_yaml(&crd).expect("serialise CRD");
         let path = dir.join(&name);
         if bless {
-            std::fs::create_dir_all(&dir).expect("create crds/");
+            std::fs::create_dir_all(&dir).expect("create the CRD directory");
             std::fs::write(&path, &generated).expect("write CRD");
         }
         let on_disk = std::fs::read_to_string(&path)
@@ -29,16 +30,28 @@ fn checked_in_crds_match_the_code() {
         expected_files.push(name);
     }
     let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .expect("read crds/")
+        .expect("read the CRD directory")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     present.sort();
     expected_files.sort();
     assert_eq!(
-        present, expected_files,
-        "crds/ holds files the code does not generate"
+        present,
+        expected_files,
+        "{} holds files the code does not generate",
+        dir.display()
     );
+}
+
+#[test]
+fn checked_in_crds_match_the_code() {
+    check_crd_dir("crds");
+}
+
+#[test]
+fn the_helm_chart_carries_the_same_crds() {
+    check_crd_dir("charts/asg-batch/crds");
 }
 
 #[test]

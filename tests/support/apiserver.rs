@@ -58,6 +58,21 @@ impl TestServer {
         }
         p
     }
+    /// Run helm against this server, its caches and config inside the test's directory.
+    pub async fn helm(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(super::tools::helm())
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path())
+            .env("HELM_CACHE_HOME", self.dir.path().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", self.dir.path().join("helm-config"))
+            .env("HELM_DATA_HOME", self.dir.path().join("helm-data"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run helm")
+    }
     /// Run kubectl against this server; returns its output.
     pub async fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_stdin(args, None).await
