@@ -1,0 +1,237 @@
+//! One attempt on this node: resolve its RunSpec, protect the instance, run it with the
+//! executor, and report `startedAt` and then how it ended — each report only while the
+//! attempt is still the job's current one on this node.
+
+use super::config::AgentConfig;
+use super::executor::{EndReason, Executor, Outcome, Progress};
+use super::patches;
+use super::plan::{AttemptKey, CancelWhy};
+use super::protection::Protection;
+use super::spec;
+use crate::api::BatchJob;
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+/// What attempts share.
+pub struct AttemptContext {
+    /// API client.
+    pub client: kube::Client,
+    /// Agent configuration.
+    pub config: AgentConfig,
+    /// Runs the workloads.
+    pub executor: Arc<dyn Executor>,
+    /// Scale-in protection, when the agent manages it.
+    pub protection: Option<Arc<Protection>>,
+}
+
+/// Why a cancelled attempt was cancelled, set by the agent loop before it signals.
+pub type CancelReason = Arc<Mutex<Option<CancelWhy>>>;
+
+/// Tries of one report before giving up on transient errors.
+const REPORT_TRIES: u32 = 6;
+
+/// Why a report was not written.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error("attempt is no longer current: {0}")]
+    NotCurrent(String),
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        _ => true,
+    }
+}
+
+/// The job, when attempt `key` is still its current attempt on `node`.
+async fn current_job(
+    api: &Api<BatchJob>,
+    key: &AttemptKey,
+    node: &str,
+) -> Result<BatchJob, ReportError> {
+    let job = api
+        .get_opt(&key.name)
+        .await?
+        .ok_or_else(|| ReportError::NotCurrent("the job was deleted".into()))?;
+    if job.metadata.uid.as_deref() != Some(key.uid.as_str()) {
+        return Err(ReportError::NotCurrent("the job was replaced".into()));
+    }
+    let status = job.status.clone().unwrap_or_default();
+    if status.node.as_deref() != Some(node) {
+        return Err(ReportError::NotCurrent(format!(
+            "status.node is {:?}",
+            status.node
+        )));
+    }
+    if status.attempt != Some(key.attempt) {
+        return Err(ReportError::NotCurrent(format!(
+            "status.attempt is {:?}",
+            status.attempt
+        )));
+    }
+    Ok(job)
+}
+
+/// Re-reads the job and applies `body` for attempt `key` if it is still current, retrying
+/// transient failures. Returns whether it was written.
+async fn report(
+    ctx: &AttemptContext,
+    key: &AttemptKey,
+    what: &str,
+    body: serde_json::Value,
+) -> bool {
+    let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let manager = patches::attempt_manager(key.attempt);
+    let params = PatchParams::apply(&manager);
+    let mut delay = Duration::from_millis(250);
+    for tries in 1..=REPORT_TRIES {
+        let result = async {
+            current_job(&api, key, &ctx.config.node_name).await?;
+            api.patch_status(&key.name, &params, &Patch::Apply(&body))
+                .await?;
+            Ok::<(), ReportError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(report = what, "reported");
+                return true;
+            }
+            Err(ReportError::NotCurrent(why)) => {
+                tracing::info!(report = what, %why, "not reported: the attempt is no longer current");
+                return false;
+            }
+            Err(ReportError::Api(e)) if is_transient(&e) && tries < REPORT_TRIES => {
+                tracing::warn!(report = what, error = %e, "report failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(ReportError::Api(e)) => {
+                tracing::error!(report = what, error = %e, "report failed; giving up");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// Runs attempt `key` of `job` to its end and reports it. Returns the key when done.
+pub async fn run(
+    ctx: Arc<AttemptContext>,
+    key: AttemptKey,
+    job: Arc<BatchJob>,
+    cancel: watch::Receiver<bool>,
+    cancel_reason: CancelReason,
+) -> AttemptKey {
+    let span = tracing::info_span!("attempt", job = %format!("{}/{}", key.namespace, key.name), attempt = key.attempt);
+    async {
+        tracing::info!("starting attempt");
+        let (started_at, mut outcome) = execute(&ctx, &key, &job, cancel).await;
+        if outcome.reason == EndReason::Cancelled {
+            if let Ok(guard) = cancel_reason.lock() {
+                if let Some(why) = *guard {
+                    outcome.status_reason = why.message().to_string();
+                }
+            }
+        }
+        tracing::info!(reason = outcome.reason.as_str(), exit_code = ?outcome.exit_code, status_reason = %outcome.status_reason, "attempt ended");
+        let body = patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
+        report(&ctx, &key, "ended", body).await;
+        key
+    }
+    .instrument(span)
+    .await
+}
+
+async fn execute(
+    ctx: &AttemptContext,
+    key: &AttemptKey,
+    job: &BatchJob,
+    cancel: watch::Receiver<bool>,
+) -> (Option<Timestamp>, Outcome) {
+    let spec = match spec::resolve(&ctx.client, job, key, &ctx.config.compute_environment).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the attempt");
+            return (
+                None,
+                Outcome::not_started(EndReason::StartFailed, e.to_string()),
+            );
+        }
+    };
+    if let Some(p) = &ctx.protection {
+        if let Err(e) = p.before_start().await {
+            tracing::error!(error = %e, "cannot protect the instance from scale-in");
+            return (
+                None,
+                Outcome::not_started(
+                    EndReason::StartFailed,
+                    format!("scale-in protection of this instance failed: {e}"),
+                ),
+            );
+        }
+    }
+    if *cancel.borrow() {
+        return (
+            None,
+            Outcome::not_started(
+                EndReason::Cancelled,
+                "Job attempt cancelled before it started",
+            ),
+        );
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let run = ctx.executor.run(spec, tx, cancel);
+    tokio::pin!(run);
+    let mut started_at = None;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            Some(progress) = rx.recv() => match progress {
+                Progress::Pulling { image } => tracing::info!(%image, "pulling image"),
+                Progress::Started { at } => {
+                    started_at = Some(at);
+                    let body = patches::attempt_started(&key.namespace, &key.name, key.attempt, at);
+                    report(ctx, key, "started", body).await;
+                }
+            },
+        }
+    };
+    (started_at.or(outcome.started_at), outcome)
+}
+
+/// Reports an attempt that started here before the agent restarted and that nothing runs
+/// any more: reason `StartFailed`, keeping the `startedAt` reported then.
+pub async fn report_lost(
+    ctx: Arc<AttemptContext>,
+    key: AttemptKey,
+    job: Arc<BatchJob>,
+) -> AttemptKey {
+    let span = tracing::info_span!("lost_attempt", job = %format!("{}/{}", key.namespace, key.name), attempt = key.attempt);
+    async {
+        let started_at = job
+            .status
+            .as_ref()
+            .and_then(|s| s.attempts.iter().find(|a| a.attempt == key.attempt))
+            .and_then(|a| a.started_at.as_ref())
+            .map(|t| t.0);
+        tracing::warn!("attempt started before the agent restarted; reporting it as ended");
+        let outcome = Outcome::not_started(EndReason::StartFailed, LOST_STATUS_REASON);
+        let body =
+            patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
+        report(&ctx, &key, "lost", body).await;
+        key
+    }
+    .instrument(span)
+    .await
+}
+
+/// Status reason of an attempt lost to an agent restart.
+pub const LOST_STATUS_REASON: &str = "The node agent restarted while this attempt was running; the attempt's process or container is no longer tracked, so it is reported as ended";
