@@ -92,7 +92,7 @@ pub async fn from_imds(options: &ImdsOptions) -> Result<Identity, IdentityError>
             .map_err(|e| IdentityError::Unreachable {
                 endpoint: options.endpoint.clone(),
                 path,
-                message: aws_sdk_autoscaling::error::DisplayErrorContext(&e).to_string(),
+                message: error_chain(&e),
             })?;
         let value = value.as_ref().trim().to_string();
         if value.is_empty() {
@@ -116,6 +116,20 @@ pub async fn from_imds(options: &ImdsOptions) -> Result<Identity, IdentityError>
         instance_id,
         instance_type,
     })
+}
+
+/// An error and its sources, `: `-separated, without repeats.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 /// The identity from flags when an instance id is given, from IMDSv2 otherwise.
