@@ -22,7 +22,10 @@ async fn stub(calls: Arc<AtomicUsize>) -> String {
             .is_some_and(|v| v == TOKEN)
     };
     let token = put(|headers: HeaderMap| async move {
-        if headers.get("x-aws-ec2-metadata-token-ttl-seconds").is_none() {
+        if headers
+            .get("x-aws-ec2-metadata-token-ttl-seconds")
+            .is_none()
+        {
             return (StatusCode::BAD_REQUEST, HeaderMap::new(), String::new());
         }
         let mut h = HeaderMap::new();
@@ -74,7 +77,11 @@ async fn reads_instance_id_and_type_with_an_imdsv2_token() {
         .await
         .expect("flags");
     assert_eq!(from_flags.instance_id, "i-flag");
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "flags skip the metadata service");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "flags skip the metadata service"
+    );
     let mixed = identity::resolve(None, Some("m5.large".into()), &options)
         .await
         .expect("imds + flag");
@@ -91,7 +98,9 @@ async fn an_unreachable_metadata_service_is_a_clear_error() {
         endpoint: format!("http://127.0.0.1:{port}"),
         timeout: Duration::from_secs(1),
     };
-    let err = identity::from_imds(&options).await.expect_err("nobody listens");
+    let err = identity::from_imds(&options)
+        .await
+        .expect_err("nobody listens");
     eprintln!("{err}");
     assert!(matches!(err, IdentityError::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
