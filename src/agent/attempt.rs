@@ -31,8 +31,8 @@ pub struct AttemptContext {
 /// Why a cancelled attempt was cancelled, set by the agent loop before it signals.
 pub type CancelReason = Arc<Mutex<Option<CancelWhy>>>;
 
-/// Tries of one report before giving up on transient errors.
-const REPORT_TRIES: u32 = 6;
+/// Longest wait between two tries of a report.
+const REPORT_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// Why a report was not written.
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +79,10 @@ async fn current_job(
     Ok(job)
 }
 
-/// Re-reads the job and applies `body` for attempt `key` if it is still current, retrying
-/// transient failures. Returns whether it was written.
+/// Re-reads the job and applies `body` for attempt `key` if it is still current. Transient
+/// failures (API server unreachable, 5xx, 429) are retried until the report is written or
+/// the attempt is no longer current — an ended attempt must not hang unreported; the agent's
+/// shutdown grace bounds it. Returns whether it was written.
 async fn report(
     ctx: &AttemptContext,
     key: &AttemptKey,
@@ -91,7 +93,7 @@ async fn report(
     let manager = patches::attempt_manager(key.attempt);
     let params = PatchParams::apply(&manager);
     let mut delay = Duration::from_millis(250);
-    for tries in 1..=REPORT_TRIES {
+    loop {
         let result = async {
             current_job(&api, key, &ctx.config.node_name).await?;
             api.patch_status(&key.name, &params, &Patch::Apply(&body))
@@ -108,10 +110,10 @@ async fn report(
                 tracing::info!(report = what, %why, "not reported: the attempt is no longer current");
                 return false;
             }
-            Err(ReportError::Api(e)) if is_transient(&e) && tries < REPORT_TRIES => {
-                tracing::warn!(report = what, error = %e, "report failed; retrying");
+            Err(ReportError::Api(e)) if is_transient(&e) => {
+                tracing::warn!(report = what, error = %e, retry_in = ?delay, "report failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(REPORT_MAX_DELAY);
             }
             Err(ReportError::Api(e)) => {
                 tracing::error!(report = what, error = %e, "report failed; giving up");
@@ -119,7 +121,6 @@ async fn report(
             }
         }
     }
-    false
 }
 
 /// Runs attempt `key` of `job` to its end and reports it. Returns the key when done.
@@ -191,6 +192,10 @@ async fn execute(
     let run = ctx.executor.run(spec, tx, cancel);
     tokio::pin!(run);
     let mut started_at = None;
+    // The startedAt report runs beside the workload, so a slow API server delays neither
+    // its timeout nor its cancellation; it is awaited before the final report, which would
+    // otherwise be overwritten by it (same field manager).
+    let mut started_report: Option<futures::future::BoxFuture<'_, bool>> = None;
     let outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,
@@ -199,11 +204,20 @@ async fn execute(
                 Progress::Started { at } => {
                     started_at = Some(at);
                     let body = patches::attempt_started(&key.namespace, &key.name, key.attempt, at);
-                    report(ctx, key, "started", body).await;
+                    started_report = Some(Box::pin(report(ctx, key, "started", body)));
                 }
             },
+            Some(_) = async {
+                match started_report.as_mut() {
+                    Some(f) => Some(f.await),
+                    None => std::future::pending().await,
+                }
+            } => started_report = None,
         }
     };
+    if let Some(f) = started_report {
+        f.await;
+    }
     (started_at.or(outcome.started_at), outcome)
 }
 

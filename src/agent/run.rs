@@ -12,6 +12,7 @@ use crate::api::{BatchJob, BatchNode};
 use crate::cloud::Fleet;
 use futures::StreamExt;
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{HashMap, HashSet};
@@ -30,7 +31,9 @@ struct Running {
 struct Agent {
     ctx: Arc<AttemptContext>,
     nodes: Api<BatchNode>,
-    store: Store<BatchJob>,
+    store: Store<DeserializeGuard<BatchJob>>,
+    /// uid and resourceVersion of malformed jobs already logged.
+    invalid_seen: HashSet<(String, String)>,
     running: HashMap<AttemptKey, Running>,
     done: HashSet<AttemptKey>,
     tasks: JoinSet<AttemptKey>,
@@ -88,7 +91,8 @@ async fn run_inner(
             source,
         })?;
 
-    let jobs: Api<BatchJob> = Api::all(client.clone());
+    // One malformed BatchJob must not break the watch: it is logged and skipped.
+    let jobs: Api<DeserializeGuard<BatchJob>> = Api::all(client.clone());
     let (store, writer) = reflector::store();
     let selector = format!("{NODE_LABEL}={node_name}");
     let stream = reflector::reflector(
@@ -109,6 +113,7 @@ async fn run_inner(
         }),
         nodes,
         store,
+        invalid_seen: HashSet::new(),
         running: HashMap::new(),
         done: HashSet::new(),
         tasks: JoinSet::new(),
@@ -153,10 +158,39 @@ impl Agent {
 
     /// Applies the plan to the current watch state.
     fn reconcile(&mut self) {
-        let jobs = self.store.state();
+        let mut jobs: Vec<Arc<BatchJob>> = Vec::new();
+        let mut invalid_uids: HashSet<String> = HashSet::new();
+        for guarded in self.store.state() {
+            match &guarded.0 {
+                Ok(job) => jobs.push(Arc::new(job.clone())),
+                Err(invalid) => {
+                    let meta = &invalid.metadata;
+                    let uid = meta.uid.clone().unwrap_or_default();
+                    let seen = (
+                        uid.clone(),
+                        meta.resource_version.clone().unwrap_or_default(),
+                    );
+                    if self.invalid_seen.insert(seen) {
+                        tracing::warn!(
+                            namespace = ?meta.namespace, name = ?meta.name, error = %invalid.error,
+                            "malformed BatchJob bound to this node; skipped until it is fixed"
+                        );
+                    }
+                    invalid_uids.insert(uid);
+                }
+            }
+        }
+        self.invalid_seen
+            .retain(|(uid, _)| invalid_uids.contains(uid));
         let views: Vec<JobView> = jobs.iter().filter_map(|j| JobView::of(j)).collect();
         plan::prune_done(&mut self.done, &views);
-        let running: HashSet<AttemptKey> = self.running.keys().cloned().collect();
+        // An attempt of a job that became unreadable keeps running: that is no reason to stop it.
+        let running: HashSet<AttemptKey> = self
+            .running
+            .keys()
+            .filter(|k| !invalid_uids.contains(&k.uid))
+            .cloned()
+            .collect();
         for action in plan::plan(self.node(), &views, &running, &self.done) {
             match action {
                 Action::Start(key) => {
