@@ -97,6 +97,17 @@ async fn registers_the_node_and_heartbeats() {
         },
     )
     .await;
+    // Deleted by someone: the next heartbeat registers it again.
+    Api::<asg_batch::api::BatchNode>::all(client.clone())
+        .delete(NODE, &DeleteParams::default())
+        .await
+        .expect("delete node");
+    eventually(
+        "the node to be registered again",
+        || get_node(&client, NODE),
+        |n| n.as_ref().is_some_and(|n| n.spec.instance_id == NODE),
+    )
+    .await;
     agent.stop().await.expect("clean stop");
 }
 

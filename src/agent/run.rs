@@ -30,7 +30,8 @@ struct Running {
 
 struct Agent {
     ctx: Arc<AttemptContext>,
-    nodes: Api<BatchNode>,
+    /// Number of attempts held, read by the heartbeat (idle or not).
+    busy: watch::Sender<usize>,
     store: Store<DeserializeGuard<BatchJob>>,
     /// uid and resourceVersion of malformed jobs already logged.
     invalid_seen: HashSet<(String, String)>,
@@ -100,9 +101,12 @@ async fn run_inner(
         watcher(jobs, watcher::Config::default().labels(&selector)).default_backoff(),
     );
     let mut stream = std::pin::pin!(stream);
-    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let grace = config.shutdown_grace;
+    let (busy_tx, busy_rx) = watch::channel(0usize);
+    let heartbeat = tokio::spawn(
+        node::heartbeat_loop(nodes.clone(), config.clone(), protection.clone(), busy_rx)
+            .in_current_span(),
+    );
 
     let mut agent = Agent {
         ctx: Arc::new(AttemptContext {
@@ -111,7 +115,7 @@ async fn run_inner(
             executor,
             protection,
         }),
-        nodes,
+        busy: busy_tx,
         store,
         invalid_seen: HashSet::new(),
         running: HashMap::new(),
@@ -143,10 +147,10 @@ async fn run_inner(
                     agent.reconcile();
                 }
             }
-            _ = heartbeat.tick() => agent.heartbeat().await,
         }
     };
     agent.stop(grace).await;
+    heartbeat.abort();
     tracing::info!(node = %node_name, "agent stopped");
     result
 }
@@ -239,6 +243,7 @@ impl Agent {
         let handle = self.tasks.spawn(fut);
         self.task_keys.insert(handle.id(), key.clone());
         self.running.insert(key, running);
+        self.busy.send_replace(self.running.len());
     }
 
     fn cancel(&mut self, key: &AttemptKey, why: CancelWhy) {
@@ -270,26 +275,8 @@ impl Agent {
             }
         };
         self.running.remove(&key);
+        self.busy.send_replace(self.running.len());
         self.done.insert(key);
-    }
-
-    async fn heartbeat(&mut self) {
-        let busy = !self.running.is_empty();
-        let protected = match &self.ctx.protection {
-            Some(p) => Some(p.on_heartbeat(busy).await),
-            None => None,
-        };
-        let node = self.node().to_string();
-        match node::heartbeat(&self.nodes, &node, protected).await {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                tracing::warn!("BatchNode is gone; registering it again");
-                if let Err(e) = node::register(&self.nodes, &self.ctx.config, protected).await {
-                    tracing::warn!(error = %e, "cannot register the BatchNode again");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-        }
     }
 
     /// Cancels every attempt and waits up to `grace` for their reports.
