@@ -170,7 +170,7 @@ async fn reports_each_attempt_under_its_own_field_manager() {
     ] {
         assert!(agent_fields.contains(f), "{f} in {agent_fields}");
     }
-    for f in ["f:phase", "f:node\"", "f:instanceId"] {
+    for f in ["f:phase", "f:node\"", "f:instanceId", "resourceVersion"] {
         assert!(!agent_fields.contains(f), "{f} not in {agent_fields}");
     }
     let controller_fields = owned_status_fields(&job, CONTROLLER).to_string();

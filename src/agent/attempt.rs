@@ -43,9 +43,13 @@ enum ReportError {
     Api(#[from] kube::Error),
 }
 
+/// Worth retrying: the API server is unreachable or busy, or the job changed between the
+/// re-read and the write (the write carries the read's resourceVersion as a precondition).
 fn is_transient(e: &kube::Error) -> bool {
     match e {
-        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        kube::Error::Api(s) => {
+            s.code >= 500 || s.code == 429 || (s.code == 409 && s.message.contains("modified"))
+        }
         _ => true,
     }
 }
@@ -79,7 +83,8 @@ async fn current_job(
     Ok(job)
 }
 
-/// Re-reads the job and applies `body` for attempt `key` if it is still current. Transient
+/// Re-reads the job and applies `body` for attempt `key` if it is still current, with the
+/// read's resourceVersion as a precondition so nothing changes in between. Transient
 /// failures (API server unreachable, 5xx, 429) are retried until the report is written or
 /// the attempt is no longer current — an ended attempt must not hang unreported; the agent's
 /// shutdown grace bounds it. Returns whether it was written.
@@ -95,8 +100,12 @@ async fn report(
     let mut delay = Duration::from_millis(250);
     loop {
         let result = async {
-            current_job(&api, key, &ctx.config.node_name).await?;
-            api.patch_status(&key.name, &params, &Patch::Apply(&body))
+            let job = current_job(&api, key, &ctx.config.node_name).await?;
+            let mut guarded = body.clone();
+            if let Some(rv) = job.metadata.resource_version {
+                guarded["metadata"]["resourceVersion"] = serde_json::Value::String(rv);
+            }
+            api.patch_status(&key.name, &params, &Patch::Apply(&guarded))
                 .await?;
             Ok::<(), ReportError>(())
         }
