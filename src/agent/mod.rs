@@ -7,6 +7,25 @@
 //! - [`patches`]: the server-side apply bodies and field managers.
 //! - [`protection`]: scale-in protection while the instance holds an attempt.
 //! - [`attempt`], [`node`], [`run()`]: the I/O around them.
+//!
+//! Behaviour worth knowing:
+//! - An attempt is started when its job is labelled `asgbatch.io/node=<node>`, has
+//!   `status.phase=Starting`, `status.node=<node>`, `status.attempt=N` and no
+//!   `attempts[N].startedAt`/`stoppedAt`; at most one attempt of a job runs at a time.
+//! - A running attempt is cancelled when its job is deleted or relabelled away, names
+//!   another node, turns Succeeded/Failed, or moves on to a newer attempt. Its report is
+//!   written only if it is still current (then reason `Cancelled`).
+//! - Reports are server-side applies with field manager `asg-batch-agent-attempt-N` and
+//!   the re-read resourceVersion as a precondition; transient failures are retried until
+//!   written or stale.
+//! - After a restart, an attempt that has `startedAt` but no `stoppedAt` and that this agent
+//!   process does not run is reported as ended with reason `StartFailed` and status reason
+//!   [`attempt::LOST_STATUS_REASON`] (its `startedAt` kept); it is never started again.
+//! - A graceful shutdown cancels running attempts and reports them (`Cancelled`, "the node
+//!   agent is shutting down") within `AgentConfig::shutdown_grace`.
+//! - With a fleet, the instance is protected before an attempt starts and unprotected after
+//!   `idle_polls` idle heartbeats; at start its protection is unknown and treated as set, so
+//!   an idle agent also clears a protection left behind by an earlier run.
 
 pub mod attempt;
 pub mod config;

@@ -240,7 +240,7 @@ impl Agent {
         fut: impl Future<Output = AttemptKey> + Send + 'static,
         running: Running,
     ) {
-        let handle = self.tasks.spawn(fut);
+        let handle = self.tasks.spawn(fut.in_current_span());
         self.task_keys.insert(handle.id(), key.clone());
         self.running.insert(key, running);
         self.busy.send_replace(self.running.len());

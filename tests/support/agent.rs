@@ -69,6 +69,11 @@ impl TestAgent {
         executor: Arc<dyn Executor>,
         fleet: Option<Arc<dyn Fleet>>,
     ) -> Self {
+        // `RUST_LOG=asg_batch=info` shows the agent's log in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(asg_batch::agent::run(
             client,
