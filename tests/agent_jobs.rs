@@ -404,3 +404,74 @@ async fn runs_the_definition_with_aws_batch_variables() {
     assert!(a1.started_at.is_none());
     agent.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_secrets_and_array_variables_reach_the_process() {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    let s = server_with_crds().await;
+    let client = s.client();
+    let agent = agent(&client);
+
+    let mut slow = process_job("slow", "sleep 300");
+    slow.spec.template.timeout_seconds = Some(1);
+    create_job(&client, "default", &slow).await;
+    bind(&client, "default", "slow", NODE, 1).await;
+
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("creds".into());
+    secret.string_data = Some([("token".to_string(), "s3cret".to_string())].into());
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    let mut parent = process_job("fan", "true");
+    parent.spec.array_properties = Some(asg_batch::api::batch_job::ArrayProperties { size: 3 });
+    let parent = create_job(&client, "default", &parent).await;
+    let mut child = process_job(
+        "fan-1",
+        "echo id=$AWS_BATCH_JOB_ID index=$AWS_BATCH_JOB_ARRAY_INDEX size=$AWS_BATCH_JOB_ARRAY_SIZE token=$TOKEN",
+    );
+    child.spec.array_index = Some(1);
+    if let Some(p) = child.spec.template.process.as_mut() {
+        p.env.push(EnvVar {
+            name: "TOKEN".into(),
+            value: None,
+            secret_key_ref: Some(asg_batch::api::common::SecretKeyRef {
+                name: "creds".into(),
+                key: "token".into(),
+            }),
+        });
+    }
+    let parent_uid = parent.metadata.uid.clone().expect("uid");
+    child.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "asgbatch.io/v1alpha1".into(),
+        kind: "BatchJob".into(),
+        name: "fan".into(),
+        uid: parent_uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    create_job(&client, "default", &child).await;
+    bind(&client, "default", "fan-1", NODE, 1).await;
+
+    let job = wait_attempt(&client, "fan-1", 1, "the child's report", |a| {
+        a.stopped_at.is_some()
+    })
+    .await;
+    let a1 = attempt(&job, 1).expect("attempt");
+    assert_eq!(a1.reason.as_deref(), Some("Completed"), "{a1:?}");
+    assert_eq!(
+        a1.log_tail.as_deref().map(str::trim),
+        Some(format!("id={parent_uid}:1 index=1 size=3 token=s3cret").as_str())
+    );
+
+    let job = wait_attempt(&client, "slow", 1, "the timeout", |a| {
+        a.stopped_at.is_some()
+    })
+    .await;
+    let a1 = attempt(&job, 1).expect("attempt");
+    assert_eq!(a1.reason.as_deref(), Some("Timeout"), "{a1:?}");
+    assert!(a1.started_at.is_some());
+    agent.stop().await.expect("clean stop");
+}
