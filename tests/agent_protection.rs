@@ -41,6 +41,8 @@ async fn protects_the_instance_while_it_holds_a_job() {
     let me = ids[0].clone();
     let node = me.to_ascii_lowercase();
 
+    // An earlier agent run left the instance protected.
+    fleet.protect(&[me.clone()], true).await.expect("protect");
     let s = server_with_crds().await;
     let client = s.client();
     let config = config(&me, "ce-aws").with_instance_type(Some("c5.xlarge".into()));
@@ -50,7 +52,7 @@ async fn protects_the_instance_while_it_holds_a_job() {
         Arc::new(ProcessExecutor),
         Some(fleet.clone() as Arc<dyn Fleet>),
     );
-    // Idle from the start: after its idle heartbeats the instance is (left) unprotected.
+    // Idle from the start: after its idle heartbeats the stale protection is removed.
     eventually(
         "the idle node to report itself unprotected",
         || node_protected(&client, &node),

@@ -24,8 +24,8 @@
 //! - A graceful shutdown cancels running attempts and reports them (`Cancelled`, "the node
 //!   agent is shutting down") within `AgentConfig::shutdown_grace`.
 //! - With a fleet, the instance is protected before an attempt starts and unprotected after
-//!   `idle_polls` idle heartbeats; at start its protection is unknown and treated as set, so
-//!   an idle agent also clears a protection left behind by an earlier run.
+//!   `idle_polls` idle heartbeats. At start the protection is read from the fleet (treated
+//!   as set when unknown), so an idle agent also clears a protection left by an earlier run.
 
 pub mod attempt;
 pub mod config;

@@ -48,6 +48,14 @@ impl IdleTracker {
         self.protected && self.idle_count >= self.idle_polls
     }
 
+    /// A tracker for an instance whose protection is known.
+    pub fn known(idle_polls: u32, protected: bool) -> Self {
+        Self {
+            protected,
+            ..Self::new(idle_polls)
+        }
+    }
+
     /// Records that protection was set to `protected`.
     pub fn set(&mut self, protected: bool) {
         self.protected = protected;
@@ -71,6 +79,31 @@ impl Protection {
             fleet,
             instance_id,
             tracker: Mutex::new(IdleTracker::new(idle_polls)),
+        }
+    }
+
+    /// Protection of `instance_id`, starting from what the fleet reports for it (treated as
+    /// protected when the fleet cannot be read or does not list the instance).
+    pub async fn observe(fleet: Arc<dyn Fleet>, instance_id: String, idle_polls: u32) -> Self {
+        let known = match fleet.describe().await {
+            Ok(state) => state
+                .instances
+                .iter()
+                .find(|i| i.instance_id == instance_id)
+                .map(|i| i.protected_from_scale_in),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the fleet; assuming the instance is protected");
+                None
+            }
+        };
+        let tracker = match known {
+            Some(protected) => IdleTracker::known(idle_polls, protected),
+            None => IdleTracker::new(idle_polls),
+        };
+        Self {
+            fleet,
+            instance_id,
+            tracker: Mutex::new(tracker),
         }
     }
 
@@ -144,5 +177,7 @@ mod tests {
         t.set(true);
         assert!(!t.on_start());
         assert!(!t.on_heartbeat(false));
+        assert!(IdleTracker::known(3, false).on_start());
+        assert!(!IdleTracker::known(3, true).on_start());
     }
 }

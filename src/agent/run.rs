@@ -73,13 +73,12 @@ async fn run_inner(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let node_name = config.node_name.clone();
-    let protection = fleet.map(|f| {
-        Arc::new(Protection::new(
-            f,
-            config.instance_id.clone(),
-            config.idle_polls,
-        ))
-    });
+    let protection = match fleet {
+        Some(f) => Some(Arc::new(
+            Protection::observe(f, config.instance_id.clone(), config.idle_polls).await,
+        )),
+        None => None,
+    };
     let nodes: Api<BatchNode> = Api::all(client.clone());
     let protected = match &protection {
         Some(p) => Some(p.protected().await),
