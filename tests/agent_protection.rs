@@ -42,7 +42,10 @@ async fn protects_the_instance_while_it_holds_a_job() {
     let node = me.to_ascii_lowercase();
 
     // An earlier agent run left the instance protected.
-    fleet.protect(&[me.clone()], true).await.expect("protect");
+    fleet
+        .protect(std::slice::from_ref(&me), true)
+        .await
+        .expect("protect");
     let s = server_with_crds().await;
     let client = s.client();
     let config = config(&me, "ce-aws").with_instance_type(Some("c5.xlarge".into()));
