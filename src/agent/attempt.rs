@@ -48,7 +48,9 @@ enum ReportError {
 fn is_transient(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(s) => {
-            s.code >= 500 || s.code == 429 || (s.code == 409 && s.message.contains("modified"))
+            s.code >= 500
+                || s.code == 429
+                || (s.code == 409 && s.message.contains("has been modified"))
         }
         _ => true,
     }
@@ -258,3 +260,30 @@ pub async fn report_lost(
 
 /// Status reason of an attempt lost to an agent restart.
 pub const LOST_STATUS_REASON: &str = "The node agent restarted while this attempt was running; the attempt's process or container is no longer tracked, so it is reported as ended";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure(message, "Conflict").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn retries_busy_servers_and_stale_reads_not_refusals() {
+        assert!(is_transient(&api(503, "unavailable")));
+        assert!(is_transient(&api(429, "slow down")));
+        assert!(is_transient(&api(
+            409,
+            "Operation cannot be fulfilled on batchjobs.asgbatch.io \"j\": the object has been modified; please apply your changes to the latest version and try again"
+        )));
+        assert!(!is_transient(&api(
+            409,
+            "Apply failed with 1 conflict: conflict with \"asg-batch-controller\": .status.attempts[attempt=1].stoppedAt"
+        )));
+        assert!(!is_transient(&api(422, "invalid")));
+        assert!(!is_transient(&api(404, "not found")));
+    }
+}
