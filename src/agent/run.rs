@@ -256,7 +256,8 @@ impl Agent {
             *reason = Some(why);
         }
         tracing::info!(attempt = %key, ?why, "cancelling attempt");
-        let _ = r.cancel.send(true);
+        // send_replace: also marks entries nobody listens to (lost-attempt reports) as done.
+        r.cancel.send_replace(true);
     }
 
     fn finished(&mut self, joined: Result<(Id, AttemptKey), tokio::task::JoinError>) {
