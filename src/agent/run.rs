@@ -57,7 +57,7 @@ pub async fn run(
     config: AgentConfig,
     executor: Arc<dyn Executor>,
     fleet: Option<Arc<dyn Fleet>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future,
 ) -> Result<(), AgentError> {
     let span = tracing::info_span!("agent", node = %config.node_name);
     run_inner(client, config, executor, fleet, shutdown)
@@ -70,7 +70,7 @@ async fn run_inner(
     config: AgentConfig,
     executor: Arc<dyn Executor>,
     fleet: Option<Arc<dyn Fleet>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future,
 ) -> Result<(), AgentError> {
     let node_name = config.node_name.clone();
     let protection = match fleet {
@@ -127,7 +127,7 @@ async fn run_inner(
     tracing::info!(node = %node_name, %selector, "agent running");
     let result = loop {
         tokio::select! {
-            () = &mut shutdown => break Ok(()),
+            _ = &mut shutdown => break Ok(()),
             event = stream.next() => match event {
                 Some(Ok(event)) => {
                     if matches!(event, watcher::Event::InitDone) {
