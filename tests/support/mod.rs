@@ -3,6 +3,7 @@
 //! Every server started here stops when its guard drops, also when a test fails.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod apiserver;
 pub mod manifests;
 pub mod moto;

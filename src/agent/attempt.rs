@@ -1,0 +1,289 @@
+//! One attempt on this node: resolve its RunSpec, protect the instance, run it with the
+//! executor, and report `startedAt` and then how it ended — each report only while the
+//! attempt is still the job's current one on this node.
+
+use super::config::AgentConfig;
+use super::executor::{EndReason, Executor, Outcome, Progress};
+use super::patches;
+use super::plan::{AttemptKey, CancelWhy};
+use super::protection::Protection;
+use super::spec;
+use crate::api::BatchJob;
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+/// What attempts share.
+pub struct AttemptContext {
+    /// API client.
+    pub client: kube::Client,
+    /// Agent configuration.
+    pub config: AgentConfig,
+    /// Runs the workloads.
+    pub executor: Arc<dyn Executor>,
+    /// Scale-in protection, when the agent manages it.
+    pub protection: Option<Arc<Protection>>,
+}
+
+/// Why a cancelled attempt was cancelled, set by the agent loop before it signals.
+pub type CancelReason = Arc<Mutex<Option<CancelWhy>>>;
+
+/// Longest wait between two tries of a report.
+const REPORT_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// Why a report was not written.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error("attempt is no longer current: {0}")]
+    NotCurrent(String),
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+/// Worth retrying: the API server is unreachable or busy, or the job changed between the
+/// re-read and the write (the write carries the read's resourceVersion as a precondition).
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            s.code >= 500
+                || s.code == 429
+                || (s.code == 409 && s.message.contains("has been modified"))
+        }
+        _ => true,
+    }
+}
+
+/// The job, when attempt `key` is still its current attempt on `node`.
+async fn current_job(
+    api: &Api<BatchJob>,
+    key: &AttemptKey,
+    node: &str,
+) -> Result<BatchJob, ReportError> {
+    let job = api
+        .get_opt(&key.name)
+        .await?
+        .ok_or_else(|| ReportError::NotCurrent("the job was deleted".into()))?;
+    if job.metadata.uid.as_deref() != Some(key.uid.as_str()) {
+        return Err(ReportError::NotCurrent("the job was replaced".into()));
+    }
+    let status = job.status.clone().unwrap_or_default();
+    if status.node.as_deref() != Some(node) {
+        return Err(ReportError::NotCurrent(format!(
+            "status.node is {:?}",
+            status.node
+        )));
+    }
+    if status.attempt != Some(key.attempt) {
+        return Err(ReportError::NotCurrent(format!(
+            "status.attempt is {:?}",
+            status.attempt
+        )));
+    }
+    Ok(job)
+}
+
+/// Re-reads the job and applies `body` for attempt `key` if it is still current, with the
+/// read's resourceVersion as a precondition so nothing changes in between. Transient
+/// failures (API server unreachable, 5xx, 429) are retried until the report is written or
+/// the attempt is no longer current — an ended attempt must not hang unreported; the agent's
+/// shutdown grace bounds it. Returns whether it was written.
+async fn report(
+    ctx: &AttemptContext,
+    key: &AttemptKey,
+    what: &str,
+    body: serde_json::Value,
+) -> bool {
+    let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let manager = patches::attempt_manager(key.attempt);
+    let params = PatchParams::apply(&manager);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let result = async {
+            let job = current_job(&api, key, &ctx.config.node_name).await?;
+            let mut guarded = body.clone();
+            if let Some(rv) = job.metadata.resource_version {
+                guarded["metadata"]["resourceVersion"] = serde_json::Value::String(rv);
+            }
+            api.patch_status(&key.name, &params, &Patch::Apply(&guarded))
+                .await?;
+            Ok::<(), ReportError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(report = what, "reported");
+                return true;
+            }
+            Err(ReportError::NotCurrent(why)) => {
+                tracing::info!(report = what, %why, "not reported: the attempt is no longer current");
+                return false;
+            }
+            Err(ReportError::Api(e)) if is_transient(&e) => {
+                tracing::warn!(report = what, error = %e, retry_in = ?delay, "report failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REPORT_MAX_DELAY);
+            }
+            Err(ReportError::Api(e)) => {
+                tracing::error!(report = what, error = %e, "report failed; giving up");
+                return false;
+            }
+        }
+    }
+}
+
+/// Runs attempt `key` of `job` to its end and reports it. Returns the key when done.
+pub async fn run(
+    ctx: Arc<AttemptContext>,
+    key: AttemptKey,
+    job: Arc<BatchJob>,
+    cancel: watch::Receiver<bool>,
+    cancel_reason: CancelReason,
+) -> AttemptKey {
+    let span = tracing::info_span!("attempt", job = %format!("{}/{}", key.namespace, key.name), attempt = key.attempt);
+    async {
+        tracing::info!("starting attempt");
+        let (started_at, mut outcome) = execute(&ctx, &key, &job, cancel).await;
+        if outcome.reason == EndReason::Cancelled {
+            if let Ok(guard) = cancel_reason.lock() {
+                if let Some(why) = *guard {
+                    outcome.status_reason = why.message().to_string();
+                }
+            }
+        }
+        tracing::info!(reason = outcome.reason.as_str(), exit_code = ?outcome.exit_code, status_reason = %outcome.status_reason, "attempt ended");
+        let body = patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
+        report(&ctx, &key, "ended", body).await;
+        key
+    }
+    .instrument(span)
+    .await
+}
+
+async fn execute(
+    ctx: &AttemptContext,
+    key: &AttemptKey,
+    job: &BatchJob,
+    cancel: watch::Receiver<bool>,
+) -> (Option<Timestamp>, Outcome) {
+    let spec = match spec::resolve(&ctx.client, job, key, &ctx.config.compute_environment).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the attempt");
+            return (
+                None,
+                Outcome::not_started(EndReason::StartFailed, e.to_string()),
+            );
+        }
+    };
+    if let Some(p) = &ctx.protection {
+        if let Err(e) = p.before_start().await {
+            tracing::error!(error = %e, "cannot protect the instance from scale-in");
+            return (
+                None,
+                Outcome::not_started(
+                    EndReason::StartFailed,
+                    format!("scale-in protection of this instance failed: {e}"),
+                ),
+            );
+        }
+    }
+    if *cancel.borrow() {
+        return (
+            None,
+            Outcome::not_started(
+                EndReason::Cancelled,
+                "Job attempt cancelled before it started",
+            ),
+        );
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let run = ctx.executor.run(spec, tx, cancel);
+    tokio::pin!(run);
+    let mut started_at = None;
+    // The startedAt report runs beside the workload, so a slow API server delays neither
+    // its timeout nor its cancellation; it is awaited before the final report, which would
+    // otherwise be overwritten by it (same field manager).
+    let mut started_report: Option<futures::future::BoxFuture<'_, bool>> = None;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            Some(progress) = rx.recv() => match progress {
+                Progress::Pulling { image } => tracing::info!(%image, "pulling image"),
+                Progress::Started { at } => {
+                    started_at = Some(at);
+                    let body = patches::attempt_started(&key.namespace, &key.name, key.attempt, at);
+                    started_report = Some(Box::pin(report(ctx, key, "started", body)));
+                }
+            },
+            Some(_) = async {
+                match started_report.as_mut() {
+                    Some(f) => Some(f.await),
+                    None => std::future::pending().await,
+                }
+            } => started_report = None,
+        }
+    };
+    if let Some(f) = started_report {
+        f.await;
+    }
+    (started_at.or(outcome.started_at), outcome)
+}
+
+/// Reports an attempt that started here before the agent restarted and that nothing runs
+/// any more: reason `StartFailed`, keeping the `startedAt` reported then.
+pub async fn report_lost(
+    ctx: Arc<AttemptContext>,
+    key: AttemptKey,
+    job: Arc<BatchJob>,
+) -> AttemptKey {
+    let span = tracing::info_span!("lost_attempt", job = %format!("{}/{}", key.namespace, key.name), attempt = key.attempt);
+    async {
+        let started_at = job
+            .status
+            .as_ref()
+            .and_then(|s| s.attempts.iter().find(|a| a.attempt == key.attempt))
+            .and_then(|a| a.started_at.as_ref())
+            .map(|t| t.0);
+        tracing::warn!("attempt started before the agent restarted; reporting it as ended");
+        let outcome = Outcome::not_started(EndReason::StartFailed, LOST_STATUS_REASON);
+        let body =
+            patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
+        report(&ctx, &key, "lost", body).await;
+        key
+    }
+    .instrument(span)
+    .await
+}
+
+/// Status reason of an attempt lost to an agent restart.
+pub const LOST_STATUS_REASON: &str = "The node agent restarted while this attempt was running; the attempt's process or container is no longer tracked, so it is reported as ended";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure(message, "Conflict").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn retries_busy_servers_and_stale_reads_not_refusals() {
+        assert!(is_transient(&api(503, "unavailable")));
+        assert!(is_transient(&api(429, "slow down")));
+        assert!(is_transient(&api(
+            409,
+            "Operation cannot be fulfilled on batchjobs.asgbatch.io \"j\": the object has been modified; please apply your changes to the latest version and try again"
+        )));
+        assert!(!is_transient(&api(
+            409,
+            "Apply failed with 1 conflict: conflict with \"asg-batch-controller\": .status.attempts[attempt=1].stoppedAt"
+        )));
+        assert!(!is_transient(&api(422, "invalid")));
+        assert!(!is_transient(&api(404, "not found")));
+    }
+}

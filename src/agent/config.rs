@@ -1,0 +1,107 @@
+//! What an agent needs to know about itself: which node it is, what it offers, how it
+//! runs jobs and how often it reports.
+
+use crate::api::common::Resources;
+use crate::api::compute_environment::Executor as ExecutorKind;
+use std::time::Duration;
+
+/// Default time between two heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default number of consecutive idle heartbeats before scale-in protection is removed.
+pub const DEFAULT_IDLE_POLLS: u32 = 3;
+
+/// Configuration of one node agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Name of the BatchNode (the instance id lower-cased, see [`node_name_for`]).
+    pub node_name: String,
+    /// Instance id (`i-...`, or a local id).
+    pub instance_id: String,
+    /// EC2 instance type, when known.
+    pub instance_type: Option<String>,
+    /// ComputeEnvironment this instance belongs to (also `AWS_BATCH_CE_NAME`).
+    pub compute_environment: String,
+    /// Allocatable resources offered to jobs.
+    pub capacity: Resources,
+    /// How jobs are run (written into the BatchNode's spec).
+    pub executor: ExecutorKind,
+    /// Time between two heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Consecutive idle heartbeats before the instance is unprotected from scale-in.
+    pub idle_polls: u32,
+    /// How long a graceful shutdown waits for cancelled attempts to report.
+    pub shutdown_grace: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults: node name from the instance id, heartbeat every
+    /// 10 s, unprotect after 3 idle heartbeats, Docker executor.
+    pub fn new(
+        instance_id: impl Into<String>,
+        compute_environment: impl Into<String>,
+        capacity: Resources,
+    ) -> Self {
+        let instance_id = instance_id.into();
+        Self {
+            node_name: node_name_for(&instance_id),
+            instance_id,
+            instance_type: None,
+            compute_environment: compute_environment.into(),
+            capacity,
+            executor: ExecutorKind::Docker,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            idle_polls: DEFAULT_IDLE_POLLS,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the instance type.
+    pub fn with_instance_type(mut self, instance_type: Option<String>) -> Self {
+        self.instance_type = instance_type;
+        self
+    }
+
+    /// Sets the executor kind.
+    pub fn with_executor(mut self, executor: ExecutorKind) -> Self {
+        self.executor = executor;
+        self
+    }
+
+    /// Sets the heartbeat interval.
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets the number of idle heartbeats before unprotecting (at least 1).
+    pub fn with_idle_polls(mut self, idle_polls: u32) -> Self {
+        self.idle_polls = idle_polls.max(1);
+        self
+    }
+
+    /// Overrides the node name (default: the instance id lower-cased).
+    pub fn with_node_name(mut self, node_name: impl Into<String>) -> Self {
+        self.node_name = node_name.into();
+        self
+    }
+}
+
+/// The BatchNode name of an instance: its id lower-cased (PROTOCOL.md, "Names").
+pub fn node_name_for(instance_id: &str) -> String {
+    instance_id.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_node_name() {
+        let c = AgentConfig::new("i-0ABC", "ce", Resources::default());
+        assert_eq!(c.node_name, "i-0abc");
+        assert_eq!(c.instance_id, "i-0ABC");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.idle_polls, 3);
+        assert_eq!(c.with_idle_polls(0).idle_polls, 1);
+    }
+}

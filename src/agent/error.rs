@@ -1,0 +1,21 @@
+//! Errors of the agent.
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The BatchNode could not be registered (API server unreachable, CRD missing, ...).
+    #[error("registering BatchNode {node}: {source}")]
+    Register {
+        /// Node name.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The watch of this node's BatchJobs ended (it normally runs forever, retrying).
+    #[error("the watch of BatchJobs bound to {node} ended")]
+    WatchEnded {
+        /// Node name.
+        node: String,
+    },
+}

@@ -1,0 +1,84 @@
+//! The BatchNode this agent registers and heartbeats into.
+
+use super::config::AgentConfig;
+use super::patches::{self, NODE_MANAGER};
+use super::protection::Protection;
+use crate::api::BatchNode;
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Applies the BatchNode's spec (creating it when absent) and a first heartbeat.
+#[tracing::instrument(skip_all, fields(node = %config.node_name))]
+pub async fn register(
+    api: &Api<BatchNode>,
+    config: &AgentConfig,
+    protected: Option<bool>,
+) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(NODE_MANAGER).force();
+    api.patch(
+        &config.node_name,
+        &params,
+        &Patch::Apply(patches::node_spec(config)),
+    )
+    .await?;
+    heartbeat(api, &config.node_name, protected).await?;
+    tracing::info!("BatchNode registered");
+    Ok(())
+}
+
+/// Applies `status.heartbeatTime` (and `status.protectedFromScaleIn`).
+pub async fn heartbeat(
+    api: &Api<BatchNode>,
+    node_name: &str,
+    protected: Option<bool>,
+) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(NODE_MANAGER).force();
+    api.patch_status(
+        node_name,
+        &params,
+        &Patch::Apply(patches::node_status(node_name, Timestamp::now(), protected)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Heartbeats every `config.heartbeat_interval` until aborted: updates scale-in protection
+/// from `busy` (the number of attempts held) and applies the node's status, registering
+/// the node again when it was deleted. Runs beside the job loop, so a slow API server or
+/// cloud call never holds up jobs; each beat is bounded by a timeout.
+pub async fn heartbeat_loop(
+    api: Api<BatchNode>,
+    config: AgentConfig,
+    protection: Option<Arc<Protection>>,
+    busy: watch::Receiver<usize>,
+) {
+    let mut ticks = tokio::time::interval(config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let limit = config.heartbeat_interval.max(Duration::from_secs(10));
+    loop {
+        ticks.tick().await;
+        let beat = async {
+            let held = *busy.borrow();
+            let protected = match &protection {
+                Some(p) => Some(p.on_heartbeat(held > 0).await),
+                None => None,
+            };
+            match heartbeat(&api, &config.node_name, protected).await {
+                Ok(()) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    tracing::warn!("BatchNode is gone; registering it again");
+                    if let Err(e) = register(&api, &config, protected).await {
+                        tracing::warn!(error = %e, "cannot register the BatchNode again");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        };
+        if tokio::time::timeout(limit, beat).await.is_err() {
+            tracing::warn!(?limit, "heartbeat timed out");
+        }
+    }
+}

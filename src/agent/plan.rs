@@ -1,0 +1,315 @@
+//! Pure decisions: given the jobs the watch shows for this node and the attempts running
+//! here, which attempts to start, which to cancel, and which to report as lost.
+
+use crate::api::{BatchJob, JobPhase};
+use std::collections::HashSet;
+
+/// Label the controller puts on a job bound to a node (PROTOCOL.md, "Names").
+pub const NODE_LABEL: &str = "asgbatch.io/node";
+
+/// One attempt of one job. The uid tells a job from a later one of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptKey {
+    /// Namespace of the BatchJob.
+    pub namespace: String,
+    /// Name of the BatchJob.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for AttemptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.namespace, self.name, self.attempt)
+    }
+}
+
+/// What the plan needs to know about one watched job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// uid.
+    pub uid: String,
+    /// Value of the `asgbatch.io/node` label.
+    pub label_node: Option<String>,
+    /// `status.phase`.
+    pub phase: Option<JobPhase>,
+    /// `status.node`.
+    pub node: Option<String>,
+    /// `status.attempt`.
+    pub attempt: Option<u32>,
+    /// Whether `attempts[attempt].startedAt` is set.
+    pub current_started: bool,
+    /// Whether `attempts[attempt].stoppedAt` is set.
+    pub current_stopped: bool,
+}
+
+impl JobView {
+    /// Extracts the view of a job; `None` when it has no name, namespace or uid.
+    pub fn of(job: &BatchJob) -> Option<Self> {
+        let meta = &job.metadata;
+        let status = job.status.as_ref();
+        let attempt = status.and_then(|s| s.attempt);
+        let entry = status.and_then(|s| {
+            s.attempts
+                .iter()
+                .find(|a| Some(a.attempt) == attempt)
+                .cloned()
+        });
+        Some(Self {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            uid: meta.uid.clone()?,
+            label_node: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(NODE_LABEL).cloned()),
+            phase: status.and_then(|s| s.phase),
+            node: status.and_then(|s| s.node.clone()),
+            attempt,
+            current_started: entry.as_ref().is_some_and(|e| e.started_at.is_some()),
+            current_stopped: entry.as_ref().is_some_and(|e| e.stopped_at.is_some()),
+        })
+    }
+
+    /// The key of its current attempt.
+    pub fn current_key(&self) -> Option<AttemptKey> {
+        Some(AttemptKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            attempt: self.attempt?,
+        })
+    }
+
+    fn bound_to(&self, node: &str) -> bool {
+        self.label_node.as_deref() == Some(node) && self.node.as_deref() == Some(node)
+    }
+}
+
+/// Why a running attempt is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelWhy {
+    /// The job is gone from this node's watch: deleted, or its label moved elsewhere.
+    Gone,
+    /// The job is still labelled here but `status.node` names another node.
+    BoundElsewhere,
+    /// The job reached Succeeded or Failed.
+    Terminal,
+    /// The job's current attempt is a newer one.
+    Superseded,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+impl CancelWhy {
+    /// The status reason given to the cancelled attempt.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Gone => "Job attempt cancelled: the job was deleted or bound to another node",
+            Self::BoundElsewhere => "Job attempt cancelled: the job is bound to another node",
+            Self::Terminal => "Job attempt cancelled: the job reached a terminal phase",
+            Self::Superseded => "Job attempt cancelled: a newer attempt of the job is current",
+            Self::Shutdown => "Job attempt cancelled: the node agent is shutting down",
+        }
+    }
+}
+
+/// One decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start this attempt.
+    Start(AttemptKey),
+    /// Stop this running attempt.
+    Cancel(AttemptKey, CancelWhy),
+    /// This attempt started here earlier (it has `startedAt`) but nothing runs it now (the
+    /// agent restarted): report it as ended.
+    ReportLost(AttemptKey),
+}
+
+/// Decides what to do. `running` are the attempts this agent runs now (including those
+/// starting or reporting); `done` the attempts it ran to an end (or declared lost) since
+/// it started, which are never started again.
+pub fn plan(
+    node: &str,
+    jobs: &[JobView],
+    running: &HashSet<AttemptKey>,
+    done: &HashSet<AttemptKey>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut running_sorted: Vec<&AttemptKey> = running.iter().collect();
+    running_sorted.sort();
+    for key in running_sorted {
+        let why = match jobs.iter().find(|j| j.uid == key.uid) {
+            None => Some(CancelWhy::Gone),
+            Some(j) if j.label_node.as_deref() != Some(node) => Some(CancelWhy::Gone),
+            Some(j) if j.node.as_deref() != Some(node) => Some(CancelWhy::BoundElsewhere),
+            Some(j) if j.phase.is_some_and(JobPhase::is_terminal) => Some(CancelWhy::Terminal),
+            Some(j) if j.attempt != Some(key.attempt) => Some(CancelWhy::Superseded),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            actions.push(Action::Cancel(key.clone(), why));
+        }
+    }
+    for job in jobs {
+        if !job.bound_to(node) || job.current_stopped {
+            continue;
+        }
+        let Some(key) = job.current_key() else {
+            continue;
+        };
+        if running.contains(&key) || done.contains(&key) {
+            continue;
+        }
+        let phase = job.phase;
+        if !job.current_started && phase == Some(JobPhase::Starting) {
+            // At most one attempt of a job at a time: wait for an older one to stop.
+            if !running.iter().any(|r| r.uid == job.uid) {
+                actions.push(Action::Start(key));
+            }
+        } else if job.current_started
+            && matches!(phase, Some(JobPhase::Starting | JobPhase::Running))
+        {
+            actions.push(Action::ReportLost(key));
+        }
+    }
+    actions
+}
+
+/// Drops from `done` the attempts the watch no longer shows as current, so the set does
+/// not grow without bound. An attempt still shown as current stays, so it is never
+/// started (or declared lost) again while the watch lags behind this agent's own report.
+pub fn prune_done(done: &mut HashSet<AttemptKey>, jobs: &[JobView]) {
+    done.retain(|key| {
+        jobs.iter()
+            .any(|j| j.uid == key.uid && j.attempt == Some(key.attempt))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: &str = "i-me";
+
+    fn job(name: &str, phase: JobPhase, attempt: u32) -> JobView {
+        JobView {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            label_node: Some(ME.into()),
+            phase: Some(phase),
+            node: Some(ME.into()),
+            attempt: Some(attempt),
+            current_started: false,
+            current_stopped: false,
+        }
+    }
+
+    fn key(name: &str, attempt: u32) -> AttemptKey {
+        AttemptKey {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            attempt,
+        }
+    }
+
+    fn set(keys: &[AttemptKey]) -> HashSet<AttemptKey> {
+        keys.iter().cloned().collect()
+    }
+
+    #[test]
+    fn starts_bound_starting_attempts_once() {
+        let jobs = [
+            job("a", JobPhase::Starting, 1),
+            job("b", JobPhase::Starting, 2),
+        ];
+        let actions = plan(ME, &jobs, &set(&[]), &set(&[]));
+        assert_eq!(
+            actions,
+            [Action::Start(key("a", 1)), Action::Start(key("b", 2))]
+        );
+        assert!(plan(ME, &jobs, &set(&[key("a", 1), key("b", 2)]), &set(&[])).is_empty());
+        assert!(
+            plan(ME, &jobs, &set(&[]), &set(&[key("a", 1), key("b", 2)])).is_empty(),
+            "an attempt run to its end is never started again"
+        );
+    }
+
+    #[test]
+    fn starts_nothing_not_bound_here_or_not_starting() {
+        let mut other_label = job("a", JobPhase::Starting, 1);
+        other_label.label_node = Some("i-other".into());
+        let mut other_node = job("b", JobPhase::Starting, 1);
+        other_node.node = Some("i-other".into());
+        let runnable = job("c", JobPhase::Runnable, 1);
+        let mut started = job("d", JobPhase::Starting, 1);
+        started.current_started = true;
+        started.current_stopped = true;
+        let mut no_attempt = job("e", JobPhase::Starting, 1);
+        no_attempt.attempt = None;
+        let jobs = [other_label, other_node, runnable, started, no_attempt];
+        assert!(plan(ME, &jobs, &set(&[]), &set(&[])).is_empty());
+    }
+
+    #[test]
+    fn cancels_gone_elsewhere_terminal_and_superseded() {
+        let mut elsewhere = job("b", JobPhase::Running, 1);
+        elsewhere.node = Some("i-other".into());
+        let failed = job("c", JobPhase::Failed, 1);
+        let bumped = job("d", JobPhase::Starting, 2);
+        let fine = job("e", JobPhase::Running, 1);
+        let jobs = [elsewhere, failed, bumped, fine];
+        let running = set(&[
+            key("a", 1),
+            key("b", 1),
+            key("c", 1),
+            key("d", 1),
+            key("e", 1),
+        ]);
+        let actions = plan(ME, &jobs, &running, &set(&[]));
+        assert_eq!(
+            actions,
+            [
+                Action::Cancel(key("a", 1), CancelWhy::Gone),
+                Action::Cancel(key("b", 1), CancelWhy::BoundElsewhere),
+                Action::Cancel(key("c", 1), CancelWhy::Terminal),
+                Action::Cancel(key("d", 1), CancelWhy::Superseded),
+            ],
+            "attempt 2 of d waits until attempt 1 has stopped"
+        );
+        let actions = plan(ME, &jobs, &set(&[key("e", 1)]), &set(&[key("d", 1)]));
+        assert_eq!(actions, [Action::Start(key("d", 2))]);
+    }
+
+    #[test]
+    fn a_started_attempt_nobody_runs_is_lost() {
+        let mut j = job("a", JobPhase::Running, 1);
+        j.current_started = true;
+        let jobs = [j];
+        assert_eq!(
+            plan(ME, &jobs, &set(&[]), &set(&[])),
+            [Action::ReportLost(key("a", 1))]
+        );
+        assert!(plan(ME, &jobs, &set(&[key("a", 1)]), &set(&[])).is_empty());
+        assert!(plan(ME, &jobs, &set(&[]), &set(&[key("a", 1)])).is_empty());
+    }
+
+    #[test]
+    fn prunes_done_attempts_no_longer_current() {
+        let jobs = [
+            job("a", JobPhase::Starting, 2),
+            job("b", JobPhase::Running, 1),
+        ];
+        let mut done = set(&[key("a", 1), key("b", 1), key("gone", 1)]);
+        prune_done(&mut done, &jobs);
+        assert_eq!(done, set(&[key("b", 1)]));
+    }
+}

@@ -1,0 +1,183 @@
+//! Scale-in protection (the seed's technique): the instance is protected before an attempt
+//! starts and unprotected only after `idle_polls` consecutive idle heartbeats, so no
+//! scale-in from anywhere (a scheduled action, a console edit) can kill a busy instance.
+//! [`IdleTracker`] is the pure part; [`Protection`] makes the cloud calls.
+
+use crate::cloud::{CloudError, Fleet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Counts idle heartbeats and says when to unprotect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleTracker {
+    idle_polls: u32,
+    idle_count: u32,
+    protected: bool,
+}
+
+impl IdleTracker {
+    /// A tracker for an instance whose protection is unknown (treated as protected, so an
+    /// idle agent clears a protection left behind by an earlier run).
+    pub fn new(idle_polls: u32) -> Self {
+        Self {
+            idle_polls: idle_polls.max(1),
+            idle_count: 0,
+            protected: true,
+        }
+    }
+
+    /// Whether the instance was last set protected.
+    pub fn protected(&self) -> bool {
+        self.protected
+    }
+
+    /// An attempt is about to start: returns whether a `protect(true)` call is needed.
+    pub fn on_start(&mut self) -> bool {
+        self.idle_count = 0;
+        !self.protected
+    }
+
+    /// One heartbeat, `busy` when any attempt runs: returns whether to unprotect now.
+    pub fn on_heartbeat(&mut self, busy: bool) -> bool {
+        if busy {
+            self.idle_count = 0;
+            return false;
+        }
+        self.idle_count = self.idle_count.saturating_add(1);
+        self.protected && self.idle_count >= self.idle_polls
+    }
+
+    /// A tracker for an instance whose protection is known.
+    pub fn known(idle_polls: u32, protected: bool) -> Self {
+        Self {
+            protected,
+            ..Self::new(idle_polls)
+        }
+    }
+
+    /// Records that protection was set to `protected`.
+    pub fn set(&mut self, protected: bool) {
+        self.protected = protected;
+    }
+}
+
+/// An instance's protection through its [`Fleet`].
+pub struct Protection {
+    fleet: Arc<dyn Fleet>,
+    instance_id: String,
+    tracker: Mutex<IdleTracker>,
+}
+
+/// Tries of a protect call before giving up.
+const TRIES: u32 = 3;
+
+impl Protection {
+    /// Protection of `instance_id` in `fleet`.
+    pub fn new(fleet: Arc<dyn Fleet>, instance_id: String, idle_polls: u32) -> Self {
+        Self {
+            fleet,
+            instance_id,
+            tracker: Mutex::new(IdleTracker::new(idle_polls)),
+        }
+    }
+
+    /// Protection of `instance_id`, starting from what the fleet reports for it (treated as
+    /// protected when the fleet cannot be read or does not list the instance).
+    pub async fn observe(fleet: Arc<dyn Fleet>, instance_id: String, idle_polls: u32) -> Self {
+        let known = match fleet.describe().await {
+            Ok(state) => state
+                .instances
+                .iter()
+                .find(|i| i.instance_id == instance_id)
+                .map(|i| i.protected_from_scale_in),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the fleet; assuming the instance is protected");
+                None
+            }
+        };
+        let tracker = match known {
+            Some(protected) => IdleTracker::known(idle_polls, protected),
+            None => IdleTracker::new(idle_polls),
+        };
+        Self {
+            fleet,
+            instance_id,
+            tracker: Mutex::new(tracker),
+        }
+    }
+
+    /// What was last set.
+    pub async fn protected(&self) -> bool {
+        self.tracker.lock().await.protected()
+    }
+
+    async fn call(&self, protected: bool) -> Result<(), CloudError> {
+        let ids = [self.instance_id.clone()];
+        let mut delay = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.fleet.protect(&ids, protected).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && tries < TRIES => {
+                    tracing::warn!(error = %e, protected, "scale-in protection call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Protects the instance before an attempt starts (no call when already protected).
+    pub async fn before_start(&self) -> Result<(), CloudError> {
+        let mut tracker = self.tracker.lock().await;
+        if tracker.on_start() {
+            self.call(true).await?;
+            tracker.set(true);
+            tracing::info!(instance = %self.instance_id, "protected from scale-in");
+        }
+        Ok(())
+    }
+
+    /// One heartbeat: unprotects after enough idle ones. Returns what is now set.
+    pub async fn on_heartbeat(&self, busy: bool) -> bool {
+        let mut tracker = self.tracker.lock().await;
+        if tracker.on_heartbeat(busy) {
+            match self.call(false).await {
+                Ok(()) => {
+                    tracker.set(false);
+                    tracing::info!(instance = %self.instance_id, "unprotected from scale-in (idle)");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot remove scale-in protection"),
+            }
+        }
+        tracker.protected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unprotects_after_consecutive_idle_heartbeats_only() {
+        let mut t = IdleTracker::new(3);
+        assert!(!t.on_start(), "assumed protected at first");
+        assert!(!t.on_heartbeat(false));
+        assert!(!t.on_heartbeat(false));
+        assert!(!t.on_heartbeat(true), "busy resets the count");
+        assert!(!t.on_heartbeat(false));
+        assert!(!t.on_heartbeat(false));
+        assert!(t.on_heartbeat(false));
+        t.set(false);
+        assert!(!t.on_heartbeat(false), "nothing to do once unprotected");
+        assert!(t.on_start(), "protect before the next attempt");
+        t.set(true);
+        assert!(!t.on_start());
+        assert!(!t.on_heartbeat(false));
+        assert!(IdleTracker::known(3, false).on_start());
+        assert!(!IdleTracker::known(3, true).on_start());
+    }
+}

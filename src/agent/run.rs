@@ -1,0 +1,307 @@
+//! The agent loop: register the node, heartbeat, watch the jobs bound here, and start,
+//! cancel or report attempts as [`plan`](super::plan::plan) decides.
+
+use super::attempt::{self, AttemptContext, CancelReason};
+use super::config::AgentConfig;
+use super::error::AgentError;
+use super::executor::Executor;
+use super::node;
+use super::plan::{self, Action, AttemptKey, CancelWhy, JobView, NODE_LABEL};
+use super::protection::Protection;
+use crate::api::{BatchJob, BatchNode};
+use crate::cloud::Fleet;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::{Id, JoinSet};
+use tracing::Instrument;
+
+/// An attempt this agent runs (or reports) now.
+struct Running {
+    cancel: watch::Sender<bool>,
+    reason: CancelReason,
+}
+
+struct Agent {
+    ctx: Arc<AttemptContext>,
+    /// Number of attempts held, read by the heartbeat (idle or not).
+    busy: watch::Sender<usize>,
+    store: Store<DeserializeGuard<BatchJob>>,
+    /// uid and resourceVersion of malformed jobs already logged.
+    invalid_seen: HashSet<(String, String)>,
+    running: HashMap<AttemptKey, Running>,
+    done: HashSet<AttemptKey>,
+    tasks: JoinSet<AttemptKey>,
+    task_keys: HashMap<Id, AttemptKey>,
+}
+
+/// Runs a node agent until `shutdown` completes.
+///
+/// Registers the BatchNode `config.node_name` (server-side apply, field manager
+/// `asg-batch-agent`), heartbeats every `config.heartbeat_interval`, watches the BatchJobs
+/// labelled `asgbatch.io/node=<node>` in all namespaces and runs their current attempts
+/// with `executor`, reporting per `src/controller/PROTOCOL.md`. With a `fleet`, the
+/// instance is protected from scale-in while it holds an attempt.
+///
+/// On shutdown, running attempts are cancelled and reported (reason `Cancelled`) within
+/// `config.shutdown_grace`. Returns an error when the node cannot be registered or the
+/// watch ends.
+pub async fn run(
+    client: kube::Client,
+    config: AgentConfig,
+    executor: Arc<dyn Executor>,
+    fleet: Option<Arc<dyn Fleet>>,
+    shutdown: impl Future,
+) -> Result<(), AgentError> {
+    let span = tracing::info_span!("agent", node = %config.node_name);
+    run_inner(client, config, executor, fleet, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_inner(
+    client: kube::Client,
+    config: AgentConfig,
+    executor: Arc<dyn Executor>,
+    fleet: Option<Arc<dyn Fleet>>,
+    shutdown: impl Future,
+) -> Result<(), AgentError> {
+    let node_name = config.node_name.clone();
+    let protection = match fleet {
+        Some(f) => Some(Arc::new(
+            Protection::observe(f, config.instance_id.clone(), config.idle_polls).await,
+        )),
+        None => None,
+    };
+    let nodes: Api<BatchNode> = Api::all(client.clone());
+    let protected = match &protection {
+        Some(p) => Some(p.protected().await),
+        None => None,
+    };
+    node::register(&nodes, &config, protected)
+        .await
+        .map_err(|source| AgentError::Register {
+            node: node_name.clone(),
+            source,
+        })?;
+
+    // One malformed BatchJob must not break the watch: it is logged and skipped.
+    let jobs: Api<DeserializeGuard<BatchJob>> = Api::all(client.clone());
+    let (store, writer) = reflector::store();
+    let selector = format!("{NODE_LABEL}={node_name}");
+    let stream = reflector::reflector(
+        writer,
+        watcher(jobs, watcher::Config::default().labels(&selector)).default_backoff(),
+    );
+    let mut stream = std::pin::pin!(stream);
+    let grace = config.shutdown_grace;
+    let (busy_tx, busy_rx) = watch::channel(0usize);
+    let heartbeat = tokio::spawn(
+        node::heartbeat_loop(nodes.clone(), config.clone(), protection.clone(), busy_rx)
+            .in_current_span(),
+    );
+
+    let mut agent = Agent {
+        ctx: Arc::new(AttemptContext {
+            client,
+            config,
+            executor,
+            protection,
+        }),
+        busy: busy_tx,
+        store,
+        invalid_seen: HashSet::new(),
+        running: HashMap::new(),
+        done: HashSet::new(),
+        tasks: JoinSet::new(),
+        task_keys: HashMap::new(),
+    };
+    let mut ready = false;
+    let mut shutdown = std::pin::pin!(shutdown);
+    tracing::info!(node = %node_name, %selector, "agent running");
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            event = stream.next() => match event {
+                Some(Ok(event)) => {
+                    if matches!(event, watcher::Event::InitDone) {
+                        ready = true;
+                    }
+                    if ready && !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                        agent.reconcile();
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "BatchJob watch error; retrying"),
+                None => break Err(AgentError::WatchEnded { node: node_name.clone() }),
+            },
+            Some(joined) = agent.tasks.join_next_with_id() => {
+                agent.finished(joined);
+                if ready {
+                    agent.reconcile();
+                }
+            }
+        }
+    };
+    agent.stop(grace).await;
+    heartbeat.abort();
+    tracing::info!(node = %node_name, "agent stopped");
+    result
+}
+
+impl Agent {
+    fn node(&self) -> &str {
+        &self.ctx.config.node_name
+    }
+
+    /// Applies the plan to the current watch state.
+    fn reconcile(&mut self) {
+        let mut jobs: Vec<Arc<BatchJob>> = Vec::new();
+        let mut invalid_uids: HashSet<String> = HashSet::new();
+        for guarded in self.store.state() {
+            match &guarded.0 {
+                Ok(job) => jobs.push(Arc::new(job.clone())),
+                Err(invalid) => {
+                    let meta = &invalid.metadata;
+                    let uid = meta.uid.clone().unwrap_or_default();
+                    let seen = (
+                        uid.clone(),
+                        meta.resource_version.clone().unwrap_or_default(),
+                    );
+                    if self.invalid_seen.insert(seen) {
+                        tracing::warn!(
+                            namespace = ?meta.namespace, name = ?meta.name, error = %invalid.error,
+                            "malformed BatchJob bound to this node; skipped until it is fixed"
+                        );
+                    }
+                    invalid_uids.insert(uid);
+                }
+            }
+        }
+        self.invalid_seen
+            .retain(|(uid, _)| invalid_uids.contains(uid));
+        let views: Vec<JobView> = jobs.iter().filter_map(|j| JobView::of(j)).collect();
+        plan::prune_done(&mut self.done, &views);
+        // An attempt of a job that became unreadable keeps running: that is no reason to stop it.
+        let running: HashSet<AttemptKey> = self
+            .running
+            .keys()
+            .filter(|k| !invalid_uids.contains(&k.uid))
+            .cloned()
+            .collect();
+        for action in plan::plan(self.node(), &views, &running, &self.done) {
+            match action {
+                Action::Start(key) => {
+                    if let Some(job) = find(&jobs, &key) {
+                        self.start(key, job);
+                    }
+                }
+                Action::ReportLost(key) => {
+                    if let Some(job) = find(&jobs, &key) {
+                        let fut = attempt::report_lost(self.ctx.clone(), key.clone(), job);
+                        let running = Running {
+                            cancel: watch::channel(false).0,
+                            reason: Arc::new(Mutex::new(None)),
+                        };
+                        self.spawn(key, fut, running);
+                    }
+                }
+                Action::Cancel(key, why) => self.cancel(&key, why),
+            }
+        }
+    }
+
+    fn start(&mut self, key: AttemptKey, job: Arc<BatchJob>) {
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let reason: CancelReason = Arc::new(Mutex::new(None));
+        let fut = attempt::run(
+            self.ctx.clone(),
+            key.clone(),
+            job,
+            cancel_rx,
+            reason.clone(),
+        );
+        let running = Running {
+            cancel: cancel_tx,
+            reason,
+        };
+        self.spawn(key, fut, running);
+    }
+
+    fn spawn(
+        &mut self,
+        key: AttemptKey,
+        fut: impl Future<Output = AttemptKey> + Send + 'static,
+        running: Running,
+    ) {
+        let handle = self.tasks.spawn(fut.in_current_span());
+        self.task_keys.insert(handle.id(), key.clone());
+        self.running.insert(key, running);
+        self.busy.send_replace(self.running.len());
+    }
+
+    fn cancel(&mut self, key: &AttemptKey, why: CancelWhy) {
+        let Some(r) = self.running.get(key) else {
+            return;
+        };
+        if *r.cancel.borrow() {
+            return;
+        }
+        if let Ok(mut reason) = r.reason.lock() {
+            *reason = Some(why);
+        }
+        tracing::info!(attempt = %key, ?why, "cancelling attempt");
+        // send_replace: also marks entries nobody listens to (lost-attempt reports) as done.
+        r.cancel.send_replace(true);
+    }
+
+    fn finished(&mut self, joined: Result<(Id, AttemptKey), tokio::task::JoinError>) {
+        let key = match joined {
+            Ok((id, key)) => {
+                self.task_keys.remove(&id);
+                key
+            }
+            Err(e) => {
+                let Some(key) = self.task_keys.remove(&e.id()) else {
+                    return;
+                };
+                tracing::error!(attempt = %key, error = %e, "attempt task failed");
+                key
+            }
+        };
+        self.running.remove(&key);
+        self.busy.send_replace(self.running.len());
+        self.done.insert(key);
+    }
+
+    /// Cancels every attempt and waits up to `grace` for their reports.
+    async fn stop(&mut self, grace: std::time::Duration) {
+        let keys: Vec<AttemptKey> = self.running.keys().cloned().collect();
+        for key in &keys {
+            self.cancel(key, CancelWhy::Shutdown);
+        }
+        let drain = async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                self.finished(joined);
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "attempts did not report within the shutdown grace"
+            );
+        }
+        self.tasks.abort_all();
+    }
+}
+
+fn find(jobs: &[Arc<BatchJob>], key: &AttemptKey) -> Option<Arc<BatchJob>> {
+    jobs.iter()
+        .find(|j| j.metadata.uid.as_deref() == Some(key.uid.as_str()))
+        .cloned()
+}

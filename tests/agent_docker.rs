@@ -1,0 +1,109 @@
+//! The node agent with the container executor on Podman's Docker API: a job's container
+//! runs with AWS Batch's variables, its exit code and output are reported, and deleting a
+//! running job removes its container.
+
+mod support;
+
+use asg_batch::agent::executor::docker::DockerExecutor;
+use asg_batch::api::BatchJob;
+use asg_batch::api::common::{ContainerSpec, JobTemplate, Resources};
+use kube::api::{Api, DeleteParams};
+use std::sync::Arc;
+use support::agent::*;
+use support::podman::{PodmanService, TEST_IMAGE, podman_available};
+
+const NODE: &str = "i-0docker";
+
+fn container_job(name: &str, script: &str) -> BatchJob {
+    let mut job = process_job(name, "unused");
+    job.spec.template = JobTemplate {
+        container: Some(ContainerSpec {
+            image: TEST_IMAGE.into(),
+            command: vec!["sh".into(), "-c".into()],
+            args: vec![script.into()],
+            env: vec![],
+            working_dir: None,
+        }),
+        resources: Some(Resources {
+            cpu: "500m".into(),
+            memory: "64Mi".into(),
+            gpu: 0,
+        }),
+        ..Default::default()
+    };
+    job
+}
+
+async fn container_exists(docker: &bollard::Docker, name: &str) -> bool {
+    docker.inspect_container(name, None).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_containers_and_removes_cancelled_ones() {
+    assert!(podman_available(), "podman is required (make test-deps)");
+    let podman = PodmanService::start();
+    let docker = podman.docker().await;
+    let executor = DockerExecutor::connect(&podman.socket.display().to_string())
+        .await
+        .expect("connect")
+        .with_network_mode("none");
+    let s = server_with_crds().await;
+    let client = s.client();
+    let config = config(NODE, "ce-docker")
+        .with_executor(asg_batch::api::compute_environment::Executor::Docker);
+    let agent = TestAgent::start(client.clone(), config, Arc::new(executor), None);
+
+    // Unique names: the Podman store is shared with other tests.
+    let tag = std::process::id();
+    let done = format!("ctr-exit-{tag}");
+    let long = format!("ctr-long-{tag}");
+    create_job(
+        &client,
+        "default",
+        &container_job(
+            &done,
+            "echo hello from attempt $AWS_BATCH_JOB_ATTEMPT in $AWS_BATCH_CE_NAME; exit 3",
+        ),
+    )
+    .await;
+    create_job(&client, "default", &container_job(&long, "sleep 300")).await;
+    bind(&client, "default", &done, NODE, 1).await;
+    bind(&client, "default", &long, NODE, 1).await;
+
+    let job = eventually(
+        "the container job's report",
+        || get_job(&client, "default", &done),
+        |j| attempt(j, 1).is_some_and(|a| a.stopped_at.is_some()),
+    )
+    .await;
+    let a1 = attempt(&job, 1).expect("attempt");
+    assert!(a1.started_at.is_some(), "{a1:?}");
+    assert_eq!(
+        (a1.exit_code, a1.reason.as_deref()),
+        (Some(3), Some("Error"))
+    );
+    assert_eq!(
+        a1.log_tail.as_deref().map(str::trim),
+        Some("hello from attempt 1 in ce-docker")
+    );
+
+    let container = format!("asgb-default-{long}-1");
+    eventually(
+        "the long job to start",
+        || get_job(&client, "default", &long),
+        |j| attempt(j, 1).is_some_and(|a| a.started_at.is_some()),
+    )
+    .await;
+    assert!(container_exists(&docker, &container).await);
+    Api::<BatchJob>::namespaced(client.clone(), "default")
+        .delete(&long, &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the cancelled job's container to be removed",
+        || container_exists(&docker, &container),
+        |exists| !exists,
+    )
+    .await;
+    agent.stop().await.expect("clean stop");
+}
