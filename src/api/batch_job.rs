@@ -173,7 +173,7 @@ pub struct AttemptStatus {
     /// Exit code, when it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Why it ended: `Completed`, `Error`, `OutOfMemory`, `Timeout`, `NodeLost`, `Cancelled`, `ImagePullFailed`.
+    /// Why it ended: `Completed`, `Error`, `OutOfMemory`, `Timeout`, `NodeLost`, `Cancelled`, `ImagePullFailed`, `StartFailed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Detail of the reason (AWS Batch's `statusReason`).
