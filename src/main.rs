@@ -33,8 +33,8 @@ enum Command {
     },
     /// Run the controller.
     Controller,
-    /// Run a node agent.
-    Agent,
+    /// Run a node agent on a worker instance.
+    Agent(asg_batch::agent::cli::AgentArgs),
     /// Run the embedded default: API server, controller and a local fleet.
     Dev,
     /// Replay a workload through the scheduler and a simulated fleet; print cost and
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             allow_remote,
         } => run_apiserver(listen, kubeconfig, data_dir, allow_remote),
         Command::Controller => not_built("controller", "controller issue"),
-        Command::Agent => not_built("agent", "node agent issue"),
+        Command::Agent(args) => run_async("agent", asg_batch::agent::cli::main(args)),
         Command::Dev => not_built("dev", "embedded default issue"),
         Command::Simulate {
             workload,
@@ -87,12 +87,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_apiserver(
-    listen: std::net::SocketAddr,
-    kubeconfig: std::path::PathBuf,
-    data_dir: Option<std::path::PathBuf>,
-    allow_remote: bool,
-) -> ExitCode {
+/// Installs the log subscriber (RUST_LOG, default info) on stderr.
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -101,6 +97,37 @@ fn run_apiserver(
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Runs a long-lived subcommand on a multi-threaded runtime; exit 1 with its error.
+fn run_async<E: std::fmt::Display>(
+    what: &str,
+    main: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    init_tracing();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("asg-batch {what}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("asg-batch {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_apiserver(
+    listen: std::net::SocketAddr,
+    kubeconfig: std::path::PathBuf,
+    data_dir: Option<std::path::PathBuf>,
+    allow_remote: bool,
+) -> ExitCode {
+    init_tracing();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

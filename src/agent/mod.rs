@@ -28,6 +28,7 @@
 //!   as set when unknown), so an idle agent also clears a protection left by an earlier run.
 
 pub mod attempt;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod executor;

@@ -1,0 +1,252 @@
+//! `asg-batch agent`: command-line flags into an [`AgentConfig`], an executor and (for an
+//! `aws` compute environment) the fleet used for scale-in protection, then [`super::run`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Api;
+
+use super::config::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_POLLS};
+use super::executor::Executor;
+use super::executor::docker::DockerExecutor;
+use super::executor::process::ProcessExecutor;
+use super::identity::{IMDS_ENDPOINT, ImdsOptions};
+use super::{AgentConfig, AgentError};
+use crate::api::common::Resources;
+use crate::api::compute_environment::{ComputeEnvironment, Executor as ExecutorKind};
+use crate::api::quantity::Quantity;
+use crate::cloud::Fleet;
+use crate::cloud::aws::AwsFleet;
+
+/// Flags of `asg-batch agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// ComputeEnvironment this instance belongs to.
+    #[arg(long)]
+    pub compute_environment: String,
+    /// Instance id; read from EC2 instance metadata (IMDSv2) when omitted.
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    /// Instance type; read from instance metadata with the instance id when omitted.
+    #[arg(long)]
+    pub instance_type: Option<String>,
+    /// BatchNode name (default: the instance id, lower-cased).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Resources offered to jobs, e.g. `cpu=4,memory=8Gi,gpu=1` (default: the compute
+    /// environment's instance shape, or its instance type's size).
+    #[arg(long, value_parser = parse_capacity)]
+    pub capacity: Option<Resources>,
+    /// How jobs run (default: the compute environment's `local.executor`, else docker).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
+    /// Docker Engine API socket (Docker or Podman).
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    pub docker_socket: String,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_INTERVAL.as_secs())]
+    pub heartbeat_interval: u64,
+    /// Idle heartbeats before the instance's scale-in protection is lifted.
+    #[arg(long, default_value_t = DEFAULT_IDLE_POLLS)]
+    pub idle_polls: u32,
+    /// Instance metadata endpoint.
+    #[arg(long, default_value = IMDS_ENDPOINT)]
+    pub imds_endpoint: String,
+}
+
+/// `--executor` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorArg {
+    /// Containers through the Docker Engine API.
+    Docker,
+    /// Processes on the instance.
+    Process,
+}
+
+/// Parses `cpu=4,memory=8Gi[,gpu=1]`.
+pub fn parse_capacity(s: &str) -> Result<Resources, String> {
+    let mut cpu = None;
+    let mut memory = None;
+    let mut gpu = 0;
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}`: expected key=value (cpu=4,memory=8Gi,gpu=1)"))?;
+        match key.trim() {
+            "cpu" => {
+                let q = Quantity::new(value.trim());
+                q.millicores().map_err(|e| format!("cpu: {e}"))?;
+                cpu = Some(q);
+            }
+            "memory" => {
+                let q = Quantity::new(value.trim());
+                q.bytes().map_err(|e| format!("memory: {e}"))?;
+                memory = Some(q);
+            }
+            "gpu" => {
+                gpu = value
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("gpu `{value}`: {e}"))?;
+            }
+            other => return Err(format!("unknown resource `{other}` (cpu, memory, gpu)")),
+        }
+    }
+    match (cpu, memory) {
+        (Some(cpu), Some(memory)) => Ok(Resources { cpu, memory, gpu }),
+        _ => Err("both cpu and memory are needed, e.g. cpu=4,memory=8Gi".into()),
+    }
+}
+
+/// Why `asg-batch agent` could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentCliError {
+    /// No kubeconfig or in-cluster configuration.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Identity lookup failed.
+    #[error(transparent)]
+    Identity(#[from] super::identity::IdentityError),
+    /// The compute environment could not be read.
+    #[error("compute environment {name}: {message}")]
+    ComputeEnvironment {
+        /// Its name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The Docker socket could not be used.
+    #[error(transparent)]
+    Docker(#[from] super::executor::docker::ConnectError),
+    /// The agent loop failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
+    let client = kube::Client::try_default().await?;
+    let identity = super::identity::resolve(
+        args.instance_id.clone(),
+        args.instance_type.clone(),
+        &ImdsOptions {
+            endpoint: args.imds_endpoint.clone(),
+            ..ImdsOptions::default()
+        },
+    )
+    .await?;
+    let ce_error = |message: String| AgentCliError::ComputeEnvironment {
+        name: args.compute_environment.clone(),
+        message,
+    };
+    let ce = Api::<ComputeEnvironment>::all(client.clone())
+        .get_opt(&args.compute_environment)
+        .await?
+        .ok_or_else(|| ce_error("not found".into()))?;
+
+    let fleet: Option<Arc<dyn Fleet>> = match &ce.spec.aws {
+        Some(aws) => Some(Arc::new(
+            AwsFleet::from_env(aws.auto_scaling_group_name.clone(), aws.region.clone()).await,
+        )),
+        None => None,
+    };
+    let capacity = match (&args.capacity, &ce.spec.instance_shape) {
+        (Some(c), _) => c.clone(),
+        (None, Some(shape)) => shape.resources.clone(),
+        (None, None) => {
+            let (Some(fleet), Some(t)) = (&fleet, &identity.instance_type) else {
+                return Err(ce_error(
+                    "has no instanceShape and the instance type is unknown: pass --capacity".into(),
+                ));
+            };
+            let info = fleet
+                .instance_type_info(t)
+                .await
+                .map_err(|e| ce_error(format!("looking up instance type {t}: {e}")))?;
+            Resources {
+                cpu: Quantity::new(crate::api::quantity::format_millicores(info.cpu_millis)),
+                memory: Quantity::new(crate::api::quantity::format_bytes(info.memory_bytes)),
+                gpu: info.gpus,
+            }
+        }
+    };
+    let kind = match args.executor {
+        Some(ExecutorArg::Docker) => ExecutorKind::Docker,
+        Some(ExecutorArg::Process) => ExecutorKind::Process,
+        None => ce
+            .spec
+            .local
+            .as_ref()
+            .map_or(ExecutorKind::Docker, |l| l.executor),
+    };
+    let executor: Arc<dyn Executor> = match kind {
+        ExecutorKind::Docker => Arc::new(DockerExecutor::connect(&args.docker_socket).await?),
+        ExecutorKind::Process => Arc::new(ProcessExecutor),
+    };
+    let mut config = AgentConfig::new(
+        identity.instance_id,
+        args.compute_environment.clone(),
+        capacity,
+    )
+    .with_instance_type(identity.instance_type)
+    .with_executor(kind)
+    .with_heartbeat_interval(Duration::from_secs(args.heartbeat_interval.max(1)))
+    .with_idle_polls(args.idle_polls);
+    if let Some(name) = args.node_name {
+        config = config.with_node_name(name);
+    }
+    super::run(client, config, executor, fleet, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_flag() {
+        let r = parse_capacity("cpu=4,memory=8Gi,gpu=1").expect("valid");
+        assert_eq!(r.cpu.millicores().expect("cpu"), 4000);
+        assert_eq!(r.memory.bytes().expect("memory"), 8 << 30);
+        assert_eq!(r.gpu, 1);
+        assert_eq!(
+            parse_capacity(" cpu=500m , memory=512Mi ")
+                .expect("valid")
+                .gpu,
+            0
+        );
+        for (bad, says) in [
+            ("cpu=4", "both cpu and memory"),
+            ("cpu=x,memory=1Gi", "cpu:"),
+            ("cpu=1,memory=1Gi,disk=3", "unknown resource `disk`"),
+            ("cpu", "expected key=value"),
+            ("cpu=1,memory=1Gi,gpu=-1", "gpu `-1`"),
+        ] {
+            let e = parse_capacity(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
