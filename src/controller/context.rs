@@ -1,0 +1,4 @@
+//! Context (stub).
+pub struct ControllerConfig;
+pub trait FleetProvider {}
+pub struct StaticFleets;

@@ -1,0 +1,1 @@
+//! PURE decisions (stub).

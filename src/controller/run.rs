@@ -1,0 +1,2 @@
+//! Run (stub).
+pub async fn run() {}
