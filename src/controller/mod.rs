@@ -13,11 +13,10 @@ pub mod decide;
 pub mod error;
 pub mod run;
 pub mod snapshot;
+pub mod status;
 pub mod time;
 
-pub use context::{ControllerConfig, FleetProvider, StaticFleets};
 pub use error::ControllerError;
-pub use run::run;
 
 /// Field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "asg-batch-controller";

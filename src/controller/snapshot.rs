@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 
 use crate::api::batch_job::{BatchJob, JobPhase};
 use crate::api::batch_node::{BatchNode, NodePhase as ApiNodePhase};
+use crate::api::common::Resources as ApiResources;
 use crate::api::common::{DependencyType as ApiDependencyType, JobTemplate, State as ApiState};
 use crate::api::compute_environment::ComputeEnvironment as ApiComputeEnvironment;
 use crate::api::job_definition::JobDefinition;
 use crate::api::job_queue::JobQueue as ApiJobQueue;
-use crate::api::common::Resources as ApiResources;
 use crate::scheduler::{
     ArrayChild, Attempt, ComputeEnvironment, Dependency, DependencyType, FairSharePolicy, Job,
     JobId, JobQueue, Node, NodePhase, Phase, Resources, Seconds, Snapshot, State,
@@ -81,7 +81,10 @@ pub fn index_definitions<'a>(definitions: &[&'a JobDefinition]) -> Definitions<'
         .iter()
         .filter_map(|d| {
             Some((
-                (d.metadata.namespace.as_deref()?, d.metadata.name.as_deref()?),
+                (
+                    d.metadata.namespace.as_deref()?,
+                    d.metadata.name.as_deref()?,
+                ),
                 *d,
             ))
         })
@@ -89,7 +92,10 @@ pub fn index_definitions<'a>(definitions: &[&'a JobDefinition]) -> Definitions<'
 }
 
 /// The job's template: its definition's, overlaid with the job's own fields.
-pub fn effective_template(job: &BatchJob, definitions: &Definitions<'_>) -> Result<JobTemplate, String> {
+pub fn effective_template(
+    job: &BatchJob,
+    definitions: &Definitions<'_>,
+) -> Result<JobTemplate, String> {
     let Some(r) = &job.spec.definition_ref else {
         return Ok(job.spec.template.clone());
     };
@@ -111,7 +117,10 @@ pub fn resources(r: &ApiResources) -> Result<Resources, String> {
 pub fn job_resources(template: &JobTemplate) -> Result<Resources, String> {
     match &template.resources {
         Some(r) => resources(r).map_err(|e| format!("resources.{e}")),
-        None => Err("no resources: set resources.cpu and resources.memory in the job or its job definition".into()),
+        None => Err(
+            "no resources: set resources.cpu and resources.memory in the job or its job definition"
+                .into(),
+        ),
     }
 }
 
@@ -256,8 +265,7 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
         let ns = job.metadata.namespace.as_deref().unwrap_or_default();
         let st = job.status.as_ref();
         let p = phase(st.and_then(|s| s.phase));
-        let needs =
-            effective_template(job, &definitions).and_then(|t| job_resources(&t));
+        let needs = effective_template(job, &definitions).and_then(|t| job_resources(&t));
         let needs = match needs {
             Ok(r) => r,
             Err(e) => {
@@ -514,7 +522,7 @@ pub(crate) mod fixtures {
 
     pub fn node(name: &str, ce: &str, cpu: &str, memory: &str, heartbeat: u64) -> BatchNode {
         BatchNode {
-            metadata: meta(None, name, 0),
+            metadata: meta(None, name, heartbeat),
             spec: BatchNodeSpec {
                 instance_id: name.into(),
                 instance_type: None,
@@ -536,8 +544,8 @@ mod tests {
     use super::*;
     use crate::api::batch_job::{AttemptStatus, BatchJobStatus};
     use crate::api::batch_node::BatchNodeStatus;
-    use crate::scheduler::resources::GIB;
     use crate::controller::time::time;
+    use crate::scheduler::resources::GIB;
 
     struct World {
         ces: Vec<ApiComputeEnvironment>,
@@ -581,7 +589,10 @@ mod tests {
         assert_eq!(b.snapshot.queues["q"].compute_environments, ["ce"]);
         let ce = &b.snapshot.compute_environments["ce"];
         assert_eq!(ce.shape, Resources::new(4000, 16 * GIB, 0));
-        assert_eq!((ce.max_instances, ce.booting, ce.scale_in_after_idle_seconds), (10, 2, 300));
+        assert_eq!(
+            (ce.max_instances, ce.booting, ce.scale_in_after_idle_seconds),
+            (10, 2, 300)
+        );
         let j = &b.snapshot.jobs[&id("a")];
         assert_eq!(j.resources, Resources::new(500, GIB, 0));
         assert_eq!(j.phase, Phase::Submitted);
@@ -598,9 +609,15 @@ mod tests {
         ]);
         w.defs.push(definition("etl", "2", "6Gi"));
         let b = w.build();
-        assert_eq!(b.snapshot.jobs[&id("uses")].resources, Resources::new(2000, 6 * GIB, 0));
+        assert_eq!(
+            b.snapshot.jobs[&id("uses")].resources,
+            Resources::new(2000, 6 * GIB, 0)
+        );
         assert!(!b.snapshot.jobs.contains_key(&id("orphan")));
-        assert_eq!(b.invalid_jobs[&id("orphan")], "job definition default/nope not found");
+        assert_eq!(
+            b.invalid_jobs[&id("orphan")],
+            "job definition default/nope not found"
+        );
     }
 
     #[test]
@@ -610,7 +627,11 @@ mod tests {
         none.spec.template.resources = None;
         bad.spec.queue = "q".into();
         let b = World::new(vec![bad, none]).build();
-        assert!(b.invalid_jobs[&id("bad")].starts_with("resources.cpu: invalid quantity \"lots\""), "{:?}", b.invalid_jobs);
+        assert!(
+            b.invalid_jobs[&id("bad")].starts_with("resources.cpu: invalid quantity \"lots\""),
+            "{:?}",
+            b.invalid_jobs
+        );
         assert!(b.invalid_jobs[&id("none")].starts_with("no resources"));
         assert!(b.snapshot.jobs.is_empty());
     }
@@ -624,7 +645,10 @@ mod tests {
         assert!(!b.snapshot.jobs.contains_key(&id("arr")));
         assert_eq!(
             b.snapshot.jobs[&id("arr-1")].array,
-            Some(ArrayChild { parent: id("arr"), index: 1 })
+            Some(ArrayChild {
+                parent: id("arr"),
+                index: 1
+            })
         );
     }
 
@@ -632,13 +656,23 @@ mod tests {
     fn dependencies_name_jobs_in_the_same_namespace_and_finished_jobs_stay() {
         let done = with_status(
             job("extract", "1", "1Gi", 0),
-            BatchJobStatus { phase: Some(JobPhase::Succeeded), ..Default::default() },
+            BatchJobStatus {
+                phase: Some(JobPhase::Succeeded),
+                ..Default::default()
+            },
         );
-        let b = World::new(vec![done, depends_on(job("load", "1", "1Gi", 0), "extract")]).build();
+        let b = World::new(vec![
+            done,
+            depends_on(job("load", "1", "1Gi", 0), "extract"),
+        ])
+        .build();
         assert_eq!(b.snapshot.jobs[&id("extract")].phase, Phase::Succeeded);
         assert_eq!(
             b.snapshot.jobs[&id("load")].depends_on,
-            [Dependency { job: id("extract"), kind: DependencyType::Standard }]
+            [Dependency {
+                job: id("extract"),
+                kind: DependencyType::Standard
+            }]
         );
     }
 
@@ -679,11 +713,23 @@ mod tests {
         let b = w.build();
         let n1 = &b.snapshot.nodes["n1"];
         assert_eq!(n1.allocated, Resources::new(1500, 2 * GIB, 0));
-        assert_eq!((n1.jobs, n1.idle_since, n1.phase), (1, None, NodePhase::Ready));
+        assert_eq!(
+            (n1.jobs, n1.idle_since, n1.phase),
+            (1, None, NodePhase::Ready)
+        );
         let n2 = &b.snapshot.nodes["n2"];
-        assert_eq!((n2.jobs, n2.idle_since, n2.phase), (0, Some(500), NodePhase::Draining));
+        assert_eq!(
+            (n2.jobs, n2.idle_since, n2.phase),
+            (0, Some(500), NodePhase::Draining)
+        );
         assert_eq!(b.snapshot.jobs[&id("r")].node.as_deref(), Some("n1"));
-        assert_eq!(b.snapshot.jobs[&id("r")].attempts, [Attempt { started_at: 900, stopped_at: None }]);
+        assert_eq!(
+            b.snapshot.jobs[&id("r")].attempts,
+            [Attempt {
+                started_at: 900,
+                stopped_at: None
+            }]
+        );
         assert_eq!(b.snapshot.jobs[&id("f")].node, None);
     }
 
@@ -719,7 +765,10 @@ mod tests {
             ..Inputs::default()
         };
         let b = build(&inputs);
-        assert_eq!(b.snapshot.compute_environments["aws"].shape, Resources::new(4000, 8 * GIB, 0));
+        assert_eq!(
+            b.snapshot.compute_environments["aws"].shape,
+            Resources::new(4000, 8 * GIB, 0)
+        );
         assert!(b.invalid_compute_environments["unknown"].starts_with("instance shape unknown"));
         let _ = BatchNodeStatus::default();
     }
