@@ -16,7 +16,9 @@ pub mod snapshot;
 pub mod status;
 pub mod time;
 
+pub use context::{AwsFleets, ControllerConfig, FleetProvider, StaticFleets};
 pub use error::ControllerError;
+pub use run::run;
 
 /// Field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "asg-batch-controller";

@@ -1,2 +1,505 @@
-//! Run (stub).
-pub async fn run() {}
+//! The controller loop: watch the five kinds into reflector stores, and on any change
+//! (debounced) or every `resync` run one pass: observe → [`decide`] → apply.
+//!
+//! Writes: server-side apply with field manager [`FIELD_MANAGER`] for every status the
+//! controller owns (the whole owned set each time; BatchJob status applies carry the
+//! observed `resourceVersion` as a precondition, so a decision made on a stale cache is
+//! refused with 409 and made again on the next pass); JSON merge patches with a
+//! `resourceVersion` precondition for the node label; creates for array children;
+//! fleet calls (terminations before the desired capacity); Events.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::api::{
+    BatchJob, BatchNode, ComputeEnvironment, GROUP, JobDefinition, JobQueue, VERSION,
+};
+use crate::cloud::{CloudError, Fleet};
+use crate::scheduler::Resources;
+
+use super::context::{Context, ControllerConfig, FleetProvider};
+use super::decide::{DecideConfig, Decisions, FleetAction, LabelChange, Observed, decide};
+use super::error::ControllerError;
+use super::{FIELD_MANAGER, LABEL_NODE, reasons, time};
+
+/// The reflector stores of the five kinds.
+#[derive(Clone)]
+struct Stores {
+    compute_environments: Store<ComputeEnvironment>,
+    queues: Store<JobQueue>,
+    definitions: Store<JobDefinition>,
+    jobs: Store<BatchJob>,
+    nodes: Store<BatchNode>,
+}
+
+impl Stores {
+    async fn ready(&self) -> Result<(), ControllerError> {
+        let e = |k| move |_| ControllerError::StoreNotReady(k);
+        self.compute_environments
+            .wait_until_ready()
+            .await
+            .map_err(e("ComputeEnvironment"))?;
+        self.queues
+            .wait_until_ready()
+            .await
+            .map_err(e("JobQueue"))?;
+        self.definitions
+            .wait_until_ready()
+            .await
+            .map_err(e("JobDefinition"))?;
+        self.jobs.wait_until_ready().await.map_err(e("BatchJob"))?;
+        self.nodes
+            .wait_until_ready()
+            .await
+            .map_err(e("BatchNode"))?;
+        Ok(())
+    }
+}
+
+/// Watches one kind into a store; the stream yields `()` per change.
+fn watch<K>(client: &kube::Client) -> (Store<K>, BoxStream<'static, Result<(), watcher::Error>>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let api: Api<K> = Api::all(client.clone());
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .map_ok(|_| ())
+        .boxed();
+    (store, stream)
+}
+
+/// Runs the controller until `shutdown` completes (or a watch cannot start).
+///
+/// `fleets` gives the fleet of each `aws` compute environment
+/// ([`super::context::AwsFleets`] in production, [`super::StaticFleets`] in tests).
+pub async fn run(
+    client: kube::Client,
+    config: ControllerConfig,
+    fleets: Arc<dyn FleetProvider>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControllerError> {
+    let ctx = Arc::new(Context::new(client.clone(), config, fleets));
+    let (ces, s1) = watch::<ComputeEnvironment>(&client);
+    let (queues, s2) = watch::<JobQueue>(&client);
+    let (definitions, s3) = watch::<JobDefinition>(&client);
+    let (jobs, s4) = watch::<BatchJob>(&client);
+    let (nodes, s5) = watch::<BatchNode>(&client);
+    let stores = Stores {
+        compute_environments: ces,
+        queues,
+        definitions,
+        jobs,
+        nodes,
+    };
+    let changed = Arc::new(Notify::new());
+    let mut merged = futures::stream::select_all([s1, s2, s3, s4, s5]);
+    let notify = changed.clone();
+    let driver = tokio::spawn(async move {
+        while let Some(item) = merged.next().await {
+            match item {
+                Ok(()) => notify.notify_one(),
+                Err(e) => warn!(error = %e, "watch error (retrying with backoff)"),
+            }
+        }
+    });
+
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        r = async {
+            stores.ready().await?;
+            info!("caches synced; controller running");
+            let mut n: u64 = 0;
+            loop {
+                n += 1;
+                let started = Instant::now();
+                let span = info_span!("pass", n);
+                match pass(&ctx, &stores).instrument(span).await {
+                    Ok(summary) => debug!(n, ?summary, elapsed_ms = started.elapsed().as_millis() as u64, "pass done"),
+                    Err(e) => warn!(n, error = %e, kind = e.metric_label(), "pass failed"),
+                }
+                tokio::select! {
+                    () = changed.notified() => tokio::time::sleep(ctx.config.debounce).await,
+                    () = tokio::time::sleep(ctx.config.resync) => {}
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), ControllerError>(())
+        } => r,
+    };
+    driver.abort();
+    info!("controller stopped");
+    result
+}
+
+/// Counts of what one pass did (for the log).
+#[derive(Debug, Default)]
+#[allow(dead_code)]
+struct Summary {
+    jobs: usize,
+    children: usize,
+    nodes: usize,
+    fleet: usize,
+    conflicts: usize,
+    failures: usize,
+}
+
+fn cloud_error(ce: &str, e: CloudError) -> ControllerError {
+    ControllerError::Fleet {
+        compute_environment: ce.to_owned(),
+        source: e,
+    }
+}
+
+async fn with_timeout<T>(
+    ctx: &Context,
+    operation: &'static str,
+    f: impl Future<Output = Result<T, CloudError>>,
+) -> Result<T, CloudError> {
+    match tokio::time::timeout(ctx.config.fleet_timeout, f).await {
+        Ok(r) => r,
+        Err(_) => Err(CloudError::Transport {
+            operation,
+            message: format!("no answer within {:?}", ctx.config.fleet_timeout),
+        }),
+    }
+}
+
+/// Observe the fleets: describe each `aws` environment's group, look up shapes.
+async fn observe_fleets(
+    ctx: &Context,
+    ces: &[Arc<ComputeEnvironment>],
+    observed: &mut Observed,
+) -> BTreeMap<String, Arc<dyn Fleet>> {
+    let mut handles = BTreeMap::new();
+    for ce in ces {
+        let (Some(name), Some(aws)) = (ce.metadata.name.as_deref(), ce.spec.aws.as_ref()) else {
+            continue;
+        };
+        let Some(fleet) = ctx.fleets.fleet(name, aws).await else {
+            continue;
+        };
+        match with_timeout(ctx, "DescribeAutoScalingGroups", fleet.describe()).await {
+            Ok(state) => {
+                if ce.spec.instance_shape.is_none() {
+                    match state.instance_type.as_deref() {
+                        Some(t) => match shape(ctx, fleet.as_ref(), t).await {
+                            Ok(r) => {
+                                observed.shapes.insert(name.to_owned(), r);
+                            }
+                            Err(e) => {
+                                observed.fleet_errors.insert(name.to_owned(), e.to_string());
+                            }
+                        },
+                        None => {
+                            observed.fleet_errors.insert(
+                                name.to_owned(),
+                                "the Auto Scaling Group reports no instance type: set spec.instanceShape".into(),
+                            );
+                        }
+                    }
+                }
+                observed.fleets.insert(name.to_owned(), state);
+            }
+            Err(e) => {
+                warn!(compute_environment = name, error = %e, "describe fleet failed");
+                observed.fleet_errors.insert(name.to_owned(), e.to_string());
+            }
+        }
+        handles.insert(name.to_owned(), fleet);
+    }
+    handles
+}
+
+async fn shape(
+    ctx: &Context,
+    fleet: &dyn Fleet,
+    instance_type: &str,
+) -> Result<Resources, CloudError> {
+    if let Some(r) = ctx.shapes.lock().await.get(instance_type) {
+        return Ok(*r);
+    }
+    let info = with_timeout(
+        ctx,
+        "DescribeInstanceTypes",
+        fleet.instance_type_info(instance_type),
+    )
+    .await?;
+    let r = Resources::new(info.cpu_millis, info.memory_bytes, info.gpus);
+    ctx.shapes.lock().await.insert(instance_type.to_owned(), r);
+    Ok(r)
+}
+
+/// One pass: observe, decide, apply.
+async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError> {
+    let now = time::now();
+    let mut observed = Observed {
+        compute_environments: stores.compute_environments.state(),
+        queues: stores.queues.state(),
+        definitions: stores.definitions.state(),
+        jobs: stores.jobs.state(),
+        nodes: stores.nodes.state(),
+        ..Observed::default()
+    };
+    let ces = observed.compute_environments.clone();
+    let fleets = observe_fleets(ctx, &ces, &mut observed).await;
+    for (ce, e) in ctx.fleet_errors.lock().await.iter() {
+        observed
+            .fleet_errors
+            .entry(ce.clone())
+            .or_insert_with(|| e.clone());
+    }
+    let config = DecideConfig {
+        lost_node_timeout: ctx.config.lost_node_timeout.as_secs(),
+    };
+    let decisions = decide(&observed, &config, now);
+    Ok(apply(ctx, decisions, &fleets).await)
+}
+
+fn status_body(
+    kind: &str,
+    status: impl serde::Serialize,
+    resource_version: Option<&str>,
+) -> serde_json::Value {
+    let mut body = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": kind,
+        "status": status,
+    });
+    if let Some(rv) = resource_version {
+        body["metadata"] = json!({ "resourceVersion": rv });
+    }
+    body
+}
+
+fn ssa() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Applies the decisions; one failed write never stops the others.
+async fn apply(ctx: &Context, d: Decisions, fleets: &BTreeMap<String, Arc<dyn Fleet>>) -> Summary {
+    let client = &ctx.client;
+    let mut s = Summary::default();
+    let record = |r: Result<(), ControllerError>, what: &str, s: &mut Summary| match r {
+        Ok(()) => {}
+        Err(e) if e.is_conflict() => {
+            s.conflicts += 1;
+            debug!(what, "conflict: decided again on the next pass");
+        }
+        Err(e) => {
+            s.failures += 1;
+            warn!(what, error = %e, "write failed");
+        }
+    };
+
+    for c in &d.children {
+        let ns = c.job.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        let r = match api.create(&pp, &c.job).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        s.children += 1;
+        record(r, "create array child", &mut s);
+    }
+
+    for u in &d.jobs {
+        let api: Api<BatchJob> = Api::namespaced(client.clone(), &u.namespace);
+        let r = async {
+            let mut rv = u.resource_version.clone();
+            if let Some(label) = &u.label {
+                let value = match label {
+                    LabelChange::Set(n) => json!(n),
+                    LabelChange::Remove => serde_json::Value::Null,
+                };
+                let patch = json!({"metadata": {
+                    "resourceVersion": rv,
+                    "labels": { LABEL_NODE: value },
+                }});
+                let pp = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                let out = api.patch(&u.name, &pp, &Patch::Merge(&patch)).await?;
+                rv = out.metadata.resource_version;
+            }
+            if let Some(status) = &u.status {
+                let body = status_body("BatchJob", status, rv.as_deref());
+                api.patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+                    .await?;
+            }
+            Ok::<(), ControllerError>(())
+        }
+        .await;
+        s.jobs += 1;
+        record(r, "job", &mut s);
+    }
+
+    let nodes: Api<BatchNode> = Api::all(client.clone());
+    for u in &d.nodes {
+        let body = status_body("BatchNode", &u.status, None);
+        let r = nodes
+            .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(ControllerError::from);
+        s.nodes += 1;
+        record(r, "node status", &mut s);
+    }
+
+    // Fleet calls: terminations first, then desired capacity.
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut succeeded: Vec<String> = Vec::new();
+    for a in &d.fleet {
+        let (ce, result) = match a {
+            FleetAction::Terminate {
+                compute_environment,
+                node,
+                instance_id,
+            } => {
+                let Some(f) = fleets.get(compute_environment) else {
+                    continue;
+                };
+                info!(
+                    compute_environment,
+                    node, instance_id, "terminating instance"
+                );
+                let r = with_timeout(
+                    ctx,
+                    "TerminateInstanceInAutoScalingGroup",
+                    f.terminate(instance_id),
+                )
+                .await;
+                let r = match r {
+                    Ok(()) | Err(CloudError::NotFound { .. }) => {
+                        // The instance is gone: so is its node.
+                        match nodes.delete(node, &DeleteParams::default()).await {
+                            Ok(_) => {}
+                            Err(kube::Error::Api(e)) if e.code == 404 => {}
+                            Err(e) => warn!(node, error = %e, "delete BatchNode failed"),
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                (compute_environment, r)
+            }
+            FleetAction::SetDesired {
+                compute_environment,
+                desired,
+                from,
+            } => {
+                let Some(f) = fleets.get(compute_environment) else {
+                    continue;
+                };
+                info!(
+                    compute_environment,
+                    from, desired, "setting desired capacity"
+                );
+                (
+                    compute_environment,
+                    with_timeout(ctx, "SetDesiredCapacity", f.set_desired(*desired)).await,
+                )
+            }
+        };
+        s.fleet += 1;
+        match result {
+            Ok(()) => succeeded.push(ce.clone()),
+            Err(e) => {
+                let err = cloud_error(ce, e);
+                warn!(error = %err, "fleet call failed");
+                failed.insert(ce.clone(), err.to_string());
+            }
+        }
+    }
+    {
+        let mut errors = ctx.fleet_errors.lock().await;
+        for ce in succeeded {
+            errors.remove(&ce);
+        }
+        errors.extend(failed.clone());
+    }
+
+    let ces: Api<ComputeEnvironment> = Api::all(client.clone());
+    for u in &d.compute_environments {
+        let body = status_body("ComputeEnvironment", &u.status, None);
+        let r = ces
+            .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(ControllerError::from);
+        record(r, "compute environment status", &mut s);
+    }
+    let queues: Api<JobQueue> = Api::all(client.clone());
+    for u in &d.queues {
+        let body = status_body("JobQueue", &u.status, None);
+        let r = queues
+            .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(ControllerError::from);
+        record(r, "queue status", &mut s);
+    }
+
+    for e in &d.events {
+        let ev = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.into(),
+            note: Some(truncate(&e.note, 1000)),
+            action: e.reason.into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &e.regarding).await {
+            debug!(error = %err, reason = e.reason, "publishing an Event failed");
+        }
+    }
+    for (ce, msg) in &failed {
+        debug!(
+            compute_environment = ce,
+            msg,
+            reason = reasons::FLEET_ERROR,
+            "fleet error recorded"
+        );
+    }
+    s
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
