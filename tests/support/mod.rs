@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod controller;
 pub mod manifests;
 pub mod moto;
 pub mod podman;
