@@ -15,6 +15,7 @@ use crate::cloud::aws::AwsFleet;
 use crate::scheduler::Resources;
 
 use super::FIELD_MANAGER;
+use super::leader::LeaderElection;
 
 /// Tunables of the controller loop.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct ControllerConfig {
     pub fleet_timeout: Duration,
     /// Reporting instance of Events (e.g. the pod name).
     pub instance: Option<String>,
+    /// Lease-based leader election; `None`: this replica always acts (one replica only).
+    pub leader_election: Option<LeaderElection>,
 }
 
 impl Default for ControllerConfig {
@@ -40,6 +43,7 @@ impl Default for ControllerConfig {
             debounce: Duration::from_millis(200),
             fleet_timeout: Duration::from_secs(30),
             instance: None,
+            leader_election: None,
         }
     }
 }

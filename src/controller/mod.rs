@@ -11,6 +11,7 @@
 pub mod context;
 pub mod decide;
 pub mod error;
+pub mod leader;
 pub mod run;
 pub mod snapshot;
 pub mod status;
@@ -18,6 +19,7 @@ pub mod time;
 
 pub use context::{AwsFleets, ControllerConfig, FleetProvider, StaticFleets};
 pub use error::ControllerError;
+pub use leader::LeaderElection;
 pub use run::run;
 
 /// Field manager of every write the controller makes.

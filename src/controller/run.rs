@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{
@@ -31,7 +32,7 @@ use crate::scheduler::Resources;
 use super::context::{Context, ControllerConfig, FleetProvider};
 use super::decide::{DecideConfig, Decisions, FleetAction, LabelChange, Observed, decide};
 use super::error::ControllerError;
-use super::{FIELD_MANAGER, LABEL_NODE, reasons, time};
+use super::{FIELD_MANAGER, LABEL_NODE, leader, reasons, time};
 
 /// The reflector stores of the five kinds.
 #[derive(Clone)]
@@ -123,6 +124,22 @@ pub async fn run(
         }
     });
 
+    // Without leader election this replica always leads.
+    let election = ctx.config.leader_election.clone();
+    let (leading_tx, mut leading) = watch::channel(election.is_none());
+    let mut _kept_sender = None;
+    let elector = match &election {
+        Some(le) => Some(tokio::spawn(leader::elect(
+            client.clone(),
+            le.clone(),
+            leading_tx,
+        ))),
+        None => {
+            _kept_sender = Some(leading_tx);
+            None
+        }
+    };
+
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -131,16 +148,21 @@ pub async fn run(
             info!("caches synced; controller running");
             let mut n: u64 = 0;
             loop {
-                n += 1;
-                let started = Instant::now();
-                let span = info_span!("pass", n);
-                match pass(&ctx, &stores).instrument(span).await {
-                    Ok(summary) => debug!(n, ?summary, elapsed_ms = started.elapsed().as_millis() as u64, "pass done"),
-                    Err(e) => warn!(n, error = %e, kind = e.metric_label(), "pass failed"),
+                if *leading.borrow_and_update() {
+                    n += 1;
+                    let started = Instant::now();
+                    let span = info_span!("pass", n);
+                    match pass(&ctx, &stores).instrument(span).await {
+                        Ok(summary) => debug!(n, ?summary, elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "pass done"),
+                        Err(e) => warn!(n, error = %e, kind = e.metric_label(), "pass failed"),
+                    }
+                } else {
+                    debug!("standing by: another replica holds the lease");
                 }
                 tokio::select! {
                     () = changed.notified() => tokio::time::sleep(ctx.config.debounce).await,
                     () = tokio::time::sleep(ctx.config.resync) => {}
+                    _ = leading.changed() => {}
                 }
             }
             #[allow(unreachable_code)]
@@ -148,6 +170,13 @@ pub async fn run(
         } => r,
     };
     driver.abort();
+    if let (Some(e), Some(le)) = (elector, &election) {
+        e.abort();
+        let api: Api<Lease> = Api::namespaced(client.clone(), &le.namespace);
+        if let Err(err) = leader::release(&api, le).await {
+            warn!(error = %err, "releasing the lease failed");
+        }
+    }
     info!("controller stopped");
     result
 }

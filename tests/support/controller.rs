@@ -22,17 +22,14 @@ use super::apiserver::{TestServer, server};
 pub struct Harness {
     pub server: TestServer,
     pub client: kube::Client,
-    controller: Option<JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    controllers: Vec<Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>>,
     heartbeats: HashMap<String, JoinHandle<()>>,
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.controller.take() {
+        for (h, stop) in self.controllers.drain(..).flatten() {
+            let _ = stop.send(());
             h.abort();
         }
         for h in self.heartbeats.values() {
@@ -49,6 +46,7 @@ pub fn test_config(lost_node_timeout: Duration) -> ControllerConfig {
         debounce: Duration::from_millis(20),
         fleet_timeout: Duration::from_secs(20),
         instance: Some("test".into()),
+        leader_election: None,
     }
 }
 
@@ -58,6 +56,13 @@ pub async fn start(
     config: ControllerConfig,
     fleets: HashMap<String, Arc<dyn Fleet>>,
 ) -> Harness {
+    let mut h = start_server(yaml).await;
+    h.add_controller(config, fleets);
+    h
+}
+
+/// Starts a server with the CRDs and the given objects, without a controller.
+pub async fn start_server(yaml: &str) -> Harness {
     let server = server().await;
     let client = server.client();
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -68,23 +73,42 @@ pub async fn start(
             .expect("create CRD");
     }
     apply_yaml(&client, yaml).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let c = client.clone();
-    let controller = tokio::spawn(async move {
-        let r = asg_batch::controller::run(c, config, Arc::new(StaticFleets(fleets)), async {
-            let _ = stopped.await;
-        })
-        .await;
-        if let Err(e) = r {
-            panic!("controller failed: {e}");
-        }
-    });
     Harness {
         server,
         client,
-        controller: Some(controller),
-        stop: Some(stop),
+        controllers: Vec::new(),
         heartbeats: HashMap::new(),
+    }
+}
+
+impl Harness {
+    /// Starts one more controller replica; returns its index.
+    pub fn add_controller(
+        &mut self,
+        config: ControllerConfig,
+        fleets: HashMap<String, Arc<dyn Fleet>>,
+    ) -> usize {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let c = self.client.clone();
+        let handle = tokio::spawn(async move {
+            let r = asg_batch::controller::run(c, config, Arc::new(StaticFleets(fleets)), async {
+                let _ = stopped.await;
+            })
+            .await;
+            if let Err(e) = r {
+                panic!("controller failed: {e}");
+            }
+        });
+        self.controllers.push(Some((handle, stop)));
+        self.controllers.len() - 1
+    }
+
+    /// Stops controller replica `i` gracefully (it releases its lease) and waits for it.
+    pub async fn stop_controller(&mut self, i: usize) {
+        if let Some((handle, stop)) = self.controllers.get_mut(i).and_then(Option::take) {
+            let _ = stop.send(());
+            handle.await.expect("controller task");
+        }
     }
 }
 
