@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::Mutex;
 
-use crate::api::compute_environment::AwsProvider;
+use crate::api::ComputeEnvironment;
 use crate::cloud::Fleet;
 use crate::cloud::aws::AwsFleet;
 use crate::scheduler::Resources;
@@ -48,15 +48,14 @@ impl Default for ControllerConfig {
     }
 }
 
-/// Gives the controller the fleet of an `aws` compute environment.
+/// Gives the controller the fleet behind a compute environment.
+///
+/// A compute environment without a fleet still has its jobs scheduled onto its
+/// registered nodes, but the controller neither scales it nor drains its idle nodes
+/// (nothing could terminate them).
 pub trait FleetProvider: Send + Sync {
-    /// The fleet of compute environment `name` (whose provider is `aws`); `None` when it
-    /// has none (the environment is then handled like a `local` one).
-    fn fleet<'a>(
-        &'a self,
-        name: &'a str,
-        aws: &'a AwsProvider,
-    ) -> BoxFuture<'a, Option<Arc<dyn Fleet>>>;
+    /// The fleet of `ce`, or `None` when it has none.
+    fn fleet<'a>(&'a self, ce: &'a ComputeEnvironment) -> BoxFuture<'a, Option<Arc<dyn Fleet>>>;
 }
 
 /// Fleets given up front, by compute environment name (tests, `dev`).
@@ -64,32 +63,26 @@ pub trait FleetProvider: Send + Sync {
 pub struct StaticFleets(pub HashMap<String, Arc<dyn Fleet>>);
 
 impl FleetProvider for StaticFleets {
-    fn fleet<'a>(
-        &'a self,
-        name: &'a str,
-        _aws: &'a AwsProvider,
-    ) -> BoxFuture<'a, Option<Arc<dyn Fleet>>> {
-        Box::pin(async move { self.0.get(name).cloned() })
+    fn fleet<'a>(&'a self, ce: &'a ComputeEnvironment) -> BoxFuture<'a, Option<Arc<dyn Fleet>>> {
+        Box::pin(async move { self.0.get(ce.metadata.name.as_deref()?).cloned() })
     }
 }
 
 /// An Auto Scaling Group name and region.
 type GroupKey = (String, Option<String>);
 
-/// [`AwsFleet`]s made on first use from each environment's group and region, through
-/// the default credential chain (`AWS_ENDPOINT_URL` is honoured).
+/// [`AwsFleet`]s made on first use from each `aws` environment's group and region,
+/// through the default credential chain (`AWS_ENDPOINT_URL` is honoured); `local`
+/// environments get none.
 #[derive(Default)]
 pub struct AwsFleets {
     cache: Mutex<HashMap<GroupKey, Arc<dyn Fleet>>>,
 }
 
 impl FleetProvider for AwsFleets {
-    fn fleet<'a>(
-        &'a self,
-        _name: &'a str,
-        aws: &'a AwsProvider,
-    ) -> BoxFuture<'a, Option<Arc<dyn Fleet>>> {
+    fn fleet<'a>(&'a self, ce: &'a ComputeEnvironment) -> BoxFuture<'a, Option<Arc<dyn Fleet>>> {
         Box::pin(async move {
+            let aws = ce.spec.aws.as_ref()?;
             let key = (aws.auto_scaling_group_name.clone(), aws.region.clone());
             let mut cache = self.cache.lock().await;
             if let Some(f) = cache.get(&key) {

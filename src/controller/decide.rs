@@ -68,7 +68,7 @@ pub struct Observed {
     pub jobs: Vec<Arc<BatchJob>>,
     /// Every BatchNode.
     pub nodes: Vec<Arc<BatchNode>>,
-    /// The fleet of each compute environment that has one (`aws`), as described now.
+    /// The fleet of each compute environment that has one, as described now.
     pub fleets: BTreeMap<String, FleetState>,
     /// Compute environments whose fleet could not be reached or described, and why.
     pub fleet_errors: BTreeMap<String, String>,
@@ -321,7 +321,15 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         shapes: observed.shapes.clone(),
         now,
     });
-    let plan = scheduler::plan(&built.snapshot, now);
+    let mut plan = scheduler::plan(&built.snapshot, now);
+    // Only a fleet can terminate a drained node: never drain where there is none.
+    plan.drain.retain(|n| {
+        built
+            .snapshot
+            .nodes
+            .get(n)
+            .is_some_and(|x| observed.fleets.contains_key(&x.compute_environment))
+    });
     apply_plan(&plan, &built, &mut work, &nodes, now, &mut out.events);
 
     // 4. Arrays.
@@ -622,6 +630,7 @@ fn apply_plan(
         d.node = Some(b.node.clone());
         d.attempt = Some(n);
         d.not_before = None;
+        d.reason = None;
         d.attempts.retain(|a| a.attempt != n);
         d.attempts.push(AttemptStatus {
             attempt: n,
@@ -1718,14 +1727,17 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_node_is_drained_after_its_idle_time() {
+    fn an_idle_node_is_drained_after_its_idle_time_where_a_fleet_can_terminate_it() {
         let mut n = n1();
         if let Some(s) = n.status.as_mut() {
             s.idle_since = Some(time(NOW - 300));
         }
-        let d = run(&world(vec![], vec![n]));
+        let d = run(&aws_world(vec![], vec![n.clone()], 1, &["n1"]));
         assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Draining));
         assert!(d.events.iter().any(|e| e.reason == reasons::DRAINING));
+        // Without a fleet nothing could terminate it: it stays Ready for jobs.
+        let d = run(&world(vec![], vec![n]));
+        assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Ready));
     }
 
     #[test]

@@ -30,9 +30,14 @@ use crate::cloud::{CloudError, Fleet};
 use crate::scheduler::Resources;
 
 use super::context::{Context, ControllerConfig, FleetProvider};
-use super::decide::{DecideConfig, Decisions, FleetAction, LabelChange, Observed, decide};
+use super::decide::{
+    DecideConfig, Decisions, FleetAction, JobUpdate, LabelChange, NodeUpdate, Observed, decide,
+};
 use super::error::ControllerError;
 use super::{FIELD_MANAGER, LABEL_NODE, leader, reasons, time};
+
+/// Writes of one kind in flight at once.
+const WRITES_IN_FLIGHT: usize = 16;
 
 /// The reflector stores of the five kinds.
 #[derive(Clone)]
@@ -222,10 +227,10 @@ async fn observe_fleets(
 ) -> BTreeMap<String, Arc<dyn Fleet>> {
     let mut handles = BTreeMap::new();
     for ce in ces {
-        let (Some(name), Some(aws)) = (ce.metadata.name.as_deref(), ce.spec.aws.as_ref()) else {
+        let Some(name) = ce.metadata.name.as_deref() else {
             continue;
         };
-        let Some(fleet) = ctx.fleets.fleet(name, aws).await else {
+        let Some(fleet) = ctx.fleets.fleet(ce).await else {
             continue;
         };
         match with_timeout(ctx, "DescribeAutoScalingGroups", fleet.describe()).await {
@@ -302,6 +307,25 @@ async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError
         lost_node_timeout: ctx.config.lost_node_timeout.as_secs(),
     };
     let decisions = decide(&observed, &config, now);
+    {
+        // A fleet that was described fine and needs no call this pass has no error left.
+        let mut errors = ctx.fleet_errors.lock().await;
+        for ce in observed.fleets.keys() {
+            let acting = decisions.fleet.iter().any(|a| match a {
+                FleetAction::Terminate {
+                    compute_environment,
+                    ..
+                }
+                | FleetAction::SetDesired {
+                    compute_environment,
+                    ..
+                } => compute_environment == ce,
+            });
+            if !acting {
+                errors.remove(ce);
+            }
+        }
+    }
     Ok(apply(ctx, decisions, &fleets).await)
 }
 
@@ -357,46 +381,25 @@ async fn apply(ctx: &Context, d: Decisions, fleets: &BTreeMap<String, Arc<dyn Fl
         record(r, "create array child", &mut s);
     }
 
-    for u in &d.jobs {
-        let api: Api<BatchJob> = Api::namespaced(client.clone(), &u.namespace);
-        let r = async {
-            let mut rv = u.resource_version.clone();
-            if let Some(label) = &u.label {
-                let value = match label {
-                    LabelChange::Set(n) => json!(n),
-                    LabelChange::Remove => serde_json::Value::Null,
-                };
-                let patch = json!({"metadata": {
-                    "resourceVersion": rv,
-                    "labels": { LABEL_NODE: value },
-                }});
-                let pp = PatchParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PatchParams::default()
-                };
-                let out = api.patch(&u.name, &pp, &Patch::Merge(&patch)).await?;
-                rv = out.metadata.resource_version;
-            }
-            if let Some(status) = &u.status {
-                let body = status_body("BatchJob", status, rv.as_deref());
-                api.patch_status(&u.name, &ssa(), &Patch::Apply(&body))
-                    .await?;
-            }
-            Ok::<(), ControllerError>(())
-        }
+    // Futures collected first: a closure inside the stream would make this future
+    // not `Send` for every lifetime (rust-lang/rust#102211).
+    let writes: Vec<_> = d.jobs.iter().map(|u| write_job(client, u)).collect();
+    let results: Vec<_> = futures::stream::iter(writes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
         .await;
+    for r in results {
         s.jobs += 1;
         record(r, "job", &mut s);
     }
 
     let nodes: Api<BatchNode> = Api::all(client.clone());
-    for u in &d.nodes {
-        let body = status_body("BatchNode", &u.status, None);
-        let r = nodes
-            .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
-            .await
-            .map(|_| ())
-            .map_err(ControllerError::from);
+    let writes: Vec<_> = d.nodes.iter().map(|u| write_node(&nodes, u)).collect();
+    let results: Vec<_> = futures::stream::iter(writes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    for r in results {
         s.nodes += 1;
         record(r, "node status", &mut s);
     }
@@ -520,6 +523,45 @@ async fn apply(ctx: &Context, d: Decisions, fleets: &BTreeMap<String, Arc<dyn Fl
         );
     }
     s
+}
+
+/// Label (with the observed resourceVersion as precondition), then status (with the
+/// resourceVersion the label patch returned, or the observed one).
+async fn write_job(client: &kube::Client, u: &JobUpdate) -> Result<(), ControllerError> {
+    let api: Api<BatchJob> = Api::namespaced(client.clone(), &u.namespace);
+    let mut rv = u.resource_version.clone();
+    if let Some(label) = &u.label {
+        let value = match label {
+            LabelChange::Set(n) => json!(n),
+            LabelChange::Remove => serde_json::Value::Null,
+        };
+        let patch = json!({"metadata": {
+            "resourceVersion": rv,
+            "labels": { LABEL_NODE: value },
+        }});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let out = api.patch(&u.name, &pp, &Patch::Merge(&patch)).await?;
+        rv = out.metadata.resource_version;
+    }
+    if let Some(status) = &u.status {
+        let body = status_body("BatchJob", status, rv.as_deref());
+        api.patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The controller-owned status of one node.
+async fn write_node(nodes: &Api<BatchNode>, u: &NodeUpdate) -> Result<(), ControllerError> {
+    let body = status_body("BatchNode", &u.status, None);
+    nodes
+        .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+        .await
+        .map(|_| ())
+        .map_err(ControllerError::from)
 }
 
 fn truncate(s: &str, max: usize) -> String {
