@@ -38,7 +38,9 @@ use crate::scheduler::{self, DEPENDENCY_FAILED, JobId, Phase, Plan, Reason, Reso
 use super::snapshot::{self, Inputs, api_phase, effective_template, job_id, phase};
 use super::status::{owned_job_status, owned_node_status, reason_code, set_condition};
 use super::time::{seconds, time};
-use super::{CONDITION_READY, CONDITION_SCHEDULED, LABEL_ARRAY_PARENT, LABEL_NODE, reasons};
+use super::{
+    CONDITION_READY, CONDITION_SCHEDULED, CONDITION_VALID, LABEL_ARRAY_PARENT, LABEL_NODE, reasons,
+};
 
 /// Tunables of a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1155,9 +1157,9 @@ fn queue_updates(
         if missing.is_empty() {
             set_condition(
                 &mut status.conditions,
-                CONDITION_READY,
+                CONDITION_VALID,
                 true,
-                "Valid",
+                "ComputeEnvironmentsFound",
                 "all compute environments exist",
                 q.metadata.generation,
                 now,
@@ -1165,7 +1167,7 @@ fn queue_updates(
         } else {
             set_condition(
                 &mut status.conditions,
-                CONDITION_READY,
+                CONDITION_VALID,
                 false,
                 "ComputeEnvironmentNotFound",
                 &format!("compute environment(s) not found: {}", missing.join(", ")),
@@ -1283,6 +1285,49 @@ mod tests {
             }
         }
         o.nodes = nodes.into_iter().map(Arc::new).collect();
+        let mut ces: Vec<ComputeEnvironment> = o
+            .compute_environments
+            .iter()
+            .map(|c| (**c).clone())
+            .collect();
+        for u in &d.compute_environments {
+            if let Some(c) = ces
+                .iter_mut()
+                .find(|c| c.metadata.name.as_deref() == Some(&u.name))
+            {
+                c.status = Some(u.status.clone());
+            }
+        }
+        o.compute_environments = ces.into_iter().map(Arc::new).collect();
+        let mut queues: Vec<JobQueue> = o.queues.iter().map(|q| (**q).clone()).collect();
+        for u in &d.queues {
+            if let Some(q) = queues
+                .iter_mut()
+                .find(|q| q.metadata.name.as_deref() == Some(&u.name))
+            {
+                q.status = Some(u.status.clone());
+            }
+        }
+        o.queues = queues.into_iter().map(Arc::new).collect();
+    }
+
+    /// Applies passes until one changes nothing (at most 5); panics otherwise.
+    fn settle(o: &mut Observed) {
+        for _ in 0..5 {
+            let d = run(o);
+            if d.jobs.is_empty()
+                && d.nodes.is_empty()
+                && d.compute_environments.is_empty()
+                && d.queues.is_empty()
+                && d.children.is_empty()
+                && d.fleet.is_empty()
+            {
+                assert!(d.events.is_empty(), "events without writes: {:?}", d.events);
+                return;
+            }
+            apply(o, &d);
+        }
+        panic!("no fixpoint after 5 passes: {:?}", run(o).jobs);
     }
 
     fn step(o: &mut Observed) {
@@ -1317,6 +1362,59 @@ mod tests {
 
     fn started(a: &mut AttemptStatus) {
         a.started_at = Some(time(NOW - 5));
+    }
+
+    #[test]
+    fn every_stage_of_a_mixed_world_settles_without_further_writes() {
+        let arr = array(job("arr", "1", "1Gi", 3), 2);
+        let mut o = world(
+            vec![
+                job("a", "1", "1Gi", 1),
+                depends_on(job("b", "1", "1Gi", 2), "a"),
+                arr,
+                job("huge", "1", "64Gi", 4),
+                with_definition(job("orphan", "1", "1Gi", 5), "missing"),
+            ],
+            vec![n1()],
+        );
+        settle(&mut o);
+        for j in ["a", "arr-0", "arr-1"] {
+            agent(&mut o, j, started);
+        }
+        settle(&mut o);
+        for j in ["a", "arr-0", "arr-1"] {
+            agent(&mut o, j, exited(0));
+        }
+        settle(&mut o);
+        agent(&mut o, "b", exited(2));
+        settle(&mut o);
+        let phases: Vec<(String, Option<JobPhase>)> = o
+            .jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.metadata.name.clone().unwrap_or_default(),
+                    j.status.as_ref().and_then(|s| s.phase),
+                )
+            })
+            .collect();
+        for (name, want) in [
+            ("a", JobPhase::Succeeded),
+            ("b", JobPhase::Failed),
+            ("arr", JobPhase::Succeeded),
+            ("huge", JobPhase::Runnable),
+            ("orphan", JobPhase::Submitted),
+        ] {
+            assert!(
+                phases.contains(&(name.into(), Some(want))),
+                "{name}: {phases:?}"
+            );
+        }
+        let q = o.queues[0].status.clone().unwrap_or_default();
+        assert_eq!((q.runnable_jobs, q.running_jobs), (Some(1), Some(0)));
+        assert_eq!(q.conditions[0].type_, CONDITION_VALID);
+        let n = o.nodes[0].status.clone().unwrap_or_default();
+        assert_eq!((n.job_count, n.phase), (Some(0), Some(ApiNodePhase::Ready)));
     }
 
     #[test]

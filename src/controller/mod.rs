@@ -30,7 +30,9 @@ pub const LABEL_NODE: &str = "asgbatch.io/node";
 pub const LABEL_ARRAY_PARENT: &str = "asgbatch.io/array-parent";
 /// Condition type on a BatchJob: whether it is bound to a node, and if not, why.
 pub const CONDITION_SCHEDULED: &str = "Scheduled";
-/// Condition type on a ComputeEnvironment / JobQueue: whether it is usable.
+/// Condition type on a JobQueue: whether every compute environment it names exists.
+pub const CONDITION_VALID: &str = "Valid";
+/// Condition type on a ComputeEnvironment / BatchNode: whether it is usable.
 pub const CONDITION_READY: &str = "Ready";
 
 /// Event and status reasons, in one place.
