@@ -1857,4 +1857,136 @@ mod tests {
                 .any(|e| e.reason == reasons::FLEET_ERROR && e.warning)
         );
     }
+
+    mod invariants {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step of the world: a controller pass, or an agent reporting on a job.
+        #[derive(Debug, Clone)]
+        enum Step {
+            Pass,
+            Start(usize),
+            Exit(usize, i32),
+            /// Time moves on this many seconds (backoff, lost nodes).
+            Wait(u64),
+            /// Node `i` stops heartbeating from now on.
+            Silence(usize),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => Just(Step::Pass),
+                2 => (0..6usize).prop_map(Step::Start),
+                2 => (0..6usize, prop_oneof![Just(0), Just(1), Just(3)]).prop_map(|(j, c)| Step::Exit(j, c)),
+                1 => (1..120u64).prop_map(Step::Wait),
+                1 => (0..2usize).prop_map(Step::Silence),
+            ]
+        }
+
+        fn check(o: &Observed) {
+            let mut used: BTreeMap<String, u64> = BTreeMap::new();
+            for j in &o.jobs {
+                let s = j.status.clone().unwrap_or_default();
+                let placed = matches!(s.phase, Some(JobPhase::Starting | JobPhase::Running));
+                let label = j
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_NODE))
+                    .cloned();
+                if placed {
+                    assert_eq!(label, s.node, "a placed job is labelled for its node");
+                    let open: Vec<_> = s
+                        .attempts
+                        .iter()
+                        .filter(|a| a.stopped_at.is_none())
+                        .collect();
+                    assert!(
+                        open.len() <= 1,
+                        "at most one attempt at a time: {:?}",
+                        s.attempts
+                    );
+                    assert_eq!(open.first().map(|a| a.attempt), s.attempt);
+                    *used.entry(s.node.clone().unwrap_or_default()).or_default() += 1000;
+                } else {
+                    assert_eq!(label, None, "only placed jobs are labelled");
+                }
+                let tries = j
+                    .spec
+                    .template
+                    .retry_strategy
+                    .as_ref()
+                    .map_or(1, |r| r.attempts);
+                assert!(
+                    s.attempt.unwrap_or(0) <= tries,
+                    "never more attempts than allowed"
+                );
+            }
+            for (node, cpu) in used {
+                assert!(cpu <= 2000, "node {node} over its 2 cpu: {cpu}m");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn no_job_runs_twice_and_no_node_is_overcommitted(steps in proptest::collection::vec(step(), 1..60)) {
+                let jobs: Vec<BatchJob> = (0..6)
+                    .map(|i| retrying(job(&format!("j{i}"), "1", "1Gi", i), 3, if i % 2 == 0 { Some(30) } else { None }))
+                    .collect();
+                let mut o = world(jobs, vec![
+                    node("n1", "ce", "2", "8Gi", NOW),
+                    node("n2", "ce", "2", "8Gi", NOW),
+                ]);
+                let mut now = NOW;
+                let mut silent = [false, false];
+                for s in steps {
+                    match s {
+                        Step::Pass => {
+                            // Live nodes heartbeat.
+                            let mut nodes: Vec<BatchNode> = o.nodes.iter().map(|n| (**n).clone()).collect();
+                            for (i, n) in nodes.iter_mut().enumerate() {
+                                if !silent[i] && let Some(st) = n.status.as_mut() {
+                                    st.heartbeat_time = Some(time(now));
+                                }
+                            }
+                            o.nodes = nodes.into_iter().map(Arc::new).collect();
+                            let d = decide(&o, &DecideConfig::default(), now);
+                            apply(&mut o, &d);
+                            check(&o);
+                        }
+                        Step::Start(j) | Step::Exit(j, _) => {
+                            let name = format!("j{j}");
+                            let placed = o.jobs.iter().any(|x| {
+                                x.metadata.name.as_deref() == Some(name.as_str())
+                                    && x.status.as_ref().is_some_and(|s| {
+                                        matches!(s.phase, Some(JobPhase::Starting | JobPhase::Running))
+                                            && s.node.as_deref().is_some_and(|n| !silent[usize::from(n == "n2")])
+                                    })
+                            });
+                            if placed {
+                                match s {
+                                    Step::Exit(_, code) => agent(&mut o, &name, move |a| {
+                                        a.started_at = a.started_at.clone().or(Some(time(now)));
+                                        if a.stopped_at.is_none() {
+                                            a.stopped_at = Some(time(now));
+                                            a.exit_code = Some(code);
+                                            a.reason = Some(if code == 0 { "Completed" } else { "Error" }.into());
+                                        }
+                                    }),
+                                    _ => agent(&mut o, &name, move |a| {
+                                        a.started_at = a.started_at.clone().or(Some(time(now)));
+                                    }),
+                                }
+                            }
+                        }
+                        Step::Wait(secs) => now += secs,
+                        Step::Silence(i) => silent[i] = true,
+                    }
+                }
+            }
+        }
+    }
 }
