@@ -1,7 +1,7 @@
 //! What the controller loop holds: configuration, the Kubernetes client, the Event
 //! recorder, and how it reaches the fleet behind each `aws` compute environment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +112,8 @@ pub struct Context {
     /// Fleet calls that failed in the last pass, by compute environment (shown in its
     /// status until a call succeeds).
     pub fleet_errors: Mutex<BTreeMap<String, String>>,
+    /// Objects already reported as not deserialising (`uid/resourceVersion`).
+    pub reported_invalid: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -135,6 +137,7 @@ impl Context {
             recorder,
             shapes: Mutex::default(),
             fleet_errors: Mutex::default(),
+            reported_invalid: Mutex::default(),
         }
     }
 }

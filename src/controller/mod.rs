@@ -59,6 +59,8 @@ pub mod reasons {
     pub const SCALED: &str = "Scaled";
     /// A fleet call failed.
     pub const FLEET_ERROR: &str = "FleetError";
+    /// An object does not deserialise and is left out.
+    pub const INVALID_OBJECT: &str = "InvalidObject";
     /// Array children were created.
     pub const CHILDREN_CREATED: &str = "ChildrenCreated";
 }

@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -39,14 +41,85 @@ use super::{FIELD_MANAGER, LABEL_NODE, leader, reasons, time};
 /// Writes of one kind in flight at once.
 const WRITES_IN_FLIGHT: usize = 16;
 
+/// A store of objects that may have failed to deserialise: one bad object never breaks
+/// a watch; it is reported on itself and left out of the pass.
+type Guarded<K> = Store<DeserializeGuard<K>>;
+
 /// The reflector stores of the five kinds.
 #[derive(Clone)]
 struct Stores {
-    compute_environments: Store<ComputeEnvironment>,
-    queues: Store<JobQueue>,
-    definitions: Store<JobDefinition>,
-    jobs: Store<BatchJob>,
-    nodes: Store<BatchNode>,
+    compute_environments: Guarded<ComputeEnvironment>,
+    queues: Guarded<JobQueue>,
+    definitions: Guarded<JobDefinition>,
+    jobs: Guarded<BatchJob>,
+    nodes: Guarded<BatchNode>,
+}
+
+/// An object that failed to deserialise, and why.
+struct Invalid {
+    reference: ObjectReference,
+    error: String,
+}
+
+/// The objects of `store` that deserialised; the others go to `invalid`.
+fn valid<K>(store: &Guarded<K>, invalid: &mut Vec<Invalid>) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    let mut out = Vec::new();
+    for g in store.state() {
+        match &g.0 {
+            Ok(k) => out.push(Arc::new(k.clone())),
+            Err(e) => invalid.push(Invalid {
+                reference: ObjectReference {
+                    api_version: Some(K::api_version(&()).into_owned()),
+                    kind: Some(K::kind(&()).into_owned()),
+                    name: e.metadata.name.clone(),
+                    namespace: e.metadata.namespace.clone(),
+                    uid: e.metadata.uid.clone(),
+                    resource_version: e.metadata.resource_version.clone(),
+                    ..ObjectReference::default()
+                },
+                error: e.error.clone(),
+            }),
+        }
+    }
+    out
+}
+
+/// Logs and reports (a Warning Event, once per resourceVersion) objects that failed
+/// to deserialise.
+async fn report_invalid(ctx: &Context, invalid: Vec<Invalid>) {
+    for i in invalid {
+        let key = format!(
+            "{}/{}",
+            i.reference.uid.as_deref().unwrap_or_default(),
+            i.reference.resource_version.as_deref().unwrap_or_default()
+        );
+        if !ctx.reported_invalid.lock().await.insert(key) {
+            continue;
+        }
+        warn!(
+            kind = i.reference.kind.as_deref().unwrap_or_default(),
+            name = i.reference.name.as_deref().unwrap_or_default(),
+            namespace = i.reference.namespace.as_deref().unwrap_or_default(),
+            error = i.error,
+            "object does not deserialise; left out"
+        );
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reasons::INVALID_OBJECT.into(),
+            note: Some(truncate(
+                &format!("ignored by the controller: {}", i.error),
+                1000,
+            )),
+            action: reasons::INVALID_OBJECT.into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &i.reference).await {
+            debug!(error = %err, "publishing an Event failed");
+        }
+    }
 }
 
 impl Stores {
@@ -105,11 +178,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ControllerError> {
     let ctx = Arc::new(Context::new(client.clone(), config, fleets));
-    let (ces, s1) = watch::<ComputeEnvironment>(&client);
-    let (queues, s2) = watch::<JobQueue>(&client);
-    let (definitions, s3) = watch::<JobDefinition>(&client);
-    let (jobs, s4) = watch::<BatchJob>(&client);
-    let (nodes, s5) = watch::<BatchNode>(&client);
+    let (ces, s1) = watch::<DeserializeGuard<ComputeEnvironment>>(&client);
+    let (queues, s2) = watch::<DeserializeGuard<JobQueue>>(&client);
+    let (definitions, s3) = watch::<DeserializeGuard<JobDefinition>>(&client);
+    let (jobs, s4) = watch::<DeserializeGuard<BatchJob>>(&client);
+    let (nodes, s5) = watch::<DeserializeGuard<BatchNode>>(&client);
     let stores = Stores {
         compute_environments: ces,
         queues,
@@ -287,14 +360,16 @@ async fn shape(
 /// One pass: observe, decide, apply.
 async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError> {
     let now = time::now();
+    let mut invalid = Vec::new();
     let mut observed = Observed {
-        compute_environments: stores.compute_environments.state(),
-        queues: stores.queues.state(),
-        definitions: stores.definitions.state(),
-        jobs: stores.jobs.state(),
-        nodes: stores.nodes.state(),
+        compute_environments: valid(&stores.compute_environments, &mut invalid),
+        queues: valid(&stores.queues, &mut invalid),
+        definitions: valid(&stores.definitions, &mut invalid),
+        jobs: valid(&stores.jobs, &mut invalid),
+        nodes: valid(&stores.nodes, &mut invalid),
         ..Observed::default()
     };
+    report_invalid(ctx, invalid).await;
     let ces = observed.compute_environments.clone();
     let fleets = observe_fleets(ctx, &ces, &mut observed).await;
     for (ce, e) in ctx.fleet_errors.lock().await.iter() {

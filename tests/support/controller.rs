@@ -63,10 +63,20 @@ pub async fn start(
 
 /// Starts a server with the CRDs and the given objects, without a controller.
 pub async fn start_server(yaml: &str) -> Harness {
+    start_server_with(yaml, |_| {}).await
+}
+
+/// Like [`start_server`], with the CRDs changed by `edit` first (e.g. a laxer schema, to
+/// store objects the controller's types cannot read).
+pub async fn start_server_with(
+    yaml: &str,
+    edit: impl Fn(&mut CustomResourceDefinition),
+) -> Harness {
     let server = server().await;
     let client = server.client();
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crds::all() {
+    for mut crd in crds::all() {
+        edit(&mut crd);
         crd_api
             .create(&PostParams::default(), &crd)
             .await
