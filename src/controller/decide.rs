@@ -240,9 +240,13 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
             .or(n.metadata.creation_timestamp.as_ref())
             .map_or(now, seconds);
         let lost = now.saturating_sub(heartbeat) > config.lost_node_timeout;
+        // Draining lasts until a fleet terminates the node; without a fleet nothing
+        // would, so such a node goes back to Ready.
+        let ce = &n.spec.compute_environment;
+        let has_fleet = observed.fleets.contains_key(ce) || observed.fleet_errors.contains_key(ce);
         let p = match (lost, current) {
             (true, _) => ApiNodePhase::Lost,
-            (false, Some(ApiNodePhase::Draining)) => ApiNodePhase::Draining,
+            (false, Some(ApiNodePhase::Draining)) if has_fleet => ApiNodePhase::Draining,
             (false, _) => ApiNodePhase::Ready,
         };
         node_phase.insert(name, p);
