@@ -14,7 +14,7 @@
 //!    set desired capacity) for compute environments with a fleet.
 //!
 //! Every status is computed as the full set of fields the controller owns
-//! ([`status::owned_job_status`]) and emitted only when it differs from what is
+//! ([`super::status::owned_job_status`]) and emitted only when it differs from what is
 //! observed, so a pass over an unchanged world emits nothing.
 
 use std::collections::{BTreeMap, BTreeSet};

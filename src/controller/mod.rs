@@ -5,8 +5,19 @@
 //! One pass is a pipeline: observe (reflector stores, fleet descriptions) →
 //! [`decide::decide`] (pure: progress of attempts, [`snapshot::build`],
 //! [`crate::scheduler::plan`], array aggregation, node and environment status) → apply
-//! ([`run`]: server-side apply of the controller-owned status fields, label patches,
+//! ([`run()`]: server-side apply of the controller-owned status fields, label patches,
 //! child creation, fleet calls, Events).
+//!
+//! Wiring (`asg-batch controller`):
+//!
+//! ```rust,ignore
+//! let client = kube::Client::try_default().await?;
+//! let config = ControllerConfig {
+//!     leader_election: Some(LeaderElection::new("asg-batch-system", pod_name)),
+//!     ..ControllerConfig::default()
+//! };
+//! controller::run(client, config, Arc::new(AwsFleets::default()), shutdown_signal()).await?;
+//! ```
 
 pub mod context;
 pub mod decide;
