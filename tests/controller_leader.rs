@@ -97,3 +97,24 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_stops() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_once_its_lease_expires() {
+    let mut h = start_server(LOCAL_WORLD).await;
+    let a = h.add_controller(replica("a"), HashMap::new());
+    // Let "a" take the lease before "b" starts.
+    let start = Instant::now();
+    while holder(&h.client).await.as_deref() != Some("a") {
+        assert!(start.elapsed() < Duration::from_secs(30), "a leads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.add_controller(replica("b"), HashMap::new());
+    h.register_node("n1", "local", "4", "16Gi").await;
+    h.kill_controller(a).await;
+    apply_yaml(&h.client, &job("after-crash")).await;
+    h.wait_job("after-crash", "Starting under b", |j| {
+        j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Starting)
+    })
+    .await;
+    assert_eq!(holder(&h.client).await.as_deref(), Some("b"));
+}

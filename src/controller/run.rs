@@ -38,6 +38,16 @@ use super::decide::{
 use super::error::ControllerError;
 use super::{FIELD_MANAGER, LABEL_NODE, leader, reasons, time};
 
+/// A spawned task that is aborted when this is dropped, so that a cancelled [`run`]
+/// leaves no watch or lease renewal behind.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Writes of one kind in flight at once.
 const WRITES_IN_FLIGHT: usize = 16;
 
@@ -193,25 +203,25 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let mut merged = futures::stream::select_all([s1, s2, s3, s4, s5]);
     let notify = changed.clone();
-    let driver = tokio::spawn(async move {
+    let _driver = AbortOnDrop(tokio::spawn(async move {
         while let Some(item) = merged.next().await {
             match item {
                 Ok(()) => notify.notify_one(),
                 Err(e) => warn!(error = %e, "watch error (retrying with backoff)"),
             }
         }
-    });
+    }));
 
     // Without leader election this replica always leads.
     let election = ctx.config.leader_election.clone();
     let (leading_tx, mut leading) = watch::channel(election.is_none());
     let mut _kept_sender = None;
     let elector = match &election {
-        Some(le) => Some(tokio::spawn(leader::elect(
+        Some(le) => Some(AbortOnDrop(tokio::spawn(leader::elect(
             client.clone(),
             le.clone(),
             leading_tx,
-        ))),
+        )))),
         None => {
             _kept_sender = Some(leading_tx);
             None
@@ -240,16 +250,15 @@ pub async fn run(
                 tokio::select! {
                     () = changed.notified() => tokio::time::sleep(ctx.config.debounce).await,
                     () = tokio::time::sleep(ctx.config.resync) => {}
-                    _ = leading.changed() => {}
+                    Ok(()) = leading.changed() => {}
                 }
             }
             #[allow(unreachable_code)]
             Ok::<(), ControllerError>(())
         } => r,
     };
-    driver.abort();
     if let (Some(e), Some(le)) = (elector, &election) {
-        e.abort();
+        drop(e);
         let api: Api<Lease> = Api::namespaced(client.clone(), &le.namespace);
         if let Err(err) = leader::release(&api, le).await {
             warn!(error = %err, "releasing the lease failed");

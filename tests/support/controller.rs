@@ -113,6 +113,14 @@ impl Harness {
         self.controllers.len() - 1
     }
 
+    /// Kills controller replica `i` (its task is aborted: no lease release).
+    pub async fn kill_controller(&mut self, i: usize) {
+        if let Some((handle, _stop)) = self.controllers.get_mut(i).and_then(Option::take) {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
     /// Stops controller replica `i` gracefully (it releases its lease) and waits for it.
     pub async fn stop_controller(&mut self, i: usize) {
         if let Some((handle, stop)) = self.controllers.get_mut(i).and_then(Option::take) {
