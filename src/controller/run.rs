@@ -241,7 +241,14 @@ pub async fn run(
                     let started = Instant::now();
                     let span = info_span!("pass", n);
                     match pass(&ctx, &stores).instrument(span).await {
-                        Ok(summary) => debug!(n, ?summary, elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "pass done"),
+                        Ok(summary) => {
+                            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                            if summary.is_idle() {
+                                debug!(n, elapsed_ms, "pass done: nothing to change");
+                            } else {
+                                info!(n, ?summary, elapsed_ms, "pass done");
+                            }
+                        }
                         Err(e) => warn!(n, error = %e, kind = e.metric_label(), "pass failed"),
                     }
                 } else {
@@ -270,7 +277,6 @@ pub async fn run(
 
 /// Counts of what one pass did (for the log).
 #[derive(Debug, Default)]
-#[allow(dead_code)]
 struct Summary {
     jobs: usize,
     children: usize,
@@ -278,6 +284,12 @@ struct Summary {
     fleet: usize,
     conflicts: usize,
     failures: usize,
+}
+
+impl Summary {
+    fn is_idle(&self) -> bool {
+        self.jobs + self.children + self.nodes + self.fleet + self.conflicts + self.failures == 0
+    }
 }
 
 fn cloud_error(ce: &str, e: CloudError) -> ControllerError {
