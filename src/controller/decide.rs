@@ -39,7 +39,8 @@ use super::snapshot::{self, Inputs, api_phase, effective_template, job_id, phase
 use super::status::{owned_job_status, owned_node_status, reason_code, set_condition};
 use super::time::{seconds, time};
 use super::{
-    CONDITION_READY, CONDITION_SCHEDULED, CONDITION_VALID, LABEL_ARRAY_PARENT, LABEL_NODE, reasons,
+    CONDITION_READY, CONDITION_SCALING, CONDITION_SCHEDULED, CONDITION_VALID, LABEL_ARRAY_PARENT,
+    LABEL_NODE, reasons,
 };
 
 /// Tunables of a pass.
@@ -1073,6 +1074,46 @@ fn environment_updates(
             status.desired_capacity = Some(i32::try_from(d.desired).unwrap_or(i32::MAX));
         }
         let generation = ce.metadata.generation;
+        let booting = built
+            .snapshot
+            .compute_environments
+            .get(name)
+            .map_or(0, |c| c.booting);
+        let new = decision.map_or(0, |d| d.new_instances);
+        let draining = plan
+            .drain
+            .iter()
+            .chain(&plan.terminate)
+            .filter(|n| mine.contains(&n.as_str()))
+            .count();
+        let (scaling, why, msg) = if new > 0 || booting > 0 {
+            (
+                true,
+                "ScalingOut",
+                format!("{booting} instance(s) booting, {new} more needed"),
+            )
+        } else if draining > 0 {
+            (
+                true,
+                "ScalingIn",
+                format!("{draining} idle instance(s) draining or terminating"),
+            )
+        } else {
+            (
+                false,
+                "Steady",
+                "no instances booting or draining".to_owned(),
+            )
+        };
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SCALING,
+            scaling,
+            why,
+            &msg,
+            generation,
+            now,
+        );
         match &problem {
             Some((why, msg)) => {
                 set_condition(
@@ -1800,6 +1841,16 @@ mod tests {
             }]
         );
         assert_eq!(d.compute_environments[0].status.desired_capacity, Some(3));
+        let scaling = d.compute_environments[0]
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_SCALING)
+            .expect("Scaling");
+        assert_eq!(
+            (scaling.status.as_str(), scaling.message.as_str()),
+            ("True", "0 instance(s) booting, 3 more needed")
+        );
         assert!(d.events.iter().any(|e| e.reason == reasons::SCALED));
         // Instances booting (no BatchNode yet) count: nothing more to ask for.
         let jobs = (0..5)
@@ -1850,7 +1901,12 @@ mod tests {
             "DescribeAutoScalingGroups: not found: nope".into(),
         );
         let d = run(&o);
-        let c = &d.compute_environments[0].status.conditions[0];
+        let c = d.compute_environments[0]
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_READY)
+            .expect("Ready");
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", reasons::FLEET_ERROR)

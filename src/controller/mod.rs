@@ -41,6 +41,8 @@ pub const LABEL_NODE: &str = "asgbatch.io/node";
 pub const LABEL_ARRAY_PARENT: &str = "asgbatch.io/array-parent";
 /// Condition type on a BatchJob: whether it is bound to a node, and if not, why.
 pub const CONDITION_SCHEDULED: &str = "Scheduled";
+/// Condition type on a ComputeEnvironment: instances booting, draining or terminating.
+pub const CONDITION_SCALING: &str = "Scaling";
 /// Condition type on a JobQueue: whether every compute environment it names exists.
 pub const CONDITION_VALID: &str = "Valid";
 /// Condition type on a ComputeEnvironment / BatchNode: whether it is usable.
