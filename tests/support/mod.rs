@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod controller;
 pub mod manifests;
 pub mod moto;
 pub mod podman;

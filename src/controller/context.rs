@@ -1,0 +1,143 @@
+//! What the controller loop holds: configuration, the Kubernetes client, the Event
+//! recorder, and how it reaches the fleet behind each `aws` compute environment.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::Mutex;
+
+use crate::api::ComputeEnvironment;
+use crate::cloud::Fleet;
+use crate::cloud::aws::AwsFleet;
+use crate::scheduler::Resources;
+
+use super::FIELD_MANAGER;
+use super::leader::LeaderElection;
+
+/// Tunables of the controller loop.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// A node whose heartbeat is older than this is Lost (PROTOCOL.md: default 60 s).
+    pub lost_node_timeout: Duration,
+    /// A pass runs at least this often, even without changes (backoff expiry, lost
+    /// nodes, scale-in timers, fleet state).
+    pub resync: Duration,
+    /// After a change, wait this long for more before a pass.
+    pub debounce: Duration,
+    /// Longest wait for one fleet call.
+    pub fleet_timeout: Duration,
+    /// Reporting instance of Events (e.g. the pod name).
+    pub instance: Option<String>,
+    /// Lease-based leader election; `None`: this replica always acts (one replica only).
+    pub leader_election: Option<LeaderElection>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            lost_node_timeout: Duration::from_secs(60),
+            resync: Duration::from_secs(10),
+            debounce: Duration::from_millis(200),
+            fleet_timeout: Duration::from_secs(30),
+            instance: None,
+            leader_election: None,
+        }
+    }
+}
+
+/// Gives the controller the fleet behind a compute environment.
+///
+/// A compute environment without a fleet still has its jobs scheduled onto its
+/// registered nodes, but the controller neither scales it nor drains its idle nodes
+/// (nothing could terminate them).
+pub trait FleetProvider: Send + Sync {
+    /// The fleet of `ce`, or `None` when it has none.
+    fn fleet<'a>(&'a self, ce: &'a ComputeEnvironment) -> BoxFuture<'a, Option<Arc<dyn Fleet>>>;
+}
+
+/// Fleets given up front, by compute environment name (tests, `dev`).
+#[derive(Clone, Default)]
+pub struct StaticFleets(pub HashMap<String, Arc<dyn Fleet>>);
+
+impl FleetProvider for StaticFleets {
+    fn fleet<'a>(&'a self, ce: &'a ComputeEnvironment) -> BoxFuture<'a, Option<Arc<dyn Fleet>>> {
+        Box::pin(async move { self.0.get(ce.metadata.name.as_deref()?).cloned() })
+    }
+}
+
+/// An Auto Scaling Group name and region.
+type GroupKey = (String, Option<String>);
+
+/// [`AwsFleet`]s made on first use from each `aws` environment's group and region,
+/// through the default credential chain (`AWS_ENDPOINT_URL` is honoured); `local`
+/// environments get none.
+#[derive(Default)]
+pub struct AwsFleets {
+    cache: Mutex<HashMap<GroupKey, Arc<dyn Fleet>>>,
+}
+
+impl FleetProvider for AwsFleets {
+    fn fleet<'a>(&'a self, ce: &'a ComputeEnvironment) -> BoxFuture<'a, Option<Arc<dyn Fleet>>> {
+        Box::pin(async move {
+            let aws = ce.spec.aws.as_ref()?;
+            let key = (aws.auto_scaling_group_name.clone(), aws.region.clone());
+            let mut cache = self.cache.lock().await;
+            if let Some(f) = cache.get(&key) {
+                return Some(f.clone());
+            }
+            let fleet: Arc<dyn Fleet> = Arc::new(
+                AwsFleet::from_env(aws.auto_scaling_group_name.clone(), aws.region.clone()).await,
+            );
+            cache.insert(key, fleet.clone());
+            Some(fleet)
+        })
+    }
+}
+
+/// Shared state of the loop.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// Configuration.
+    pub config: ControllerConfig,
+    /// Fleets of `aws` compute environments.
+    pub fleets: Arc<dyn FleetProvider>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Instance shapes by instance type (looked up once).
+    pub shapes: Mutex<HashMap<String, Resources>>,
+    /// Fleet calls that failed in the last pass, by compute environment (shown in its
+    /// status until a call succeeds).
+    pub fleet_errors: Mutex<BTreeMap<String, String>>,
+    /// Objects already reported as not deserialising (`uid/resourceVersion`).
+    pub reported_invalid: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(
+        client: kube::Client,
+        config: ControllerConfig,
+        fleets: Arc<dyn FleetProvider>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: config.instance.clone(),
+            },
+        );
+        Self {
+            client,
+            config,
+            fleets,
+            recorder,
+            shapes: Mutex::default(),
+            fleet_errors: Mutex::default(),
+            reported_invalid: Mutex::default(),
+        }
+    }
+}

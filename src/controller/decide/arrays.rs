@@ -1,0 +1,129 @@
+//! Step 4: array children to create and the parents' `arrayStatus` and phase.
+
+use super::*;
+
+/// Step 4: array children to create and parent status.
+pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, now: Seconds) {
+    // Children by parent id and index, with their desired phase.
+    let mut children: BTreeMap<JobId, BTreeMap<u32, (JobId, JobPhase)>> = BTreeMap::new();
+    for (id, w) in work.iter() {
+        if let Some(a) = snapshot::array_child(w.job) {
+            children.entry(a.parent).or_default().insert(
+                a.index,
+                (id.clone(), w.desired.phase.unwrap_or(JobPhase::Submitted)),
+            );
+        }
+    }
+    let parents: Vec<JobId> = work
+        .iter()
+        .filter(|(_, w)| snapshot::is_array_parent(w.job))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for pid in parents {
+        let Some(w) = work.get_mut(&pid) else {
+            continue;
+        };
+        let size = w.job.spec.array_properties.as_ref().map_or(0, |a| a.size);
+        let mine = children.get(&pid);
+        let mut missing = Vec::new();
+        for i in 0..size {
+            if mine.is_none_or(|m| !m.contains_key(&i)) {
+                missing.push(i);
+            }
+        }
+        if !missing.is_empty() && !phase(w.desired.phase).is_terminal() {
+            for &i in &missing {
+                out.children.push(NewChild {
+                    job: new_child(w.job, i),
+                });
+            }
+            event(
+                &mut out.events,
+                object_ref(w.job),
+                false,
+                reasons::CHILDREN_CREATED,
+                format!("creating {} array children", missing.len()),
+            );
+        }
+        let mut counts = ArrayStatus {
+            size,
+            pending: u32::try_from(missing.len()).unwrap_or(u32::MAX),
+            ..ArrayStatus::default()
+        };
+        let mut failed_child: Option<&JobId> = None;
+        for (cid, p) in mine.into_iter().flat_map(|m| m.values()) {
+            match p {
+                JobPhase::Submitted | JobPhase::Pending => counts.pending += 1,
+                JobPhase::Runnable => counts.runnable += 1,
+                JobPhase::Starting => counts.starting += 1,
+                JobPhase::Running => counts.running += 1,
+                JobPhase::Succeeded => counts.succeeded += 1,
+                JobPhase::Failed => {
+                    counts.failed += 1;
+                    failed_child.get_or_insert(cid);
+                }
+            }
+        }
+        let d = &mut w.desired;
+        let was_terminal = phase(d.phase).is_terminal();
+        let new_phase = if let Some(c) = failed_child {
+            d.reason = Some("ChildFailed".into());
+            d.message = Some(format!("array child {c} failed"));
+            JobPhase::Failed
+        } else if size > 0 && counts.succeeded == size {
+            d.reason = Some("Completed".into());
+            d.message = Some(format!("all {size} array children succeeded"));
+            JobPhase::Succeeded
+        } else {
+            d.message = Some(format!(
+                "{size} children: {} pending, {} runnable, {} starting, {} running, {} succeeded",
+                counts.pending, counts.runnable, counts.starting, counts.running, counts.succeeded
+            ));
+            if counts.starting + counts.running > 0 || counts.succeeded > 0 {
+                JobPhase::Running
+            } else if counts.runnable > 0 {
+                JobPhase::Runnable
+            } else {
+                JobPhase::Pending
+            }
+        };
+        if new_phase.is_terminal() && !was_terminal {
+            d.stopped_at = Some(time(now));
+            event(
+                &mut out.events,
+                object_ref(w.job),
+                new_phase == JobPhase::Failed,
+                if new_phase == JobPhase::Failed {
+                    reasons::FAILED
+                } else {
+                    reasons::SUCCEEDED
+                },
+                d.message.clone().unwrap_or_default(),
+            );
+        }
+        if !was_terminal {
+            d.phase = Some(new_phase);
+        }
+        d.array_status = Some(counts);
+    }
+}
+
+/// Array child `index` of `parent`: its spec, `arrayIndex`, the parent label and an
+/// owner reference.
+pub fn new_child(parent: &BatchJob, index: u32) -> BatchJob {
+    let pname = parent.metadata.name.clone().unwrap_or_default();
+    let mut spec = parent.spec.clone();
+    spec.array_properties = None;
+    spec.array_index = Some(index);
+    BatchJob {
+        metadata: ObjectMeta {
+            name: Some(format!("{pname}-{index}")),
+            namespace: parent.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(LABEL_ARRAY_PARENT.to_owned(), pname)])),
+            owner_references: parent.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    }
+}

@@ -1,0 +1,201 @@
+//! Step 2: progress of the current attempt (started → Running; ended → Succeeded, retried
+//! or Failed; on a lost or deleted node → ended with `NodeLost`).
+
+use super::*;
+
+/// The retry strategy and backoff of a job's template.
+pub(super) fn strategy(t: &JobTemplate) -> (retry::RetryStrategy, Option<retry::Backoff>) {
+    let Some(r) = &t.retry_strategy else {
+        return (retry::RetryStrategy::default(), None);
+    };
+    let s = retry::RetryStrategy {
+        attempts: r.attempts,
+        evaluate_on_exit: r
+            .evaluate_on_exit
+            .iter()
+            .map(|e| retry::EvaluateOnExit {
+                on_exit_code: e.on_exit_code.clone(),
+                on_reason: e.on_reason.clone(),
+                on_status_reason: e.on_status_reason.clone(),
+                action: match e.action {
+                    RetryAction::Retry => retry::Action::Retry,
+                    RetryAction::Exit => retry::Action::Exit,
+                },
+            })
+            .collect(),
+    };
+    let b = r.backoff.as_ref().map(|b| retry::Backoff {
+        base_seconds: Seconds::from(b.initial_delay_seconds),
+        max_seconds: Seconds::from(b.max_delay_seconds),
+    });
+    (s, b)
+}
+
+/// Describes an attempt's outcome for humans: `exit code 3 (Error)`.
+pub(super) fn describe_outcome(o: &AttemptOutcome<'_>) -> String {
+    match (o.exit_code, o.reason) {
+        (Some(c), Some(r)) => format!("exit code {c} ({r})"),
+        (Some(c), None) => format!("exit code {c}"),
+        (None, Some(r)) => r.to_owned(),
+        (None, None) => "no exit code".into(),
+    }
+}
+
+/// Step 2 for one job.
+pub(super) fn progress(
+    w: &mut Work<'_>,
+    defs: &snapshot::Definitions<'_>,
+    nodes: &BTreeMap<&str, &BatchNode>,
+    node_phase: &BTreeMap<&str, ApiNodePhase>,
+    now: Seconds,
+    events: &mut Vec<Note>,
+) {
+    let d = &mut w.desired;
+    let p = phase(d.phase);
+    if !p.is_placed() {
+        return;
+    }
+    let (Some(n), Some(node)) = (d.attempt, d.node.clone()) else {
+        return;
+    };
+    let Some(observed) = w
+        .job
+        .status
+        .as_ref()
+        .and_then(|s| s.attempts.iter().find(|a| a.attempt == n))
+        .cloned()
+    else {
+        return;
+    };
+    let lost = match node_phase.get(node.as_str()) {
+        None => Some(format!("node {node} was deleted")),
+        Some(ApiNodePhase::Lost) => Some(format!(
+            "node {node} stopped heartbeating{}",
+            nodes
+                .get(node.as_str())
+                .and_then(|n| n.status.as_ref())
+                .and_then(|s| s.heartbeat_time.as_ref())
+                .map(|t| format!(" (last heartbeat {})", t.0))
+                .unwrap_or_default()
+        )),
+        Some(_) => None,
+    };
+    let regarding = object_ref(w.job);
+    let (stopped_at, exit_code, reason, status_reason) = if observed.stopped_at.is_some() {
+        (
+            observed.stopped_at.clone(),
+            observed.exit_code,
+            observed.reason.clone(),
+            observed.status_reason.clone(),
+        )
+    } else if let Some(why) = lost {
+        // The controller ends the attempt itself (and owns these fields from now on).
+        if let Some(a) = d.attempts.iter_mut().find(|a| a.attempt == n) {
+            a.stopped_at = Some(time(now));
+            a.reason = Some(REASON_NODE_LOST.into());
+            a.status_reason = Some(why.clone());
+        }
+        event(
+            events,
+            regarding.clone(),
+            true,
+            reasons::NODE_LOST,
+            format!("attempt {n}: {why}"),
+        );
+        (
+            Some(time(now)),
+            None,
+            Some(REASON_NODE_LOST.to_owned()),
+            Some(why),
+        )
+    } else {
+        if p == Phase::Starting
+            && let Some(started) = &observed.started_at
+        {
+            d.phase = Some(JobPhase::Running);
+            d.started_at = d.started_at.clone().or_else(|| Some(started.clone()));
+            d.message = Some(format!("attempt {n} running on node {node}"));
+            event(
+                events,
+                regarding,
+                false,
+                reasons::STARTED,
+                format!("attempt {n} started on node {node}"),
+            );
+        }
+        return;
+    };
+
+    // The attempt ended.
+    let outcome = AttemptOutcome {
+        exit_code,
+        reason: reason.as_deref(),
+        status_reason: status_reason.as_deref(),
+    };
+    let what = describe_outcome(&outcome);
+    d.node = None;
+    d.not_before = None;
+    if exit_code == Some(0) && reason.as_deref().is_none_or(|r| r == "Completed") {
+        d.phase = Some(JobPhase::Succeeded);
+        d.reason = Some(reason.clone().unwrap_or_else(|| "Completed".into()));
+        d.message = Some(format!("attempt {n} succeeded on node {node}: {what}"));
+        d.stopped_at = stopped_at.or_else(|| Some(time(now)));
+        event(
+            events,
+            regarding,
+            false,
+            reasons::SUCCEEDED,
+            format!("attempt {n} on node {node}: {what}"),
+        );
+        return;
+    }
+    let template = effective_template(w.job, defs).unwrap_or_else(|_| w.job.spec.template.clone());
+    let (s, backoff) = strategy(&template);
+    d.reason = Some(reason.clone().unwrap_or_else(|| "Error".into()));
+    match retry::decide(&s, n, &outcome, backoff.as_ref(), now) {
+        RetryDecision::Retry { runnable_at, .. } => {
+            d.phase = Some(JobPhase::Runnable);
+            let when = if runnable_at > now {
+                d.not_before = Some(time(runnable_at));
+                format!(" after a backoff until {}", time(runnable_at).0)
+            } else {
+                String::new()
+            };
+            d.message = Some(format!(
+                "attempt {n} of {} failed on node {node}: {what}; retrying{when}",
+                s.attempts
+            ));
+            event(
+                events,
+                regarding,
+                true,
+                reasons::RETRYING,
+                format!(
+                    "attempt {n} of {} failed: {what}; retrying{when}",
+                    s.attempts
+                ),
+            );
+        }
+        RetryDecision::Fail(cause) => {
+            let why = match cause {
+                FailCause::ExitRule { rule } => {
+                    format!("evaluateOnExit[{rule}] says EXIT")
+                }
+                FailCause::TimedOut => "timed-out attempts are not retried".to_owned(),
+                FailCause::AttemptsExhausted { attempts } => {
+                    format!("all {attempts} attempts used")
+                }
+            };
+            d.phase = Some(JobPhase::Failed);
+            d.stopped_at = stopped_at.or_else(|| Some(time(now)));
+            d.message = Some(format!("attempt {n} failed on node {node}: {what}; {why}"));
+            event(
+                events,
+                regarding,
+                true,
+                reasons::FAILED,
+                format!("attempt {n}: {what}; {why}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Step 3: the scheduler's plan onto the jobs (bindings, phase changes, dependency
+//! failures, why each waiting job is not running) and invalid jobs' reasons.
+
+use super::*;
+
+/// Step 3: the plan onto the jobs' desired status.
+pub(super) fn apply_plan(
+    plan: &Plan,
+    built: &snapshot::Built,
+    work: &mut BTreeMap<JobId, Work<'_>>,
+    nodes: &BTreeMap<&str, &BatchNode>,
+    now: Seconds,
+    events: &mut Vec<Note>,
+) {
+    for c in &plan.phase_changes {
+        if let Some(w) = work.get_mut(&c.job) {
+            w.desired.phase = Some(api_phase(c.to));
+        }
+    }
+    for f in &plan.dependency_failures {
+        if let Some(w) = work.get_mut(&f.job) {
+            let d = &mut w.desired;
+            d.phase = Some(JobPhase::Failed);
+            d.reason = Some(DEPENDENCY_FAILED.into());
+            d.message = Some(format!("dependency {} failed", f.dependency));
+            d.stopped_at = Some(time(now));
+            d.not_before = None;
+            let generation = w.job.metadata.generation;
+            set_condition(
+                &mut d.conditions,
+                CONDITION_SCHEDULED,
+                false,
+                DEPENDENCY_FAILED,
+                &format!("dependency {} failed", f.dependency),
+                generation,
+                now,
+            );
+            event(
+                events,
+                object_ref(w.job),
+                true,
+                reasons::FAILED,
+                format!("dependency {} failed", f.dependency),
+            );
+        }
+    }
+    for b in &plan.bindings {
+        let Some(w) = work.get_mut(&b.job) else {
+            continue;
+        };
+        let generation = w.job.metadata.generation;
+        let d = &mut w.desired;
+        let n = d.attempt.unwrap_or(0) + 1;
+        d.phase = Some(JobPhase::Starting);
+        d.node = Some(b.node.clone());
+        d.attempt = Some(n);
+        d.not_before = None;
+        d.reason = None;
+        d.attempts.retain(|a| a.attempt != n);
+        d.attempts.push(AttemptStatus {
+            attempt: n,
+            node: Some(b.node.clone()),
+            instance_id: nodes
+                .get(b.node.as_str())
+                .map(|x| x.spec.instance_id.clone()),
+            ..AttemptStatus::default()
+        });
+        let msg = format!("attempt {n} bound to node {}", b.node);
+        d.message = Some(msg.clone());
+        set_condition(
+            &mut d.conditions,
+            CONDITION_SCHEDULED,
+            true,
+            reasons::BOUND,
+            &msg,
+            generation,
+            now,
+        );
+        event(events, object_ref(w.job), false, reasons::BOUND, msg);
+    }
+    for (id, reason) in &plan.unplaced {
+        let Some(w) = work.get_mut(id) else {
+            continue;
+        };
+        let generation = w.job.metadata.generation;
+        let d = &mut w.desired;
+        let msg = match reason {
+            Reason::Backoff { .. } => match &d.not_before {
+                Some(t) => format!("retry backoff: runnable again at {}", t.0),
+                None => reason.to_string(),
+            },
+            other => other.to_string(),
+        };
+        d.message = Some(msg.clone());
+        set_condition(
+            &mut d.conditions,
+            CONDITION_SCHEDULED,
+            false,
+            reason_code(reason),
+            &msg,
+            generation,
+            now,
+        );
+    }
+    for (id, why) in &built.invalid_jobs {
+        let Some(w) = work.get_mut(id) else {
+            continue;
+        };
+        let generation = w.job.metadata.generation;
+        let d = &mut w.desired;
+        let p = phase(d.phase);
+        if p.is_placed() || p.is_terminal() {
+            continue;
+        }
+        d.phase.get_or_insert(JobPhase::Submitted);
+        if d.message.as_deref() != Some(why.as_str()) {
+            event(
+                events,
+                object_ref(w.job),
+                true,
+                reasons::INVALID_JOB,
+                why.clone(),
+            );
+        }
+        d.message = Some(why.clone());
+        set_condition(
+            &mut d.conditions,
+            CONDITION_SCHEDULED,
+            false,
+            reasons::INVALID_JOB,
+            why,
+            generation,
+            now,
+        );
+    }
+}

@@ -1,0 +1,819 @@
+//! Unit tests of a whole pass.
+use super::*;
+use crate::api::common::{EvaluateOnExit, RetryBackoff, RetryStrategy};
+use crate::cloud::{FleetInstance, Lifecycle};
+use crate::controller::snapshot::fixtures::*;
+
+const NOW: Seconds = 10_000;
+
+/// A world with one local CE `ce` (4 cpu, 16Gi, max 10), queue `q`, and the given
+/// jobs and nodes.
+fn world(jobs: Vec<BatchJob>, nodes: Vec<BatchNode>) -> Observed {
+    Observed {
+        compute_environments: vec![Arc::new(ce("ce", "4", "16Gi", 10))],
+        queues: vec![Arc::new(queue("q", &["ce"]))],
+        jobs: jobs.into_iter().map(Arc::new).collect(),
+        nodes: nodes.into_iter().map(Arc::new).collect(),
+        ..Observed::default()
+    }
+}
+
+fn n1() -> BatchNode {
+    node("n1", "ce", "4", "16Gi", NOW)
+}
+
+fn run(o: &Observed) -> Decisions {
+    decide(o, &DecideConfig::default(), NOW)
+}
+
+fn update<'a>(d: &'a Decisions, name: &str) -> &'a JobUpdate {
+    d.jobs
+        .iter()
+        .find(|u| u.name == name)
+        .unwrap_or_else(|| panic!("no update for {name}: {:?}", d.jobs))
+}
+
+fn status<'a>(d: &'a Decisions, name: &str) -> &'a BatchJobStatus {
+    update(d, name).status.as_ref().expect("a status write")
+}
+
+/// Applies the decisions as the API server would (status fields the controller
+/// owns replaced, the agent's attempt fields kept; labels; children created).
+fn apply(o: &mut Observed, d: &Decisions) {
+    let mut jobs: Vec<BatchJob> = o.jobs.iter().map(|j| (**j).clone()).collect();
+    for u in &d.jobs {
+        let Some(j) = jobs
+            .iter_mut()
+            .find(|j| j.metadata.name.as_deref() == Some(&u.name))
+        else {
+            continue;
+        };
+        match &u.label {
+            Some(LabelChange::Set(n)) => {
+                j.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(LABEL_NODE.into(), n.clone());
+            }
+            Some(LabelChange::Remove) => {
+                if let Some(l) = j.metadata.labels.as_mut() {
+                    l.remove(LABEL_NODE);
+                }
+            }
+            None => {}
+        }
+        if let Some(s) = &u.status {
+            let old = j.status.clone().unwrap_or_default();
+            let mut new = s.clone();
+            for a in &mut new.attempts {
+                if let Some(prev) = old.attempts.iter().find(|p| p.attempt == a.attempt) {
+                    a.started_at = a.started_at.clone().or(prev.started_at.clone());
+                    a.stopped_at = a.stopped_at.clone().or(prev.stopped_at.clone());
+                    a.exit_code = a.exit_code.or(prev.exit_code);
+                    a.reason = a.reason.clone().or(prev.reason.clone());
+                    a.status_reason = a.status_reason.clone().or(prev.status_reason.clone());
+                    a.log_tail = a.log_tail.clone().or(prev.log_tail.clone());
+                }
+            }
+            j.status = Some(new);
+        }
+    }
+    for c in &d.children {
+        let mut j = c.job.clone();
+        j.metadata.creation_timestamp = Some(time(NOW));
+        j.metadata.generation = Some(1);
+        jobs.push(j);
+    }
+    o.jobs = jobs.into_iter().map(Arc::new).collect();
+    let mut nodes: Vec<BatchNode> = o.nodes.iter().map(|n| (**n).clone()).collect();
+    for u in &d.nodes {
+        if let Some(n) = nodes
+            .iter_mut()
+            .find(|n| n.metadata.name.as_deref() == Some(&u.name))
+        {
+            let hb = n.status.as_ref().and_then(|s| s.heartbeat_time.clone());
+            let mut s = u.status.clone();
+            s.heartbeat_time = hb;
+            n.status = Some(s);
+        }
+    }
+    o.nodes = nodes.into_iter().map(Arc::new).collect();
+    let mut ces: Vec<ComputeEnvironment> = o
+        .compute_environments
+        .iter()
+        .map(|c| (**c).clone())
+        .collect();
+    for u in &d.compute_environments {
+        if let Some(c) = ces
+            .iter_mut()
+            .find(|c| c.metadata.name.as_deref() == Some(&u.name))
+        {
+            c.status = Some(u.status.clone());
+        }
+    }
+    o.compute_environments = ces.into_iter().map(Arc::new).collect();
+    let mut queues: Vec<JobQueue> = o.queues.iter().map(|q| (**q).clone()).collect();
+    for u in &d.queues {
+        if let Some(q) = queues
+            .iter_mut()
+            .find(|q| q.metadata.name.as_deref() == Some(&u.name))
+        {
+            q.status = Some(u.status.clone());
+        }
+    }
+    o.queues = queues.into_iter().map(Arc::new).collect();
+}
+
+/// Applies passes until one changes nothing (at most 5); panics otherwise.
+fn settle(o: &mut Observed) {
+    for _ in 0..5 {
+        let d = run(o);
+        if d.jobs.is_empty()
+            && d.nodes.is_empty()
+            && d.compute_environments.is_empty()
+            && d.queues.is_empty()
+            && d.children.is_empty()
+            && d.fleet.is_empty()
+        {
+            assert!(d.events.is_empty(), "events without writes: {:?}", d.events);
+            return;
+        }
+        apply(o, &d);
+    }
+    panic!("no fixpoint after 5 passes: {:?}", run(o).jobs);
+}
+
+fn step(o: &mut Observed) {
+    let d = run(o);
+    apply(o, &d);
+}
+
+/// The agent's report on the current attempt of `name`.
+fn agent(o: &mut Observed, name: &str, f: impl Fn(&mut AttemptStatus)) {
+    let mut jobs: Vec<BatchJob> = o.jobs.iter().map(|j| (**j).clone()).collect();
+    if let Some(j) = jobs
+        .iter_mut()
+        .find(|j| j.metadata.name.as_deref() == Some(name))
+        && let Some(s) = j.status.as_mut()
+    {
+        let n = s.attempt.unwrap_or(0);
+        if let Some(a) = s.attempts.iter_mut().find(|a| a.attempt == n) {
+            f(a);
+        }
+    }
+    o.jobs = jobs.into_iter().map(Arc::new).collect();
+}
+
+fn exited(code: i32) -> impl Fn(&mut AttemptStatus) {
+    move |a| {
+        a.started_at = a.started_at.clone().or(Some(time(NOW - 10)));
+        a.stopped_at = Some(time(NOW - 1));
+        a.exit_code = Some(code);
+        a.reason = Some(if code == 0 { "Completed" } else { "Error" }.into());
+    }
+}
+
+fn started(a: &mut AttemptStatus) {
+    a.started_at = Some(time(NOW - 5));
+}
+
+#[test]
+fn every_stage_of_a_mixed_world_settles_without_further_writes() {
+    let arr = array(job("arr", "1", "1Gi", 3), 2);
+    let mut o = world(
+        vec![
+            job("a", "1", "1Gi", 1),
+            depends_on(job("b", "1", "1Gi", 2), "a"),
+            arr,
+            job("huge", "1", "64Gi", 4),
+            with_definition(job("orphan", "1", "1Gi", 5), "missing"),
+        ],
+        vec![n1()],
+    );
+    settle(&mut o);
+    for j in ["a", "arr-0", "arr-1"] {
+        agent(&mut o, j, started);
+    }
+    settle(&mut o);
+    for j in ["a", "arr-0", "arr-1"] {
+        agent(&mut o, j, exited(0));
+    }
+    settle(&mut o);
+    agent(&mut o, "b", exited(2));
+    settle(&mut o);
+    let phases: Vec<(String, Option<JobPhase>)> = o
+        .jobs
+        .iter()
+        .map(|j| {
+            (
+                j.metadata.name.clone().unwrap_or_default(),
+                j.status.as_ref().and_then(|s| s.phase),
+            )
+        })
+        .collect();
+    for (name, want) in [
+        ("a", JobPhase::Succeeded),
+        ("b", JobPhase::Failed),
+        ("arr", JobPhase::Succeeded),
+        ("huge", JobPhase::Runnable),
+        ("orphan", JobPhase::Submitted),
+    ] {
+        assert!(
+            phases.contains(&(name.into(), Some(want))),
+            "{name}: {phases:?}"
+        );
+    }
+    let q = o.queues[0].status.clone().unwrap_or_default();
+    assert_eq!((q.runnable_jobs, q.running_jobs), (Some(1), Some(0)));
+    assert_eq!(q.conditions[0].type_, CONDITION_VALID);
+    let n = o.nodes[0].status.clone().unwrap_or_default();
+    assert_eq!((n.job_count, n.phase), (Some(0), Some(ApiNodePhase::Ready)));
+}
+
+#[test]
+fn a_runnable_job_is_bound_labelled_and_its_node_allocated() {
+    let o = world(vec![job("a", "1500m", "2Gi", 1)], vec![n1()]);
+    let d = run(&o);
+    let u = update(&d, "a");
+    assert_eq!(u.label, Some(LabelChange::Set("n1".into())));
+    let s = status(&d, "a");
+    assert_eq!(s.phase, Some(JobPhase::Starting));
+    assert_eq!(s.node.as_deref(), Some("n1"));
+    assert_eq!(s.attempt, Some(1));
+    assert_eq!(
+        s.attempts,
+        [AttemptStatus {
+            attempt: 1,
+            node: Some("n1".into()),
+            instance_id: Some("n1".into()),
+            ..Default::default()
+        }]
+    );
+    assert_eq!(s.observed_generation, Some(1));
+    let c = &s.conditions[0];
+    assert_eq!(
+        (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+        ("Scheduled", "True", "Bound")
+    );
+    let n = &d.nodes[0].status;
+    assert_eq!(n.allocated, Some(res("1500m", "2Gi")));
+    assert_eq!(n.job_count, Some(1));
+    assert_eq!(n.jobs[0].name, "a");
+    assert_eq!(n.idle_since, None);
+    assert!(d.events.iter().any(|e| e.reason == reasons::BOUND));
+}
+
+#[test]
+fn the_whole_life_of_a_job_and_nothing_more_once_settled() {
+    let mut o = world(vec![job("a", "1", "1Gi", 1)], vec![n1()]);
+    let d = run(&o);
+    apply(&mut o, &d);
+    assert!(
+        run(&o).jobs.is_empty(),
+        "bound job is stable: {:?}",
+        run(&o).jobs
+    );
+    agent(&mut o, "a", started);
+    let d = run(&o);
+    let s = status(&d, "a");
+    assert_eq!(s.phase, Some(JobPhase::Running));
+    assert_eq!(s.started_at, Some(time(NOW - 5)));
+    assert!(update(&d, "a").label.is_none());
+    apply(&mut o, &d);
+    assert!(run(&o).jobs.is_empty());
+    agent(&mut o, "a", exited(0));
+    let d = run(&o);
+    let u = update(&d, "a");
+    assert_eq!(u.label, Some(LabelChange::Remove));
+    let s = status(&d, "a");
+    assert_eq!(s.phase, Some(JobPhase::Succeeded));
+    assert_eq!(s.node, None);
+    assert_eq!(s.stopped_at, Some(time(NOW - 1)));
+    assert_eq!(s.reason.as_deref(), Some("Completed"));
+    assert_eq!(d.nodes[0].status.job_count, Some(0));
+    assert_eq!(d.nodes[0].status.idle_since, Some(time(NOW)));
+    apply(&mut o, &d);
+    let again = run(&o);
+    assert!(
+        again.jobs.is_empty() && again.nodes.is_empty(),
+        "{:?}",
+        again.jobs
+    );
+}
+
+fn retrying(j: BatchJob, attempts: u32, backoff: Option<u32>) -> BatchJob {
+    let mut j = j;
+    j.spec.template.retry_strategy = Some(RetryStrategy {
+        attempts,
+        evaluate_on_exit: vec![
+            EvaluateOnExit {
+                on_exit_code: Some("3".into()),
+                on_reason: None,
+                on_status_reason: None,
+                action: RetryAction::Retry,
+            },
+            EvaluateOnExit {
+                on_exit_code: Some("2*".into()),
+                on_reason: None,
+                on_status_reason: None,
+                action: RetryAction::Exit,
+            },
+        ],
+        backoff: backoff.map(|b| RetryBackoff {
+            initial_delay_seconds: b,
+            max_delay_seconds: 3600,
+        }),
+    });
+    j
+}
+
+#[test]
+fn a_retry_rule_runs_the_job_again_until_attempts_are_used() {
+    let mut o = world(vec![retrying(job("r", "1", "1Gi", 1), 2, None)], vec![n1()]);
+    let d = run(&o);
+    apply(&mut o, &d);
+    agent(&mut o, "r", exited(3));
+    // The attempt ends, the job is retried and, without backoff, bound again at once.
+    let d = run(&o);
+    let s = status(&d, "r");
+    assert_eq!(s.phase, Some(JobPhase::Starting));
+    assert_eq!(s.attempt, Some(2));
+    assert_eq!(s.attempts.len(), 2);
+    assert_eq!(update(&d, "r").label, None, "still labelled for n1");
+    assert!(d.events.iter().any(|e| e.reason == reasons::RETRYING));
+    apply(&mut o, &d);
+    agent(&mut o, "r", exited(3));
+    let d = run(&o);
+    let s = status(&d, "r");
+    assert_eq!(s.phase, Some(JobPhase::Failed));
+    assert_eq!(s.reason.as_deref(), Some("Error"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("attempt 2 failed on node n1: exit code 3 (Error); all 2 attempts used")
+    );
+    assert_eq!(update(&d, "r").label, Some(LabelChange::Remove));
+}
+
+#[test]
+fn backoff_leaves_the_job_runnable_with_not_before_and_no_label() {
+    let mut o = world(
+        vec![retrying(job("r", "1", "1Gi", 1), 3, Some(60))],
+        vec![n1()],
+    );
+    let d = run(&o);
+    apply(&mut o, &d);
+    agent(&mut o, "r", exited(3));
+    let d = run(&o);
+    let s = status(&d, "r");
+    assert_eq!(s.phase, Some(JobPhase::Runnable));
+    assert_eq!(s.not_before, Some(time(NOW + 60)));
+    assert_eq!(s.node, None);
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("retry backoff: runnable again at")
+    );
+    assert_eq!(update(&d, "r").label, Some(LabelChange::Remove));
+    apply(&mut o, &d);
+    assert!(run(&o).jobs.is_empty(), "stable while backing off");
+    let later = decide(&o, &DecideConfig::default(), NOW + 60);
+    assert_eq!(
+        later.jobs[0].status.as_ref().and_then(|s| s.attempt),
+        Some(2)
+    );
+}
+
+#[test]
+fn an_exit_rule_fails_at_once() {
+    let mut o = world(vec![retrying(job("r", "1", "1Gi", 1), 5, None)], vec![n1()]);
+    let d = run(&o);
+    apply(&mut o, &d);
+    agent(&mut o, "r", exited(21));
+    let s = status(&run(&o), "r").clone();
+    assert_eq!(s.phase, Some(JobPhase::Failed));
+    assert!(
+        s.message
+            .unwrap_or_default()
+            .ends_with("evaluateOnExit[1] says EXIT")
+    );
+}
+
+#[test]
+fn a_lost_node_ends_its_attempts_with_node_lost_and_they_are_retried() {
+    let mut o = world(vec![retrying(job("r", "1", "1Gi", 1), 2, None)], vec![n1()]);
+    let d = run(&o);
+    apply(&mut o, &d);
+    agent(&mut o, "r", started);
+    step(&mut o);
+    // n1 stops heartbeating; a fresh node n2 registers.
+    let mut n2 = node("n2", "ce", "4", "16Gi", NOW + 100);
+    n2.metadata.creation_timestamp = Some(time(NOW + 100));
+    let mut nodes: Vec<Arc<BatchNode>> = o.nodes.clone();
+    nodes.push(Arc::new(n2));
+    o.nodes = nodes;
+    let d = decide(&o, &DecideConfig::default(), NOW + 100);
+    let s = status(&d, "r");
+    assert_eq!(s.attempts[0].reason.as_deref(), Some(REASON_NODE_LOST));
+    assert_eq!(s.attempts[0].stopped_at, Some(time(NOW + 100)));
+    assert_eq!(
+        (s.phase, s.node.as_deref(), s.attempt),
+        (Some(JobPhase::Starting), Some("n2"), Some(2))
+    );
+    assert_eq!(update(&d, "r").label, Some(LabelChange::Set("n2".into())));
+    let lost = d.nodes.iter().find(|n| n.name == "n1").expect("n1 update");
+    assert_eq!(lost.status.phase, Some(ApiNodePhase::Lost));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == reasons::NODE_LOST && e.warning)
+    );
+}
+
+#[test]
+fn dependents_wait_and_fail_with_their_dependency() {
+    let mut o = world(
+        vec![
+            job("a", "1", "1Gi", 1),
+            depends_on(job("b", "1", "1Gi", 2), "a"),
+        ],
+        vec![n1()],
+    );
+    let d = run(&o);
+    assert_eq!(status(&d, "b").phase, Some(JobPhase::Pending));
+    assert_eq!(
+        status(&d, "b").message.as_deref(),
+        Some("waiting on dependency default/a")
+    );
+    apply(&mut o, &d);
+    agent(&mut o, "a", exited(1));
+    let d = run(&o);
+    assert_eq!(status(&d, "a").phase, Some(JobPhase::Failed));
+    let b = status(&d, "b");
+    assert_eq!(b.phase, Some(JobPhase::Failed));
+    assert_eq!(b.reason.as_deref(), Some(DEPENDENCY_FAILED));
+    assert_eq!(b.message.as_deref(), Some("dependency default/a failed"));
+}
+
+#[test]
+fn a_dependent_is_released_when_its_dependency_succeeds() {
+    let mut o = world(
+        vec![
+            job("a", "1", "1Gi", 1),
+            depends_on(job("b", "1", "1Gi", 2), "a"),
+        ],
+        vec![n1()],
+    );
+    step(&mut o);
+    agent(&mut o, "a", exited(0));
+    let d = run(&o);
+    assert_eq!(status(&d, "b").phase, Some(JobPhase::Starting));
+}
+
+#[test]
+fn an_array_job_gets_children_and_counts_them() {
+    let mut o = world(vec![array(job("arr", "1", "1Gi", 1), 3)], vec![n1()]);
+    let d = run(&o);
+    let names: Vec<_> = d
+        .children
+        .iter()
+        .filter_map(|c| c.job.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["arr-0", "arr-1", "arr-2"]);
+    let c = &d.children[1].job;
+    assert_eq!(c.spec.array_index, Some(1));
+    assert!(c.spec.array_properties.is_none());
+    assert_eq!(
+        c.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_ARRAY_PARENT))
+            .map(String::as_str),
+        Some("arr")
+    );
+    let owner = &c.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("BatchJob", "arr", Some(true))
+    );
+    assert_eq!(
+        status(&d, "arr").array_status.as_ref().map(|a| a.pending),
+        Some(3)
+    );
+    apply(&mut o, &d);
+    // Children are scheduled; the parent is not.
+    let d = run(&o);
+    assert!(d.plan.bindings.iter().all(|b| b.job.0 != "default/arr"));
+    assert_eq!(d.plan.bindings.len(), 3);
+    let a = status(&d, "arr");
+    assert_eq!(a.array_status.as_ref().map(|a| a.starting), Some(3));
+    assert_eq!(a.phase, Some(JobPhase::Running));
+    apply(&mut o, &d);
+    for c in ["arr-0", "arr-1", "arr-2"] {
+        agent(&mut o, c, exited(0));
+    }
+    let d = run(&o);
+    let a = status(&d, "arr");
+    assert_eq!(a.phase, Some(JobPhase::Succeeded));
+    assert_eq!(a.array_status.as_ref().map(|a| a.succeeded), Some(3));
+}
+
+#[test]
+fn an_array_fails_when_a_child_fails() {
+    let mut o = world(vec![array(job("arr", "1", "1Gi", 1), 2)], vec![n1()]);
+    step(&mut o);
+    step(&mut o);
+    agent(&mut o, "arr-1", exited(1));
+    let d = run(&o);
+    let a = status(&d, "arr");
+    assert_eq!(a.phase, Some(JobPhase::Failed));
+    assert_eq!(
+        a.message.as_deref(),
+        Some("array child default/arr-1 failed")
+    );
+    assert_eq!(
+        a.array_status.as_ref().map(|a| (a.failed, a.starting)),
+        Some((1, 1))
+    );
+}
+
+#[test]
+fn a_too_large_job_says_why_in_its_message_and_condition() {
+    let d = run(&world(vec![job("big", "1", "64Gi", 1)], vec![n1()]));
+    let s = status(&d, "big");
+    assert_eq!(s.phase, Some(JobPhase::Runnable));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("needs 64Gi memory, largest instance of ce/ce has 16Gi")
+    );
+    assert_eq!(s.conditions[0].reason, "TooLarge");
+    assert_eq!(s.conditions[0].status, "False");
+}
+
+#[test]
+fn a_missing_definition_is_a_clear_reason() {
+    let d = run(&world(
+        vec![with_definition(job("x", "1", "1Gi", 1), "nope")],
+        vec![n1()],
+    ));
+    let s = status(&d, "x");
+    assert_eq!(s.phase, Some(JobPhase::Submitted));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("job definition default/nope not found")
+    );
+    assert_eq!(s.conditions[0].reason, reasons::INVALID_JOB);
+    assert!(d.events.iter().any(|e| e.reason == reasons::INVALID_JOB));
+}
+
+fn aws_world(
+    jobs: Vec<BatchJob>,
+    nodes: Vec<BatchNode>,
+    desired: u32,
+    instances: &[&str],
+) -> Observed {
+    let mut o = world(jobs, nodes);
+    o.fleets.insert(
+        "ce".into(),
+        FleetState {
+            desired,
+            min: 0,
+            max: 10,
+            instance_type: Some("c5.xlarge".into()),
+            instances: instances
+                .iter()
+                .map(|i| FleetInstance {
+                    instance_id: (*i).into(),
+                    lifecycle: Lifecycle::InService,
+                    protected_from_scale_in: false,
+                    instance_type: None,
+                })
+                .collect(),
+        },
+    );
+    o
+}
+
+#[test]
+fn demand_sets_the_desired_capacity_of_a_fleet() {
+    let jobs = (0..5)
+        .map(|i| job(&format!("j{i}"), "2", "4Gi", i))
+        .collect();
+    let d = run(&aws_world(jobs, vec![], 0, &[]));
+    assert_eq!(
+        d.fleet,
+        [FleetAction::SetDesired {
+            compute_environment: "ce".into(),
+            desired: 3,
+            from: 0
+        }]
+    );
+    assert_eq!(d.compute_environments[0].status.desired_capacity, Some(3));
+    let scaling = d.compute_environments[0]
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_SCALING)
+        .expect("Scaling");
+    assert_eq!(
+        (scaling.status.as_str(), scaling.message.as_str()),
+        ("True", "0 instance(s) booting, 3 more needed")
+    );
+    assert!(d.events.iter().any(|e| e.reason == reasons::SCALED));
+    // Instances booting (no BatchNode yet) count: nothing more to ask for.
+    let jobs = (0..5)
+        .map(|i| job(&format!("j{i}"), "2", "4Gi", i))
+        .collect();
+    let d = run(&aws_world(jobs, vec![], 3, &["i-1", "i-2", "i-3"]));
+    assert!(d.fleet.is_empty(), "{:?}", d.fleet);
+}
+
+#[test]
+fn a_drained_idle_node_is_terminated_before_desired_is_lowered() {
+    let mut n = node("i-abc", "ce", "4", "16Gi", NOW);
+    if let Some(s) = n.status.as_mut() {
+        s.phase = Some(ApiNodePhase::Draining);
+        s.idle_since = Some(time(0));
+    }
+    let d = run(&aws_world(vec![], vec![n], 1, &["i-abc"]));
+    assert_eq!(
+        d.fleet,
+        [FleetAction::Terminate {
+            compute_environment: "ce".into(),
+            node: "i-abc".into(),
+            instance_id: "i-abc".into()
+        }]
+    );
+    assert_eq!(d.compute_environments[0].status.desired_capacity, Some(0));
+}
+
+#[test]
+fn an_idle_node_is_drained_after_its_idle_time_where_a_fleet_can_terminate_it() {
+    let mut n = n1();
+    if let Some(s) = n.status.as_mut() {
+        s.idle_since = Some(time(NOW - 300));
+    }
+    let d = run(&aws_world(vec![], vec![n.clone()], 1, &["n1"]));
+    assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Draining));
+    assert!(d.events.iter().any(|e| e.reason == reasons::DRAINING));
+    // Without a fleet nothing could terminate it: it stays Ready for jobs.
+    let d = run(&world(vec![], vec![n]));
+    assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Ready));
+}
+
+#[test]
+fn a_fleet_error_is_a_condition_and_an_event() {
+    let mut o = world(vec![], vec![]);
+    o.fleet_errors.insert(
+        "ce".into(),
+        "DescribeAutoScalingGroups: not found: nope".into(),
+    );
+    let d = run(&o);
+    let c = d.compute_environments[0]
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY)
+        .expect("Ready");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::FLEET_ERROR)
+    );
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == reasons::FLEET_ERROR && e.warning)
+    );
+}
+
+mod invariants {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of the world: a controller pass, or an agent reporting on a job.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Pass,
+        Start(usize),
+        Exit(usize, i32),
+        /// Time moves on this many seconds (backoff, lost nodes).
+        Wait(u64),
+        /// Node `i` stops heartbeating from now on.
+        Silence(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => Just(Step::Pass),
+            2 => (0..6usize).prop_map(Step::Start),
+            2 => (0..6usize, prop_oneof![Just(0), Just(1), Just(3)]).prop_map(|(j, c)| Step::Exit(j, c)),
+            1 => (1..120u64).prop_map(Step::Wait),
+            1 => (0..2usize).prop_map(Step::Silence),
+        ]
+    }
+
+    fn check(o: &Observed) {
+        let mut used: BTreeMap<String, u64> = BTreeMap::new();
+        for j in &o.jobs {
+            let s = j.status.clone().unwrap_or_default();
+            let placed = matches!(s.phase, Some(JobPhase::Starting | JobPhase::Running));
+            let label = j
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_NODE))
+                .cloned();
+            if placed {
+                assert_eq!(label, s.node, "a placed job is labelled for its node");
+                let open: Vec<_> = s
+                    .attempts
+                    .iter()
+                    .filter(|a| a.stopped_at.is_none())
+                    .collect();
+                assert!(
+                    open.len() <= 1,
+                    "at most one attempt at a time: {:?}",
+                    s.attempts
+                );
+                assert_eq!(open.first().map(|a| a.attempt), s.attempt);
+                *used.entry(s.node.clone().unwrap_or_default()).or_default() += 1000;
+            } else {
+                assert_eq!(label, None, "only placed jobs are labelled");
+            }
+            let tries = j
+                .spec
+                .template
+                .retry_strategy
+                .as_ref()
+                .map_or(1, |r| r.attempts);
+            assert!(
+                s.attempt.unwrap_or(0) <= tries,
+                "never more attempts than allowed"
+            );
+        }
+        for (node, cpu) in used {
+            assert!(cpu <= 2000, "node {node} over its 2 cpu: {cpu}m");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_job_runs_twice_and_no_node_is_overcommitted(steps in proptest::collection::vec(step(), 1..60)) {
+            let jobs: Vec<BatchJob> = (0..6)
+                .map(|i| retrying(job(&format!("j{i}"), "1", "1Gi", i), 3, if i % 2 == 0 { Some(30) } else { None }))
+                .collect();
+            let mut o = world(jobs, vec![
+                node("n1", "ce", "2", "8Gi", NOW),
+                node("n2", "ce", "2", "8Gi", NOW),
+            ]);
+            let mut now = NOW;
+            let mut silent = [false, false];
+            for s in steps {
+                match s {
+                    Step::Pass => {
+                        // Live nodes heartbeat.
+                        let mut nodes: Vec<BatchNode> = o.nodes.iter().map(|n| (**n).clone()).collect();
+                        for (i, n) in nodes.iter_mut().enumerate() {
+                            if !silent[i] && let Some(st) = n.status.as_mut() {
+                                st.heartbeat_time = Some(time(now));
+                            }
+                        }
+                        o.nodes = nodes.into_iter().map(Arc::new).collect();
+                        let d = decide(&o, &DecideConfig::default(), now);
+                        apply(&mut o, &d);
+                        check(&o);
+                    }
+                    Step::Start(j) | Step::Exit(j, _) => {
+                        let name = format!("j{j}");
+                        let placed = o.jobs.iter().any(|x| {
+                            x.metadata.name.as_deref() == Some(name.as_str())
+                                && x.status.as_ref().is_some_and(|s| {
+                                    matches!(s.phase, Some(JobPhase::Starting | JobPhase::Running))
+                                        && s.node.as_deref().is_some_and(|n| !silent[usize::from(n == "n2")])
+                                })
+                        });
+                        if placed {
+                            match s {
+                                Step::Exit(_, code) => agent(&mut o, &name, move |a| {
+                                    a.started_at = a.started_at.clone().or(Some(time(now)));
+                                    if a.stopped_at.is_none() {
+                                        a.stopped_at = Some(time(now));
+                                        a.exit_code = Some(code);
+                                        a.reason = Some(if code == 0 { "Completed" } else { "Error" }.into());
+                                    }
+                                }),
+                                _ => agent(&mut o, &name, move |a| {
+                                    a.started_at = a.started_at.clone().or(Some(time(now)));
+                                }),
+                            }
+                        }
+                    }
+                    Step::Wait(secs) => now += secs,
+                    Step::Silence(i) => silent[i] = true,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Applying a pass's decisions: child creation, BatchJob label + status writes, node
+//! status, fleet calls (terminations first), environment and queue status, Events.
+
+use super::*;
+
+pub(super) fn cloud_error(ce: &str, e: CloudError) -> ControllerError {
+    ControllerError::Fleet {
+        compute_environment: ce.to_owned(),
+        source: e,
+    }
+}
+
+pub(super) fn status_body(
+    kind: &str,
+    status: impl serde::Serialize,
+    resource_version: Option<&str>,
+) -> serde_json::Value {
+    let mut body = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": kind,
+        "status": status,
+    });
+    if let Some(rv) = resource_version {
+        body["metadata"] = json!({ "resourceVersion": rv });
+    }
+    body
+}
+
+pub(super) fn ssa() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Applies the decisions; one failed write never stops the others.
+pub(super) async fn apply(
+    ctx: &Context,
+    d: Decisions,
+    fleets: &BTreeMap<String, Arc<dyn Fleet>>,
+) -> Summary {
+    let client = &ctx.client;
+    let mut s = Summary::default();
+    let record = |r: Result<(), ControllerError>, what: &str, s: &mut Summary| match r {
+        Ok(()) => {}
+        Err(e) if e.is_conflict() => {
+            s.conflicts += 1;
+            debug!(what, "conflict: decided again on the next pass");
+        }
+        Err(e) => {
+            s.failures += 1;
+            warn!(what, error = %e, "write failed");
+        }
+    };
+
+    for c in &d.children {
+        let ns = c.job.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        let r = match api.create(&pp, &c.job).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        s.children += 1;
+        record(r, "create array child", &mut s);
+    }
+
+    // Futures collected first: a closure inside the stream would make this future
+    // not `Send` for every lifetime (rust-lang/rust#102211).
+    let writes: Vec<_> = d.jobs.iter().map(|u| write_job(client, u)).collect();
+    let results: Vec<_> = futures::stream::iter(writes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    for r in results {
+        s.jobs += 1;
+        record(r, "job", &mut s);
+    }
+
+    let nodes: Api<BatchNode> = Api::all(client.clone());
+    let writes: Vec<_> = d.nodes.iter().map(|u| write_node(&nodes, u)).collect();
+    let results: Vec<_> = futures::stream::iter(writes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    for r in results {
+        s.nodes += 1;
+        record(r, "node status", &mut s);
+    }
+
+    // Fleet calls: terminations first, then desired capacity.
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut succeeded: Vec<String> = Vec::new();
+    for a in &d.fleet {
+        let (ce, result) = match a {
+            FleetAction::Terminate {
+                compute_environment,
+                node,
+                instance_id,
+            } => {
+                let Some(f) = fleets.get(compute_environment) else {
+                    continue;
+                };
+                info!(
+                    compute_environment,
+                    node, instance_id, "terminating instance"
+                );
+                let r = with_timeout(
+                    ctx,
+                    "TerminateInstanceInAutoScalingGroup",
+                    f.terminate(instance_id),
+                )
+                .await;
+                let r = match r {
+                    Ok(()) | Err(CloudError::NotFound { .. }) => {
+                        // The instance is gone: so is its node.
+                        match nodes.delete(node, &DeleteParams::default()).await {
+                            Ok(_) => {}
+                            Err(kube::Error::Api(e)) if e.code == 404 => {}
+                            Err(e) => warn!(node, error = %e, "delete BatchNode failed"),
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                (compute_environment, r)
+            }
+            FleetAction::SetDesired {
+                compute_environment,
+                desired,
+                from,
+            } => {
+                let Some(f) = fleets.get(compute_environment) else {
+                    continue;
+                };
+                info!(
+                    compute_environment,
+                    from, desired, "setting desired capacity"
+                );
+                (
+                    compute_environment,
+                    with_timeout(ctx, "SetDesiredCapacity", f.set_desired(*desired)).await,
+                )
+            }
+        };
+        s.fleet += 1;
+        match result {
+            Ok(()) => succeeded.push(ce.clone()),
+            Err(e) => {
+                let err = cloud_error(ce, e);
+                warn!(error = %err, "fleet call failed");
+                failed.insert(ce.clone(), err.to_string());
+            }
+        }
+    }
+    {
+        let mut errors = ctx.fleet_errors.lock().await;
+        for ce in succeeded {
+            errors.remove(&ce);
+        }
+        errors.extend(failed.clone());
+    }
+
+    let ces: Api<ComputeEnvironment> = Api::all(client.clone());
+    for u in &d.compute_environments {
+        let body = status_body("ComputeEnvironment", &u.status, None);
+        let r = ces
+            .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(ControllerError::from);
+        record(r, "compute environment status", &mut s);
+    }
+    let queues: Api<JobQueue> = Api::all(client.clone());
+    for u in &d.queues {
+        let body = status_body("JobQueue", &u.status, None);
+        let r = queues
+            .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(ControllerError::from);
+        record(r, "queue status", &mut s);
+    }
+
+    for e in &d.events {
+        let ev = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.into(),
+            note: Some(truncate(&e.note, 1000)),
+            action: e.reason.into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &e.regarding).await {
+            debug!(error = %err, reason = e.reason, "publishing an Event failed");
+        }
+    }
+    for (ce, msg) in &failed {
+        debug!(
+            compute_environment = ce,
+            msg,
+            reason = reasons::FLEET_ERROR,
+            "fleet error recorded"
+        );
+    }
+    s
+}
+
+/// Label (with the observed resourceVersion as precondition), then status (with the
+/// resourceVersion the label patch returned, or the observed one).
+pub(super) async fn write_job(client: &kube::Client, u: &JobUpdate) -> Result<(), ControllerError> {
+    let api: Api<BatchJob> = Api::namespaced(client.clone(), &u.namespace);
+    let mut rv = u.resource_version.clone();
+    if let Some(label) = &u.label {
+        let value = match label {
+            LabelChange::Set(n) => json!(n),
+            LabelChange::Remove => serde_json::Value::Null,
+        };
+        let patch = json!({"metadata": {
+            "resourceVersion": rv,
+            "labels": { LABEL_NODE: value },
+        }});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let out = api.patch(&u.name, &pp, &Patch::Merge(&patch)).await?;
+        rv = out.metadata.resource_version;
+    }
+    if let Some(status) = &u.status {
+        let body = status_body("BatchJob", status, rv.as_deref());
+        api.patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The controller-owned status of one node.
+pub(super) async fn write_node(
+    nodes: &Api<BatchNode>,
+    u: &NodeUpdate,
+) -> Result<(), ControllerError> {
+    let body = status_body("BatchNode", &u.status, None);
+    nodes
+        .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+        .await
+        .map(|_| ())
+        .map_err(ControllerError::from)
+}
+
+pub(super) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

@@ -1,0 +1,211 @@
+//! Observing: the reflector stores (objects that do not deserialise are reported and
+//! left out) and the fleets (described each pass; shapes looked up once).
+
+use super::*;
+
+/// A store of objects that may have failed to deserialise: one bad object never breaks
+/// a watch; it is reported on itself and left out of the pass.
+pub(super) type Guarded<K> = Store<DeserializeGuard<K>>;
+
+/// The reflector stores of the five kinds.
+#[derive(Clone)]
+pub(super) struct Stores {
+    pub(super) compute_environments: Guarded<ComputeEnvironment>,
+    pub(super) queues: Guarded<JobQueue>,
+    pub(super) definitions: Guarded<JobDefinition>,
+    pub(super) jobs: Guarded<BatchJob>,
+    pub(super) nodes: Guarded<BatchNode>,
+}
+
+/// An object that failed to deserialise, and why.
+pub(super) struct Invalid {
+    reference: ObjectReference,
+    error: String,
+}
+
+/// The objects of `store` that deserialised; the others go to `invalid`.
+pub(super) fn valid<K>(store: &Guarded<K>, invalid: &mut Vec<Invalid>) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    let mut out = Vec::new();
+    for g in store.state() {
+        match &g.0 {
+            Ok(k) => out.push(Arc::new(k.clone())),
+            Err(e) => invalid.push(Invalid {
+                reference: ObjectReference {
+                    api_version: Some(K::api_version(&()).into_owned()),
+                    kind: Some(K::kind(&()).into_owned()),
+                    name: e.metadata.name.clone(),
+                    namespace: e.metadata.namespace.clone(),
+                    uid: e.metadata.uid.clone(),
+                    resource_version: e.metadata.resource_version.clone(),
+                    ..ObjectReference::default()
+                },
+                error: e.error.clone(),
+            }),
+        }
+    }
+    out
+}
+
+/// Logs and reports (a Warning Event, once per resourceVersion) objects that failed
+/// to deserialise.
+pub(super) async fn report_invalid(ctx: &Context, invalid: Vec<Invalid>) {
+    for i in invalid {
+        let key = format!(
+            "{}/{}",
+            i.reference.uid.as_deref().unwrap_or_default(),
+            i.reference.resource_version.as_deref().unwrap_or_default()
+        );
+        if !ctx.reported_invalid.lock().await.insert(key) {
+            continue;
+        }
+        warn!(
+            kind = i.reference.kind.as_deref().unwrap_or_default(),
+            name = i.reference.name.as_deref().unwrap_or_default(),
+            namespace = i.reference.namespace.as_deref().unwrap_or_default(),
+            error = i.error,
+            "object does not deserialise; left out"
+        );
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reasons::INVALID_OBJECT.into(),
+            note: Some(truncate(
+                &format!("ignored by the controller: {}", i.error),
+                1000,
+            )),
+            action: reasons::INVALID_OBJECT.into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &i.reference).await {
+            debug!(error = %err, "publishing an Event failed");
+        }
+    }
+}
+
+impl Stores {
+    pub(super) async fn ready(&self) -> Result<(), ControllerError> {
+        let e = |k| move |_| ControllerError::StoreNotReady(k);
+        self.compute_environments
+            .wait_until_ready()
+            .await
+            .map_err(e("ComputeEnvironment"))?;
+        self.queues
+            .wait_until_ready()
+            .await
+            .map_err(e("JobQueue"))?;
+        self.definitions
+            .wait_until_ready()
+            .await
+            .map_err(e("JobDefinition"))?;
+        self.jobs.wait_until_ready().await.map_err(e("BatchJob"))?;
+        self.nodes
+            .wait_until_ready()
+            .await
+            .map_err(e("BatchNode"))?;
+        Ok(())
+    }
+}
+
+/// Watches one kind into a store; the stream yields `()` per change.
+pub(super) fn watch<K>(
+    client: &kube::Client,
+) -> (Store<K>, BoxStream<'static, Result<(), watcher::Error>>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let api: Api<K> = Api::all(client.clone());
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .map_ok(|_| ())
+        .boxed();
+    (store, stream)
+}
+
+pub(super) async fn with_timeout<T>(
+    ctx: &Context,
+    operation: &'static str,
+    f: impl Future<Output = Result<T, CloudError>>,
+) -> Result<T, CloudError> {
+    match tokio::time::timeout(ctx.config.fleet_timeout, f).await {
+        Ok(r) => r,
+        Err(_) => Err(CloudError::Transport {
+            operation,
+            message: format!("no answer within {:?}", ctx.config.fleet_timeout),
+        }),
+    }
+}
+
+/// Observe the fleets: describe each `aws` environment's group, look up shapes.
+pub(super) async fn observe_fleets(
+    ctx: &Context,
+    ces: &[Arc<ComputeEnvironment>],
+    observed: &mut Observed,
+) -> BTreeMap<String, Arc<dyn Fleet>> {
+    let mut handles = BTreeMap::new();
+    for ce in ces {
+        let Some(name) = ce.metadata.name.as_deref() else {
+            continue;
+        };
+        let Some(fleet) = ctx.fleets.fleet(ce).await else {
+            continue;
+        };
+        match with_timeout(ctx, "DescribeAutoScalingGroups", fleet.describe()).await {
+            Ok(state) => {
+                if ce.spec.instance_shape.is_none() {
+                    match state.instance_type.as_deref() {
+                        Some(t) => match shape(ctx, fleet.as_ref(), t).await {
+                            Ok(r) => {
+                                observed.shapes.insert(name.to_owned(), r);
+                            }
+                            Err(e) => {
+                                observed.fleet_errors.insert(name.to_owned(), e.to_string());
+                            }
+                        },
+                        None => {
+                            observed.fleet_errors.insert(
+                                name.to_owned(),
+                                "the Auto Scaling Group reports no instance type: set spec.instanceShape".into(),
+                            );
+                        }
+                    }
+                }
+                observed.fleets.insert(name.to_owned(), state);
+            }
+            Err(e) => {
+                warn!(compute_environment = name, error = %e, "describe fleet failed");
+                observed.fleet_errors.insert(name.to_owned(), e.to_string());
+            }
+        }
+        handles.insert(name.to_owned(), fleet);
+    }
+    handles
+}
+
+pub(super) async fn shape(
+    ctx: &Context,
+    fleet: &dyn Fleet,
+    instance_type: &str,
+) -> Result<Resources, CloudError> {
+    if let Some(r) = ctx.shapes.lock().await.get(instance_type) {
+        return Ok(*r);
+    }
+    let info = with_timeout(
+        ctx,
+        "DescribeInstanceTypes",
+        fleet.instance_type_info(instance_type),
+    )
+    .await?;
+    let r = Resources::new(info.cpu_millis, info.memory_bytes, info.gpus);
+    ctx.shapes.lock().await.insert(instance_type.to_owned(), r);
+    Ok(r)
+}

@@ -1,0 +1,775 @@
+//! PURE: the custom resources as the scheduler sees them ([`build`] → [`Snapshot`]).
+//!
+//! - A job's id is `namespace/name`; its resources come from its `definitionRef`
+//!   overlaid with its inline fields ([`JobTemplate::overlay`]). A job whose definition
+//!   is missing or whose resources are unusable is left out of the snapshot with a reason
+//!   ([`Built::invalid_jobs`]), unless it is already placed (then it stays, so its node is
+//!   known to be busy).
+//! - Array parents are not scheduled; their children (BatchJobs with `spec.arrayIndex`
+//!   and the label [`LABEL_ARRAY_PARENT`]) are, as [`ArrayChild`]ren of the parent's id.
+//! - Finished jobs stay in the snapshot: they are what dependents wait on.
+//! - A node's `allocated` and `jobs` are derived from the jobs placed on it (the
+//!   controller owns those status fields); its capacity comes from its spec.
+
+use std::collections::BTreeMap;
+
+use crate::api::batch_job::{BatchJob, JobPhase};
+use crate::api::batch_node::{BatchNode, NodePhase as ApiNodePhase};
+use crate::api::common::Resources as ApiResources;
+use crate::api::common::{DependencyType as ApiDependencyType, JobTemplate, State as ApiState};
+use crate::api::compute_environment::ComputeEnvironment as ApiComputeEnvironment;
+use crate::api::job_definition::JobDefinition;
+use crate::api::job_queue::JobQueue as ApiJobQueue;
+use crate::scheduler::{
+    ArrayChild, Attempt, ComputeEnvironment, Dependency, DependencyType, FairSharePolicy, Job,
+    JobId, JobQueue, Node, NodePhase, Phase, Resources, Seconds, Snapshot, State,
+};
+
+use super::LABEL_ARRAY_PARENT;
+use super::time::seconds;
+
+/// What the snapshot is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs<'a> {
+    /// Every ComputeEnvironment.
+    pub compute_environments: Vec<&'a ApiComputeEnvironment>,
+    /// Every JobQueue.
+    pub queues: Vec<&'a ApiJobQueue>,
+    /// Every JobDefinition.
+    pub definitions: Vec<&'a JobDefinition>,
+    /// Every BatchJob.
+    pub jobs: Vec<&'a BatchJob>,
+    /// Every BatchNode.
+    pub nodes: Vec<&'a BatchNode>,
+    /// Per compute environment: instances launched that have no BatchNode yet.
+    pub booting: BTreeMap<String, u32>,
+    /// Per compute environment without `spec.instanceShape`: the shape looked up from
+    /// its instance type (EC2 `DescribeInstanceTypes`).
+    pub shapes: BTreeMap<String, Resources>,
+    /// The time of this pass (Unix seconds).
+    pub now: Seconds,
+}
+
+/// The snapshot and what could not be put in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Built {
+    /// What the scheduler sees.
+    pub snapshot: Snapshot,
+    /// Jobs with an unusable spec, and why (left out unless already placed).
+    pub invalid_jobs: BTreeMap<JobId, String>,
+    /// Compute environments left out, and why.
+    pub invalid_compute_environments: BTreeMap<String, String>,
+    /// Nodes left out, and why.
+    pub invalid_nodes: BTreeMap<String, String>,
+}
+
+/// The id of a job: `namespace/name`.
+pub fn job_id(job: &BatchJob) -> JobId {
+    JobId(format!(
+        "{}/{}",
+        job.metadata.namespace.as_deref().unwrap_or_default(),
+        job.metadata.name.as_deref().unwrap_or_default()
+    ))
+}
+
+/// JobDefinitions by `(namespace, name)`.
+pub type Definitions<'a> = BTreeMap<(&'a str, &'a str), &'a JobDefinition>;
+
+/// Indexes definitions by namespace and name.
+pub fn index_definitions<'a>(definitions: &[&'a JobDefinition]) -> Definitions<'a> {
+    definitions
+        .iter()
+        .filter_map(|d| {
+            Some((
+                (
+                    d.metadata.namespace.as_deref()?,
+                    d.metadata.name.as_deref()?,
+                ),
+                *d,
+            ))
+        })
+        .collect()
+}
+
+/// The job's template: its definition's, overlaid with the job's own fields.
+pub fn effective_template(
+    job: &BatchJob,
+    definitions: &Definitions<'_>,
+) -> Result<JobTemplate, String> {
+    let Some(r) = &job.spec.definition_ref else {
+        return Ok(job.spec.template.clone());
+    };
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    match definitions.get(&(ns, r.name.as_str())) {
+        Some(d) => Ok(job.spec.template.overlay(&d.spec.template)),
+        None => Err(format!("job definition {ns}/{} not found", r.name)),
+    }
+}
+
+/// Converts API resources (quantities) to the scheduler's integers.
+pub fn resources(r: &ApiResources) -> Result<Resources, String> {
+    let cpu = r.cpu.millicores().map_err(|e| format!("cpu: {e}"))?;
+    let memory = r.memory.bytes().map_err(|e| format!("memory: {e}"))?;
+    Ok(Resources::new(cpu, memory, r.gpu))
+}
+
+/// Resources one attempt of the job needs.
+pub fn job_resources(template: &JobTemplate) -> Result<Resources, String> {
+    match &template.resources {
+        Some(r) => resources(r).map_err(|e| format!("resources.{e}")),
+        None => Err(
+            "no resources: set resources.cpu and resources.memory in the job or its job definition"
+                .into(),
+        ),
+    }
+}
+
+/// Maps an API job phase (absent: Submitted).
+pub fn phase(p: Option<JobPhase>) -> Phase {
+    match p {
+        None | Some(JobPhase::Submitted) => Phase::Submitted,
+        Some(JobPhase::Pending) => Phase::Pending,
+        Some(JobPhase::Runnable) => Phase::Runnable,
+        Some(JobPhase::Starting) => Phase::Starting,
+        Some(JobPhase::Running) => Phase::Running,
+        Some(JobPhase::Succeeded) => Phase::Succeeded,
+        Some(JobPhase::Failed) => Phase::Failed,
+    }
+}
+
+/// Maps a scheduler phase to the API's.
+pub fn api_phase(p: Phase) -> JobPhase {
+    match p {
+        Phase::Submitted => JobPhase::Submitted,
+        Phase::Pending => JobPhase::Pending,
+        Phase::Runnable => JobPhase::Runnable,
+        Phase::Starting => JobPhase::Starting,
+        Phase::Running => JobPhase::Running,
+        Phase::Succeeded => JobPhase::Succeeded,
+        Phase::Failed => JobPhase::Failed,
+    }
+}
+
+fn state(s: ApiState) -> State {
+    match s {
+        ApiState::Enabled => State::Enabled,
+        ApiState::Disabled => State::Disabled,
+    }
+}
+
+fn node_phase(p: Option<ApiNodePhase>) -> NodePhase {
+    match p {
+        None | Some(ApiNodePhase::Ready) => NodePhase::Ready,
+        Some(ApiNodePhase::Draining) => NodePhase::Draining,
+        Some(ApiNodePhase::Lost) => NodePhase::Lost,
+    }
+}
+
+fn clamp(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// The array a job belongs to, if it is an array child.
+pub fn array_child(job: &BatchJob) -> Option<ArrayChild> {
+    let index = job.spec.array_index?;
+    let parent = job.metadata.labels.as_ref()?.get(LABEL_ARRAY_PARENT)?;
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    Some(ArrayChild {
+        parent: JobId(format!("{ns}/{parent}")),
+        index,
+    })
+}
+
+/// Whether the job is an array parent (not scheduled itself).
+pub fn is_array_parent(job: &BatchJob) -> bool {
+    job.spec.array_properties.is_some()
+}
+
+/// The node a placed job holds, if any.
+fn placed_node(job: &BatchJob) -> Option<&str> {
+    let st = job.status.as_ref()?;
+    if phase(st.phase).is_placed() {
+        st.node.as_deref()
+    } else {
+        None
+    }
+}
+
+/// Builds the scheduler's snapshot.
+pub fn build(inputs: &Inputs<'_>) -> Built {
+    let mut out = Built::default();
+    let definitions = index_definitions(&inputs.definitions);
+
+    for q in &inputs.queues {
+        let Some(name) = q.metadata.name.clone() else {
+            continue;
+        };
+        let fair_share = q.spec.fair_share.as_ref().map(|f| FairSharePolicy {
+            share_decay_seconds: Seconds::from(f.share_decay_seconds),
+            weight_factors: f
+                .share_distribution
+                .iter()
+                .map(|w| (w.share_identifier.clone(), w.weight_factor))
+                .collect(),
+        });
+        out.snapshot.queues.insert(
+            name,
+            JobQueue {
+                priority: q.spec.priority,
+                state: state(q.spec.state),
+                compute_environments: q.spec.compute_environments.clone(),
+                fair_share,
+            },
+        );
+    }
+
+    for ce in &inputs.compute_environments {
+        let Some(name) = ce.metadata.name.clone() else {
+            continue;
+        };
+        let shape = match &ce.spec.instance_shape {
+            Some(s) => resources(&s.resources).map_err(|e| format!("spec.instanceShape.{e}")),
+            None => inputs.shapes.get(&name).copied().ok_or_else(|| {
+                "instance shape unknown: set spec.instanceShape, or the controller must look it up from the Auto Scaling Group's instance type".to_string()
+            }),
+        };
+        match shape {
+            Ok(shape) => {
+                out.snapshot.compute_environments.insert(
+                    name.clone(),
+                    ComputeEnvironment {
+                        state: state(ce.spec.state),
+                        shape,
+                        min_instances: clamp(ce.spec.min_instances),
+                        max_instances: clamp(ce.spec.max_instances),
+                        booting: inputs.booting.get(&name).copied().unwrap_or(0),
+                        scale_in_after_idle_seconds: Seconds::from(
+                            ce.spec.scale_in_after_idle_seconds,
+                        ),
+                    },
+                );
+            }
+            Err(e) => {
+                out.invalid_compute_environments.insert(name, e);
+            }
+        }
+    }
+
+    // Jobs first: nodes derive their allocation from the placed ones.
+    let mut per_node: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
+    for job in &inputs.jobs {
+        if is_array_parent(job) {
+            continue;
+        }
+        let id = job_id(job);
+        let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+        let st = job.status.as_ref();
+        let p = phase(st.and_then(|s| s.phase));
+        let needs = effective_template(job, &definitions).and_then(|t| job_resources(&t));
+        let needs = match needs {
+            Ok(r) => r,
+            Err(e) => {
+                out.invalid_jobs.insert(id.clone(), e);
+                if !p.is_placed() && !p.is_terminal() {
+                    continue;
+                }
+                Resources::ZERO
+            }
+        };
+        let node = placed_node(job).map(str::to_owned);
+        if let Some(n) = &node {
+            let e = per_node.entry(n.clone()).or_insert((Resources::ZERO, 0));
+            e.0 = e.0.saturating_add(&needs);
+            e.1 += 1;
+        }
+        let depends_on = job
+            .spec
+            .depends_on
+            .iter()
+            .map(|d| Dependency {
+                job: JobId(format!("{ns}/{}", d.job_name)),
+                kind: match d.dependency_type {
+                    None => DependencyType::Standard,
+                    Some(ApiDependencyType::NToN) => DependencyType::NToN,
+                    Some(ApiDependencyType::Sequential) => DependencyType::Sequential,
+                },
+            })
+            .collect();
+        let attempts = st
+            .map(|s| {
+                s.attempts
+                    .iter()
+                    .filter_map(|a| {
+                        Some(Attempt {
+                            started_at: seconds(a.started_at.as_ref()?),
+                            stopped_at: a.stopped_at.as_ref().map(seconds),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.snapshot.jobs.insert(
+            id,
+            Job {
+                queue: job.spec.queue.clone(),
+                resources: needs,
+                submitted_at: job
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(inputs.now, seconds),
+                phase: p,
+                node,
+                depends_on,
+                array: array_child(job),
+                share_identifier: job.spec.share_identifier.clone(),
+                attempts,
+                not_before: st.and_then(|s| s.not_before.as_ref()).map(seconds),
+            },
+        );
+    }
+
+    for n in &inputs.nodes {
+        let Some(name) = n.metadata.name.clone() else {
+            continue;
+        };
+        let capacity = match resources(&n.spec.capacity) {
+            Ok(c) => c,
+            Err(e) => {
+                out.invalid_nodes.insert(name, format!("spec.capacity.{e}"));
+                continue;
+            }
+        };
+        let (allocated, jobs) = per_node.get(&name).copied().unwrap_or((Resources::ZERO, 0));
+        let st = n.status.as_ref();
+        let idle_since = if jobs == 0 {
+            Some(
+                st.and_then(|s| s.idle_since.as_ref())
+                    .or(n.metadata.creation_timestamp.as_ref())
+                    .map_or(inputs.now, seconds),
+            )
+        } else {
+            None
+        };
+        out.snapshot.nodes.insert(
+            name,
+            Node {
+                compute_environment: n.spec.compute_environment.clone(),
+                capacity,
+                allocated,
+                jobs,
+                phase: node_phase(st.and_then(|s| s.phase)),
+                idle_since,
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Builders of custom resources for the controller's unit tests.
+
+    use std::collections::BTreeMap;
+
+    use kube::api::ObjectMeta;
+
+    use crate::api::batch_job::{ArrayProperties, BatchJobSpec, BatchJobStatus, DefinitionRef};
+    use crate::api::batch_node::{BatchNodeSpec, BatchNodeStatus};
+    use crate::api::common::{JobDependency, ProcessSpec, Resources as ApiResources};
+    use crate::api::compute_environment::{ComputeEnvironmentSpec, InstanceShape, LocalProvider};
+    use crate::api::job_definition::JobDefinitionSpec;
+    use crate::api::job_queue::JobQueueSpec;
+    use crate::api::{BatchJob, BatchNode, ComputeEnvironment, JobDefinition, JobQueue};
+
+    use super::super::time::time;
+
+    pub fn meta(ns: Option<&str>, name: &str, created: u64) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: ns.map(str::to_owned),
+            creation_timestamp: Some(time(created)),
+            generation: Some(1),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some("1".into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    pub fn res(cpu: &str, memory: &str) -> ApiResources {
+        ApiResources {
+            cpu: cpu.into(),
+            memory: memory.into(),
+            gpu: 0,
+        }
+    }
+
+    pub fn ce(name: &str, cpu: &str, memory: &str, max: i32) -> ComputeEnvironment {
+        ComputeEnvironment {
+            metadata: meta(None, name, 0),
+            spec: ComputeEnvironmentSpec {
+                aws: None,
+                local: Some(LocalProvider::default()),
+                min_instances: 0,
+                max_instances: max,
+                instance_shape: Some(InstanceShape {
+                    instance_type: None,
+                    resources: res(cpu, memory),
+                }),
+                scale_in_after_idle_seconds: 300,
+                state: Default::default(),
+            },
+            status: None,
+        }
+    }
+
+    pub fn queue(name: &str, ces: &[&str]) -> JobQueue {
+        JobQueue {
+            metadata: meta(None, name, 0),
+            spec: JobQueueSpec {
+                priority: 1,
+                compute_environments: ces.iter().map(|s| s.to_string()).collect(),
+                state: Default::default(),
+                fair_share: None,
+            },
+            status: None,
+        }
+    }
+
+    pub fn definition(name: &str, cpu: &str, memory: &str) -> JobDefinition {
+        JobDefinition {
+            metadata: meta(Some("default"), name, 0),
+            spec: JobDefinitionSpec {
+                template: crate::api::common::JobTemplate {
+                    process: Some(ProcessSpec {
+                        command: vec!["true".into()],
+                        env: vec![],
+                        working_dir: None,
+                    }),
+                    resources: Some(res(cpu, memory)),
+                    ..Default::default()
+                },
+            },
+            status: None,
+        }
+    }
+
+    pub fn job(name: &str, cpu: &str, memory: &str, created: u64) -> BatchJob {
+        BatchJob {
+            metadata: meta(Some("default"), name, created),
+            spec: BatchJobSpec {
+                queue: "q".into(),
+                definition_ref: None,
+                template: crate::api::common::JobTemplate {
+                    process: Some(ProcessSpec {
+                        command: vec!["true".into()],
+                        env: vec![],
+                        working_dir: None,
+                    }),
+                    resources: Some(res(cpu, memory)),
+                    ..Default::default()
+                },
+                depends_on: vec![],
+                array_properties: None,
+                array_index: None,
+                share_identifier: None,
+            },
+            status: None,
+        }
+    }
+
+    pub fn with_definition(mut j: BatchJob, def: &str) -> BatchJob {
+        j.spec.definition_ref = Some(DefinitionRef { name: def.into() });
+        j.spec.template.resources = None;
+        j
+    }
+
+    pub fn with_status(mut j: BatchJob, status: BatchJobStatus) -> BatchJob {
+        j.status = Some(status);
+        j
+    }
+
+    pub fn depends_on(mut j: BatchJob, on: &str) -> BatchJob {
+        j.spec.depends_on.push(JobDependency {
+            job_name: on.into(),
+            dependency_type: None,
+        });
+        j
+    }
+
+    pub fn array(mut j: BatchJob, size: u32) -> BatchJob {
+        j.spec.array_properties = Some(ArrayProperties { size });
+        j
+    }
+
+    pub fn child(parent: &BatchJob, index: u32) -> BatchJob {
+        let pname = parent.metadata.name.clone().unwrap_or_default();
+        let mut spec = parent.spec.clone();
+        spec.array_properties = None;
+        spec.array_index = Some(index);
+        let mut m = meta(Some("default"), &format!("{pname}-{index}"), 0);
+        m.creation_timestamp = parent.metadata.creation_timestamp.clone();
+        m.labels = Some(BTreeMap::from([(
+            super::LABEL_ARRAY_PARENT.to_string(),
+            pname,
+        )]));
+        BatchJob {
+            metadata: m,
+            spec,
+            status: None,
+        }
+    }
+
+    pub fn node(name: &str, ce: &str, cpu: &str, memory: &str, heartbeat: u64) -> BatchNode {
+        BatchNode {
+            metadata: meta(None, name, heartbeat),
+            spec: BatchNodeSpec {
+                instance_id: name.into(),
+                instance_type: None,
+                compute_environment: ce.into(),
+                capacity: res(cpu, memory),
+                executor: Default::default(),
+            },
+            status: Some(BatchNodeStatus {
+                heartbeat_time: Some(time(heartbeat)),
+                ..BatchNodeStatus::default()
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::api::batch_job::{AttemptStatus, BatchJobStatus};
+    use crate::api::batch_node::BatchNodeStatus;
+    use crate::controller::time::time;
+    use crate::scheduler::resources::GIB;
+
+    struct World {
+        ces: Vec<ApiComputeEnvironment>,
+        queues: Vec<ApiJobQueue>,
+        defs: Vec<JobDefinition>,
+        jobs: Vec<BatchJob>,
+        nodes: Vec<BatchNode>,
+    }
+
+    impl World {
+        fn new(jobs: Vec<BatchJob>) -> Self {
+            World {
+                ces: vec![ce("ce", "4", "16Gi", 10)],
+                queues: vec![queue("q", &["ce"])],
+                defs: vec![],
+                jobs,
+                nodes: vec![],
+            }
+        }
+        fn build(&self) -> Built {
+            build(&Inputs {
+                compute_environments: self.ces.iter().collect(),
+                queues: self.queues.iter().collect(),
+                definitions: self.defs.iter().collect(),
+                jobs: self.jobs.iter().collect(),
+                nodes: self.nodes.iter().collect(),
+                booting: BTreeMap::from([("ce".to_string(), 2)]),
+                shapes: BTreeMap::new(),
+                now: 1000,
+            })
+        }
+    }
+
+    fn id(s: &str) -> JobId {
+        JobId::new(format!("default/{s}"))
+    }
+
+    #[test]
+    fn queues_environments_and_a_plain_job() {
+        let b = World::new(vec![job("a", "500m", "1Gi", 7)]).build();
+        assert_eq!(b.snapshot.queues["q"].compute_environments, ["ce"]);
+        let ce = &b.snapshot.compute_environments["ce"];
+        assert_eq!(ce.shape, Resources::new(4000, 16 * GIB, 0));
+        assert_eq!(
+            (ce.max_instances, ce.booting, ce.scale_in_after_idle_seconds),
+            (10, 2, 300)
+        );
+        let j = &b.snapshot.jobs[&id("a")];
+        assert_eq!(j.resources, Resources::new(500, GIB, 0));
+        assert_eq!(j.phase, Phase::Submitted);
+        assert_eq!(j.submitted_at, 7);
+        assert_eq!(j.queue, "q");
+        assert!(b.invalid_jobs.is_empty());
+    }
+
+    #[test]
+    fn definition_is_overlaid_and_a_missing_one_is_a_reason() {
+        let mut w = World::new(vec![
+            with_definition(job("uses", "1", "1Gi", 0), "etl"),
+            with_definition(job("orphan", "1", "1Gi", 0), "nope"),
+        ]);
+        w.defs.push(definition("etl", "2", "6Gi"));
+        let b = w.build();
+        assert_eq!(
+            b.snapshot.jobs[&id("uses")].resources,
+            Resources::new(2000, 6 * GIB, 0)
+        );
+        assert!(!b.snapshot.jobs.contains_key(&id("orphan")));
+        assert_eq!(
+            b.invalid_jobs[&id("orphan")],
+            "job definition default/nope not found"
+        );
+    }
+
+    #[test]
+    fn bad_quantities_and_missing_resources_are_reasons() {
+        let mut bad = job("bad", "lots", "1Gi", 0);
+        let mut none = job("none", "1", "1Gi", 0);
+        none.spec.template.resources = None;
+        bad.spec.queue = "q".into();
+        let b = World::new(vec![bad, none]).build();
+        assert!(
+            b.invalid_jobs[&id("bad")].starts_with("resources.cpu: invalid quantity \"lots\""),
+            "{:?}",
+            b.invalid_jobs
+        );
+        assert!(b.invalid_jobs[&id("none")].starts_with("no resources"));
+        assert!(b.snapshot.jobs.is_empty());
+    }
+
+    #[test]
+    fn array_parents_are_left_out_and_children_point_at_them() {
+        let parent = array(job("arr", "1", "1Gi", 0), 2);
+        let c0 = child(&parent, 0);
+        let c1 = child(&parent, 1);
+        let b = World::new(vec![parent, c0, c1]).build();
+        assert!(!b.snapshot.jobs.contains_key(&id("arr")));
+        assert_eq!(
+            b.snapshot.jobs[&id("arr-1")].array,
+            Some(ArrayChild {
+                parent: id("arr"),
+                index: 1
+            })
+        );
+    }
+
+    #[test]
+    fn dependencies_name_jobs_in_the_same_namespace_and_finished_jobs_stay() {
+        let done = with_status(
+            job("extract", "1", "1Gi", 0),
+            BatchJobStatus {
+                phase: Some(JobPhase::Succeeded),
+                ..Default::default()
+            },
+        );
+        let b = World::new(vec![
+            done,
+            depends_on(job("load", "1", "1Gi", 0), "extract"),
+        ])
+        .build();
+        assert_eq!(b.snapshot.jobs[&id("extract")].phase, Phase::Succeeded);
+        assert_eq!(
+            b.snapshot.jobs[&id("load")].depends_on,
+            [Dependency {
+                job: id("extract"),
+                kind: DependencyType::Standard
+            }]
+        );
+    }
+
+    #[test]
+    fn nodes_take_allocation_from_placed_jobs() {
+        let running = with_status(
+            job("r", "1500m", "2Gi", 0),
+            BatchJobStatus {
+                phase: Some(JobPhase::Running),
+                node: Some("n1".into()),
+                attempt: Some(1),
+                not_before: None,
+                attempts: vec![AttemptStatus {
+                    attempt: 1,
+                    node: Some("n1".into()),
+                    started_at: Some(time(900)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        let finished = with_status(
+            job("f", "1", "1Gi", 0),
+            BatchJobStatus {
+                phase: Some(JobPhase::Succeeded),
+                node: Some("n1".into()),
+                ..Default::default()
+            },
+        );
+        let mut w = World::new(vec![running, finished]);
+        w.nodes.push(node("n1", "ce", "4", "16Gi", 990));
+        let mut idle = node("n2", "ce", "4", "16Gi", 990);
+        if let Some(s) = idle.status.as_mut() {
+            s.idle_since = Some(time(500));
+            s.phase = Some(ApiNodePhase::Draining);
+        }
+        w.nodes.push(idle);
+        let b = w.build();
+        let n1 = &b.snapshot.nodes["n1"];
+        assert_eq!(n1.allocated, Resources::new(1500, 2 * GIB, 0));
+        assert_eq!(
+            (n1.jobs, n1.idle_since, n1.phase),
+            (1, None, NodePhase::Ready)
+        );
+        let n2 = &b.snapshot.nodes["n2"];
+        assert_eq!(
+            (n2.jobs, n2.idle_since, n2.phase),
+            (0, Some(500), NodePhase::Draining)
+        );
+        assert_eq!(b.snapshot.jobs[&id("r")].node.as_deref(), Some("n1"));
+        assert_eq!(
+            b.snapshot.jobs[&id("r")].attempts,
+            [Attempt {
+                started_at: 900,
+                stopped_at: None
+            }]
+        );
+        assert_eq!(b.snapshot.jobs[&id("f")].node, None);
+    }
+
+    #[test]
+    fn a_placed_job_with_a_deleted_definition_still_holds_its_node() {
+        let placed = with_status(
+            with_definition(job("p", "1", "1Gi", 0), "gone"),
+            BatchJobStatus {
+                phase: Some(JobPhase::Starting),
+                node: Some("n1".into()),
+                ..Default::default()
+            },
+        );
+        let mut w = World::new(vec![placed]);
+        w.nodes.push(node("n1", "ce", "4", "16Gi", 990));
+        let b = w.build();
+        assert_eq!(b.snapshot.nodes["n1"].jobs, 1);
+        assert!(b.invalid_jobs.contains_key(&id("p")));
+    }
+
+    #[test]
+    fn shapes_come_from_the_spec_or_the_lookup() {
+        let mut w = World::new(vec![]);
+        let mut aws = ce("aws", "1", "1Gi", 3);
+        aws.spec.instance_shape = None;
+        let mut unknown = aws.clone();
+        unknown.metadata.name = Some("unknown".into());
+        w.ces.push(aws);
+        w.ces.push(unknown);
+        let inputs = Inputs {
+            compute_environments: w.ces.iter().collect(),
+            shapes: BTreeMap::from([("aws".to_string(), Resources::new(4000, 8 * GIB, 0))]),
+            ..Inputs::default()
+        };
+        let b = build(&inputs);
+        assert_eq!(
+            b.snapshot.compute_environments["aws"].shape,
+            Resources::new(4000, 8 * GIB, 0)
+        );
+        assert!(b.invalid_compute_environments["unknown"].starts_with("instance shape unknown"));
+        let _ = BatchNodeStatus::default();
+    }
+}
