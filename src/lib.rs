@@ -9,5 +9,6 @@ pub mod api;
 pub mod apiserver;
 pub mod cloud;
 pub mod controller;
+pub mod dev;
 pub mod scheduler;
 pub mod simulate;

@@ -31,12 +31,13 @@ enum Command {
         #[arg(long)]
         allow_remote: bool,
     },
-    /// Run the controller.
-    Controller,
+    /// Run the controller (against the kubeconfig or in-cluster configuration).
+    Controller(asg_batch::controller::cli::ControllerArgs),
     /// Run a node agent on a worker instance.
     Agent(asg_batch::agent::cli::AgentArgs),
-    /// Run the embedded default: API server, controller and a local fleet.
-    Dev,
+    /// Run the embedded default: API server, controller and a local fleet, with the
+    /// demo jobs applied and their progress shown.
+    Dev(asg_batch::dev::DevArgs),
     /// Replay a workload through the scheduler and a simulated fleet; print cost and
     /// makespan beside the seed's ways.
     Simulate {
@@ -50,11 +51,6 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-}
-
-fn not_built(what: &str, issue: &str) -> ExitCode {
-    eprintln!("asg-batch {what}: not built yet ({issue})");
-    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
@@ -76,9 +72,11 @@ fn main() -> ExitCode {
             data_dir,
             allow_remote,
         } => run_apiserver(listen, kubeconfig, data_dir, allow_remote),
-        Command::Controller => not_built("controller", "controller issue"),
-        Command::Agent(args) => run_async("agent", asg_batch::agent::cli::main(args)),
-        Command::Dev => not_built("dev", "embedded default issue"),
+        Command::Controller(args) => {
+            run_async("controller", "info", asg_batch::controller::cli::main(args))
+        }
+        Command::Agent(args) => run_async("agent", "info", asg_batch::agent::cli::main(args)),
+        Command::Dev(args) => run_async("dev", "warn", asg_batch::dev::main(args)),
         Command::Simulate {
             workload,
             policy,
@@ -87,24 +85,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// Installs the log subscriber (RUST_LOG, default info) on stderr.
-fn init_tracing() {
+/// Installs the log subscriber on stderr: RUST_LOG, else `default`.
+fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
-/// Runs a long-lived subcommand on a multi-threaded runtime; exit 1 with its error.
+/// Runs a long-lived subcommand on a multi-threaded runtime (logs: RUST_LOG, else
+/// `log_filter`); exit 1 with its error.
 fn run_async<E: std::fmt::Display>(
     what: &str,
+    log_filter: &str,
     main: impl std::future::Future<Output = Result<(), E>>,
 ) -> ExitCode {
-    init_tracing();
+    init_tracing(log_filter);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -127,7 +127,7 @@ fn run_apiserver(
     data_dir: Option<std::path::PathBuf>,
     allow_remote: bool,
 ) -> ExitCode {
-    init_tracing();
+    init_tracing("info");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -142,17 +142,3 @@ fn crds_command_prints_every_crd() {
         assert_eq!(doc["kind"].as_str(), Some("CustomResourceDefinition"));
     }
 }
-
-#[test]
-fn unbuilt_subcommands_fail_plainly() {
-    for sub in ["controller", "dev"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_asg-batch"))
-            .arg(sub)
-            .output()
-            .expect("run");
-        assert!(!out.status.success(), "{sub} must not pretend to work");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not built yet"), "{sub}: {err}");
-        assert_eq!(err.lines().count(), 1, "{sub}: one line: {err}");
-    }
-}

@@ -87,9 +87,9 @@ pub struct ArrayProperties {
 pub enum JobPhase {
     /// Accepted, not yet evaluated.
     Submitted,
-    /// Waiting on dependencies (or on a retry backoff).
+    /// Waiting on dependencies.
     Pending,
-    /// Queued for capacity.
+    /// Queued for capacity (a retry in backoff is Runnable with `notBefore`).
     Runnable,
     /// Bound to a node; the agent is pulling and starting it.
     Starting,

@@ -19,6 +19,7 @@
 //! controller::run(client, config, Arc::new(AwsFleets::default()), shutdown_signal()).await?;
 //! ```
 
+pub mod cli;
 pub mod context;
 pub mod decide;
 pub mod error;

@@ -1,0 +1,138 @@
+//! Applying the CRDs and manifest files with server-side apply.
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
+use serde_json::Value;
+
+use super::{DevError, FIELD_MANAGER};
+use crate::api::crds;
+
+/// One manifest document and where it came from.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// `file#n` for messages.
+    pub origin: String,
+    /// The object.
+    pub object: Value,
+}
+
+/// Splits a multi-document YAML text; empty documents are skipped. Every error names the
+/// file and document.
+pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, DevError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let origin = format!("{file} document {}", i + 1);
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| DevError::Apply(format!("{origin}: {e}")))?;
+        if value.is_null() {
+            continue;
+        }
+        for field in ["apiVersion", "kind"] {
+            if !value.get(field).is_some_and(Value::is_string) {
+                return Err(DevError::Apply(format!("{origin}: no {field}")));
+            }
+        }
+        if !value
+            .pointer("/metadata/name")
+            .is_some_and(Value::is_string)
+        {
+            return Err(DevError::Apply(format!("{origin}: no metadata.name")));
+        }
+        out.push(Document {
+            origin,
+            object: value,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies every CRD of the project.
+pub async fn crds(client: &kube::Client) -> Result<(), DevError> {
+    for crd in crds::all() {
+        let object = serde_json::to_value(&crd)
+            .map_err(|e| DevError::Apply(format!("CRD {:?}: {e}", crd.metadata.name)))?;
+        apply(
+            client,
+            &Document {
+                origin: format!("CRD {}", crd.metadata.name.clone().unwrap_or_default()),
+                object,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Applies `documents` in order; returns how many.
+pub async fn documents(client: &kube::Client, documents: &[Document]) -> Result<usize, DevError> {
+    for d in documents {
+        apply(client, d).await?;
+    }
+    Ok(documents.len())
+}
+
+async fn apply(client: &kube::Client, d: &Document) -> Result<(), DevError> {
+    let api_version = d.object["apiVersion"].as_str().unwrap_or_default();
+    let kind = d.object["kind"].as_str().unwrap_or_default();
+    let name = d.object["metadata"]["name"].as_str().unwrap_or_default();
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, caps) = pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| DevError::Apply(format!("{}: {api_version} {kind}: {e}", d.origin)))?;
+    let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+        let ns = d.object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        Api::namespaced_with(client.clone(), ns, &resource)
+    } else {
+        Api::all_with(client.clone(), &resource)
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&d.object),
+    )
+    .await
+    .map_err(|e| DevError::Apply(format!("{}: {kind} {name}: {e}", d.origin)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_parses() {
+        let docs = parse("dev-demo.yaml", super::super::DEMO).expect("demo");
+        let kinds: Vec<&str> = docs
+            .iter()
+            .map(|d| d.object["kind"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ComputeEnvironment",
+                "JobQueue",
+                "BatchJob",
+                "BatchJob",
+                "BatchJob",
+                "BatchJob"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_documents_are_named() {
+        let e = parse("a.yaml", "kind: X\nmetadata: {name: x}\n").expect_err("no apiVersion");
+        assert_eq!(e.to_string(), "a.yaml document 1: no apiVersion");
+        let e = parse("a.yaml", "---\n---\napiVersion: v1\nkind: X\n").expect_err("no name");
+        assert!(e.to_string().contains("no metadata.name"), "{e}");
+        let e = parse("a.yaml", "a: [").expect_err("bad yaml");
+        assert!(e.to_string().starts_with("a.yaml document 1:"), "{e}");
+    }
+}

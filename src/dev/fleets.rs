@@ -1,0 +1,240 @@
+//! The fleets of `asg-batch dev`: every `local` compute environment gets a
+//! [`LocalFleet`] whose instances are node agents running as tasks of this process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tracing::{Instrument, error, info, info_span};
+
+use crate::agent::executor::Executor;
+use crate::agent::executor::docker::DockerExecutor;
+use crate::agent::executor::process::ProcessExecutor;
+use crate::agent::{self, AgentConfig};
+use crate::api::compute_environment::{ComputeEnvironment, Executor as ExecutorKind};
+use crate::cloud::local::{LaunchRequest, Launcher, LocalFleet, LocalGroup};
+use crate::cloud::{CloudError, Fleet, FleetState, InstanceTypeInfo};
+use crate::controller::FleetProvider;
+
+/// Heartbeat of the in-process agents: short, so a dev fleet reacts quickly.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Gives each `local` compute environment an in-process fleet of node agents.
+pub struct LocalFleets {
+    client: kube::Client,
+    docker_socket: String,
+    fleets: Mutex<HashMap<String, Arc<dyn Fleet>>>,
+    /// Every fleet made, to stop their agents at shutdown.
+    made: Mutex<Vec<Arc<LocalFleet>>>,
+}
+
+impl LocalFleets {
+    /// Fleets whose agents talk to the API server through `client`; container jobs go
+    /// to the Docker Engine API at `docker_socket`.
+    pub fn new(client: kube::Client, docker_socket: impl Into<String>) -> Self {
+        Self {
+            client,
+            docker_socket: docker_socket.into(),
+            fleets: Mutex::default(),
+            made: Mutex::default(),
+        }
+    }
+
+    /// Stops every agent of every fleet.
+    pub fn shutdown(&self) {
+        let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
+        for f in made {
+            f.shutdown();
+        }
+    }
+
+    async fn make(&self, name: &str, ce: &ComputeEnvironment) -> Arc<dyn Fleet> {
+        let Some(shape) = ce.spec.instance_shape.clone() else {
+            return unavailable(format!(
+                "local compute environment {name} has no instanceShape"
+            ));
+        };
+        let (Ok(cpu_millis), Ok(memory_bytes)) = (
+            shape.resources.cpu.millicores(),
+            shape.resources.memory.bytes(),
+        ) else {
+            return unavailable(format!(
+                "local compute environment {name}: instanceShape does not parse"
+            ));
+        };
+        let kind = ce
+            .spec
+            .local
+            .as_ref()
+            .map_or(ExecutorKind::Docker, |l| l.executor);
+        let executor: Arc<dyn Executor> = match kind {
+            ExecutorKind::Process => Arc::new(ProcessExecutor),
+            ExecutorKind::Docker => match DockerExecutor::connect(&self.docker_socket).await {
+                Ok(d) => Arc::new(d),
+                Err(e) => {
+                    return unavailable(format!(
+                        "compute environment {name} runs containers, but {e} \
+                         (start Docker or `podman system service`, pass --docker-socket, \
+                         or use `executor: process`)"
+                    ));
+                }
+            },
+        };
+        let group = LocalGroup {
+            name: name.to_owned(),
+            min: u32::try_from(ce.spec.min_instances).unwrap_or(0),
+            max: u32::try_from(ce.spec.max_instances).unwrap_or(0),
+            instance_type: shape
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| "local".to_owned()),
+            shape: InstanceTypeInfo {
+                cpu_millis,
+                memory_bytes,
+                gpus: shape.resources.gpu,
+            },
+        };
+        // The launcher needs the fleet (agents protect their instance through it), and
+        // the fleet needs the launcher: tie the knot with a weak reference.
+        let slot: Arc<Mutex<Weak<LocalFleet>>> = Arc::new(Mutex::new(Weak::new()));
+        let launcher = launcher(
+            self.client.clone(),
+            name.to_owned(),
+            shape.resources.clone(),
+            shape.instance_type.clone(),
+            kind,
+            executor,
+            slot.clone(),
+        );
+        match LocalFleet::new(group, launcher) {
+            Ok(fleet) => {
+                let fleet = Arc::new(fleet);
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&fleet);
+                self.made
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(fleet.clone());
+                fleet
+            }
+            Err(e) => unavailable(e.to_string()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launcher(
+    client: kube::Client,
+    ce: String,
+    capacity: crate::api::common::Resources,
+    instance_type: Option<String>,
+    kind: ExecutorKind,
+    executor: Arc<dyn Executor>,
+    fleet: Arc<Mutex<Weak<LocalFleet>>>,
+) -> Launcher {
+    Arc::new(move |req: LaunchRequest| {
+        let LaunchRequest {
+            instance_id,
+            mut stop,
+        } = req;
+        let config = AgentConfig::new(instance_id.clone(), ce.clone(), capacity.clone())
+            .with_instance_type(instance_type.clone())
+            .with_executor(kind)
+            .with_heartbeat_interval(HEARTBEAT)
+            .with_idle_polls(2);
+        let slot = fleet.clone();
+        let client = client.clone();
+        let executor = executor.clone();
+        let span = info_span!("instance", id = %instance_id);
+        tokio::spawn(
+            async move {
+                info!("instance launched: node agent starting");
+                // Instances launched while the fleet is being made see it a moment later.
+                let mut fleet: Option<Arc<dyn Fleet>> = None;
+                for _ in 0..100 {
+                    let f = slot.lock().unwrap_or_else(|e| e.into_inner()).upgrade();
+                    if let Some(f) = f {
+                        fleet = Some(f);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let stopped = async move {
+                    while !*stop.borrow_and_update() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                match agent::run(client, config, executor, fleet, stopped).await {
+                    Ok(()) => info!("instance stopped"),
+                    Err(e) => error!(error = %e, "node agent failed"),
+                }
+            }
+            .instrument(span),
+        );
+        Ok(())
+    })
+}
+
+impl FleetProvider for LocalFleets {
+    fn fleet<'a>(&'a self, ce: &'a ComputeEnvironment) -> BoxFuture<'a, Option<Arc<dyn Fleet>>> {
+        Box::pin(async move {
+            ce.spec.local.as_ref()?;
+            let name = ce.metadata.name.clone()?;
+            if let Some(f) = self
+                .fleets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&name)
+            {
+                return Some(f.clone());
+            }
+            let fleet = self.make(&name, ce).await;
+            Some(
+                self.fleets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name)
+                    .or_insert(fleet)
+                    .clone(),
+            )
+        })
+    }
+}
+
+/// A fleet that cannot work; every call says why (the controller turns that into a
+/// condition and an Event on the compute environment).
+struct Unavailable(String);
+
+fn unavailable(message: String) -> Arc<dyn Fleet> {
+    error!(%message, "local fleet unavailable");
+    Arc::new(Unavailable(message))
+}
+
+impl Unavailable {
+    fn err(&self, operation: &'static str) -> CloudError {
+        CloudError::Other {
+            operation,
+            message: self.0.clone(),
+        }
+    }
+}
+
+impl Fleet for Unavailable {
+    fn describe(&self) -> BoxFuture<'_, Result<FleetState, CloudError>> {
+        Box::pin(async move { Err(self.err("DescribeAutoScalingGroups")) })
+    }
+    fn set_desired(&self, _: u32) -> BoxFuture<'_, Result<(), CloudError>> {
+        Box::pin(async move { Err(self.err("SetDesiredCapacity")) })
+    }
+    fn terminate(&self, _: &str) -> BoxFuture<'_, Result<(), CloudError>> {
+        Box::pin(async move { Err(self.err("TerminateInstanceInAutoScalingGroup")) })
+    }
+    fn protect(&self, _: &[String], _: bool) -> BoxFuture<'_, Result<(), CloudError>> {
+        Box::pin(async move { Err(self.err("SetInstanceProtection")) })
+    }
+    fn instance_type_info(&self, _: &str) -> BoxFuture<'_, Result<InstanceTypeInfo, CloudError>> {
+        Box::pin(async move { Err(self.err("DescribeInstanceTypes")) })
+    }
+}
