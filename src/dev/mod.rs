@@ -1,7 +1,7 @@
 //! `asg-batch dev`: the embedded default. One process runs the embedded API server, the
 //! controller and, for every `local` compute environment, a fleet of node agents (tasks
 //! of this process), applies the CRDs and a set of manifests (by default
-//! `manifests/examples/dev-demo.yaml`, built in), and prints each job's progress. kubectl
+//! `manifests/dev-demo.yaml`, built in), and prints each job's progress. kubectl
 //! works against it through the kubeconfig it writes.
 
 mod apply;
@@ -19,7 +19,7 @@ use crate::controller::{self, ControllerConfig};
 pub use fleets::LocalFleets;
 
 /// The manifests `dev` applies when given none.
-pub const DEMO: &str = include_str!("../../manifests/examples/dev-demo.yaml");
+pub const DEMO: &str = include_str!("../../manifests/dev-demo.yaml");
 
 /// Field manager of what `dev` applies.
 pub const FIELD_MANAGER: &str = "asg-batch-dev";
@@ -87,7 +87,7 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
     apply::crds(&client).await?;
     let (source, documents) = if args.manifests.is_empty() {
         (
-            "the built-in demo (manifests/examples/dev-demo.yaml)".to_owned(),
+            "the built-in demo (manifests/dev-demo.yaml)".to_owned(),
             apply::parse("dev-demo.yaml", DEMO)?,
         )
     } else {
