@@ -79,6 +79,16 @@ pub(super) fn apply_plan(
         event(events, object_ref(w.job), false, reasons::BOUND, msg);
     }
     for (id, reason) in &plan.unplaced {
+        // An array parent is known to the scheduler only through its children: in the
+        // pass that creates them, a job depending on it is waiting, not missing it.
+        let reason = &match reason {
+            Reason::DependencyNotFound { dependency } if work.contains_key(dependency) => {
+                Reason::WaitingOnDependency {
+                    dependency: dependency.clone(),
+                }
+            }
+            other => other.clone(),
+        };
         let Some(w) = work.get_mut(id) else {
             continue;
         };

@@ -817,3 +817,27 @@ mod invariants {
         }
     }
 }
+
+#[test]
+fn a_job_depending_on_a_new_array_waits_for_it_rather_than_missing_it() {
+    let o = world(
+        vec![
+            array(job("arr", "1", "1Gi", 1), 2),
+            depends_on(job("after", "1", "1Gi", 2), "arr"),
+            depends_on(job("orphan", "1", "1Gi", 3), "nowhere"),
+        ],
+        vec![n1()],
+    );
+    // The first pass creates the children: the parent exists, so "after" waits on it.
+    let d = run(&o);
+    assert_eq!(d.children.len(), 2);
+    assert_eq!(
+        status(&d, "after").message.as_deref(),
+        Some("waiting on dependency default/arr")
+    );
+    // A dependency on a job that does not exist is still reported as missing.
+    assert_eq!(
+        status(&d, "orphan").message.as_deref(),
+        Some("dependency default/nowhere not found")
+    );
+}
