@@ -66,7 +66,11 @@ async fn runs_containers_and_removes_cancelled_ones() {
         ),
     )
     .await;
-    create_job(&client, "default", &container_job(&long, "sleep 300")).await;
+    let long_uid = create_job(&client, "default", &container_job(&long, "sleep 300"))
+        .await
+        .metadata
+        .uid
+        .expect("uid");
     bind(&client, "default", &done, NODE, 1).await;
     bind(&client, "default", &long, NODE, 1).await;
 
@@ -87,7 +91,7 @@ async fn runs_containers_and_removes_cancelled_ones() {
         Some("hello from attempt 1 in ce-docker")
     );
 
-    let container = format!("asgb-default-{long}-1");
+    let container = format!("asgb-{long}-{long_uid}-a1");
     eventually(
         "the long job to start",
         || get_job(&client, "default", &long),

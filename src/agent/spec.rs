@@ -72,9 +72,10 @@ pub struct SpecInputs {
     pub array_parent: Option<(String, Option<u32>)>,
 }
 
-/// Container name of an attempt: `asgb-<namespace>-<name>-<attempt>`.
+/// Container name of an attempt: `asgb-<name>-<uid>-a<attempt>`. The uid makes it unique
+/// (`team-a/etl` and `team/a-etl` would otherwise collide); the name keeps it readable.
 pub fn attempt_name(key: &AttemptKey) -> String {
-    format!("asgb-{}-{}-{}", key.namespace, key.name, key.attempt)
+    format!("asgb-{}-{}-a{}", key.name, key.uid, key.attempt)
 }
 
 /// The AWS Batch job id a job's processes see: the job's uid, or for an array child
@@ -339,7 +340,14 @@ mod tests {
             ..Default::default()
         };
         let spec = build(&job(JobTemplate::default()), &key(), &inputs).expect("spec");
-        assert_eq!(spec.name, "asgb-team-etl-2");
+        assert_eq!(spec.name, "asgb-etl-u-1-a2");
+        // Another namespace's job of the same name gets another container name.
+        let other = AttemptKey {
+            namespace: "team-b".into(),
+            uid: "u-2".into(),
+            ..key()
+        };
+        assert_ne!(attempt_name(&other), spec.name);
         assert!(matches!(&spec.workload, Workload::Container { image, .. } if image == "etl:1"));
         assert_eq!((spec.cpu_millis, spec.memory_bytes), (1500, 1 << 30));
         assert_eq!(spec.timeout, Some(Duration::from_secs(60)));

@@ -74,6 +74,7 @@ pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), De
     let api: Api<BatchJob> = Api::all(client);
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let mut phases: BTreeMap<String, Option<JobPhase>> = BTreeMap::new();
+    let mut listed = false;
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = stream
         .try_next()
@@ -83,7 +84,11 @@ pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), De
         let (jobs, deleted) = match event {
             watcher::Event::Apply(j) | watcher::Event::InitApply(j) => (vec![j], false),
             watcher::Event::Delete(j) => (vec![j], true),
-            watcher::Event::Init | watcher::Event::InitDone => (vec![], false),
+            watcher::Event::Init => (vec![], false),
+            watcher::Event::InitDone => {
+                listed = true;
+                (vec![], false)
+            }
         };
         for job in jobs {
             let key = format!(
@@ -103,7 +108,10 @@ pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), De
             }
             phases.insert(key, job.status.as_ref().and_then(|s| s.phase));
         }
+        // Judge only once the initial list is complete (with --data-dir, old finished
+        // jobs may be listed before the new ones).
         if exit_when_done
+            && listed
             && !phases.is_empty()
             && phases
                 .values()

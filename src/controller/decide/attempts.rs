@@ -126,7 +126,10 @@ pub(super) fn progress(
         return;
     };
 
-    // The attempt ended.
+    // The attempt ended (it may have started and ended between two passes).
+    if d.started_at.is_none() {
+        d.started_at = observed.started_at.clone();
+    }
     let outcome = AttemptOutcome {
         exit_code,
         reason: reason.as_deref(),

@@ -841,3 +841,18 @@ fn a_job_depending_on_a_new_array_waits_for_it_rather_than_missing_it() {
         Some("dependency default/nowhere not found")
     );
 }
+
+#[test]
+fn an_attempt_that_starts_and_ends_between_two_passes_still_dates_the_job() {
+    let mut o = world(vec![job("quick", "1", "1Gi", 1)], vec![n1()]);
+    let d = run(&o);
+    assert_eq!(status(&d, "quick").phase, Some(JobPhase::Starting));
+    apply(&mut o, &d);
+    // The agent's two reports land before the controller's next pass.
+    agent(&mut o, "quick", exited(0));
+    let d = run(&o);
+    let s = status(&d, "quick");
+    assert_eq!(s.phase, Some(JobPhase::Succeeded));
+    assert_eq!(s.started_at, Some(time(NOW - 10)));
+    assert_eq!(s.stopped_at, Some(time(NOW - 1)));
+}
