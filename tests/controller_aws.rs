@@ -123,6 +123,40 @@ async fn desired_capacity_follows_demand_and_idle_instances_are_terminated() {
 
     // Idle (scaleInAfterIdleSeconds: 0): drained, terminated, desired back to 0.
     wait_desired(&fleet, 0).await;
+    // A terminated instance's agent may still run a little while: its node stays, Draining
+    // (no job goes there), until the agent goes quiet; then it is deleted.
+    let start_wait = Instant::now();
+    loop {
+        let nodes = h
+            .nodes()
+            .list(&Default::default())
+            .await
+            .expect("nodes")
+            .items;
+        if nodes.iter().all(|n| {
+            n.status.as_ref().and_then(|s| s.phase)
+                == Some(asg_batch::api::batch_node::NodePhase::Draining)
+        }) {
+            break;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(30),
+            "nodes of terminated instances are Draining"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        h.nodes()
+            .patch_status(
+                &id.to_ascii_lowercase(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({
+                    "status": {"heartbeatTime": "2000-01-01T00:00:00Z"}
+                })),
+            )
+            .await
+            .expect("the agent's last heartbeat, long ago");
+    }
     let start_wait = Instant::now();
     while !h
         .nodes()

@@ -153,7 +153,8 @@ pub struct QueueUpdate {
 /// A fleet call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FleetAction {
-    /// Terminate one instance, decrementing desired capacity; then delete its BatchNode.
+    /// Terminate one instance, decrementing desired capacity (its BatchNode goes once the
+    /// instance has left the fleet and its agent is quiet: [`Decisions::delete_nodes`]).
     Terminate {
         /// Compute environment.
         compute_environment: String,
@@ -201,6 +202,8 @@ pub struct Decisions {
     pub queues: Vec<QueueUpdate>,
     /// Fleet calls: every Terminate before the SetDesired of its environment.
     pub fleet: Vec<FleetAction>,
+    /// BatchNodes to delete: their instance left its fleet and their agent went quiet.
+    pub delete_nodes: Vec<String>,
     /// Events.
     pub events: Vec<Note>,
     /// The scheduler's plan of this pass (for logs and tests).
@@ -245,6 +248,23 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
         .collect();
     let mut node_phase: BTreeMap<&str, ApiNodePhase> = BTreeMap::new();
+    // Nodes whose instance has left its described fleet (terminated, or terminating): never
+    // schedulable, not capacity, and deleted once their agent has gone quiet. Deleting
+    // them at once would not do: an agent still running on a terminating instance
+    // registers its node again.
+    let departed: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|(_, n)| {
+            observed
+                .fleets
+                .get(&n.spec.compute_environment)
+                .is_some_and(|f| {
+                    !f.live_instances()
+                        .any(|i| i.instance_id.eq_ignore_ascii_case(&n.spec.instance_id))
+                })
+        })
+        .map(|(name, _)| *name)
+        .collect();
     for (name, n) in &nodes {
         let current = n.status.as_ref().and_then(|s| s.phase);
         let heartbeat = n
@@ -260,6 +280,7 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         let has_fleet = observed.fleets.contains_key(ce) || observed.fleet_errors.contains_key(ce);
         let p = match (lost, current) {
             (true, _) => ApiNodePhase::Lost,
+            (false, _) if departed.contains(name) => ApiNodePhase::Draining,
             (false, Some(ApiNodePhase::Draining)) if has_fleet => ApiNodePhase::Draining,
             (false, _) => ApiNodePhase::Ready,
         };
@@ -304,9 +325,16 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         .filter(|j| !progressed_ids.contains(&job_id(j)))
         .collect();
     jobs.extend(progressed.iter());
+    let holding = nodes_holding_jobs(&work);
     let relabelled: Vec<BatchNode> = observed
         .nodes
         .iter()
+        .filter(|n| {
+            n.metadata
+                .name
+                .as_deref()
+                .is_none_or(|m| !departed.contains(m) || holding.contains(m))
+        })
         .map(|n| {
             let mut n = (**n).clone();
             if let Some(p) = n.metadata.name.as_deref().and_then(|m| node_phase.get(m)) {
@@ -364,8 +392,22 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
     node_updates(&work, &built, &nodes, &node_phase, &plan, now, &mut out);
     environment_updates(observed, &built, &plan, &nodes, &node_phase, now, &mut out);
     queue_updates(observed, &work, now, &mut out);
+    let holding = nodes_holding_jobs(&work);
+    out.delete_nodes = departed
+        .iter()
+        .filter(|n| node_phase.get(*n) == Some(&ApiNodePhase::Lost) && !holding.contains(**n))
+        .map(|n| (*n).to_owned())
+        .collect();
     out.plan = plan;
     out
+}
+
+/// Nodes that a Starting or Running job is on, as decided so far.
+fn nodes_holding_jobs(work: &BTreeMap<JobId, Work<'_>>) -> BTreeSet<String> {
+    work.values()
+        .filter(|w| phase(w.desired.phase).is_placed())
+        .filter_map(|w| w.desired.node.clone())
+        .collect()
 }
 
 fn w_finish(id: &JobId, w: &Work<'_>, jobs: &mut Vec<JobUpdate>) {

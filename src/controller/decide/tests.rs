@@ -856,3 +856,48 @@ fn an_attempt_that_starts_and_ends_between_two_passes_still_dates_the_job() {
     assert_eq!(s.started_at, Some(time(NOW - 10)));
     assert_eq!(s.stopped_at, Some(time(NOW - 1)));
 }
+
+#[test]
+fn a_node_whose_instance_left_the_fleet_gets_no_job_and_goes_once_its_agent_is_quiet() {
+    // i-old was terminated (the group no longer lists it) but its agent still heartbeats,
+    // and registered its node again; i-new is in service.
+    let old = node("i-old", "ce", "4", "16Gi", NOW);
+    let new = node("i-new", "ce", "4", "16Gi", NOW);
+    let jobs = vec![job("a", "1", "1Gi", 1), job("b", "1", "1Gi", 2)];
+    let d = run(&aws_world(
+        jobs,
+        vec![old.clone(), new.clone()],
+        1,
+        &["i-new"],
+    ));
+    assert!(
+        d.plan.bindings.iter().all(|b| b.node == "i-new"),
+        "{:?}",
+        d.plan.bindings
+    );
+    assert_eq!(d.plan.bindings.len(), 2);
+    let phase_of = |d: &Decisions, n: &str| {
+        d.nodes
+            .iter()
+            .find(|u| u.name == n)
+            .and_then(|u| u.status.phase)
+    };
+    assert_eq!(phase_of(&d, "i-old"), Some(ApiNodePhase::Draining));
+    // It is not capacity: no terminate of it, and desired stays at the one live instance.
+    assert!(
+        d.fleet
+            .iter()
+            .all(|a| !matches!(a, FleetAction::Terminate { .. })),
+        "{:?}",
+        d.fleet
+    );
+    assert!(d.delete_nodes.is_empty(), "its agent is still up");
+    // Its agent goes quiet: the node is Lost, and deleted.
+    let mut quiet = old;
+    if let Some(s) = quiet.status.as_mut() {
+        s.heartbeat_time = Some(time(NOW - 600));
+    }
+    let d = run(&aws_world(vec![], vec![quiet, new], 1, &["i-new"]));
+    assert_eq!(d.delete_nodes, ["i-old"]);
+    assert!(d.fleet.is_empty(), "{:?}", d.fleet);
+}

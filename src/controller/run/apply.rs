@@ -88,6 +88,17 @@ pub(super) async fn apply(
         s.nodes += 1;
         record(r, "node status", &mut s);
     }
+    for name in &d.delete_nodes {
+        info!(
+            node = name,
+            "deleting the BatchNode of an instance that left its fleet"
+        );
+        match nodes.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => warn!(node = name, error = %e, "delete BatchNode failed"),
+        }
+    }
 
     // Fleet calls: terminations first, then desired capacity.
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
@@ -112,16 +123,10 @@ pub(super) async fn apply(
                     f.terminate(instance_id),
                 )
                 .await;
+                // The node itself goes once the instance has left the fleet and its agent
+                // is quiet (`Decisions::delete_nodes`).
                 let r = match r {
-                    Ok(()) | Err(CloudError::NotFound { .. }) => {
-                        // The instance is gone: so is its node.
-                        match nodes.delete(node, &DeleteParams::default()).await {
-                            Ok(_) => {}
-                            Err(kube::Error::Api(e)) if e.code == 404 => {}
-                            Err(e) => warn!(node, error = %e, "delete BatchNode failed"),
-                        }
-                        Ok(())
-                    }
+                    Ok(()) | Err(CloudError::NotFound { .. }) => Ok(()),
                     Err(e) => Err(e),
                 };
                 (compute_environment, r)
