@@ -129,3 +129,104 @@ async fn protects_the_instance_while_it_holds_a_job() {
     .await;
     agent.stop().await.expect("clean stop");
 }
+
+/// A fleet whose protection calls never answer (an Auto Scaling API that hangs; moto
+/// cannot be made to): otherwise a group holding the unprotected instance `i-stalled`.
+struct StalledFleet;
+
+impl Fleet for StalledFleet {
+    fn describe(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<FleetState, asg_batch::cloud::CloudError>> {
+        Box::pin(async {
+            Ok(FleetState {
+                desired: 1,
+                min: 0,
+                max: 1,
+                instance_type: None,
+                instances: vec![asg_batch::cloud::FleetInstance {
+                    instance_id: "i-stalled".into(),
+                    lifecycle: asg_batch::cloud::Lifecycle::InService,
+                    protected_from_scale_in: false,
+                    instance_type: None,
+                }],
+            })
+        })
+    }
+    fn set_desired(
+        &self,
+        _: u32,
+    ) -> futures::future::BoxFuture<'_, Result<(), asg_batch::cloud::CloudError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn terminate(
+        &self,
+        _: &str,
+    ) -> futures::future::BoxFuture<'_, Result<(), asg_batch::cloud::CloudError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn protect(
+        &self,
+        _: &[String],
+        _: bool,
+    ) -> futures::future::BoxFuture<'_, Result<(), asg_batch::cloud::CloudError>> {
+        Box::pin(std::future::pending())
+    }
+    fn instance_type_info(
+        &self,
+        t: &str,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<asg_batch::cloud::InstanceTypeInfo, asg_batch::cloud::CloudError>,
+    > {
+        let t = t.to_owned();
+        Box::pin(async move {
+            Err(asg_batch::cloud::CloudError::NotFound {
+                operation: "DescribeInstanceTypes",
+                message: t,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_protection_call_does_not_stop_the_heartbeat() {
+    let s = server_with_crds().await;
+    let client = s.client();
+    let agent = TestAgent::start(
+        client.clone(),
+        config("i-stalled", "ce"),
+        Arc::new(ProcessExecutor),
+        Some(Arc::new(StalledFleet)),
+    );
+    let first = eventually(
+        "registration and a first heartbeat",
+        || get_node(&client, "i-stalled"),
+        |n| {
+            n.as_ref()
+                .and_then(|n| n.status.as_ref())
+                .is_some_and(|s| s.heartbeat_time.is_some())
+        },
+    )
+    .await
+    .and_then(|n| n.status)
+    .and_then(|s| s.heartbeat_time)
+    .expect("heartbeat");
+    // The attempt's protect(true) and the idle check's protect(false) both hang...
+    create_job(&client, "default", &process_job("held", "sleep 30")).await;
+    bind(&client, "default", "held", "i-stalled", 1).await;
+    // ...and the heartbeat goes on (a node whose heartbeat stops is Lost).
+    let later = eventually(
+        "later heartbeats",
+        || get_node(&client, "i-stalled"),
+        |n| {
+            n.as_ref()
+                .and_then(|n| n.status.as_ref())
+                .and_then(|s| s.heartbeat_time.as_ref())
+                .is_some_and(|t| t.0 > first.0 + jiff::SignedDuration::from_secs(2))
+        },
+    )
+    .await;
+    assert!(later.is_some());
+    agent.crash().await;
+}

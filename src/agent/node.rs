@@ -8,7 +8,6 @@ use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Applies the BatchNode's spec (creating it when absent) and a first heartbeat.
 #[tracing::instrument(skip_all, fields(node = %config.node_name))]
@@ -45,15 +44,15 @@ pub async fn heartbeat(
     Ok(())
 }
 
-/// Heartbeats every `config.heartbeat_interval` until aborted: updates scale-in protection
-/// from `busy` (the number of attempts held) and applies the node's status, registering
-/// the node again when it was deleted. Runs beside the job loop, so a slow API server or
-/// cloud call never holds up jobs; each beat is bounded by a timeout.
+/// Heartbeats every `config.heartbeat_interval` until aborted: applies the node's status
+/// (with the scale-in protection last set; the idle check runs apart, see
+/// [`super::protection::idle_loop`]), registering the node again when it was deleted. Runs
+/// beside the job loop, so a slow API server never holds up jobs; each beat is bounded
+/// by a timeout.
 pub async fn heartbeat_loop(
     api: Api<BatchNode>,
     config: AgentConfig,
     protection: Option<Arc<Protection>>,
-    busy: watch::Receiver<usize>,
 ) {
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -61,11 +60,7 @@ pub async fn heartbeat_loop(
     loop {
         ticks.tick().await;
         let beat = async {
-            let held = *busy.borrow();
-            let protected = match &protection {
-                Some(p) => Some(p.on_heartbeat(held > 0).await),
-                None => None,
-            };
+            let protected = protection.as_ref().map(|p| p.last_known());
             match heartbeat(&api, &config.node_name, protected).await {
                 Ok(()) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {

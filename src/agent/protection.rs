@@ -5,8 +5,9 @@
 
 use crate::cloud::{CloudError, Fleet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 /// Counts idle heartbeats and says when to unprotect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +68,15 @@ pub struct Protection {
     fleet: Arc<dyn Fleet>,
     instance_id: String,
     tracker: Mutex<IdleTracker>,
+    /// What was last set, readable without waiting for a protection call in flight.
+    last: AtomicBool,
 }
 
 /// Tries of a protect call before giving up.
 const TRIES: u32 = 3;
+/// Longest wait for one protection call: a hanging call fails the attempt's start
+/// (`StartFailed`, retried by policy) instead of holding it forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Protection {
     /// Protection of `instance_id` in `fleet`.
@@ -79,6 +85,7 @@ impl Protection {
             fleet,
             instance_id,
             tracker: Mutex::new(IdleTracker::new(idle_polls)),
+            last: AtomicBool::new(true),
         }
     }
 
@@ -103,6 +110,7 @@ impl Protection {
         Self {
             fleet,
             instance_id,
+            last: AtomicBool::new(tracker.protected()),
             tracker: Mutex::new(tracker),
         }
     }
@@ -112,13 +120,30 @@ impl Protection {
         self.tracker.lock().await.protected()
     }
 
+    /// What was last set, without waiting for a protection call in flight.
+    pub fn last_known(&self) -> bool {
+        self.last.load(Ordering::SeqCst)
+    }
+
+    fn record(&self, tracker: &mut IdleTracker, protected: bool) {
+        tracker.set(protected);
+        self.last.store(protected, Ordering::SeqCst);
+    }
+
     async fn call(&self, protected: bool) -> Result<(), CloudError> {
         let ids = [self.instance_id.clone()];
         let mut delay = Duration::from_millis(200);
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.fleet.protect(&ids, protected).await {
+            let call = tokio::time::timeout(CALL_TIMEOUT, self.fleet.protect(&ids, protected));
+            let result = call.await.unwrap_or_else(|_| {
+                Err(CloudError::Transport {
+                    operation: "SetInstanceProtection",
+                    message: format!("no answer within {CALL_TIMEOUT:?}"),
+                })
+            });
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() && tries < TRIES => {
                     tracing::warn!(error = %e, protected, "scale-in protection call failed; retrying");
@@ -135,25 +160,43 @@ impl Protection {
         let mut tracker = self.tracker.lock().await;
         if tracker.on_start() {
             self.call(true).await?;
-            tracker.set(true);
+            self.record(&mut tracker, true);
             tracing::info!(instance = %self.instance_id, "protected from scale-in");
         }
         Ok(())
     }
 
-    /// One heartbeat: unprotects after enough idle ones. Returns what is now set.
-    pub async fn on_heartbeat(&self, busy: bool) -> bool {
+    /// One idle check: unprotects after enough idle ones in a row. `busy` (attempts held)
+    /// is read under the lock that [`Self::before_start`] holds while it protects, so an
+    /// attempt that is starting is never left unprotected. Returns what is now set.
+    pub async fn on_heartbeat(&self, busy: &watch::Receiver<usize>) -> bool {
         let mut tracker = self.tracker.lock().await;
-        if tracker.on_heartbeat(busy) {
+        let held = *busy.borrow();
+        if tracker.on_heartbeat(held > 0) {
             match self.call(false).await {
                 Ok(()) => {
-                    tracker.set(false);
+                    self.record(&mut tracker, false);
                     tracing::info!(instance = %self.instance_id, "unprotected from scale-in (idle)");
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot remove scale-in protection"),
             }
         }
         tracker.protected()
+    }
+}
+
+/// Checks idleness every `interval`, apart from the heartbeat, so a slow or failing
+/// protection call never delays a heartbeat (a node whose heartbeats stop is Lost).
+pub async fn idle_loop(
+    protection: Arc<Protection>,
+    interval: Duration,
+    busy: watch::Receiver<usize>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        protection.on_heartbeat(&busy).await;
     }
 }
 

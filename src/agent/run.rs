@@ -103,9 +103,13 @@ async fn run_inner(
     let grace = config.shutdown_grace;
     let (busy_tx, busy_rx) = watch::channel(0usize);
     let heartbeat = tokio::spawn(
-        node::heartbeat_loop(nodes.clone(), config.clone(), protection.clone(), busy_rx)
-            .in_current_span(),
+        node::heartbeat_loop(nodes.clone(), config.clone(), protection.clone()).in_current_span(),
     );
+    let idle = protection.clone().map(|p| {
+        tokio::spawn(
+            super::protection::idle_loop(p, config.heartbeat_interval, busy_rx).in_current_span(),
+        )
+    });
 
     let mut agent = Agent {
         ctx: Arc::new(AttemptContext {
@@ -150,6 +154,9 @@ async fn run_inner(
     };
     agent.stop(grace).await;
     heartbeat.abort();
+    if let Some(idle) = idle {
+        idle.abort();
+    }
     tracing::info!(node = %node_name, "agent stopped");
     result
 }
