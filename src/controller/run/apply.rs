@@ -2,6 +2,7 @@
 //! status, fleet calls (terminations first), environment and queue status, Events.
 
 use super::*;
+use std::collections::BTreeSet;
 
 pub(super) fn cloud_error(ce: &str, e: CloudError) -> ControllerError {
     ControllerError::Fleet {
@@ -68,13 +69,25 @@ pub(super) async fn apply(
 
     // Futures collected first: a closure inside the stream would make this future
     // not `Send` for every lifetime (rust-lang/rust#102211).
-    let writes: Vec<_> = d.jobs.iter().map(|u| write_job(client, u)).collect();
+    let writes: Vec<_> = d
+        .jobs
+        .iter()
+        .map(|u| async move {
+            let r = write_job(client, u).await;
+            ((u.namespace.as_str(), u.name.as_str()), r)
+        })
+        .collect();
     let results: Vec<_> = futures::stream::iter(writes)
         .buffer_unordered(WRITES_IN_FLIGHT)
         .collect()
         .await;
-    for r in results {
+    // Jobs whose write did not land: their Events would describe what did not happen.
+    let mut unwritten: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (job, r) in results {
         s.jobs += 1;
+        if r.is_err() {
+            unwritten.insert(job);
+        }
         record(r, "job", &mut s);
     }
 
@@ -189,6 +202,15 @@ pub(super) async fn apply(
     }
 
     for e in &d.events {
+        let about_job = e.regarding.kind.as_deref() == Some("BatchJob");
+        if about_job
+            && unwritten.contains(&(
+                e.regarding.namespace.as_deref().unwrap_or_default(),
+                e.regarding.name.as_deref().unwrap_or_default(),
+            ))
+        {
+            continue;
+        }
         let ev = Event {
             type_: if e.warning {
                 EventType::Warning
@@ -266,4 +288,110 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::batch_job::{BatchJobStatus, JobPhase};
+    use crate::apiserver::{ApiServerConfig, start};
+    use crate::controller::StaticFleets;
+    use crate::controller::decide::{JobUpdate, Note};
+    use k8s_openapi::api::events::v1::Event as ApiEvent;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    fn regarding(job: &BatchJob) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("asgbatch.io/v1alpha1".into()),
+            kind: Some("BatchJob".into()),
+            name: job.metadata.name.clone(),
+            namespace: job.metadata.namespace.clone(),
+            uid: job.metadata.uid.clone(),
+            ..ObjectReference::default()
+        }
+    }
+
+    /// A decision made on a stale copy of a job is refused (409) and its Event is not
+    /// published; the Event of a write that landed is.
+    #[tokio::test]
+    async fn events_of_writes_that_did_not_land_are_not_published() {
+        let server = start(ApiServerConfig::default()).await.expect("server");
+        let client = server.client().expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crate::api::crds::all() {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("crd");
+        }
+        let jobs: Api<BatchJob> = Api::namespaced(client.clone(), "default");
+        let make = |name: &str| -> BatchJob {
+            serde_json::from_value(json!({
+                "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"queue": "q", "process": {"command": ["true"]}}
+            }))
+            .expect("job")
+        };
+        let fresh = jobs
+            .create(&PostParams::default(), &make("fresh"))
+            .await
+            .expect("create");
+        let stale = jobs
+            .create(&PostParams::default(), &make("stale"))
+            .await
+            .expect("create");
+        // Someone else changes "stale" after the controller read it.
+        let mut changed = stale.clone();
+        changed.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+        jobs.replace("stale", &PostParams::default(), &changed)
+            .await
+            .expect("replace");
+
+        let update = |j: &BatchJob| JobUpdate {
+            namespace: "default".into(),
+            name: j.metadata.name.clone().unwrap_or_default(),
+            resource_version: j.metadata.resource_version.clone(),
+            label: Some(LabelChange::Set("n1".into())),
+            status: Some(BatchJobStatus {
+                phase: Some(JobPhase::Starting),
+                node: Some("n1".into()),
+                ..BatchJobStatus::default()
+            }),
+        };
+        let note = |j: &BatchJob| Note {
+            regarding: regarding(j),
+            warning: false,
+            reason: reasons::BOUND,
+            note: format!("bound {}", j.metadata.name.clone().unwrap_or_default()),
+        };
+        let d = Decisions {
+            jobs: vec![update(&fresh), update(&stale)],
+            events: vec![note(&fresh), note(&stale)],
+            ..Decisions::default()
+        };
+        let ctx = Context::new(
+            client.clone(),
+            crate::controller::ControllerConfig::default(),
+            Arc::new(StaticFleets::default()),
+        );
+        let summary = apply(&ctx, d, &BTreeMap::new()).await;
+        assert_eq!(summary.conflicts, 1, "the stale write is refused");
+        let phase = |j: BatchJob| j.status.and_then(|s| s.phase);
+        assert_eq!(
+            phase(jobs.get("fresh").await.expect("get")),
+            Some(JobPhase::Starting)
+        );
+        assert_eq!(phase(jobs.get("stale").await.expect("get")), None);
+        let events: Api<ApiEvent> = Api::namespaced(client.clone(), "default");
+        let notes: Vec<String> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter_map(|e| e.note)
+            .collect();
+        assert_eq!(notes, ["bound fresh"]);
+        server.shutdown().await;
+    }
 }
