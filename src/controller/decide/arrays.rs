@@ -66,20 +66,30 @@ pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, 
         }
         let d = &mut w.desired;
         let was_terminal = phase(d.phase).is_terminal();
-        let new_phase = if let Some(c) = failed_child {
+        // As in AWS Batch, the parent ends when every child has: Failed if any failed.
+        let all_ended = size > 0 && counts.succeeded + counts.failed >= size;
+        let new_phase = if let Some(c) = failed_child.filter(|_| all_ended) {
             d.reason = Some("ChildFailed".into());
-            d.message = Some(format!("array child {c} failed"));
+            d.message = Some(format!(
+                "{} of {size} array children failed, the first {c}",
+                counts.failed
+            ));
             JobPhase::Failed
         } else if size > 0 && counts.succeeded == size {
             d.reason = Some("Completed".into());
             d.message = Some(format!("all {size} array children succeeded"));
             JobPhase::Succeeded
         } else {
+            let failed = if counts.failed > 0 {
+                format!(", {} failed", counts.failed)
+            } else {
+                String::new()
+            };
             d.message = Some(format!(
-                "{size} children: {} pending, {} runnable, {} starting, {} running, {} succeeded",
+                "{size} children: {} pending, {} runnable, {} starting, {} running, {} succeeded{failed}",
                 counts.pending, counts.runnable, counts.starting, counts.running, counts.succeeded
             ));
-            if counts.starting + counts.running > 0 || counts.succeeded > 0 {
+            if counts.starting + counts.running > 0 || counts.succeeded + counts.failed > 0 {
                 JobPhase::Running
             } else if counts.runnable > 0 {
                 JobPhase::Runnable

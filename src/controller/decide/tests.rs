@@ -524,16 +524,26 @@ fn an_array_fails_when_a_child_fails() {
     step(&mut o);
     step(&mut o);
     agent(&mut o, "arr-1", exited(1));
+    // One child failed, the other still runs: the parent waits for it (AWS Batch).
+    let d = run(&o);
+    let a = status(&d, "arr");
+    assert_eq!(a.phase, Some(JobPhase::Running));
+    assert_eq!(
+        a.message.as_deref(),
+        Some("2 children: 0 pending, 0 runnable, 1 starting, 0 running, 0 succeeded, 1 failed")
+    );
+    assert_eq!(
+        a.array_status.as_ref().map(|a| (a.failed, a.starting)),
+        Some((1, 1))
+    );
+    apply(&mut o, &d);
+    agent(&mut o, "arr-0", exited(0));
     let d = run(&o);
     let a = status(&d, "arr");
     assert_eq!(a.phase, Some(JobPhase::Failed));
     assert_eq!(
         a.message.as_deref(),
-        Some("array child default/arr-1 failed")
-    );
-    assert_eq!(
-        a.array_status.as_ref().map(|a| (a.failed, a.starting)),
-        Some((1, 1))
+        Some("1 of 2 array children failed, the first default/arr-1")
     );
 }
 
