@@ -28,6 +28,10 @@ pub enum ControllerError {
     /// An object could not be serialised.
     #[error("serialise: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// Something in the cluster keeps a decision from being carried out (e.g. a foreign
+    /// job holding an array child's name).
+    #[error("{0}")]
+    Blocked(String),
 }
 
 impl ControllerError {
@@ -39,6 +43,7 @@ impl ControllerError {
             Self::StoreNotReady(_) => "store_not_ready",
             Self::Fleet { .. } => "fleet",
             Self::Serialize(_) => "serialize",
+            Self::Blocked(_) => "blocked",
         }
     }
 

@@ -60,7 +60,10 @@ pub(super) async fn apply(
         };
         let r = match api.create(&pp, &c.job).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // Created by an earlier pass, or a foreign job holds the name.
+                foreign_child(ctx, &api, &c.job).await
+            }
             Err(e) => Err(e.into()),
         };
         s.children += 1;
@@ -237,6 +240,59 @@ pub(super) async fn apply(
     s
 }
 
+/// After a 409 creating array child `child`: fine when the existing job is this array's
+/// child (an earlier pass made it); otherwise a Warning Event on the parent says which
+/// job is in the way (the parent cannot finish without that child), and an error.
+async fn foreign_child(
+    ctx: &Context,
+    api: &Api<BatchJob>,
+    child: &BatchJob,
+) -> Result<(), ControllerError> {
+    let name = child.metadata.name.clone().unwrap_or_default();
+    let Some(owner) = child
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.first())
+    else {
+        return Ok(());
+    };
+    let existing = api.get_opt(&name).await?;
+    let ours = existing.as_ref().is_none_or(|e| {
+        e.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == owner.uid)
+    });
+    if ours {
+        return Ok(());
+    }
+    let message = format!(
+        "array child {name} cannot be created: a BatchJob of that name exists and does not \
+         belong to this array; delete or rename it"
+    );
+    let parent = ObjectReference {
+        api_version: Some(owner.api_version.clone()),
+        kind: Some(owner.kind.clone()),
+        name: Some(owner.name.clone()),
+        namespace: child.metadata.namespace.clone(),
+        uid: Some(owner.uid.clone()),
+        ..ObjectReference::default()
+    };
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "ChildNameTaken".into(),
+        note: Some(message.clone()),
+        action: "CreateChild".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&ev, &parent).await {
+        debug!(error = %err, "publishing an Event failed");
+    }
+    Err(ControllerError::Blocked(message))
+}
+
 /// Label (with the observed resourceVersion as precondition), then status (with the
 /// resourceVersion the label patch returned, or the observed one).
 pub(super) async fn write_job(client: &kube::Client, u: &JobUpdate) -> Result<(), ControllerError> {
@@ -296,7 +352,7 @@ mod tests {
     use crate::api::batch_job::{BatchJobStatus, JobPhase};
     use crate::apiserver::{ApiServerConfig, start};
     use crate::controller::StaticFleets;
-    use crate::controller::decide::{JobUpdate, Note};
+    use crate::controller::decide::{JobUpdate, NewChild, Note};
     use k8s_openapi::api::events::v1::Event as ApiEvent;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
@@ -392,6 +448,85 @@ mod tests {
             .filter_map(|e| e.note)
             .collect();
         assert_eq!(notes, ["bound fresh"]);
+        server.shutdown().await;
+    }
+
+    /// An array child whose name a foreign job holds is reported on the parent; one an
+    /// earlier pass created is fine.
+    #[tokio::test]
+    async fn a_foreign_job_holding_an_array_childs_name_is_reported() {
+        let server = start(ApiServerConfig::default()).await.expect("server");
+        let client = server.client().expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crate::api::crds::all() {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("crd");
+        }
+        let jobs: Api<BatchJob> = Api::namespaced(client.clone(), "default");
+        let job = |v: serde_json::Value| -> BatchJob { serde_json::from_value(v).expect("job") };
+        let parent = jobs
+            .create(
+                &PostParams::default(),
+                &job(json!({
+                    "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                    "metadata": {"name": "arr", "namespace": "default"},
+                    "spec": {"queue": "q", "process": {"command": ["true"]},
+                             "arrayProperties": {"size": 2}}
+                })),
+            )
+            .await
+            .expect("parent");
+        // Someone's own job is called arr-1; arr-0 was made by an earlier pass.
+        jobs.create(
+            &PostParams::default(),
+            &job(json!({
+                "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                "metadata": {"name": "arr-1", "namespace": "default"},
+                "spec": {"queue": "q", "process": {"command": ["true"]}}
+            })),
+        )
+        .await
+        .expect("foreign job");
+        let child = |i| NewChild {
+            job: crate::controller::decide::new_child(&parent, i),
+        };
+        jobs.create(&PostParams::default(), &child(0).job)
+            .await
+            .expect("earlier pass");
+        let ctx = Context::new(
+            client.clone(),
+            crate::controller::ControllerConfig::default(),
+            Arc::new(StaticFleets::default()),
+        );
+        let d = Decisions {
+            children: vec![child(0), child(1)],
+            ..Decisions::default()
+        };
+        let summary = apply(&ctx, d, &BTreeMap::new()).await;
+        assert_eq!(summary.failures, 1, "only the foreign name is a failure");
+        let events: Api<ApiEvent> = Api::namespaced(client.clone(), "default");
+        let warnings: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .map(|e| {
+                (
+                    e.regarding.and_then(|r| r.name).unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].0, "arr");
+        assert!(
+            warnings[0]
+                .1
+                .contains("array child arr-1 cannot be created"),
+            "{warnings:?}"
+        );
         server.shutdown().await;
     }
 }
