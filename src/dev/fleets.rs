@@ -27,6 +27,8 @@ pub struct LocalFleets {
     fleets: Mutex<HashMap<String, Arc<dyn Fleet>>>,
     /// Every fleet made, to stop their agents at shutdown.
     made: Mutex<Vec<Arc<LocalFleet>>>,
+    /// The agents' tasks, to wait for at shutdown.
+    agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl LocalFleets {
@@ -38,14 +40,23 @@ impl LocalFleets {
             docker_socket: docker_socket.into(),
             fleets: Mutex::default(),
             made: Mutex::default(),
+            agents: Arc::default(),
         }
     }
 
-    /// Stops every agent of every fleet.
-    pub fn shutdown(&self) {
+    /// Stops every agent of every fleet and waits up to `grace` for them to end (an
+    /// agent cancels its running attempts and reports them before it returns).
+    pub async fn shutdown(&self, grace: Duration) {
         let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
         for f in made {
             f.shutdown();
+        }
+        let agents = std::mem::take(&mut *self.agents.lock().unwrap_or_else(|e| e.into_inner()));
+        if tokio::time::timeout(grace, futures::future::join_all(agents))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "node agents did not stop in time");
         }
     }
 
@@ -99,6 +110,7 @@ impl LocalFleets {
         // the fleet needs the launcher: tie the knot with a weak reference.
         let slot: Arc<Mutex<Weak<LocalFleet>>> = Arc::new(Mutex::new(Weak::new()));
         let launcher = launcher(
+            self.agents.clone(),
             self.client.clone(),
             name.to_owned(),
             shape.resources.clone(),
@@ -124,6 +136,7 @@ impl LocalFleets {
 
 #[allow(clippy::too_many_arguments)]
 fn launcher(
+    agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     client: kube::Client,
     ce: String,
     capacity: crate::api::common::Resources,
@@ -146,7 +159,7 @@ fn launcher(
         let client = client.clone();
         let executor = executor.clone();
         let span = info_span!("instance", id = %instance_id);
-        tokio::spawn(
+        let handle = tokio::spawn(
             async move {
                 info!("instance launched: node agent starting");
                 // Instances launched while the fleet is being made see it a moment later.
@@ -173,6 +186,9 @@ fn launcher(
             }
             .instrument(span),
         );
+        let mut agents = agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents.retain(|h| !h.is_finished());
+        agents.push(handle);
         Ok(())
     })
 }

@@ -135,7 +135,7 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
             }
         }
     };
-    let controller = tokio::spawn(controller::run(
+    let mut controller = tokio::spawn(controller::run(
         client.clone(),
         config,
         fleets.clone(),
@@ -149,20 +149,27 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
             println!("asg-batch dev: stopping");
             Ok(())
         }
-        r = controller_ended(controller) => r,
+        r = &mut controller => controller_ended(r),
     };
+    // The controller first (so it launches nothing more), then the agents (they report
+    // their cancelled attempts through the API server), then the API server.
     let _ = stop_tx.send(true);
-    fleets.shutdown();
-    // Give the agents a moment to report their cancelled attempts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    if !controller.is_finished()
+        && tokio::time::timeout(Duration::from_secs(10), &mut controller)
+            .await
+            .is_err()
+    {
+        controller.abort();
+    }
+    fleets.shutdown(Duration::from_secs(15)).await;
     server.shutdown().await;
     outcome
 }
 
-async fn controller_ended(
-    handle: tokio::task::JoinHandle<Result<(), controller::ControllerError>>,
+fn controller_ended(
+    joined: Result<Result<(), controller::ControllerError>, tokio::task::JoinError>,
 ) -> Result<(), DevError> {
-    match handle.await {
+    match joined {
         Ok(Ok(())) => Err(DevError::Apply("the controller stopped".into())),
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(DevError::Apply(format!("the controller panicked: {e}"))),
