@@ -111,3 +111,67 @@ async fn runs_containers_and_removes_cancelled_ones() {
     .await;
     agent.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_left_by_a_crashed_agent_is_removed_before_its_attempt_is_reported() {
+    assert!(podman_available(), "podman is required (make test-deps)");
+    let podman = PodmanService::start();
+    let docker = podman.docker().await;
+    let connect = || async {
+        DockerExecutor::connect(&podman.socket.display().to_string())
+            .await
+            .expect("connect")
+            .with_network_mode("none")
+    };
+    let s = server_with_crds().await;
+    let client = s.client();
+    let config = config(NODE, "ce-docker")
+        .with_executor(asg_batch::api::compute_environment::Executor::Docker);
+    let agent = TestAgent::start(
+        client.clone(),
+        config.clone(),
+        Arc::new(connect().await),
+        None,
+    );
+
+    let name = format!("ctr-orphan-{}", std::process::id());
+    let uid = create_job(&client, "default", &container_job(&name, "sleep 300"))
+        .await
+        .metadata
+        .uid
+        .expect("uid");
+    bind(&client, "default", &name, NODE, 1).await;
+    eventually(
+        "the container to start",
+        || get_job(&client, "default", &name),
+        |j| attempt(j, 1).is_some_and(|a| a.started_at.is_some()),
+    )
+    .await;
+    let container = format!("asgb-{name}-{uid}-a1");
+    assert!(container_exists(&docker, &container).await);
+
+    // The agent dies; its container does not.
+    agent.crash().await;
+    assert!(
+        container_exists(&docker, &container).await,
+        "outlives the agent"
+    );
+
+    // A new agent process reports the attempt as ended, after removing the container.
+    let agent = TestAgent::start(client.clone(), config, Arc::new(connect().await), None);
+    let job = eventually(
+        "the lost attempt's report",
+        || get_job(&client, "default", &name),
+        |j| attempt(j, 1).is_some_and(|a| a.stopped_at.is_some()),
+    )
+    .await;
+    assert_eq!(
+        attempt(&job, 1).and_then(|a| a.reason).as_deref(),
+        Some("StartFailed")
+    );
+    assert!(
+        !container_exists(&docker, &container).await,
+        "the container is gone by the time the attempt is reported ended"
+    );
+    agent.stop().await.expect("clean stop");
+}

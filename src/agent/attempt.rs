@@ -248,6 +248,8 @@ pub async fn report_lost(
             .and_then(|a| a.started_at.as_ref())
             .map(|t| t.0);
         tracing::warn!("attempt started before the agent restarted; reporting it as ended");
+        // A container survives its agent: stop it first, so the retry does not run beside it.
+        ctx.executor.reap(&spec::attempt_name(&key)).await;
         let outcome = Outcome::not_started(EndReason::StartFailed, LOST_STATUS_REASON);
         let body =
             patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);

@@ -231,4 +231,14 @@ impl Executor for DockerExecutor {
     ) -> BoxFuture<'_, Outcome> {
         Box::pin(self.run_inner(spec, progress, cancel))
     }
+
+    fn reap<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            tracing::info!(
+                container = name,
+                "removing a container an earlier agent left running"
+            );
+            self.remove(name).await;
+        })
+    }
 }

@@ -185,6 +185,14 @@ pub trait Executor: Send + Sync {
         progress: mpsc::UnboundedSender<Progress>,
         cancel: watch::Receiver<bool>,
     ) -> BoxFuture<'_, Outcome>;
+
+    /// Stops and removes whatever an earlier agent process left running for the attempt
+    /// named `name` (`RunSpec::name`), so an attempt reported as lost after a restart is
+    /// not still running while the job is retried. Best effort; nothing to do by default.
+    fn reap<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        let _ = name;
+        Box::pin(async {})
+    }
 }
 
 /// Waits until `cancel` is true (never returns if the sender is dropped while false).
