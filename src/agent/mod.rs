@@ -20,7 +20,8 @@
 //!   written or stale.
 //! - After a restart, an attempt that has `startedAt` but no `stoppedAt` and that this agent
 //!   process does not run is reported as ended with reason `StartFailed` and status reason
-//!   [`attempt::LOST_STATUS_REASON`] (its `startedAt` kept); it is never started again.
+//!   [`attempt::LOST_STATUS_REASON`] (its `startedAt` kept), after the executor removed a
+//!   container the earlier process left running; it is never started again.
 //! - A graceful shutdown cancels running attempts and reports them (`Cancelled`, "the node
 //!   agent is shutting down") within `AgentConfig::shutdown_grace`.
 //! - With a fleet, the instance is protected before an attempt starts and unprotected after
