@@ -353,3 +353,53 @@ async fn the_controller_without_a_cluster_fails_plainly() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn dev_runs_container_jobs_through_a_docker_api() {
+    use support::podman::{PodmanService, TEST_IMAGE, podman_available};
+    assert!(podman_available(), "podman is required (make test-deps)");
+    let podman = PodmanService::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("containers.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: asgbatch.io/v1alpha1\nkind: ComputeEnvironment\nmetadata: {{name: boxes}}\n\
+             spec:\n  local: {{executor: docker}}\n  minInstances: 0\n  maxInstances: 1\n  \
+             instanceShape: {{cpu: '1', memory: 512Mi}}\n---\n\
+             apiVersion: asgbatch.io/v1alpha1\nkind: JobQueue\nmetadata: {{name: boxes}}\n\
+             spec: {{priority: 1, computeEnvironments: [boxes]}}\n---\n\
+             apiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\n\
+             metadata: {{name: in-a-container, namespace: default}}\n\
+             spec:\n  queue: boxes\n  container:\n    image: {TEST_IMAGE}\n    \
+             command: [sh, -c, 'echo inside $AWS_BATCH_JQ_NAME attempt $AWS_BATCH_JOB_ATTEMPT']\n  \
+             resources: {{cpu: 500m, memory: 64Mi}}\n"
+        ),
+    )
+    .expect("write manifest");
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        binary()
+            .args(["dev", "--listen", "127.0.0.1:0", "--exit-when-done", "-f"])
+            .arg(&manifest)
+            .arg("--docker-socket")
+            .arg(&podman.socket)
+            .current_dir(dir.path())
+            .output(),
+    )
+    .await
+    .expect("finishes")
+    .expect("run dev");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "default/in-a-container: Succeeded, exit code 0, output: inside boxes attempt 1"
+        ),
+        "{stdout}"
+    );
+}

@@ -378,7 +378,15 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
             .get(n)
             .is_some_and(|x| observed.fleets.contains_key(&x.compute_environment))
     });
-    apply_plan(&plan, &built, &mut work, &nodes, now, &mut out.events);
+    apply_plan(
+        &plan,
+        &built,
+        &mut work,
+        &nodes,
+        &observed.fleet_errors,
+        now,
+        &mut out.events,
+    );
 
     // 4. Arrays.
     arrays(&mut work, &mut out, now);

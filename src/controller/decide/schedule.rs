@@ -9,6 +9,7 @@ pub(super) fn apply_plan(
     built: &snapshot::Built,
     work: &mut BTreeMap<JobId, Work<'_>>,
     nodes: &BTreeMap<&str, &BatchNode>,
+    fleet_errors: &BTreeMap<String, String>,
     now: Seconds,
     events: &mut Vec<Note>,
 ) {
@@ -99,6 +100,16 @@ pub(super) fn apply_plan(
                 Some(t) => format!("retry backoff: runnable again at {}", t.0),
                 None => reason.to_string(),
             },
+            // Waiting for instances a fleet that fails cannot give: say so, not "booting".
+            Reason::WaitingForBoot {
+                compute_environment,
+                ..
+            } if fleet_errors.contains_key(compute_environment) => format!(
+                "ce/{compute_environment} cannot launch instances: {}",
+                fleet_errors
+                    .get(compute_environment)
+                    .map_or("", String::as_str)
+            ),
             other => other.to_string(),
         };
         d.message = Some(msg.clone());

@@ -673,7 +673,7 @@ fn an_idle_node_is_drained_after_its_idle_time_where_a_fleet_can_terminate_it() 
 
 #[test]
 fn a_fleet_error_is_a_condition_and_an_event() {
-    let mut o = world(vec![], vec![]);
+    let mut o = world(vec![job("waits", "1", "1Gi", 1)], vec![]);
     o.fleet_errors.insert(
         "ce".into(),
         "DescribeAutoScalingGroups: not found: nope".into(),
@@ -693,6 +693,11 @@ fn a_fleet_error_is_a_condition_and_an_event() {
         d.events
             .iter()
             .any(|e| e.reason == reasons::FLEET_ERROR && e.warning)
+    );
+    // A job waiting for instances says the fleet cannot give them, not that they boot.
+    assert_eq!(
+        status(&d, "waits").message.as_deref(),
+        Some("ce/ce cannot launch instances: DescribeAutoScalingGroups: not found: nope")
     );
 }
 
