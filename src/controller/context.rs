@@ -114,6 +114,9 @@ pub struct Context {
     pub fleet_errors: Mutex<BTreeMap<String, String>>,
     /// Objects already reported as not deserialising (`uid/resourceVersion`).
     pub reported_invalid: Mutex<HashSet<String>>,
+    /// Per node: its last seen `heartbeatTime` value and when (this controller's clock)
+    /// that value was first seen.
+    pub heartbeats: Mutex<HashMap<String, (Option<String>, crate::scheduler::Seconds)>>,
 }
 
 impl Context {
@@ -138,6 +141,7 @@ impl Context {
             shapes: Mutex::default(),
             fleet_errors: Mutex::default(),
             reported_invalid: Mutex::default(),
+            heartbeats: Mutex::default(),
         }
     }
 }

@@ -90,6 +90,11 @@ pub struct Observed {
     pub fleet_errors: BTreeMap<String, String>,
     /// Instance shapes looked up for compute environments without `spec.instanceShape`.
     pub shapes: BTreeMap<String, Resources>,
+    /// When this controller first saw each node's current `heartbeatTime` value, on its
+    /// own clock. A node is Lost when that value has not changed for the lost-node
+    /// timeout, so an agent whose clock is off is judged by its heartbeats, not by its
+    /// clock. Nodes not in it are judged by the timestamp itself.
+    pub heartbeats_seen: BTreeMap<String, Seconds>,
 }
 
 /// A label change on a BatchJob.
@@ -267,12 +272,17 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         .collect();
     for (name, n) in &nodes {
         let current = n.status.as_ref().and_then(|s| s.phase);
-        let heartbeat = n
-            .status
-            .as_ref()
-            .and_then(|s| s.heartbeat_time.as_ref())
-            .or(n.metadata.creation_timestamp.as_ref())
-            .map_or(now, seconds);
+        let heartbeat = observed
+            .heartbeats_seen
+            .get(*name)
+            .copied()
+            .unwrap_or_else(|| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.heartbeat_time.as_ref())
+                    .or(n.metadata.creation_timestamp.as_ref())
+                    .map_or(now, seconds)
+            });
         let lost = now.saturating_sub(heartbeat) > config.lost_node_timeout;
         // Draining lasts until a fleet terminates the node; without a fleet nothing
         // would, so such a node goes back to Ready.

@@ -916,3 +916,25 @@ fn a_node_whose_instance_left_the_fleet_gets_no_job_and_goes_once_its_agent_is_q
     assert_eq!(d.delete_nodes, ["i-old"]);
     assert!(d.fleet.is_empty(), "{:?}", d.fleet);
 }
+
+#[test]
+fn liveness_follows_heartbeat_changes_on_the_controllers_clock_not_the_agents() {
+    // The agent's clock is an hour behind: its heartbeatTime looks stale...
+    let mut n = n1();
+    if let Some(s) = n.status.as_mut() {
+        s.heartbeat_time = Some(time(NOW - 3600));
+    }
+    let mut o = world(vec![], vec![n]);
+    // ...but this controller saw the value change 5 s ago: the node is alive.
+    o.heartbeats_seen.insert("n1".into(), NOW - 5);
+    let phase = |d: &Decisions| {
+        d.nodes
+            .iter()
+            .find(|u| u.name == "n1")
+            .and_then(|u| u.status.phase)
+    };
+    assert_eq!(phase(&run(&o)), Some(ApiNodePhase::Ready));
+    // A value unchanged for longer than the timeout is Lost, whatever it says.
+    o.heartbeats_seen.insert("n1".into(), NOW - 61);
+    assert_eq!(phase(&run(&o)), Some(ApiNodePhase::Lost));
+}

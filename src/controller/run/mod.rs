@@ -174,6 +174,34 @@ impl Summary {
 }
 
 /// One pass: observe, decide, apply.
+/// When each node's current heartbeat value was first seen, on this controller's clock
+/// (see `Observed::heartbeats_seen`). Forgets nodes that are gone.
+async fn heartbeats_seen(
+    ctx: &Context,
+    nodes: &[Arc<BatchNode>],
+    now: crate::scheduler::Seconds,
+) -> BTreeMap<String, crate::scheduler::Seconds> {
+    let mut seen = ctx.heartbeats.lock().await;
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let Some(name) = n.metadata.name.clone() else {
+            continue;
+        };
+        let value = n
+            .status
+            .as_ref()
+            .and_then(|s| s.heartbeat_time.as_ref())
+            .map(|t| t.0.to_string());
+        let entry = seen.entry(name.clone()).or_insert((value.clone(), now));
+        if entry.0 != value {
+            *entry = (value, now);
+        }
+        out.insert(name, entry.1);
+    }
+    seen.retain(|name, _| out.contains_key(name));
+    out
+}
+
 async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError> {
     let now = time::now();
     let mut invalid = Vec::new();
@@ -186,6 +214,7 @@ async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError
         ..Observed::default()
     };
     report_invalid(ctx, invalid).await;
+    observed.heartbeats_seen = heartbeats_seen(ctx, &observed.nodes, now).await;
     let ces = observed.compute_environments.clone();
     let fleets = observe_fleets(ctx, &ces, &mut observed).await;
     for (ce, e) in ctx.fleet_errors.lock().await.iter() {
