@@ -81,9 +81,7 @@ fn observed() -> Observed {
         definitions: vec![],
         jobs,
         nodes,
-        fleets: BTreeMap::new(),
-        fleet_errors: BTreeMap::new(),
-        shapes: BTreeMap::new(),
+        ..Observed::default()
     }
 }
 
