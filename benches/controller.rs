@@ -4,7 +4,6 @@
 //! what a controller spends per pass before any API write; with the default 10 s resync
 //! it bounds the CPU the controller needs at that scale.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
