@@ -117,6 +117,8 @@ pub struct Context {
     /// Per node: its last seen `heartbeatTime` value and when (this controller's clock)
     /// that value was first seen.
     pub heartbeats: Mutex<HashMap<String, (Option<String>, crate::scheduler::Seconds)>>,
+    /// The last describe error logged per compute environment (logged again on change).
+    pub describe_errors: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -142,6 +144,7 @@ impl Context {
             fleet_errors: Mutex::default(),
             reported_invalid: Mutex::default(),
             heartbeats: Mutex::default(),
+            describe_errors: Mutex::default(),
         }
     }
 }

@@ -179,11 +179,22 @@ pub(super) async fn observe_fleets(
                         }
                     }
                 }
+                if ctx.describe_errors.lock().await.remove(name).is_some() {
+                    info!(compute_environment = name, "describe fleet works again");
+                }
                 observed.fleets.insert(name.to_owned(), state);
             }
             Err(e) => {
-                warn!(compute_environment = name, error = %e, "describe fleet failed");
-                observed.fleet_errors.insert(name.to_owned(), e.to_string());
+                // Logged at warn when it starts or changes, not on every pass.
+                let message = e.to_string();
+                let mut last = ctx.describe_errors.lock().await;
+                if last.get(name) != Some(&message) {
+                    warn!(compute_environment = name, error = %e, "describe fleet failed");
+                    last.insert(name.to_owned(), message.clone());
+                } else {
+                    debug!(compute_environment = name, error = %e, "describe fleet still failing");
+                }
+                observed.fleet_errors.insert(name.to_owned(), message);
             }
         }
         handles.insert(name.to_owned(), fleet);
