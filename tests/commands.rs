@@ -19,6 +19,22 @@ fn binary() -> Command {
     cmd
 }
 
+/// Runs `asg-batch dev --exit-when-done` on a free port in `dir` with `extra` flags, to
+/// its end (180 s at most).
+async fn dev_until_done(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(180),
+        binary()
+            .args(["dev", "--listen", "127.0.0.1:0", "--exit-when-done"])
+            .args(extra)
+            .current_dir(dir)
+            .output(),
+    )
+    .await
+    .expect("dev finishes")
+    .expect("run dev")
+}
+
 async fn sigterm_and_wait(child: &mut Child) -> std::process::ExitStatus {
     let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
@@ -83,16 +99,7 @@ async fn kubectl_until(
 #[tokio::test]
 async fn dev_runs_the_demo_to_the_end() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        binary()
-            .args(["dev", "--listen", "127.0.0.1:0", "--exit-when-done"])
-            .current_dir(dir.path())
-            .output(),
-    )
-    .await
-    .expect("the demo finishes")
-    .expect("run dev");
+    let out = dev_until_done(dir.path(), &[]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -146,17 +153,7 @@ async fn dev_with_a_failing_job_says_so_and_exits_non_zero() {
         ),
     )
     .expect("write manifest");
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        binary()
-            .args(["dev", "--listen", "127.0.0.1:0", "--exit-when-done", "-f"])
-            .arg(&manifest)
-            .current_dir(dir.path())
-            .output(),
-    )
-    .await
-    .expect("finishes")
-    .expect("run dev");
+    let out = dev_until_done(dir.path(), &["-f".as_ref(), manifest.as_os_str()]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
@@ -377,19 +374,16 @@ async fn dev_runs_container_jobs_through_a_docker_api() {
         ),
     )
     .expect("write manifest");
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        binary()
-            .args(["dev", "--listen", "127.0.0.1:0", "--exit-when-done", "-f"])
-            .arg(&manifest)
-            .arg("--docker-socket")
-            .arg(&podman.socket)
-            .current_dir(dir.path())
-            .output(),
+    let out = dev_until_done(
+        dir.path(),
+        &[
+            "-f".as_ref(),
+            manifest.as_os_str(),
+            "--docker-socket".as_ref(),
+            podman.socket.as_os_str(),
+        ],
     )
-    .await
-    .expect("finishes")
-    .expect("run dev");
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

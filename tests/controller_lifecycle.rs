@@ -8,10 +8,23 @@ use std::time::Duration;
 
 use asg_batch::api::JobPhase;
 use asg_batch::controller::LABEL_NODE;
-use support::controller::{LOCAL_WORLD, apply_yaml, phase, start, test_config};
+use support::controller::{Harness, LOCAL_WORLD, apply_yaml, phase, start, test_config};
 
 fn is(p: JobPhase) -> impl Fn(&asg_batch::api::BatchJob) -> bool {
     move |j| j.status.as_ref().and_then(|s| s.phase) == Some(p)
+}
+
+/// The local world with its controller (lost-node timeout in seconds) and one
+/// heartbeating node n1 (4 cpu, 16Gi).
+async fn local_with_n1(lost_node_timeout: u64) -> Harness {
+    let mut h = start(
+        LOCAL_WORLD,
+        test_config(Duration::from_secs(lost_node_timeout)),
+        HashMap::new(),
+    )
+    .await;
+    h.register_node("n1", "local", "4", "16Gi").await;
+    h
 }
 
 fn label(j: &asg_batch::api::BatchJob) -> Option<String> {
@@ -34,13 +47,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_runs_from_runnable_to_succeeded() {
-    let mut h = start(
-        LOCAL_WORLD,
-        test_config(Duration::from_secs(600)),
-        HashMap::new(),
-    )
-    .await;
-    h.register_node("n1", "local", "4", "16Gi").await;
+    let h = local_with_n1(600).await;
     apply_yaml(&h.client, HELLO).await;
 
     let j = h
@@ -142,13 +149,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_rule_runs_a_second_attempt_then_the_job_fails() {
-    let mut h = start(
-        LOCAL_WORLD,
-        test_config(Duration::from_secs(600)),
-        HashMap::new(),
-    )
-    .await;
-    h.register_node("n1", "local", "4", "16Gi").await;
+    let h = local_with_n1(600).await;
     apply_yaml(&h.client, FLAKY).await;
     h.wait_job("flaky", "attempt 1 Starting", is(JobPhase::Starting))
         .await;
@@ -228,13 +229,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependents_wait_for_success_and_fail_with_their_dependency() {
-    let mut h = start(
-        LOCAL_WORLD,
-        test_config(Duration::from_secs(600)),
-        HashMap::new(),
-    )
-    .await;
-    h.register_node("n1", "local", "4", "16Gi").await;
+    let h = local_with_n1(600).await;
     apply_yaml(&h.client, CHAIN).await;
     let load = h.wait_job("load", "Pending", is(JobPhase::Pending)).await;
     assert_eq!(
@@ -281,13 +276,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_array_job_gets_three_children_and_counts_them() {
-    let mut h = start(
-        LOCAL_WORLD,
-        test_config(Duration::from_secs(600)),
-        HashMap::new(),
-    )
-    .await;
-    h.register_node("n1", "local", "4", "16Gi").await;
+    let h = local_with_n1(600).await;
     apply_yaml(&h.client, ARRAY).await;
     let p = h
         .wait_job("sweep", "3 children starting", |j| {
@@ -330,13 +319,7 @@ async fn an_array_job_gets_three_children_and_counts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_too_large_job_says_why_it_is_not_running() {
-    let mut h = start(
-        LOCAL_WORLD,
-        test_config(Duration::from_secs(600)),
-        HashMap::new(),
-    )
-    .await;
-    h.register_node("n1", "local", "4", "16Gi").await;
+    let h = local_with_n1(600).await;
     apply_yaml(
         &h.client,
         r#"
@@ -374,13 +357,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_ends_its_attempt_with_node_lost_and_the_job_is_retried() {
-    let mut h = start(
-        LOCAL_WORLD,
-        test_config(Duration::from_secs(2)),
-        HashMap::new(),
-    )
-    .await;
-    h.register_node("n1", "local", "4", "16Gi").await;
+    let mut h = local_with_n1(2).await;
     apply_yaml(
         &h.client,
         r#"

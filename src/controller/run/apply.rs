@@ -367,10 +367,8 @@ mod tests {
         }
     }
 
-    /// A decision made on a stale copy of a job is refused (409) and its Event is not
-    /// published; the Event of a write that landed is.
-    #[tokio::test]
-    async fn events_of_writes_that_did_not_land_are_not_published() {
+    /// An in-process API server with the CRDs, a client, and a controller context on it.
+    async fn server_and_context() -> (crate::apiserver::RunningApiServer, kube::Client, Context) {
         let server = start(ApiServerConfig::default()).await.expect("server");
         let client = server.client().expect("client");
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -379,6 +377,19 @@ mod tests {
                 .await
                 .expect("crd");
         }
+        let ctx = Context::new(
+            client.clone(),
+            crate::controller::ControllerConfig::default(),
+            Arc::new(StaticFleets::default()),
+        );
+        (server, client, ctx)
+    }
+
+    /// A decision made on a stale copy of a job is refused (409) and its Event is not
+    /// published; the Event of a write that landed is.
+    #[tokio::test]
+    async fn events_of_writes_that_did_not_land_are_not_published() {
+        let (server, client, ctx) = server_and_context().await;
         let jobs: Api<BatchJob> = Api::namespaced(client.clone(), "default");
         let make = |name: &str| -> BatchJob {
             serde_json::from_value(json!({
@@ -425,11 +436,6 @@ mod tests {
             events: vec![note(&fresh), note(&stale)],
             ..Decisions::default()
         };
-        let ctx = Context::new(
-            client.clone(),
-            crate::controller::ControllerConfig::default(),
-            Arc::new(StaticFleets::default()),
-        );
         let summary = apply(&ctx, d, &BTreeMap::new()).await;
         assert_eq!(summary.conflicts, 1, "the stale write is refused");
         let phase = |j: BatchJob| j.status.and_then(|s| s.phase);
@@ -455,14 +461,7 @@ mod tests {
     /// earlier pass created is fine.
     #[tokio::test]
     async fn a_foreign_job_holding_an_array_childs_name_is_reported() {
-        let server = start(ApiServerConfig::default()).await.expect("server");
-        let client = server.client().expect("client");
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for crd in crate::api::crds::all() {
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .expect("crd");
-        }
+        let (server, client, ctx) = server_and_context().await;
         let jobs: Api<BatchJob> = Api::namespaced(client.clone(), "default");
         let job = |v: serde_json::Value| -> BatchJob { serde_json::from_value(v).expect("job") };
         let parent = jobs
@@ -494,11 +493,6 @@ mod tests {
         jobs.create(&PostParams::default(), &child(0).job)
             .await
             .expect("earlier pass");
-        let ctx = Context::new(
-            client.clone(),
-            crate::controller::ControllerConfig::default(),
-            Arc::new(StaticFleets::default()),
-        );
         let d = Decisions {
             children: vec![child(0), child(1)],
             ..Decisions::default()
