@@ -163,11 +163,7 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
                 .instance_type_info(t)
                 .await
                 .map_err(|e| ce_error(format!("looking up instance type {t}: {e}")))?;
-            Resources {
-                cpu: Quantity::new(crate::api::quantity::format_millicores(info.cpu_millis)),
-                memory: Quantity::new(crate::api::quantity::format_bytes(info.memory_bytes)),
-                gpu: info.gpus,
-            }
+            Resources::from_amounts(info.cpu_millis, info.memory_bytes, info.gpus)
         }
     };
     let kind = match args.executor {

@@ -31,6 +31,18 @@ pub struct Resources {
     pub gpu: u32,
 }
 
+impl Resources {
+    /// Resources from amounts: millicores, bytes and GPUs, written the way Kubernetes
+    /// writes quantities (`"1500m"`, `"4Gi"`).
+    pub fn from_amounts(cpu_millis: u64, memory_bytes: u64, gpu: u32) -> Self {
+        Self {
+            cpu: Quantity::new(super::quantity::format_millicores(cpu_millis)),
+            memory: Quantity::new(super::quantity::format_bytes(memory_bytes)),
+            gpu,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

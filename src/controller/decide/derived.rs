@@ -4,11 +4,7 @@
 use super::*;
 
 pub(super) fn api_resources(r: &Resources) -> ApiResources {
-    ApiResources {
-        cpu: format_millicores(r.cpu_millis).as_str().into(),
-        memory: format_bytes(r.memory_bytes).as_str().into(),
-        gpu: r.gpus,
-    }
+    ApiResources::from_amounts(r.cpu_millis, r.memory_bytes, r.gpus)
 }
 
 /// Step 5: node status from the jobs placed on it after this pass.

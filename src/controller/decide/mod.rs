@@ -29,7 +29,6 @@ use crate::api::batch_node::{BatchNodeStatus, NodeJob, NodePhase as ApiNodePhase
 use crate::api::common::{JobTemplate, Resources as ApiResources, RetryAction};
 use crate::api::compute_environment::{ComputeEnvironmentStatus, InstanceShape};
 use crate::api::job_queue::JobQueueStatus;
-use crate::api::quantity::{format_bytes, format_millicores};
 use crate::api::{BatchJob, BatchNode, ComputeEnvironment, JobDefinition, JobQueue};
 use crate::cloud::FleetState;
 use crate::scheduler::retry::{self, AttemptOutcome, FailCause, REASON_NODE_LOST, RetryDecision};
