@@ -79,9 +79,10 @@ impl std::fmt::Debug for LocalFleet {
 }
 
 impl LocalFleet {
-    /// A group with no instance and desired capacity `min`, launched at once.
-    pub fn new(group: LocalGroup, launcher: Launcher) -> Result<Self, CloudError> {
-        let fleet = Self {
+    /// A group with desired capacity `min` and no instance yet: [`Self::start`] launches
+    /// them, so whoever holds the fleet can hand it to its launcher first.
+    pub fn new(group: LocalGroup, launcher: Launcher) -> Self {
+        Self {
             inner: Mutex::new(Inner {
                 desired: group.min,
                 launched: 0,
@@ -89,9 +90,12 @@ impl LocalFleet {
             }),
             group,
             launcher,
-        };
-        fleet.converge(&mut fleet.lock())?;
-        Ok(fleet)
+        }
+    }
+
+    /// Launches instances up to the desired capacity.
+    pub fn start(&self) -> Result<(), CloudError> {
+        self.converge(&mut self.lock())
     }
 
     /// Stops every instance (the group goes away with the process).
@@ -315,7 +319,8 @@ mod tests {
     #[tokio::test]
     async fn starts_at_min_and_scales_out_to_desired() {
         let (launcher, seen) = recording();
-        let fleet = LocalFleet::new(group(1, 5), launcher).expect("fleet");
+        let fleet = LocalFleet::new(group(1, 5), launcher);
+        fleet.start().expect("start");
         let s = fleet.describe().await.expect("describe");
         assert_eq!((s.desired, ids(&s).len()), (1, 1));
         fleet.set_desired(3).await.expect("scale out");
@@ -336,7 +341,8 @@ mod tests {
     #[tokio::test]
     async fn scale_in_never_stops_a_protected_instance() {
         let (launcher, seen) = recording();
-        let fleet = LocalFleet::new(group(0, 5), launcher).expect("fleet");
+        let fleet = LocalFleet::new(group(0, 5), launcher);
+        fleet.start().expect("start");
         fleet.set_desired(3).await.expect("scale out");
         fleet
             .protect(&["local-dev-0003".into(), "local-dev-0001".into()], true)
@@ -360,7 +366,8 @@ mod tests {
     #[tokio::test]
     async fn scale_in_takes_the_newest_unprotected_first() {
         let (launcher, seen) = recording();
-        let fleet = LocalFleet::new(group(0, 5), launcher).expect("fleet");
+        let fleet = LocalFleet::new(group(0, 5), launcher);
+        fleet.start().expect("start");
         fleet.set_desired(3).await.expect("scale out");
         fleet.set_desired(1).await.expect("scale in");
         assert_eq!(stopped(&seen), ["local-dev-0002", "local-dev-0003"]);
@@ -376,7 +383,8 @@ mod tests {
     #[tokio::test]
     async fn terminate_decrements_desired_and_is_not_replaced() {
         let (launcher, seen) = recording();
-        let fleet = LocalFleet::new(group(0, 5), launcher).expect("fleet");
+        let fleet = LocalFleet::new(group(0, 5), launcher);
+        fleet.start().expect("start");
         fleet.set_desired(2).await.expect("scale out");
         fleet.terminate("local-dev-0001").await.expect("terminate");
         let s = fleet.describe().await.expect("describe");
@@ -395,7 +403,8 @@ mod tests {
     #[tokio::test]
     async fn refuses_what_an_auto_scaling_group_refuses() {
         let (launcher, _) = recording();
-        let fleet = LocalFleet::new(group(1, 3), launcher).expect("fleet");
+        let fleet = LocalFleet::new(group(1, 3), launcher);
+        fleet.start().expect("start");
         let e = fleet.set_desired(4).await.expect_err("above max");
         assert_eq!(e.label(), "InvalidRequest");
         assert!(e.to_string().contains("outside [1, 3]"), "{e}");
@@ -438,7 +447,8 @@ mod tests {
                 message: "no room".into(),
             })
         });
-        let fleet = LocalFleet::new(group(0, 2), launcher).expect("empty fleet launches nothing");
+        let fleet = LocalFleet::new(group(0, 2), launcher);
+        fleet.start().expect("an empty fleet launches nothing");
         assert!(fleet.set_desired(1).await.is_err());
         let s = fleet.describe().await.expect("describe");
         assert!(s.instances.is_empty());
@@ -447,7 +457,8 @@ mod tests {
     #[tokio::test]
     async fn shutdown_stops_everything() {
         let (launcher, seen) = recording();
-        let fleet = LocalFleet::new(group(2, 2), launcher).expect("fleet");
+        let fleet = LocalFleet::new(group(2, 2), launcher);
+        fleet.start().expect("start");
         fleet.shutdown();
         assert_eq!(stopped(&seen).len(), 2);
         assert!(

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tracing::{Instrument, error, info, info_span};
 
+use crate::agent::config::node_name_for;
 use crate::agent::executor::Executor;
 use crate::agent::executor::docker::DockerExecutor;
 use crate::agent::executor::process::ProcessExecutor;
@@ -106,91 +107,79 @@ impl LocalFleets {
                 gpus: shape.resources.gpu,
             },
         };
-        // The launcher needs the fleet (agents protect their instance through it), and
-        // the fleet needs the launcher: tie the knot with a weak reference.
-        let slot: Arc<Mutex<Weak<LocalFleet>>> = Arc::new(Mutex::new(Weak::new()));
-        let launcher = launcher(
-            self.agents.clone(),
-            self.client.clone(),
-            name.to_owned(),
-            shape.resources.clone(),
-            shape.instance_type.clone(),
-            kind,
-            executor,
-            slot.clone(),
-        );
-        match LocalFleet::new(group, launcher) {
-            Ok(fleet) => {
-                let fleet = Arc::new(fleet);
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&fleet);
-                self.made
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(fleet.clone());
-                fleet
-            }
-            Err(e) => unavailable(e.to_string()),
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn launcher(
-    agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    client: kube::Client,
-    ce: String,
-    capacity: crate::api::common::Resources,
-    instance_type: Option<String>,
-    kind: ExecutorKind,
-    executor: Arc<dyn Executor>,
-    fleet: Arc<Mutex<Weak<LocalFleet>>>,
-) -> Launcher {
-    Arc::new(move |req: LaunchRequest| {
-        let LaunchRequest {
-            instance_id,
-            mut stop,
-        } = req;
-        let config = AgentConfig::new(instance_id.clone(), ce.clone(), capacity.clone())
-            .with_instance_type(instance_type.clone())
+        // Every instance's agent gets this configuration with its own instance id and
+        // node name.
+        let base = AgentConfig::new("", name, shape.resources.clone())
+            .with_instance_type(shape.instance_type.clone())
             .with_executor(kind)
             .with_heartbeat_interval(HEARTBEAT)
             .with_idle_polls(2);
-        let slot = fleet.clone();
-        let client = client.clone();
-        let executor = executor.clone();
-        let span = info_span!("instance", id = %instance_id);
-        let handle = tokio::spawn(
-            async move {
-                info!("instance launched: node agent starting");
-                // Instances launched while the fleet is being made see it a moment later.
-                let mut fleet: Option<Arc<dyn Fleet>> = None;
-                for _ in 0..100 {
-                    let f = slot.lock().unwrap_or_else(|e| e.into_inner()).upgrade();
-                    if let Some(f) = f {
-                        fleet = Some(f);
-                        break;
+        // The launcher needs the fleet (agents protect their instance through it), and
+        // the fleet needs the launcher: the launcher holds a weak reference, set before
+        // the fleet launches anything.
+        let slot: Arc<Mutex<Weak<LocalFleet>>> = Arc::default();
+        let launcher = Spawner {
+            agents: self.agents.clone(),
+            client: self.client.clone(),
+            base,
+            executor,
+            fleet: slot.clone(),
+        }
+        .launcher();
+        let fleet = Arc::new(LocalFleet::new(group, launcher));
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&fleet);
+        if let Err(e) = fleet.start() {
+            return unavailable(e.to_string());
+        }
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(fleet.clone());
+        fleet
+    }
+}
+
+/// Starts one node agent task per launched instance.
+struct Spawner {
+    agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    client: kube::Client,
+    /// The agents' configuration but for the instance id and node name.
+    base: AgentConfig,
+    executor: Arc<dyn Executor>,
+    fleet: Arc<Mutex<Weak<LocalFleet>>>,
+}
+
+impl Spawner {
+    fn launcher(self) -> Launcher {
+        Arc::new(move |LaunchRequest { instance_id, stop }| {
+            let config = AgentConfig {
+                node_name: node_name_for(&instance_id),
+                instance_id: instance_id.clone(),
+                ..self.base.clone()
+            };
+            let fleet = self
+                .fleet
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .upgrade()
+                .map(|f| f as Arc<dyn Fleet>);
+            let (client, executor) = (self.client.clone(), self.executor.clone());
+            let handle = tokio::spawn(
+                async move {
+                    info!("instance launched: node agent starting");
+                    match agent::run(client, config, executor, fleet, super::stopped(stop)).await {
+                        Ok(()) => info!("instance stopped"),
+                        Err(e) => error!(error = %e, "node agent failed"),
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                let stopped = async move {
-                    while !*stop.borrow_and_update() {
-                        if stop.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                match agent::run(client, config, executor, fleet, stopped).await {
-                    Ok(()) => info!("instance stopped"),
-                    Err(e) => error!(error = %e, "node agent failed"),
-                }
-            }
-            .instrument(span),
-        );
-        let mut agents = agents.lock().unwrap_or_else(|e| e.into_inner());
-        agents.retain(|h| !h.is_finished());
-        agents.push(handle);
-        Ok(())
-    })
+                .instrument(info_span!("instance", id = %instance_id)),
+            );
+            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            agents.retain(|h| !h.is_finished());
+            agents.push(handle);
+            Ok(())
+        })
+    }
 }
 
 impl FleetProvider for LocalFleets {

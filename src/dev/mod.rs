@@ -128,18 +128,11 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
         ..ControllerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-    };
     let mut controller = tokio::spawn(controller::run(
         client.clone(),
         config,
         fleets.clone(),
-        wait_stop(stop_rx.clone()),
+        stopped(stop_rx),
     ));
 
     let progress = progress::follow(client.clone(), args.exit_when_done);
@@ -164,6 +157,15 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
     fleets.shutdown(Duration::from_secs(15)).await;
     server.shutdown().await;
     outcome
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
 }
 
 fn controller_ended(
