@@ -436,19 +436,24 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// `true` as a process, with these resources.
+    fn true_template(cpu: &str, memory: &str) -> crate::api::common::JobTemplate {
+        crate::api::common::JobTemplate {
+            process: Some(ProcessSpec {
+                command: vec!["true".into()],
+                env: vec![],
+                working_dir: None,
+            }),
+            resources: Some(res(cpu, memory)),
+            ..Default::default()
+        }
+    }
+
     pub fn definition(name: &str, cpu: &str, memory: &str) -> JobDefinition {
         JobDefinition {
             metadata: meta(Some("default"), name, 0),
             spec: JobDefinitionSpec {
-                template: crate::api::common::JobTemplate {
-                    process: Some(ProcessSpec {
-                        command: vec!["true".into()],
-                        env: vec![],
-                        working_dir: None,
-                    }),
-                    resources: Some(res(cpu, memory)),
-                    ..Default::default()
-                },
+                template: true_template(cpu, memory),
             },
             status: None,
         }
@@ -460,15 +465,7 @@ pub(crate) mod fixtures {
             spec: BatchJobSpec {
                 queue: "q".into(),
                 definition_ref: None,
-                template: crate::api::common::JobTemplate {
-                    process: Some(ProcessSpec {
-                        command: vec!["true".into()],
-                        env: vec![],
-                        working_dir: None,
-                    }),
-                    resources: Some(res(cpu, memory)),
-                    ..Default::default()
-                },
+                template: true_template(cpu, memory),
                 depends_on: vec![],
                 array_properties: None,
                 array_index: None,
