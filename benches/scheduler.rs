@@ -91,6 +91,7 @@ fn snapshot() -> Snapshot {
                     NodePhase::Ready
                 },
                 idle_since: (used == 0).then_some(rng.next(1000)),
+                terminable: true,
             },
         );
     }

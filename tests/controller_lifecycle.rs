@@ -356,7 +356,8 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_node_ends_its_attempt_with_node_lost_and_the_job_is_retried() {
+async fn a_lost_node_without_a_fleet_keeps_its_attempt_until_its_batchnode_is_deleted_then_retries_it()
+ {
     let mut h = local_with_n1(2).await;
     apply_yaml(
         &h.client,
@@ -381,6 +382,32 @@ spec:
         .await;
     h.stop_heartbeat("n1");
     h.register_node("n2", "local", "4", "16Gi").await;
+    // Lost, but nothing confirms n1 stopped running the attempt (no fleet to fence it):
+    // the job stays on n1 and says what it waits for.
+    h.wait_node("n1", "Lost", |n| {
+        n.status.as_ref().and_then(|s| s.phase) == Some(asg_batch::api::NodePhase::Lost)
+    })
+    .await;
+    let j = h
+        .wait_job(
+            "survivor",
+            "waiting for n1's BatchNode to be deleted",
+            |j| {
+                j.status.as_ref().is_some_and(|s| {
+                    s.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("retried once the BatchNode is deleted"))
+                })
+            },
+        )
+        .await;
+    let s = j.status.clone().unwrap_or_default();
+    assert_eq!((s.attempt, s.node.as_deref()), (Some(1), Some("n1")));
+    // The operator confirms the instance is gone by deleting its BatchNode.
+    h.nodes()
+        .delete("n1", &Default::default())
+        .await
+        .expect("delete n1");
     let j = h
         .wait_job("survivor", "attempt 2 on n2", |j| {
             j.status
@@ -392,8 +419,4 @@ spec:
     assert_eq!(s.attempts[0].reason.as_deref(), Some("NodeLost"));
     assert!(s.attempts[0].stopped_at.is_some());
     assert_eq!(label(&j).as_deref(), Some("n2"));
-    h.wait_node("n1", "Lost", |n| {
-        n.status.as_ref().and_then(|s| s.phase) == Some(asg_batch::api::NodePhase::Lost)
-    })
-    .await;
 }

@@ -24,6 +24,9 @@
 //!   container the earlier process left running; it is never started again.
 //! - A graceful shutdown cancels running attempts and reports them (`Cancelled`, "the node
 //!   agent is shutting down") within `AgentConfig::shutdown_grace`.
+//! - Each heartbeat reports the attempts the agent runs and whether it accepts new ones, and
+//!   reads its node's phase back ([`gate`]): once it has seen its node Draining it starts
+//!   nothing more (a binding that raced the drain is handed back by the controller).
 //! - With a fleet, the instance is protected before an attempt starts and unprotected after
 //!   `idle_polls` idle heartbeats. At start the protection is read from the fleet (treated
 //!   as set when unknown), so an idle agent also clears a protection left by an earlier run.
@@ -33,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod gate;
 pub mod identity;
 pub mod node;
 pub mod patches;

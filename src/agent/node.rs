@@ -1,6 +1,7 @@
 //! The BatchNode this agent registers and heartbeats into.
 
 use super::config::AgentConfig;
+use super::gate::Gate;
 use super::patches::{self, NODE_MANAGER};
 use super::protection::Protection;
 use crate::api::BatchNode;
@@ -15,6 +16,7 @@ pub async fn register(
     api: &Api<BatchNode>,
     config: &AgentConfig,
     protected: Option<bool>,
+    gate: &Gate,
 ) -> Result<(), kube::Error> {
     let params = PatchParams::apply(NODE_MANAGER).force();
     api.patch(
@@ -23,24 +25,35 @@ pub async fn register(
         &Patch::Apply(patches::node_spec(config)),
     )
     .await?;
-    heartbeat(api, &config.node_name, protected).await?;
+    heartbeat(api, &config.node_name, protected, gate).await?;
     tracing::info!("BatchNode registered");
     Ok(())
 }
 
-/// Applies `status.heartbeatTime` (and `status.protectedFromScaleIn`).
+/// Applies `status.heartbeatTime`, what the agent runs and whether it takes new
+/// attempts (and `status.protectedFromScaleIn`), then takes in the node's phase from the
+/// answer (a Draining node starts nothing more: [`Gate`]).
 pub async fn heartbeat(
     api: &Api<BatchNode>,
     node_name: &str,
     protected: Option<bool>,
+    gate: &Gate,
 ) -> Result<(), kube::Error> {
     let params = PatchParams::apply(NODE_MANAGER).force();
-    api.patch_status(
-        node_name,
-        &params,
-        &Patch::Apply(patches::node_status(node_name, Timestamp::now(), protected)),
-    )
-    .await?;
+    let report = gate.report();
+    let node = api
+        .patch_status(
+            node_name,
+            &params,
+            &Patch::Apply(patches::node_status(
+                node_name,
+                Timestamp::now(),
+                protected,
+                &report,
+            )),
+        )
+        .await?;
+    gate.observe_phase(node.status.and_then(|s| s.phase));
     Ok(())
 }
 
@@ -53,6 +66,7 @@ pub async fn heartbeat_loop(
     api: Api<BatchNode>,
     config: AgentConfig,
     protection: Option<Arc<Protection>>,
+    gate: Arc<Gate>,
 ) {
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -61,11 +75,11 @@ pub async fn heartbeat_loop(
         ticks.tick().await;
         let beat = async {
             let protected = protection.as_ref().map(|p| p.last_known());
-            match heartbeat(&api, &config.node_name, protected).await {
+            match heartbeat(&api, &config.node_name, protected, &gate).await {
                 Ok(()) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     tracing::warn!("BatchNode is gone; registering it again");
-                    if let Err(e) = register(&api, &config, protected).await {
+                    if let Err(e) = register(&api, &config, protected, &gate).await {
                         tracing::warn!(error = %e, "cannot register the BatchNode again");
                     }
                 }

@@ -42,10 +42,22 @@ pub fn node_spec(config: &AgentConfig) -> Value {
     })
 }
 
-/// The agent's part of the BatchNode's status: heartbeat and, when the agent manages
-/// scale-in protection, what it last set.
-pub fn node_status(node_name: &str, now: Timestamp, protected: Option<bool>) -> Value {
-    let mut status = json!({ "heartbeatTime": time(now) });
+/// The agent's part of the BatchNode's status: heartbeat, whether it takes new attempts
+/// and which it runs ([`super::gate`]), and, when the agent manages scale-in protection,
+/// what it last set.
+pub fn node_status(
+    node_name: &str,
+    now: Timestamp,
+    protected: Option<bool>,
+    report: &super::gate::Report,
+) -> Value {
+    let mut status = json!({
+        "heartbeatTime": time(now),
+        "acceptingAttempts": report.accepting,
+    });
+    if !report.running.is_empty() {
+        status["runningAttempts"] = json!(report.running);
+    }
     if let Some(p) = protected {
         status["protectedFromScaleIn"] = json!(p);
     }
@@ -126,13 +138,29 @@ mod tests {
         assert_eq!(spec["spec"]["capacity"]["memory"], "8Gi");
         assert_eq!(spec["spec"]["executor"], "docker");
         let at: Timestamp = "2026-01-02T03:04:05Z".parse().expect("ts");
-        let status = node_status("i-0ab", at, Some(true));
+        let idle = crate::agent::gate::Report {
+            accepting: true,
+            running: vec![],
+        };
+        let status = node_status("i-0ab", at, Some(true), &idle);
         assert_eq!(status["status"]["heartbeatTime"], "2026-01-02T03:04:05Z");
         assert_eq!(status["status"]["protectedFromScaleIn"], true);
-        assert!(
-            node_status("n", at, None)["status"]
-                .get("protectedFromScaleIn")
-                .is_none()
+        assert_eq!(status["status"]["acceptingAttempts"], true);
+        assert!(status["status"].get("runningAttempts").is_none());
+        let busy = crate::agent::gate::Report {
+            accepting: false,
+            running: vec![crate::api::batch_node::NodeJob {
+                namespace: "ns".into(),
+                name: "j".into(),
+                attempt: 2,
+            }],
+        };
+        let status = node_status("n", at, None, &busy);
+        assert!(status["status"].get("protectedFromScaleIn").is_none());
+        assert_eq!(status["status"]["acceptingAttempts"], false);
+        assert_eq!(
+            status["status"]["runningAttempts"],
+            serde_json::json!([{"namespace": "ns", "name": "j", "attempt": 2}])
         );
     }
 

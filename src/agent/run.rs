@@ -5,6 +5,7 @@ use super::attempt::{self, AttemptContext, CancelReason};
 use super::config::AgentConfig;
 use super::error::AgentError;
 use super::executor::Executor;
+use super::gate::Gate;
 use super::node;
 use super::plan::{self, Action, AttemptKey, CancelWhy, JobView, NODE_LABEL};
 use super::protection::Protection;
@@ -30,6 +31,8 @@ struct Running {
 
 struct Agent {
     ctx: Arc<AttemptContext>,
+    /// What the heartbeat reports, and whether new attempts may start.
+    gate: Arc<Gate>,
     /// Number of attempts held, read by the heartbeat (idle or not).
     busy: watch::Sender<usize>,
     store: Store<DeserializeGuard<BatchJob>>,
@@ -84,7 +87,8 @@ async fn run_inner(
         Some(p) => Some(p.protected().await),
         None => None,
     };
-    node::register(&nodes, &config, protected)
+    let gate = Arc::new(Gate::default());
+    node::register(&nodes, &config, protected, &gate)
         .await
         .map_err(|source| AgentError::Register {
             node: node_name.clone(),
@@ -103,7 +107,13 @@ async fn run_inner(
     let grace = config.shutdown_grace;
     let (busy_tx, busy_rx) = watch::channel(0usize);
     let heartbeat = tokio::spawn(
-        node::heartbeat_loop(nodes.clone(), config.clone(), protection.clone()).in_current_span(),
+        node::heartbeat_loop(
+            nodes.clone(),
+            config.clone(),
+            protection.clone(),
+            gate.clone(),
+        )
+        .in_current_span(),
     );
     let idle = protection.clone().map(|p| {
         tokio::spawn(
@@ -112,6 +122,7 @@ async fn run_inner(
     });
 
     let mut agent = Agent {
+        gate,
         ctx: Arc::new(AttemptContext {
             client,
             config,
@@ -215,6 +226,7 @@ impl Agent {
                             cancel: watch::channel(false).0,
                             reason: Arc::new(Mutex::new(None)),
                         };
+                        self.gate.hold(&key);
                         self.spawn(key, fut, running);
                     }
                 }
@@ -224,6 +236,10 @@ impl Agent {
     }
 
     fn start(&mut self, key: AttemptKey, job: Arc<BatchJob>) {
+        if !self.gate.admit(&key) {
+            tracing::debug!(attempt = %key, "node is draining: attempt not started (the controller hands it back)");
+            return;
+        }
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let reason: CancelReason = Arc::new(Mutex::new(None));
         let fut = attempt::run(
@@ -282,6 +298,7 @@ impl Agent {
             }
         };
         self.running.remove(&key);
+        self.gate.release(&key);
         self.busy.send_replace(self.running.len());
         self.done.insert(key);
     }

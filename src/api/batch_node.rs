@@ -102,6 +102,15 @@ pub struct BatchNodeStatus {
     /// Whether the instance is protected from scale-in (it is while it holds a job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected_from_scale_in: Option<bool>,
+    /// Whether the agent starts new attempts, as of its last heartbeat: `false` once it
+    /// has seen its node Draining (from then on it starts nothing). Written by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepting_attempts: Option<bool>,
+    /// The attempts the agent runs or is still reporting, as of its last heartbeat.
+    /// Written by the agent; the controller terminates a drained instance only when its
+    /// agent reported none here while not accepting attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running_attempts: Vec<NodeJob>,
     /// Standard conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

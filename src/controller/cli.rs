@@ -20,9 +20,15 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease (default: $POD_NAME, else host name and pid).
     #[arg(long)]
     pub identity: Option<String>,
-    /// Seconds without a heartbeat after which a node is Lost and its attempts retried.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds without a heartbeat seen by this controller (across a whole view) after
+    /// which a node is Lost; its instance is then fenced (terminated) and its attempts
+    /// retried once the instance is gone. 300 s, as long as pods tolerate `unreachable`.
+    #[arg(long, default_value_t = 300)]
     pub lost_node_timeout: u64,
+    /// Disruption mode: when more than this percentage of a compute environment's nodes
+    /// (at least two) are silent at once, no node is declared Lost.
+    #[arg(long, default_value_t = 55, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub unhealthy_threshold_percent: u32,
     /// Seconds between passes when nothing changes (backoff expiry, idle timers, fleets).
     #[arg(long, default_value_t = 10)]
     pub resync: u64,
@@ -70,6 +76,7 @@ pub fn config(args: &ControllerArgs) -> ControllerConfig {
     ControllerConfig {
         lost_node_timeout: Duration::from_secs(args.lost_node_timeout.max(1)),
         resync: Duration::from_secs(args.resync.max(1)),
+        disruption_threshold_percent: args.unhealthy_threshold_percent,
         instance: args.identity.clone().or_else(|| Some(identity())),
         leader_election,
         ..ControllerConfig::default()

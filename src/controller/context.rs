@@ -1,7 +1,7 @@
 //! What the controller loop holds: configuration, the Kubernetes client, the Event
 //! recorder, and how it reaches the fleet behind each `aws` compute environment.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,16 @@ use super::leader::LeaderElection;
 /// Tunables of the controller loop.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
-    /// A node whose heartbeat is older than this is Lost (PROTOCOL.md: default 60 s).
+    /// A node whose heartbeat this controller has not seen change for this long, across
+    /// a whole view, is Lost (PROTOCOL.md: default 300 s, as long as pods tolerate
+    /// `unreachable`).
     pub lost_node_timeout: Duration,
+    /// Disruption mode threshold: more than this share (percent) of a compute
+    /// environment's nodes silent at once means the control plane or the network is
+    /// sick, and nobody is declared Lost.
+    pub disruption_threshold_percent: u32,
+    /// A pass that has not finished after this long is abandoned (a gap in the view).
+    pub pass_timeout: Duration,
     /// A pass runs at least this often, even without changes (backoff expiry, lost
     /// nodes, scale-in timers, fleet state).
     pub resync: Duration,
@@ -38,7 +46,9 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
-            lost_node_timeout: Duration::from_secs(60),
+            lost_node_timeout: Duration::from_secs(super::decide::DEFAULT_LOST_NODE_TIMEOUT),
+            disruption_threshold_percent: 55,
+            pass_timeout: Duration::from_secs(120),
             resync: Duration::from_secs(10),
             debounce: Duration::from_millis(200),
             fleet_timeout: Duration::from_secs(30),
@@ -109,14 +119,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Instance shapes by instance type (looked up once).
     pub shapes: Mutex<HashMap<String, Resources>>,
-    /// Fleet calls that failed in the last pass, by compute environment (shown in its
-    /// status until a call succeeds).
-    pub fleet_errors: Mutex<BTreeMap<String, String>>,
     /// Objects already reported as not deserialising (`uid/resourceVersion`).
     pub reported_invalid: Mutex<HashSet<String>>,
-    /// Per node: its last seen `heartbeatTime` value and when (this controller's clock)
-    /// that value was first seen.
-    pub heartbeats: Mutex<HashMap<String, (Option<String>, crate::scheduler::Seconds)>>,
     /// The last describe error logged per compute environment (logged again on change).
     pub describe_errors: Mutex<HashMap<String, String>>,
 }
@@ -141,9 +145,7 @@ impl Context {
             fleets,
             recorder,
             shapes: Mutex::default(),
-            fleet_errors: Mutex::default(),
             reported_invalid: Mutex::default(),
-            heartbeats: Mutex::default(),
             describe_errors: Mutex::default(),
         }
     }

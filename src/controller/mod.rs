@@ -24,6 +24,7 @@ pub mod context;
 pub mod decide;
 pub mod error;
 pub mod leader;
+pub mod memory;
 pub mod run;
 pub mod snapshot;
 pub mod status;
@@ -32,6 +33,7 @@ pub mod time;
 pub use context::{AwsFleets, ControllerConfig, FleetProvider, StaticFleets};
 pub use error::ControllerError;
 pub use leader::LeaderElection;
+pub use memory::PassMemory;
 pub use run::run;
 
 /// Field manager of every write the controller makes.
@@ -48,6 +50,9 @@ pub const CONDITION_SCALING: &str = "Scaling";
 pub const CONDITION_VALID: &str = "Valid";
 /// Condition type on a ComputeEnvironment / BatchNode: whether it is usable.
 pub const CONDITION_READY: &str = "Ready";
+/// Condition type on a ComputeEnvironment: True while it is in disruption mode (many of
+/// its nodes silent at once, so none is declared Lost).
+pub const CONDITION_DISRUPTED: &str = "Disrupted";
 
 /// Event and status reasons, in one place.
 pub mod reasons {
@@ -77,4 +82,13 @@ pub mod reasons {
     pub const INVALID_OBJECT: &str = "InvalidObject";
     /// Array children were created.
     pub const CHILDREN_CREATED: &str = "ChildrenCreated";
+    /// A binding to a draining node that its agent did not start was given back to the
+    /// scheduler.
+    pub const HANDED_BACK: &str = "HandedBack";
+    /// A Lost node's instance was terminated so that its attempts can be retried.
+    pub const FENCED_NODE: &str = "FencedNode";
+    /// Many nodes of a compute environment fell silent at once: nobody is declared Lost.
+    pub const DISRUPTION: &str = "Disruption";
+    /// Heartbeats came back after a disruption.
+    pub const DISRUPTION_ENDED: &str = "DisruptionEnded";
 }

@@ -11,7 +11,7 @@
 //! - A node's `allocated` and `jobs` are derived from the jobs placed on it (the
 //!   controller owns those status fields); its capacity comes from its spec.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::batch_job::{BatchJob, JobPhase};
 use crate::api::batch_node::{BatchNode, NodePhase as ApiNodePhase};
@@ -46,6 +46,12 @@ pub struct Inputs<'a> {
     /// Per compute environment without `spec.instanceShape`: the shape looked up from
     /// its instance type (EC2 `DescribeInstanceTypes`).
     pub shapes: BTreeMap<String, Resources>,
+    /// Per node holding nothing: since when the controller has seen it idle, on its own
+    /// clock. A node holding nothing that is not here became idle now.
+    pub idle_since: BTreeMap<String, Seconds>,
+    /// Draining or Lost nodes that may be terminated once empty (see
+    /// [`crate::scheduler::Node::terminable`]).
+    pub terminable: BTreeSet<String>,
     /// The time of this pass (Unix seconds).
     pub now: Seconds,
 }
@@ -342,15 +348,18 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
         };
         let (allocated, jobs) = per_node.get(&name).copied().unwrap_or((Resources::ZERO, 0));
         let st = n.status.as_ref();
-        let idle_since = if jobs == 0 {
-            Some(
-                st.and_then(|s| s.idle_since.as_ref())
-                    .or(n.metadata.creation_timestamp.as_ref())
-                    .map_or(inputs.now, seconds),
-            )
-        } else {
-            None
-        };
+        // Idleness counts only from what the controller saw: never from the node's
+        // registration or a stored timestamp (a node whose last job ended in this pass
+        // is idle since now, not since it registered).
+        let idle_since = (jobs == 0).then(|| {
+            inputs
+                .idle_since
+                .get(&name)
+                .copied()
+                .unwrap_or(inputs.now)
+                .min(inputs.now)
+        });
+        let terminable = inputs.terminable.contains(&name);
         out.snapshot.nodes.insert(
             name,
             Node {
@@ -360,6 +369,7 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
                 jobs,
                 phase: node_phase(st.and_then(|s| s.phase)),
                 idle_since,
+                terminable,
             },
         );
     }
@@ -571,6 +581,8 @@ mod tests {
                 nodes: self.nodes.iter().collect(),
                 booting: BTreeMap::from([("ce".to_string(), 2)]),
                 shapes: BTreeMap::new(),
+                idle_since: BTreeMap::from([("n2".to_string(), 500)]),
+                terminable: BTreeSet::new(),
                 now: 1000,
             })
         }
@@ -707,7 +719,16 @@ mod tests {
             s.phase = Some(ApiNodePhase::Draining);
         }
         w.nodes.push(idle);
+        // Registered long ago, with an old idleSince stored, but not seen idle by this
+        // controller yet: idle since now.
+        let mut fresh = node("n3", "ce", "4", "16Gi", 990);
+        if let Some(s) = fresh.status.as_mut() {
+            s.idle_since = Some(time(10));
+        }
+        fresh.metadata.creation_timestamp = Some(time(5));
+        w.nodes.push(fresh);
         let b = w.build();
+        assert_eq!(b.snapshot.nodes["n3"].idle_since, Some(1000));
         let n1 = &b.snapshot.nodes["n1"];
         assert_eq!(n1.allocated, Resources::new(1500, 2 * GIB, 0));
         assert_eq!(

@@ -59,6 +59,8 @@ pub fn owned_node_status(s: Option<&BatchNodeStatus>) -> BatchNodeStatus {
     BatchNodeStatus {
         heartbeat_time: None,
         protected_from_scale_in: None,
+        accepting_attempts: None,
+        running_attempts: Vec::new(),
         ..s.clone()
     }
 }

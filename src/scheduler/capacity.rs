@@ -456,6 +456,7 @@ mod tests {
                 jobs: 1,
                 phase: NodePhase::Ready,
                 idle_since: None,
+                terminable: true,
             },
         );
         let p = run(&s, &names(&["a"]), &[Resources::new(4000, GIB, 0); 4]);

@@ -336,6 +336,7 @@ mod tests {
             jobs: u32::from(!allocated.is_zero()),
             phase: NodePhase::Ready,
             idle_since,
+            terminable: true,
         }
     }
 

@@ -145,6 +145,10 @@ pub struct Node {
     pub phase: NodePhase,
     /// When it last became empty (or registered); `None` while it holds a job.
     pub idle_since: Option<Seconds>,
+    /// Whether a Draining or Lost node that holds no job may be terminated now: its
+    /// agent confirmed it starts nothing more and its instance is no longer protected
+    /// from scale-in (Draining), or its loss is settled (Lost). Ready nodes ignore it.
+    pub terminable: bool,
 }
 
 impl Node {

@@ -192,6 +192,7 @@ mod tests {
             jobs: u32::from(!allocated.is_zero()),
             phase,
             idle_since: None,
+            terminable: true,
         }
     }
 

@@ -36,6 +36,7 @@ struct RawNode {
     phase: u8,
     used: Vec<u64>,
     idle_since: Option<Seconds>,
+    terminable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,12 +100,14 @@ fn raw_node() -> impl Strategy<Value = RawNode> {
         0u8..6,
         prop::collection::vec(0u64..5, 0..3),
         prop::option::of(0u64..2000),
+        any::<bool>(),
     )
-        .prop_map(|(ce, phase, used, idle_since)| RawNode {
+        .prop_map(|(ce, phase, used, idle_since, terminable)| RawNode {
             ce,
             phase,
             used,
             idle_since,
+            terminable,
         })
 }
 
@@ -229,6 +232,7 @@ fn build(ces: &[RawCe], queues: &[RawQueue], nodes: &[RawNode], jobs: &[RawJob])
                     _ => NodePhase::Ready,
                 },
                 idle_since: n.idle_since,
+                terminable: n.terminable,
             },
         );
     }
@@ -389,6 +393,7 @@ proptest! {
         }
         for n in &p.terminate {
             prop_assert!(s.nodes[n].phase != NodePhase::Ready, "{n} terminated without draining");
+            prop_assert!(s.nodes[n].terminable, "{n} terminated before its agent let it go");
         }
         for (name, ce) in &s.compute_environments {
             let ready = s.nodes.values()

@@ -6,8 +6,10 @@
 //!    least `scaleInAfterIdleSeconds`, and whose compute environment needs no new
 //!    instance in this pass becomes **Draining** — longest idle first (ties by name),
 //!    and never so many that fewer than `minInstances` Ready nodes remain;
-//! 2. a node observed Draining (or Lost) that holds no job is **terminated** (with
-//!    `ShouldDecrementDesiredCapacity=true`). A node holding a job is never terminated.
+//! 2. a node observed Draining (or Lost) that holds no job and is `terminable` (its
+//!    agent confirmed it starts nothing more and unprotected its instance; a Lost node's
+//!    loss is settled) is **terminated** (with `ShouldDecrementDesiredCapacity=true`).
+//!    A node holding a job is never terminated by scale-in.
 //!
 //! Scale-in goes on in Disabled compute environments (AWS Batch scales them in to
 //! their minimum); a node whose environment is not in the snapshot is left alone.
@@ -41,7 +43,10 @@ pub fn plan(
             continue;
         }
         match node.phase {
-            NodePhase::Draining | NodePhase::Lost => out.terminate.push(name.clone()),
+            NodePhase::Draining | NodePhase::Lost if node.terminable => {
+                out.terminate.push(name.clone());
+            }
+            NodePhase::Draining | NodePhase::Lost => {}
             NodePhase::Ready => {
                 let Some(ce) = snapshot.compute_environments.get(&node.compute_environment) else {
                     continue;
@@ -102,6 +107,7 @@ mod tests {
             jobs,
             phase,
             idle_since,
+            terminable: true,
         }
     }
 
@@ -176,6 +182,19 @@ mod tests {
         );
         let used = BTreeSet::from(["n"]);
         assert!(plan(&s, 10_000, &used, &BTreeSet::new()).drain.is_empty());
+    }
+
+    #[test]
+    fn a_drained_node_is_terminated_only_once_terminable() {
+        let mut d = node(NodePhase::Draining, 0, Some(0));
+        d.terminable = false;
+        let mut l = node(NodePhase::Lost, 0, Some(0));
+        l.terminable = false;
+        let s = snap(0, vec![("d", d.clone()), ("l", l)]);
+        assert!(run(&s, 10_000).terminate.is_empty());
+        d.terminable = true;
+        let s = snap(0, vec![("d", d)]);
+        assert_eq!(run(&s, 10_000).terminate, ["d"]);
     }
 
     #[test]

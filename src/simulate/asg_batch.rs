@@ -144,6 +144,7 @@ impl<'w> Sim<'w> {
                     jobs: inst.jobs,
                     phase,
                     idle_since: inst.idle_since,
+                    terminable: true,
                 },
             );
         }

@@ -47,6 +47,7 @@ pub fn test_config(lost_node_timeout: Duration) -> ControllerConfig {
         fleet_timeout: Duration::from_secs(20),
         instance: Some("test".into()),
         leader_election: None,
+        ..ControllerConfig::default()
     }
 }
 
@@ -212,19 +213,26 @@ impl Harness {
         let name = name.to_string();
         let n = name.clone();
         let handle = tokio::spawn(async move {
+            let mut draining = false;
             loop {
+                // As the real agent's gate: it stops accepting work once it has seen its
+                // node Draining (this fake runs nothing itself).
                 let hb = json!({
                     "apiVersion": "asgbatch.io/v1alpha1",
                     "kind": "BatchNode",
-                    "status": {"heartbeatTime": now_rfc3339()},
+                    "status": {"heartbeatTime": now_rfc3339(), "acceptingAttempts": !draining},
                 });
-                let _ = nodes
+                if let Ok(node) = nodes
                     .patch_status(
                         &n,
                         &PatchParams::apply("asg-batch-agent"),
                         &Patch::Apply(&hb),
                     )
-                    .await;
+                    .await
+                {
+                    draining = node.status.and_then(|s| s.phase)
+                        == Some(asg_batch::api::NodePhase::Draining);
+                }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });

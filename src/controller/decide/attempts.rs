@@ -41,15 +41,43 @@ pub(super) fn describe_outcome(o: &AttemptOutcome<'_>) -> String {
     }
 }
 
+/// What step 2 knows of the nodes.
+pub(super) struct NodeFacts<'a, 'b> {
+    /// Every node, by name.
+    pub(super) nodes: &'b BTreeMap<&'a str, &'a BatchNode>,
+    /// Each node's phase after step 1.
+    pub(super) phase: &'b BTreeMap<&'a str, ApiNodePhase>,
+    /// Nodes whose instance has left its (successfully described) fleet.
+    pub(super) departed: &'b BTreeSet<&'a str>,
+    /// Compute environments with a fleet (described or failing).
+    pub(super) with_fleet: &'b BTreeSet<&'a str>,
+}
+
+/// Whether attempt `n` of `job`, bound to `node` and not started, will never start there:
+/// the node was observed Draining, and its agent's last heartbeat says it starts nothing
+/// more and does not run the attempt. Such a binding is handed back to the scheduler.
+fn refused_by_draining_node(job: &BatchJob, n: u32, node: Option<&BatchNode>) -> bool {
+    let Some(st) = node.and_then(|x| x.status.as_ref()) else {
+        return false;
+    };
+    st.phase == Some(ApiNodePhase::Draining)
+        && st.accepting_attempts == Some(false)
+        && !st.running_attempts.iter().any(|r| {
+            r.attempt == n
+                && Some(r.name.as_str()) == job.metadata.name.as_deref()
+                && Some(r.namespace.as_str()) == job.metadata.namespace.as_deref()
+        })
+}
+
 /// Step 2 for one job.
 pub(super) fn progress(
     w: &mut Work<'_>,
     defs: &snapshot::Definitions<'_>,
-    nodes: &BTreeMap<&str, &BatchNode>,
-    node_phase: &BTreeMap<&str, ApiNodePhase>,
+    facts: &NodeFacts<'_, '_>,
     now: Seconds,
     events: &mut Vec<Note>,
 ) {
+    let (nodes, node_phase) = (facts.nodes, facts.phase);
     let d = &mut w.desired;
     let p = phase(d.phase);
     if !p.is_placed() {
@@ -67,20 +95,67 @@ pub(super) fn progress(
     else {
         return;
     };
+    let last_heartbeat = || {
+        nodes
+            .get(node.as_str())
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.heartbeat_time.as_ref())
+            .map(|t| format!(" (last heartbeat {})", t.0))
+            .unwrap_or_default()
+    };
+    // Fence, then retry: an attempt on a Lost node ends only once the node can no longer
+    // run it (its instance left the fleet, or the BatchNode was deleted).
     let lost = match node_phase.get(node.as_str()) {
         None => Some(format!("node {node} was deleted")),
-        Some(ApiNodePhase::Lost) => Some(format!(
-            "node {node} stopped heartbeating{}",
-            nodes
-                .get(node.as_str())
-                .and_then(|n| n.status.as_ref())
-                .and_then(|s| s.heartbeat_time.as_ref())
-                .map(|t| format!(" (last heartbeat {})", t.0))
-                .unwrap_or_default()
+        Some(ApiNodePhase::Lost) if facts.departed.contains(node.as_str()) => Some(format!(
+            "node {node} stopped heartbeating{} and its instance is gone",
+            last_heartbeat()
         )),
+        Some(ApiNodePhase::Lost) if observed.stopped_at.is_none() => {
+            let with_fleet = nodes.get(node.as_str()).is_some_and(|x| {
+                facts
+                    .with_fleet
+                    .contains(x.spec.compute_environment.as_str())
+            });
+            d.message = Some(if with_fleet {
+                format!(
+                    "attempt {n}: node {node} stopped heartbeating{}; retried once its instance is fenced",
+                    last_heartbeat()
+                )
+            } else {
+                format!(
+                    "attempt {n}: node {node} stopped heartbeating{}; retried once the BatchNode is deleted (delete it when its instance is known to be gone)",
+                    last_heartbeat()
+                )
+            });
+            return;
+        }
         Some(_) => None,
     };
     let regarding = object_ref(w.job);
+    if p == Phase::Starting
+        && observed.started_at.is_none()
+        && observed.stopped_at.is_none()
+        && lost.is_none()
+        && refused_by_draining_node(w.job, n, nodes.get(node.as_str()).copied())
+    {
+        // Handed back: never started, so it does not count as an attempt.
+        d.phase = Some(JobPhase::Runnable);
+        d.node = None;
+        d.attempts.retain(|a| a.attempt != n);
+        d.attempt = n.checked_sub(1).filter(|k| *k > 0);
+        d.message = Some(format!(
+            "attempt {n} handed back: node {node} is draining and did not start it"
+        ));
+        event(
+            events,
+            regarding,
+            false,
+            reasons::HANDED_BACK,
+            format!("attempt {n} handed back: node {node} is draining and did not start it"),
+        );
+        return;
+    }
     let (stopped_at, exit_code, reason, status_reason) = if observed.stopped_at.is_some() {
         (
             observed.stopped_at.clone(),

@@ -11,12 +11,13 @@ pub(super) fn api_resources(r: &Resources) -> ApiResources {
 pub(super) fn node_updates(
     work: &BTreeMap<JobId, Work<'_>>,
     built: &snapshot::Built,
-    nodes: &BTreeMap<&str, &BatchNode>,
-    node_phase: &BTreeMap<&str, ApiNodePhase>,
+    facts: &NodeFacts<'_, '_>,
+    liveness: &Liveness<'_>,
     plan: &Plan,
     now: Seconds,
     out: &mut Decisions,
 ) {
+    let (nodes, node_phase) = (facts.nodes, facts.phase);
     let mut held: BTreeMap<&str, (Resources, Vec<NodeJob>)> = BTreeMap::new();
     for (id, w) in work {
         let d = &w.desired;
@@ -47,12 +48,10 @@ pub(super) fn node_updates(
         if phase == ApiNodePhase::Ready && drain.contains(name) {
             phase = ApiNodePhase::Draining;
         }
+        // What the controller saw (the same value the scheduler used), never a value
+        // carried over from before the node last held an attempt.
         let idle_since = if jobs.is_empty() {
-            current
-                .idle_since
-                .clone()
-                .filter(|_| current.jobs.is_empty())
-                .or_else(|| Some(time(now)))
+            out.idle.get(*name).map(|since| time(*since))
         } else {
             None
         };
@@ -65,8 +64,18 @@ pub(super) fn node_updates(
             conditions: current.conditions.clone(),
             heartbeat_time: None,
             protected_from_scale_in: None,
+            accepting_attempts: None,
+            running_attempts: Vec::new(),
         };
         let (ready, why, msg) = match phase {
+            _ if liveness.silent.contains(name) && phase != ApiNodePhase::Lost => (
+                false,
+                "NotHeartbeating",
+                format!(
+                    "no heartbeat seen for the lost-node timeout; not declared Lost: compute environment {} is in disruption mode",
+                    n.spec.compute_environment
+                ),
+            ),
             ApiNodePhase::Ready => (true, "Heartbeating", "accepting jobs".to_owned()),
             ApiNodePhase::Draining => (false, reasons::DRAINING, "drained for scale-in".to_owned()),
             ApiNodePhase::Lost => (false, reasons::NODE_LOST, "heartbeat expired".to_owned()),
@@ -113,11 +122,12 @@ pub(super) fn environment_updates(
     observed: &Observed,
     built: &snapshot::Built,
     plan: &Plan,
-    nodes: &BTreeMap<&str, &BatchNode>,
-    node_phase: &BTreeMap<&str, ApiNodePhase>,
+    facts: &NodeFacts<'_, '_>,
+    disrupted: &BTreeMap<String, (usize, usize)>,
     now: Seconds,
     out: &mut Decisions,
 ) {
+    let (nodes, node_phase) = (facts.nodes, facts.phase);
     for ce in &observed.compute_environments {
         let Some(name) = ce.metadata.name.as_deref() else {
             continue;
@@ -197,11 +207,17 @@ pub(super) fn environment_updates(
                     );
                 }
             }
+            let fenced = out
+                .fleet
+                .iter()
+                .filter(|a| matches!(a, FleetAction::Fence { compute_environment, .. } if compute_environment == name))
+                .count();
             let gone = plan
                 .terminate
                 .iter()
                 .filter(|t| mine.contains(&t.as_str()))
-                .count();
+                .count()
+                + fenced;
             let after_terminations = fleet
                 .desired
                 .saturating_sub(u32::try_from(gone).unwrap_or(u32::MAX));
@@ -230,6 +246,54 @@ pub(super) fn environment_updates(
             status.desired_capacity = Some(i32::try_from(d.desired).unwrap_or(i32::MAX));
         }
         let generation = ce.metadata.generation;
+        let was_disrupted = current
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_DISRUPTED && c.status == "True");
+        match disrupted.get(name) {
+            Some((silent, total)) => {
+                let msg = format!(
+                    "{silent} of {total} nodes silent at once: suspecting the control plane or the network, no node is declared Lost until heartbeats come back"
+                );
+                set_condition(
+                    &mut status.conditions,
+                    CONDITION_DISRUPTED,
+                    true,
+                    reasons::DISRUPTION,
+                    &msg,
+                    generation,
+                    now,
+                );
+                if !was_disrupted {
+                    event(
+                        &mut out.events,
+                        object_ref(&**ce),
+                        true,
+                        reasons::DISRUPTION,
+                        msg,
+                    );
+                }
+            }
+            None if was_disrupted => {
+                set_condition(
+                    &mut status.conditions,
+                    CONDITION_DISRUPTED,
+                    false,
+                    reasons::DISRUPTION_ENDED,
+                    "heartbeats are back",
+                    generation,
+                    now,
+                );
+                event(
+                    &mut out.events,
+                    object_ref(&**ce),
+                    false,
+                    reasons::DISRUPTION_ENDED,
+                    "heartbeats are back: normal lost-node handling resumes".into(),
+                );
+            }
+            None => {}
+        }
         let booting = built
             .snapshot
             .compute_environments

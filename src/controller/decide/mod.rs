@@ -1,17 +1,22 @@
 //! PURE: one controller pass, from observed objects to typed actions.
 //!
 //! [`decide`] runs these steps, each a plain function of data:
-//! 1. **nodes**: a node whose heartbeat is older than the lost-node timeout is `Lost`;
+//! 1. **nodes** ([`liveness`]): a node whose heartbeat this controller has not seen change
+//!    for the lost-node timeout, counting from the last gap in its view, is `Lost`, unless
+//!    its compute environment is in disruption mode (many nodes silent at once);
 //! 2. **attempt progress** (PROTOCOL.md steps 3 and 5): `attempts[N].startedAt` while
 //!    Starting → Running; `attempts[N].stoppedAt` → Succeeded (exit code 0) or
 //!    [`retry::decide`] → Runnable again (label removed, `notBefore` on backoff) or
-//!    Failed; an attempt on a lost or deleted node ends with reason `NodeLost`;
+//!    Failed; an attempt on a Lost node ends with reason `NodeLost` only once its
+//!    instance is gone or its BatchNode deleted (fence, then retry); a binding a
+//!    draining node's agent refused is handed back;
 //! 3. **schedule**: [`snapshot::build`] over the progressed state, [`scheduler::plan`],
 //!    then its bindings, phase changes, dependency failures and "why not running"
 //!    reasons onto the jobs;
 //! 4. **arrays**: missing children to create, parent `arrayStatus` and phase;
-//! 5. **nodes, environments, queues**: derived status; fleet actions (terminate, then
-//!    set desired capacity) for compute environments with a fleet.
+//! 5. **nodes, environments, queues**: derived status; fleet actions (fences of Lost
+//!    nodes, terminations of drained nodes whose agent let them go, then desired
+//!    capacity) for compute environments with a fleet.
 //!
 //! Every status is computed as the full set of fields the controller owns
 //! ([`super::status::owned_job_status`]) and emitted only when it differs from what is
@@ -38,37 +43,52 @@ use super::snapshot::{self, Inputs, api_phase, effective_template, job_id, phase
 use super::status::{owned_job_status, owned_node_status, reason_code, set_condition};
 use super::time::{seconds, time};
 use super::{
-    CONDITION_READY, CONDITION_SCALING, CONDITION_SCHEDULED, CONDITION_VALID, LABEL_ARRAY_PARENT,
-    LABEL_NODE, reasons,
+    CONDITION_DISRUPTED, CONDITION_READY, CONDITION_SCALING, CONDITION_SCHEDULED, CONDITION_VALID,
+    LABEL_ARRAY_PARENT, LABEL_NODE, reasons,
 };
 
 mod arrays;
 mod attempts;
 mod derived;
+mod liveness;
 mod schedule;
 #[cfg(test)]
 mod tests;
 
 use arrays::arrays;
 pub use arrays::new_child;
-use attempts::progress;
+use attempts::{NodeFacts, progress};
 use derived::{environment_updates, node_updates, queue_updates};
+use liveness::{Liveness, liveness};
 use schedule::apply_plan;
 
 /// Tunables of a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecideConfig {
-    /// A node whose heartbeat is older than this is Lost.
+    /// A node whose heartbeat this controller has not seen change for this long, across
+    /// a whole view, is Lost (default 300 s: as long as pods tolerate `unreachable`).
     pub lost_node_timeout: Seconds,
+    /// Disruption mode: when more than this share (percent) of a compute environment's
+    /// nodes (at least two) are silent at once, or every node of the cluster is, no node
+    /// is declared Lost (kube-controller-manager's `--unhealthy-zone-threshold`).
+    pub disruption_threshold_percent: u32,
 }
 
 impl Default for DecideConfig {
     fn default() -> Self {
         Self {
-            lost_node_timeout: 60,
+            lost_node_timeout: DEFAULT_LOST_NODE_TIMEOUT,
+            disruption_threshold_percent: 55,
         }
     }
 }
+
+/// The default lost-node timeout in seconds: Kubernetes pods tolerate a node being
+/// `unreachable` for 300 s before they are evicted.
+pub const DEFAULT_LOST_NODE_TIMEOUT: Seconds = 300;
+
+/// A fence whose instance is still in its fleet is asked again after this long.
+pub const FENCE_RETRY_SECONDS: Seconds = 60;
 
 /// Everything a pass looks at.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +114,16 @@ pub struct Observed {
     /// timeout, so an agent whose clock is off is judged by its heartbeats, not by its
     /// clock. Nodes not in it are judged by the timestamp itself.
     pub heartbeats_seen: BTreeMap<String, Seconds>,
+    /// Since when this controller has seen each node hold no attempt, without a break
+    /// ([`super::memory::PassMemory`]). A node not in it became idle in this pass.
+    pub idle_seen: BTreeMap<String, Seconds>,
+    /// When this controller first observed each Draining node Draining.
+    pub draining_seen: BTreeMap<String, Seconds>,
+    /// When the controller last fenced each node's instance.
+    pub fenced: BTreeMap<String, Seconds>,
+    /// The last gap in the controller's view (its start, a watch error, failed writes, a
+    /// change of leadership): no node's grace counts from before it.
+    pub view_gap: Option<Seconds>,
 }
 
 /// A label change on a BatchJob.
@@ -167,6 +197,17 @@ pub enum FleetAction {
         /// Instance id.
         instance_id: String,
     },
+    /// Terminate the instance of a Lost node that still holds attempts, so that they can
+    /// be retried without ever running twice at once (STONITH). Ignores scale-in
+    /// protection; decrements desired capacity.
+    Fence {
+        /// Compute environment.
+        compute_environment: String,
+        /// BatchNode name.
+        node: String,
+        /// Instance id.
+        instance_id: String,
+    },
     /// Set the desired capacity (after this pass's terminations).
     SetDesired {
         /// Compute environment.
@@ -176,6 +217,26 @@ pub enum FleetAction {
         /// Desired capacity observed before.
         from: u32,
     },
+}
+
+impl FleetAction {
+    /// The compute environment whose fleet the call goes to.
+    pub fn compute_environment(&self) -> &str {
+        match self {
+            Self::Fence {
+                compute_environment,
+                ..
+            }
+            | Self::Terminate {
+                compute_environment,
+                ..
+            }
+            | Self::SetDesired {
+                compute_environment,
+                ..
+            } => compute_environment,
+        }
+    }
 }
 
 /// A Kubernetes Event to publish.
@@ -212,6 +273,9 @@ pub struct Decisions {
     pub events: Vec<Note>,
     /// The scheduler's plan of this pass (for logs and tests).
     pub plan: Plan,
+    /// Since when each node holding no attempt after this pass has been idle, as this
+    /// controller saw it (the next pass's [`Observed::idle_seen`]).
+    pub idle: BTreeMap<String, Seconds>,
 }
 
 /// A job being decided: the object and its desired controller-owned status.
@@ -251,7 +315,6 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         .iter()
         .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
         .collect();
-    let mut node_phase: BTreeMap<&str, ApiNodePhase> = BTreeMap::new();
     // Nodes whose instance has left its described fleet (terminated, or terminating): never
     // schedulable, not capacity, and deleted once their agent has gone quiet. Deleting
     // them at once would not do: an agent still running on a terminating instance
@@ -269,26 +332,21 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         })
         .map(|(name, _)| *name)
         .collect();
+    let liveness = liveness(observed, config, &nodes, &departed, now);
+    let mut node_phase: BTreeMap<&str, ApiNodePhase> = BTreeMap::new();
     for (name, n) in &nodes {
         let current = n.status.as_ref().and_then(|s| s.phase);
-        let heartbeat = observed
-            .heartbeats_seen
-            .get(*name)
-            .copied()
-            .unwrap_or_else(|| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.heartbeat_time.as_ref())
-                    .or(n.metadata.creation_timestamp.as_ref())
-                    .map_or(now, seconds)
-            });
-        let lost = now.saturating_sub(heartbeat) > config.lost_node_timeout;
+        let lost = liveness.lost.contains(name);
         // Draining lasts until a fleet terminates the node; without a fleet nothing
         // would, so such a node goes back to Ready.
         let ce = &n.spec.compute_environment;
         let has_fleet = observed.fleets.contains_key(ce) || observed.fleet_errors.contains_key(ce);
         let p = match (lost, current) {
             (true, _) => ApiNodePhase::Lost,
+            // Declared Lost before a disruption began: it stays Lost while silent.
+            (false, Some(ApiNodePhase::Lost)) if liveness.silent.contains(name) => {
+                ApiNodePhase::Lost
+            }
             (false, _) if departed.contains(name) => ApiNodePhase::Draining,
             (false, Some(ApiNodePhase::Draining)) if has_fleet => ApiNodePhase::Draining,
             (false, _) => ApiNodePhase::Ready,
@@ -297,6 +355,18 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
     }
 
     // 2. Attempt progress.
+    let with_fleet: BTreeSet<&str> = observed
+        .fleets
+        .keys()
+        .chain(observed.fleet_errors.keys())
+        .map(String::as_str)
+        .collect();
+    let facts = NodeFacts {
+        nodes: &nodes,
+        phase: &node_phase,
+        departed: &departed,
+        with_fleet: &with_fleet,
+    };
     let mut work: BTreeMap<JobId, Work<'_>> = BTreeMap::new();
     for j in &observed.jobs {
         let mut w = Work {
@@ -304,7 +374,7 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
             desired: owned_job_status(j.status.as_ref()),
         };
         if !snapshot::is_array_parent(j) {
-            progress(&mut w, &defs, &nodes, &node_phase, now, &mut out.events);
+            progress(&mut w, &defs, &facts, now, &mut out.events);
         }
         work.insert(job_id(j), w);
     }
@@ -335,6 +405,23 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         .collect();
     jobs.extend(progressed.iter());
     let holding = nodes_holding_jobs(&work);
+    // Idleness as this controller saw it: a node is idle when it holds no attempt, in
+    // the controller's view and in its agent's last report.
+    let idle_before: BTreeMap<String, Seconds> = nodes
+        .iter()
+        .filter(|(name, n)| !holding.contains(**name) && !agent_runs_something(n))
+        .map(|(name, _)| {
+            let since = observed.idle_seen.get(*name).copied().unwrap_or(now);
+            ((*name).to_owned(), since.min(now))
+        })
+        .collect();
+    let terminable = terminable(observed, &nodes, &node_phase, &liveness);
+    let unreachable: BTreeSet<&str> = liveness
+        .silent
+        .iter()
+        .filter(|n| node_phase.get(**n) != Some(&ApiNodePhase::Lost))
+        .copied()
+        .collect();
     let relabelled: Vec<BatchNode> = observed
         .nodes
         .iter()
@@ -346,8 +433,19 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         })
         .map(|n| {
             let mut n = (**n).clone();
-            if let Some(p) = n.metadata.name.as_deref().and_then(|m| node_phase.get(m)) {
-                n.status.get_or_insert_with(Default::default).phase = Some(*p);
+            if let Some((m, p)) = n
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|m| Some((m, node_phase.get(m)?)))
+            {
+                // Silent in a disruption: not Lost, but no new work either.
+                let p = if unreachable.contains(m) {
+                    ApiNodePhase::Lost
+                } else {
+                    *p
+                };
+                n.status.get_or_insert_with(Default::default).phase = Some(p);
             }
             n
         })
@@ -376,6 +474,8 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         nodes: relabelled.iter().collect(),
         booting,
         shapes: observed.shapes.clone(),
+        idle_since: idle_before.clone(),
+        terminable,
         now,
     });
     let mut plan = scheduler::plan(&built.snapshot, now);
@@ -406,10 +506,23 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
     }
 
     // 5. Nodes, environments, queues, fleets.
-    node_updates(&work, &built, &nodes, &node_phase, &plan, now, &mut out);
-    environment_updates(observed, &built, &plan, &nodes, &node_phase, now, &mut out);
-    queue_updates(observed, &work, now, &mut out);
     let holding = nodes_holding_jobs(&work);
+    out.idle = idle_before
+        .into_iter()
+        .filter(|(n, _)| !holding.contains(n))
+        .collect();
+    node_updates(&work, &built, &facts, &liveness, &plan, now, &mut out);
+    fences(observed, &nodes, &node_phase, &holding, now, &mut out);
+    environment_updates(
+        observed,
+        &built,
+        &plan,
+        &facts,
+        &liveness.disrupted,
+        now,
+        &mut out,
+    );
+    queue_updates(observed, &work, now, &mut out);
     out.delete_nodes = departed
         .iter()
         .filter(|n| node_phase.get(*n) == Some(&ApiNodePhase::Lost) && !holding.contains(**n))
@@ -417,6 +530,108 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         .collect();
     out.plan = plan;
     out
+}
+
+/// Whether a node's agent reported, in its last heartbeat, an attempt it runs.
+fn agent_runs_something(n: &BatchNode) -> bool {
+    n.status
+        .as_ref()
+        .is_some_and(|s| !s.running_attempts.is_empty())
+}
+
+/// The fleet instance of a node, if its fleet was described in this pass.
+fn fleet_instance<'o>(
+    observed: &'o Observed,
+    n: &BatchNode,
+) -> Option<&'o crate::cloud::FleetInstance> {
+    observed
+        .fleets
+        .get(&n.spec.compute_environment)?
+        .live_instances()
+        .find(|i| i.instance_id.eq_ignore_ascii_case(&n.spec.instance_id))
+}
+
+/// Draining or Lost nodes that may be terminated once they hold nothing:
+/// - a Draining node, observed Draining, whose agent's last heartbeat says it starts
+///   nothing more and runs nothing, and whose instance the fleet reports unprotected
+///   from scale-in (the agent's word is a veto: it unprotects only after idle polls);
+/// - a node observed Lost in an earlier pass that is still Lost now (not merely silent
+///   in a disruption).
+fn terminable(
+    observed: &Observed,
+    nodes: &BTreeMap<&str, &BatchNode>,
+    node_phase: &BTreeMap<&str, ApiNodePhase>,
+    liveness: &Liveness<'_>,
+) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|(name, n)| {
+            let st = n.status.as_ref();
+            let current = st.and_then(|s| s.phase);
+            match node_phase.get(**name) {
+                Some(ApiNodePhase::Lost) => {
+                    current == Some(ApiNodePhase::Lost) && liveness.lost.contains(**name)
+                }
+                Some(ApiNodePhase::Draining) => {
+                    current == Some(ApiNodePhase::Draining)
+                        && observed.draining_seen.contains_key(**name)
+                        && st.and_then(|s| s.accepting_attempts) == Some(false)
+                        && !agent_runs_something(n)
+                        && fleet_instance(observed, n).is_some_and(|i| !i.protected_from_scale_in)
+                }
+                _ => false,
+            }
+        })
+        .map(|(name, _)| (*name).to_owned())
+        .collect()
+}
+
+/// Fences: the instance of a node observed Lost in an earlier pass, still Lost and still
+/// holding attempts, whose fleet was described in this pass and still lists it, is
+/// terminated (again after [`FENCE_RETRY_SECONDS`] if it stays), so that its attempts can
+/// be retried once it is gone. Never in a disruption (those nodes are not Lost).
+fn fences(
+    observed: &Observed,
+    nodes: &BTreeMap<&str, &BatchNode>,
+    node_phase: &BTreeMap<&str, ApiNodePhase>,
+    holding: &BTreeSet<String>,
+    now: Seconds,
+    out: &mut Decisions,
+) {
+    for (name, n) in nodes {
+        let observed_lost = n.status.as_ref().and_then(|s| s.phase) == Some(ApiNodePhase::Lost);
+        if node_phase.get(name) != Some(&ApiNodePhase::Lost)
+            || !observed_lost
+            || !holding.contains(*name)
+        {
+            continue;
+        }
+        let Some(instance) = fleet_instance(observed, n) else {
+            continue;
+        };
+        if observed
+            .fenced
+            .get(*name)
+            .is_some_and(|at| now.saturating_sub(*at) < FENCE_RETRY_SECONDS)
+        {
+            continue;
+        }
+        out.fleet.push(FleetAction::Fence {
+            compute_environment: n.spec.compute_environment.clone(),
+            node: (*name).to_owned(),
+            instance_id: instance.instance_id.clone(),
+        });
+        event(
+            &mut out.events,
+            object_ref(*n),
+            true,
+            reasons::FENCED_NODE,
+            format!(
+                "terminating instance {} of lost node {name} (no heartbeat for the lost-node timeout) so that its attempts can be retried without running twice",
+                instance.instance_id
+            ),
+        );
+    }
 }
 
 /// Nodes that a Starting or Running job is on, as decided so far.

@@ -1,5 +1,6 @@
 //! Unit tests of a whole pass.
 use super::*;
+use crate::api::batch_node::NodeJob;
 use crate::api::common::{EvaluateOnExit, RetryBackoff, RetryStrategy};
 use crate::cloud::{FleetInstance, Lifecycle};
 use crate::controller::snapshot::fixtures::*;
@@ -91,13 +92,26 @@ fn apply(o: &mut Observed, d: &Decisions) {
             .iter_mut()
             .find(|n| n.metadata.name.as_deref() == Some(&u.name))
         {
-            let hb = n.status.as_ref().and_then(|s| s.heartbeat_time.clone());
+            let old = n.status.clone().unwrap_or_default();
             let mut s = u.status.clone();
-            s.heartbeat_time = hb;
+            s.heartbeat_time = old.heartbeat_time;
+            s.protected_from_scale_in = old.protected_from_scale_in;
+            s.accepting_attempts = old.accepting_attempts;
+            s.running_attempts = old.running_attempts;
             n.status = Some(s);
         }
     }
     o.nodes = nodes.into_iter().map(Arc::new).collect();
+    // What the loop's PassMemory carries to the next pass.
+    o.idle_seen = d.idle.clone();
+    for n in &o.nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        if n.status.as_ref().and_then(|s| s.phase) == Some(ApiNodePhase::Draining) {
+            o.draining_seen.entry(name).or_insert(NOW);
+        } else {
+            o.draining_seen.remove(&name);
+        }
+    }
     let mut ces: Vec<ComputeEnvironment> = o
         .compute_environments
         .iter()
@@ -399,28 +413,36 @@ fn an_exit_rule_fails_at_once() {
     );
 }
 
+/// `o` at `now`: every node but `silent` heartbeats now (seen by the controller now).
+fn at(o: &Observed, now: Seconds, silent: &[&str]) -> Decisions {
+    let mut o = o.clone();
+    for n in &o.nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        if !silent.contains(&name.as_str()) {
+            o.heartbeats_seen.insert(name, now);
+        }
+    }
+    decide(&o, &DecideConfig::default(), now)
+}
+
+/// Removes node `name` from `o` (its BatchNode was deleted).
+fn delete_node(o: &mut Observed, name: &str) {
+    o.nodes.retain(|n| n.metadata.name.as_deref() != Some(name));
+}
+
 #[test]
-fn a_lost_node_ends_its_attempts_with_node_lost_and_they_are_retried() {
+fn a_lost_node_without_a_fleet_keeps_its_attempts_until_its_batchnode_is_deleted() {
     let mut o = world(vec![retrying(job("r", "1", "1Gi", 1), 2, None)], vec![n1()]);
-    let d = run(&o);
-    apply(&mut o, &d);
+    o.heartbeats_seen.insert("n1".into(), NOW);
+    step(&mut o);
     agent(&mut o, "r", started);
     step(&mut o);
     // n1 stops heartbeating; a fresh node n2 registers.
-    let mut n2 = node("n2", "ce", "4", "16Gi", NOW + 100);
-    n2.metadata.creation_timestamp = Some(time(NOW + 100));
-    let mut nodes: Vec<Arc<BatchNode>> = o.nodes.clone();
-    nodes.push(Arc::new(n2));
-    o.nodes = nodes;
-    let d = decide(&o, &DecideConfig::default(), NOW + 100);
-    let s = status(&d, "r");
-    assert_eq!(s.attempts[0].reason.as_deref(), Some(REASON_NODE_LOST));
-    assert_eq!(s.attempts[0].stopped_at, Some(time(NOW + 100)));
-    assert_eq!(
-        (s.phase, s.node.as_deref(), s.attempt),
-        (Some(JobPhase::Starting), Some("n2"), Some(2))
-    );
-    assert_eq!(update(&d, "r").label, Some(LabelChange::Set("n2".into())));
+    let mut n2 = node("n2", "ce", "4", "16Gi", NOW + 400);
+    n2.metadata.creation_timestamp = Some(time(NOW + 400));
+    o.nodes.push(Arc::new(n2));
+    let later = NOW + DEFAULT_LOST_NODE_TIMEOUT + 100;
+    let d = at(&o, later, &["n1"]);
     let lost = d.nodes.iter().find(|n| n.name == "n1").expect("n1 update");
     assert_eq!(lost.status.phase, Some(ApiNodePhase::Lost));
     assert!(
@@ -428,6 +450,338 @@ fn a_lost_node_ends_its_attempts_with_node_lost_and_they_are_retried() {
             .iter()
             .any(|e| e.reason == reasons::NODE_LOST && e.warning)
     );
+    // Nothing confirms that n1 stopped running the attempt: it is not retried.
+    let s = status(&d, "r");
+    assert_eq!(s.attempts[0].stopped_at, None);
+    assert_eq!(
+        (s.phase, s.node.as_deref()),
+        (Some(JobPhase::Running), Some("n1"))
+    );
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("retried once the BatchNode is deleted"),
+        "{:?}",
+        s.message
+    );
+    assert!(d.fleet.is_empty());
+    // The operator deletes the BatchNode: the attempt ends NodeLost and is retried on n2.
+    delete_node(&mut o, "n1");
+    let d = at(&o, later, &[]);
+    let s = status(&d, "r");
+    assert_eq!(s.attempts[0].reason.as_deref(), Some(REASON_NODE_LOST));
+    assert_eq!(
+        (s.phase, s.node.as_deref(), s.attempt),
+        (Some(JobPhase::Starting), Some("n2"), Some(2))
+    );
+    assert_eq!(update(&d, "r").label, Some(LabelChange::Set("n2".into())));
+}
+
+#[test]
+fn a_lost_nodes_instance_is_fenced_before_its_attempts_are_retried() {
+    let mut o = aws_world(
+        vec![retrying(job("r", "1", "1Gi", 1), 2, None)],
+        vec![n1()],
+        1,
+        &["n1"],
+    );
+    o.heartbeats_seen.insert("n1".into(), NOW);
+    step(&mut o);
+    agent(&mut o, "r", started);
+    step(&mut o);
+    let later = NOW + DEFAULT_LOST_NODE_TIMEOUT + 1;
+    // Pass 1: declared Lost; no fence yet (the declaration must land first).
+    let d = at(&o, later, &["n1"]);
+    assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Lost));
+    assert!(
+        d.fleet
+            .iter()
+            .all(|a| !matches!(a, FleetAction::Fence { .. })),
+        "{:?}",
+        d.fleet
+    );
+    apply(&mut o, &d);
+    // Pass 2: observed Lost, still silent, still holding the attempt: fenced.
+    let d = at(&o, later + 1, &["n1"]);
+    assert_eq!(
+        d.fleet.first(),
+        Some(&FleetAction::Fence {
+            compute_environment: "ce".into(),
+            node: "n1".into(),
+            instance_id: "n1".into()
+        })
+    );
+    assert!(d.events.iter().any(|e| e.reason == reasons::FENCED_NODE));
+    assert!(
+        d.jobs.iter().all(|u| u
+            .status
+            .as_ref()
+            .is_none_or(|s| s.attempts[0].stopped_at.is_none())),
+        "not retried before the fence is confirmed"
+    );
+    // A fence already made is not repeated at once.
+    let mut fenced = o.clone();
+    fenced.fenced.insert("n1".into(), later + 1);
+    let d = at(&fenced, later + 2, &["n1"]);
+    assert!(
+        d.fleet
+            .iter()
+            .all(|a| !matches!(a, FleetAction::Fence { .. }))
+    );
+    // The fleet no longer lists the instance: the attempt ends NodeLost, retried.
+    if let Some(f) = o.fleets.get_mut("ce") {
+        f.instances.clear();
+    }
+    let d = at(&o, later + 3, &["n1"]);
+    let s = status(&d, "r");
+    assert_eq!(s.attempts[0].reason.as_deref(), Some(REASON_NODE_LOST));
+    assert_eq!(s.phase, Some(JobPhase::Runnable));
+}
+
+#[test]
+fn no_node_is_lost_across_a_gap_in_the_controllers_view() {
+    let mut o = world(vec![], vec![n1()]);
+    o.heartbeats_seen.insert("n1".into(), NOW);
+    let later = NOW + DEFAULT_LOST_NODE_TIMEOUT + 100;
+    // The watch failed 50 s ago: grace counts from then.
+    o.view_gap = Some(later - 50);
+    let d = at(&o, later, &["n1"]);
+    assert!(
+        d.nodes
+            .iter()
+            .all(|n| n.status.phase != Some(ApiNodePhase::Lost)),
+        "{:?}",
+        d.nodes
+    );
+    o.view_gap = Some(NOW);
+    let d = at(&o, later, &["n1"]);
+    assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Lost));
+}
+
+#[test]
+fn many_silent_nodes_at_once_are_a_disruption_not_lost_nodes() {
+    let nodes: Vec<BatchNode> = ["a", "b", "c"]
+        .iter()
+        .map(|n| node(n, "ce", "4", "16Gi", NOW))
+        .collect();
+    let mut o = aws_world(vec![job("j", "1", "1Gi", 1)], nodes, 3, &["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        o.heartbeats_seen.insert(n.into(), NOW);
+    }
+    let later = NOW + DEFAULT_LOST_NODE_TIMEOUT + 1;
+    // Two of three (67% > 55%) silent: disruption, nobody Lost, no new work for them.
+    let d = at(&o, later, &["a", "b"]);
+    assert!(
+        d.nodes
+            .iter()
+            .all(|n| n.status.phase != Some(ApiNodePhase::Lost)),
+        "{:?}",
+        d.nodes
+    );
+    let ce = &d.compute_environments[0].status;
+    let c = ce
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_DISRUPTED)
+        .expect("Disrupted condition");
+    assert_eq!(c.status, "True");
+    assert!(
+        c.message.starts_with("2 of 3 nodes silent"),
+        "{}",
+        c.message
+    );
+    assert!(d.events.iter().any(|e| e.reason == reasons::DISRUPTION));
+    assert_eq!(
+        status(&d, "j").node.as_deref(),
+        Some("c"),
+        "only the live node gets work"
+    );
+    let a = d.nodes.iter().find(|n| n.name == "a").expect("a");
+    let ready = a
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY)
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NotHeartbeating")
+    );
+    assert!(
+        d.fleet
+            .iter()
+            .all(|f| matches!(f, FleetAction::SetDesired { .. }))
+    );
+    // One of three silent: it is Lost.
+    let d = at(&o, later, &["a"]);
+    let a = d.nodes.iter().find(|n| n.name == "a").expect("a");
+    assert_eq!(a.status.phase, Some(ApiNodePhase::Lost));
+    // Heartbeats come back after a disruption: it ends, with an Event.
+    let d = at(&o, later, &["a", "b"]);
+    apply(&mut o, &d);
+    let d = at(&o, later + 5, &[]);
+    let c = d.compute_environments[0]
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_DISRUPTED)
+        .expect("Disrupted condition");
+    assert_eq!(c.status, "False");
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == reasons::DISRUPTION_ENDED)
+    );
+}
+
+#[test]
+fn the_pass_in_which_a_nodes_last_job_ends_does_not_count_it_idle() {
+    // The issue's trace: a node registered long ago runs jobs without a break; the
+    // pass that sees its last job end must not find it idle since its registration.
+    let mut n = node("n1", "ce", "4", "16Gi", NOW);
+    n.metadata.creation_timestamp = Some(time(0));
+    let mut o = aws_world(vec![job("m29", "1", "1Gi", 1)], vec![n], 1, &["n1"]);
+    let mut ce = (*o.compute_environments[0]).clone();
+    ce.spec.scale_in_after_idle_seconds = 10;
+    o.compute_environments = vec![Arc::new(ce)];
+    step(&mut o);
+    assert!(!o.idle_seen.contains_key("n1"), "holding a job: not idle");
+    agent(&mut o, "m29", started);
+    step(&mut o);
+    agent(&mut o, "m29", exited(0));
+    let d = run(&o);
+    assert_eq!(status(&d, "m29").phase, Some(JobPhase::Succeeded));
+    assert!(
+        d.plan.drain.is_empty(),
+        "drained in the pass its last job ended"
+    );
+    let n = d.nodes.iter().find(|n| n.name == "n1").expect("n1");
+    assert_eq!(n.status.idle_since, Some(time(NOW)));
+    apply(&mut o, &d);
+    // Still within scaleInAfterIdleSeconds: not drained.
+    let d = at(&o, NOW + 9, &[]);
+    assert!(d.plan.drain.is_empty());
+    // After it: drained (a later pass terminates it once its agent lets it go).
+    let d = at(&o, NOW + 10, &[]);
+    assert_eq!(d.plan.drain, ["n1"]);
+    assert!(
+        d.fleet
+            .iter()
+            .all(|a| !matches!(a, FleetAction::Terminate { .. }))
+    );
+}
+
+/// A Draining node `i-abc` in an aws world, its agent reporting `accepting` and
+/// `running`, its instance `protected`.
+fn drained(accepting: Option<bool>, running: Vec<NodeJob>, protected: bool) -> Observed {
+    let mut n = node("i-abc", "ce", "4", "16Gi", NOW);
+    if let Some(s) = n.status.as_mut() {
+        s.phase = Some(ApiNodePhase::Draining);
+        s.accepting_attempts = accepting;
+        s.running_attempts = running;
+    }
+    let mut o = aws_world(vec![], vec![n], 1, &["i-abc"]);
+    o.draining_seen.insert("i-abc".into(), NOW - 20);
+    o.idle_seen.insert("i-abc".into(), 0);
+    if let Some(f) = o.fleets.get_mut("ce") {
+        f.instances[0].protected_from_scale_in = protected;
+    }
+    o
+}
+
+#[test]
+fn a_drained_idle_node_is_terminated_before_desired_is_lowered() {
+    let d = run(&drained(Some(false), vec![], false));
+    assert_eq!(
+        d.fleet,
+        [FleetAction::Terminate {
+            compute_environment: "ce".into(),
+            node: "i-abc".into(),
+            instance_id: "i-abc".into()
+        }]
+    );
+    assert_eq!(d.compute_environments[0].status.desired_capacity, Some(0));
+}
+
+#[test]
+fn a_drained_node_is_not_terminated_until_its_agent_lets_it_go() {
+    let job = NodeJob {
+        namespace: "default".into(),
+        name: "late".into(),
+        attempt: 1,
+    };
+    for (why, o) in [
+        (
+            "agent has not seen the drain",
+            drained(Some(true), vec![], false),
+        ),
+        ("agent never reported", drained(None, vec![], false)),
+        (
+            "agent still runs an attempt",
+            drained(Some(false), vec![job], false),
+        ),
+        (
+            "instance still protected from scale-in",
+            drained(Some(false), vec![], true),
+        ),
+    ] {
+        let d = run(&o);
+        assert!(
+            d.fleet
+                .iter()
+                .all(|a| !matches!(a, FleetAction::Terminate { .. })),
+            "{why}: {:?}",
+            d.fleet
+        );
+        assert_eq!(
+            d.compute_environments[0].status.desired_capacity,
+            Some(1),
+            "{why}: desired capacity keeps the instance"
+        );
+    }
+}
+
+#[test]
+fn a_binding_the_draining_node_did_not_start_is_handed_back() {
+    // Bound to n1 (stale view), then n1 was drained; its agent saw the drain and
+    // reports it starts nothing more and does not run the attempt.
+    let mut o = aws_world(vec![job("j", "1", "1Gi", 1)], vec![n1()], 2, &["n1", "n2"]);
+    o.heartbeats_seen.insert("n1".into(), NOW);
+    step(&mut o);
+    assert_eq!(
+        o.jobs[0].status.as_ref().and_then(|s| s.node.as_deref()),
+        Some("n1")
+    );
+    let mut n = (*o.nodes[0]).clone();
+    if let Some(s) = n.status.as_mut() {
+        s.phase = Some(ApiNodePhase::Draining);
+        s.accepting_attempts = Some(true);
+    }
+    o.nodes = vec![Arc::new(n.clone())];
+    // Not yet acknowledged by the agent: the binding stays.
+    let d = run(&o);
+    assert!(d.jobs.iter().all(|u| {
+        u.status
+            .as_ref()
+            .is_none_or(|s| s.node.as_deref() == Some("n1"))
+    }));
+    if let Some(s) = n.status.as_mut() {
+        s.accepting_attempts = Some(false);
+    }
+    o.nodes = vec![Arc::new(n)];
+    let d = run(&o);
+    let s = status(&d, "j");
+    assert_eq!(
+        (s.phase, s.node.as_deref(), s.attempt),
+        (Some(JobPhase::Runnable), None, None)
+    );
+    assert!(
+        s.attempts.is_empty(),
+        "a binding never started is no attempt"
+    );
+    assert_eq!(update(&d, "j").label, Some(LabelChange::Remove));
+    assert!(d.events.iter().any(|e| e.reason == reasons::HANDED_BACK));
 }
 
 #[test]
@@ -639,35 +993,21 @@ fn demand_sets_the_desired_capacity_of_a_fleet() {
 }
 
 #[test]
-fn a_drained_idle_node_is_terminated_before_desired_is_lowered() {
-    let mut n = node("i-abc", "ce", "4", "16Gi", NOW);
-    if let Some(s) = n.status.as_mut() {
-        s.phase = Some(ApiNodePhase::Draining);
-        s.idle_since = Some(time(0));
-    }
-    let d = run(&aws_world(vec![], vec![n], 1, &["i-abc"]));
-    assert_eq!(
-        d.fleet,
-        [FleetAction::Terminate {
-            compute_environment: "ce".into(),
-            node: "i-abc".into(),
-            instance_id: "i-abc".into()
-        }]
-    );
-    assert_eq!(d.compute_environments[0].status.desired_capacity, Some(0));
-}
-
-#[test]
 fn an_idle_node_is_drained_after_its_idle_time_where_a_fleet_can_terminate_it() {
-    let mut n = n1();
-    if let Some(s) = n.status.as_mut() {
-        s.idle_since = Some(time(NOW - 300));
-    }
-    let d = run(&aws_world(vec![], vec![n.clone()], 1, &["n1"]));
+    let n = n1();
+    let mut o = aws_world(vec![], vec![n.clone()], 1, &["n1"]);
+    o.idle_seen.insert("n1".into(), NOW - 300);
+    let d = run(&o);
     assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Draining));
+    assert_eq!(d.nodes[0].status.idle_since, Some(time(NOW - 300)));
     assert!(d.events.iter().any(|e| e.reason == reasons::DRAINING));
+    // A node this controller has not yet seen idle is idle since now, whatever its age.
+    let d = run(&aws_world(vec![], vec![n.clone()], 1, &["n1"]));
+    assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Ready));
     // Without a fleet nothing could terminate it: it stays Ready for jobs.
-    let d = run(&world(vec![], vec![n]));
+    let mut o = world(vec![], vec![n]);
+    o.idle_seen.insert("n1".into(), NOW - 300);
+    let d = run(&o);
     assert_eq!(d.nodes[0].status.phase, Some(ApiNodePhase::Ready));
 }
 
@@ -935,6 +1275,237 @@ fn liveness_follows_heartbeat_changes_on_the_controllers_clock_not_the_agents() 
     };
     assert_eq!(phase(&run(&o)), Some(ApiNodePhase::Ready));
     // A value unchanged for longer than the timeout is Lost, whatever it says.
-    o.heartbeats_seen.insert("n1".into(), NOW - 61);
+    o.heartbeats_seen
+        .insert("n1".into(), NOW - DEFAULT_LOST_NODE_TIMEOUT - 1);
     assert_eq!(phase(&run(&o)), Some(ApiNodePhase::Lost));
+}
+
+/// Random timelines of job ends, bindings, agent heartbeats, silences and failed writes
+/// against a fleet, with agents modelled as the real one behaves (the gate, the
+/// protection after idle polls). Ground truth is what the agents ran, not the status:
+/// no instance is terminated while its agent runs an attempt, within the idle window
+/// after one ended, or while protected (except a fence of a Lost node); and no job runs
+/// two attempts at once, counting attempts still running on fenced or silent nodes.
+mod scale_in_timelines {
+    use super::*;
+    use proptest::prelude::*;
+
+    const IDLE_AFTER: u64 = 10;
+    const NODES: [&str; 3] = ["i-a", "i-b", "i-c"];
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A controller pass; `false`: its node status writes fail (so its fleet calls are
+        /// dropped, as the loop does).
+        Pass(bool),
+        /// Every live agent heartbeats.
+        Heartbeat,
+        Start(usize),
+        Exit(usize),
+        Wait(u64),
+        /// Node `i`'s agent can no longer reach the API server (its work goes on).
+        Silence(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => Just(Step::Pass(true)),
+            1 => Just(Step::Pass(false)),
+            3 => Just(Step::Heartbeat),
+            3 => (0..6usize).prop_map(Step::Start),
+            3 => (0..6usize).prop_map(Step::Exit),
+            2 => (1..40u64).prop_map(Step::Wait),
+            1 => Just(Step::Wait(400)),
+            1 => (0..3usize).prop_map(Step::Silence),
+        ]
+    }
+
+    /// The truth of one instance and its agent.
+    #[derive(Debug, Default, Clone)]
+    struct Agent {
+        /// Attempts running here: (job, attempt) → started at.
+        running: BTreeMap<(String, u32), Seconds>,
+        /// When an attempt last ended here.
+        last_end: Option<Seconds>,
+        draining: bool,
+        protected: bool,
+        idle_polls: u32,
+        silent: bool,
+        terminated: bool,
+    }
+
+    /// Every live agent heartbeats at `now`: what it runs, whether it accepts work; it
+    /// reads its node's phase back and lifts its protection after 3 idle polls.
+    fn beat(o: &mut Observed, agents: &mut BTreeMap<&str, Agent>, now: Seconds) {
+        let mut nodes: Vec<BatchNode> = o.nodes.iter().map(|n| (**n).clone()).collect();
+        for n in &mut nodes {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let Some(a) = agents.get_mut(name.as_str()) else {
+                continue;
+            };
+            if a.silent || a.terminated {
+                continue;
+            }
+            let st = n.status.get_or_insert_with(Default::default);
+            st.heartbeat_time = Some(time(now));
+            st.accepting_attempts = Some(!a.draining);
+            st.running_attempts = a
+                .running
+                .keys()
+                .map(|(j, k)| NodeJob {
+                    namespace: "default".into(),
+                    name: j.clone(),
+                    attempt: *k,
+                })
+                .collect();
+            // The answer carries the phase.
+            a.draining = st.phase == Some(ApiNodePhase::Draining);
+            // Protection: lifted only after 3 idle polls.
+            if a.running.is_empty() {
+                a.idle_polls += 1;
+                if a.idle_polls >= 3 {
+                    a.protected = false;
+                }
+            } else {
+                a.idle_polls = 0;
+            }
+            o.heartbeats_seen.insert(name, now);
+        }
+        o.nodes = nodes.into_iter().map(Arc::new).collect();
+    }
+
+    fn job_status(o: &Observed, name: &str) -> BatchJobStatus {
+        o.jobs
+            .iter()
+            .find(|j| j.metadata.name.as_deref() == Some(name))
+            .and_then(|j| j.status.clone())
+            .unwrap_or_default()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_busy_recently_busy_or_protected_instance_is_terminated_and_no_job_runs_twice(
+            steps in proptest::collection::vec(step(), 1..80)
+        ) {
+            let jobs: Vec<BatchJob> = (0..6)
+                .map(|i| retrying(job(&format!("j{i}"), "1", "1Gi", i), 3, None))
+                .collect();
+            let nodes: Vec<BatchNode> = NODES.iter().map(|n| node(n, "ce", "2", "8Gi", NOW)).collect();
+            let mut o = aws_world(jobs, nodes, 3, &NODES);
+            let mut ce = (*o.compute_environments[0]).clone();
+            ce.spec.scale_in_after_idle_seconds = IDLE_AFTER as u32;
+            o.compute_environments = vec![Arc::new(ce)];
+            let mut agents: BTreeMap<&str, Agent> = NODES.iter().map(|n| (*n, Agent::default())).collect();
+            let mut now = NOW;
+            for n in NODES {
+                o.heartbeats_seen.insert(n.into(), now);
+            }
+            for s in steps {
+                match s {
+                    Step::Heartbeat => beat(&mut o, &mut agents, now),
+                    Step::Start(j) => {
+                        let name = format!("j{j}");
+                        let st = job_status(&o, &name);
+                        let (Some(node), Some(k)) = (st.node.clone(), st.attempt) else { continue };
+                        if st.phase != Some(JobPhase::Starting) { continue; }
+                        let Some(a) = agents.get_mut(node.as_str()) else { continue };
+                        if a.silent || a.terminated || a.draining || a.running.contains_key(&(name.clone(), k)) { continue; }
+                        if st.attempts.iter().any(|x| x.attempt == k && x.started_at.is_some()) { continue; }
+                        // The agent protects before it starts.
+                        a.protected = true;
+                        a.idle_polls = 0;
+                        a.running.insert((name.clone(), k), now);
+                        agent(&mut o, &name, move |x| x.started_at = Some(time(now)));
+                    }
+                    Step::Exit(j) => {
+                        let name = format!("j{j}");
+                        for a in agents.values_mut() {
+                            if a.silent || a.terminated { continue; }
+                            let keys: Vec<(String, u32)> = a.running.keys().filter(|(n, _)| *n == name).cloned().collect();
+                            for key in keys {
+                                a.running.remove(&key);
+                                a.last_end = Some(now);
+                                let k = key.1;
+                                agent(&mut o, &name, move |x| if x.attempt == k && x.stopped_at.is_none() {
+                                    x.stopped_at = Some(time(now));
+                                    x.exit_code = Some(0);
+                                    x.reason = Some("Completed".into());
+                                });
+                            }
+                        }
+                    }
+                    Step::Wait(secs) => {
+                        // Agents heartbeat every few seconds while time passes.
+                        now += secs;
+                        beat(&mut o, &mut agents, now);
+                    }
+                    Step::Silence(i) => {
+                        if let Some(a) = agents.get_mut(NODES[i]) { a.silent = true; }
+                    }
+                    Step::Pass(writes_land) => {
+                        let d = decide(&o, &DecideConfig::default(), now);
+                        let mut landed = d.clone();
+                        if !writes_land {
+                            landed.nodes.clear();
+                            landed.fleet.clear();
+                        }
+                        for f in &landed.fleet {
+                            let (node, fence) = match f {
+                                FleetAction::Terminate { node, .. } => (node, false),
+                                FleetAction::Fence { node, .. } => (node, true),
+                                FleetAction::SetDesired { .. } => continue,
+                            };
+                            let Some(a) = agents.get_mut(node.as_str()) else { continue };
+                            if fence {
+                                prop_assert!(a.silent, "{node} fenced while its agent is heard");
+                            } else if a.silent {
+                                // A Lost node's instance, idle in the controller's view:
+                                // terminated like a fence (protection does not bind it).
+                                prop_assert!(a.running.is_empty(), "lost {node} terminated while running {:?}", a.running);
+                            } else {
+                                prop_assert!(a.running.is_empty(), "{node} terminated while running {:?}", a.running);
+                                prop_assert!(!a.protected, "{node} terminated while protected");
+                                prop_assert!(
+                                    a.last_end.is_none_or(|e| now.saturating_sub(e) >= IDLE_AFTER),
+                                    "{node} terminated {}s after its last attempt ended",
+                                    now.saturating_sub(a.last_end.unwrap_or(0))
+                                );
+                            }
+                            // The instance is gone, and with it whatever ran there.
+                            a.terminated = true;
+                            a.running.clear();
+                            if let Some(fl) = o.fleets.get_mut("ce") {
+                                fl.instances.retain(|i| i.instance_id != *node);
+                            }
+                        }
+                        if let Some(fl) = o.fleets.get_mut("ce") {
+                            for i in &mut fl.instances {
+                                i.protected_from_scale_in = agents.get(i.instance_id.as_str()).is_some_and(|a| a.protected);
+                            }
+                        }
+                        apply(&mut o, &landed);
+                        o.idle_seen = d.idle.clone();
+                        for (node, _) in landed.fleet.iter().filter_map(|f| match f {
+                            FleetAction::Fence { node, .. } => Some((node.clone(), ())),
+                            _ => None,
+                        }) {
+                            o.fenced.insert(node, now);
+                        }
+                    }
+                }
+                // Ground truth: no job runs two attempts at once.
+                let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+                for a in agents.values() {
+                    for (j, _) in a.running.keys() {
+                        *seen.entry(j.as_str()).or_default() += 1;
+                    }
+                }
+                for (j, count) in seen {
+                    prop_assert!(count <= 1, "{j} runs {count} attempts at once");
+                }
+            }
+        }
+    }
 }

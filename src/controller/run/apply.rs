@@ -32,10 +32,16 @@ pub(super) fn ssa() -> PatchParams {
 }
 
 /// Applies the decisions; one failed write never stops the others.
+/// Fleet calls are made only when every API write of the pass landed (or was refused
+/// as stale) and this replica still leads: a pass whose writes fail has a gap in its view,
+/// and its fleet decisions are dropped.
 pub(super) async fn apply(
     ctx: &Context,
     d: Decisions,
     fleets: &BTreeMap<String, Arc<dyn Fleet>>,
+    memory: &mut PassMemory,
+    leading: &watch::Receiver<bool>,
+    now: Seconds,
 ) -> Summary {
     let client = &ctx.client;
     let mut s = Summary::default();
@@ -116,11 +122,58 @@ pub(super) async fn apply(
         }
     }
 
-    // Fleet calls: terminations first, then desired capacity.
+    // Fleet calls: fences and terminations first, then desired capacity; only from a
+    // pass whose writes all landed, and only while leading.
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut succeeded: Vec<String> = Vec::new();
-    for a in &d.fleet {
+    let fleet_calls: &[FleetAction] = if s.failures > 0 {
+        memory.view_gap(now);
+        if !d.fleet.is_empty() {
+            warn!(
+                failures = s.failures,
+                skipped = d.fleet.len(),
+                "API writes failed in this pass: its fleet calls are dropped and the view has a gap"
+            );
+        }
+        &[]
+    } else if !*leading.borrow() {
+        warn!(
+            skipped = d.fleet.len(),
+            "leadership lost during the pass: fleet calls dropped"
+        );
+        &[]
+    } else {
+        &d.fleet
+    };
+    for a in fleet_calls {
         let (ce, result) = match a {
+            FleetAction::Fence {
+                compute_environment,
+                node,
+                instance_id,
+            } => {
+                let Some(f) = fleets.get(compute_environment) else {
+                    continue;
+                };
+                warn!(
+                    compute_environment,
+                    node, instance_id, "fencing the instance of a lost node"
+                );
+                let r = with_timeout(
+                    ctx,
+                    "TerminateInstanceInAutoScalingGroup",
+                    f.terminate(instance_id),
+                )
+                .await;
+                let r = match r {
+                    Ok(()) | Err(CloudError::NotFound { .. }) => {
+                        memory.fenced_at(node, now);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                (compute_environment, r)
+            }
             FleetAction::Terminate {
                 compute_environment,
                 node,
@@ -175,13 +228,10 @@ pub(super) async fn apply(
             }
         }
     }
-    {
-        let mut errors = ctx.fleet_errors.lock().await;
-        for ce in succeeded {
-            errors.remove(&ce);
-        }
-        errors.extend(failed.clone());
+    for ce in succeeded {
+        memory.fleet_errors.remove(&ce);
     }
+    memory.fleet_errors.extend(failed.clone());
 
     let ces: Api<ComputeEnvironment> = Api::all(client.clone());
     for u in &d.compute_environments {
@@ -436,7 +486,16 @@ mod tests {
             events: vec![note(&fresh), note(&stale)],
             ..Decisions::default()
         };
-        let summary = apply(&ctx, d, &BTreeMap::new()).await;
+        let (_leading_tx, leading) = watch::channel(true);
+        let summary = apply(
+            &ctx,
+            d,
+            &BTreeMap::new(),
+            &mut PassMemory::default(),
+            &leading,
+            0,
+        )
+        .await;
         assert_eq!(summary.conflicts, 1, "the stale write is refused");
         let phase = |j: BatchJob| j.status.and_then(|s| s.phase);
         assert_eq!(
@@ -497,7 +556,16 @@ mod tests {
             children: vec![child(0), child(1)],
             ..Decisions::default()
         };
-        let summary = apply(&ctx, d, &BTreeMap::new()).await;
+        let (_leading_tx, leading) = watch::channel(true);
+        let summary = apply(
+            &ctx,
+            d,
+            &BTreeMap::new(),
+            &mut PassMemory::default(),
+            &leading,
+            0,
+        )
+        .await;
         assert_eq!(summary.failures, 1, "only the foreign name is a failure");
         let events: Api<ApiEvent> = Api::namespaced(client.clone(), "default");
         let warnings: Vec<(String, String)> = events

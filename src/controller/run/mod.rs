@@ -36,7 +36,10 @@ use super::decide::{
     DecideConfig, Decisions, FleetAction, JobUpdate, LabelChange, NodeUpdate, Observed, decide,
 };
 use super::error::ControllerError;
+use super::memory::PassMemory;
 use super::{FIELD_MANAGER, LABEL_NODE, leader, reasons, time};
+use crate::scheduler::Seconds;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod apply;
 mod observe;
@@ -84,11 +87,17 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let mut merged = futures::stream::select_all([s1, s2, s3, s4, s5]);
     let notify = changed.clone();
+    // The last watch error (Unix seconds): a gap in the controller's view.
+    let watch_gap = Arc::new(AtomicU64::new(0));
+    let gap = watch_gap.clone();
     let _driver = AbortOnDrop(tokio::spawn(async move {
         while let Some(item) = merged.next().await {
             match item {
                 Ok(()) => notify.notify_one(),
-                Err(e) => warn!(error = %e, "watch error (retrying with backoff)"),
+                Err(e) => {
+                    gap.fetch_max(time::now(), Ordering::Relaxed);
+                    warn!(error = %e, "watch error (retrying with backoff)");
+                }
             }
         }
     }));
@@ -116,33 +125,45 @@ pub async fn run(
             stores.ready().await?;
             info!("caches synced; controller running");
             let mut n: u64 = 0;
+            let mut memory = PassMemory::default();
+            let mut was_leading = false;
             loop {
-                if *leading.borrow_and_update() {
+                let is_leading = *leading.borrow_and_update();
+                if is_leading {
+                    if !was_leading {
+                        // A new leader has seen nothing so far: every grace restarts.
+                        memory.view_gap(time::now());
+                    }
                     n += 1;
                     let started = Instant::now();
                     let span = info_span!("pass", n);
-                    match pass(&ctx, &stores).instrument(span).await {
-                        Ok(summary) => {
-                            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                            if summary.is_idle() {
-                                debug!(n, elapsed_ms, "pass done: nothing to change");
-                            } else {
-                                info!(n, ?summary, elapsed_ms, "pass done");
-                            }
+                    let limit = ctx.config.pass_timeout;
+                    let done = tokio::time::timeout(
+                        limit,
+                        pass(&ctx, &stores, &mut memory, &watch_gap, &leading).instrument(span),
+                    )
+                    .await;
+                    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    match done {
+                        Ok(summary) if summary.is_idle() => {
+                            debug!(n, elapsed_ms, "pass done: nothing to change");
                         }
-                        Err(e) => warn!(n, error = %e, kind = e.metric_label(), "pass failed"),
+                        Ok(summary) => info!(n, ?summary, elapsed_ms, "pass done"),
+                        Err(_) => {
+                            memory.view_gap(time::now());
+                            warn!(n, ?limit, "pass did not finish in time; the view has a gap");
+                        }
                     }
                 } else {
                     debug!("standing by: another replica holds the lease");
                 }
+                was_leading = is_leading;
                 tokio::select! {
                     () = changed.notified() => tokio::time::sleep(ctx.config.debounce).await,
                     () = tokio::time::sleep(ctx.config.resync) => {}
                     Ok(()) = leading.changed() => {}
                 }
             }
-            #[allow(unreachable_code)]
-            Ok::<(), ControllerError>(())
         } => r,
     };
     if let (Some(e), Some(le)) = (elector, &election) {
@@ -173,37 +194,21 @@ impl Summary {
     }
 }
 
-/// One pass: observe, decide, apply.
-/// When each node's current heartbeat value was first seen, on this controller's clock
-/// (see `Observed::heartbeats_seen`). Forgets nodes that are gone.
-async fn heartbeats_seen(
+/// One pass: observe, decide, apply. Every failure inside it is recorded in `memory`
+/// (a gap in the view, a fleet error) and logged; nothing is decided from a view that is
+/// known to be broken.
+async fn pass(
     ctx: &Context,
-    nodes: &[Arc<BatchNode>],
-    now: crate::scheduler::Seconds,
-) -> BTreeMap<String, crate::scheduler::Seconds> {
-    let mut seen = ctx.heartbeats.lock().await;
-    let mut out = BTreeMap::new();
-    for n in nodes {
-        let Some(name) = n.metadata.name.clone() else {
-            continue;
-        };
-        let value = n
-            .status
-            .as_ref()
-            .and_then(|s| s.heartbeat_time.as_ref())
-            .map(|t| t.0.to_string());
-        let entry = seen.entry(name.clone()).or_insert((value.clone(), now));
-        if entry.0 != value {
-            *entry = (value, now);
-        }
-        out.insert(name, entry.1);
-    }
-    seen.retain(|name, _| out.contains_key(name));
-    out
-}
-
-async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError> {
+    stores: &Stores,
+    memory: &mut PassMemory,
+    watch_gap: &AtomicU64,
+    leading: &watch::Receiver<bool>,
+) -> Summary {
     let now = time::now();
+    let gap = watch_gap.load(Ordering::Relaxed);
+    if gap > 0 {
+        memory.view_gap(gap);
+    }
     let mut invalid = Vec::new();
     let mut observed = Observed {
         compute_environments: valid(&stores.compute_environments, &mut invalid),
@@ -214,10 +219,16 @@ async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError
         ..Observed::default()
     };
     report_invalid(ctx, invalid).await;
-    observed.heartbeats_seen = heartbeats_seen(ctx, &observed.nodes, now).await;
+    memory.observe_nodes(&observed.nodes, now);
+    confirm_silence(ctx, &observed, memory, now).await;
+    observed.heartbeats_seen = memory.heartbeats_seen();
+    observed.idle_seen = memory.idle_seen();
+    observed.draining_seen = memory.draining_seen();
+    observed.fenced = memory.fenced();
+    observed.view_gap = memory.last_gap();
     let ces = observed.compute_environments.clone();
     let fleets = observe_fleets(ctx, &ces, &mut observed).await;
-    for (ce, e) in ctx.fleet_errors.lock().await.iter() {
+    for (ce, e) in &memory.fleet_errors {
         observed
             .fleet_errors
             .entry(ce.clone())
@@ -225,26 +236,71 @@ async fn pass(ctx: &Context, stores: &Stores) -> Result<Summary, ControllerError
     }
     let config = DecideConfig {
         lost_node_timeout: ctx.config.lost_node_timeout.as_secs(),
+        disruption_threshold_percent: ctx.config.disruption_threshold_percent,
     };
     let decisions = decide(&observed, &config, now);
-    {
-        // A fleet that was described fine and needs no call this pass has no error left.
-        let mut errors = ctx.fleet_errors.lock().await;
-        for ce in observed.fleets.keys() {
-            let acting = decisions.fleet.iter().any(|a| match a {
-                FleetAction::Terminate {
-                    compute_environment,
-                    ..
-                }
-                | FleetAction::SetDesired {
-                    compute_environment,
-                    ..
-                } => compute_environment == ce,
-            });
-            if !acting {
-                errors.remove(ce);
-            }
+    memory.after_pass(decisions.idle.clone());
+    // A fleet that was described fine and needs no call this pass has no error left.
+    for ce in observed.fleets.keys() {
+        let acting = decisions
+            .fleet
+            .iter()
+            .any(|a| a.compute_environment() == ce);
+        if !acting {
+            memory.fleet_errors.remove(ce);
         }
     }
-    Ok(apply(ctx, decisions, &fleets).await)
+    apply(ctx, decisions, &fleets, memory, leading, now).await
+}
+
+/// Before a node is declared Lost or fenced, the controller makes sure its view of the
+/// nodes is current: when some node has been silent for the lost-node timeout, it reads
+/// the BatchNodes afresh from the API server (a consistent list). If that read fails,
+/// the view has a gap and nobody is Lost in this pass; if it succeeds, its heartbeat
+/// values are taken in.
+async fn confirm_silence(
+    ctx: &Context,
+    observed: &Observed,
+    memory: &mut PassMemory,
+    now: Seconds,
+) {
+    let timeout = ctx.config.lost_node_timeout.as_secs();
+    let gap = memory.last_gap().unwrap_or(0);
+    let seen = memory.heartbeats_seen();
+    let any_silent = seen
+        .values()
+        .any(|at| now.saturating_sub((*at).max(gap)) > timeout);
+    if !any_silent {
+        return;
+    }
+    let api: Api<BatchNode> = Api::all(ctx.client.clone());
+    let read = tokio::time::timeout(
+        ctx.config
+            .fleet_timeout
+            .min(std::time::Duration::from_secs(10)),
+        api.list(&Default::default()),
+    )
+    .await;
+    match read {
+        Ok(Ok(list)) => {
+            let fresh: Vec<Arc<BatchNode>> = list.items.into_iter().map(Arc::new).collect();
+            // Nodes the store has but the fresh list lacks are kept (deletions reach
+            // the store through the watch).
+            let mut all = fresh;
+            for n in &observed.nodes {
+                if !all.iter().any(|f| f.metadata.name == n.metadata.name) {
+                    all.push(n.clone());
+                }
+            }
+            memory.observe_nodes(&all, now);
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot confirm silent nodes with a fresh read; nobody is declared Lost in this pass");
+            memory.view_gap(now);
+        }
+        Err(_) => {
+            warn!("a fresh read of the nodes timed out; nobody is declared Lost in this pass");
+            memory.view_gap(now);
+        }
+    }
 }
