@@ -1,12 +1,13 @@
 # asg-batch — `make test` installs what the tests need (idempotent) and runs every check.
 CARGO ?= cargo
 
-.PHONY: test test-deps check crds bench
+.PHONY: test test-deps check crds bench kube-build kube-up kube-down
 
 ## Install test needs, then fmt + clippy + the whole test suite.
 test: test-deps check
 
-## moto server (.venv), podman + runc + containers.conf, the busybox test image, kubectl + helm (.tools).
+## moto server (.venv), podman + runc + containers.conf, the busybox test image, kubectl + helm (.tools),
+## the real kube-apiserver + etcd (scripts/kube-build.sh).
 test-deps:
 	./scripts/install-test-deps.sh
 
@@ -22,3 +23,15 @@ crds:
 
 bench:
 	$(CARGO) bench
+
+## Build the real kube-apiserver and etcd (pinned in tests/kube/) once; cached outside the clone.
+kube-build:
+	./scripts/kube-build.sh
+
+## Start etcd + kube-apiserver on loopback; admin kubeconfig in .tools/kube/kubeconfig.
+kube-up:
+	./scripts/kube-up.sh
+
+## Stop what kube-up started.
+kube-down:
+	./scripts/kube-down.sh

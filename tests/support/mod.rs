@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod controller;
+pub mod kube;
 pub mod manifests;
 pub mod moto;
 pub mod podman;
