@@ -1,14 +1,16 @@
 //! The project against a real kube-apiserver v1.35 and etcd (`tests/support/kube.rs`):
 //! the generated CRDs install unchanged and become Established, the examples are accepted,
 //! every invalid fixture is rejected naming its field, and the chart's RBAC holds.
-//! One server for the whole file; each test has its own namespace.
+//! The `both_servers_*` tests run one body against the embedded server and the real one
+//! and compare what they answer. One real server for the whole file; each test has its
+//! own namespace.
 
 mod support;
 
 use asg_batch::api::BatchJob;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::Value;
-use support::kube::RealKube;
+use support::kube::{Cluster, RealKube, install_crds};
 use support::manifests::{read_documents, yaml_files};
 
 fn stderr(o: &std::process::Output) -> String {
@@ -283,4 +285,182 @@ async fn a_server_of_ones_own_stops_on_drop() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Creates the namespace `name` (the embedded server is fresh per test, so the real
+/// server's generated name is free there).
+async fn create_namespace(c: &impl Cluster, name: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client());
+    let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("{}: create namespace {name}: {e}", c.label()),
+    }
+}
+
+/// How the embedded server's messages are known to differ from kube-apiserver 1.35's:
+/// (embedded text, kube-apiserver text). Each is a bug of the embedded server
+/// (`src/apiserver`) until fixed there; the test holds everything else equal.
+const KNOWN_MESSAGE_DIFFERENCES: &[(&str, &str)] = &[
+    // A failed CEL rule: 1.35 omits the value ("object") of the object the rule is on.
+    ("Invalid value: \"object\": ", "Invalid value: "),
+    // The "some validation rules were not checked" cause: 1.35 prints null unquoted.
+    ("Invalid value: \"null\": ", "Invalid value: null: "),
+];
+
+/// The parts of a rejection that must match: code, reason, kind, name, and each cause.
+fn rejection(s: &kube::core::Status, embedded: bool) -> Value {
+    let fix = |m: &str| {
+        let mut m = m.to_string();
+        if embedded {
+            for (from, to) in KNOWN_MESSAGE_DIFFERENCES {
+                m = m.replace(from, to);
+            }
+        }
+        m
+    };
+    let d = s.details.as_ref();
+    let causes: Vec<Value> = d
+        .map(|d| d.causes.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| serde_json::json!([c.reason, c.field, fix(&c.message)]))
+        .collect();
+    serde_json::json!({
+        "code": s.code,
+        "reason": s.reason,
+        "message": fix(&s.message),
+        "kind": d.map(|d| d.kind.clone()),
+        "name": d.map(|d| d.name.clone()),
+        "causes": causes,
+    })
+}
+
+async fn create_fixture(c: &impl Cluster, ns: &str, doc: &Value) -> kube::core::Status {
+    let kind = doc["kind"].as_str().unwrap();
+    let ar = kube::api::ApiResource {
+        group: "asgbatch.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "asgbatch.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: format!("{}s", kind.to_lowercase()),
+    };
+    let obj: kube::api::DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+    let api: Api<kube::api::DynamicObject> = if kind == "BatchJob" {
+        Api::namespaced_with(c.client(), ns, &ar)
+    } else {
+        Api::all_with(c.client(), &ar)
+    };
+    api_error(api.create(&PostParams::default(), &obj).await, c.label())
+}
+
+#[tokio::test]
+async fn both_servers_reject_the_invalid_fixtures_alike() {
+    let real = RealKube::shared();
+    let embedded = support::apiserver::server().await;
+    install_crds(&Cluster::client(real)).await;
+    install_crds(&Cluster::client(&embedded)).await;
+    let ns = real.namespace("diff-invalid").await;
+    create_namespace(&embedded, &ns).await;
+    let mut differences = Vec::new();
+    for file in yaml_files(&support::repo_root().join("tests/fixtures/invalid")) {
+        let doc = read_documents(&file).remove(0);
+        let want = rejection(&create_fixture(real, &ns, &doc).await, false);
+        let got = rejection(&create_fixture(&embedded, &ns, &doc).await, true);
+        if want != got {
+            differences.push(format!(
+                "{}:\n  kube-apiserver: {want}\n  embedded:       {got}",
+                file.display()
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// Server-side applies of `status.attempts` (a list-map keyed by `attempt`) by the
+/// controller and an attempt's agent, as in `src/controller/PROTOCOL.md`; after each, the
+/// status and the two managers' managed fields.
+async fn attempts_sequence(c: &impl Cluster, ns: &str) -> Vec<Value> {
+    use kube::api::{Patch, PatchParams};
+    let jobs: Api<BatchJob> = Api::namespaced(c.client(), ns);
+    jobs.create(&PostParams::default(), &hello_job())
+        .await
+        .unwrap_or_else(|e| panic!("{}: create hello: {e}", c.label()));
+    let ctl = "asg-batch-controller";
+    let agent = "asg-batch-agent-attempt-1";
+    let steps = [
+        (ctl, serde_json::json!([{"attempt": 1, "node": "n1"}])),
+        (
+            agent,
+            serde_json::json!([{"attempt": 1, "startedAt": "2026-01-01T00:00:00Z"}]),
+        ),
+        (
+            ctl,
+            serde_json::json!([{"attempt": 1, "node": "n1"}, {"attempt": 2, "node": "n2"}]),
+        ),
+        (
+            agent,
+            serde_json::json!([{"attempt": 1, "startedAt": "2026-01-01T00:00:00Z", "exitCode": 1, "reason": "Error"}]),
+        ),
+        // The controller lets go of attempt 1: the agent's fields of it stay.
+        (ctl, serde_json::json!([{"attempt": 2, "node": "n2"}])),
+    ];
+    let mut out = Vec::new();
+    for (manager, attempts) in steps {
+        let patch = serde_json::json!({
+            "apiVersion": "asgbatch.io/v1alpha1",
+            "kind": "BatchJob",
+            "metadata": {"name": "hello"},
+            "status": {"attempts": attempts},
+        });
+        let job = jobs
+            .patch_status(
+                "hello",
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: apply by {manager}: {e}", c.label()));
+        let mut owners: Vec<Value> = job
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| [ctl, agent].contains(&m.manager.as_deref().unwrap_or_default()))
+            .map(|m| serde_json::json!([m.manager, m.operation, m.subresource, m.fields_v1]))
+            .collect();
+        owners.sort_by_key(|v| v.to_string());
+        out.push(serde_json::json!({
+            "after": manager,
+            "status": serde_json::to_value(&job.status).unwrap(),
+            "owners": owners,
+        }));
+    }
+    out
+}
+
+#[tokio::test]
+async fn both_servers_merge_the_attempts_list_map_alike() {
+    let real = RealKube::shared();
+    let embedded = support::apiserver::server().await;
+    install_crds(&Cluster::client(real)).await;
+    install_crds(&Cluster::client(&embedded)).await;
+    let ns = real.namespace("diff-attempts").await;
+    create_namespace(&embedded, &ns).await;
+    let want = attempts_sequence(real, &ns).await;
+    let got = attempts_sequence(&embedded, &ns).await;
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(
+            g, w,
+            "embedded (left) and kube-apiserver (right) differ after the apply by {}",
+            w["after"]
+        );
+    }
+    assert_eq!(want.len(), got.len());
+    // What the protocol relies on, on the real server.
+    let last = &want.last().unwrap()["status"]["attempts"];
+    assert_eq!(last[0]["exitCode"], 1, "{last}");
+    assert!(last[0].get("node").is_none(), "{last}");
+    assert_eq!(last[1]["node"], "n2", "{last}");
 }

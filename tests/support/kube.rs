@@ -192,29 +192,10 @@ impl RealKube {
             .expect("generated name")
     }
 
-    /// Applies the CRDs under `crds/` (server-side, idempotent) and waits until each is
-    /// Established; returns them as stored.
+    /// Applies the CRDs under `crds/` and waits until each is Established (see
+    /// [`install_crds`]).
     pub async fn install_crds(&self) -> Vec<CustomResourceDefinition> {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client());
-        let mut names = Vec::new();
-        for file in super::manifests::yaml_files(&repo_root().join("crds")) {
-            for doc in super::manifests::read_documents(&file) {
-                let name = doc["metadata"]["name"].as_str().expect("name").to_string();
-                api.patch(
-                    &name,
-                    &PatchParams::apply("asg-batch-tests").force(),
-                    &Patch::Apply(&doc),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-                names.push(name);
-            }
-        }
-        let mut out = Vec::new();
-        for name in names {
-            out.push(wait_established(&api, &name).await);
-        }
-        out
+        install_crds(&self.client()).await
     }
 
     /// Runs kubectl as admin; returns its output.
@@ -302,6 +283,78 @@ fn up(dir: &Path, watchdog: bool) {
          `scripts/kube-build.sh` builds kube-apiserver and etcd):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Applies the CRDs under `crds/` through `client` (server-side apply, so idempotent and
+/// safe from parallel tests) and waits until each is Established; returns them as stored.
+pub async fn install_crds(client: &kube::Client) -> Vec<CustomResourceDefinition> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for file in super::manifests::yaml_files(&repo_root().join("crds")) {
+        for doc in super::manifests::read_documents(&file) {
+            let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+            api.patch(
+                &name,
+                &PatchParams::apply("asg-batch-tests").force(),
+                &Patch::Apply(&doc),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            names.push(name);
+        }
+    }
+    let mut out = Vec::new();
+    for name in names {
+        out.push(wait_established(&api, &name).await);
+    }
+    out
+}
+
+/// What a test needs of an API server, so that one test body runs against the embedded
+/// server (`support::apiserver::TestServer`) and the real one ([`RealKube`]).
+pub trait Cluster {
+    /// Which server this is, for messages.
+    fn label(&self) -> &'static str;
+    /// A client with full rights.
+    fn client(&self) -> kube::Client;
+    /// A kubeconfig with full rights.
+    fn kubeconfig(&self) -> PathBuf;
+    /// Runs kubectl with full rights, stdin optional.
+    fn kubectl_stdin(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> impl std::future::Future<Output = Output>;
+}
+
+impl Cluster for RealKube {
+    fn label(&self) -> &'static str {
+        "kube-apiserver"
+    }
+    fn client(&self) -> kube::Client {
+        RealKube::client(self)
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        RealKube::kubeconfig(self)
+    }
+    async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        RealKube::kubectl_stdin(self, args, stdin).await
+    }
+}
+
+impl Cluster for super::apiserver::TestServer {
+    fn label(&self) -> &'static str {
+        "embedded"
+    }
+    fn client(&self) -> kube::Client {
+        super::apiserver::TestServer::client(self)
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        super::apiserver::TestServer::kubeconfig(self)
+    }
+    async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        super::apiserver::TestServer::kubectl_stdin(self, args, stdin).await
+    }
 }
 
 /// A client from a kubeconfig file (its current context).
