@@ -325,6 +325,12 @@ pub trait Cluster {
         args: &[&str],
         stdin: Option<&str>,
     ) -> impl std::future::Future<Output = Output>;
+    /// Runs kubectl with full rights.
+    fn kubectl(&self, args: &[&str]) -> impl std::future::Future<Output = Output> {
+        self.kubectl_stdin(args, None)
+    }
+    /// Runs helm with full rights, its caches and config in a scratch directory.
+    fn helm(&self, args: &[&str]) -> impl std::future::Future<Output = Output>;
 }
 
 impl Cluster for RealKube {
@@ -340,6 +346,9 @@ impl Cluster for RealKube {
     async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         RealKube::kubectl_stdin(self, args, stdin).await
     }
+    async fn helm(&self, args: &[&str]) -> Output {
+        RealKube::helm(self, args).await
+    }
 }
 
 impl Cluster for super::apiserver::TestServer {
@@ -354,6 +363,9 @@ impl Cluster for super::apiserver::TestServer {
     }
     async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         super::apiserver::TestServer::kubectl_stdin(self, args, stdin).await
+    }
+    async fn helm(&self, args: &[&str]) -> Output {
+        super::apiserver::TestServer::helm(self, args).await
     }
 }
 
