@@ -3,6 +3,9 @@
 //! per `src/controller/PROTOCOL.md` (registers a BatchNode, heartbeats, applies
 //! `attempts[N].startedAt` then the end of the attempt with field manager
 //! `asg-batch-agent-attempt-N`).
+//!
+//! With `ASG_BATCH_TEST_SERVER=kube-apiserver` the same tests run against the real
+//! kube-apiserver and etcd instead (`support::kube`, a server of each test's own).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,10 +20,44 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use super::apiserver::{TestServer, server};
+use super::kube::{Cluster, RealKube};
+
+/// The API server a harness runs against.
+pub enum ServerUnderTest {
+    Embedded(TestServer),
+    Real(RealKube),
+}
+
+impl ServerUnderTest {
+    /// The embedded server, or the real one when `ASG_BATCH_TEST_SERVER=kube-apiserver`.
+    pub async fn start() -> ServerUnderTest {
+        if super::kube::selected() {
+            ServerUnderTest::Real(RealKube::start())
+        } else {
+            ServerUnderTest::Embedded(server().await)
+        }
+    }
+
+    /// A client with full rights.
+    pub fn client(&self) -> kube::Client {
+        match self {
+            ServerUnderTest::Embedded(s) => Cluster::client(s),
+            ServerUnderTest::Real(s) => Cluster::client(s),
+        }
+    }
+
+    /// A kubeconfig with full rights.
+    pub fn kubeconfig(&self) -> std::path::PathBuf {
+        match self {
+            ServerUnderTest::Embedded(s) => Cluster::kubeconfig(s),
+            ServerUnderTest::Real(s) => Cluster::kubeconfig(s),
+        }
+    }
+}
 
 /// A server, the controller against it, and heartbeat tasks; all stop on drop.
 pub struct Harness {
-    pub server: TestServer,
+    pub server: ServerUnderTest,
     pub client: kube::Client,
     controllers: Vec<Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>>,
     heartbeats: HashMap<String, JoinHandle<()>>,
@@ -72,15 +109,16 @@ pub async fn start_server_with(
     yaml: &str,
     edit: impl Fn(&mut CustomResourceDefinition),
 ) -> Harness {
-    let server = server().await;
+    let server = ServerUnderTest::start().await;
     let client = server.client();
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for mut crd in crds::all() {
         edit(&mut crd);
-        crd_api
+        let created = crd_api
             .create(&PostParams::default(), &crd)
             .await
             .expect("create CRD");
+        super::kube::wait_established(&crd_api, created.metadata.name.as_deref().unwrap()).await;
     }
     apply_yaml(&client, yaml).await;
     Harness {
@@ -349,6 +387,23 @@ impl Harness {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .filter_map(|e| e.reason)
             .collect()
+    }
+
+    /// Polls the Events about `name` until each of `reasons` is among them (the controller
+    /// publishes Events after the status they tell of); returns all their reasons.
+    pub async fn wait_events(&self, name: &str, reasons: &[&str]) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let seen = self.event_reasons(name).await;
+            if reasons.iter().all(|r| seen.iter().any(|s| s == r)) {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "Events {reasons:?} about {name}, seen {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -369,6 +369,16 @@ impl Cluster for super::apiserver::TestServer {
     }
 }
 
+/// Whether the suites that can run against either server were asked to use the real one:
+/// `ASG_BATCH_TEST_SERVER=kube-apiserver` (the default, or `embedded`, is the embedded one).
+pub fn selected() -> bool {
+    match std::env::var("ASG_BATCH_TEST_SERVER").as_deref() {
+        Ok("kube-apiserver") => true,
+        Ok("embedded") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("ASG_BATCH_TEST_SERVER={other}: use kube-apiserver or embedded"),
+    }
+}
+
 /// A client from a kubeconfig file (its current context).
 pub fn client_from_kubeconfig(path: &Path) -> kube::Client {
     let kubeconfig = Kubeconfig::read_from(path)
