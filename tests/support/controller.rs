@@ -19,41 +19,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::apiserver::{TestServer, server};
-use super::kube::{Cluster, RealKube};
-
-/// The API server a harness runs against.
-pub enum ServerUnderTest {
-    Embedded(TestServer),
-    Real(RealKube),
-}
-
-impl ServerUnderTest {
-    /// The embedded server, or the real one when `ASG_BATCH_TEST_SERVER=kube-apiserver`.
-    pub async fn start() -> ServerUnderTest {
-        if super::kube::selected() {
-            ServerUnderTest::Real(RealKube::start())
-        } else {
-            ServerUnderTest::Embedded(server().await)
-        }
-    }
-
-    /// A client with full rights.
-    pub fn client(&self) -> kube::Client {
-        match self {
-            ServerUnderTest::Embedded(s) => Cluster::client(s),
-            ServerUnderTest::Real(s) => Cluster::client(s),
-        }
-    }
-
-    /// A kubeconfig with full rights.
-    pub fn kubeconfig(&self) -> std::path::PathBuf {
-        match self {
-            ServerUnderTest::Embedded(s) => Cluster::kubeconfig(s),
-            ServerUnderTest::Real(s) => Cluster::kubeconfig(s),
-        }
-    }
-}
+pub use super::kube::ServerUnderTest;
 
 /// A server, the controller against it, and heartbeat tasks; all stop on drop.
 pub struct Harness {

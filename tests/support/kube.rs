@@ -369,6 +369,48 @@ impl Cluster for super::apiserver::TestServer {
     }
 }
 
+/// The API server a suite runs against: the embedded one, or the real one when
+/// `ASG_BATCH_TEST_SERVER=kube-apiserver` ([`selected`]).
+pub enum ServerUnderTest {
+    Embedded(super::apiserver::TestServer),
+    Real(RealKube),
+}
+
+impl ServerUnderTest {
+    /// The embedded server, or the real one when `ASG_BATCH_TEST_SERVER=kube-apiserver`.
+    pub async fn start() -> ServerUnderTest {
+        if selected() {
+            ServerUnderTest::Real(RealKube::start())
+        } else {
+            ServerUnderTest::Embedded(super::apiserver::server().await)
+        }
+    }
+
+    /// A client with full rights.
+    pub fn client(&self) -> kube::Client {
+        match self {
+            ServerUnderTest::Embedded(s) => Cluster::client(s),
+            ServerUnderTest::Real(s) => Cluster::client(s),
+        }
+    }
+
+    /// A scratch directory that lives as long as the server.
+    pub fn dir(&self) -> &Path {
+        match self {
+            ServerUnderTest::Embedded(s) => s.dir.path(),
+            ServerUnderTest::Real(s) => s.dir(),
+        }
+    }
+
+    /// A kubeconfig with full rights.
+    pub fn kubeconfig(&self) -> PathBuf {
+        match self {
+            ServerUnderTest::Embedded(s) => Cluster::kubeconfig(s),
+            ServerUnderTest::Real(s) => Cluster::kubeconfig(s),
+        }
+    }
+}
+
 /// Whether the suites that can run against either server were asked to use the real one:
 /// `ASG_BATCH_TEST_SERVER=kube-apiserver` (the default, or `embedded`, is the embedded one).
 pub fn selected() -> bool {
