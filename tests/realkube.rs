@@ -464,3 +464,127 @@ async fn both_servers_merge_the_attempts_list_map_alike() {
     assert!(last[0].get("node").is_none(), "{last}");
     assert_eq!(last[1]["node"], "n2", "{last}");
 }
+
+/// Runs `asg-batch ARGS` with `kubeconfig`, its log (debug) into `log`.
+fn spawn_binary(
+    args: &[&str],
+    kubeconfig: &std::path::Path,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_asg-batch"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "asg_batch=debug")
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start asg-batch")
+}
+
+async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_identities_alone_run_a_job() {
+    // A server of its own: cluster-scoped compute environment and queue names.
+    let real = RealKube::start();
+    real.install_crds().await;
+    apply_chart_rbac(&real).await;
+    let world = "apiVersion: asgbatch.io/v1alpha1\nkind: ComputeEnvironment\nmetadata: {name: static}\n\
+         spec:\n  local: {executor: process}\n  minInstances: 1\n  maxInstances: 1\n  \
+         instanceShape: {cpu: '2', memory: 1Gi}\n---\n\
+         apiVersion: asgbatch.io/v1alpha1\nkind: JobQueue\nmetadata: {name: q}\n\
+         spec: {priority: 1, computeEnvironments: [static]}\n---\n\
+         apiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata: {name: once, namespace: default}\n\
+         spec:\n  queue: q\n  process: {command: [sh, -c, 'echo attempt $AWS_BATCH_JOB_ATTEMPT; exit 5']}\n  \
+         resources: {cpu: '1', memory: 64Mi}\n  retryStrategy: {attempts: 2}\n";
+    let o = real.kubectl_stdin(&["apply", "-f", "-"], Some(world)).await;
+    assert!(o.status.success(), "apply world: {}", stderr(&o));
+
+    // Each runs with nothing but its ServiceAccount's token (TokenRequest), as installed.
+    let token = real.mint_token("asg-batch", "asg-batch").await;
+    let controller_kc = real.kubeconfig_for_token("controller", &token);
+    let token = real.mint_token("asg-batch", "asg-batch-agent").await;
+    let agent_kc = real.kubeconfig_for_token("agent", &token);
+    let controller_log = real.dir().join("controller.log");
+    let agent_log = real.dir().join("agent.log");
+    let mut controller = spawn_binary(
+        &[
+            "controller",
+            "--leader-election-namespace",
+            "asg-batch",
+            "--resync",
+            "1",
+        ],
+        &controller_kc,
+        &controller_log,
+    );
+    let mut agent = spawn_binary(
+        &[
+            "agent",
+            "--compute-environment",
+            "static",
+            "--instance-id",
+            "static-1",
+            "--heartbeat-interval",
+            "1",
+        ],
+        &agent_kc,
+        &agent_log,
+    );
+
+    // Both attempts run and fail with exit code 5 (retried while attempts remain).
+    let jobs: Api<BatchJob> = Api::namespaced(real.client(), "default");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let job = loop {
+        let j = jobs.get("once").await.expect("get job");
+        let phase = j.status.as_ref().and_then(|s| s.phase);
+        if phase == Some(asg_batch::api::JobPhase::Failed) {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job not Failed after 90 s: {:?}\ncontroller log:\n{}\nagent log:\n{}",
+            j.status,
+            std::fs::read_to_string(&controller_log).unwrap_or_default(),
+            std::fs::read_to_string(&agent_log).unwrap_or_default(),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let attempts: Vec<_> = job
+        .status
+        .unwrap_or_default()
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.exit_code, a.node.clone()))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, Some(5), Some("static-1".to_string())),
+            (2, Some(5), Some("static-1".to_string()))
+        ]
+    );
+    assert!(sigterm_and_wait(&mut agent).await.success());
+    assert!(sigterm_and_wait(&mut controller).await.success());
+    // Nothing either did was refused, not even what it only logs (Events, leases).
+    for log in [&controller_log, &agent_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            !text.to_lowercase().contains("forbidden"),
+            "{}: a request was refused:\n{}",
+            log.display(),
+            text.lines()
+                .filter(|l| l.to_lowercase().contains("forbidden"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
