@@ -588,3 +588,146 @@ async fn the_chart_identities_alone_run_a_job() {
         );
     }
 }
+
+/// Whether the ServiceAccount `asg-batch/<sa>` may `verb` `resource` (`group/resource` or
+/// `group/resource/subresource`, group empty for the core group) in namespace `default`
+/// (cluster-scoped resources ignore it): a SubjectAccessReview by the admin, evaluated by
+/// the server's RBAC authorizer.
+async fn allowed(real: &RealKube, sa: &str, verb: &str, resource: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let mut parts = resource.split('/');
+    let group = parts.next().unwrap();
+    let resource_name = parts.next().unwrap();
+    let subresource = parts.next();
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:asg-batch:{sa}")),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:asg-batch".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.into()),
+                resource: Some(resource_name.into()),
+                subresource: subresource.map(Into::into),
+                verb: Some(verb.into()),
+                namespace: Some("default".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(real.client());
+    api.create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .expect("review status")
+        .allowed
+}
+
+#[tokio::test]
+async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
+    let real = RealKube::shared();
+    real.install_crds().await;
+    apply_chart_rbac(real).await;
+    let a = "asgbatch.io";
+    // (identity, verb, resource, allowed?) after src/controller/PROTOCOL.md.
+    let controller = "asg-batch";
+    let agent = "asg-batch-agent";
+    let matrix: &[(&str, &str, String, bool)] = &[
+        // The controller reads everything, binds and labels jobs, creates array children,
+        // owns the status of jobs, nodes, compute environments and queues, records Events
+        // and holds the leader Lease.
+        (
+            controller,
+            "watch",
+            format!("{a}/computeenvironments"),
+            true,
+        ),
+        (controller, "watch", format!("{a}/jobqueues"), true),
+        (controller, "get", format!("{a}/jobdefinitions"), true),
+        (controller, "watch", format!("{a}/batchnodes"), true),
+        (controller, "watch", format!("{a}/batchjobs"), true),
+        (controller, "create", format!("{a}/batchjobs"), true),
+        (controller, "patch", format!("{a}/batchjobs"), true),
+        (controller, "patch", format!("{a}/batchjobs/status"), true),
+        (controller, "patch", format!("{a}/batchnodes/status"), true),
+        (
+            controller,
+            "patch",
+            format!("{a}/computeenvironments/status"),
+            true,
+        ),
+        (controller, "patch", format!("{a}/jobqueues/status"), true),
+        (controller, "create", "events.k8s.io/events".into(), true),
+        (
+            controller,
+            "update",
+            "coordination.k8s.io/leases".into(),
+            true,
+        ),
+        (
+            controller,
+            "create",
+            "coordination.k8s.io/leases".into(),
+            true,
+        ),
+        // ... and nothing that is the agent's or the user's.
+        (controller, "delete", format!("{a}/batchjobs"), false),
+        (controller, "patch", format!("{a}/batchnodes"), false),
+        (controller, "create", format!("{a}/batchnodes"), false),
+        (controller, "delete", format!("{a}/batchnodes"), false),
+        (
+            controller,
+            "patch",
+            format!("{a}/computeenvironments"),
+            false,
+        ),
+        (controller, "get", "/secrets".into(), false),
+        // The agent registers and heartbeats its BatchNode, watches the jobs bound to it,
+        // reports attempts in their status, reads definitions and Secrets, records Events.
+        (agent, "create", format!("{a}/batchnodes"), true),
+        (agent, "patch", format!("{a}/batchnodes"), true),
+        (agent, "patch", format!("{a}/batchnodes/status"), true),
+        (agent, "watch", format!("{a}/batchjobs"), true),
+        (agent, "patch", format!("{a}/batchjobs/status"), true),
+        (agent, "get", format!("{a}/jobdefinitions"), true),
+        (agent, "get", format!("{a}/computeenvironments"), true),
+        (agent, "get", "/secrets".into(), true),
+        (agent, "create", "events.k8s.io/events".into(), true),
+        // ... and cannot create, bind, relabel or delete jobs, delete nodes, list Secrets,
+        // write compute environments or queues, or take the controller's Lease.
+        (agent, "create", format!("{a}/batchjobs"), false),
+        (agent, "patch", format!("{a}/batchjobs"), false),
+        (agent, "update", format!("{a}/batchjobs"), false),
+        (agent, "delete", format!("{a}/batchjobs"), false),
+        (agent, "delete", format!("{a}/batchnodes"), false),
+        (agent, "update", format!("{a}/batchnodes/status"), false),
+        (agent, "list", "/secrets".into(), false),
+        (
+            agent,
+            "patch",
+            format!("{a}/computeenvironments/status"),
+            false,
+        ),
+        (agent, "patch", format!("{a}/jobqueues"), false),
+        (agent, "update", "coordination.k8s.io/leases".into(), false),
+    ];
+    let mut wrong = Vec::new();
+    for (sa, verb, resource, want) in matrix {
+        let got = allowed(real, sa, verb, resource).await;
+        if got != *want {
+            wrong.push(format!(
+                "{sa} {verb} {resource}: {} but should {}",
+                if got { "allowed" } else { "denied" },
+                if *want { "be allowed" } else { "not be" }
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
