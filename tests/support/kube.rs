@@ -271,18 +271,26 @@ impl Drop for RealKube {
 /// Starts the servers in `dir` with `scripts/kube-up.sh` (which builds the binaries with
 /// `scripts/kube-build.sh` first if `.tools/kube/bin` lacks them) and waits for /readyz.
 fn up(dir: &Path, watchdog: bool) {
-    let mut cmd = Command::new(repo_root().join("scripts/kube-up.sh"));
-    cmd.env("KUBE_DIR", dir);
-    if watchdog {
-        cmd.env("KUBE_OWNER_PID", std::process::id().to_string());
+    // The free ports are picked before the servers bind them: another process may take
+    // one in between, so a start that failed on a taken port is tried again.
+    for _ in 0..3 {
+        let mut cmd = Command::new(repo_root().join("scripts/kube-up.sh"));
+        cmd.env("KUBE_DIR", dir);
+        if watchdog {
+            cmd.env("KUBE_OWNER_PID", std::process::id().to_string());
+        }
+        let out = cmd.output().expect("run scripts/kube-up.sh");
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("address already in use"),
+            "scripts/kube-up.sh failed (are Go and the Go module proxy available? \
+             `scripts/kube-build.sh` builds kube-apiserver and etcd):\n{err}"
+        );
     }
-    let out = cmd.output().expect("run scripts/kube-up.sh");
-    assert!(
-        out.status.success(),
-        "scripts/kube-up.sh failed (are Go and the Go module proxy available? \
-         `scripts/kube-build.sh` builds kube-apiserver and etcd):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    panic!("scripts/kube-up.sh: the picked ports were taken three times");
 }
 
 /// Applies the CRDs under `crds/` through `client` (server-side apply, so idempotent and
