@@ -20,7 +20,7 @@ check:
 ## The controller and agent suites again, against the real kube-apiserver + etcd instead of the embedded
 ## server (tests/realkube.rs and the chart tests use both in every run).
 KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
-              agent_jobs agent_protection agent_cli
+              controller_aws agent_jobs agent_protection agent_cli agent_docker
 test-kube:
 	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features $(addprefix --test ,$(KUBE_SUITES))
 	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test commands -- controller_and_agent_binaries
