@@ -1,7 +1,7 @@
 # asg-batch — `make test` installs what the tests need (idempotent) and runs every check.
 CARGO ?= cargo
 
-.PHONY: test test-deps check crds bench kube-build kube-up kube-down
+.PHONY: test test-deps check test-kube crds bench kube-build kube-up kube-down
 
 ## Install test needs, then fmt + clippy + the whole test suite.
 test: test-deps check
@@ -15,6 +15,15 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-features
+	$(MAKE) test-kube
+
+## The controller and agent suites again, against the real kube-apiserver + etcd instead of the embedded
+## server (tests/realkube.rs and the chart tests use both in every run).
+KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
+              controller_aws agent_jobs agent_protection agent_cli agent_docker
+test-kube:
+	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features $(addprefix --test ,$(KUBE_SUITES))
+	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test commands -- controller_and_agent_binaries
 
 ## Regenerate crds/, the chart's crds/ and manifests/install.yaml from the Rust types and the chart.
 crds:

@@ -39,7 +39,7 @@ if [ -x "$apiserver" ] && [ -x "$etcd" ]; then
   exit 0
 fi
 
-command -v go >/dev/null || { log "go is not on PATH (Go >= 1.25 and the Go module proxy are needed)"; exit 1; }
+command -v go >/dev/null || { log "go is not on PATH (Go 1.26 and the Go module proxy are needed)"; exit 1; }
 # One build at a time (parallel tests may all call this script).
 exec 9>"$cache/kube/.lock"
 flock 9

@@ -26,7 +26,7 @@ fn local_ce(name: &str) -> ComputeEnvironment {
     .expect("compute environment")
 }
 
-fn agent_command(s: &support::apiserver::TestServer, args: &[&str]) -> tokio::process::Command {
+fn agent_command(s: &support::agent::ServerUnderTest, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_asg-batch"));
     cmd.arg("agent")
         .args(args)

@@ -1,10 +1,12 @@
 //! The Helm chart (`charts/asg-batch`) and the plain manifest rendered from it
 //! (`manifests/install.yaml`): they lint, they install with the real helm and kubectl into
-//! the embedded API server, and what they install serves the example manifests.
+//! the embedded API server and into the real kube-apiserver (`support::kube`, one test
+//! body for both), and what they install serves the example manifests.
 //! Regenerate `manifests/install.yaml` with `make crds`.
 
 mod support;
 use support::apiserver::{TestServer, server};
+use support::kube::{Cluster, RealKube};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -72,9 +74,31 @@ async fn chart_lints_and_install_yaml_is_current() {
     );
 }
 
+/// Waits until every CRD of the project is Established (on kube-apiserver that takes a
+/// moment after the create).
+async fn crds_established(s: &impl Cluster) {
+    let crds: Api<CustomResourceDefinition> = Api::all(s.client());
+    for doc in support::manifests::yaml_files(&support::repo_root().join("crds")) {
+        let name = support::manifests::read_documents(&doc)[0]["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
+        support::kube::wait_established(&crds, &name).await;
+    }
+}
+
 #[tokio::test]
 async fn helm_installs_the_controller_and_the_crds_serve_the_examples() {
-    let s = server().await;
+    helm_install_upgrade_uninstall(&server().await).await;
+}
+
+#[tokio::test]
+async fn helm_installs_the_controller_on_kube_apiserver() {
+    // A server of its own: the chart's cluster-scoped objects belong to one release.
+    helm_install_upgrade_uninstall(&RealKube::start()).await;
+}
+
+async fn helm_install_upgrade_uninstall(s: &impl Cluster) {
     let out = ok(
         "helm install",
         &s.helm(&[
@@ -173,6 +197,7 @@ async fn helm_installs_the_controller_and_the_crds_serve_the_examples() {
         "an agent cannot rebind or create jobs"
     );
 
+    crds_established(s).await;
     let applied = s
         .kubectl(&["apply", "-f", "manifests/examples/", "--server-side"])
         .await;
@@ -222,7 +247,15 @@ async fn helm_installs_the_controller_and_the_crds_serve_the_examples() {
 
 #[tokio::test]
 async fn install_yaml_applies_with_plain_kubectl() {
-    let s = server().await;
+    install_yaml_applies(&server().await).await;
+}
+
+#[tokio::test]
+async fn install_yaml_applies_with_plain_kubectl_on_kube_apiserver() {
+    install_yaml_applies(&RealKube::start()).await;
+}
+
+async fn install_yaml_applies(s: &impl Cluster) {
     ok(
         "kubectl apply install.yaml",
         &s.kubectl(&["apply", "--server-side", "-f", "manifests/install.yaml"])
@@ -238,6 +271,7 @@ async fn install_yaml_applies_with_plain_kubectl() {
         "{out}"
     );
     assert!(out.contains("serviceaccount/asg-batch-agent"), "{out}");
+    crds_established(s).await;
     ok(
         "kubectl apply examples",
         &s.kubectl(&["apply", "-f", "manifests/examples/"]).await,

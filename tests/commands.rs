@@ -267,7 +267,7 @@ async fn dev_answers_kubectl_while_it_runs_and_stops_on_sigterm() {
 async fn controller_and_agent_binaries_run_a_job_against_an_api_server() {
     let s = support::agent::server_with_crds().await;
     let kubeconfig = s.kubeconfig();
-    let dir = s.dir.path().to_path_buf();
+    let dir = s.dir().to_path_buf();
     let manifest = dir.join("world.yaml");
     std::fs::write(
         &manifest,

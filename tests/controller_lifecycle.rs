@@ -126,10 +126,8 @@ async fn a_job_runs_from_runnable_to_succeeded() {
         .metadata
         .resource_version;
     assert_eq!(rv, again, "no status churn");
-    let reasons = h.event_reasons("hello").await;
-    for r in ["Bound", "Started", "Succeeded"] {
-        assert!(reasons.iter().any(|x| x == r), "event {r} in {reasons:?}");
-    }
+    h.wait_events("hello", &["Bound", "Started", "Succeeded"])
+        .await;
 }
 
 const FLAKY: &str = r#"
@@ -186,9 +184,7 @@ async fn a_retry_rule_runs_a_second_attempt_then_the_job_fails() {
         "both attempts keep their reports"
     );
     assert!(label(&j).is_none());
-    let reasons = h.event_reasons("flaky").await;
-    assert!(reasons.iter().any(|r| r == "Retrying"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "Failed"), "{reasons:?}");
+    h.wait_events("flaky", &["Retrying", "Failed"]).await;
 }
 
 const CHAIN: &str = r#"

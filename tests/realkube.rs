@@ -464,3 +464,270 @@ async fn both_servers_merge_the_attempts_list_map_alike() {
     assert!(last[0].get("node").is_none(), "{last}");
     assert_eq!(last[1]["node"], "n2", "{last}");
 }
+
+/// Runs `asg-batch ARGS` with `kubeconfig`, its log (debug) into `log`.
+fn spawn_binary(
+    args: &[&str],
+    kubeconfig: &std::path::Path,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_asg-batch"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "asg_batch=debug")
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start asg-batch")
+}
+
+async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_identities_alone_run_a_job() {
+    // A server of its own: cluster-scoped compute environment and queue names.
+    let real = RealKube::start();
+    real.install_crds().await;
+    apply_chart_rbac(&real).await;
+    let world = "apiVersion: asgbatch.io/v1alpha1\nkind: ComputeEnvironment\nmetadata: {name: static}\n\
+         spec:\n  local: {executor: process}\n  minInstances: 1\n  maxInstances: 1\n  \
+         instanceShape: {cpu: '2', memory: 1Gi}\n---\n\
+         apiVersion: asgbatch.io/v1alpha1\nkind: JobQueue\nmetadata: {name: q}\n\
+         spec: {priority: 1, computeEnvironments: [static]}\n---\n\
+         apiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata: {name: once, namespace: default}\n\
+         spec:\n  queue: q\n  process: {command: [sh, -c, 'echo attempt $AWS_BATCH_JOB_ATTEMPT; exit 5']}\n  \
+         resources: {cpu: '1', memory: 64Mi}\n  retryStrategy: {attempts: 2}\n";
+    let o = real.kubectl_stdin(&["apply", "-f", "-"], Some(world)).await;
+    assert!(o.status.success(), "apply world: {}", stderr(&o));
+
+    // Each runs with nothing but its ServiceAccount's token (TokenRequest), as installed.
+    let token = real.mint_token("asg-batch", "asg-batch").await;
+    let controller_kc = real.kubeconfig_for_token("controller", &token);
+    let token = real.mint_token("asg-batch", "asg-batch-agent").await;
+    let agent_kc = real.kubeconfig_for_token("agent", &token);
+    let controller_log = real.dir().join("controller.log");
+    let agent_log = real.dir().join("agent.log");
+    let mut controller = spawn_binary(
+        &[
+            "controller",
+            "--leader-election-namespace",
+            "asg-batch",
+            "--resync",
+            "1",
+        ],
+        &controller_kc,
+        &controller_log,
+    );
+    let mut agent = spawn_binary(
+        &[
+            "agent",
+            "--compute-environment",
+            "static",
+            "--instance-id",
+            "static-1",
+            "--heartbeat-interval",
+            "1",
+        ],
+        &agent_kc,
+        &agent_log,
+    );
+
+    // Both attempts run and fail with exit code 5 (retried while attempts remain).
+    let jobs: Api<BatchJob> = Api::namespaced(real.client(), "default");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let job = loop {
+        let j = jobs.get("once").await.expect("get job");
+        let phase = j.status.as_ref().and_then(|s| s.phase);
+        if phase == Some(asg_batch::api::JobPhase::Failed) {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job not Failed after 90 s: {:?}\ncontroller log:\n{}\nagent log:\n{}",
+            j.status,
+            std::fs::read_to_string(&controller_log).unwrap_or_default(),
+            std::fs::read_to_string(&agent_log).unwrap_or_default(),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let attempts: Vec<_> = job
+        .status
+        .unwrap_or_default()
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.exit_code, a.node.clone()))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, Some(5), Some("static-1".to_string())),
+            (2, Some(5), Some("static-1".to_string()))
+        ]
+    );
+    assert!(sigterm_and_wait(&mut agent).await.success());
+    assert!(sigterm_and_wait(&mut controller).await.success());
+    // Nothing either did was refused, not even what it only logs (Events, leases).
+    for log in [&controller_log, &agent_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            !text.to_lowercase().contains("forbidden"),
+            "{}: a request was refused:\n{}",
+            log.display(),
+            text.lines()
+                .filter(|l| l.to_lowercase().contains("forbidden"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// Whether the ServiceAccount `asg-batch/<sa>` may `verb` `resource` (`group/resource` or
+/// `group/resource/subresource`, group empty for the core group) in namespace `default`
+/// (cluster-scoped resources ignore it): a SubjectAccessReview by the admin, evaluated by
+/// the server's RBAC authorizer.
+async fn allowed(real: &RealKube, sa: &str, verb: &str, resource: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let mut parts = resource.split('/');
+    let group = parts.next().unwrap();
+    let resource_name = parts.next().unwrap();
+    let subresource = parts.next();
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:asg-batch:{sa}")),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:asg-batch".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.into()),
+                resource: Some(resource_name.into()),
+                subresource: subresource.map(Into::into),
+                verb: Some(verb.into()),
+                namespace: Some("default".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(real.client());
+    api.create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .expect("review status")
+        .allowed
+}
+
+#[tokio::test]
+async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
+    let real = RealKube::shared();
+    real.install_crds().await;
+    apply_chart_rbac(real).await;
+    let a = "asgbatch.io";
+    // (identity, verb, resource, allowed?) after src/controller/PROTOCOL.md.
+    let controller = "asg-batch";
+    let agent = "asg-batch-agent";
+    let matrix: &[(&str, &str, String, bool)] = &[
+        // The controller reads everything, binds and labels jobs, creates array children,
+        // owns the status of jobs, nodes, compute environments and queues, records Events
+        // and holds the leader Lease.
+        (
+            controller,
+            "watch",
+            format!("{a}/computeenvironments"),
+            true,
+        ),
+        (controller, "watch", format!("{a}/jobqueues"), true),
+        (controller, "get", format!("{a}/jobdefinitions"), true),
+        (controller, "watch", format!("{a}/batchnodes"), true),
+        (controller, "watch", format!("{a}/batchjobs"), true),
+        (controller, "create", format!("{a}/batchjobs"), true),
+        (controller, "patch", format!("{a}/batchjobs"), true),
+        (controller, "patch", format!("{a}/batchjobs/status"), true),
+        (controller, "patch", format!("{a}/batchnodes/status"), true),
+        (
+            controller,
+            "patch",
+            format!("{a}/computeenvironments/status"),
+            true,
+        ),
+        (controller, "patch", format!("{a}/jobqueues/status"), true),
+        (controller, "create", "events.k8s.io/events".into(), true),
+        (
+            controller,
+            "update",
+            "coordination.k8s.io/leases".into(),
+            true,
+        ),
+        (
+            controller,
+            "create",
+            "coordination.k8s.io/leases".into(),
+            true,
+        ),
+        // ... and nothing that is the agent's or the user's.
+        (controller, "delete", format!("{a}/batchjobs"), false),
+        (controller, "patch", format!("{a}/batchnodes"), false),
+        (controller, "create", format!("{a}/batchnodes"), false),
+        (controller, "delete", format!("{a}/batchnodes"), false),
+        (
+            controller,
+            "patch",
+            format!("{a}/computeenvironments"),
+            false,
+        ),
+        (controller, "get", "/secrets".into(), false),
+        // The agent registers and heartbeats its BatchNode, watches the jobs bound to it,
+        // reports attempts in their status, reads definitions and Secrets, records Events.
+        (agent, "create", format!("{a}/batchnodes"), true),
+        (agent, "patch", format!("{a}/batchnodes"), true),
+        (agent, "patch", format!("{a}/batchnodes/status"), true),
+        (agent, "watch", format!("{a}/batchjobs"), true),
+        (agent, "patch", format!("{a}/batchjobs/status"), true),
+        (agent, "get", format!("{a}/jobdefinitions"), true),
+        (agent, "get", format!("{a}/computeenvironments"), true),
+        (agent, "get", "/secrets".into(), true),
+        (agent, "create", "events.k8s.io/events".into(), true),
+        // ... and cannot create, bind, relabel or delete jobs, delete nodes, list Secrets,
+        // write compute environments or queues, or take the controller's Lease.
+        (agent, "create", format!("{a}/batchjobs"), false),
+        (agent, "patch", format!("{a}/batchjobs"), false),
+        (agent, "update", format!("{a}/batchjobs"), false),
+        (agent, "delete", format!("{a}/batchjobs"), false),
+        (agent, "delete", format!("{a}/batchnodes"), false),
+        (agent, "update", format!("{a}/batchnodes/status"), false),
+        (agent, "list", "/secrets".into(), false),
+        (
+            agent,
+            "patch",
+            format!("{a}/computeenvironments/status"),
+            false,
+        ),
+        (agent, "patch", format!("{a}/jobqueues"), false),
+        (agent, "update", "coordination.k8s.io/leases".into(), false),
+    ];
+    let mut wrong = Vec::new();
+    for (sa, verb, resource, want) in matrix {
+        let got = allowed(real, sa, verb, resource).await;
+        if got != *want {
+            wrong.push(format!(
+                "{sa} {verb} {resource}: {} but should {}",
+                if got { "allowed" } else { "denied" },
+                if *want { "be allowed" } else { "not be" }
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -1,7 +1,7 @@
 //! Helpers for the `agent_*` tests: an API server with the project's CRDs, an agent run in
 //! the test's runtime, and the controller's side of PROTOCOL.md (bind an attempt).
 
-use super::apiserver::{TestServer, server};
+pub use super::kube::ServerUnderTest;
 use asg_batch::agent::executor::Executor;
 use asg_batch::agent::{AgentConfig, AgentError};
 use asg_batch::api::batch_job::BatchJobSpec;
@@ -19,9 +19,10 @@ use tokio::task::JoinHandle;
 /// The controller's field manager (PROTOCOL.md).
 pub const CONTROLLER: &str = "asg-batch-controller";
 
-/// A server with every CRD of `crds/` created.
-pub async fn server_with_crds() -> TestServer {
-    let s = server().await;
+/// A server (the embedded one, or the real one: [`ServerUnderTest`]) with every CRD of
+/// `crds/` created and Established.
+pub async fn server_with_crds() -> ServerUnderTest {
+    let s = ServerUnderTest::start().await;
     let crds: Api<CustomResourceDefinition> = Api::all(s.client());
     let dir = super::repo_root().join("crds");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -32,9 +33,11 @@ pub async fn server_with_crds() -> TestServer {
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read crd");
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("parse crd");
-        crds.create(&PostParams::default(), &crd)
+        let created = crds
+            .create(&PostParams::default(), &crd)
             .await
             .unwrap_or_else(|e| panic!("create {}: {e}", file.display()));
+        super::kube::wait_established(&crds, created.metadata.name.as_deref().unwrap()).await;
     }
     s
 }

@@ -3,6 +3,9 @@
 //! per `src/controller/PROTOCOL.md` (registers a BatchNode, heartbeats, applies
 //! `attempts[N].startedAt` then the end of the attempt with field manager
 //! `asg-batch-agent-attempt-N`).
+//!
+//! With `ASG_BATCH_TEST_SERVER=kube-apiserver` the same tests run against the real
+//! kube-apiserver and etcd instead (`support::kube`, a server of each test's own).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,11 +19,11 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::apiserver::{TestServer, server};
+pub use super::kube::ServerUnderTest;
 
 /// A server, the controller against it, and heartbeat tasks; all stop on drop.
 pub struct Harness {
-    pub server: TestServer,
+    pub server: ServerUnderTest,
     pub client: kube::Client,
     controllers: Vec<Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>>,
     heartbeats: HashMap<String, JoinHandle<()>>,
@@ -73,15 +76,16 @@ pub async fn start_server_with(
     yaml: &str,
     edit: impl Fn(&mut CustomResourceDefinition),
 ) -> Harness {
-    let server = server().await;
+    let server = ServerUnderTest::start().await;
     let client = server.client();
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for mut crd in crds::all() {
         edit(&mut crd);
-        crd_api
+        let created = crd_api
             .create(&PostParams::default(), &crd)
             .await
             .expect("create CRD");
+        super::kube::wait_established(&crd_api, created.metadata.name.as_deref().unwrap()).await;
     }
     apply_yaml(&client, yaml).await;
     Harness {
@@ -357,6 +361,23 @@ impl Harness {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .filter_map(|e| e.reason)
             .collect()
+    }
+
+    /// Polls the Events about `name` until each of `reasons` is among them (the controller
+    /// publishes Events after the status they tell of); returns all their reasons.
+    pub async fn wait_events(&self, name: &str, reasons: &[&str]) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let seen = self.event_reasons(name).await;
+            if reasons.iter().all(|r| seen.iter().any(|s| s == r)) {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "Events {reasons:?} about {name}, seen {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -271,18 +271,26 @@ impl Drop for RealKube {
 /// Starts the servers in `dir` with `scripts/kube-up.sh` (which builds the binaries with
 /// `scripts/kube-build.sh` first if `.tools/kube/bin` lacks them) and waits for /readyz.
 fn up(dir: &Path, watchdog: bool) {
-    let mut cmd = Command::new(repo_root().join("scripts/kube-up.sh"));
-    cmd.env("KUBE_DIR", dir);
-    if watchdog {
-        cmd.env("KUBE_OWNER_PID", std::process::id().to_string());
+    // The free ports are picked before the servers bind them: another process may take
+    // one in between, so a start that failed on a taken port is tried again.
+    for _ in 0..3 {
+        let mut cmd = Command::new(repo_root().join("scripts/kube-up.sh"));
+        cmd.env("KUBE_DIR", dir);
+        if watchdog {
+            cmd.env("KUBE_OWNER_PID", std::process::id().to_string());
+        }
+        let out = cmd.output().expect("run scripts/kube-up.sh");
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("address already in use"),
+            "scripts/kube-up.sh failed (are Go and the Go module proxy available? \
+             `scripts/kube-build.sh` builds kube-apiserver and etcd):\n{err}"
+        );
     }
-    let out = cmd.output().expect("run scripts/kube-up.sh");
-    assert!(
-        out.status.success(),
-        "scripts/kube-up.sh failed (are Go and the Go module proxy available? \
-         `scripts/kube-build.sh` builds kube-apiserver and etcd):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    panic!("scripts/kube-up.sh: the picked ports were taken three times");
 }
 
 /// Applies the CRDs under `crds/` through `client` (server-side apply, so idempotent and
@@ -325,6 +333,12 @@ pub trait Cluster {
         args: &[&str],
         stdin: Option<&str>,
     ) -> impl std::future::Future<Output = Output>;
+    /// Runs kubectl with full rights.
+    fn kubectl(&self, args: &[&str]) -> impl std::future::Future<Output = Output> {
+        self.kubectl_stdin(args, None)
+    }
+    /// Runs helm with full rights, its caches and config in a scratch directory.
+    fn helm(&self, args: &[&str]) -> impl std::future::Future<Output = Output>;
 }
 
 impl Cluster for RealKube {
@@ -340,6 +354,9 @@ impl Cluster for RealKube {
     async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         RealKube::kubectl_stdin(self, args, stdin).await
     }
+    async fn helm(&self, args: &[&str]) -> Output {
+        RealKube::helm(self, args).await
+    }
 }
 
 impl Cluster for super::apiserver::TestServer {
@@ -354,6 +371,61 @@ impl Cluster for super::apiserver::TestServer {
     }
     async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         super::apiserver::TestServer::kubectl_stdin(self, args, stdin).await
+    }
+    async fn helm(&self, args: &[&str]) -> Output {
+        super::apiserver::TestServer::helm(self, args).await
+    }
+}
+
+/// The API server a suite runs against: the embedded one, or the real one when
+/// `ASG_BATCH_TEST_SERVER=kube-apiserver` ([`selected`]).
+pub enum ServerUnderTest {
+    Embedded(super::apiserver::TestServer),
+    Real(RealKube),
+}
+
+impl ServerUnderTest {
+    /// The embedded server, or the real one when `ASG_BATCH_TEST_SERVER=kube-apiserver`.
+    pub async fn start() -> ServerUnderTest {
+        if selected() {
+            ServerUnderTest::Real(RealKube::start())
+        } else {
+            ServerUnderTest::Embedded(super::apiserver::server().await)
+        }
+    }
+
+    /// A client with full rights.
+    pub fn client(&self) -> kube::Client {
+        match self {
+            ServerUnderTest::Embedded(s) => Cluster::client(s),
+            ServerUnderTest::Real(s) => Cluster::client(s),
+        }
+    }
+
+    /// A scratch directory that lives as long as the server.
+    pub fn dir(&self) -> &Path {
+        match self {
+            ServerUnderTest::Embedded(s) => s.dir.path(),
+            ServerUnderTest::Real(s) => s.dir(),
+        }
+    }
+
+    /// A kubeconfig with full rights.
+    pub fn kubeconfig(&self) -> PathBuf {
+        match self {
+            ServerUnderTest::Embedded(s) => Cluster::kubeconfig(s),
+            ServerUnderTest::Real(s) => Cluster::kubeconfig(s),
+        }
+    }
+}
+
+/// Whether the suites that can run against either server were asked to use the real one:
+/// `ASG_BATCH_TEST_SERVER=kube-apiserver` (the default, or `embedded`, is the embedded one).
+pub fn selected() -> bool {
+    match std::env::var("ASG_BATCH_TEST_SERVER").as_deref() {
+        Ok("kube-apiserver") => true,
+        Ok("embedded") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("ASG_BATCH_TEST_SERVER={other}: use kube-apiserver or embedded"),
     }
 }
 
