@@ -131,3 +131,71 @@ async fn unreachable_endpoint_is_a_transport_error() {
     assert!(matches!(err, CloudError::Transport { .. }), "{err:?}");
     assert!(err.is_transient());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_are_retried_with_backoff_then_classified() {
+    use asg_batch::cloud::aws::{MAX_ATTEMPTS, retry_config, timeout_config};
+    use support::proxy::{AwsFaultProxy, Fault};
+    let moto = support::moto::MotoServer::start();
+    support::moto::create_group(&moto.sdk_config().await, "retried", 3, 0).await;
+    let proxy = std::sync::Arc::new(AwsFaultProxy::start(&moto.endpoint).await);
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&proxy.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .retry_config(retry_config())
+        .timeout_config(timeout_config())
+        .load()
+        .await;
+    let fleet = AwsFleet::new(&config, "retried");
+
+    // Throttling, then 500s, then service: one describe call rides it out.
+    proxy.set(Fault::Throttle);
+    let p = proxy.clone();
+    let faults = tokio::spawn(async move {
+        let count = |f: Fault| p.seen().iter().filter(|s| s.fault == f).count();
+        while count(Fault::Throttle) < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        p.set(Fault::ServerError);
+        while count(Fault::ServerError) < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        p.set(Fault::Pass);
+    });
+    let state = fleet
+        .describe()
+        .await
+        .expect("describe succeeds after retries");
+    faults.await.expect("fault script");
+    assert_eq!(state.max, 3);
+    let counts = proxy.counts();
+    let n = |action: &str, fault: &str| {
+        counts
+            .get(&(action.to_owned(), fault.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert!(
+        n("DescribeAutoScalingGroups", "Throttle") >= 2,
+        "{counts:?}"
+    );
+    assert!(
+        n("DescribeAutoScalingGroups", "ServerError") >= 2,
+        "{counts:?}"
+    );
+
+    // A fault that outlasts every attempt is reported, classified, after MAX_ATTEMPTS.
+    proxy.set(Fault::Throttle);
+    let before = n("SetDesiredCapacity", "Throttle");
+    let e = fleet.set_desired(1).await.expect_err("still throttled");
+    assert_eq!(e.label(), "Throttled", "{e}");
+    let after = proxy
+        .counts()
+        .get(&("SetDesiredCapacity".to_owned(), "Throttle".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(after - before, MAX_ATTEMPTS as usize);
+}

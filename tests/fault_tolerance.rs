@@ -17,8 +17,10 @@ use asg_batch::api::{BatchJob, JobPhase};
 use asg_batch::cloud::Fleet;
 use asg_batch::cloud::aws::AwsFleet;
 use kube::api::{Api, ListParams};
+use std::net::SocketAddr;
 use support::ChildGuard;
 use support::controller::apply_yaml;
+use support::proxy::{AwsFaultProxy, Fault, TcpProxy};
 
 fn epoch() -> f64 {
     SystemTime::now()
@@ -75,18 +77,30 @@ fn truth(dir: &Path) -> BTreeMap<String, Vec<Ran>> {
     out
 }
 
-/// What the fleet player saw: instances and when they left the group.
+/// What the fleet player saw: instances and when they left the group; and each agent's
+/// route to the API server (a proxy the test can cut).
 #[derive(Default)]
 struct Played {
     launched: BTreeMap<String, f64>,
     terminated: BTreeMap<String, f64>,
+    routes: BTreeMap<String, Arc<TcpProxy>>,
+}
+
+/// How a world is set up.
+#[derive(Clone, Copy)]
+struct Options {
+    lost_node_timeout: u64,
+    /// Controllers with leader election (1: none).
+    controllers: usize,
 }
 
 struct World {
     dir: tempfile::TempDir,
     _moto: support::moto::MotoServer,
+    aws: AwsFaultProxy,
     apiserver: ChildGuard,
-    _controller: ChildGuard,
+    controllers: Vec<Option<ChildGuard>>,
+    fleet: AwsFleet,
     client: kube::Client,
     played: Arc<Mutex<Played>>,
     player: tokio::task::JoinHandle<()>,
@@ -116,7 +130,7 @@ fn aws_env(cmd: &mut std::process::Command, endpoint: &str) {
 }
 
 impl World {
-    async fn start(world_yaml: &str, lost_node_timeout: u64) -> World {
+    async fn start(world_yaml: &str, opts: Options) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("truth")).expect("truth dir");
         let moto = support::moto::MotoServer::start();
@@ -166,41 +180,67 @@ impl World {
         });
         apply_yaml(&client, world_yaml).await;
 
-        let mut cmd = std::process::Command::new(bin());
-        cmd.args([
-            "controller",
-            "--leader-elect=false",
-            "--resync",
-            "1",
-            "--lost-node-timeout",
-            &lost_node_timeout.to_string(),
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(log_file(dir.path(), "controller.log"));
-        aws_env(&mut cmd, &moto.endpoint);
-        let controller = ChildGuard {
-            child: cmd.spawn().expect("spawn controller"),
-            name: "controller",
-        };
+        // The controllers reach AWS through a proxy that can inject faults.
+        let aws = AwsFaultProxy::start(&moto.endpoint).await;
+        let mut controllers = Vec::new();
+        for i in 0..opts.controllers {
+            let mut cmd = std::process::Command::new(bin());
+            cmd.args([
+                "controller",
+                "--resync",
+                "1",
+                "--lost-node-timeout",
+                &opts.lost_node_timeout.to_string(),
+                "--identity",
+                &format!("controller-{i}"),
+            ]);
+            if opts.controllers == 1 {
+                cmd.arg("--leader-elect=false");
+            }
+            cmd.env("KUBECONFIG", &kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(log_file(dir.path(), &format!("controller-{i}.log")));
+            aws_env(&mut cmd, &aws.endpoint);
+            controllers.push(Some(ChildGuard {
+                child: cmd.spawn().expect("spawn controller"),
+                name: "controller",
+            }));
+        }
 
         let played = Arc::new(Mutex::new(Played::default()));
         let player = tokio::spawn(play(
             AwsFleet::new(&config, "batch"),
             moto.endpoint.clone(),
             kubeconfig,
+            port,
             dir.path().to_owned(),
             played.clone(),
         ));
         World {
             dir,
             _moto: moto,
+            aws,
             apiserver,
-            _controller: controller,
+            controllers,
+            fleet: AwsFleet::new(&config, "batch"),
             client,
             played,
             player,
         }
+    }
+
+    /// The agent route of `instance`.
+    fn route(&self, instance: &str) -> Option<Arc<TcpProxy>> {
+        self.played.lock().ok()?.routes.get(instance).cloned()
+    }
+
+    /// The controller holding the leader Lease, by index.
+    async fn leader(&self) -> Option<usize> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), "default");
+        let l = leases.get("asg-batch-controller").await.ok()?;
+        let holder = l.spec?.holder_identity?;
+        holder.strip_prefix("controller-")?.parse().ok()
     }
 
     async fn jobs(&self) -> Vec<BatchJob> {
@@ -232,7 +272,7 @@ impl World {
                         j.status.as_ref().and_then(|s| s.message.clone())
                     ))
                     .collect::<Vec<_>>(),
-                self.dir.path().join("controller.log").display()
+                self.dir.path().display()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -253,10 +293,12 @@ async fn play(
     fleet: AwsFleet,
     endpoint: String,
     kubeconfig: PathBuf,
+    apiserver_port: u16,
     dir: PathBuf,
     played: Arc<Mutex<Played>>,
 ) {
     let mut agents: BTreeMap<String, std::process::Child> = BTreeMap::new();
+    let admin = std::fs::read_to_string(&kubeconfig).unwrap_or_default();
     loop {
         if let Ok(state) = fleet.describe().await {
             let live: Vec<String> = state
@@ -265,6 +307,18 @@ async fn play(
                 .collect();
             for id in &live {
                 if agents.contains_key(id) {
+                    continue;
+                }
+                // Each agent reaches the API server through its own route.
+                let route = Arc::new(
+                    TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], apiserver_port))).await,
+                );
+                let own = dir.join(format!("kubeconfig-{id}"));
+                let text = admin.replace(
+                    &format!("127.0.0.1:{apiserver_port}"),
+                    &route.addr.to_string(),
+                );
+                if std::fs::write(&own, text).is_err() {
                     continue;
                 }
                 let mut cmd = std::process::Command::new(bin());
@@ -283,7 +337,7 @@ async fn play(
                     "--idle-polls",
                     "2",
                 ])
-                .env("KUBECONFIG", &kubeconfig)
+                .env("KUBECONFIG", &own)
                 .env("INSTANCE", id)
                 .stdout(Stdio::null())
                 .stderr(log_file(&dir, &format!("agent-{id}.log")));
@@ -293,6 +347,7 @@ async fn play(
                     agents.insert(id.clone(), child);
                     if let Ok(mut p) = played.lock() {
                         p.launched.insert(id.clone(), epoch());
+                        p.routes.insert(id.clone(), route);
                     }
                 }
             }
@@ -347,6 +402,11 @@ spec:
 
 /// A process job that records its own start and stop (time, instance, pid).
 fn job(dir: &Path, name: &str, seconds: f64) -> String {
+    job_with(dir, name, seconds, "2", 1)
+}
+
+/// [`job`] with `cpu` and `attempts`.
+fn job_with(dir: &Path, name: &str, seconds: f64, cpu: &str, attempts: u32) -> String {
     let f = dir.join("truth").join(name);
     let script = format!(
         "f={f}; echo \"start $(date +%s.%N) $INSTANCE $$\" >> $f; sleep {seconds}; echo \"stop $(date +%s.%N) $INSTANCE $$\" >> $f",
@@ -360,7 +420,8 @@ metadata: {{name: {name}}}
 spec:
   queue: q
   process: {{command: ["sh", "-c", {script:?}]}}
-  resources: {{cpu: "2", memory: 1Gi}}
+  resources: {{cpu: "{cpu}", memory: 1Gi}}
+  retryStrategy: {{attempts: {attempts}}}
 "#
     )
 }
@@ -400,7 +461,14 @@ fn check_ground_truth(world: &World, jobs: usize, idle: f64) -> (f64, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_in_never_terminates_an_instance_within_its_idle_window_of_a_job() {
-    let w = World::start(WORLD, 30).await;
+    let w = World::start(
+        WORLD,
+        Options {
+            lost_node_timeout: 30,
+            controllers: 1,
+        },
+    )
+    .await;
     let durations = [1.0, 4.0, 2.0, 6.0, 1.5, 3.0, 5.0, 2.5, 1.0, 4.5, 2.0, 3.5];
     for (i, s) in durations.iter().enumerate() {
         apply_yaml(&w.client, &job(w.dir.path(), &format!("m{i}"), *s)).await;
@@ -444,7 +512,14 @@ async fn scale_in_never_terminates_an_instance_within_its_idle_window_of_a_job()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_api_server_fails_no_job_and_terminates_no_busy_instance() {
     let lost = 8;
-    let w = World::start(WORLD, lost).await;
+    let w = World::start(
+        WORLD,
+        Options {
+            lost_node_timeout: lost,
+            controllers: 1,
+        },
+    )
+    .await;
     for i in 0..4 {
         apply_yaml(&w.client, &job(w.dir.path(), &format!("long{i}"), 30.0)).await;
     }
@@ -480,5 +555,164 @@ async fn a_paused_api_server_fails_no_job_and_terminates_no_busy_instance() {
         resumed - paused,
         epoch() - last_stop,
         epoch() - resumed,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_from_the_api_server_is_fenced_before_its_job_runs_again() {
+    let lost = 8;
+    let w = World::start(
+        WORLD,
+        Options {
+            lost_node_timeout: lost,
+            controllers: 1,
+        },
+    )
+    .await;
+    // Two 3-cpu jobs: one per 4-cpu instance.
+    apply_yaml(&w.client, &job_with(w.dir.path(), "cut", 45.0, "3", 2)).await;
+    apply_yaml(&w.client, &job_with(w.dir.path(), "other", 45.0, "3", 1)).await;
+    support::wait_until("both jobs running", Duration::from_secs(120), || {
+        truth(w.dir.path()).len() == 2
+    });
+    let victim = truth(w.dir.path())["cut"][0].instance.clone();
+    let route = w.route(&victim).expect("the victim's route");
+    route.cut();
+    let cut_at = epoch();
+    let jobs = w
+        .wait_all(2, JobPhase::Succeeded, Duration::from_secs(240))
+        .await;
+    let cut_job = jobs
+        .iter()
+        .find(|j| j.metadata.name.as_deref() == Some("cut"))
+        .and_then(|j| j.status.clone())
+        .unwrap_or_default();
+    assert_eq!(cut_job.attempts.len(), 2, "{:?}", cut_job.attempts);
+    assert_eq!(cut_job.attempts[0].reason.as_deref(), Some("NodeLost"));
+    let fenced_at = w
+        .played
+        .lock()
+        .ok()
+        .and_then(|p| p.terminated.get(&victim).copied())
+        .expect("the cut-off instance was terminated (fenced)");
+    let runs = &truth(w.dir.path())["cut"];
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].instance, victim);
+    assert!(
+        runs[0].stop.is_none(),
+        "the first run died with its instance"
+    );
+    assert!(
+        runs[1].start > fenced_at,
+        "the retry started {:.2}s before the fence",
+        fenced_at - runs[1].start
+    );
+    assert_ne!(runs[1].instance, victim);
+    let other = &truth(w.dir.path())["other"];
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert!(other[0].stop.is_some());
+    eprintln!(
+        "agent cut off (lost-node timeout {lost}s): fenced {:.1}s after the cut, retried {:.1}s after the fence, attempts never overlapped",
+        fenced_at - cut_at,
+        runs[1].start - fenced_at
+    );
+}
+
+/// The desired capacities SetDesiredCapacity set (the calls moto answered), in order.
+fn desired_sequence(aws: &AwsFaultProxy) -> Vec<u32> {
+    aws.seen()
+        .into_iter()
+        .filter(|s| s.action == "SetDesiredCapacity" && s.fault == Fault::Pass)
+        .filter_map(|s| {
+            s.body
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("DesiredCapacity="))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_under_aws_throttling_and_errors_loses_no_job_and_does_not_thrash() {
+    let w = World::start(
+        WORLD,
+        Options {
+            lost_node_timeout: 30,
+            controllers: 2,
+        },
+    )
+    .await;
+    let leader = {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = w.leader().await {
+                break l;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "a leader is elected"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    // AWS throttles, then fails, while jobs arrive and the leader dies mid-way.
+    w.aws.set(Fault::Throttle);
+    for i in 0..4 {
+        apply_yaml(&w.client, &job(w.dir.path(), &format!("t{i}"), 20.0)).await;
+    }
+    let count = |f: Fault| w.aws.seen().iter().filter(|s| s.fault == f).count();
+    support::wait_until("throttled calls", Duration::from_secs(60), || {
+        count(Fault::Throttle) >= 3
+    });
+    w.aws.set(Fault::ServerError);
+    support::wait_until("failed calls", Duration::from_secs(60), || {
+        count(Fault::ServerError) >= 3
+    });
+    let mut w = w;
+    w.controllers[leader] = None; // SIGKILL: no Lease release.
+    let killed = epoch();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.aws.set(Fault::Pass);
+    let new_leader = {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = w.leader().await
+                && l != leader
+            {
+                break l;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the standby takes over"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let took_over = epoch();
+    let jobs = w
+        .wait_all(4, JobPhase::Succeeded, Duration::from_secs(240))
+        .await;
+    for j in &jobs {
+        let s = j.status.clone().unwrap_or_default();
+        assert_eq!(
+            (s.attempt, s.attempts.len()),
+            (Some(1), 1),
+            "{:?} succeeded on its first attempt",
+            j.metadata.name
+        );
+    }
+    check_ground_truth(&w, 4, 0.0);
+    // No capacity thrash: desired goes up, then (once idle) down; never down and up again.
+    let seq = desired_sequence(&w.aws);
+    let turns = seq
+        .windows(3)
+        .filter(|x| (x[1] > x[0] && x[2] < x[1]) || (x[1] < x[0] && x[2] > x[1]))
+        .count();
+    assert!(turns <= 1, "desired capacity oscillated: {seq:?}");
+    let live = w.fleet.describe().await.map(|f| f.desired).unwrap_or(0);
+    eprintln!(
+        "leader controller-{leader} killed under AWS faults; controller-{new_leader} led {:.1}s later; 4 jobs, 1 attempt each; SetDesiredCapacity values {seq:?} (desired now {live}); requests by action and fault: {:?}",
+        took_over - killed,
+        w.aws.counts()
     );
 }

@@ -7,6 +7,30 @@ use super::{CloudError, Fleet, FleetInstance, FleetState, InstanceTypeInfo, Life
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use futures::future::BoxFuture;
 
+/// Attempts per AWS call (the first and its retries).
+pub const MAX_ATTEMPTS: u32 = 6;
+/// Longest wait for one attempt of an AWS call.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait for an AWS call, retries included (below the controller's fleet timeout).
+pub const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// The retry strategy of every AWS call: standard (exponential backoff, full jitter),
+/// [`MAX_ATTEMPTS`] attempts, backoff from 200 ms up to 5 s.
+pub fn retry_config() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(std::time::Duration::from_millis(200))
+        .with_max_backoff(std::time::Duration::from_secs(5))
+}
+
+/// Timeouts of every AWS call.
+pub fn timeout_config() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
 /// An Auto Scaling Group reached through the AWS SDK.
 #[derive(Clone, Debug)]
 pub struct AwsFleet {
@@ -55,8 +79,15 @@ impl AwsFleet {
 
     /// A fleet for `group` with the default credential chain (`AWS_ENDPOINT_URL` is honoured),
     /// in `region` when given.
+    ///
+    /// Calls are retried by the SDK's standard strategy (exponential backoff with full
+    /// jitter) on throttling (`Throttling`, `RequestLimitExceeded`, ...), 5xx answers and
+    /// transport errors: up to [`MAX_ATTEMPTS`] attempts, each bounded by
+    /// [`ATTEMPT_TIMEOUT`], the whole call by [`OPERATION_TIMEOUT`].
     pub async fn from_env(group: impl Into<String>, region: Option<String>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(retry_config())
+            .timeout_config(timeout_config());
         if let Some(region) = region {
             loader = loader.region(aws_config::Region::new(region));
         }

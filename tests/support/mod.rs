@@ -10,6 +10,7 @@ pub mod kube;
 pub mod manifests;
 pub mod moto;
 pub mod podman;
+pub mod proxy;
 pub mod tools;
 
 use std::net::TcpListener;
