@@ -89,10 +89,7 @@ pub fn aws_job_id(job_uid: &str, array: Option<(&str, u32)>) -> String {
 
 /// Builds the RunSpec of attempt `key` of `job`.
 pub fn build(job: &BatchJob, key: &AttemptKey, inputs: &SpecInputs) -> Result<RunSpec, SpecError> {
-    let template = match &inputs.definition {
-        Some(base) => job.spec.template.overlay(base),
-        None => job.spec.template.clone(),
-    };
+    let template = effective(job, inputs);
     let (workload, user_env) = match (&template.container, &template.process) {
         (Some(c), _) => (
             Workload::Container {
@@ -193,7 +190,21 @@ fn secret_names(template: &JobTemplate) -> Vec<String> {
     names
 }
 
-/// Reads the JobDefinition, Secrets and array parent `job` refers to and builds the RunSpec.
+/// The template an attempt runs: the one the controller pinned in the job's status at its
+/// first binding (the JobDefinition is not read again), else the definition's overlaid
+/// with the job's own fields.
+fn effective(job: &BatchJob, inputs: &SpecInputs) -> JobTemplate {
+    if let Some(pinned) = job.status.as_ref().and_then(|s| s.template.as_ref()) {
+        return pinned.clone();
+    }
+    match &inputs.definition {
+        Some(base) => job.spec.template.overlay(base),
+        None => job.spec.template.clone(),
+    }
+}
+
+/// Reads the JobDefinition (unless the template is pinned), Secrets and array parent `job`
+/// refers to and builds the RunSpec.
 #[tracing::instrument(skip_all, fields(attempt = %key))]
 pub async fn resolve(
     client: &kube::Client,
@@ -207,7 +218,8 @@ pub async fn resolve(
         compute_environment: compute_environment.to_string(),
         ..SpecInputs::default()
     };
-    if let Some(r) = &job.spec.definition_ref {
+    let pinned = job.status.as_ref().and_then(|s| s.template.as_ref());
+    if let Some(r) = job.spec.definition_ref.as_ref().filter(|_| pinned.is_none()) {
         let defs: Api<JobDefinition> = Api::namespaced(client.clone(), ns);
         let def = defs
             .get_opt(&r.name)
@@ -219,10 +231,7 @@ pub async fn resolve(
             })?;
         inputs.definition = Some(def.spec.template);
     }
-    let effective = match &inputs.definition {
-        Some(base) => job.spec.template.overlay(base),
-        None => job.spec.template.clone(),
-    };
+    let effective = effective(job, &inputs);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     for name in secret_names(&effective) {
         // A missing Secret is reported per variable by `build`.
@@ -314,6 +323,41 @@ mod tests {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_pinned_template_wins_over_the_definition_read_now() {
+        let pinned = JobTemplate {
+            process: Some(crate::api::common::ProcessSpec {
+                command: vec!["echo".into(), "pinned".into()],
+                env: vec![],
+                working_dir: None,
+            }),
+            ..JobTemplate::default()
+        };
+        let now = JobTemplate {
+            process: Some(crate::api::common::ProcessSpec {
+                command: vec!["echo".into(), "edited".into()],
+                env: vec![],
+                working_dir: None,
+            }),
+            ..JobTemplate::default()
+        };
+        let mut j = job(JobTemplate::default());
+        j.status = Some(crate::api::batch_job::BatchJobStatus {
+            template: Some(pinned.clone()),
+            ..Default::default()
+        });
+        let inputs = SpecInputs {
+            definition: Some(now),
+            ..SpecInputs::default()
+        };
+        assert_eq!(effective(&j, &inputs), pinned);
+        j.status = None;
+        assert_eq!(
+            effective(&j, &inputs).process.map(|p| p.command),
+            Some(vec!["echo".to_string(), "edited".to_string()])
+        );
     }
 
     #[test]

@@ -137,6 +137,16 @@ pub struct BatchJobStatus {
     /// When the job reached Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<Time>,
+    /// The template this job runs, pinned by the controller at its first binding: its
+    /// JobDefinition's template with the job's own fields laid over it. From then on
+    /// scheduling, retries and the agent read only this, so editing or deleting the
+    /// JobDefinition changes nothing for a job already bound (AWS Batch pins the
+    /// definition revision at submission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<JobTemplate>,
+    /// The JobDefinition the pinned template came from, as it was then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<PinnedDefinition>,
     /// Every attempt, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["attempt".into()]))]
@@ -150,6 +160,20 @@ pub struct BatchJobStatus {
     /// Standard conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The identity of the JobDefinition a job's template was pinned from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedDefinition {
+    /// Its name (in the job's namespace).
+    pub name: String,
+    /// Its uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Its `metadata.generation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// One start of the job.

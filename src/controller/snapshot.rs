@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::batch_job::{BatchJob, JobPhase};
+use crate::api::batch_job::{BatchJob, JobPhase, PinnedDefinition};
 use crate::api::batch_node::{BatchNode, NodePhase as ApiNodePhase};
 use crate::api::common::Resources as ApiResources;
 use crate::api::common::{DependencyType as ApiDependencyType, JobTemplate, State as ApiState};
@@ -67,6 +67,8 @@ pub struct Built {
     pub invalid_compute_environments: BTreeMap<String, String>,
     /// Nodes left out, and why.
     pub invalid_nodes: BTreeMap<String, String>,
+    /// Jobs not pinned yet: the template and definition a binding in this pass pins.
+    pub unpinned: BTreeMap<JobId, (JobTemplate, Option<PinnedDefinition>)>,
 }
 
 /// The id of a job: `namespace/name`.
@@ -97,17 +99,36 @@ pub fn index_definitions<'a>(definitions: &[&'a JobDefinition]) -> Definitions<'
         .collect()
 }
 
-/// The job's template: its definition's, overlaid with the job's own fields.
+/// The job's template: the one pinned in its status at its first binding, else its
+/// definition's overlaid with the job's own fields.
 pub fn effective_template(
     job: &BatchJob,
     definitions: &Definitions<'_>,
 ) -> Result<JobTemplate, String> {
+    if let Some(pinned) = job.status.as_ref().and_then(|s| s.template.as_ref()) {
+        return Ok(pinned.clone());
+    }
+    resolve_template(job, definitions).map(|(t, _)| t)
+}
+
+/// The job's template resolved now (ignoring a pinned one), and the definition it uses.
+pub fn resolve_template(
+    job: &BatchJob,
+    definitions: &Definitions<'_>,
+) -> Result<(JobTemplate, Option<PinnedDefinition>), String> {
     let Some(r) = &job.spec.definition_ref else {
-        return Ok(job.spec.template.clone());
+        return Ok((job.spec.template.clone(), None));
     };
     let ns = job.metadata.namespace.as_deref().unwrap_or_default();
     match definitions.get(&(ns, r.name.as_str())) {
-        Some(d) => Ok(job.spec.template.overlay(&d.spec.template)),
+        Some(d) => Ok((
+            job.spec.template.overlay(&d.spec.template),
+            Some(PinnedDefinition {
+                name: r.name.clone(),
+                uid: d.metadata.uid.clone(),
+                generation: d.metadata.generation,
+            }),
+        )),
         None => Err(format!("job definition {ns}/{} not found", r.name)),
     }
 }
@@ -271,7 +292,17 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
         let ns = job.metadata.namespace.as_deref().unwrap_or_default();
         let st = job.status.as_ref();
         let p = phase(st.and_then(|s| s.phase));
-        let needs = effective_template(job, &definitions).and_then(|t| job_resources(&t));
+        let pinned = st.and_then(|s| s.template.as_ref());
+        let resolved = match pinned {
+            Some(t) => Ok(t.clone()),
+            None => resolve_template(job, &definitions).map(|(t, d)| {
+                if !p.is_placed() && !p.is_terminal() {
+                    out.unpinned.insert(id.clone(), (t.clone(), d));
+                }
+                t
+            }),
+        };
+        let needs = resolved.and_then(|t| job_resources(&t));
         let needs = match needs {
             Ok(r) => r,
             Err(e) => {

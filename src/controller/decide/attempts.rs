@@ -227,6 +227,8 @@ pub(super) fn progress(
         );
         return;
     }
+    // The pinned template (a deleted or edited definition changes nothing); a job bound
+    // before templates were pinned falls back to resolving it now.
     let template = effective_template(w.job, defs).unwrap_or_else(|_| w.job.spec.template.clone());
     let (s, backoff) = strategy(&template);
     d.reason = Some(reason.clone().unwrap_or_else(|| "Error".into()));

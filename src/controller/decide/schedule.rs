@@ -55,6 +55,13 @@ pub(super) fn apply_plan(
         d.phase = Some(JobPhase::Starting);
         d.node = Some(b.node.clone());
         d.attempt = Some(n);
+        // The first binding pins the template the scheduler sized this job by.
+        if d.template.is_none()
+            && let Some((template, definition)) = built.unpinned.get(&b.job)
+        {
+            d.template = Some(template.clone());
+            d.definition = definition.clone();
+        }
         d.not_before = None;
         d.reason = None;
         d.attempts.retain(|a| a.attempt != n);

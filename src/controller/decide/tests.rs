@@ -1509,3 +1509,56 @@ mod scale_in_timelines {
         }
     }
 }
+
+#[test]
+fn a_bound_job_keeps_the_template_it_was_pinned_to_when_its_definition_changes_or_goes() {
+    let mut def = definition("etl", "1", "1Gi");
+    def.metadata.uid = Some("def-uid".into());
+    def.metadata.generation = Some(4);
+    def.spec.template.retry_strategy = Some(RetryStrategy {
+        attempts: 3,
+        evaluate_on_exit: vec![],
+        backoff: None,
+    });
+    let mut o = world(
+        vec![with_definition(job("j", "1", "1Gi", 1), "etl")],
+        vec![n1()],
+    );
+    o.definitions = vec![Arc::new(def.clone())];
+    step(&mut o);
+    let s = o.jobs[0].status.clone().unwrap_or_default();
+    assert_eq!(s.phase, Some(JobPhase::Starting));
+    let pinned = s.template.clone().expect("template pinned at the first binding");
+    assert_eq!(
+        pinned.resources.as_ref().map(|r| r.cpu.0.as_str()),
+        Some("1")
+    );
+    assert_eq!(
+        s.definition,
+        Some(crate::api::batch_job::PinnedDefinition {
+            name: "etl".into(),
+            uid: Some("def-uid".into()),
+            generation: Some(4),
+        })
+    );
+    // The definition is edited to need 8 cpu and no retries: the bound job is still sized
+    // by its pinned template (the node keeps 1 cpu allocated, not 8 or nothing).
+    let mut edited = def.clone();
+    edited.metadata.generation = Some(5);
+    edited.spec.template.resources = Some(res("8", "1Gi"));
+    edited.spec.template.retry_strategy = None;
+    o.definitions = vec![Arc::new(edited)];
+    agent(&mut o, "j", started);
+    let d = run(&o);
+    assert_eq!(status(&d, "j").template, Some(pinned.clone()));
+    assert!(d.nodes.iter().all(|n| n.status.allocated.as_ref().is_none_or(|a| a.cpu.0 == "1")));
+    apply(&mut o, &d);
+    // ...and then deleted: the failed attempt is still retried by the pinned strategy.
+    o.definitions.clear();
+    agent(&mut o, "j", exited(1));
+    let d = run(&o);
+    let s = status(&d, "j");
+    assert_eq!(s.phase, Some(JobPhase::Starting), "{:?}", s.message);
+    assert_eq!(s.attempt, Some(2));
+    assert_eq!(s.template, Some(pinned));
+}
