@@ -4,6 +4,7 @@
 //! - watch fan-out: delay from a write to its delivery on 100 concurrent watchers.
 //!
 //! Run: `cargo bench --bench apiserver`. `APISERVER_BENCH_JOBS` overrides 10,000.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

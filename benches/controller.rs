@@ -3,6 +3,7 @@
 //! them running, the rest runnable, in two queues over two compute environments. This is
 //! what a controller spends per pass before any API write; with the default 10 s resync
 //! it bounds the CPU the controller needs at that scale.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use std::hint::black_box;
 use std::sync::Arc;

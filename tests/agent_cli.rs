@@ -1,5 +1,6 @@
 //! `asg-batch agent` as a user starts it: flags, the compute environment read from the
 //! API server, a bound job run to its end, a clean exit on SIGTERM, plain errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

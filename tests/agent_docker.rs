@@ -1,6 +1,7 @@
 //! The node agent with the container executor on Podman's Docker API: a job's container
 //! runs with AWS Batch's variables, its exit code and output are reported, and deleting a
 //! running job removes its container.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! The agent's identity from flags or from IMDSv2, against a local metadata stub that
 //! insists on the token flow (moto's own metadata endpoint serves a fixed `i-fake`, is
 //! routed by host name and has no token endpoint, so a stub is the honest test).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

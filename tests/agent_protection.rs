@@ -1,5 +1,6 @@
 //! Scale-in protection through a real (moto) Auto Scaling Group: the agent protects its
 //! instance while it holds an attempt and unprotects it after its idle heartbeats.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The `asg-batch apiserver` command: refuses non-loopback addresses without
 //! `--allow-remote`, writes a kubeconfig kubectl accepts, stops cleanly on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! CRUD through kube-rs (typed and DynamicObject), status subresource, generation,
 //! conflicts, errors as Status, selectors, pagination, built-in kinds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver as apiserver_support;

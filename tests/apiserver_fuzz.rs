@@ -2,6 +2,7 @@
 //! type and the full write pipeline, random selectors and JSONPaths, and random HTTP
 //! requests (methods, paths, queries, content types, bodies) over a real socket, after
 //! which the server still answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver as apiserver_support;

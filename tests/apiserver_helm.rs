@@ -1,6 +1,7 @@
 //! Helm 4 against the embedded API server: install, upgrade, list and uninstall a chart.
 //! Helm stores releases in Secrets through client-go's typed client, which sends
 //! protobuf request bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver as apiserver_support;

@@ -1,5 +1,6 @@
 //! The real kubectl 1.35 against the embedded API server, with the project's CRDs and
 //! example manifests: what a user types and sees.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver as apiserver_support;

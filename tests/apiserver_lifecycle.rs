@@ -1,5 +1,6 @@
 //! Deletion semantics (finalizers, ownerReference cascades with background, foreground
 //! and orphan propagation, namespace termination, CRD removal) and persistence.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver as apiserver_support;

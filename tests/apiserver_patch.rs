@@ -1,5 +1,6 @@
 //! Patch types through kube-rs: merge, JSON (with `test`), strategic merge on
 //! built-ins, server-side apply with managedFields, conflicts, force, field removal.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver as apiserver_support;

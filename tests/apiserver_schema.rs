@@ -3,6 +3,7 @@
 //! with an error on the field its `# expect:` line names (and its `# message:`
 //! text), worded as kube-apiserver words it; and the OpenAPI v3 document of the
 //! group carries every kind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use std::path::{Path, PathBuf};
 

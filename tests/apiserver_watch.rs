@@ -1,5 +1,6 @@
 //! List/watch: kube-rs watcher + reflector in sync across 1,000 changes (list-watch and
 //! streaming lists), 410 Expired and recovery, bookmarks, selector transitions, timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver as apiserver_support;

@@ -3,6 +3,7 @@
 //! the embedded API server and into the real kube-apiserver (`support::kube`, one test
 //! body for both), and what they install serves the example manifests.
 //! Regenerate `manifests/install.yaml` with `make crds`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 use support::apiserver::{TestServer, server};

@@ -1,5 +1,6 @@
 //! `AwsFleet` against a real moto server: the verbs the controller and agent use on an
 //! Auto Scaling Group, including scale-in protection keeping busy instances alive.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

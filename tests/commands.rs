@@ -1,6 +1,7 @@
 //! The long-running commands as a user starts them, each as the real binary:
 //! `asg-batch dev` (the embedded default) and `asg-batch controller` + `asg-batch agent`
 //! against an API server, checked with kubectl too.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

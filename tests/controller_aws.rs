@@ -1,6 +1,7 @@
 //! The controller with an `aws` compute environment against a real moto server: the
 //! Auto Scaling Group's desired capacity follows demand, idle instances are drained and
 //! terminated, and a missing group shows up in the environment's status.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

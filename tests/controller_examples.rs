@@ -1,5 +1,6 @@
 //! The example manifests (`manifests/examples/`) under the controller, with one local
 //! node registered: what `asg-batch dev` users see first.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

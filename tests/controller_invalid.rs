@@ -1,5 +1,6 @@
 //! One object the controller's types cannot read never stops it: the object is
 //! reported on itself (a Warning Event) and the rest is scheduled as usual.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

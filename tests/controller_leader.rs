@@ -1,5 +1,6 @@
 //! Two controller replicas with leader election on one Lease: one acts, and when it
 //! stops the other takes over.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

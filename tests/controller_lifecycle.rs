@@ -1,5 +1,6 @@
 //! The controller against the embedded API server, with the test playing the node agent
 //! (PROTOCOL.md): what a user sees in `kubectl get bj` for a job's whole life.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

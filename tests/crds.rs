@@ -1,5 +1,6 @@
 //! `crds/` must equal what the Rust types generate, and `asg-batch crds` must print it.
 //! Regenerate with `make crds`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

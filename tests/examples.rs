@@ -1,5 +1,6 @@
 //! Every example manifest deserialises into the Rust types and passes the CRD schema and
 //! CEL rules; every invalid fixture is rejected with a message naming its field.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The container executor on a real engine (Podman's Docker API): exit codes, logs,
 //! environment, limits, out-of-memory, timeout, cancellation, pull failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

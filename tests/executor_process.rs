@@ -1,4 +1,5 @@
 //! The process executor: exit codes, output tail, environment, timeout, cancellation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use asg_batch::agent::executor::process::ProcessExecutor;
 use asg_batch::agent::executor::{EndReason, Executor, Outcome, RunSpec, Workload};

@@ -4,6 +4,7 @@
 //! when an instance leaves the group, kills its agent and everything its jobs started (what
 //! a terminated instance does). Ground truth is what the jobs themselves wrote (start and
 //! stop times, the instance), never the status alone.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! The `both_servers_*` tests run one body against the embedded server and the real one
 //! and compare what they answer. One real server for the whole file; each test has its
 //! own namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The simulator's accounting on workloads small enough to work out by hand. Every
 //! expected figure is derived in the comment above it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use asg_batch::simulate::{self, Policy, Report, Workload};
 

@@ -1,4 +1,5 @@
 //! `asg-batch simulate` as a user runs it: JSON keys, and clear errors for bad files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use std::process::Command;
 

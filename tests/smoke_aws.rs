@@ -1,5 +1,6 @@
 //! The moto server started by the tests speaks the AWS APIs asg-batch uses: an ASG created
 //! from a launch template with the Rust SDK can be read back, and instance types described.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! Podman's Docker-compatible API runs the test image and reports exit code and logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

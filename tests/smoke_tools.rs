@@ -1,4 +1,5 @@
 //! The real kubectl and helm binaries are installed and run.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

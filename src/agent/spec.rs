@@ -219,7 +219,12 @@ pub async fn resolve(
         ..SpecInputs::default()
     };
     let pinned = job.status.as_ref().and_then(|s| s.template.as_ref());
-    if let Some(r) = job.spec.definition_ref.as_ref().filter(|_| pinned.is_none()) {
+    if let Some(r) = job
+        .spec
+        .definition_ref
+        .as_ref()
+        .filter(|_| pinned.is_none())
+    {
         let defs: Api<JobDefinition> = Api::namespaced(client.clone(), ns);
         let def = defs
             .get_opt(&r.name)

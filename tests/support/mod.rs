@@ -2,6 +2,9 @@
 //! Podman's Docker API), the real kubectl/helm binaries, and manifest validation.
 //! Every server started here stops when its guard drops, also when a test fails.
 #![allow(dead_code)]
+// Test set-up that cannot go on (a server that does not start, a fixture that does not
+// parse) panics with a message: that is the test failing, which is what it should do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent;
 pub mod apiserver;

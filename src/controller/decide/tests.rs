@@ -1528,7 +1528,10 @@ fn a_bound_job_keeps_the_template_it_was_pinned_to_when_its_definition_changes_o
     step(&mut o);
     let s = o.jobs[0].status.clone().unwrap_or_default();
     assert_eq!(s.phase, Some(JobPhase::Starting));
-    let pinned = s.template.clone().expect("template pinned at the first binding");
+    let pinned = s
+        .template
+        .clone()
+        .expect("template pinned at the first binding");
     assert_eq!(
         pinned.resources.as_ref().map(|r| r.cpu.0.as_str()),
         Some("1")
@@ -1551,7 +1554,11 @@ fn a_bound_job_keeps_the_template_it_was_pinned_to_when_its_definition_changes_o
     agent(&mut o, "j", started);
     let d = run(&o);
     assert_eq!(status(&d, "j").template, Some(pinned.clone()));
-    assert!(d.nodes.iter().all(|n| n.status.allocated.as_ref().is_none_or(|a| a.cpu.0 == "1")));
+    assert!(
+        d.nodes
+            .iter()
+            .all(|n| n.status.allocated.as_ref().is_none_or(|a| a.cpu.0 == "1"))
+    );
     apply(&mut o, &d);
     // ...and then deleted: the failed attempt is still retried by the pinned strategy.
     o.definitions.clear();
