@@ -58,6 +58,18 @@ impl Default for ControllerConfig {
     }
 }
 
+impl ControllerConfig {
+    /// Longest wait for one fleet call: the fleet timeout, and with leader election less
+    /// than half the lease duration, so a leader stuck on AWS cannot act after another
+    /// replica may have taken over.
+    pub fn fleet_call_limit(&self) -> Duration {
+        match &self.leader_election {
+            Some(le) => self.fleet_timeout.min(le.lease_duration / 2),
+            None => self.fleet_timeout,
+        }
+    }
+}
+
 /// Gives the controller the fleet behind a compute environment.
 ///
 /// A compute environment without a fleet still has its jobs scheduled onto its

@@ -136,16 +136,19 @@ pub(super) async fn with_timeout<T>(
     operation: &'static str,
     f: impl Future<Output = Result<T, CloudError>>,
 ) -> Result<T, CloudError> {
-    match tokio::time::timeout(ctx.config.fleet_timeout, f).await {
+    let limit = ctx.config.fleet_call_limit();
+    match tokio::time::timeout(limit, f).await {
         Ok(r) => r,
         Err(_) => Err(CloudError::Transport {
             operation,
-            message: format!("no answer within {:?}", ctx.config.fleet_timeout),
+            message: format!("no answer within {limit:?}"),
         }),
     }
 }
 
-/// Observe the fleets: describe each `aws` environment's group, look up shapes.
+/// Observe the fleets: describe every `aws` environment's group at once (so one slow
+/// group does not hold up the others, and the whole step stays within one fleet
+/// timeout, itself below the lease duration), look up shapes.
 pub(super) async fn observe_fleets(
     ctx: &Context,
     ces: &[Arc<ComputeEnvironment>],
@@ -156,50 +159,61 @@ pub(super) async fn observe_fleets(
         let Some(name) = ce.metadata.name.as_deref() else {
             continue;
         };
-        let Some(fleet) = ctx.fleets.fleet(ce).await else {
-            continue;
-        };
-        match with_timeout(ctx, "DescribeAutoScalingGroups", fleet.describe()).await {
+        if let Some(fleet) = ctx.fleets.fleet(ce).await {
+            handles.insert(name.to_owned(), (fleet, ce.spec.instance_shape.is_none()));
+        }
+    }
+    let described = futures::future::join_all(handles.iter().map(
+        |(name, (fleet, needs_shape))| async move {
+            let state = with_timeout(ctx, "DescribeAutoScalingGroups", fleet.describe()).await;
+            let shape = match (&state, needs_shape) {
+                (Ok(s), true) => Some(match s.instance_type.as_deref() {
+                    Some(t) => shape(ctx, fleet.as_ref(), t)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err(
+                        "the Auto Scaling Group reports no instance type: set spec.instanceShape"
+                            .to_owned(),
+                    ),
+                }),
+                _ => None,
+            };
+            (name.clone(), state, shape)
+        },
+    ))
+    .await;
+    for (name, state, shape) in described {
+        match state {
             Ok(state) => {
-                if ce.spec.instance_shape.is_none() {
-                    match state.instance_type.as_deref() {
-                        Some(t) => match shape(ctx, fleet.as_ref(), t).await {
-                            Ok(r) => {
-                                observed.shapes.insert(name.to_owned(), r);
-                            }
-                            Err(e) => {
-                                observed.fleet_errors.insert(name.to_owned(), e.to_string());
-                            }
-                        },
-                        None => {
-                            observed.fleet_errors.insert(
-                                name.to_owned(),
-                                "the Auto Scaling Group reports no instance type: set spec.instanceShape".into(),
-                            );
-                        }
+                match shape {
+                    Some(Ok(r)) => {
+                        observed.shapes.insert(name.clone(), r);
                     }
+                    Some(Err(e)) => {
+                        observed.fleet_errors.insert(name.clone(), e);
+                    }
+                    None => {}
                 }
-                if ctx.describe_errors.lock().await.remove(name).is_some() {
+                if ctx.describe_errors.lock().await.remove(&name).is_some() {
                     info!(compute_environment = name, "describe fleet works again");
                 }
-                observed.fleets.insert(name.to_owned(), state);
+                observed.fleets.insert(name, state);
             }
             Err(e) => {
                 // Logged at warn when it starts or changes, not on every pass.
                 let message = e.to_string();
                 let mut last = ctx.describe_errors.lock().await;
-                if last.get(name) != Some(&message) {
+                if last.get(&name) != Some(&message) {
                     warn!(compute_environment = name, error = %e, "describe fleet failed");
-                    last.insert(name.to_owned(), message.clone());
+                    last.insert(name.clone(), message.clone());
                 } else {
                     debug!(compute_environment = name, error = %e, "describe fleet still failing");
                 }
-                observed.fleet_errors.insert(name.to_owned(), message);
+                observed.fleet_errors.insert(name, message);
             }
         }
-        handles.insert(name.to_owned(), fleet);
     }
-    handles
+    handles.into_iter().map(|(k, (f, _))| (k, f)).collect()
 }
 
 pub(super) async fn shape(
