@@ -41,6 +41,7 @@ eport=${ETCD_PORT:-$(free_port)}
 pport=$(free_port)
 url=https://127.0.0.1:$kport
 echo "$url" > "$dir/server-url"
+echo "http://127.0.0.1:$eport" > "$dir/etcd-url"
 
 # PKI: a CA, the serving certificate (127.0.0.1, localhost), the ServiceAccount key pair.
 pki=$dir/pki

@@ -303,12 +303,9 @@ async fn create_namespace(c: &impl Cluster, name: &str) {
 /// How the embedded server's messages are known to differ from kube-apiserver 1.35's:
 /// (embedded text, kube-apiserver text). Each is a bug of the embedded server
 /// (`src/apiserver`) until fixed there; the test holds everything else equal.
-const KNOWN_MESSAGE_DIFFERENCES: &[(&str, &str)] = &[
-    // A failed CEL rule: 1.35 omits the value ("object") of the object the rule is on.
-    ("Invalid value: \"object\": ", "Invalid value: "),
-    // The "some validation rules were not checked" cause: 1.35 prints null unquoted.
-    ("Invalid value: \"null\": ", "Invalid value: null: "),
-];
+/// (Both former entries, the CEL rule's `Invalid value: "object": ` and the quoted
+/// `"null"`, were fixed in `src/apiserver/schema`.)
+const KNOWN_MESSAGE_DIFFERENCES: &[(&str, &str)] = &[];
 
 /// The parts of a rejection that must match: code, reason, kind, name, and each cause.
 fn rejection(s: &kube::core::Status, embedded: bool) -> Value {

@@ -164,6 +164,15 @@ impl ApiError {
         )
     }
 
+    /// These details' `kind` is `r`'s resource (plural) rather than the Kind, as in
+    /// kube-apiserver's errors from the registry.
+    pub fn with_details_kind(mut self, r: ObjRef<'_>) -> Self {
+        if let Some(d) = self.details.as_mut() {
+            d["kind"] = json!(r.plural);
+        }
+        self
+    }
+
     /// 422 Invalid with causes. `kind` is the Kind (e.g. `BatchJob`).
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let qualified = if group.is_empty() {
@@ -183,12 +192,15 @@ impl ApiError {
             format!("[{}]", texts.join(", "))
         };
         let mut details = json!({
-            "name": name,
             "kind": kind,
             "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
         });
         if !group.is_empty() {
             details["group"] = json!(group);
+        }
+        // Go's omitempty: an empty name is not shown.
+        if !name.is_empty() {
+            details["name"] = json!(name);
         }
         ApiError {
             code: 422,
@@ -233,6 +245,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // Go's omitempty: kube-apiserver's bare 500s carry no reason.
+        if self.reason.is_empty() {
+            if let Some(m) = s.as_object_mut() {
+                m.remove("reason");
+            }
+        }
         if let Some(d) = &self.details {
             s["details"] = d.clone();
         }

@@ -71,6 +71,8 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// Continue token.
     pub cont: Option<String>,
+    /// `resourceVersion=N&resourceVersionMatch=Exact`: the state at N.
+    pub exact: Option<u64>,
 }
 
 /// The result of a write.
@@ -94,6 +96,30 @@ pub struct Core {
     pub gc_wake: tokio::sync::Notify,
     /// Set to true when the server shuts down (ends watches).
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// For each served resource (storage key), the resourceVersion it has been served
+    /// since: a watch from an older resourceVersion gets 410 Expired, as kube-apiserver's
+    /// watch cache answers one older than the revision it was initialised at.
+    served_since: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// A failed delete precondition: kube-apiserver's storage names the Kind, not the
+/// resource (`Operation cannot be fulfilled on BatchJob.asgbatch.io "x": ...`).
+fn precondition_failed(info: &ResourceInfo, name: &str, why: &str) -> ApiError {
+    let qualified = if info.group.is_empty() {
+        info.kind.clone()
+    } else {
+        format!("{}.{}", info.kind, info.group)
+    };
+    let mut details = json!({"name": name, "kind": info.kind});
+    if !info.group.is_empty() {
+        details["group"] = json!(info.group);
+    }
+    ApiError {
+        code: 409,
+        reason: "Conflict",
+        message: format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
+        details: Some(details),
+    }
 }
 
 fn objref<'a>(info: &'a ResourceInfo, name: &'a str) -> ObjRef<'a> {
@@ -166,6 +192,7 @@ impl Core {
             registry: RwLock::new(Arc::new(reg)),
             gc_wake: tokio::sync::Notify::new(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            served_since: Default::default(),
         };
         let now = now_rfc3339();
         let _ = core.store.write(|st| {
@@ -182,7 +209,31 @@ impl Core {
             }
             Ok(())
         });
+        let reg = core.registry();
+        core.store.read(|st| core.note_served(&reg, st.rv()));
         core
+    }
+
+    /// Records when each resource of `reg` began to be served (`rv`, the current
+    /// resourceVersion, for those new to it) and forgets those no longer served.
+    fn note_served(&self, reg: &Registry, rv: u64) {
+        let keys: std::collections::HashSet<String> = reg.all().map(|i| i.storage_key()).collect();
+        let mut m = self.served_since.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|k, _| keys.contains(k));
+        for k in keys {
+            m.entry(k).or_insert(rv);
+        }
+    }
+
+    /// The resourceVersion the resource `key` has been served since (see
+    /// [`Core::note_served`]); 0 when unknown.
+    pub fn served_since(&self, key: &str) -> u64 {
+        self.served_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The current registry.
@@ -195,12 +246,14 @@ impl Core {
 
     /// Rebuild the registry from the stored CRDs.
     pub fn refresh_registry(&self) {
-        let reg = self.store.read(registry_from_state);
+        let (reg, rv) = self.store.read(|st| (registry_from_state(st), st.rv()));
+        self.note_served(&reg, rv);
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
     }
 
     fn rebuild_registry(&self, st: &State) {
         let reg = registry_from_state(st);
+        self.note_served(&reg, st.rv());
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
     }
 
@@ -254,9 +307,18 @@ impl Core {
             }
             _ => (None, None),
         };
-        let (objs, rv) = self
-            .store
-            .read(|st| (st.list(&key, ns, after.as_ref()), st.rv()));
+        let (objs, rv) = match (q.exact, &after) {
+            (Some(at), None) => {
+                let objs = self.store.read(|st| st.list_at(&key, ns, at));
+                let objs = objs.ok_or_else(|| {
+                    ApiError::expired("The resourceVersion for the provided list is too old.")
+                })?;
+                (objs, at)
+            }
+            _ => self
+                .store
+                .read(|st| (st.list(&key, ns, after.as_ref()), st.rv())),
+        };
         let rv = start_rv.unwrap_or(rv);
         let matching: Vec<Obj> = objs
             .into_iter()
@@ -335,6 +397,18 @@ impl Core {
         warnings: &mut Vec<String>,
     ) -> ApiResult<()> {
         let name = name_of(obj).to_string();
+        // Go's omitempty: empty label, annotation, finalizer and ownerReference
+        // collections are not stored.
+        if let Some(md) = metadata_mut(obj) {
+            md.retain(|k, v| {
+                !(matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences"
+                ) && (v.as_object().is_some_and(|m| m.is_empty())
+                    || v.as_array().is_some_and(|a| a.is_empty())
+                    || v.is_null()))
+            });
+        }
         if let Some(schema) = &info.schema {
             let unknown = schema.prune(obj);
             if !unknown.is_empty() {
@@ -427,16 +501,20 @@ impl Core {
                 .unwrap_or_default()
                 .to_string();
             if gn.is_empty() {
-                return Err(ApiError::invalid(
-                    &info.group,
-                    &info.kind,
-                    "",
-                    vec![Cause::new(
-                        "FieldValueRequired",
-                        "metadata.name",
-                        "Required value: name or generateName is required",
-                    )],
-                ));
+                let mut causes = vec![Cause::new(
+                    "FieldValueRequired",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                )];
+                // A Required error blocks the CRD's CEL rules, as kube-apiserver says.
+                if info.schema.is_some() {
+                    causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        "<nil>",
+                        "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+                    ));
+                }
+                return Err(ApiError::invalid(&info.group, &info.kind, "", causes));
             }
             name = format!("{gn}{}", random_suffix());
             set_meta(&mut obj, "name", json!(name));
@@ -573,6 +651,22 @@ impl Core {
             let old = st
                 .get(&info.storage_key(), ns, name)
                 .ok_or_else(|| ApiError::not_found(objref(info, name)))?;
+            // Custom resources allow no unconditional update (the CRD strategy's
+            // AllowUnconditionalUpdate is false).
+            if info.custom && rv_of(&new) == 0 {
+                let r = objref(info, name);
+                return Err(ApiError::invalid(
+                    &info.group,
+                    &info.plural,
+                    name,
+                    vec![Cause::new(
+                        "FieldValueInvalid",
+                        "metadata.resourceVersion",
+                        "Invalid value: 0: must be specified for an update",
+                    )],
+                )
+                .with_details_kind(r));
+            }
             self.commit_update(st, info, &old, new, sub, false, o, &mut warnings)
         })?;
         Ok(Outcome {
@@ -614,9 +708,9 @@ impl Core {
         if pt == PatchType::Apply {
             if !o.manager_explicit {
                 return Err(ApiError::invalid(
-                    &info.group,
-                    &info.kind,
-                    name,
+                    "meta.k8s.io",
+                    "PatchOptions",
+                    "",
                     vec![Cause::new(
                         "FieldValueRequired",
                         "fieldManager",
@@ -631,7 +725,55 @@ impl Core {
                 .unwrap_or("")
                 .is_empty()
             {
-                return Err(ApiError::bad_request("invalid object type: /, Kind="));
+                let av = applied
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                // Go's schema.GroupVersionKind String(): "group/version, Kind=".
+                let gv = if av.contains('/') {
+                    av.to_string()
+                } else {
+                    format!("/{av}")
+                };
+                return Err(ApiError::bad_request(format!(
+                    "invalid object type: {gv}, Kind="
+                )));
+            }
+            // What structured-merge-diff refuses to type (kube-apiserver: 500, whatever
+            // fieldValidation says): fields the schema does not declare, duplicate keys.
+            let mut untyped: Vec<String> = vec![];
+            if let Some(schema) = &info.schema {
+                let mut probe = applied.clone();
+                untyped.extend(
+                    schema
+                        .prune(&mut probe)
+                        .iter()
+                        .map(|p| format!(".{p}: field not declared in schema")),
+                );
+            }
+            untyped.extend(ssa::duplicate_keys(
+                &applied,
+                SchemaCtx {
+                    root: info.raw_schema.as_deref(),
+                },
+            ));
+            if !untyped.is_empty() {
+                let errs = if untyped.len() == 1 {
+                    untyped.remove(0)
+                } else {
+                    format!("errors:\n  {}", untyped.join("\n  "))
+                };
+                return Err(ApiError::new(
+                    500,
+                    "",
+                    format!(
+                        "failed to create typed patch object ({}/{}; {}, Kind={}): {errs}",
+                        namespace_of(&applied),
+                        name_of(&applied),
+                        applied["apiVersion"].as_str().unwrap_or_default(),
+                        applied["kind"].as_str().unwrap_or_default(),
+                    ),
+                ));
             }
             let applied = Self::prepare_body(info, applied)?;
             let aname = name_of(&applied);
@@ -820,22 +962,28 @@ impl Core {
                 .filter(|f| !before.contains(f))
                 .collect();
             if !added.is_empty() {
+                // kube-apiserver validates the metadata update twice (generic and CRD
+                // strategy), so custom resources get the cause twice.
+                let times = if info.custom { 2 } else { 1 };
                 return Err(ApiError::invalid(
                     &info.group,
                     &info.kind,
                     &name,
-                    vec![Cause::new(
-                        "FieldValueForbidden",
-                        "metadata.finalizers",
-                        format!(
-                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
-                            added
-                                .iter()
-                                .map(|f| format!("{f:?}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )],
+                    vec![
+                        Cause::new(
+                            "FieldValueForbidden",
+                            "metadata.finalizers",
+                            format!(
+                                "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                                added
+                                    .iter()
+                                    .map(|f| format!("{f:?}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                        times
+                    ],
                 ));
             }
         }
@@ -866,12 +1014,20 @@ impl Core {
             return Ok(Self::present(info, &cand));
         }
         if is_deleting(&cand) && finalizers_of(&cand).is_empty() && key != NS_KEY {
-            let gone = st.remove(&key, &ns, &name, Some(cand));
+            // The DELETED event carries the object as last stored (kube-apiserver
+            // deletes it from etcd as it was); the response is the update's result.
+            let gone = st.remove(&key, &ns, &name, None);
             if key == CRD_KEY {
                 self.rebuild_registry(st);
             }
             self.gc_wake.notify_one();
-            return Ok(gone.map(|g| Self::present(info, &g)).unwrap_or_default());
+            return Ok(gone
+                .map(|g| {
+                    let mut c = cand;
+                    set_meta(&mut c, "resourceVersion", json!(rv_of(&g).to_string()));
+                    Self::present(info, &c)
+                })
+                .unwrap_or_default());
         }
         let stored = st.put(&key, cand);
         if key == CRD_KEY {
@@ -908,10 +1064,11 @@ impl Core {
                 .ok_or_else(|| ApiError::not_found(objref(info, name)))?;
             if let Some(u) = &d.uid {
                 if u != uid_of(&old) {
-                    return Err(ApiError::conflict(
-                        objref(info, name),
+                    return Err(precondition_failed(
+                        info,
+                        name,
                         &format!(
-                            "Precondition failed: UID in precondition: {u}, UID in object meta: {}",
+                            "the UID in the precondition ({u}) does not match the UID in record ({}). The object might have been modified",
                             uid_of(&old)
                         ),
                     ));
@@ -919,10 +1076,11 @@ impl Core {
             }
             if let Some(rv) = &d.resource_version {
                 if *rv != rv_of(&old).to_string() {
-                    return Err(ApiError::conflict(
-                        objref(info, name),
+                    return Err(precondition_failed(
+                        info,
+                        name,
                         &format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
                             rv_of(&old)
                         ),
                     ));
@@ -931,7 +1089,7 @@ impl Core {
             Ok(self.delete_in(st, info, &old, d.propagation.as_deref(), d.dry_run))
         })?;
         self.gc_wake.notify_one();
-        let body = if gone && !info.custom {
+        let body = if gone {
             json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": {"name": name, "group": info.group, "kind": info.plural, "uid": uid_of(&obj)},

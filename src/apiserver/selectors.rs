@@ -82,6 +82,18 @@ impl LabelSelector {
             } else {
                 Req::Exists(p.to_string())
             };
+            // A value starting with an operator: apimachinery's lexer reads the
+            // operator as the next token where it expects the value.
+            if let Req::Eq(_, v) | Req::NotEq(_, v) = &req {
+                let op = ["==", "!=", "=", "!", "<", ">", "(", ")"]
+                    .into_iter()
+                    .find(|op| v.starts_with(op));
+                if let Some(op) = op {
+                    return Err(ApiError::bad_request(format!(
+                        "unable to parse requirement: found '{op}', expected: identifier"
+                    )));
+                }
+            }
             let (key, values): (&str, Vec<&str>) = match &req {
                 Req::Eq(k, v) | Req::NotEq(k, v) => (k, vec![v.as_str()]),
                 Req::In(k, vs) | Req::NotIn(k, vs) => (k, vs.iter().map(String::as_str).collect()),

@@ -157,14 +157,33 @@ fn check_accept(accept: &str) -> ApiResult<()> {
     }
 }
 
-fn write_opts(q: &Query, headers: &HeaderMap, is_apply: bool) -> ApiResult<WriteOpts> {
+/// 422 on `CreateOptions`/`UpdateOptions`/`PatchOptions`/`ListOptions`
+/// (`meta.k8s.io`), as kube-apiserver validates request options.
+fn options_invalid(kind: &str, reason: &str, field: &str, message: String) -> ApiError {
+    ApiError::invalid(
+        "meta.k8s.io",
+        kind,
+        "",
+        vec![super::error::Cause::new(reason, field, message)],
+    )
+}
+
+fn write_opts(
+    q: &Query,
+    headers: &HeaderMap,
+    is_apply: bool,
+    options_kind: &str,
+) -> ApiResult<WriteOpts> {
     let dry_run = match q.get("dryRun") {
         None | Some("") => false,
         Some("All") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid dryRun value: {other:?}; supported values: \"All\""
-            )));
+            return Err(options_invalid(
+                options_kind,
+                "FieldValueNotSupported",
+                "dryRun",
+                format!("Unsupported value: [{other:?}]: supported values: \"All\""),
+            ));
         }
     };
     let field_validation = match q.get("fieldValidation") {
@@ -212,6 +231,19 @@ fn write_opts(q: &Query, headers: &HeaderMap, is_apply: bool) -> ApiResult<Write
 }
 
 fn list_query(q: &Query, info: &ResourceInfo) -> ApiResult<ListQuery> {
+    // (Watches: a streaming list sends NotOlderThan without a resourceVersion.)
+    if q.get("resourceVersionMatch").is_some_and(|m| !m.is_empty())
+        && q.get("resourceVersion").unwrap_or("").is_empty()
+        && !q.flag("watch").unwrap_or(false)
+    {
+        return Err(options_invalid(
+            "ListOptions",
+            "FieldValueForbidden",
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                .into(),
+        ));
+    }
     Ok(ListQuery {
         labels: LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?,
         fields: FieldSelector::parse(
@@ -227,6 +259,14 @@ fn list_query(q: &Query, info: &ResourceInfo) -> ApiResult<ListQuery> {
             ),
         },
         cont: q.get("continue").map(str::to_string),
+        exact: match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
+            (Some(rv), Some("Exact")) => {
+                Some(rv.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv}"))
+                })?)
+            }
+            _ => None,
+        },
     })
 }
 
@@ -407,16 +447,6 @@ async fn resource_request(
                 let rx = watch::start(core.clone(), info.clone(), ns, p);
                 return Ok(watch_response(rx));
             }
-            if let Some(rv) = q.get("resourceVersion") {
-                if q.get("resourceVersionMatch") == Some("Exact") {
-                    let cur = core.store.read(|st| st.rv());
-                    if rv != cur.to_string() {
-                        return Err(ApiError::expired(format!(
-                            "too old resource version: {rv} ({cur})"
-                        )));
-                    }
-                }
-            }
             let (items, meta) = core.list(&info, ns.as_deref(), &lq)?;
             if wants_table {
                 let refs: Vec<&Value> = items.iter().collect();
@@ -433,6 +463,12 @@ async fn resource_request(
                     "metadata": meta, "items": items,
                 });
                 return Ok(json_response(200, &body, &[]));
+            }
+            // Custom resources are listed as unstructured lists, whose metadata always
+            // has `continue` (empty on the last page).
+            let mut meta = meta;
+            if info.custom && meta.get("continue").is_none() {
+                meta["continue"] = json!("");
             }
             let body = json!({
                 "kind": info.list_kind, "apiVersion": info.api_version(),
@@ -463,7 +499,7 @@ async fn resource_request(
                 return Err(ApiError::method_not_allowed());
             }
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
-            let o = write_opts(q, headers, false)?;
+            let o = write_opts(q, headers, false, "CreateOptions")?;
             let body = read_body(req).await?;
             let obj = parse_object(&ct, &body, &info.kind)?;
             let out = core.create(&info, ns.as_deref().unwrap_or(""), obj, &o)?;
@@ -471,7 +507,7 @@ async fn resource_request(
         }
         (Method::PUT, Some(n)) => {
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
-            let o = write_opts(q, headers, false)?;
+            let o = write_opts(q, headers, false, "UpdateOptions")?;
             let body = read_body(req).await?;
             let obj = parse_object(&ct, &body, &info.kind)?;
             let out = core.update(&info, ns.as_deref().unwrap_or(""), n, sub, obj, &o)?;
@@ -481,7 +517,7 @@ async fn resource_request(
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
             let pt = PatchType::from_content_type(&ct)
                 .ok_or_else(|| ApiError::unsupported_media_type(&ct, PatchType::ACCEPTED))?;
-            let o = write_opts(q, headers, pt == PatchType::Apply)?;
+            let o = write_opts(q, headers, pt == PatchType::Apply, "PatchOptions")?;
             let body = read_body(req).await?;
             let out = core.patch(&info, ns.as_deref().unwrap_or(""), n, sub, pt, &body, &o)?;
             Ok(outcome(out))

@@ -95,6 +95,17 @@ fn key_element(item: &Value, keys: &[String]) -> Option<String> {
 /// The fields of an object that a manager can own: everything except apiVersion, kind,
 /// the server-set parts of metadata, and status (or only status for the subresource).
 pub fn fields_of(obj: &Value, ctx: SchemaCtx<'_>, status_only: Option<bool>) -> FieldSet {
+    fields_of_with(obj, ctx, status_only, false)
+}
+
+/// [`fields_of`], with `containers` also every (non-atomic) map holding fields: an
+/// Update owns the maps it adds (`"."` in FieldsV1), an Apply only what it sets.
+fn fields_of_with(
+    obj: &Value,
+    ctx: SchemaCtx<'_>,
+    status_only: Option<bool>,
+    containers: bool,
+) -> FieldSet {
     let mut out = FieldSet::new();
     let Some(m) = obj.as_object() else {
         return out;
@@ -114,7 +125,8 @@ pub fn fields_of(obj: &Value, ctx: SchemaCtx<'_>, status_only: Option<bool>) -> 
                             "labels" | "annotations" | "finalizers" | "ownerReferences"
                         ) {
                             let mut p = vec!["f:metadata".to_string(), format!("f:{mk}")];
-                            walk(mv, None, &mut p, &format!(".metadata.{mk}"), &mut out);
+                            let dotted = format!(".metadata.{mk}");
+                            walk(mv, None, &mut p, &dotted, containers, &mut out);
                         }
                     }
                 }
@@ -129,25 +141,40 @@ pub fn fields_of(obj: &Value, ctx: SchemaCtx<'_>, status_only: Option<bool>) -> 
             child_schema(ctx.root, k),
             &mut p,
             &format!(".{k}"),
+            containers,
             &mut out,
         );
     }
     out
 }
 
-fn walk(v: &Value, schema: Option<&Value>, path: &mut FPath, dotted: &str, out: &mut FieldSet) {
+/// Like structured-merge-diff's `ToFieldSet`: leaves, atomic values, list items, empty
+/// maps and the (map) values of granular maps, whose keys are not declared fields.
+fn walk(
+    v: &Value,
+    schema: Option<&Value>,
+    path: &mut FPath,
+    dotted: &str,
+    containers: bool,
+    out: &mut FieldSet,
+) {
     match v {
         Value::Object(m) if !is_atomic_map(schema) => {
-            if m.is_empty() || is_granular_map(schema, dotted) {
+            if m.is_empty() || containers {
                 out.insert(path.clone());
             }
+            let granular = is_granular_map(schema, dotted);
             for (k, child) in m {
                 path.push(format!("f:{k}"));
+                if granular {
+                    out.insert(path.clone());
+                }
                 walk(
                     child,
                     child_schema(schema, k),
                     path,
                     &format!("{dotted}.{k}"),
+                    containers,
                     out,
                 );
                 path.pop();
@@ -158,6 +185,9 @@ fn walk(v: &Value, schema: Option<&Value>, path: &mut FPath, dotted: &str, out: 
                 out.insert(path.clone());
             }
             ListKind::Set => {
+                if containers && !items.is_empty() {
+                    out.insert(path.clone());
+                }
                 for it in items {
                     path.push(format!("v:{it}"));
                     out.insert(path.clone());
@@ -165,6 +195,9 @@ fn walk(v: &Value, schema: Option<&Value>, path: &mut FPath, dotted: &str, out: 
                 }
             }
             ListKind::Map(keys) => {
+                if containers && !items.is_empty() {
+                    out.insert(path.clone());
+                }
                 let isch = items_schema(schema);
                 for it in items {
                     let Some(ke) = key_element(it, &keys) else {
@@ -180,6 +213,7 @@ fn walk(v: &Value, schema: Option<&Value>, path: &mut FPath, dotted: &str, out: 
                                 child_schema(isch, k),
                                 path,
                                 &format!("{dotted}[].{k}"),
+                                containers,
                                 out,
                             );
                             path.pop();
@@ -193,6 +227,49 @@ fn walk(v: &Value, schema: Option<&Value>, path: &mut FPath, dotted: &str, out: 
             out.insert(path.clone());
         }
     }
+}
+
+/// structured-merge-diff's "duplicate entries for key" errors: list-map items with the
+/// same key (`.status.attempts: duplicate entries for key [attempt=3]`).
+pub fn duplicate_keys(obj: &Value, ctx: SchemaCtx<'_>) -> Vec<String> {
+    fn go(v: &Value, schema: Option<&Value>, dotted: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    if dotted.is_empty() && k == "metadata" {
+                        continue;
+                    }
+                    go(c, child_schema(schema, k), &format!("{dotted}.{k}"), out);
+                }
+            }
+            Value::Array(items) => {
+                if let ListKind::Map(keys) = list_kind(schema, dotted) {
+                    let mut sorted = keys.clone();
+                    sorted.sort();
+                    let mut seen = std::collections::HashSet::new();
+                    for it in items {
+                        let k = sorted
+                            .iter()
+                            .map(|k| format!("{k}={}", it.get(k).unwrap_or(&Value::Null)))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        let line = format!("{dotted}: duplicate entries for key [{k}]");
+                        if !seen.insert(k) && !out.contains(&line) {
+                            out.push(line);
+                        }
+                    }
+                }
+                let isch = items_schema(schema);
+                for it in items {
+                    go(it, isch, &format!("{dotted}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    go(obj, ctx.root, "", &mut out);
+    out
 }
 
 /// The value at a path, if present.
@@ -385,11 +462,27 @@ pub fn entries_of(obj: &Value) -> Vec<Entry> {
 
 /// Write entries into `metadata.managedFields` (dropping empty ones).
 pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
-    let list: Vec<Value> = entries
-        .iter()
-        .filter(|e| !e.fields.is_empty())
-        .map(Entry::to_json)
-        .collect();
+    // kube-apiserver's order: operation, time (to the second), manager, apiVersion,
+    // subresource.
+    let mut sorted: Vec<&Entry> = entries.iter().filter(|e| !e.fields.is_empty()).collect();
+    sorted.sort_by(|p, q| {
+        let second = |e: &Entry| e.time.get(..19).unwrap_or(&e.time).to_string();
+        (
+            &p.operation,
+            second(p),
+            &p.manager,
+            &p.api_version,
+            &p.subresource,
+        )
+            .cmp(&(
+                &q.operation,
+                second(q),
+                &q.manager,
+                &q.api_version,
+                &q.subresource,
+            ))
+    });
+    let list: Vec<Value> = sorted.into_iter().map(Entry::to_json).collect();
     if let Some(md) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         if list.is_empty() {
             md.remove("managedFields");
@@ -441,9 +534,17 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w
         .map(|o| fields_of(o, ctx, status_filter(w.subresource)))
         .unwrap_or_default();
     let new_set = fields_of(new, ctx, status_filter(w.subresource));
+    // The maps this update adds are its own too (structured-merge-diff's Compare
+    // reports them added).
+    let containers = fields_of_with(new, ctx, status_filter(w.subresource), true);
     let changed: FieldSet = new_set
         .iter()
         .filter(|p| old.and_then(|o| value_at(o, p)) != value_at(new, p))
+        .chain(
+            containers
+                .difference(&new_set)
+                .filter(|p| old.and_then(|o| value_at(o, p)).is_none()),
+        )
         .cloned()
         .collect();
     let removed: FieldSet = old_set.difference(&new_set).cloned().collect();
@@ -691,7 +792,7 @@ fn conflict_error(entries: &[Entry], conflicts: &[(usize, FPath)]) -> ApiError {
         }
         let mut lines = vec![];
         for (m, paths) in by {
-            lines.push(format!("conflicts with {m}"));
+            lines.push(format!("conflicts with {m}:"));
             for p in paths {
                 lines.push(format!("- {p}"));
             }
@@ -730,7 +831,7 @@ mod tests {
         let enc = to_fields_v1(&s);
         assert_eq!(
             enc,
-            json!({"f:metadata": {"f:labels": {".": {}, "f:a": {}}, "f:finalizers": {"v:\"f\"": {}}}, "f:spec": {"f:x": {}, "f:l": {}}})
+            json!({"f:metadata": {"f:labels": {"f:a": {}}, "f:finalizers": {"v:\"f\"": {}}}, "f:spec": {"f:x": {}, "f:l": {}}})
         );
         assert_eq!(from_fields_v1(&enc), s);
     }

@@ -209,6 +209,42 @@ impl State {
         Some(obj)
     }
 
+    /// The objects of a resource as they were at resourceVersion `at` (optionally in one
+    /// namespace, in (namespace, name) order), rebuilt from the current state by undoing
+    /// the retained history; `None` when `at` is older than the history or newer than
+    /// the current resourceVersion. (kube-apiserver reads them from etcd, which keeps
+    /// every revision until its periodic compaction.)
+    pub fn list_at(&self, key: &str, ns: Option<&str>, at: u64) -> Option<Vec<Obj>> {
+        if at < self.oldest_rv || at > self.rv {
+            return None;
+        }
+        let mut m = self.objects.get(key).cloned().unwrap_or_default();
+        for e in self.history.iter().rev().take_while(|e| e.rv > at) {
+            if e.key != key {
+                continue;
+            }
+            let id = (
+                e.namespace.clone(),
+                super::meta::name_of(&e.object).to_string(),
+            );
+            match (&e.kind, &e.prev) {
+                (EventType::Added, _) => {
+                    m.remove(&id);
+                }
+                (_, Some(prev)) => {
+                    m.insert(id, prev.clone());
+                }
+                (_, None) => {}
+            }
+        }
+        Some(
+            m.into_iter()
+                .filter(|((n, _), _)| ns.is_none_or(|want| want == n))
+                .map(|(_, o)| o)
+                .collect(),
+        )
+    }
+
     /// Events with rv > `from` still in history, or `None` if `from` is too old.
     pub fn events_since(&self, from: u64) -> Option<Vec<Arc<Event>>> {
         if from < self.oldest_rv {

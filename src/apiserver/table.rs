@@ -154,7 +154,7 @@ fn columns(info: &ResourceInfo) -> Vec<PrinterColumn> {
         "Name",
         "string",
         "name",
-        "Name must be unique within a namespace.",
+        "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
         0,
     );
     let age = || {
@@ -173,7 +173,16 @@ fn columns(info: &ResourceInfo) -> Vec<PrinterColumn> {
         if info.printer_columns.is_empty() {
             cols.push(age());
         } else {
-            cols.extend(info.printer_columns.iter().cloned());
+            // kube-apiserver describes a column without a description by its path.
+            cols.extend(info.printer_columns.iter().cloned().map(|mut c| {
+                if c.description.is_empty() {
+                    c.description = format!(
+                        "Custom resource definition column (in JSONPath format): {}",
+                        c.json_path
+                    );
+                }
+                c
+            }));
         }
         return cols;
     }
@@ -252,7 +261,8 @@ pub fn table(info: &ResourceInfo, objs: &[&Value], list_meta: Value, include: &s
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
         "columnDefinitions": cols.iter().map(|c| json!({
-            "name": c.name, "type": if c.type_ == "date" { "string" } else { c.type_.as_str() },
+            // CRD columns keep their type; built-in printers call Age a string.
+            "name": c.name, "type": if c.type_ == "date" && !info.custom { "string" } else { c.type_.as_str() },
             "format": c.format, "description": c.description, "priority": c.priority,
         })).collect::<Vec<_>>(),
         "rows": rows,

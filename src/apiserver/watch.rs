@@ -3,8 +3,10 @@
 //! - `resourceVersion` unset or `0`: synthetic ADDED events for the current state, then
 //!   changes (kube-apiserver's "Get State and Start at Most Recent" / "Start at Any").
 //! - `resourceVersion=N`: every change after N, or one ERROR event with a 410 `Expired`
-//!   Status when N is older than the retained history (in a 200 response, as
-//!   kube-apiserver's watch cache does, so clients relist).
+//!   Status when N is older than the retained history or than the resourceVersion the
+//!   resource has been served since (its CRD's creation, or the server's start for
+//!   built-ins) — in a 200 response, as kube-apiserver's watch cache does, so clients
+//!   relist.
 //! - `sendInitialEvents=true`: the current state as ADDED events, then a BOOKMARK
 //!   annotated `k8s.io/initial-events-end: "true"` (streaming lists).
 //! - `allowWatchBookmarks=true`: periodic BOOKMARK events carrying the latest
@@ -135,7 +137,16 @@ impl Watcher {
             (EventType::Deleted, None, true) => "DELETED",
             _ => return true,
         };
-        let obj = self.render(&e.object);
+        // A change out of the selection: kube-apiserver sends the previous object (the
+        // one that matched) with the change's resourceVersion.
+        let obj = match (kind, e.kind, &e.prev) {
+            ("DELETED", EventType::Modified, Some(prev)) => {
+                let mut p = (**prev).clone();
+                super::meta::set_meta(&mut p, "resourceVersion", json!(e.rv.to_string()));
+                self.render(&p)
+            }
+            _ => self.render(&e.object),
+        };
         self.send(kind, obj).await
     }
 }
@@ -184,6 +195,12 @@ pub fn start(
                     .await;
                 return;
             };
+            let since = core.served_since(&w.key);
+            if from < since {
+                w.expired(format!("too old resource version: {from} ({since})"))
+                    .await;
+                return;
+            }
             match core.store.watch_from(from) {
                 Ok((events, sub)) => {
                     rx = sub;

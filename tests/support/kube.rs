@@ -82,6 +82,40 @@ impl RealKube {
             .to_string()
     }
 
+    /// etcd's client URL, `http://127.0.0.1:PORT` (plain HTTP, loopback only).
+    pub fn etcd_url(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd-url"))
+            .expect("etcd-url (written by scripts/kube-up.sh)")
+            .trim()
+            .to_string()
+    }
+
+    /// Compacts etcd up to `revision` (a resourceVersion), as kube-apiserver does every
+    /// five minutes: older revisions can no longer be read, so lists at them are 410.
+    /// Through etcd's JSON gateway (`POST /v3/kv/compaction`).
+    pub async fn compact_etcd(&self, revision: u64) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.etcd_url().trim_start_matches("http://").to_string();
+        let body = format!("{{\"revision\":\"{revision}\",\"physical\":true}}");
+        let req = format!(
+            "POST /v3/kv/compaction HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to etcd at {addr}: {e}"));
+        s.write_all(req.as_bytes()).await.expect("write to etcd");
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut out))
+            .await
+            .expect("etcd compaction timed out")
+            .expect("read from etcd");
+        assert!(
+            out.starts_with("HTTP/1.1 200"),
+            "etcd compaction to {revision}: {out}"
+        );
+    }
+
     /// The admin kubeconfig (user `asg-batch-admin` in `system:masters`).
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")

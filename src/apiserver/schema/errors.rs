@@ -252,7 +252,9 @@ pub fn invalid_status(group: &str, kind: &str, name: &str, errors: &[FieldError]
     };
     let causes: Vec<Value> = errors.iter().map(FieldError::cause).collect();
     let mut details = serde_json::Map::new();
-    details.insert("name".into(), Value::from(name));
+    if !name.is_empty() {
+        details.insert("name".into(), Value::from(name));
+    }
     details.insert("group".into(), Value::from(group));
     details.insert("kind".into(), Value::from(kind));
     details.insert("causes".into(), Value::Array(causes));
@@ -381,16 +383,16 @@ pub fn go_float(f: f64) -> String {
     }
 }
 
-/// Prints a JSON value the way apimachinery's `ErrorBody` prints the Go value
-/// it decodes to: numbers and booleans plainly, strings quoted, `null` as
-/// `"null"`, objects and arrays with `%#v`.
+/// Prints a JSON value the way apimachinery's `ErrorBody` (1.35) prints the Go value
+/// it decodes to: numbers and booleans plainly, strings quoted, anything else
+/// (`null`, objects, arrays) as `json.Marshal` writes it (compact, keys sorted, `<`,
+/// `>` and `&` escaped).
 pub fn go_value(v: &Value) -> String {
     match v {
-        Value::Null => "\"null\"".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => go_number(n),
         Value::String(s) => go_quote(s),
-        other => go_sharp_v(other),
+        other => go_json(other),
     }
 }
 
@@ -404,27 +406,17 @@ fn go_number(n: &serde_json::Number) -> String {
     }
 }
 
-/// Go's `%#v` of a decoded JSON value (`map[string]interface {}{...}`).
-fn go_sharp_v(v: &Value) -> String {
-    match v {
-        Value::Null => "interface {}(nil)".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => go_number(n),
-        Value::String(s) => go_quote(s),
-        Value::Array(a) => {
-            let items: Vec<String> = a.iter().map(go_sharp_v).collect();
-            format!("[]interface {{}}{{{}}}", items.join(", "))
-        }
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let items: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", go_quote(k), go_sharp_v(&m[k])))
-                .collect();
-            format!("map[string]interface {{}}{{{}}}", items.join(", "))
-        }
-    }
+/// Go's `json.Marshal` of a decoded JSON value: map keys sorted (serde_json's maps
+/// are sorted already) and HTML characters escaped. `<`, `>` and `&` only occur
+/// inside strings in JSON text, so replacing them everywhere is exact.
+fn go_json(v: &Value) -> String {
+    serde_json::to_string(v)
+        .unwrap_or_default()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
 }
 
 #[cfg(test)]
@@ -490,7 +482,11 @@ mod tests {
         );
         assert_eq!(
             FieldError::invalid("<nil>", &Value::Null, "x").to_string_k8s(),
-            "<nil>: Invalid value: \"null\": x"
+            "<nil>: Invalid value: null: x"
+        );
+        assert_eq!(
+            FieldError::duplicate("spec.env[1]", &json!({"name": "<a&b>"})).to_string_k8s(),
+            "spec.env[1]: Duplicate value: {\"name\":\"\\u003ca\\u0026b\\u003e\"}"
         );
     }
 

@@ -158,7 +158,7 @@ fn required_type_enum_and_strings() {
     assert_eq!(
         m.last().map(String::as_str),
         Some(
-            "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
+            "<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
         )
     );
     let type_err = errs
@@ -207,25 +207,20 @@ fn cel_rules_at_every_level() {
     let obj = job(json!({"queue": "q"}));
     assert_eq!(
         messages(&bj().validate(&obj, None)),
-        vec![
-            "spec: Invalid value: \"object\": one of definitionRef or container is required"
-                .to_string()
-        ]
+        vec!["spec: Invalid value: one of definitionRef or container is required".to_string()]
     );
     let obj =
         job(json!({"queue": "q", "definitionRef": "d", "resources": {"cpu": 0, "memory": "2Ti"}}));
     let m = messages(&bj().validate(&obj, None));
     assert!(
         m.contains(
-            &"spec.resources.memory: Invalid value: \"string\": memory 2Ti is too large"
-                .to_string()
+            &"spec.resources.memory: Invalid value: \"2Ti\": memory 2Ti is too large".to_string()
         ),
         "{m:?}"
     );
     assert!(
-        m.iter().any(|x| x.starts_with(
-            "spec.resources.cpu: Invalid value: \"\": cpu must be a positive quantity"
-        )),
+        m.iter().any(|x| x
+            .starts_with("spec.resources.cpu: Invalid value: 0: cpu must be a positive quantity")),
         "{m:?}"
     );
     let ce_obj = json!({"metadata": {"name": "ce"}, "spec": {"minInstances": 5, "maxInstances": 2, "aws": {"autoScalingGroupName": "a"}, "local": {}}});
@@ -233,14 +228,14 @@ fn cel_rules_at_every_level() {
     assert_eq!(
         messages(&errs),
         vec![
-            "spec: Invalid value: \"object\": minInstances must be <= maxInstances".to_string(),
+            "spec: Invalid value: minInstances must be <= maxInstances".to_string(),
             "spec.aws: Forbidden: exactly one provider (aws or local) must be set".to_string(),
         ]
     );
     let root_rule = json!({"metadata": {"name": "x".repeat(41)}, "spec": {"minInstances": 0, "maxInstances": 2, "local": {}}});
     assert_eq!(
         messages(&ce().validate(&root_rule, None)),
-        vec!["<nil>: Invalid value: \"object\": name too long".to_string()]
+        vec!["<nil>: Invalid value: name too long".to_string()]
     );
 }
 
@@ -251,7 +246,7 @@ fn transition_rules_and_ratcheting() {
     let lower = job(json!({"queue": "q", "definitionRef": "d", "priority": 4}));
     assert_eq!(
         messages(&s.validate(&lower, Some(&old))),
-        vec!["spec.priority: Invalid value: \"integer\": priority may only increase".to_string()]
+        vec!["spec.priority: Invalid value: 4: priority may only increase".to_string()]
     );
     // on create the transition rule is not evaluated
     assert!(s.validate(&lower, None).is_empty());
@@ -273,7 +268,7 @@ fn optional_old_self() {
     assert!(s.validate(&json!({"spec": {"x": 1}}), None).is_empty());
     assert_eq!(
         messages(&s.validate(&json!({"spec": {"x": 1}}), Some(&json!({"spec": {"x": 2}})))),
-        vec!["spec.x: Invalid value: \"integer\": x may not decrease".to_string()]
+        vec!["spec.x: Invalid value: 1: x may not decrease".to_string()]
     );
 }
 
@@ -284,10 +279,7 @@ fn list_types() {
     );
     let m = messages(&bj().validate(&obj, None));
     assert!(
-        m.contains(
-            &"spec.container.env[1]: Duplicate value: map[string]interface {}{\"name\":\"A\"}"
-                .to_string()
-        ),
+        m.contains(&"spec.container.env[1]: Duplicate value: {\"name\":\"A\"}".to_string()),
         "{m:?}"
     );
     assert!(
@@ -480,7 +472,7 @@ fn junctors_as_kube_rs_emits_them() {
     assert_eq!(m, vec![
         "spec: Invalid value: \"\": spec in body must validate one and only one schema (oneOf). Found none valid".to_string(),
         "spec.aws: Required value".to_string(),
-        "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".to_string(),
+        "<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".to_string(),
     ]);
     let m = messages(&s.validate(
         &json!({"spec": {"aws": {}, "local": {}, "n": 0, "forbidden": 1}}),
@@ -537,7 +529,7 @@ fn deep_rules_on_a_small_stack() {
     assert_eq!(ok, 0);
     assert_eq!(
         bad,
-        vec!["<nil>: Invalid value: \"object\": a must be positive".to_string()]
+        vec!["<nil>: Invalid value: a must be positive".to_string()]
     );
 }
 
@@ -555,7 +547,7 @@ fn cel_runtime_errors_are_reported() {
     );
     assert_eq!(
         messages(&s.validate(&json!({"spec": {"a": 0}}), None)),
-        vec!["spec: Invalid value: \"object\": failed rule: self.a > 0".to_string()]
+        vec!["spec: Invalid value: failed rule: self.a > 0".to_string()]
     );
     // absent or null values are not evaluated
     assert!(s.validate(&json!({}), None).is_empty());
@@ -573,12 +565,12 @@ fn status_body_for_a_rejected_job() {
     let st = invalid_status("asgbatch.io", "BatchJob", "j", &errs);
     assert_eq!(
         st["message"],
-        "BatchJob.asgbatch.io \"j\" is invalid: spec: Invalid value: \"object\": one of definitionRef or container is required"
+        "BatchJob.asgbatch.io \"j\" is invalid: spec: Invalid value: one of definitionRef or container is required"
     );
     assert_eq!(
         st["details"],
         json!({"name": "j", "group": "asgbatch.io", "kind": "BatchJob", "causes": [
-        {"reason": "FieldValueInvalid", "message": "Invalid value: \"object\": one of definitionRef or container is required", "field": "spec"}]})
+        {"reason": "FieldValueInvalid", "message": "Invalid value: one of definitionRef or container is required", "field": "spec"}]})
     );
 }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::cel::{self, OldSelf, Outcome};
 use super::compile::Node;
-use super::errors::{FieldError, FieldErrorKind, go_float, go_quote};
+use super::errors::{BadValue, FieldError, FieldErrorKind, go_float, go_quote};
 
 /// A path segment.
 #[derive(Clone, Debug)]
@@ -726,11 +726,20 @@ fn cel_walk(
                         Some(fp) => format!("{}.{fp}", path.field()),
                         None => path.field(),
                     };
+                    // 1.35 shows the value a rule failed on, omitted for objects and
+                    // arrays (`field.OmitValueType{}`).
+                    let shown = if v.is_object() || v.is_array() {
+                        BadValue::Omitted
+                    } else {
+                        BadValue::Json(v.clone())
+                    };
                     let err = match rule.reason.as_deref() {
                         Some("FieldValueForbidden") => FieldError::forbidden(field, msg),
                         Some("FieldValueRequired") => FieldError::required(field, msg),
-                        Some("FieldValueDuplicate") => FieldError::duplicate(field, &ty),
-                        _ => FieldError::invalid(field, &ty, msg),
+                        Some("FieldValueDuplicate") => {
+                            FieldError::new(field, FieldErrorKind::Duplicate, shown, "")
+                        }
+                        _ => FieldError::new(field, FieldErrorKind::Invalid, shown, msg),
                     };
                     ctx.push(err, ratchet);
                 }
