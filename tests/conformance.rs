@@ -12,6 +12,7 @@
 //! label and field selectors, watches from a resourceVersion with bookmarks, streaming
 //! lists, 410 Gone for a too-old resourceVersion, lists at an exact resourceVersion,
 //! finalizers and deletion, SSA of unknown fields, Table output (raw and `kubectl get`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 
