@@ -1,5 +1,5 @@
 //! The node agent against the embedded API server with the process executor; the test
-//! plays the controller of `src/controller/PROTOCOL.md`.
+//! plays the controller of `src/api/PROTOCOL.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;

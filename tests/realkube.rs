@@ -377,7 +377,7 @@ async fn both_servers_reject_the_invalid_fixtures_alike() {
 }
 
 /// Server-side applies of `status.attempts` (a list-map keyed by `attempt`) by the
-/// controller and an attempt's agent, as in `src/controller/PROTOCOL.md`; after each, the
+/// controller and an attempt's agent, as in `src/api/PROTOCOL.md`; after each, the
 /// status and the two managers' managed fields.
 async fn attempts_sequence(c: &impl Cluster, ns: &str) -> Vec<Value> {
     use kube::api::{Patch, PatchParams};
@@ -634,7 +634,7 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
     real.install_crds().await;
     apply_chart_rbac(real).await;
     let a = "asgbatch.io";
-    // (identity, verb, resource, allowed?) after src/controller/PROTOCOL.md.
+    // (identity, verb, resource, allowed?) after src/api/PROTOCOL.md.
     let controller = "asg-batch";
     let agent = "asg-batch-agent";
     let matrix: &[(&str, &str, String, bool)] = &[

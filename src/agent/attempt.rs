@@ -153,7 +153,7 @@ pub async fn run(
                 }
             }
         }
-        tracing::info!(reason = outcome.reason.as_str(), exit_code = ?outcome.exit_code, status_reason = %outcome.status_reason, "attempt ended");
+        tracing::info!(reason = %outcome.reason.reason(), exit_code = ?outcome.exit_code, status_reason = %outcome.status_reason, "attempt ended");
         let body = patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
         report(&ctx, &key, "ended", body).await;
         key

@@ -1,5 +1,5 @@
 //! The node agent: registers its instance as a BatchNode, heartbeats, watches the jobs the
-//! controller binds to it and runs their attempts, reporting per `src/controller/PROTOCOL.md`.
+//! controller binds to it and runs their attempts, reporting per `src/api/PROTOCOL.md`.
 //!
 //! - [`config`] and [`identity`]: who the agent is (flags or EC2 IMDSv2).
 //! - [`plan`]: pure decisions (start / cancel / report lost) from the watched jobs.

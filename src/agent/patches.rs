@@ -1,5 +1,5 @@
 //! The server-side apply bodies the agent sends, built from plain data (pure, unit-tested).
-//! Field managers are constants here; see `src/controller/PROTOCOL.md` for who owns what.
+//! Field managers come from [`crate::api::protocol`]; `src/api/PROTOCOL.md` says who owns what.
 
 use super::config::AgentConfig;
 use super::executor::Outcome;
@@ -10,13 +10,9 @@ use kube::Resource;
 use serde_json::{Value, json};
 
 /// Field manager of the BatchNode's spec and the agent's part of its status.
-pub const NODE_MANAGER: &str = "asg-batch-agent";
-
-/// Field manager of attempt `n`'s agent-owned fields: one per attempt, so applying
-/// attempt N never removes what attempt N-1 reported.
-pub fn attempt_manager(attempt: u32) -> String {
-    format!("asg-batch-agent-attempt-{attempt}")
-}
+pub use crate::api::protocol::AGENT_MANAGER as NODE_MANAGER;
+/// Field manager of attempt `n`'s agent-owned fields.
+pub use crate::api::protocol::attempt_manager;
 
 /// A timestamp as Kubernetes serialises `metav1.Time`.
 pub fn time(at: Timestamp) -> Value {
@@ -100,7 +96,7 @@ pub fn attempt_ended(
     let mut entry = json!({
         "attempt": attempt,
         "stoppedAt": time(outcome.stopped_at),
-        "reason": outcome.reason.as_str(),
+        "reason": outcome.reason.reason(),
         "statusReason": outcome.status_reason,
         "logTail": outcome.log_tail,
     });

@@ -5,7 +5,7 @@ use crate::api::{BatchJob, JobPhase};
 use std::collections::HashSet;
 
 /// Label the controller puts on a job bound to a node (PROTOCOL.md, "Names").
-pub const NODE_LABEL: &str = "asgbatch.io/node";
+pub use crate::api::protocol::LABEL_NODE as NODE_LABEL;
 
 /// One attempt of one job. The uid tells a job from a later one of the same name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

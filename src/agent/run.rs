@@ -49,7 +49,7 @@ struct Agent {
 /// Registers the BatchNode `config.node_name` (server-side apply, field manager
 /// `asg-batch-agent`), heartbeats every `config.heartbeat_interval`, watches the BatchJobs
 /// labelled `asgbatch.io/node=<node>` in all namespaces and runs their current attempts
-/// with `executor`, reporting per `src/controller/PROTOCOL.md`. With a `fleet`, the
+/// with `executor`, reporting per `src/api/PROTOCOL.md`. With a `fleet`, the
 /// instance is protected from scale-in while it holds an attempt.
 ///
 /// On shutdown, running attempts are cancelled and reported (reason `Cancelled`) within

@@ -1,6 +1,6 @@
 //! The controller: maps the custom resources into a [`crate::scheduler::Snapshot`], runs
 //! the scheduler, and applies its decisions (bindings, phases, retries, capacity,
-//! scale-in). Who writes which field: `PROTOCOL.md` beside this file.
+//! scale-in). Who writes which field: `src/api/PROTOCOL.md`; the names: [`crate::api::protocol`].
 //!
 //! One pass is a pipeline: observe (reflector stores, fleet descriptions) →
 //! [`decide::decide`] (pure: progress of attempts, [`snapshot::build`],
@@ -37,11 +37,11 @@ pub use memory::PassMemory;
 pub use run::run;
 
 /// Field manager of every write the controller makes.
-pub const FIELD_MANAGER: &str = "asg-batch-controller";
-/// Label on a bound BatchJob naming its node (set on binding, removed when the attempt ends).
-pub const LABEL_NODE: &str = "asgbatch.io/node";
+pub use crate::api::protocol::CONTROLLER_MANAGER as FIELD_MANAGER;
 /// Label on an array child naming its parent.
-pub const LABEL_ARRAY_PARENT: &str = "asgbatch.io/array-parent";
+pub use crate::api::protocol::LABEL_ARRAY_PARENT;
+/// Label on a bound BatchJob naming its node (set on binding, removed when the attempt ends).
+pub use crate::api::protocol::LABEL_NODE;
 /// Condition type on a BatchJob: whether it is bound to a node, and if not, why.
 pub const CONDITION_SCHEDULED: &str = "Scheduled";
 /// Condition type on a ComputeEnvironment: instances booting, draining or terminating.

@@ -26,10 +26,10 @@ use thiserror::Error;
 
 use super::model::Seconds;
 
-/// Reason of an attempt whose node stopped heartbeating.
-pub const REASON_NODE_LOST: &str = "NodeLost";
+/// Reason of an attempt whose node was lost (the protocol's one spelling).
+pub use crate::api::protocol::reason::NODE_LOST as REASON_NODE_LOST;
 /// Reason of an attempt that ran past `timeoutSeconds`.
-pub const REASON_TIMEOUT: &str = "Timeout";
+pub use crate::api::protocol::reason::TIMEOUT as REASON_TIMEOUT;
 
 /// Most attempts AWS Batch allows.
 pub const MAX_ATTEMPTS: u32 = 10;

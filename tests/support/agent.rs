@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The controller's field manager (PROTOCOL.md).
-pub const CONTROLLER: &str = "asg-batch-controller";
+/// The controller's field manager (the protocol's).
+pub use asg_batch::api::protocol::CONTROLLER_MANAGER as CONTROLLER;
 
 /// A server (the embedded one, or the real one: [`ServerUnderTest`]) with every CRD of
 /// `crds/` created and Established.
@@ -146,15 +146,17 @@ pub async fn create_job(client: &kube::Client, ns: &str, job: &BatchJob) -> Batc
 /// label, then status phase=Starting, node, attempt and entries 1..=attempt {node,
 /// instanceId} (the controller keeps applying every entry it owns).
 pub async fn bind(client: &kube::Client, ns: &str, name: &str, node: &str, attempt: u32) {
+    // As the controller does: a merge patch of the label by the controller's manager.
     let api: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let params = PatchParams::apply(CONTROLLER).force();
+    let params = PatchParams {
+        field_manager: Some(CONTROLLER.into()),
+        ..PatchParams::default()
+    };
     api.patch(
         name,
         &params,
-        &Patch::Apply(json!({
-            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
-            "metadata": { "name": name, "namespace": ns,
-                          "labels": { "asgbatch.io/node": node } },
+        &Patch::Merge(json!({
+            "metadata": { "labels": { asg_batch::api::protocol::LABEL_NODE: node } },
         })),
     )
     .await

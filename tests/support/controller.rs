@@ -1,6 +1,6 @@
 //! Helpers for the `controller_*` tests: an embedded API server with the project's CRDs,
 //! the controller running in-process against it, and the test playing the node agent
-//! per `src/controller/PROTOCOL.md` (registers a BatchNode, heartbeats, applies
+//! per `src/api/PROTOCOL.md` (registers a BatchNode, heartbeats, applies
 //! `attempts[N].startedAt` then the end of the attempt with field manager
 //! `asg-batch-agent-attempt-N`).
 //!
@@ -209,7 +209,7 @@ impl Harness {
         nodes
             .patch(
                 name,
-                &PatchParams::apply("asg-batch-agent"),
+                &PatchParams::apply(asg_batch::api::protocol::AGENT_MANAGER),
                 &Patch::Apply(&body),
             )
             .await
@@ -229,7 +229,7 @@ impl Harness {
                 if let Ok(node) = nodes
                     .patch_status(
                         &n,
-                        &PatchParams::apply("asg-batch-agent"),
+                        &PatchParams::apply(asg_batch::api::protocol::AGENT_MANAGER),
                         &Patch::Apply(&hb),
                     )
                     .await
@@ -292,7 +292,7 @@ impl Harness {
         self.jobs()
             .patch_status(
                 job,
-                &PatchParams::apply(&format!("asg-batch-agent-attempt-{n}")),
+                &PatchParams::apply(&asg_batch::api::protocol::attempt_manager(n)),
                 &Patch::Apply(&body),
             )
             .await

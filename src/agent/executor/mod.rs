@@ -11,6 +11,7 @@ mod tail;
 
 pub use tail::LogTail;
 
+use crate::api::protocol::AttemptReason;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use std::time::Duration;
@@ -91,16 +92,16 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// The reason as written into the job's status.
-    pub fn as_str(self) -> &'static str {
+    /// The reason as written into the job's status (the protocol's spelling).
+    pub fn reason(self) -> AttemptReason {
         match self {
-            Self::Completed => "Completed",
-            Self::Error => "Error",
-            Self::OutOfMemory => "OutOfMemory",
-            Self::Timeout => "Timeout",
-            Self::Cancelled => "Cancelled",
-            Self::ImagePullFailed => "ImagePullFailed",
-            Self::StartFailed => "StartFailed",
+            Self::Completed => AttemptReason::Completed,
+            Self::Error => AttemptReason::Error,
+            Self::OutOfMemory => AttemptReason::OutOfMemory,
+            Self::Timeout => AttemptReason::Timeout,
+            Self::Cancelled => AttemptReason::Cancelled,
+            Self::ImagePullFailed => AttemptReason::ImagePullFailed,
+            Self::StartFailed => AttemptReason::StartFailed,
         }
     }
 }

@@ -1,0 +1,166 @@
+//! The controller–agent protocol in one place: labels, field managers, attempt reasons.
+//! Who writes which field, and when: [`PROTOCOL.md`](https://github.com/asg-batch/asg-batch/blob/main/src/api/PROTOCOL.md)
+//! beside this file. The controller, the agent and the test fakes all use these names;
+//! none spells them out itself.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Label on a bound BatchJob naming its node: set by the controller on binding, removed
+/// when the attempt ends. The agent watches jobs with `asgbatch.io/node=<its node>`.
+pub const LABEL_NODE: &str = "asgbatch.io/node";
+
+/// Label on an array child naming its parent.
+pub const LABEL_ARRAY_PARENT: &str = "asgbatch.io/array-parent";
+
+/// Field manager of every write the controller makes.
+pub const CONTROLLER_MANAGER: &str = "asg-batch-controller";
+
+/// Field manager of a BatchNode's spec and the agent's part of its status.
+pub const AGENT_MANAGER: &str = "asg-batch-agent";
+
+/// Field manager of attempt `n`'s agent-owned fields: one per attempt, so applying
+/// attempt N never removes what attempt N-1 reported.
+pub fn attempt_manager(attempt: u32) -> String {
+    format!("{AGENT_MANAGER}-attempt-{attempt}")
+}
+
+/// The wire form of each [`AttemptReason`] (for code that matches strings, such as
+/// `evaluateOnExit.onReason`).
+pub mod reason {
+    /// [`super::AttemptReason::Completed`].
+    pub const COMPLETED: &str = "Completed";
+    /// [`super::AttemptReason::Error`].
+    pub const ERROR: &str = "Error";
+    /// [`super::AttemptReason::OutOfMemory`].
+    pub const OUT_OF_MEMORY: &str = "OutOfMemory";
+    /// [`super::AttemptReason::Timeout`].
+    pub const TIMEOUT: &str = "Timeout";
+    /// [`super::AttemptReason::Cancelled`].
+    pub const CANCELLED: &str = "Cancelled";
+    /// [`super::AttemptReason::ImagePullFailed`].
+    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    /// [`super::AttemptReason::StartFailed`].
+    pub const START_FAILED: &str = "StartFailed";
+    /// [`super::AttemptReason::NodeLost`].
+    pub const NODE_LOST: &str = "NodeLost";
+}
+
+/// Why an attempt ended (`status.attempts[].reason`). Reasons this build does not know
+/// (written by a newer agent or controller) are kept as they are, never lost.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttemptReason {
+    /// The workload exited on its own with code 0.
+    Completed,
+    /// The workload exited on its own with another code.
+    Error,
+    /// Killed for exceeding its memory limit.
+    OutOfMemory,
+    /// Stopped at the job's timeout.
+    Timeout,
+    /// Stopped because the job was cancelled or the agent shut down.
+    Cancelled,
+    /// The image could not be pulled.
+    ImagePullFailed,
+    /// Could not be started, or found started-but-not-running after an agent restart.
+    StartFailed,
+    /// Ended by the controller: the node was lost and its instance is gone.
+    NodeLost,
+    /// A reason this build does not know.
+    Other(String),
+}
+
+impl AttemptReason {
+    /// Every reason this build knows.
+    pub const KNOWN: [AttemptReason; 8] = [
+        Self::Completed,
+        Self::Error,
+        Self::OutOfMemory,
+        Self::Timeout,
+        Self::Cancelled,
+        Self::ImagePullFailed,
+        Self::StartFailed,
+        Self::NodeLost,
+    ];
+
+    /// The wire form.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Completed => reason::COMPLETED,
+            Self::Error => reason::ERROR,
+            Self::OutOfMemory => reason::OUT_OF_MEMORY,
+            Self::Timeout => reason::TIMEOUT,
+            Self::Cancelled => reason::CANCELLED,
+            Self::ImagePullFailed => reason::IMAGE_PULL_FAILED,
+            Self::StartFailed => reason::START_FAILED,
+            Self::NodeLost => reason::NODE_LOST,
+            Self::Other(s) => s,
+        }
+    }
+
+    /// Reads the wire form; unknown values are kept as [`AttemptReason::Other`].
+    pub fn parse(s: &str) -> Self {
+        Self::KNOWN
+            .iter()
+            .find(|k| k.as_str() == s)
+            .cloned()
+            .unwrap_or_else(|| Self::Other(s.to_owned()))
+    }
+}
+
+impl fmt::Display for AttemptReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for AttemptReason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptReason {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::parse(&String::deserialize(d)?))
+    }
+}
+
+impl JsonSchema for AttemptReason {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AttemptReason".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Open on the wire: newer builds may add reasons.
+        String::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_and_unknown_ones_are_kept() {
+        for r in AttemptReason::KNOWN {
+            let json = serde_json::to_string(&r).unwrap_or_default();
+            let back: AttemptReason = serde_json::from_str(&json).unwrap_or(AttemptReason::Error);
+            assert_eq!(back, r);
+        }
+        let future: AttemptReason =
+            serde_json::from_str("\"SpotInterrupted\"").unwrap_or(AttemptReason::Error);
+        assert_eq!(future, AttemptReason::Other("SpotInterrupted".into()));
+        assert_eq!(
+            serde_json::to_string(&future).unwrap_or_default(),
+            "\"SpotInterrupted\""
+        );
+        assert_eq!(attempt_manager(3), "asg-batch-agent-attempt-3");
+    }
+}
