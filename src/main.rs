@@ -35,6 +35,16 @@ enum Command {
     Controller(asg_batch::controller::cli::ControllerArgs),
     /// Run a node agent on a worker instance.
     Agent(asg_batch::agent::cli::AgentArgs),
+    /// Supervise one process job for the agent (internal; see `agent::executor::shim`).
+    #[command(hide = true)]
+    Shim {
+        /// The attempt's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run the embedded default: API server, controller and a local fleet, with the
     /// demo jobs applied and their progress shown.
     Dev(asg_batch::dev::DevArgs),
@@ -76,6 +86,10 @@ fn main() -> ExitCode {
             run_async("controller", "info", asg_batch::controller::cli::main(args))
         }
         Command::Agent(args) => run_async("agent", "info", asg_batch::agent::cli::main(args)),
+        Command::Shim { state, command } => {
+            let code = asg_batch::agent::executor::shim::main(&state, &command);
+            ExitCode::from(u8::try_from(code).unwrap_or(255))
+        }
         Command::Dev(args) => run_async("dev", "warn", asg_batch::dev::main(args)),
         Command::Simulate {
             workload,

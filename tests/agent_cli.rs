@@ -47,6 +47,7 @@ async fn the_agent_command_registers_runs_a_bound_job_and_stops_on_sigterm() {
         .create(&PostParams::default(), &local_ce("cli"))
         .await
         .expect("create ce");
+    let data = tempfile::tempdir().expect("data dir");
     let mut child = agent_command(
         &s,
         &[
@@ -56,6 +57,8 @@ async fn the_agent_command_registers_runs_a_bound_job_and_stops_on_sigterm() {
             "Local-CLI-1",
             "--heartbeat-interval",
             "1",
+            "--data-dir",
+            &data.path().display().to_string(),
         ],
     )
     .spawn()

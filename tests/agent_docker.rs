@@ -1,6 +1,7 @@
 //! The node agent with the container executor on Podman's Docker API: a job's container
-//! runs with AWS Batch's variables, its exit code and output are reported, and deleting a
-//! running job removes its container.
+//! runs with AWS Batch's variables, its exit code and output are reported, deleting a
+//! running job removes its container, and a container outlives a crashed agent and is
+//! adopted by the next one.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
@@ -114,7 +115,7 @@ async fn runs_containers_and_removes_cancelled_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_container_left_by_a_crashed_agent_is_removed_before_its_attempt_is_reported() {
+async fn after_an_agent_crash_a_container_is_adopted_and_one_that_vanished_is_reported_lost() {
     assert!(podman_available(), "podman is required (make test-deps)");
     let podman = PodmanService::start();
     let docker = podman.docker().await;
@@ -135,34 +136,54 @@ async fn a_container_left_by_a_crashed_agent_is_removed_before_its_attempt_is_re
         None,
     );
 
-    let name = format!("ctr-orphan-{}", std::process::id());
-    let uid = create_job(&client, "default", &container_job(&name, "sleep 300"))
+    let tag = std::process::id();
+    let kept = format!("ctr-kept-{tag}");
+    let gone = format!("ctr-gone-{tag}");
+    let mut containers = Vec::new();
+    for name in [&kept, &gone] {
+        let uid = create_job(&client, "default", &container_job(name, "sleep 300"))
+            .await
+            .metadata
+            .uid
+            .expect("uid");
+        bind(&client, "default", name, NODE, 1).await;
+        containers.push(format!("asgb-{name}-{uid}-a1"));
+    }
+    for name in [&kept, &gone] {
+        eventually(
+            "the container to start",
+            || get_job(&client, "default", name),
+            |j| attempt(j, 1).is_some_and(|a| a.started_at.is_some()),
+        )
+        .await;
+    }
+    let before = docker
+        .inspect_container(&containers[0], None)
         .await
-        .metadata
-        .uid
-        .expect("uid");
-    bind(&client, "default", &name, NODE, 1).await;
-    eventually(
-        "the container to start",
-        || get_job(&client, "default", &name),
-        |j| attempt(j, 1).is_some_and(|a| a.started_at.is_some()),
-    )
-    .await;
-    let container = format!("asgb-{name}-{uid}-a1");
-    assert!(container_exists(&docker, &container).await);
+        .expect("container");
 
-    // The agent dies; its container does not.
+    // The agent dies; its containers do not. One of them is then removed by someone else.
     agent.crash().await;
     assert!(
-        container_exists(&docker, &container).await,
+        container_exists(&docker, &containers[0]).await,
         "outlives the agent"
     );
+    docker
+        .remove_container(
+            &containers[1],
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("remove");
 
-    // A new agent process reports the attempt as ended, after removing the container.
     let agent = TestAgent::start(client.clone(), config, Arc::new(connect().await), None);
+    // Nothing left of one: reported lost, not run again.
     let job = eventually(
         "the lost attempt's report",
-        || get_job(&client, "default", &name),
+        || get_job(&client, "default", &gone),
         |j| attempt(j, 1).is_some_and(|a| a.stopped_at.is_some()),
     )
     .await;
@@ -170,9 +191,26 @@ async fn a_container_left_by_a_crashed_agent_is_removed_before_its_attempt_is_re
         attempt(&job, 1).and_then(|a| a.reason).as_deref(),
         Some("StartFailed")
     );
-    assert!(
-        !container_exists(&docker, &container).await,
-        "the container is gone by the time the attempt is reported ended"
-    );
+    assert!(!container_exists(&docker, &containers[1]).await);
+    // The other keeps running, supervised by the new agent: the same container.
+    let after = docker
+        .inspect_container(&containers[0], None)
+        .await
+        .expect("container");
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.state.and_then(|s| s.running), Some(true));
+    let a1 = attempt(&get_job(&client, "default", &kept).await, 1).expect("attempt");
+    assert!(a1.stopped_at.is_none(), "{a1:?}");
+    // ...and cancelled like any when its job is deleted.
+    Api::<BatchJob>::namespaced(client.clone(), "default")
+        .delete(&kept, &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the adopted container to be removed",
+        || container_exists(&docker, &containers[0]),
+        |exists| !exists,
+    )
+    .await;
     agent.stop().await.expect("clean stop");
 }

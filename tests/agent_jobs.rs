@@ -5,13 +5,11 @@
 mod support;
 
 use asg_batch::agent::attempt::LOST_STATUS_REASON;
-use asg_batch::agent::executor::process::ProcessExecutor;
 use asg_batch::api::BatchJob;
 use asg_batch::api::common::{EnvVar, JobTemplate, ProcessSpec};
 use asg_batch::api::job_definition::{JobDefinition, JobDefinitionSpec};
 use kube::api::{Api, DeleteParams, PostParams};
 use std::sync::Arc;
-use std::time::Duration;
 use support::agent::*;
 
 const NODE: &str = "i-0agent";
@@ -20,7 +18,7 @@ fn agent(client: &kube::Client) -> TestAgent {
     TestAgent::start(
         client.clone(),
         config(NODE, "ce-test"),
-        Arc::new(ProcessExecutor),
+        Arc::new(process_executor()),
         None,
     )
 }
@@ -305,22 +303,257 @@ async fn a_superseded_attempt_is_stopped_and_not_reported() {
     assert!(!process_alive(second));
 }
 
+/// Lines of `path` (none when absent).
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The state directory of attempt `n` of job `name` (uid `uid`) in the tests' executor.
+fn state_dir(name: &str, uid: &str, n: u32) -> std::path::PathBuf {
+    process_executor().attempt_dir(&asg_batch::agent::spec::attempt_name(
+        &asg_batch::agent::plan::AttemptKey {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: uid.into(),
+            attempt: n,
+        },
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_attempt_lost_to_an_agent_restart_is_reported_not_rerun() {
+async fn a_running_attempt_is_adopted_after_an_agent_crash_and_reported_once() {
+    let s = server_with_crds().await;
+    let client = s.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pid_file, go, markers) = (
+        dir.path().join("pid"),
+        dir.path().join("go"),
+        dir.path().join("markers"),
+    );
+    let script = format!(
+        "echo $$ > {pid}; echo start >> {m}; while [ ! -e {go} ]; do sleep 0.1; done; \
+         echo adopted-output; echo stop >> {m}; exit 5",
+        pid = pid_file.display(),
+        m = markers.display(),
+        go = go.display()
+    );
+    create_job(&client, "default", &process_job("adopted", &script)).await;
+    let agent1 = agent(&client);
+    bind(&client, "default", "adopted", NODE, 1).await;
+    let pid = read_pid(&pid_file).await;
+    let job = wait_attempt(&client, "adopted", 1, "startedAt", |a| {
+        a.started_at.is_some()
+    })
+    .await;
+    let started = attempt(&job, 1).and_then(|a| a.started_at);
+    agent1.crash().await;
+    assert!(process_alive(pid), "the process outlives its agent");
+
+    let agent2 = agent(&client);
+    // The new agent holds the attempt (its heartbeat lists it) while it still runs.
+    eventually(
+        "the new agent's heartbeat to list the adopted attempt",
+        || get_node(&client, NODE),
+        |n| {
+            n.as_ref()
+                .and_then(|n| n.status.as_ref())
+                .is_some_and(|s| s.running_attempts.iter().any(|j| j.name == "adopted"))
+        },
+    )
+    .await;
+    assert!(process_alive(pid));
+    let a1 = attempt(&get_job(&client, "default", "adopted").await, 1).expect("attempt 1");
+    assert!(
+        a1.stopped_at.is_none(),
+        "not reported while it runs: {a1:?}"
+    );
+    std::fs::write(&go, "").expect("go");
+    let job = wait_attempt(&client, "adopted", 1, "the adopted attempt's report", |a| {
+        a.stopped_at.is_some()
+    })
+    .await;
+    let a1 = attempt(&job, 1).expect("attempt 1");
+    assert_eq!(
+        (a1.exit_code, a1.reason.as_deref()),
+        (Some(5), Some("Error")),
+        "{a1:?}"
+    );
+    assert_eq!(a1.started_at, started, "startedAt is kept");
+    assert_eq!(a1.log_tail.as_deref(), Some("adopted-output"));
+    assert_eq!(lines(&markers), ["start", "stop"], "one run, to its end");
+    assert_eq!(job.status.as_ref().map(|s| s.attempts.len()), Some(1));
+    // Reported, so its state is gone.
+    let uid = job.metadata.uid.clone().expect("uid");
+    eventually(
+        "the attempt's state to be removed",
+        || {
+            let d = state_dir("adopted", &uid, 1);
+            async move { d.exists() }
+        },
+        |e| !e,
+    )
+    .await;
+    agent2.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_attempt_keeps_its_timeout_from_its_start_and_is_cancelled_like_any() {
+    let s = server_with_crds().await;
+    let client = s.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timed_pid = dir.path().join("timed.pid");
+    let mut timed = process_job(
+        "timed",
+        &format!("echo $$ > {}; exec sleep 300", timed_pid.display()),
+    );
+    timed.spec.template.timeout_seconds = Some(5);
+    create_job(&client, "default", &timed).await;
+    let doomed_pid = dir.path().join("doomed.pid");
+    create_job(
+        &client,
+        "default",
+        &process_job(
+            "doomed",
+            &format!("echo $$ > {}; exec sleep 300", doomed_pid.display()),
+        ),
+    )
+    .await;
+    let agent1 = agent(&client);
+    bind(&client, "default", "timed", NODE, 1).await;
+    bind(&client, "default", "doomed", NODE, 1).await;
+    let (tp, dp) = (read_pid(&timed_pid).await, read_pid(&doomed_pid).await);
+    let job = wait_attempt(&client, "timed", 1, "startedAt", |a| a.started_at.is_some()).await;
+    let started = attempt(&job, 1)
+        .and_then(|a| a.started_at)
+        .expect("startedAt")
+        .0;
+    wait_attempt(&client, "doomed", 1, "startedAt", |a| {
+        a.started_at.is_some()
+    })
+    .await;
+    agent1.crash().await;
+    // The new agent starts 3 s into the 5 s timeout.
+    let since_start = || jiff::Timestamp::now().duration_since(started).as_secs_f64();
+    eventually(
+        "3 s since the start",
+        || async { since_start() },
+        |s| *s >= 3.0,
+    )
+    .await;
+    let agent2 = agent(&client);
+
+    let job = wait_attempt(&client, "timed", 1, "the timeout", |a| {
+        a.stopped_at.is_some()
+    })
+    .await;
+    let a1 = attempt(&job, 1).expect("attempt 1");
+    assert_eq!(a1.reason.as_deref(), Some("Timeout"), "{a1:?}");
+    let ran = a1
+        .stopped_at
+        .expect("stoppedAt")
+        .0
+        .duration_since(started)
+        .as_secs_f64();
+    assert!(
+        (5.0..7.5).contains(&ran),
+        "stopped {ran:.1}s after its start: the timeout counts from the start, not from the adoption"
+    );
+    assert!(!process_alive(tp));
+
+    // Deleting the job cancels the adopted attempt as it would a fresh one.
+    assert!(process_alive(dp));
+    Api::<BatchJob>::namespaced(client.clone(), "default")
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the deleted job's process to die",
+        || async { process_alive(dp) },
+        |alive| !alive,
+    )
+    .await;
+    agent2.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_that_leaves_attempts_running_hands_them_to_the_next_agent() {
+    let s = server_with_crds().await;
+    let client = s.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pid_file, go) = (dir.path().join("pid"), dir.path().join("go"));
+    let script = format!(
+        "echo $$ > {}; while [ ! -e {} ]; do sleep 0.1; done; echo left-running",
+        pid_file.display(),
+        go.display()
+    );
+    create_job(&client, "default", &process_job("upgrade", &script)).await;
+    let leave = || {
+        TestAgent::start(
+            client.clone(),
+            config(NODE, "ce-test")
+                .with_shutdown_mode(asg_batch::agent::config::ShutdownMode::Leave),
+            Arc::new(process_executor()),
+            None,
+        )
+    };
+    let agent1 = leave();
+    bind(&client, "default", "upgrade", NODE, 1).await;
+    let pid = read_pid(&pid_file).await;
+    wait_attempt(&client, "upgrade", 1, "startedAt", |a| {
+        a.started_at.is_some()
+    })
+    .await;
+    agent1.stop().await.expect("clean stop");
+    assert!(
+        process_alive(pid),
+        "a graceful stop leaves the attempt running"
+    );
+    let a1 = attempt(&get_job(&client, "default", "upgrade").await, 1).expect("attempt 1");
+    assert!(a1.stopped_at.is_none(), "and does not report it: {a1:?}");
+
+    let agent2 = agent(&client);
+    std::fs::write(&go, "").expect("go");
+    let job = wait_attempt(&client, "upgrade", 1, "the report", |a| {
+        a.stopped_at.is_some()
+    })
+    .await;
+    let a1 = attempt(&job, 1).expect("attempt 1");
+    assert_eq!(
+        (a1.exit_code, a1.reason.as_deref(), a1.log_tail.as_deref()),
+        (Some(0), Some("Completed"), Some("left-running")),
+        "{a1:?}"
+    );
+    agent2.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_with_nothing_left_after_a_restart_is_reported_lost_not_rerun() {
     let s = server_with_crds().await;
     let client = s.client();
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("pid");
     let script = format!("echo $$ > {}; exec sleep 300", pid_file.display());
-    create_job(&client, "default", &process_job("lost", &script)).await;
+    let uid = create_job(&client, "default", &process_job("lost", &script))
+        .await
+        .metadata
+        .uid
+        .expect("uid");
     let agent1 = agent(&client);
     bind(&client, "default", "lost", NODE, 1).await;
-    read_pid(&pid_file).await;
+    let pid = read_pid(&pid_file).await;
     let job = wait_attempt(&client, "lost", 1, "startedAt", |a| a.started_at.is_some()).await;
     let started = attempt(&job, 1)
         .and_then(|a| a.started_at)
         .expect("startedAt");
     agent1.crash().await;
+    // Everything of it goes: its processes (the shim leads their group) and its state.
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).expect("pgid");
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).expect("kill");
+    std::fs::remove_dir_all(state_dir("lost", &uid, 1)).expect("remove state");
     std::fs::remove_file(&pid_file).expect("remove pid file");
 
     let agent2 = agent(&client);
@@ -333,8 +566,18 @@ async fn an_attempt_lost_to_an_agent_restart_is_reported_not_rerun() {
     assert_eq!(a1.status_reason.as_deref(), Some(LOST_STATUS_REASON));
     assert_eq!(a1.started_at, Some(started), "startedAt is kept");
     assert_eq!(a1.exit_code, None);
-    // Give the new agent a few heartbeats: it must not run attempt 1 again.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The agent has done all it will for the attempt (its heartbeat no longer holds it):
+    // it did not run it again.
+    eventually(
+        "the heartbeat to drop the attempt",
+        || get_node(&client, NODE),
+        |n| {
+            n.as_ref()
+                .and_then(|n| n.status.as_ref())
+                .is_some_and(|s| s.running_attempts.is_empty())
+        },
+    )
+    .await;
     assert!(!pid_file.exists(), "attempt 1 was started again");
     agent2.stop().await.expect("clean stop");
 }

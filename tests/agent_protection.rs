@@ -4,7 +4,6 @@
 
 mod support;
 
-use asg_batch::agent::executor::process::ProcessExecutor;
 use asg_batch::api::BatchJob;
 use asg_batch::cloud::aws::AwsFleet;
 use asg_batch::cloud::{Fleet, FleetState};
@@ -53,7 +52,7 @@ async fn protects_the_instance_while_it_holds_a_job() {
     let agent = TestAgent::start(
         client.clone(),
         config,
-        Arc::new(ProcessExecutor),
+        Arc::new(process_executor()),
         Some(fleet.clone() as Arc<dyn Fleet>),
     );
     // Idle from the start: after its idle heartbeats the stale protection is removed.
@@ -197,7 +196,7 @@ async fn a_hanging_protection_call_does_not_stop_the_heartbeat() {
     let agent = TestAgent::start(
         client.clone(),
         config("i-stalled", "ce"),
-        Arc::new(ProcessExecutor),
+        Arc::new(process_executor()),
         Some(Arc::new(StalledFleet)),
     );
     let first = eventually(

@@ -44,7 +44,24 @@ async fn run(
     } else {
         std::mem::forget(cancel_tx);
     }
+    let name = spec.name.clone();
     let outcome = exec.run(spec, tx, cancel_rx).await;
+    // The container is kept until the agent reported the ending; nothing reports here.
+    exec.release(&name).await;
+    assert!(
+        exec.adopt(
+            asg_batch::agent::executor::Adoption {
+                name,
+                timeout: None,
+                started_at: None,
+            },
+            mpsc::unbounded_channel().0,
+            watch::channel(false).1,
+        )
+        .await
+        .is_none(),
+        "released: nothing left to adopt"
+    );
     let mut progress = Vec::new();
     while let Ok(p) = rx.try_recv() {
         progress.push(p);

@@ -30,7 +30,9 @@ async fn run(spec: RunSpec, cancel_after: Option<Duration>) -> Outcome {
         }
         std::future::pending::<()>().await;
     });
-    let outcome = ProcessExecutor.run(spec, tx, cancel_rx).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = ProcessExecutor::new(dir.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let outcome = exec.run(spec, tx, cancel_rx).await;
     canceller.abort();
     outcome
 }

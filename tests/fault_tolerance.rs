@@ -337,7 +337,9 @@ async fn play(
                     "1",
                     "--idle-polls",
                     "2",
+                    "--data-dir",
                 ])
+                .arg(dir.join(format!("agent-{id}")))
                 .env("KUBECONFIG", &own)
                 .env("INSTANCE", id)
                 .stdout(Stdio::null())
@@ -369,10 +371,11 @@ async fn play(
                 // Whatever its jobs started dies with the instance.
                 for runs in truth(&dir).values() {
                     for r in runs.iter().filter(|r| r.instance == id && r.stop.is_none()) {
-                        let _ = nix::sys::signal::killpg(
-                            nix::unistd::Pid::from_raw(r.pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
+                        // The job's group is led by its shim (`asg-batch shim`), which
+                        // outlives the agent like the job does.
+                        let pid = nix::unistd::Pid::from_raw(r.pid);
+                        let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
+                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                     }
                 }
                 if let Ok(mut p) = played.lock() {

@@ -3,7 +3,7 @@
 //! attempt is still the job's current one on this node.
 
 use super::config::AgentConfig;
-use super::executor::{EndReason, Executor, Outcome, Progress};
+use super::executor::{Adoption, EndReason, Executor, Outcome, Progress};
 use super::patches;
 use super::plan::{AttemptKey, CancelWhy};
 use super::protection::Protection;
@@ -134,18 +134,47 @@ async fn report(
     }
 }
 
+/// How an attempt task begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The controller bound it and it has no `startedAt`: start it, unless an earlier
+    /// agent process already did (it crashed before reporting `startedAt`), in which case
+    /// it is taken over.
+    Start,
+    /// It has `startedAt` but this agent process does not run it: take it over, or report
+    /// it lost when nothing of it is left.
+    Adopt,
+}
+
 /// Runs attempt `key` of `job` to its end and reports it. Returns the key when done.
+///
+/// When `detach` turns true before the workload ended (a graceful agent stop that leaves
+/// attempts running), the task returns without stopping the workload or reporting: the
+/// next agent process adopts it. Once the workload ended, its report is written (the
+/// agent's shutdown grace bounds that).
 pub async fn run(
     ctx: Arc<AttemptContext>,
     key: AttemptKey,
     job: Arc<BatchJob>,
+    mode: Mode,
     cancel: watch::Receiver<bool>,
     cancel_reason: CancelReason,
+    detach: watch::Receiver<bool>,
 ) -> AttemptKey {
     let span = tracing::info_span!("attempt", job = %format!("{}/{}", key.namespace, key.name), attempt = key.attempt);
     async {
-        tracing::info!("starting attempt");
-        let (started_at, mut outcome) = execute(&ctx, &key, &job, cancel).await;
+        match mode {
+            Mode::Start => tracing::info!("starting attempt"),
+            Mode::Adopt => tracing::info!("attempt started before this agent process: taking it over"),
+        }
+        let ended = tokio::select! {
+            ended = execute(&ctx, &key, &job, mode, cancel) => ended,
+            () = super::executor::cancelled(detach) => {
+                tracing::info!("agent stopping: the attempt is left running for the next agent process");
+                return key;
+            }
+        };
+        let (started_at, mut outcome) = ended;
         if outcome.reason == EndReason::Cancelled {
             if let Ok(guard) = cancel_reason.lock() {
                 if let Some(why) = *guard {
@@ -156,41 +185,63 @@ pub async fn run(
         tracing::info!(reason = %outcome.reason.reason(), exit_code = ?outcome.exit_code, status_reason = %outcome.status_reason, "attempt ended");
         let body = patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
         report(&ctx, &key, "ended", body).await;
+        // Reported, or no longer current: what the executor kept for it can go.
+        ctx.executor.release(&spec::attempt_name(&key)).await;
         key
     }
     .instrument(span)
     .await
 }
 
+/// The `startedAt` reported for attempt `key` of `job`.
+fn reported_start(job: &BatchJob, key: &AttemptKey) -> Option<Timestamp> {
+    job.status
+        .as_ref()
+        .and_then(|s| s.attempts.iter().find(|a| a.attempt == key.attempt))
+        .and_then(|a| a.started_at.as_ref())
+        .map(|t| t.0)
+}
+
 async fn execute(
     ctx: &AttemptContext,
     key: &AttemptKey,
     job: &BatchJob,
+    mode: Mode,
     cancel: watch::Receiver<bool>,
 ) -> (Option<Timestamp>, Outcome) {
-    let spec = match spec::resolve(&ctx.client, job, key, &ctx.config.compute_environment).await {
-        Ok(s) => s,
-        Err(e) => {
+    let name = spec::attempt_name(key);
+    let reported = reported_start(job, key);
+    let spec = spec::resolve(&ctx.client, job, key, &ctx.config.compute_environment).await;
+    let spec = match (spec, mode) {
+        (Ok(s), _) => Some(s),
+        (Err(e), Mode::Start) => {
             tracing::warn!(error = %e, "cannot build the attempt");
             return (
                 None,
                 Outcome::not_started(EndReason::StartFailed, e.to_string()),
             );
         }
+        (Err(e), Mode::Adopt) => {
+            // It runs already: supervise it anyway, without a timeout.
+            tracing::warn!(error = %e, "cannot build the attempt's spec; adopting it without its timeout");
+            None
+        }
     };
     if let Some(p) = &ctx.protection {
         if let Err(e) = p.before_start().await {
             tracing::error!(error = %e, "cannot protect the instance from scale-in");
-            return (
-                None,
-                Outcome::not_started(
-                    EndReason::StartFailed,
-                    format!("scale-in protection of this instance failed: {e}"),
-                ),
-            );
+            if mode == Mode::Start {
+                return (
+                    None,
+                    Outcome::not_started(
+                        EndReason::StartFailed,
+                        format!("scale-in protection of this instance failed: {e}"),
+                    ),
+                );
+            }
         }
     }
-    if *cancel.borrow() {
+    if mode == Mode::Start && *cancel.borrow() {
         return (
             None,
             Outcome::not_started(
@@ -199,23 +250,39 @@ async fn execute(
             ),
         );
     }
+    let adoption = Adoption {
+        name: name.clone(),
+        timeout: spec.as_ref().and_then(|s| s.timeout),
+        started_at: reported,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let run = ctx.executor.run(spec, tx, cancel);
-    tokio::pin!(run);
-    let mut started_at = None;
+    let executor = ctx.executor.clone();
+    let work = async move {
+        if let Some(outcome) = executor.adopt(adoption, tx.clone(), cancel.clone()).await {
+            return Some(outcome);
+        }
+        match spec {
+            Some(spec) if mode == Mode::Start => Some(executor.run(spec, tx, cancel).await),
+            _ => None,
+        }
+    };
+    tokio::pin!(work);
+    let mut started_at = reported;
     // The startedAt report runs beside the workload, so a slow API server delays neither
     // its timeout nor its cancellation; it is awaited before the final report, which would
     // otherwise be overwritten by it (same field manager).
     let mut started_report: Option<futures::future::BoxFuture<'_, bool>> = None;
     let outcome = loop {
         tokio::select! {
-            outcome = &mut run => break outcome,
+            outcome = &mut work => break outcome,
             Some(progress) = rx.recv() => match progress {
                 Progress::Pulling { image } => tracing::info!(%image, "pulling image"),
                 Progress::Started { at } => {
-                    started_at = Some(at);
-                    let body = patches::attempt_started(&key.namespace, &key.name, key.attempt, at);
-                    started_report = Some(Box::pin(report(ctx, key, "started", body)));
+                    if started_at.is_none() {
+                        started_at = Some(at);
+                        let body = patches::attempt_started(&key.namespace, &key.name, key.attempt, at);
+                        started_report = Some(Box::pin(report(ctx, key, "started", body)));
+                    }
                 }
             },
             Some(_) = async {
@@ -229,39 +296,21 @@ async fn execute(
     if let Some(f) = started_report {
         f.await;
     }
+    let Some(outcome) = outcome else {
+        // Adopt found nothing: no container, no state. It cannot have kept running
+        // unseen, but make sure before the job is retried.
+        tracing::warn!("nothing is left of the attempt; reporting it as ended");
+        ctx.executor.reap(&name).await;
+        return (
+            reported,
+            Outcome::not_started(EndReason::StartFailed, LOST_STATUS_REASON),
+        );
+    };
     (started_at.or(outcome.started_at), outcome)
 }
 
-/// Reports an attempt that started here before the agent restarted and that nothing runs
-/// any more: reason `StartFailed`, keeping the `startedAt` reported then.
-pub async fn report_lost(
-    ctx: Arc<AttemptContext>,
-    key: AttemptKey,
-    job: Arc<BatchJob>,
-) -> AttemptKey {
-    let span = tracing::info_span!("lost_attempt", job = %format!("{}/{}", key.namespace, key.name), attempt = key.attempt);
-    async {
-        let started_at = job
-            .status
-            .as_ref()
-            .and_then(|s| s.attempts.iter().find(|a| a.attempt == key.attempt))
-            .and_then(|a| a.started_at.as_ref())
-            .map(|t| t.0);
-        tracing::warn!("attempt started before the agent restarted; reporting it as ended");
-        // A container survives its agent: stop it first, so the retry does not run beside it.
-        ctx.executor.reap(&spec::attempt_name(&key)).await;
-        let outcome = Outcome::not_started(EndReason::StartFailed, LOST_STATUS_REASON);
-        let body =
-            patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
-        report(&ctx, &key, "lost", body).await;
-        key
-    }
-    .instrument(span)
-    .await
-}
-
-/// Status reason of an attempt lost to an agent restart.
-pub const LOST_STATUS_REASON: &str = "The node agent restarted while this attempt was running; the attempt's process or container is no longer tracked, so it is reported as ended";
+/// Status reason of an attempt lost to an agent restart with nothing left of it.
+pub const LOST_STATUS_REASON: &str = "The node agent restarted while this attempt was running and found neither its container nor its process state; the attempt is reported as ended";
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use kube::Api;
 
-use super::config::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_POLLS};
+use super::config::{
+    DEFAULT_DATA_DIR, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_POLLS, ShutdownMode,
+};
 use super::executor::Executor;
 use super::executor::docker::DockerExecutor;
 use super::executor::process::ProcessExecutor;
@@ -52,6 +54,23 @@ pub struct AgentArgs {
     /// Instance metadata endpoint.
     #[arg(long, default_value = IMDS_ENDPOINT)]
     pub imds_endpoint: String,
+    /// Data directory: process jobs keep their state (exit code, output) in
+    /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: std::path::PathBuf,
+    /// What SIGTERM/SIGINT does with running attempts: `leave` them running for the next
+    /// agent process to adopt (an upgrade or restart), or `cancel` them.
+    #[arg(long, value_enum, default_value_t = OnShutdown::Leave)]
+    pub on_shutdown: OnShutdown,
+}
+
+/// `--on-shutdown` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnShutdown {
+    /// Leave running attempts running; the next agent process adopts them.
+    Leave,
+    /// Cancel running attempts and report them `Cancelled`.
+    Cancel,
 }
 
 /// `--executor` values.
@@ -118,6 +137,9 @@ pub enum AgentCliError {
     /// The Docker socket could not be used.
     #[error(transparent)]
     Docker(#[from] super::executor::docker::ConnectError),
+    /// The data directory or the shim binary cannot be used.
+    #[error("process executor: {0}")]
+    DataDir(String),
     /// The agent loop failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -177,7 +199,15 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
     };
     let executor: Arc<dyn Executor> = match kind {
         ExecutorKind::Docker => Arc::new(DockerExecutor::connect(&args.docker_socket).await?),
-        ExecutorKind::Process => Arc::new(ProcessExecutor),
+        ExecutorKind::Process => {
+            let dir = args.data_dir.join("attempts");
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                AgentCliError::DataDir(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            Arc::new(ProcessExecutor::with_current_exe(&dir).map_err(|e| {
+                AgentCliError::DataDir(format!("cannot find the asg-batch binary: {e}"))
+            })?)
+        }
     };
     let mut config = AgentConfig::new(
         identity.instance_id,
@@ -187,7 +217,12 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
     .with_instance_type(identity.instance_type)
     .with_executor(kind)
     .with_heartbeat_interval(Duration::from_secs(args.heartbeat_interval.max(1)))
-    .with_idle_polls(args.idle_polls);
+    .with_idle_polls(args.idle_polls)
+    .with_data_dir(args.data_dir.clone())
+    .with_shutdown_mode(match args.on_shutdown {
+        OnShutdown::Leave => ShutdownMode::Leave,
+        OnShutdown::Cancel => ShutdownMode::Cancel,
+    });
     if let Some(name) = args.node_name {
         config = config.with_node_name(name);
     }

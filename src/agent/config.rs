@@ -3,12 +3,28 @@
 
 use crate::api::common::Resources;
 use crate::api::compute_environment::Executor as ExecutorKind;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default time between two heartbeats.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default number of consecutive idle heartbeats before scale-in protection is removed.
 pub const DEFAULT_IDLE_POLLS: u32 = 3;
+/// Default data directory: the process executor's per-attempt state lives under it.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/asg-batch";
+
+/// What a graceful stop of the agent does with the attempts it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShutdownMode {
+    /// Leave them running: the next agent process on the instance adopts them (an agent
+    /// upgrade or restart does not disturb its jobs). Attempts that already ended are
+    /// still reported within the shutdown grace.
+    #[default]
+    Leave,
+    /// Cancel them and report them `Cancelled` within the shutdown grace (for agents
+    /// whose instance goes away with them, as the in-process agents of `asg-batch dev`).
+    Cancel,
+}
 
 /// Configuration of one node agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,13 +45,19 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// Consecutive idle heartbeats before the instance is unprotected from scale-in.
     pub idle_polls: u32,
-    /// How long a graceful shutdown waits for cancelled attempts to report.
+    /// How long a graceful shutdown waits for attempts' reports.
     pub shutdown_grace: Duration,
+    /// What a graceful shutdown does with running attempts.
+    pub shutdown_mode: ShutdownMode,
+    /// The agent's data directory (the process executor keeps each attempt's state in
+    /// `<data_dir>/attempts/<attempt name>/`).
+    pub data_dir: PathBuf,
 }
 
 impl AgentConfig {
     /// A configuration with the defaults: node name from the instance id, heartbeat every
-    /// 10 s, unprotect after 3 idle heartbeats, Docker executor.
+    /// 10 s, unprotect after 3 idle heartbeats, Docker executor, running attempts left
+    /// running on shutdown, data in [`DEFAULT_DATA_DIR`].
     pub fn new(
         instance_id: impl Into<String>,
         compute_environment: impl Into<String>,
@@ -52,6 +74,8 @@ impl AgentConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             idle_polls: DEFAULT_IDLE_POLLS,
             shutdown_grace: Duration::from_secs(10),
+            shutdown_mode: ShutdownMode::Leave,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
         }
     }
 
@@ -79,6 +103,23 @@ impl AgentConfig {
         self
     }
 
+    /// Sets what a graceful shutdown does with running attempts.
+    pub fn with_shutdown_mode(mut self, mode: ShutdownMode) -> Self {
+        self.shutdown_mode = mode;
+        self
+    }
+
+    /// Sets the data directory.
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// Where the process executor keeps its per-attempt state: `<data_dir>/attempts`.
+    pub fn attempts_dir(&self) -> PathBuf {
+        self.data_dir.join("attempts")
+    }
+
     /// Overrides the node name (default: the instance id lower-cased).
     pub fn with_node_name(mut self, node_name: impl Into<String>) -> Self {
         self.node_name = node_name.into();
@@ -102,6 +143,11 @@ mod tests {
         assert_eq!(c.instance_id, "i-0ABC");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.idle_polls, 3);
+        assert_eq!(c.shutdown_mode, ShutdownMode::Leave);
+        assert_eq!(
+            c.attempts_dir(),
+            PathBuf::from("/var/lib/asg-batch/attempts")
+        );
         assert_eq!(c.with_idle_polls(0).idle_polls, 1);
     }
 }

@@ -2,7 +2,7 @@
 //! controller binds to it and runs their attempts, reporting per `src/api/PROTOCOL.md`.
 //!
 //! - [`config`] and [`identity`]: who the agent is (flags or EC2 IMDSv2).
-//! - [`plan`]: pure decisions (start / cancel / report lost) from the watched jobs.
+//! - [`plan`]: pure decisions (start / cancel / adopt) from the watched jobs.
 //! - [`spec`]: a job plus its JobDefinition into an executor [`executor::RunSpec`].
 //! - [`patches`]: the server-side apply bodies and field managers.
 //! - [`protection`]: scale-in protection while the instance holds an attempt.
@@ -18,12 +18,31 @@
 //! - Reports are server-side applies with field manager `asg-batch-agent-attempt-N` and
 //!   the re-read resourceVersion as a precondition; transient failures are retried until
 //!   written or stale.
+//! - Attempts outlive the agent process: containers are named and labelled after their
+//!   attempt ([`executor::docker`]), process jobs run under `asg-batch shim` in a session of
+//!   their own with their state (identity, output, exit code) in
+//!   `<data_dir>/attempts/<attempt>/` ([`executor::shim`]). What an executor keeps of an
+//!   attempt (stopped container, state files) is removed only once its ending is reported
+//!   or no longer wanted ([`executor::Executor::release`]).
 //! - After a restart, an attempt that has `startedAt` but no `stoppedAt` and that this agent
-//!   process does not run is reported as ended with reason `StartFailed` and status reason
-//!   [`attempt::LOST_STATUS_REASON`] (its `startedAt` kept), after the executor removed a
-//!   container the earlier process left running; it is never started again.
-//! - A graceful shutdown cancels running attempts and reports them (`Cancelled`, "the node
-//!   agent is shutting down") within `AgentConfig::shutdown_grace`.
+//!   process does not run is **adopted** ([`executor::Executor::adopt`]): a container or
+//!   shim still running is supervised as if this process had started it (held in the
+//!   [`gate`], its end awaited, the rest of its timeout counted from its start enforced,
+//!   cancelled by the same rules), and one that ended while no agent ran is reported with
+//!   its real exit code and log tail. Only when nothing is left of it (no container, no
+//!   state) is it reported as ended with reason `StartFailed` and status reason
+//!   [`attempt::LOST_STATUS_REASON`] (its `startedAt` kept). It is never started again.
+//!   A bound attempt without `startedAt` that an earlier process had already started (it
+//!   died before reporting) is adopted too, not started a second time.
+//! - A graceful shutdown (SIGTERM) **leaves running attempts running** by default
+//!   ([`config::ShutdownMode::Leave`]): an agent upgrade or restart does not touch its jobs;
+//!   the next agent process adopts them. Endings already known are reported within
+//!   `AgentConfig::shutdown_grace`. With [`config::ShutdownMode::Cancel`] (`asg-batch agent
+//!   --on-shutdown cancel`, and the in-process agents of `asg-batch dev`, whose instances
+//!   end with the process) running attempts are cancelled and reported (`Cancelled`, "the
+//!   node agent is shutting down") within the grace. Under systemd, the agent's unit needs
+//!   `KillMode=process` for process jobs to survive a restart of the unit (the default
+//!   `control-group` kills every process of the unit, shims included).
 //! - Each heartbeat reports the attempts the agent runs and whether it accepts new ones, and
 //!   reads its node's phase back ([`gate`]): once it has seen its node Draining it starts
 //!   nothing more (a binding that raced the drain is handed back by the controller).

@@ -1,5 +1,5 @@
 //! Pure decisions: given the jobs the watch shows for this node and the attempts running
-//! here, which attempts to start, which to cancel, and which to report as lost.
+//! here, which attempts to start, which to cancel, and which to take over after a restart.
 
 use crate::api::{BatchJob, JobPhase};
 use std::collections::HashSet;
@@ -127,13 +127,14 @@ pub enum Action {
     Start(AttemptKey),
     /// Stop this running attempt.
     Cancel(AttemptKey, CancelWhy),
-    /// This attempt started here earlier (it has `startedAt`) but nothing runs it now (the
-    /// agent restarted): report it as ended.
-    ReportLost(AttemptKey),
+    /// This attempt started here earlier (it has `startedAt`) but this agent process does
+    /// not run it (the agent restarted): take over its container or process if it is
+    /// still there (running or ended), else report it as ended.
+    Adopt(AttemptKey),
 }
 
 /// Decides what to do. `running` are the attempts this agent runs now (including those
-/// starting or reporting); `done` the attempts it ran to an end (or declared lost) since
+/// starting or reporting); `done` the attempts it ran to an end (or adopted) since
 /// it started, which are never started again.
 pub fn plan(
     node: &str,
@@ -176,7 +177,7 @@ pub fn plan(
         } else if job.current_started
             && matches!(phase, Some(JobPhase::Starting | JobPhase::Running))
         {
-            actions.push(Action::ReportLost(key));
+            actions.push(Action::Adopt(key));
         }
     }
     actions
@@ -184,7 +185,7 @@ pub fn plan(
 
 /// Drops from `done` the attempts the watch no longer shows as current, so the set does
 /// not grow without bound. An attempt still shown as current stays, so it is never
-/// started (or declared lost) again while the watch lags behind this agent's own report.
+/// started (or adopted) again while the watch lags behind this agent's own report.
 pub fn prune_done(done: &mut HashSet<AttemptKey>, jobs: &[JobView]) {
     done.retain(|key| {
         jobs.iter()
@@ -290,13 +291,13 @@ mod tests {
     }
 
     #[test]
-    fn a_started_attempt_nobody_runs_is_lost() {
+    fn a_started_attempt_nobody_runs_is_adopted() {
         let mut j = job("a", JobPhase::Running, 1);
         j.current_started = true;
         let jobs = [j];
         assert_eq!(
             plan(ME, &jobs, &set(&[]), &set(&[])),
-            [Action::ReportLost(key("a", 1))]
+            [Action::Adopt(key("a", 1))]
         );
         assert!(plan(ME, &jobs, &set(&[key("a", 1)]), &set(&[])).is_empty());
         assert!(plan(ME, &jobs, &set(&[]), &set(&[key("a", 1)])).is_empty());

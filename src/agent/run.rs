@@ -1,8 +1,8 @@
 //! The agent loop: register the node, heartbeat, watch the jobs bound here, and start,
 //! cancel or report attempts as [`plan`](super::plan::plan) decides.
 
-use super::attempt::{self, AttemptContext, CancelReason};
-use super::config::AgentConfig;
+use super::attempt::{self, AttemptContext, CancelReason, Mode};
+use super::config::{AgentConfig, ShutdownMode};
 use super::error::AgentError;
 use super::executor::Executor;
 use super::gate::Gate;
@@ -27,6 +27,8 @@ use tracing::Instrument;
 struct Running {
     cancel: watch::Sender<bool>,
     reason: CancelReason,
+    /// Leave the workload running and stop supervising it (graceful stop, `Leave`).
+    detach: watch::Sender<bool>,
 }
 
 struct Agent {
@@ -52,7 +54,9 @@ struct Agent {
 /// with `executor`, reporting per `src/api/PROTOCOL.md`. With a `fleet`, the
 /// instance is protected from scale-in while it holds an attempt.
 ///
-/// On shutdown, running attempts are cancelled and reported (reason `Cancelled`) within
+/// On shutdown, running attempts are left running for the next agent process to adopt
+/// (`ShutdownMode::Leave`, the default) or cancelled and reported (reason `Cancelled`,
+/// `ShutdownMode::Cancel`); either way, endings already known are reported within
 /// `config.shutdown_grace`. Returns an error when the node cannot be registered or the
 /// watch ends.
 pub async fn run(
@@ -105,8 +109,10 @@ async fn run_inner(
     );
     let mut stream = std::pin::pin!(stream);
     let grace = config.shutdown_grace;
+    let shutdown_mode = config.shutdown_mode;
     let (busy_tx, busy_rx) = watch::channel(0usize);
-    let heartbeat = tokio::spawn(
+    // Stopped also when this future is dropped: an agent that is gone does not heartbeat.
+    let heartbeat = AbortOnDrop(tokio::spawn(
         node::heartbeat_loop(
             nodes.clone(),
             config.clone(),
@@ -114,11 +120,11 @@ async fn run_inner(
             gate.clone(),
         )
         .in_current_span(),
-    );
+    ));
     let idle = protection.clone().map(|p| {
-        tokio::spawn(
+        AbortOnDrop(tokio::spawn(
             super::protection::idle_loop(p, config.heartbeat_interval, busy_rx).in_current_span(),
-        )
+        ))
     });
 
     let mut agent = Agent {
@@ -163,13 +169,20 @@ async fn run_inner(
             }
         }
     };
-    agent.stop(grace).await;
-    heartbeat.abort();
-    if let Some(idle) = idle {
-        idle.abort();
-    }
+    agent.stop(grace, shutdown_mode).await;
+    drop(heartbeat);
+    drop(idle);
     tracing::info!(node = %node_name, "agent stopped");
     result
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Agent {
@@ -216,18 +229,18 @@ impl Agent {
             match action {
                 Action::Start(key) => {
                     if let Some(job) = find(&jobs, &key) {
-                        self.start(key, job);
+                        if !self.gate.admit(&key) {
+                            tracing::debug!(attempt = %key, "node is draining: attempt not started (the controller hands it back)");
+                            continue;
+                        }
+                        self.start(key, job, Mode::Start);
                     }
                 }
-                Action::ReportLost(key) => {
+                Action::Adopt(key) => {
                     if let Some(job) = find(&jobs, &key) {
-                        let fut = attempt::report_lost(self.ctx.clone(), key.clone(), job);
-                        let running = Running {
-                            cancel: watch::channel(false).0,
-                            reason: Arc::new(Mutex::new(None)),
-                        };
+                        // Running work is held whatever the node's phase.
                         self.gate.hold(&key);
-                        self.spawn(key, fut, running);
+                        self.start(key, job, Mode::Adopt);
                     }
                 }
                 Action::Cancel(key, why) => self.cancel(&key, why),
@@ -235,23 +248,24 @@ impl Agent {
         }
     }
 
-    fn start(&mut self, key: AttemptKey, job: Arc<BatchJob>) {
-        if !self.gate.admit(&key) {
-            tracing::debug!(attempt = %key, "node is draining: attempt not started (the controller hands it back)");
-            return;
-        }
+    /// Runs (or adopts) attempt `key`; the gate holds it already.
+    fn start(&mut self, key: AttemptKey, job: Arc<BatchJob>, mode: Mode) {
         let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (detach_tx, detach_rx) = watch::channel(false);
         let reason: CancelReason = Arc::new(Mutex::new(None));
         let fut = attempt::run(
             self.ctx.clone(),
             key.clone(),
             job,
+            mode,
             cancel_rx,
             reason.clone(),
+            detach_rx,
         );
         let running = Running {
             cancel: cancel_tx,
             reason,
+            detach: detach_tx,
         };
         self.spawn(key, fut, running);
     }
@@ -279,7 +293,6 @@ impl Agent {
             *reason = Some(why);
         }
         tracing::info!(attempt = %key, ?why, "cancelling attempt");
-        // send_replace: also marks entries nobody listens to (lost-attempt reports) as done.
         r.cancel.send_replace(true);
     }
 
@@ -303,11 +316,26 @@ impl Agent {
         self.done.insert(key);
     }
 
-    /// Cancels every attempt and waits up to `grace` for their reports.
-    async fn stop(&mut self, grace: std::time::Duration) {
+    /// Leaves every running attempt running (`Leave`: their tasks stop supervising them,
+    /// the next agent process adopts them) or cancels it (`Cancel`), and waits up to
+    /// `grace` for the reports of the attempts that ended.
+    async fn stop(&mut self, grace: std::time::Duration, mode: ShutdownMode) {
         let keys: Vec<AttemptKey> = self.running.keys().cloned().collect();
         for key in &keys {
-            self.cancel(key, CancelWhy::Shutdown);
+            match mode {
+                ShutdownMode::Cancel => self.cancel(key, CancelWhy::Shutdown),
+                ShutdownMode::Leave => {
+                    if let Some(r) = self.running.get(key) {
+                        r.detach.send_replace(true);
+                    }
+                }
+            }
+        }
+        if mode == ShutdownMode::Leave && !keys.is_empty() {
+            tracing::info!(
+                attempts = keys.len(),
+                "leaving running attempts running for the next agent process"
+            );
         }
         let drain = async {
             while let Some(joined) = self.tasks.join_next_with_id().await {

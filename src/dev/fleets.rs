@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tracing::{Instrument, error, info, info_span};
 
-use crate::agent::config::node_name_for;
+use crate::agent::config::{ShutdownMode, node_name_for};
 use crate::agent::executor::Executor;
 use crate::agent::executor::docker::DockerExecutor;
 use crate::agent::executor::process::ProcessExecutor;
@@ -30,6 +30,9 @@ pub struct LocalFleets {
     made: Mutex<Vec<Arc<LocalFleet>>>,
     /// The agents' tasks, to wait for at shutdown.
     agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Where process jobs keep their state (a directory of this process, removed at
+    /// shutdown: dev's agents cancel their attempts when they stop).
+    state_dir: std::path::PathBuf,
 }
 
 impl LocalFleets {
@@ -42,6 +45,9 @@ impl LocalFleets {
             fleets: Mutex::default(),
             made: Mutex::default(),
             agents: Arc::default(),
+            state_dir: std::env::temp_dir()
+                .join(format!("asg-batch-dev-{}", std::process::id()))
+                .join("attempts"),
         }
     }
 
@@ -58,6 +64,9 @@ impl LocalFleets {
             .is_err()
         {
             tracing::warn!(?grace, "node agents did not stop in time");
+        }
+        if let Some(dir) = self.state_dir.parent() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
@@ -81,7 +90,15 @@ impl LocalFleets {
             .as_ref()
             .map_or(ExecutorKind::Docker, |l| l.executor);
         let executor: Arc<dyn Executor> = match kind {
-            ExecutorKind::Process => Arc::new(ProcessExecutor),
+            ExecutorKind::Process => match ProcessExecutor::with_current_exe(&self.state_dir) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    return unavailable(format!(
+                        "compute environment {name} runs processes, but the asg-batch binary \
+                         to supervise them cannot be found: {e}"
+                    ));
+                }
+            },
             ExecutorKind::Docker => match DockerExecutor::connect(&self.docker_socket).await {
                 Ok(d) => Arc::new(d),
                 Err(e) => {
@@ -113,7 +130,9 @@ impl LocalFleets {
             .with_instance_type(shape.instance_type.clone())
             .with_executor(kind)
             .with_heartbeat_interval(HEARTBEAT)
-            .with_idle_polls(2);
+            .with_idle_polls(2)
+            // The instances are tasks of this process and end with it: their attempts too.
+            .with_shutdown_mode(ShutdownMode::Cancel);
         // The launcher needs the fleet (agents protect their instance through it), and
         // the fleet needs the launcher: the launcher holds a weak reference, set before
         // the fleet launches anything.

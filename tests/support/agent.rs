@@ -43,7 +43,8 @@ pub async fn server_with_crds() -> ServerUnderTest {
 }
 
 /// A config for node `instance_id` in compute environment `ce` with 4 cpu / 8Gi, the
-/// process executor, fast heartbeats (200 ms) and 3 idle polls.
+/// process executor, fast heartbeats (200 ms), 3 idle polls, and running attempts
+/// cancelled on a graceful stop (so tests leave nothing running).
 pub fn config(instance_id: &str, ce: &str) -> AgentConfig {
     AgentConfig::new(
         instance_id,
@@ -56,6 +57,16 @@ pub fn config(instance_id: &str, ce: &str) -> AgentConfig {
     )
     .with_executor(asg_batch::api::compute_environment::Executor::Process)
     .with_heartbeat_interval(Duration::from_millis(200))
+    .with_shutdown_mode(asg_batch::agent::config::ShutdownMode::Cancel)
+}
+
+/// The process executor with the `asg-batch` binary as its shim and its state in a
+/// directory of this test process (attempt names are unique, so tests share it).
+pub fn process_executor() -> asg_batch::agent::executor::process::ProcessExecutor {
+    asg_batch::agent::executor::process::ProcessExecutor::new(
+        std::env::temp_dir().join(format!("asgb-test-attempts-{}", std::process::id())),
+        env!("CARGO_BIN_EXE_asg-batch"),
+    )
 }
 
 /// An agent running in the test's runtime.

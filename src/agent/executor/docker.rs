@@ -1,9 +1,14 @@
 //! Attempts as containers through the Docker Engine API (Docker, or Podman's compatible
 //! service). The image is pulled on demand; cpu and memory limits are enforced.
+//!
+//! A container outlives the agent process that started it: it is named after the attempt
+//! ([`RunSpec::name`]) and labelled `io.asgbatch.attempt=<name>`, so a later agent
+//! process finds it and takes it over ([`Executor::adopt`]). A stopped container is kept
+//! until its ending is reported ([`Executor::release`]).
 
 use super::{
-    EndReason, Ending, Executor, LogTail, Outcome, Progress, RunSpec, Workload, cancelled,
-    classify, expires,
+    Adoption, EndReason, Ending, Executor, LogTail, Outcome, Progress, RunSpec, Workload,
+    cancelled, classify, expires,
 };
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -15,6 +20,15 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
+
+/// Label naming the attempt a container runs (its value is the container's name).
+pub const ATTEMPT_LABEL: &str = "io.asgbatch.attempt";
+
+/// A container engine's time (RFC 3339); `None` for the zero time of "never".
+fn parse_time(s: &str) -> Option<Timestamp> {
+    let t: Timestamp = s.parse().ok()?;
+    (t.as_second() > 0).then_some(t)
+}
 
 /// Could not reach the container engine.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +179,7 @@ impl DockerExecutor {
             cmd: (!args.is_empty()).then(|| args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: working_dir.clone(),
-            labels: Some([("io.asgbatch.attempt".to_string(), spec.name.clone())].into()),
+            labels: Some([(ATTEMPT_LABEL.to_string(), spec.name.clone())].into()),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -199,8 +213,8 @@ impl DockerExecutor {
             () = cancelled(cancel) => Ending::Cancelled(self.kill(&spec.name).await),
         };
         let stopped_at = Timestamp::now();
+        // The container stays until the ending is reported (`release`).
         let log_tail = self.log_tail(&spec.name).await;
-        self.remove(&spec.name).await;
         let (exit_code, reason, status_reason) = classify(ending, spec.memory_bytes > 0);
         Outcome {
             exit_code,
@@ -210,6 +224,79 @@ impl DockerExecutor {
             stopped_at,
             log_tail,
         }
+    }
+
+    async fn adopt_inner(
+        &self,
+        adoption: Adoption,
+        progress: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        let name = adoption.name.as_str();
+        let found = self.docker.inspect_container(name, None).await.ok()?;
+        let ours = found
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(ATTEMPT_LABEL))
+            .is_some_and(|v| v == name);
+        if !ours {
+            tracing::warn!(
+                container = name,
+                "a container with the attempt's name but not its label: not adopted"
+            );
+            return None;
+        }
+        let state = found.state.clone().unwrap_or_default();
+        let own_start = state.started_at.as_deref().and_then(parse_time);
+        // Never started (created, or removed before it ran): nothing to take over.
+        if own_start.is_none() {
+            tracing::info!(container = name, status = ?state.status, "container never ran: not adopted");
+            return None;
+        }
+        let memory_limited = found
+            .host_config
+            .as_ref()
+            .and_then(|h| h.memory)
+            .is_some_and(|m| m > 0);
+        let _ = progress.send(Progress::Started {
+            at: adoption
+                .started_at
+                .or(own_start)
+                .unwrap_or_else(Timestamp::now),
+        });
+        let running = state.running.unwrap_or(false);
+        let (ending, stopped_at) = if running {
+            tracing::info!(container = name, "re-adopting a running container");
+            let ending = tokio::select! {
+                code = self.exit_code(name) => Ending::Exited(code.unwrap_or(-1)),
+                () = expires(adoption.remaining(own_start)) => Ending::TimedOut(self.kill(name).await),
+                () = cancelled(cancel) => Ending::Cancelled(self.kill(name).await),
+            };
+            (ending, Timestamp::now())
+        } else {
+            tracing::info!(
+                container = name,
+                "the container ended while no agent supervised it"
+            );
+            let code = state.exit_code.and_then(|c| i32::try_from(c).ok());
+            let stopped = state
+                .finished_at
+                .as_deref()
+                .and_then(parse_time)
+                .unwrap_or_else(Timestamp::now);
+            (Ending::Exited(code.unwrap_or(-1)), stopped)
+        };
+        let log_tail = self.log_tail(name).await;
+        let (exit_code, reason, status_reason) = classify(ending, memory_limited);
+        Some(Outcome {
+            exit_code,
+            reason,
+            status_reason,
+            started_at: adoption.started_at.or(own_start),
+            stopped_at,
+            log_tail,
+        })
     }
 
     /// Kills the container and returns the code it died with.
@@ -232,11 +319,24 @@ impl Executor for DockerExecutor {
         Box::pin(self.run_inner(spec, progress, cancel))
     }
 
+    fn adopt(
+        &self,
+        adoption: Adoption,
+        progress: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
+    ) -> BoxFuture<'_, Option<Outcome>> {
+        Box::pin(self.adopt_inner(adoption, progress, cancel))
+    }
+
+    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.remove(name))
+    }
+
     fn reap<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             tracing::info!(
                 container = name,
-                "removing a container an earlier agent left running"
+                "removing a container an earlier agent left and that cannot be adopted"
             );
             self.remove(name).await;
         })

@@ -7,6 +7,7 @@
 
 pub mod docker;
 pub mod process;
+pub mod shim;
 mod tail;
 
 pub use tail::LogTail;
@@ -187,8 +188,33 @@ pub trait Executor: Send + Sync {
         cancel: watch::Receiver<bool>,
     ) -> BoxFuture<'_, Outcome>;
 
-    /// Stops and removes whatever an earlier agent process left running for the attempt
-    /// named `name` (`RunSpec::name`), so an attempt reported as lost after a restart is
+    /// Takes over the attempt named `adoption.name` that an earlier agent process started
+    /// (found by its container's name and label, or its state under the data directory)
+    /// and supervises it as [`Executor::run`] would: reports [`Progress::Started`] with its
+    /// real start, waits for its end, enforces what remains of its timeout and stops it
+    /// when `cancel` turns true. Returns `None` at once when nothing of the attempt is
+    /// left (then it never ran, or left no trace). Nothing to adopt by default.
+    fn adopt(
+        &self,
+        adoption: Adoption,
+        progress: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
+    ) -> BoxFuture<'_, Option<Outcome>> {
+        let _ = (adoption, progress, cancel);
+        Box::pin(async { None })
+    }
+
+    /// Forgets an attempt whose ending was reported (or is no longer wanted): removes its
+    /// stopped container or its state files. Until then they are kept, so an agent that
+    /// restarts before the report is written still finds how the attempt ended. Best
+    /// effort; nothing to do by default.
+    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        let _ = name;
+        Box::pin(async {})
+    }
+
+    /// Stops and removes whatever an earlier agent process left for the attempt named
+    /// `name` (`RunSpec::name`) that it could not adopt, so an attempt reported as lost is
     /// not still running while the job is retried. Best effort; nothing to do by default.
     fn reap<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
         let _ = name;
@@ -196,8 +222,36 @@ pub trait Executor: Send + Sync {
     }
 }
 
+/// An attempt an earlier agent process started, to be taken over ([`Executor::adopt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    /// The attempt's name (`RunSpec::name`).
+    pub name: String,
+    /// Its timeout, counted from when it started.
+    pub timeout: Option<Duration>,
+    /// When it started, as reported then (`attempts[N].startedAt`); the executor's own
+    /// record of the start is used when unknown.
+    pub started_at: Option<Timestamp>,
+}
+
+impl Adoption {
+    /// What remains of the timeout for an attempt that started at `started` (zero when
+    /// it is already over); `None` without a timeout.
+    pub fn remaining(&self, started: Option<Timestamp>) -> Option<Duration> {
+        let timeout = self.timeout?;
+        let Some(started) = self.started_at.or(started) else {
+            return Some(timeout);
+        };
+        let elapsed = Timestamp::now()
+            .duration_since(started)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        Some(timeout.saturating_sub(elapsed))
+    }
+}
+
 /// Waits until `cancel` is true (never returns if the sender is dropped while false).
-async fn cancelled(mut cancel: watch::Receiver<bool>) {
+pub(crate) async fn cancelled(mut cancel: watch::Receiver<bool>) {
     loop {
         if *cancel.borrow_and_update() {
             return;
@@ -243,6 +297,35 @@ mod tests {
         assert_eq!(
             classify(Ending::Cancelled(None), false).1,
             EndReason::Cancelled
+        );
+    }
+
+    #[test]
+    fn remaining_timeout_counts_from_the_start() {
+        let started = Timestamp::now() - jiff::SignedDuration::from_secs(30);
+        let a = Adoption {
+            name: "x".into(),
+            timeout: Some(Duration::from_secs(100)),
+            started_at: Some(started),
+        };
+        let left = a.remaining(None).expect("a timeout");
+        assert!(
+            left <= Duration::from_secs(70) && left > Duration::from_secs(60),
+            "{left:?}"
+        );
+        let over = Adoption {
+            timeout: Some(Duration::from_secs(10)),
+            ..a.clone()
+        };
+        assert_eq!(over.remaining(None), Some(Duration::ZERO));
+        let own = Adoption {
+            started_at: None,
+            ..a.clone()
+        };
+        assert!(own.remaining(Some(started)).expect("t") <= Duration::from_secs(70));
+        assert_eq!(
+            Adoption { timeout: None, ..a }.remaining(Some(started)),
+            None
         );
     }
 

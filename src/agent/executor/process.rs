@@ -1,54 +1,70 @@
 //! Attempts as plain processes on the instance (executor `process`). No resource limits
 //! are enforced; the scheduler's accounting still keeps the node from being over-committed.
+//!
+//! Each attempt runs under a [`shim`](super::shim) (`asg-batch shim`) in a session of its
+//! own, with its state in `<state dir>/<attempt name>/`: the program's output, the
+//! shim's identity and, once the program ends, its exit code. So an attempt outlives the
+//! agent that started it, and a later agent process takes it over ([`Executor::adopt`]) or
+//! reports how it ended while no agent ran. The state stays until the ending is reported
+//! ([`Executor::release`]).
 
+use super::shim::{
+    self, EXIT_FILE, ExitRecord, LOG_FILE, OUTPUT_FILE, SHIM_FILE, STARTED_LINE, STOP_FILE,
+    ShimRecord, StopReason, StopRecord,
+};
 use super::{
-    EndReason, Ending, Executor, LogTail, Outcome, Progress, RunSpec, Workload, cancelled,
-    classify, expires,
+    Adoption, EndReason, Ending, Executor, LogTail, Outcome, Progress, RunSpec, SIGKILL_EXIT,
+    Workload, cancelled, classify, expires,
 };
 use futures::future::BoxFuture;
 use jiff::Timestamp;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
-/// Runs attempts as child processes of the agent.
-#[derive(Clone, Debug, Default)]
-pub struct ProcessExecutor;
+/// How long a shim may take to start its program before the attempt is a start failure.
+const SHIM_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often an adopted shim (not a child of this process) is checked.
+const POLL: Duration = Duration::from_millis(200);
+/// How much of the end of the output file makes the log tail.
+const TAIL_BYTES: u64 = 64 * 1024;
 
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1)
-}
-
-async fn drain(mut from: impl AsyncRead + Unpin, tail: Arc<Mutex<LogTail>>) {
-    let mut buf = vec![0u8; 8192];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        if let Ok(mut t) = tail.lock() {
-            t.push(&String::from_utf8_lossy(&buf[..n]));
-        }
-    }
-}
-
-/// SIGKILLs the child's whole process group (the child leads it).
-fn kill_group(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = child.start_kill();
+/// Runs attempts as processes under `asg-batch shim`.
+#[derive(Clone, Debug)]
+pub struct ProcessExecutor {
+    state_dir: PathBuf,
+    shim: PathBuf,
 }
 
 impl ProcessExecutor {
+    /// An executor keeping each attempt's state under `state_dir` (made absolute) and
+    /// starting attempts with `shim`, the `asg-batch` binary (`std::env::current_exe()`
+    /// in the `asg-batch` process).
+    pub fn new(state_dir: impl Into<PathBuf>, shim: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
+        Self {
+            state_dir,
+            shim: shim.into(),
+        }
+    }
+
+    /// An executor under `state_dir` whose shim is this very binary (the `asg-batch`
+    /// process: `asg-batch agent` and `asg-batch dev`).
+    pub fn with_current_exe(state_dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        Ok(Self::new(state_dir, std::env::current_exe()?))
+    }
+
+    /// The directory of the attempt named `name`.
+    pub fn attempt_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+
     async fn run_inner(
+        &self,
         spec: RunSpec,
         progress: mpsc::UnboundedSender<Progress>,
         cancel: watch::Receiver<bool>,
@@ -63,74 +79,249 @@ impl ProcessExecutor {
                 "the process executor runs process jobs only",
             );
         };
-        let Some((program, args)) = command.split_first() else {
+        if command.is_empty() {
             return Outcome::not_started(EndReason::StartFailed, "empty command");
+        }
+        let dir = self.attempt_dir(&spec.name);
+        // What an earlier try left without a shim to adopt (e.g. a shim that never
+        // started its program) is cleared; the attempt starts afresh.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            return Outcome::not_started(
+                EndReason::StartFailed,
+                format!("cannot create the attempt's state directory {dir:?}: {e}"),
+            );
+        }
+        let shim_log = match std::fs::File::create(dir.join(LOG_FILE)) {
+            Ok(f) => f,
+            Err(e) => {
+                return Outcome::not_started(
+                    EndReason::StartFailed,
+                    format!("cannot create {:?}: {e}", dir.join(LOG_FILE)),
+                );
+            }
         };
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
+        let mut cmd = tokio::process::Command::new(&self.shim);
+        cmd.arg("shim")
+            .arg("--state")
+            .arg(&dir)
+            .arg("--")
+            .args(command)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            // Its own process group, so a timeout or cancellation kills everything it started.
-            .process_group(0);
+            .stderr(shim_log)
+            // The attempt outlives this agent process: it is adopted by the next one.
+            .kill_on_drop(false);
         if let Some(dir) = working_dir {
             cmd.current_dir(dir);
         }
+        let program = &command[0];
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Outcome::not_started(
                     EndReason::StartFailed,
                     format!("cannot start {program:?}: {e}"),
                 );
             }
         };
-        let started_at = Timestamp::now();
+        // The shim says `started` once the program runs, or `error ...`.
+        let mut line = String::new();
+        let handshake = async {
+            let Some(out) = child.stdout.take() else {
+                return;
+            };
+            let _ = BufReader::new(out).read_line(&mut line).await;
+        };
+        if tokio::time::timeout(SHIM_START_TIMEOUT, handshake)
+            .await
+            .is_err()
+        {
+            kill_child_group(&child);
+            let _ = child.wait().await;
+            return Outcome::not_started(
+                EndReason::StartFailed,
+                format!("the process shim did not start {program:?} in time"),
+            );
+        }
+        if line.trim() != STARTED_LINE {
+            let _ = child.wait().await;
+            let why = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE))
+                .and_then(|r| r.start_error)
+                .or_else(|| {
+                    std::fs::read_to_string(dir.join(LOG_FILE))
+                        .ok()
+                        .filter(|s| !s.trim().is_empty())
+                })
+                .unwrap_or_else(|| format!("the process shim could not start {program:?}"));
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Outcome::not_started(EndReason::StartFailed, why.trim().to_string());
+        }
+        let started_at = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE))
+            .map_or_else(Timestamp::now, |r| r.started_at);
         let _ = progress.send(Progress::Started { at: started_at });
-        let tail = Arc::new(Mutex::new(LogTail::default()));
-        let readers: Vec<_> = [
-            child
-                .stdout
-                .take()
-                .map(|o| tokio::spawn(drain(o, tail.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|e| tokio::spawn(drain(e, tail.clone()))),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
 
         let ending = tokio::select! {
-            status = child.wait() => Ending::Exited(status.map(exit_code).unwrap_or(-1)),
+            status = child.wait() => Ending::Exited(status.map(shim::exit_code).unwrap_or(-1)),
             () = expires(spec.timeout) => {
-                kill_group(&mut child);
-                Ending::TimedOut(child.wait().await.ok().map(exit_code))
+                stop_intent(&dir, StopReason::Timeout);
+                kill_child_group(&child);
+                Ending::TimedOut(child.wait().await.ok().map(shim::exit_code))
             }
             () = cancelled(cancel) => {
-                kill_group(&mut child);
-                Ending::Cancelled(child.wait().await.ok().map(exit_code))
+                stop_intent(&dir, StopReason::Cancelled);
+                kill_child_group(&child);
+                Ending::Cancelled(child.wait().await.ok().map(shim::exit_code))
             }
         };
-        let stopped_at = Timestamp::now();
-        for r in readers {
-            // Output of grandchildren that outlive the process must not hold the report.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), r).await;
+        // The shim mirrors the program's code; its record says when the program stopped.
+        let record = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE));
+        let ending = match (ending, record.as_ref().and_then(|r| r.exit_code)) {
+            (Ending::Exited(_), Some(code)) => Ending::Exited(code),
+            (other, _) => other,
+        };
+        let stopped_at = record.map_or_else(Timestamp::now, |r| r.stopped_at);
+        outcome(&dir, ending, Some(started_at), stopped_at)
+    }
+
+    async fn adopt_inner(
+        &self,
+        adoption: Adoption,
+        progress: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        let dir = self.attempt_dir(&adoption.name);
+        let exit = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE));
+        let record = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE));
+        if let Some(ExitRecord {
+            start_error: Some(why),
+            ..
+        }) = &exit
+        {
+            // It never ran: the earlier agent reported (or will be told) a start failure.
+            tracing::info!(attempt = %adoption.name, %why, "the attempt's program never started");
+            return None;
         }
-        let log_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
-        let (exit_code, reason, status_reason) = classify(ending, false);
-        Outcome {
-            exit_code,
-            reason,
-            status_reason,
-            started_at: Some(started_at),
+        // No record: the program never started (or the shim died before it could say).
+        let record = record?;
+        let started_at = Some(record.started_at);
+        let _ = progress.send(Progress::Started {
+            at: adoption.started_at.unwrap_or(record.started_at),
+        });
+        if let Some(ExitRecord {
+            exit_code: Some(code),
             stopped_at,
-            log_tail,
+            ..
+        }) = exit
+        {
+            tracing::info!(attempt = %adoption.name, exit_code = code, "the attempt ended while no agent supervised it");
+            return Some(outcome(&dir, Ending::Exited(code), started_at, stopped_at));
+        }
+        if record.alive() {
+            tracing::info!(attempt = %adoption.name, pid = record.pid, "re-adopting a running attempt");
+        }
+        let remaining = adoption.remaining(started_at);
+        let wait_end = async {
+            while record.alive() && !dir.join(EXIT_FILE).exists() {
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        let killed = tokio::select! {
+            () = wait_end => None,
+            () = expires(remaining) => Some(StopReason::Timeout),
+            () = cancelled(cancel) => Some(StopReason::Cancelled),
+        };
+        if let Some(reason) = killed {
+            stop_intent(&dir, reason);
+            record.kill();
+            while record.alive() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let exit = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE));
+        let stopped_at = exit.as_ref().map_or_else(Timestamp::now, |r| r.stopped_at);
+        let ending = match (exit.and_then(|r| r.exit_code), killed) {
+            (Some(code), None) => Ending::Exited(code),
+            (_, Some(StopReason::Timeout)) => Ending::TimedOut(Some(SIGKILL_EXIT)),
+            (_, Some(StopReason::Cancelled)) => Ending::Cancelled(Some(SIGKILL_EXIT)),
+            // The shim died without recording the end: killed by an earlier agent (which
+            // said why first), or by someone else.
+            (None, None) => {
+                match shim::read_json::<StopRecord>(&dir.join(STOP_FILE)).map(|s| s.reason) {
+                    Some(StopReason::Timeout) => Ending::TimedOut(Some(SIGKILL_EXIT)),
+                    Some(StopReason::Cancelled) => Ending::Cancelled(Some(SIGKILL_EXIT)),
+                    None => {
+                        let mut o =
+                            outcome(&dir, Ending::Exited(SIGKILL_EXIT), started_at, stopped_at);
+                        o.exit_code = None;
+                        o.status_reason = "the attempt's process supervisor (asg-batch shim) was killed before it recorded the exit code".into();
+                        return Some(o);
+                    }
+                }
+            }
+        };
+        Some(outcome(&dir, ending, started_at, stopped_at))
+    }
+}
+
+/// Records why the agent is about to kill the attempt.
+fn stop_intent(dir: &Path, reason: StopReason) {
+    let _ = shim::write_json(&dir.join(STOP_FILE), &StopRecord { reason });
+}
+
+/// SIGKILLs the shim's process group (the shim leads it: it called setsid).
+fn kill_child_group(child: &tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).is_err() {
+            // Not a group leader yet (it had not reached setsid): the shim alone.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// The outcome of an ended attempt, its log tail read from its output file.
+fn outcome(
+    dir: &Path,
+    ending: Ending,
+    started_at: Option<Timestamp>,
+    stopped_at: Timestamp,
+) -> Outcome {
+    let (exit_code, reason, status_reason) = classify(ending, false);
+    Outcome {
+        exit_code,
+        reason,
+        status_reason,
+        started_at,
+        stopped_at,
+        log_tail: read_tail(&dir.join(OUTPUT_FILE)),
+    }
+}
+
+/// The last lines of the file at `path`.
+fn read_tail(path: &Path) -> String {
+    let mut tail = LogTail::default();
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(TAIL_BYTES);
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = f.read_to_end(&mut bytes);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if from > 0 {
+        // Started mid-line: drop the partial first line.
+        if let Some(pos) = text.find('\n') {
+            text.drain(..=pos);
+        }
+    }
+    tail.push(&text);
+    tail.text()
 }
 
 impl Executor for ProcessExecutor {
@@ -140,6 +331,59 @@ impl Executor for ProcessExecutor {
         progress: mpsc::UnboundedSender<Progress>,
         cancel: watch::Receiver<bool>,
     ) -> BoxFuture<'_, Outcome> {
-        Box::pin(Self::run_inner(spec, progress, cancel))
+        Box::pin(self.run_inner(spec, progress, cancel))
+    }
+
+    fn adopt(
+        &self,
+        adoption: Adoption,
+        progress: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
+    ) -> BoxFuture<'_, Option<Outcome>> {
+        Box::pin(self.adopt_inner(adoption, progress, cancel))
+    }
+
+    fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = tokio::fs::remove_dir_all(self.attempt_dir(name)).await;
+        })
+    }
+
+    fn reap<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let dir = self.attempt_dir(name);
+            if let Some(record) = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE)) {
+                if record.alive() {
+                    tracing::info!(
+                        attempt = name,
+                        pid = record.pid,
+                        "stopping a process an earlier agent left running"
+                    );
+                    record.kill();
+                }
+            }
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_of_a_long_output_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out");
+        let mut text = String::new();
+        for i in 0..20_000 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        std::fs::write(&path, text).expect("write");
+        let tail = read_tail(&path);
+        let lines: Vec<&str> = tail.lines().collect();
+        assert_eq!(lines.len(), 20);
+        assert_eq!(lines[19], "line 19999");
+        assert_eq!(read_tail(&dir.path().join("absent")), "");
     }
 }

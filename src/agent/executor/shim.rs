@@ -1,0 +1,294 @@
+//! `asg-batch shim`: what keeps a process job restart-safe. The process executor starts
+//! each attempt as `asg-batch shim --state DIR -- program args...`; the shim puts itself in
+//! a session (and process group) of its own, runs the program with its output going to
+//! `DIR/output`, and records in `DIR` who it is and, when the program ends, its exit code.
+//! The agent that started it waits for it as a child; an agent started later (after a
+//! crash or an upgrade) finds it by `DIR/shim.json`, checks that the pid is still that
+//! shim (boot id and start time, so a recycled pid is not mistaken for it), and waits for
+//! `DIR/exit.json`. An attempt that ended while no agent ran is reported from that file.
+//!
+//! Files of one attempt's directory, each written whole (temporary file, then rename):
+//! - `shim.json` ([`ShimRecord`]): the shim's pid, start time and boot id, once the
+//!   program has started;
+//! - `exit.json` ([`ExitRecord`]): the exit code and stop time, or why the program could
+//!   not start;
+//! - `stop.json` ([`StopRecord`]): written by the agent before it kills the attempt
+//!   (timeout or cancellation), so an agent that restarts in between knows why it died;
+//! - `output`: the program's stdout and stderr; `shim.log`: the shim's own errors.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// `shim.json`.
+pub const SHIM_FILE: &str = "shim.json";
+/// `exit.json`.
+pub const EXIT_FILE: &str = "exit.json";
+/// `stop.json`.
+pub const STOP_FILE: &str = "stop.json";
+/// The program's output.
+pub const OUTPUT_FILE: &str = "output";
+/// The shim's own stderr.
+pub const LOG_FILE: &str = "shim.log";
+/// What the shim prints on stdout once the program runs (the agent waits for it).
+pub const STARTED_LINE: &str = "started";
+
+/// Who the shim is, written once the program started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShimRecord {
+    /// The shim's pid (also its process group and session).
+    pub pid: i32,
+    /// Its start time in clock ticks since boot (`/proc/PID/stat`, field 22).
+    pub start_ticks: u64,
+    /// The kernel's boot id when it started.
+    pub boot_id: String,
+    /// The program's pid.
+    pub command_pid: u32,
+    /// When the program started.
+    pub started_at: Timestamp,
+}
+
+/// How the program ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    /// Its exit code (128 + signal when a signal killed it); `None` when it never started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it could not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_error: Option<String>,
+    /// When it ended.
+    pub stopped_at: Timestamp,
+}
+
+/// Why the agent killed the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// It ran past its timeout.
+    Timeout,
+    /// It was cancelled.
+    Cancelled,
+}
+
+/// `stop.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopRecord {
+    /// Why.
+    pub reason: StopReason,
+}
+
+/// Writes `bytes` to `path` whole: a temporary file beside it, synced, then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Writes `value` as JSON to `path` whole.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a JSON file; `None` when it is absent or unreadable.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The kernel's boot id (empty when unknown).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// State and start time (clock ticks since boot) of process `pid`, from `/proc/PID/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // Field 22 of the whole line is the 20th after the state (field 3).
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Start time of process `pid` in clock ticks since boot.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
+}
+
+impl ShimRecord {
+    /// Whether this shim still runs: same boot, a process with its pid and start time,
+    /// and not a zombie (an exited shim nobody reaped yet is over).
+    pub fn alive(&self) -> bool {
+        if self.boot_id != boot_id() {
+            return false;
+        }
+        matches!(proc_stat(self.pid), Some((state, t)) if t == self.start_ticks && state != 'Z' && state != 'X')
+    }
+
+    /// SIGKILLs the shim's process group (the shim and everything the program started),
+    /// if the shim is still the process recorded.
+    pub fn kill(&self) {
+        if self.alive() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs the shim: `state` is the attempt's directory (it exists), `command` the program
+/// and its arguments. Returns the exit code to exit with (the program's; 127 when it
+/// could not start).
+pub fn main(state: &Path, command: &[String]) -> i32 {
+    // A session of its own: no signal aimed at the agent's group or terminal reaches the
+    // attempt, and killing the process group kills everything the program started.
+    let _ = nix::unistd::setsid();
+    let fail = |message: String| -> i32 {
+        let _ = write_json(
+            &state.join(EXIT_FILE),
+            &ExitRecord {
+                exit_code: None,
+                start_error: Some(message.clone()),
+                stopped_at: Timestamp::now(),
+            },
+        );
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "error {message}");
+        let _ = out.flush();
+        127
+    };
+    let Some((program, args)) = command.split_first() else {
+        return fail("empty command".into());
+    };
+    let output = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join(OUTPUT_FILE))
+    {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open the output file: {e}")),
+    };
+    let stderr = match output.try_clone() {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open the output file: {e}")),
+    };
+    let mut child = match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(stderr)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start {program:?}: {e}")),
+    };
+    let started_at = Timestamp::now();
+    let me = std::process::id() as i32;
+    let record = ShimRecord {
+        pid: me,
+        start_ticks: start_ticks(me).unwrap_or(0),
+        boot_id: boot_id(),
+        command_pid: child.id(),
+        started_at,
+    };
+    if let Err(e) = write_json(&state.join(SHIM_FILE), &record) {
+        eprintln!("asg-batch shim: cannot write {SHIM_FILE}: {e}");
+    }
+    {
+        // The agent that started the shim may be gone already: a failed write is fine.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{STARTED_LINE}");
+        let _ = out.flush();
+    }
+    let code = match child.wait() {
+        Ok(status) => exit_code(status),
+        Err(e) => {
+            eprintln!("asg-batch shim: waiting for the program: {e}");
+            -1
+        }
+    };
+    if let Err(e) = write_json(
+        &state.join(EXIT_FILE),
+        &ExitRecord {
+            exit_code: Some(code),
+            start_error: None,
+            stopped_at: Timestamp::now(),
+        },
+    ) {
+        eprintln!("asg-batch shim: cannot write {EXIT_FILE}: {e}");
+    }
+    code
+}
+
+/// The exit code of a status: the code, or 128 + the signal that killed it.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_itself_and_not_a_recycled_pid() {
+        let me = std::process::id() as i32;
+        let record = ShimRecord {
+            pid: me,
+            start_ticks: start_ticks(me).expect("own start time"),
+            boot_id: boot_id(),
+            command_pid: 0,
+            started_at: Timestamp::now(),
+        };
+        assert!(record.alive());
+        let recycled = ShimRecord {
+            start_ticks: record.start_ticks + 1,
+            ..record.clone()
+        };
+        assert!(!recycled.alive(), "same pid, another start time");
+        let rebooted = ShimRecord {
+            boot_id: "another-boot".into(),
+            ..record
+        };
+        assert!(!rebooted.alive());
+    }
+
+    #[test]
+    fn records_round_trip_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(EXIT_FILE);
+        let record = ExitRecord {
+            exit_code: Some(3),
+            start_error: None,
+            stopped_at: Timestamp::now(),
+        };
+        write_json(&path, &record).expect("write");
+        assert_eq!(read_json::<ExitRecord>(&path), Some(record));
+        assert!(!path.with_extension("tmp").exists());
+        assert_eq!(read_json::<ExitRecord>(&dir.path().join("nope")), None);
+    }
+}
