@@ -1,7 +1,7 @@
 # asg-batch — `make test` installs what the tests need (idempotent) and runs every check.
 CARGO ?= cargo
 
-.PHONY: test test-deps check test-kube crds bench kube-build kube-up kube-down
+.PHONY: test test-deps check test-kube crds bench kube-build kube-up kube-down image
 
 ## Install test needs, then fmt + clippy + the whole test suite.
 test: test-deps check
@@ -44,3 +44,11 @@ kube-up:
 ## Stop what kube-up started.
 kube-down:
 	./scripts/kube-down.sh
+
+## The container image $(IMAGE):$(VERSION) (the chart's default image), with Podman from scratch: the
+## release binary, the shared libraries it loads, CA certificates; non-root (65532). See Containerfile.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+IMAGE ?= asg-batch
+image:
+	$(CARGO) build --release --bin asg-batch
+	./scripts/build-image.sh $${CARGO_TARGET_DIR:-target}/release/asg-batch $(IMAGE):$(VERSION)

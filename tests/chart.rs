@@ -136,10 +136,7 @@ async fn helm_install_upgrade_uninstall(s: &impl Cluster) {
     let pod = d.spec.expect("spec").template.spec.expect("pod spec");
     assert_eq!(pod.service_account_name.as_deref(), Some("asg-batch"));
     let c = &pod.containers[0];
-    assert_eq!(
-        c.image.as_deref(),
-        Some("ghcr.io/asg-batch/asg-batch:0.1.0")
-    );
+    assert_eq!(c.image.as_deref(), Some("asg-batch:0.1.0"));
     assert_eq!(c.args.as_deref(), Some(&["controller".to_string()][..]));
     let env: Vec<(String, Option<String>)> = c
         .env
