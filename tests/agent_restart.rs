@@ -3,6 +3,7 @@
 //! shim and is re-adopted, or, when it ended while no agent ran, is reported from its state
 //! file with its real exit code and output. Ground truth is what the jobs write themselves
 //! (start and stop markers), besides the job's status.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

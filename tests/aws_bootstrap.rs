@@ -14,6 +14,7 @@
 //!
 //! Not checked here: booting an instance with it (nothing boots under moto), the real
 //! `aws` CLI, or the agent's behaviour across a restart under systemd.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -9,6 +9,7 @@
 //! user data and unit instead) and the job's agent is played by the test; moto does not
 //! attach the instance profile to launched instances either (it is checked on the launch
 //! template).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

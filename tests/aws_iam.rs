@@ -13,6 +13,7 @@
 //! [`moto_does_not_evaluate_resource_tag_conditions`] pins that down (it fails, and should
 //! then become a denial test, the day moto evaluates them), and
 //! [`policies_scope_every_write_to_managed_groups`] checks the documents themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! passwd/group/nsswitch.conf; it runs as 65532 on a read-only root filesystem; and the
 //! controller in it, against an `asg-batch apiserver` process and a moto Auto Scaling Group
 //! (host network, loopback), sets the group's desired capacity after a job and back.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 mod support;
 
