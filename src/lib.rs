@@ -12,3 +12,4 @@ pub mod controller;
 pub mod dev;
 pub mod scheduler;
 pub mod simulate;
+pub mod telemetry;

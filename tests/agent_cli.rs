@@ -48,6 +48,7 @@ async fn the_agent_command_registers_runs_a_bound_job_and_stops_on_sigterm() {
         .await
         .expect("create ce");
     let data = tempfile::tempdir().expect("data dir");
+    let metrics_addr = format!("127.0.0.1:{}", support::free_port());
     let mut child = agent_command(
         &s,
         &[
@@ -59,6 +60,8 @@ async fn the_agent_command_registers_runs_a_bound_job_and_stops_on_sigterm() {
             "1",
             "--data-dir",
             &data.path().display().to_string(),
+            "--metrics-bind-address",
+            &metrics_addr,
         ],
     )
     .spawn()
@@ -105,6 +108,32 @@ async fn the_agent_command_registers_runs_a_bound_job_and_stops_on_sigterm() {
     assert_eq!(a.exit_code, Some(7));
     assert!(a.log_tail.unwrap_or_default().contains("from-cli"));
 
+    // Its metrics: heartbeats landing, accepting work, ready.
+    let metrics = eventually(
+        "agent metrics with a heartbeat",
+        || {
+            let addr = metrics_addr.clone();
+            async move { http_get(&addr, "/metrics").await }
+        },
+        |m| {
+            m.lines().any(|l| {
+                l.strip_prefix("asg_batch_agent_last_heartbeat_timestamp_seconds ")
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .is_some_and(|t| t > 0)
+            })
+        },
+    )
+    .await;
+    assert!(
+        metrics.contains("asg_batch_agent_accepting_attempts 1"),
+        "{metrics}"
+    );
+    assert!(
+        http_get(&metrics_addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
     let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait())
@@ -150,4 +179,18 @@ async fn the_agent_command_fails_plainly() {
     assert_eq!(out.status.code(), Some(2), "a usage error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("both cpu and memory are needed"), "{err}");
+}
+
+/// A plain HTTP GET on loopback; the whole answer, or "" when it cannot connect.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    if s.write_all(req.as_bytes()).await.is_ok() {
+        let _ = s.read_to_string(&mut out).await;
+    }
+    out
 }

@@ -137,7 +137,28 @@ async fn helm_install_upgrade_uninstall(s: &impl Cluster) {
     assert_eq!(pod.service_account_name.as_deref(), Some("asg-batch"));
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("asg-batch:0.1.0"));
-    assert_eq!(c.args.as_deref(), Some(&["controller".to_string()][..]));
+    assert_eq!(
+        c.args.as_deref(),
+        Some(
+            &[
+                "controller".to_string(),
+                "--metrics-bind-address=0.0.0.0:8080".to_string()
+            ][..]
+        )
+    );
+    // Probes on the metrics port; two replicas (leader + warm standby).
+    let probe_path = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
+        p.and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(c.liveness_probe.as_ref()).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(c.readiness_probe.as_ref()).as_deref(),
+        Some("/readyz")
+    );
     let env: Vec<(String, Option<String>)> = c
         .env
         .iter()

@@ -58,6 +58,10 @@ pub struct AgentArgs {
     /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g. `127.0.0.1:9091`);
+    /// `off` (the default) serves nothing.
+    #[arg(long, default_value = "off", value_parser = crate::controller::cli::parse_bind)]
+    pub metrics_bind_address: crate::controller::cli::Bind,
     /// What SIGTERM/SIGINT does with running attempts: `leave` them running for the next
     /// agent process to adopt (an upgrade or restart), or `cancel` them.
     #[arg(long, value_enum, default_value_t = OnShutdown::Leave)]
@@ -226,6 +230,7 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
     if let Some(name) = args.node_name {
         config = config.with_node_name(name);
     }
+    config.metrics_bind_address = args.metrics_bind_address.0;
     super::run(client, config, executor, fleet, shutdown_signal()).await?;
     Ok(())
 }

@@ -52,6 +52,8 @@ pub struct AgentConfig {
     /// The agent's data directory (the process executor keeps each attempt's state in
     /// `<data_dir>/attempts/<attempt name>/`).
     pub data_dir: PathBuf,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: nowhere).
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -76,6 +78,7 @@ impl AgentConfig {
             shutdown_grace: Duration::from_secs(10),
             shutdown_mode: ShutdownMode::Leave,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            metrics_bind_address: None,
         }
     }
 

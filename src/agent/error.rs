@@ -12,6 +12,9 @@ pub enum AgentError {
         #[source]
         source: kube::Error,
     },
+    /// The metrics endpoint could not be served (`--metrics-bind-address`).
+    #[error("serving metrics: {0}")]
+    Metrics(#[source] std::io::Error),
     /// The watch of this node's BatchJobs ended (it normally runs forever, retrying).
     #[error("the watch of BatchJobs bound to {node} ended")]
     WatchEnded {

@@ -57,6 +57,7 @@ pub mod error;
 pub mod executor;
 pub mod gate;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod patches;
 pub mod plan;

@@ -67,6 +67,7 @@ pub async fn heartbeat_loop(
     config: AgentConfig,
     protection: Option<Arc<Protection>>,
     gate: Arc<Gate>,
+    metrics: Arc<super::metrics::AgentMetrics>,
 ) {
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -75,18 +76,32 @@ pub async fn heartbeat_loop(
         ticks.tick().await;
         let beat = async {
             let protected = protection.as_ref().map(|p| p.last_known());
+            metrics.protected.set(protected.map_or(-1, i64::from));
+            let report = gate.report();
+            metrics
+                .running_attempts
+                .set(i64::try_from(report.running.len()).unwrap_or(i64::MAX));
+            metrics.accepting.set(i64::from(report.accepting));
             match heartbeat(&api, &config.node_name, protected, &gate).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    metrics
+                        .last_heartbeat
+                        .set(jiff::Timestamp::now().as_second());
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     tracing::warn!("BatchNode is gone; registering it again");
                     if let Err(e) = register(&api, &config, protected, &gate).await {
                         tracing::warn!(error = %e, "cannot register the BatchNode again");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                Err(e) => {
+                    metrics.heartbeat_failures.inc();
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
             }
         };
         if tokio::time::timeout(limit, beat).await.is_err() {
+            metrics.heartbeat_failures.inc();
             tracing::warn!(?limit, "heartbeat timed out");
         }
     }

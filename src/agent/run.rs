@@ -23,6 +23,15 @@ use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
 use tracing::Instrument;
 
+/// Aborts a task when dropped.
+struct AbortTask(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An attempt this agent runs (or reports) now.
 struct Running {
     cancel: watch::Sender<bool>,
@@ -92,12 +101,25 @@ async fn run_inner(
         None => None,
     };
     let gate = Arc::new(Gate::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(super::metrics::AgentMetrics::new(&mut registry));
+    let health = Arc::new(crate::telemetry::Health::default());
+    let _metrics_server = match config.metrics_bind_address {
+        Some(addr) => {
+            let (_, task) = crate::telemetry::serve(addr, Arc::new(registry), health.clone())
+                .await
+                .map_err(AgentError::Metrics)?;
+            Some(AbortTask(task))
+        }
+        None => None,
+    };
     node::register(&nodes, &config, protected, &gate)
         .await
         .map_err(|source| AgentError::Register {
             node: node_name.clone(),
             source,
         })?;
+    health.set_ready(true);
 
     // One malformed BatchJob must not break the watch: it is logged and skipped.
     let jobs: Api<DeserializeGuard<BatchJob>> = Api::all(client.clone());
@@ -118,6 +140,7 @@ async fn run_inner(
             config.clone(),
             protection.clone(),
             gate.clone(),
+            metrics.clone(),
         )
         .in_current_span(),
     ));

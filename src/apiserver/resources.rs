@@ -189,6 +189,15 @@ pub fn builtins() -> Vec<ResourceInfo> {
             true,
         ),
         builtin(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            &["pdb"],
+            true,
+        ),
+        builtin(
             "rbac.authorization.k8s.io",
             "v1",
             "ClusterRole",

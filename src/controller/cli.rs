@@ -29,9 +29,27 @@ pub struct ControllerArgs {
     /// (at least two) are silent at once, no node is declared Lost.
     #[arg(long, default_value_t = 55, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub unhealthy_threshold_percent: u32,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g. `127.0.0.1:9090`;
+    /// the chart sets `0.0.0.0:8080`). `off` (the default) serves nothing.
+    #[arg(long, default_value = "off", value_parser = parse_bind)]
+    pub metrics_bind_address: Bind,
     /// Seconds between passes when nothing changes (backoff expiry, idle timers, fleets).
     #[arg(long, default_value_t = 10)]
     pub resync: u64,
+}
+
+/// An optional listen address (`off`: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bind(pub Option<std::net::SocketAddr>);
+
+/// Parses `--metrics-bind-address`: `off`, or `HOST:PORT`.
+pub fn parse_bind(s: &str) -> Result<Bind, String> {
+    if s == "off" {
+        return Ok(Bind(None));
+    }
+    s.parse()
+        .map(|a| Bind(Some(a)))
+        .map_err(|e| format!("{s:?} is not `off` or an address such as 127.0.0.1:9090: {e}"))
 }
 
 /// Why `asg-batch controller` could not start or stopped.
@@ -77,6 +95,7 @@ pub fn config(args: &ControllerArgs) -> ControllerConfig {
         lost_node_timeout: Duration::from_secs(args.lost_node_timeout.max(1)),
         resync: Duration::from_secs(args.resync.max(1)),
         disruption_threshold_percent: args.unhealthy_threshold_percent,
+        metrics_bind_address: args.metrics_bind_address.0,
         instance: args.identity.clone().or_else(|| Some(identity())),
         leader_election,
         ..ControllerConfig::default()
@@ -127,5 +146,21 @@ mod tests {
         assert_eq!(c.lost_node_timeout, Duration::from_secs(30));
         let cli = Cli::parse_from(["x", "--leader-elect=false"]);
         assert!(config(&cli.args).leader_election.is_none());
+        assert_eq!(
+            config(&cli.args).metrics_bind_address,
+            None,
+            "off by default"
+        );
+        let cli = Cli::parse_from(["x", "--metrics-bind-address", "0.0.0.0:8080"]);
+        assert_eq!(
+            config(&cli.args).metrics_bind_address,
+            Some("0.0.0.0:8080".parse().expect("addr"))
+        );
+        let bad = Cli::try_parse_from(["x", "--metrics-bind-address", "everywhere"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(bad.contains("--metrics-bind-address"), "{bad}");
+        assert!(bad.contains("is not `off` or an address"), "{bad}");
     }
 }

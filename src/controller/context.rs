@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub instance: Option<String>,
     /// Lease-based leader election; `None`: this replica always acts (one replica only).
     pub leader_election: Option<LeaderElection>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: nowhere).
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for ControllerConfig {
@@ -54,6 +56,7 @@ impl Default for ControllerConfig {
             fleet_timeout: Duration::from_secs(30),
             instance: None,
             leader_election: None,
+            metrics_bind_address: None,
         }
     }
 }
@@ -135,6 +138,8 @@ pub struct Context {
     pub reported_invalid: Mutex<HashSet<String>>,
     /// The last describe error logged per compute environment (logged again on change).
     pub describe_errors: Mutex<HashMap<String, String>>,
+    /// The controller's metrics.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 impl Context {
@@ -143,6 +148,7 @@ impl Context {
         client: kube::Client,
         config: ControllerConfig,
         fleets: Arc<dyn FleetProvider>,
+        metrics: Arc<super::metrics::Metrics>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -159,6 +165,7 @@ impl Context {
             shapes: Mutex::default(),
             reported_invalid: Mutex::default(),
             describe_errors: Mutex::default(),
+            metrics,
         }
     }
 }

@@ -25,6 +25,9 @@ pub enum ControllerError {
         #[source]
         source: CloudError,
     },
+    /// The metrics endpoint could not be served.
+    #[error("serving metrics: {0}")]
+    Metrics(#[source] std::io::Error),
     /// An object could not be serialised.
     #[error("serialise: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -43,6 +46,7 @@ impl ControllerError {
             Self::StoreNotReady(_) => "store_not_ready",
             Self::Fleet { .. } => "fleet",
             Self::Serialize(_) => "serialize",
+            Self::Metrics(_) => "metrics",
             Self::Blocked(_) => "blocked",
         }
     }

@@ -25,6 +25,7 @@ pub mod decide;
 pub mod error;
 pub mod leader;
 pub mod memory;
+pub mod metrics;
 pub mod run;
 pub mod snapshot;
 pub mod status;

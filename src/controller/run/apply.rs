@@ -45,14 +45,17 @@ pub(super) async fn apply(
 ) -> Summary {
     let client = &ctx.client;
     let mut s = Summary::default();
+    let metrics = &ctx.metrics;
     let record = |r: Result<(), ControllerError>, what: &str, s: &mut Summary| match r {
-        Ok(()) => {}
+        Ok(()) => metrics.write(what, "ok"),
         Err(e) if e.is_conflict() => {
             s.conflicts += 1;
+            metrics.write(what, "conflict");
             debug!(what, "conflict: decided again on the next pass");
         }
         Err(e) => {
             s.failures += 1;
+            metrics.write(what, "error");
             warn!(what, error = %e, "write failed");
         }
     };
@@ -219,6 +222,16 @@ pub(super) async fn apply(
             }
         };
         s.fleet += 1;
+        let call = match a {
+            FleetAction::Fence { .. } => "fence",
+            FleetAction::Terminate { .. } => "terminate",
+            FleetAction::SetDesired { .. } => "set_desired",
+        };
+        metrics.fleet_call(
+            ce,
+            call,
+            result.as_ref().map_or_else(CloudError::label, |()| "ok"),
+        );
         match result {
             Ok(()) => succeeded.push(ce.clone()),
             Err(e) => {
@@ -431,6 +444,9 @@ mod tests {
             client.clone(),
             crate::controller::ControllerConfig::default(),
             Arc::new(StaticFleets::default()),
+            Arc::new(crate::controller::metrics::Metrics::new(
+                &mut prometheus_client::registry::Registry::default(),
+            )),
         );
         (server, client, ctx)
     }

@@ -37,8 +37,10 @@ use super::decide::{
 };
 use super::error::ControllerError;
 use super::memory::PassMemory;
+use super::metrics::Metrics;
 use super::{FIELD_MANAGER, LABEL_NODE, leader, reasons, time};
 use crate::scheduler::Seconds;
+use crate::telemetry::{self, Health};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod apply;
@@ -71,7 +73,19 @@ pub async fn run(
     fleets: Arc<dyn FleetProvider>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ControllerError> {
-    let ctx = Arc::new(Context::new(client.clone(), config, fleets));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let health = Arc::new(Health::default());
+    let _metrics_server = match config.metrics_bind_address {
+        Some(addr) => {
+            let (_, task) = telemetry::serve(addr, Arc::new(registry), health.clone())
+                .await
+                .map_err(ControllerError::Metrics)?;
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
+    let ctx = Arc::new(Context::new(client.clone(), config, fleets, metrics));
     let (ces, s1) = watch::<DeserializeGuard<ComputeEnvironment>>(&client);
     let (queues, s2) = watch::<DeserializeGuard<JobQueue>>(&client);
     let (definitions, s3) = watch::<DeserializeGuard<JobDefinition>>(&client);
@@ -123,12 +137,15 @@ pub async fn run(
         () = &mut shutdown => Ok(()),
         r = async {
             stores.ready().await?;
+            health.set_ready(true);
             info!("caches synced; controller running");
             let mut n: u64 = 0;
             let mut memory = PassMemory::default();
             let mut was_leading = false;
             loop {
                 let is_leading = *leading.borrow_and_update();
+                ctx.metrics.leader.set(i64::from(is_leading));
+                let gap_before = memory.last_gap();
                 if is_leading {
                     if !was_leading {
                         // A new leader has seen nothing so far: every grace restarts.
@@ -143,6 +160,7 @@ pub async fn run(
                         pass(&ctx, &stores, &mut memory, &watch_gap, &leading).instrument(span),
                     )
                     .await;
+                    ctx.metrics.pass_seconds.observe(started.elapsed().as_secs_f64());
                     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     match done {
                         Ok(summary) if summary.is_idle() => {
@@ -156,6 +174,9 @@ pub async fn run(
                     }
                 } else {
                     debug!("standing by: another replica holds the lease");
+                }
+                if memory.last_gap() != gap_before {
+                    ctx.metrics.view_gaps.inc();
                 }
                 was_leading = is_leading;
                 tokio::select! {
@@ -239,6 +260,7 @@ async fn pass(
         disruption_threshold_percent: ctx.config.disruption_threshold_percent,
     };
     let decisions = decide(&observed, &config, now);
+    record_state(&ctx.metrics, &observed, &decisions);
     memory.after_pass(decisions.idle.clone());
     // A fleet that was described fine and needs no call this pass has no error left.
     for ce in observed.fleets.keys() {
@@ -251,6 +273,70 @@ async fn pass(
         }
     }
     apply(ctx, decisions, &fleets, memory, leading, now).await
+}
+
+/// Sets the gauges from what a pass saw and decided: jobs by queue and phase, desired
+/// and in-service capacity per compute environment.
+fn record_state(metrics: &Metrics, observed: &Observed, decisions: &Decisions) {
+    use super::metrics::{CeLabels, JobLabels};
+    let mut jobs: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for j in &observed.jobs {
+        let phase = j
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map_or_else(|| "Submitted".to_owned(), |p| format!("{p:?}"));
+        *jobs.entry((j.spec.queue.clone(), phase)).or_default() += 1;
+    }
+    metrics.jobs.clear();
+    for ((queue, phase), n) in jobs {
+        metrics
+            .jobs
+            .get_or_create(&JobLabels { queue, phase })
+            .set(n);
+    }
+    for (ce, fleet) in &observed.fleets {
+        let desired = decisions
+            .fleet
+            .iter()
+            .find_map(|a| match a {
+                FleetAction::SetDesired {
+                    compute_environment,
+                    desired,
+                    ..
+                } if compute_environment == ce => Some(*desired),
+                _ => None,
+            })
+            .unwrap_or(fleet.desired);
+        metrics
+            .desired
+            .get_or_create(&CeLabels {
+                compute_environment: ce.clone(),
+            })
+            .set(i64::from(desired));
+    }
+    let mut in_service: BTreeMap<&str, i64> = BTreeMap::new();
+    for n in &observed.nodes {
+        let lost = n.status.as_ref().and_then(|s| s.phase) == Some(crate::api::NodePhase::Lost);
+        let e = in_service
+            .entry(n.spec.compute_environment.as_str())
+            .or_default();
+        if !lost {
+            *e += 1;
+        }
+    }
+    for ce in &observed.compute_environments {
+        let Some(name) = ce.metadata.name.clone() else {
+            continue;
+        };
+        let n = in_service.get(name.as_str()).copied().unwrap_or(0);
+        metrics
+            .in_service
+            .get_or_create(&CeLabels {
+                compute_environment: name,
+            })
+            .set(n);
+    }
 }
 
 /// Before a node is declared Lost or fenced, the controller makes sure its view of the
@@ -302,5 +388,144 @@ async fn confirm_silence(
             warn!("a fresh read of the nodes timed out; nobody is declared Lost in this pass");
             memory.view_gap(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::{ApiServerConfig, start};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+            return String::new();
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        if s.write_all(req.as_bytes()).await.is_ok() {
+            let _ = s.read_to_string(&mut out).await;
+        }
+        out
+    }
+
+    fn apply_yaml(yaml: &str) -> Vec<serde_json::Value> {
+        use serde::Deserialize;
+        serde_yaml::Deserializer::from_str(yaml)
+            .filter_map(|d| serde_json::Value::deserialize(d).ok())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_controller_serves_its_metrics_health_and_readiness() {
+        let server = start(ApiServerConfig::default()).await.expect("server");
+        let client = server.client().expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crate::api::crds::all() {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("crd");
+        }
+        let world = r#"
+apiVersion: asgbatch.io/v1alpha1
+kind: ComputeEnvironment
+metadata: {name: local}
+spec:
+  local: {executor: process}
+  minInstances: 0
+  maxInstances: 3
+  instanceShape: {cpu: "4", memory: 16Gi}
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: JobQueue
+metadata: {name: q}
+spec:
+  computeEnvironments: [local]
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: BatchJob
+metadata: {name: waits, namespace: default}
+spec:
+  queue: q
+  process: {command: ["true"]}
+  resources: {cpu: "1", memory: 1Gi}
+"#;
+        let pp = PatchParams::apply("test");
+        for v in apply_yaml(world) {
+            let name = v["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            match v["kind"].as_str() {
+                Some("BatchJob") => {
+                    let api: Api<BatchJob> = Api::namespaced(client.clone(), "default");
+                    api.patch(&name, &pp, &Patch::Apply(&v)).await.expect("job");
+                }
+                Some("JobQueue") => {
+                    let api: Api<JobQueue> = Api::all(client.clone());
+                    api.patch(&name, &pp, &Patch::Apply(&v))
+                        .await
+                        .expect("queue");
+                }
+                _ => {
+                    let api: Api<ComputeEnvironment> = Api::all(client.clone());
+                    api.patch(&name, &pp, &Patch::Apply(&v)).await.expect("ce");
+                }
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = ControllerConfig {
+            resync: std::time::Duration::from_millis(200),
+            debounce: std::time::Duration::from_millis(20),
+            metrics_bind_address: Some(addr),
+            ..ControllerConfig::default()
+        };
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let controller = tokio::spawn(run(
+            client.clone(),
+            config,
+            Arc::new(super::super::StaticFleets::default()),
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ));
+        // The job waits (no node): the pass counts it, writes its status, and leads.
+        let start = Instant::now();
+        let metrics = loop {
+            let m = get(addr, "/metrics").await;
+            if m.contains(r#"asg_batch_controller_jobs{queue="q",phase="Runnable"} 1"#)
+                && m.contains(r#"asg_batch_controller_api_writes_total{kind="job",outcome="ok"}"#)
+            {
+                break m;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "metrics never showed the waiting job: {m}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert!(
+            metrics.contains("asg_batch_controller_leader 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("asg_batch_controller_pass_duration_seconds_count"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(
+                r#"asg_batch_controller_in_service_instances{compute_environment="local"} 0"#
+            ),
+            "{metrics}"
+        );
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        stop_tx.send_replace(true);
+        let _ = controller.await;
     }
 }

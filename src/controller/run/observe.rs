@@ -166,6 +166,11 @@ pub(super) async fn observe_fleets(
     let described = futures::future::join_all(handles.iter().map(
         |(name, (fleet, needs_shape))| async move {
             let state = with_timeout(ctx, "DescribeAutoScalingGroups", fleet.describe()).await;
+            ctx.metrics.fleet_call(
+                name,
+                "describe",
+                state.as_ref().map_or_else(CloudError::label, |_| "ok"),
+            );
             let shape = match (&state, needs_shape) {
                 (Ok(s), true) => Some(match s.instance_type.as_deref() {
                     Some(t) => shape(ctx, fleet.as_ref(), t)
