@@ -430,6 +430,28 @@ spec:
     )
 }
 
+/// Instance-seconds the fleet ran (launch to termination, or to now) and job-seconds
+/// the jobs ran (start to stop, or to now), from the player's and the jobs' records.
+fn usage(world: &World) -> (f64, f64) {
+    let now = epoch();
+    let instances = world
+        .played
+        .lock()
+        .map(|p| {
+            p.launched
+                .iter()
+                .map(|(id, at)| p.terminated.get(id).copied().unwrap_or(now) - at)
+                .sum()
+        })
+        .unwrap_or(0.0);
+    let jobs = truth(world.dir.path())
+        .values()
+        .flatten()
+        .map(|r| r.stop.unwrap_or(now) - r.start)
+        .sum();
+    (instances, jobs)
+}
+
 /// Every job ran exactly once, to its end, and no instance was terminated while it ran
 /// a job or within `idle` seconds of a job's end there.
 fn check_ground_truth(world: &World, jobs: usize, idle: f64) -> (f64, usize) {
@@ -554,8 +576,9 @@ async fn a_paused_api_server_fails_no_job_and_terminates_no_busy_instance() {
         .values()
         .filter_map(|r| r[0].stop)
         .fold(0.0, f64::max);
+    let (instance_seconds, job_seconds) = usage(&w);
     eprintln!(
-        "API server paused {:.1}s (lost-node timeout {lost}s): 4 jobs, 1 attempt each, none terminated while busy ({terminated} instances terminated in all); all Succeeded in status {:.1}s after the last job really ended ({:.1}s after the resume)",
+        "API server paused {:.1}s (lost-node timeout {lost}s): 4 jobs, 1 attempt each, none terminated while busy ({terminated} instances terminated in all); all Succeeded in status {:.1}s after the last job really ended ({:.1}s after the resume); {instance_seconds:.0} instance-seconds for {job_seconds:.0} job-seconds (2 jobs fit an instance)",
         resumed - paused,
         epoch() - last_stop,
         epoch() - resumed,
@@ -615,10 +638,12 @@ async fn an_agent_cut_off_from_the_api_server_is_fenced_before_its_job_runs_agai
     let other = &truth(w.dir.path())["other"];
     assert_eq!(other.len(), 1, "{other:?}");
     assert!(other[0].stop.is_some());
+    let (instance_seconds, job_seconds) = usage(&w);
     eprintln!(
-        "agent cut off (lost-node timeout {lost}s): fenced {:.1}s after the cut, retried {:.1}s after the fence, attempts never overlapped",
+        "agent cut off (lost-node timeout {lost}s): fenced {:.1}s after the cut, retried {:.1}s after the fence, attempts never overlapped; work lost with the fenced instance {:.1}s; {instance_seconds:.0} instance-seconds for {job_seconds:.0} job-seconds",
         fenced_at - cut_at,
-        runs[1].start - fenced_at
+        runs[1].start - fenced_at,
+        fenced_at - runs[0].start,
     );
 }
 
