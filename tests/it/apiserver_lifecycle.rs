@@ -5,7 +5,7 @@
 use crate::support;
 use support::apiserver as apiserver_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apiserver_support::*;
 use asg_batch::apiserver::ApiServerConfig;

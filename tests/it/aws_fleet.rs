@@ -15,7 +15,7 @@ use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asg_batch::api::JobPhase;
 use asg_batch::cloud::Fleet;

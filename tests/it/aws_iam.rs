@@ -17,7 +17,7 @@
 
 use crate::support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asg_batch::cloud::aws::AwsFleet;
 use asg_batch::cloud::{CloudError, Fleet, Lifecycle};

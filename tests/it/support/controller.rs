@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asg_batch::api::{BatchJob, BatchNode, crds};
 use asg_batch::cloud::Fleet;
