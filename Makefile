@@ -13,8 +13,8 @@ test-deps:
 
 check:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-features
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --all-features
 	$(MAKE) test-kube
 
 ## The controller and agent suites (their modules of the one test binary, tests/it) again, against the

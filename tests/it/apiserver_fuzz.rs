@@ -8,12 +8,12 @@ use crate::support;
 use support::apiserver as apiserver_support;
 
 use apiserver_support::*;
-use asg_batch::apiserver::objects::{Core, WriteOpts};
-use asg_batch::apiserver::patch::{self, PatchType};
-use asg_batch::apiserver::selectors::{FieldSelector, LabelSelector};
-use asg_batch::apiserver::ssa::{self, SchemaCtx, Writer};
-use asg_batch::apiserver::store::Store;
-use asg_batch::apiserver::table;
+use asg_batch_apiserver::objects::{Core, WriteOpts};
+use asg_batch_apiserver::patch::{self, PatchType};
+use asg_batch_apiserver::selectors::{FieldSelector, LabelSelector};
+use asg_batch_apiserver::ssa::{self, SchemaCtx, Writer};
+use asg_batch_apiserver::store::Store;
+use asg_batch_apiserver::table;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};

@@ -8,7 +8,7 @@ use support::apiserver as apiserver_support;
 use std::time::Duration;
 
 use apiserver_support::*;
-use asg_batch::apiserver::ApiServerConfig;
+use asg_batch_apiserver::ApiServerConfig;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use asg_batch::apiserver::schema::{StructuralSchema, invalid_status, openapi_v3_group_version};
+use asg_batch_apiserver::schema::{StructuralSchema, invalid_status, openapi_v3_group_version};
 use serde_json::Value;
 
 fn root() -> PathBuf {

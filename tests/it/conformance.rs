@@ -1,11 +1,11 @@
 //! Differential conformance: one request sequence, through kube-rs and through kubectl,
-//! against the embedded API server (`src/apiserver`) and the real kube-apiserver v1.35 +
+//! against the embedded API server (`crates/asg-batch-apiserver`) and the real kube-apiserver v1.35 +
 //! etcd (`tests/it/support/kube.rs`). Every step records what the server answered — status
 //! code, reason, message, causes and field paths, the resulting object (uid, timestamps
 //! and resourceVersion values blanked, managedFields times dropped), watch event
 //! sequences, kubectl's exit code and output — and the two recordings must be equal, step
 //! by step, except for the differences listed in [`KNOWN_DIFFERENCES`] (each one
-//! explained in `src/apiserver/README.md`).
+//! explained in `crates/asg-batch-apiserver/README.md`).
 //!
 //! Covered: create, AlreadyExists, server-side apply by two managers (conflict, force,
 //! the `status.attempts` list-map), resourceVersion conflicts, `/status` rules, dry-run,
@@ -23,7 +23,7 @@ use kube::api::{Api, ApiResource, DynamicObject, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 use support::kube::{Cluster, RealKube, install_crds};
 
-/// Steps whose answers are known to differ, with why (see `src/apiserver/README.md`,
+/// Steps whose answers are known to differ, with why (see `crates/asg-batch-apiserver/README.md`,
 /// "Checked against kube-apiserver"). A listed step that stops differing fails the test,
 /// so the list stays true. Empty: every difference this sequence found was fixed in the
 /// embedded server. Not compared at all, on purpose: periodic BOOKMARK events (their
@@ -1097,7 +1097,7 @@ const EXPIRY_WRITES: usize = 20;
 async fn both_servers_expire_compacted_resource_versions_alike() {
     // Servers of their own: compaction must not reach the other test's server.
     let real = RealKube::start();
-    let embedded = support::apiserver::server_with(asg_batch::apiserver::ApiServerConfig {
+    let embedded = support::apiserver::server_with(asg_batch_apiserver::ApiServerConfig {
         history_limit: 16,
         ..Default::default()
     })

@@ -302,9 +302,9 @@ async fn create_namespace(c: &impl Cluster, name: &str) {
 
 /// How the embedded server's messages are known to differ from kube-apiserver 1.35's:
 /// (embedded text, kube-apiserver text). Each is a bug of the embedded server
-/// (`src/apiserver`) until fixed there; the test holds everything else equal.
+/// (`crates/asg-batch-apiserver`) until fixed there; the test holds everything else equal.
 /// (Both former entries, the CEL rule's `Invalid value: "object": ` and the quoted
-/// `"null"`, were fixed in `src/apiserver/schema`.)
+/// `"null"`, were fixed in `crates/asg-batch-apiserver/src/schema`.)
 const KNOWN_MESSAGE_DIFFERENCES: &[(&str, &str)] = &[];
 
 /// The parts of a rejection that must match: code, reason, kind, name, and each cause.

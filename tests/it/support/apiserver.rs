@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-use asg_batch::apiserver::{ApiServerConfig, RunningApiServer, start};
+use asg_batch_apiserver::{ApiServerConfig, RunningApiServer, start};
 use kube::CustomResource;
 use kube::api::{Api, PostParams};
 use schemars::JsonSchema;

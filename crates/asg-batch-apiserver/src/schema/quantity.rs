@@ -1,6 +1,7 @@
 //! Kubernetes resource quantities (`resource.Quantity`) for the CEL quantity
-//! library: exact values and comparison over the project's one quantity parser,
-//! [`crate::api::quantity::parse_nanos`].
+//! library: exact values and comparison, parsed as `resource.ParseQuantity` does.
+//! The operator's `asg_batch::api::quantity::parse_nanos` is the same parser; a test
+//! there checks that both agree.
 
 /// A parsed quantity, held exactly as a count of nano-units (10^-9), the
 /// smallest scale Kubernetes keeps (smaller fractions round up, as Kubernetes does).
@@ -16,9 +17,7 @@ impl Quantity {
     /// Parses a quantity string like `500m`, `2Gi`, `1.5`, `1e3`; `None` if it
     /// is not a valid quantity (or out of the representable range).
     pub fn parse(s: &str) -> Option<Quantity> {
-        crate::api::quantity::parse_nanos(s)
-            .ok()
-            .map(|nanos| Quantity { nanos })
+        parse_nanos(s).map(|nanos| Quantity { nanos })
     }
 
     /// The value rounded to an integer, if it is one within i64 range.
@@ -51,6 +50,81 @@ impl Quantity {
             format!("{}n", self.nanos)
         }
     }
+}
+
+/// Parses a quantity (sign, decimal and binary suffixes `n u m k M G T P E Ki Mi Gi Ti Pi
+/// Ei`, exponents `e3`/`E-2`) into an exact count of nano-units (value × 10^9); finer
+/// fractions round up (away from zero), as Kubernetes does. `None` if it is not a
+/// quantity or out of range.
+fn parse_nanos(s: &str) -> Option<i128> {
+    let (negative, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let num_end = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (number, suffix) = body.split_at(num_end);
+    if number.is_empty() || number == "." {
+        return None;
+    }
+    let (int_part, frac_part) = match number.split_once('.') {
+        Some((_, f)) if f.contains('.') => return None,
+        Some((i, f)) => (i, f),
+        None => (number, ""),
+    };
+    // value = digits * 10^exp10 * 2^exp2
+    let (exp10, exp2): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        other => {
+            let exp = other
+                .strip_prefix(['e', 'E'])
+                .filter(|e| {
+                    let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                })?
+                .parse::<i32>()
+                .ok()?;
+            (exp, 0)
+        }
+    };
+    let mut mantissa: i128 = 0;
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        mantissa = mantissa
+            .checked_mul(10)?
+            .checked_add(i128::from(b - b'0'))?;
+    }
+    let frac_len = i32::try_from(frac_part.len()).ok()?;
+    let mut value = mantissa.checked_mul(1i128.checked_shl(exp2)?)?;
+    let pow10 = exp10.checked_sub(frac_len)?.checked_add(9)?;
+    if pow10 >= 0 {
+        if value != 0 {
+            value = value.checked_mul(10i128.checked_pow(pow10.unsigned_abs())?)?;
+        }
+    } else {
+        value = match 10i128.checked_pow(pow10.unsigned_abs()) {
+            // Rounds up: the value is not negative here.
+            Some(divisor) => value / divisor + i128::from(value % divisor != 0),
+            None => i128::from(value != 0),
+        };
+    }
+    Some(if negative { -value } else { value })
 }
 
 #[cfg(test)]

@@ -5,11 +5,16 @@
 //! schemas, namespaces, Leases, Events, Secrets, ConfigMaps; CRUD, `/status`, all patch
 //! types including server-side apply with managedFields; list/watch with selectors,
 //! pagination, bookmarks and streaming lists; finalizers and ownerReference cascades;
-//! optional persistence (`redb`). See `README.md` beside this file.
+//! optional persistence (`redb`). See this crate's `README.md`.
+//!
+//! The public surface: [`start`] with [`ApiServerConfig`] and [`RunningApiServer`], and
+//! [`run_cli`] (the `asg-batch apiserver` command); besides, for the property tests of
+//! the operator's suite, the write pipeline's parts ([`objects`], [`patch`], [`ssa`],
+//! [`selectors`], [`store`], [`table`]) and the schema engine ([`schema`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use asg_batch::apiserver::{ApiServerConfig, start};
+//! use asg_batch_apiserver::{ApiServerConfig, start};
 //! let server = start(ApiServerConfig::default()).await?;
 //! let client = server.client()?;
 //! # drop(client);
@@ -17,25 +22,25 @@
 //! # Ok(()) }
 //! ```
 
-pub mod crd;
-pub mod discovery;
-pub mod error;
-pub mod gc;
-pub mod kubeconfig;
-pub mod meta;
+pub(crate) mod crd;
+pub(crate) mod discovery;
+pub(crate) mod error;
+pub(crate) mod gc;
+pub(crate) mod kubeconfig;
+pub(crate) mod meta;
 pub mod objects;
-pub mod openapi;
+pub(crate) mod openapi;
 pub mod patch;
-pub mod protobuf;
-pub mod resources;
+pub(crate) mod protobuf;
+pub(crate) mod resources;
 pub mod schema;
 pub mod selectors;
-pub mod server;
+pub(crate) mod server;
 pub mod ssa;
 pub mod store;
 pub mod table;
-pub mod validation;
-pub mod watch;
+pub(crate) mod validation;
+pub(crate) mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
