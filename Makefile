@@ -13,22 +13,23 @@ test-deps:
 
 check:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-features
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --all-features
 	$(MAKE) test-kube
 
-## The controller and agent suites again, against the real kube-apiserver + etcd instead of the embedded
-## server (tests/realkube.rs and the chart tests use both in every run).
+## The controller and agent suites (their modules of the one test binary, tests/it) again, against the
+## real kube-apiserver + etcd instead of the embedded server (tests/it/realkube.rs and the chart tests use
+## both in every run).
 KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
               controller_aws agent_jobs agent_protection agent_cli agent_docker
 test-kube:
-	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features $(addprefix --test ,$(KUBE_SUITES))
-	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test commands -- controller_and_agent_binaries
+	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test it -- \
+	    $(addsuffix ::,$(KUBE_SUITES)) commands::controller_and_agent_binaries
 
 ## Regenerate crds/, the chart's crds/ and manifests/install.yaml from the Rust types and the chart.
 crds:
-	ASG_BATCH_BLESS_CRDS=1 $(CARGO) test --test crds -- checked_in_crds_match_the_code the_helm_chart_carries_the_same_crds
-	ASG_BATCH_BLESS_CRDS=1 $(CARGO) test --test chart -- chart_lints_and_install_yaml_is_current
+	ASG_BATCH_BLESS_CRDS=1 $(CARGO) test --test it -- crds::checked_in_crds_match_the_code crds::the_helm_chart_carries_the_same_crds
+	ASG_BATCH_BLESS_CRDS=1 $(CARGO) test --test it -- chart::chart_lints_and_install_yaml_is_current
 
 bench:
 	$(CARGO) bench

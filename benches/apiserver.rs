@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use asg_batch::api::{BatchJob, crds};
-use asg_batch::apiserver::{ApiServerConfig, start};
+use asg_batch_apiserver::{ApiServerConfig, start};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};

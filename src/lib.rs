@@ -6,7 +6,6 @@
 
 pub mod agent;
 pub mod api;
-pub mod apiserver;
 pub mod cloud;
 pub mod controller;
 pub mod dev;

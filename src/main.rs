@@ -149,7 +149,7 @@ fn run_apiserver(
             return ExitCode::FAILURE;
         }
     };
-    let r = rt.block_on(asg_batch::apiserver::run_cli(
+    let r = rt.block_on(asg_batch_apiserver::run_cli(
         listen,
         &kubeconfig,
         data_dir,

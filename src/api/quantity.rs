@@ -116,8 +116,9 @@ impl JsonSchema for Quantity {
 /// Parses a quantity as `resource.ParseQuantity` does (sign, decimal and binary suffixes
 /// `n u m k M G T P E Ki Mi Gi Ti Pi Ei`, exponents `e3`/`E-2`) into an exact count of
 /// nano-units (value × 10^9); finer fractions round up (away from zero), as Kubernetes does.
-/// This is the one quantity parser of the project: resource accounting and the API
-/// server's CEL quantity library both use it.
+/// Resource accounting uses it; the API server crate's CEL quantity library has the same
+/// parser (`asg_batch_apiserver::schema::Quantity::parse`), and a test here checks that
+/// both agree.
 pub fn parse_nanos(s: &str) -> Result<i128, QuantityError> {
     let err = |reason: &str| QuantityError::new(s, reason);
     if s.is_empty() {
@@ -266,6 +267,61 @@ mod tests {
     }
     fn mem(s: &str) -> Result<u64, QuantityError> {
         Quantity::from(s).bytes()
+    }
+
+    /// The API server crate parses quantities on its own (it does not depend on this
+    /// crate): both parsers agree on every form, valid or not.
+    #[test]
+    fn the_api_servers_parser_agrees() {
+        let forms = [
+            "0",
+            "1",
+            "-1",
+            "+2",
+            "500m",
+            "0.5",
+            "1.5Gi",
+            "2Gi",
+            "1k",
+            "1e3",
+            "1E3",
+            "1e-3",
+            "1E+2",
+            "1n",
+            "0.1n",
+            "0.5n",
+            "-0.1n",
+            "123456789.123456789",
+            "1Ei",
+            "8Ei",
+            "1e40",
+            "99999999999999999999999999999999999999999E",
+            "",
+            "abc",
+            "1Gb",
+            "1.2.3",
+            "1e",
+            ".",
+            "-",
+            "+",
+            "1Xi",
+            "m",
+            ".5",
+            "5.",
+            "1e+",
+            "1ee3",
+            "1 ",
+            " 1",
+            "1.5.",
+            "Ki",
+        ];
+        for s in forms {
+            assert_eq!(
+                parse_nanos(s).ok(),
+                asg_batch_apiserver::schema::Quantity::parse(s).map(|q| q.nanos),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::apiserver::{self, ApiServerConfig};
 use crate::controller::{self, ControllerConfig};
+use asg_batch_apiserver::{self as apiserver, ApiServerConfig};
 
 pub use fleets::LocalFleets;
 

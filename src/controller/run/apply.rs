@@ -413,9 +413,9 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::api::batch_job::{BatchJobStatus, JobPhase};
-    use crate::apiserver::{ApiServerConfig, start};
     use crate::controller::StaticFleets;
     use crate::controller::decide::{JobUpdate, NewChild, Note};
+    use asg_batch_apiserver::{ApiServerConfig, start};
     use k8s_openapi::api::events::v1::Event as ApiEvent;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
@@ -431,7 +431,8 @@ mod tests {
     }
 
     /// An in-process API server with the CRDs, a client, and a controller context on it.
-    async fn server_and_context() -> (crate::apiserver::RunningApiServer, kube::Client, Context) {
+    async fn server_and_context() -> (asg_batch_apiserver::RunningApiServer, kube::Client, Context)
+    {
         let server = start(ApiServerConfig::default()).await.expect("server");
         let client = server.client().expect("client");
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
