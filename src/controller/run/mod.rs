@@ -394,7 +394,7 @@ async fn confirm_silence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::{ApiServerConfig, start};
+    use asg_batch_apiserver::{ApiServerConfig, start};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
