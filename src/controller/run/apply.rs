@@ -154,30 +154,8 @@ pub(super) async fn apply(
                 compute_environment,
                 node,
                 instance_id,
-            } => {
-                let Some(f) = fleets.get(compute_environment) else {
-                    continue;
-                };
-                warn!(
-                    compute_environment,
-                    node, instance_id, "fencing the instance of a lost node"
-                );
-                let r = with_timeout(
-                    ctx,
-                    "TerminateInstanceInAutoScalingGroup",
-                    f.terminate(instance_id),
-                )
-                .await;
-                let r = match r {
-                    Ok(()) | Err(CloudError::NotFound { .. }) => {
-                        memory.fenced_at(node, now);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                (compute_environment, r)
             }
-            FleetAction::Terminate {
+            | FleetAction::Terminate {
                 compute_environment,
                 node,
                 instance_id,
@@ -185,22 +163,34 @@ pub(super) async fn apply(
                 let Some(f) = fleets.get(compute_environment) else {
                     continue;
                 };
-                info!(
-                    compute_environment,
-                    node, instance_id, "terminating instance"
-                );
+                let fence = matches!(a, FleetAction::Fence { .. });
+                if fence {
+                    warn!(
+                        compute_environment,
+                        node, instance_id, "fencing the instance of a lost node"
+                    );
+                } else {
+                    info!(
+                        compute_environment,
+                        node, instance_id, "terminating instance"
+                    );
+                }
                 let r = with_timeout(
                     ctx,
                     "TerminateInstanceInAutoScalingGroup",
                     f.terminate(instance_id),
                 )
                 .await;
-                // The node itself goes once the instance has left the fleet and its agent
-                // is quiet (`Decisions::delete_nodes`).
+                // An instance already gone is what was asked. The node itself goes once the
+                // instance has left the fleet and its agent is quiet
+                // (`Decisions::delete_nodes`).
                 let r = match r {
                     Ok(()) | Err(CloudError::NotFound { .. }) => Ok(()),
                     Err(e) => Err(e),
                 };
+                if fence && r.is_ok() {
+                    memory.fenced_at(node, now);
+                }
                 (compute_environment, r)
             }
             FleetAction::SetDesired {

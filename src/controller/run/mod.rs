@@ -369,15 +369,18 @@ async fn confirm_silence(
     .await;
     match read {
         Ok(Ok(list)) => {
-            let fresh: Vec<Arc<BatchNode>> = list.items.into_iter().map(Arc::new).collect();
+            let mut all: Vec<Arc<BatchNode>> = list.items.into_iter().map(Arc::new).collect();
             // Nodes the store has but the fresh list lacks are kept (deletions reach
             // the store through the watch).
-            let mut all = fresh;
-            for n in &observed.nodes {
-                if !all.iter().any(|f| f.metadata.name == n.metadata.name) {
-                    all.push(n.clone());
-                }
-            }
+            let fresh: std::collections::BTreeSet<Option<String>> =
+                all.iter().map(|n| n.metadata.name.clone()).collect();
+            all.extend(
+                observed
+                    .nodes
+                    .iter()
+                    .filter(|n| !fresh.contains(&n.metadata.name))
+                    .cloned(),
+            );
             memory.observe_nodes(&all, now);
         }
         Ok(Err(e)) => {
