@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::support;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_asg-batch"))
@@ -61,14 +63,9 @@ fn serves_kubectl_and_stops_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    let start = Instant::now();
-    while !kc.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "kubeconfig not written"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait_until("the kubeconfig written", Duration::from_secs(20), || {
+        kc.exists()
+    });
     let text = std::fs::read_to_string(&kc).unwrap();
     assert!(
         text.contains(&format!("server: http://127.0.0.1:{port}")),
@@ -98,17 +95,12 @@ fn serves_kubectl_and_stops_on_sigterm() {
             .unwrap()
             .success()
     );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    support::wait_until("exit on SIGTERM", Duration::from_secs(10), || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
     assert_eq!(status.code(), Some(0));
     let mut log = String::new();
     use std::io::Read;

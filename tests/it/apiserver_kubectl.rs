@@ -126,6 +126,28 @@ async fn apply_get_columns_categories_yaml_and_explain() {
     assert!(o.contains("batchjob.asgbatch.io/hello unchanged"), "{o}");
 }
 
+/// The next `hello` row `kubectl get -w` prints (30 s at most); every line read is kept in
+/// `seen` for the failure message.
+async fn next_row(
+    rows: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    what: &str,
+    seen: &mut Vec<String>,
+) -> String {
+    let wait = async {
+        while let Some(line) = rows.recv().await {
+            seen.push(line.clone());
+            if line.starts_with("hello") {
+                return Some(line);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        Ok(Some(row)) => row,
+        other => panic!("kubectl get -w printed no {what} ({other:?}); output so far: {seen:?}"),
+    }
+}
+
 #[tokio::test]
 async fn get_watch_sees_another_clients_update() {
     let s = with_examples().await;
@@ -138,7 +160,24 @@ async fn get_watch_sees_another_clients_update() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Rows as kubectl prints them, line by line: the initial row shows the watch is open.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rows_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let initial = next_row(&mut rows_rx, "initial row", &mut seen).await;
+    assert!(
+        initial.split_whitespace().next() == Some("hello"),
+        "{initial}"
+    );
     let api: Api<BatchJob> = Api::namespaced(s.client(), "default");
     api.patch_status(
         "hello",
@@ -150,18 +189,11 @@ async fn get_watch_sees_another_clients_update() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let update = next_row(&mut rows_rx, "row for the update", &mut seen).await;
     child.start_kill().unwrap();
-    let o = child.wait_with_output().await.unwrap();
-    let text = out(&o);
-    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("hello")).collect();
-    assert_eq!(
-        rows.len(),
-        2,
-        "initial row and the update:\n{text}\n{}",
-        err(&o)
-    );
-    let updated: Vec<&str> = rows[1].split_whitespace().collect();
+    child.wait().await.unwrap();
+    let text = seen.join("\n");
+    let updated: Vec<&str> = update.split_whitespace().collect();
     assert_eq!(
         &updated[..4],
         ["hello", "adhoc", "Running", "node-7"],

@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use apiserver_support::*;
 use asg_batch_apiserver::ApiServerConfig;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy, WatchEvent,
+    WatchParams,
+};
 use serde_json::json;
 
 /// How long the embedded server's garbage collection may take.
@@ -50,6 +54,30 @@ async fn finalizers_hold_deletion() {
     // removing the last finalizer deletes it
     merge_patch(&api, "f", json!({"metadata": {"finalizers": null}})).await;
     assert!(api.get_opt("f").await.unwrap().is_none());
+}
+
+/// The resourceVersion of the DELETED event on a watch (both servers use one global
+/// counter, so these order deletions across resources).
+async fn deleted_at<K: kube::Resource>(
+    mut events: futures::stream::BoxStream<'_, kube::Result<WatchEvent<K>>>,
+    what: &str,
+) -> u64 {
+    let wait = async {
+        while let Some(event) = events.next().await {
+            match event.unwrap() {
+                WatchEvent::Deleted(o) => return o,
+                WatchEvent::Error(e) => panic!("watching {what}: {e:?}"),
+                _ => {}
+            }
+        }
+        panic!("the watch on {what} ended without a deletion")
+    };
+    let o: K = tokio::time::timeout(TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what} not deleted within {TIMEOUT:?}"));
+    let rv = o.meta().resource_version.as_deref().unwrap_or_default();
+    rv.parse()
+        .unwrap_or_else(|_| panic!("resourceVersion {rv:?} of {what}"))
 }
 
 fn owned_cm(name: &str, owner: &Widget, block: bool) -> ConfigMap {
@@ -96,7 +124,23 @@ async fn owner_references_cascade() {
     let o = create_widget(&api, "fg", 1).await;
     let mut child = owned_cm("fg-child", &o, true);
     child.metadata.finalizers = Some(vec!["example.com/hold".into()]);
-    cms.create(&PostParams::default(), &child).await.unwrap();
+    let child = cms.create(&PostParams::default(), &child).await.unwrap();
+    // Every change to the owner and the child from here on, in resourceVersion order: the
+    // ground truth for "the owner outlives its dependents".
+    let since = child.metadata.resource_version.clone().unwrap();
+    let owner_events = api
+        .watch(&WatchParams::default().fields("metadata.name=fg"), &since)
+        .await
+        .unwrap()
+        .boxed();
+    let child_events = cms
+        .watch(
+            &WatchParams::default().fields("metadata.name=fg-child"),
+            &since,
+        )
+        .await
+        .unwrap()
+        .boxed();
     api.delete(
         "fg",
         &DeleteParams {
@@ -132,23 +176,13 @@ async fn owner_references_cascade() {
         |done| *done,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        api.get_opt("fg").await.unwrap().is_some(),
-        "owner waits for its dependents"
-    );
     merge_patch(&cms, "fg-child", json!({"metadata": {"finalizers": null}})).await;
-    let api2 = api.clone();
-    support::eventually_within(
-        "foreground owner removed",
-        TIMEOUT,
-        || {
-            let api = api2.clone();
-            async move { api.get_opt("fg").await.unwrap().is_none() }
-        },
-        |done| *done,
-    )
-    .await;
+    let child_gone = deleted_at(child_events, "the dependent").await;
+    let owner_gone = deleted_at(owner_events, "the foreground owner").await;
+    assert!(
+        child_gone < owner_gone,
+        "the owner was deleted (rv {owner_gone}) before its dependent (rv {child_gone})"
+    );
 
     // orphan: dependents stay, ownerReferences removed
     let o = create_widget(&api, "or", 1).await;

@@ -99,20 +99,13 @@ async fn reflector_stays_in_sync(config: watcher::Config) {
     assert_eq!(n, 1000);
     let want = server_state(&api).await;
     assert_eq!(want.len(), 50 + 125);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = reader_state(&reader);
-        if got == want {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "reflector out of sync: {} vs {} objects",
-            got.len(),
-            want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let len = want.len();
+    support::wait_until_async(
+        &format!("the reflector in sync with the server's {len} objects"),
+        Duration::from_secs(20),
+        || reader_state(&reader) == want,
+    )
+    .await;
     assert!(inits.load(Ordering::SeqCst) >= 1);
     task.abort();
 }
@@ -308,7 +301,17 @@ async fn too_old_resource_version_is_410_and_watcher_recovers() {
             futures::future::ready(())
         }),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = inits.clone();
+    support::eventually_within(
+        "the watcher's first list",
+        Duration::from_secs(15),
+        || {
+            let seen = seen.clone();
+            async move { seen.load(Ordering::SeqCst) }
+        },
+        |n| *n >= 1,
+    )
+    .await;
     // churn other resources so the watcher's resourceVersion falls out of the history
     for i in 0..40 {
         cms.patch(
@@ -319,26 +322,25 @@ async fn too_old_resource_version_is_410_and_watcher_recovers() {
         .await
         .unwrap();
     }
-    // the watch reconnects (timeout 1 s) with its now-expired resourceVersion
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // the watch reconnects (timeout 1 s) with its now-expired resourceVersion: 410, relist
+    let seen = inits.clone();
+    support::eventually_within(
+        "a relist after the resourceVersion expired",
+        Duration::from_secs(15),
+        || {
+            let seen = seen.clone();
+            async move { seen.load(Ordering::SeqCst) }
+        },
+        |n| *n >= 2,
+    )
+    .await;
     create_widget(&api, "new", 2).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let names: Vec<String> = reader
-            .state()
-            .iter()
-            .map(|w| w.metadata.name.clone().unwrap())
-            .collect();
-        if inits.load(Ordering::SeqCst) >= 2 && names.len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "watcher did not relist: inits={} names={names:?}",
-            inits.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_until_async(
+        "the relisted watcher sees the new widget",
+        Duration::from_secs(15),
+        || reader.state().len() == 2,
+    )
+    .await;
     task.abort();
 }
 
@@ -375,10 +377,11 @@ async fn metadata_only_get_list_and_watch() {
         reflector(writer, watcher(meta_api, watcher::Config::default()))
             .for_each(|_| futures::future::ready(())),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reader.state().len() != 1 {
-        assert!(Instant::now() < deadline, "metadata watcher saw nothing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until_async(
+        "the metadata watcher sees the object",
+        Duration::from_secs(10),
+        || reader.state().len() == 1,
+    )
+    .await;
     task.abort();
 }

@@ -5,7 +5,7 @@
 use crate::support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asg_batch::api::{ComputeEnvironment, JobPhase};
 use kube::api::Api;
@@ -88,25 +88,25 @@ async fn the_examples_schedule_on_a_local_node() {
     );
 
     let ces: Api<ComputeEnvironment> = Api::all(h.client.clone());
-    let start = Instant::now();
-    loop {
-        let ce = ces.get("nightly-r5").await.expect("nightly-r5");
-        if let Some(c) = ce
-            .status
-            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
-        {
-            assert_eq!(c.status, "False");
-            assert!(
-                c.message.starts_with("instance shape unknown"),
-                "{}",
-                c.message
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "nightly-r5 Ready condition"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ready = support::eventually_within(
+        "nightly-r5's Ready condition",
+        Duration::from_secs(30),
+        || {
+            let ces = ces.clone();
+            async move {
+                let ce = ces.get("nightly-r5").await.expect("nightly-r5");
+                ce.status
+                    .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            }
+        },
+        Option::is_some,
+    )
+    .await
+    .expect("ready");
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.starts_with("instance shape unknown"),
+        "{}",
+        ready.message
+    );
 }

@@ -5,7 +5,7 @@
 use crate::support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asg_batch::api::JobPhase;
 use k8s_openapi::api::events::v1::Event;
@@ -60,24 +60,26 @@ async fn a_malformed_job_is_reported_and_the_others_still_run() {
     })
     .await;
     let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
-    let start = Instant::now();
-    loop {
-        let items = events
-            .list(&Default::default())
-            .await
-            .expect("events")
-            .items;
-        if let Some(e) = items.iter().find(|e| {
-            e.reason.as_deref() == Some("InvalidObject")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("garbled")
-        }) {
-            assert_eq!(e.type_.as_deref(), Some("Warning"));
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "an InvalidObject Event"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let event = support::eventually_within(
+        "an InvalidObject Event about garbled",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let items = events
+                    .list(&Default::default())
+                    .await
+                    .expect("events")
+                    .items;
+                items.into_iter().find(|e| {
+                    e.reason.as_deref() == Some("InvalidObject")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("garbled")
+                })
+            }
+        },
+        Option::is_some,
+    )
+    .await
+    .expect("event");
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
 }

@@ -5,7 +5,7 @@
 use crate::support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asg_batch::api::JobPhase;
 use asg_batch::controller::LeaderElection;
@@ -61,19 +61,23 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_stops() {
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(h.client.clone(), "default");
     // (Events are published after the status writes of a pass: wait for the first.)
-    let start = Instant::now();
-    let instances: Vec<Option<String>> = loop {
-        let items = events
-            .list(&Default::default())
-            .await
-            .expect("events")
-            .items;
-        if !items.is_empty() {
-            break items.into_iter().map(|e| e.reporting_instance).collect();
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "an Event");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let instances: Vec<Option<String>> = support::eventually_within(
+        "an Event",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let items = events
+                    .list(&Default::default())
+                    .await
+                    .expect("events")
+                    .items;
+                items.into_iter().map(|e| e.reporting_instance).collect()
+            }
+        },
+        |items: &Vec<Option<String>>| !items.is_empty(),
+    )
+    .await;
     assert!(
         instances
             .iter()
@@ -89,14 +93,13 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_stops() {
         j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Starting)
     })
     .await;
-    let start = Instant::now();
-    while holder(&h.client).await.as_deref() != Some(other) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "lease moves to {other}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually_within(
+        &format!("the lease moves to {other}"),
+        Duration::from_secs(30),
+        || holder(&h.client),
+        |held| held.as_deref() == Some(other),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,11 +107,13 @@ async fn a_killed_leader_is_replaced_once_its_lease_expires() {
     let mut h = start_server(LOCAL_WORLD).await;
     let a = h.add_controller(replica("a"), HashMap::new());
     // Let "a" take the lease before "b" starts.
-    let start = Instant::now();
-    while holder(&h.client).await.as_deref() != Some("a") {
-        assert!(start.elapsed() < Duration::from_secs(30), "a leads");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually_within(
+        "a leads",
+        Duration::from_secs(30),
+        || holder(&h.client),
+        |held| held.as_deref() == Some("a"),
+    )
+    .await;
     h.add_controller(replica("b"), HashMap::new());
     h.register_node("n1", "local", "4", "16Gi").await;
     h.kill_controller(a).await;

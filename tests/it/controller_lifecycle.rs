@@ -110,7 +110,8 @@ async fn a_job_runs_from_runnable_to_succeeded() {
             .is_some_and(|s| s.job_count == Some(0) && s.idle_since.is_some())
     })
     .await;
-    // A settled job is not rewritten by later passes (resync is 500 ms).
+    // A settled job is not rewritten by later passes: one that binds another job (so it ran
+    // after `hello` settled) leaves `hello`'s resourceVersion alone.
     let rv = h
         .jobs()
         .get("hello")
@@ -118,7 +119,9 @@ async fn a_job_runs_from_runnable_to_succeeded() {
         .expect("hello")
         .metadata
         .resource_version;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    apply_yaml(&h.client, &HELLO.replace("name: hello", "name: later")).await;
+    h.wait_job("later", "Starting on n1", is(JobPhase::Starting))
+        .await;
     let again = h
         .jobs()
         .get("hello")

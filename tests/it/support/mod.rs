@@ -45,6 +45,19 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
     }
 }
 
+/// [`wait_until`] for async tests: polls `ready` every 50 ms, yielding to the runtime in
+/// between, until it returns true or `timeout` passes.
+pub async fn wait_until_async(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `get` every 100 ms until `ready` holds (60 s at most); returns the last value.
 pub async fn eventually<T, F, Fut>(what: &str, get: F, ready: impl Fn(&T) -> bool) -> T
 where
