@@ -42,6 +42,8 @@ fn snapshot() -> Snapshot {
                 max_instances: max,
                 booting: 10,
                 scale_in_after_idle_seconds: 300,
+                boot_seconds: 120,
+                booting_ready_at: vec![],
             },
         );
     }
@@ -63,6 +65,7 @@ fn snapshot() -> Snapshot {
                         ("team-b".into(), 1.0),
                     ]),
                 }),
+                max_wait_seconds: None,
             },
         );
     }

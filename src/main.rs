@@ -54,7 +54,7 @@ enum Command {
         /// Workload YAML (format: manifests/examples/workloads/README.md).
         #[arg(long)]
         workload: PathBuf,
-        /// One policy; all three side by side when omitted.
+        /// One policy; all of them side by side when omitted.
         #[arg(long, value_enum)]
         policy: Option<Policy>,
         /// Output format.

@@ -309,6 +309,7 @@ mod tests {
                 array_properties: None,
                 array_index: None,
                 share_identifier: None,
+                expected_duration_seconds: None,
             },
         );
         j.metadata.namespace = Some("team".into());

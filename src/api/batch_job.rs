@@ -22,6 +22,16 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
     printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attempt"),
     printcolumn(
+        name = "Position",
+        type_ = "integer",
+        json_path = ".status.queuePosition"
+    ),
+    printcolumn(
+        name = "Est-Start",
+        type_ = "date",
+        json_path = ".status.estimatedStartTime"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -60,6 +70,12 @@ pub struct BatchJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub share_identifier: Option<String>,
+    /// How long one attempt is expected to run, seconds. The scheduler plans with it
+    /// (estimated start times, cost-aware scale-out, drain-friendly placement); without
+    /// it, the median of the JobDefinition's recent successful attempts, else the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1209600))]
+    pub expected_duration_seconds: Option<u32>,
 }
 
 /// A JobDefinition in the job's namespace.
@@ -160,6 +176,29 @@ pub struct BatchJobStatus {
     /// Standard conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// While Runnable: 1 for the next job of its queue to start (scheduling order).
+    /// Updated when it changes materially, not on every move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// While Runnable: when the scheduler expects it to start, from its own plan, the
+    /// duration estimates of the jobs ahead and running, and instances' boot time.
+    /// Updated when it moves materially.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_start_time: Option<Time>,
+    /// While Runnable: the duration the scheduler plans this job with, and its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_duration: Option<DurationEstimate>,
+}
+
+/// How long one attempt is expected to run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DurationEstimate {
+    /// Seconds.
+    pub seconds: u64,
+    /// Where it comes from: `Expected` (spec.expectedDurationSeconds), `History` (median
+    /// of the JobDefinition's recent successful attempts), `Timeout`, or `Default`.
+    pub source: String,
 }
 
 /// The identity of the JobDefinition a job's template was pinned from.

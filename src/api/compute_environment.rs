@@ -64,6 +64,12 @@ pub struct ComputeEnvironmentSpec {
     /// `Disabled` places no new jobs here; running ones finish.
     #[serde(default)]
     pub state: State,
+    /// How long a new instance takes from launch to a Ready node, seconds: the scheduler's
+    /// estimated start times and cost-aware scale-out use it. Default 120 for `aws`, 5 for
+    /// `local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub boot_seconds: Option<u32>,
 }
 
 fn default_scale_in_after() -> u32 {

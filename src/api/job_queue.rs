@@ -46,6 +46,13 @@ pub struct JobQueueSpec {
     /// Fair-share scheduling between `shareIdentifier`s (AWS Batch scheduling policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fair_share: Option<FairSharePolicy>,
+    /// Cost-aware scale-out: a job of this queue that fits no instance now may wait up to
+    /// this many seconds for running work to finish before an instance is bought for it;
+    /// an instance is bought earlier only when the queued work keeps it busy for at least
+    /// its boot time. Unset: an instance for every such job at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_wait_seconds: Option<u32>,
 }
 
 /// Fair share: the share with the least weighted recent usage goes next.

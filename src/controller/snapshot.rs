@@ -26,6 +26,7 @@ use crate::scheduler::{
 };
 
 use super::LABEL_ARRAY_PARENT;
+use super::estimates;
 use super::time::seconds;
 
 /// What the snapshot is built from.
@@ -192,6 +193,20 @@ fn node_phase(p: Option<ApiNodePhase>) -> NodePhase {
     }
 }
 
+/// Default `bootSeconds` of an `aws` compute environment.
+pub const DEFAULT_AWS_BOOT_SECONDS: Seconds = 120;
+/// Default `bootSeconds` of a `local` compute environment.
+pub const DEFAULT_LOCAL_BOOT_SECONDS: Seconds = 5;
+
+/// The compute environment's `bootSeconds`, or its provider's default.
+fn boot_seconds(ce: &ApiComputeEnvironment) -> Seconds {
+    match ce.spec.boot_seconds {
+        Some(b) => Seconds::from(b),
+        None if ce.spec.aws.is_some() => DEFAULT_AWS_BOOT_SECONDS,
+        None => DEFAULT_LOCAL_BOOT_SECONDS,
+    }
+}
+
 fn clamp(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
@@ -246,6 +261,7 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
                 state: state(q.spec.state),
                 compute_environments: q.spec.compute_environments.clone(),
                 fair_share,
+                max_wait_seconds: q.spec.max_wait_seconds.map(Seconds::from),
             },
         );
     }
@@ -273,6 +289,8 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
                         scale_in_after_idle_seconds: Seconds::from(
                             ce.spec.scale_in_after_idle_seconds,
                         ),
+                        boot_seconds: boot_seconds(ce),
+                        booting_ready_at: Vec::new(),
                     },
                 );
             }
@@ -282,6 +300,7 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
         }
     }
 
+    let histories = estimates::histories(&inputs.jobs);
     // Jobs first: nodes derive their allocation from the placed ones.
     let mut per_node: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
     for job in &inputs.jobs {
@@ -302,6 +321,12 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
                 t
             }),
         };
+        let timeout = resolved.as_ref().ok().and_then(|t| t.timeout_seconds);
+        let definition = st
+            .and_then(|s| s.definition.as_ref())
+            .map(|d| d.name.as_str())
+            .or(job.spec.definition_ref.as_ref().map(|r| r.name.as_str()));
+        let estimate = estimates::job_estimate(job, definition, timeout, &histories);
         let needs = resolved.and_then(|t| job_resources(&t));
         let needs = match needs {
             Ok(r) => r,
@@ -362,6 +387,7 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
                 share_identifier: job.spec.share_identifier.clone(),
                 attempts,
                 not_before: st.and_then(|s| s.not_before.as_ref()).map(seconds),
+                estimate,
             },
         );
     }
@@ -459,6 +485,7 @@ pub(crate) mod fixtures {
                 }),
                 scale_in_after_idle_seconds: 300,
                 state: Default::default(),
+                boot_seconds: None,
             },
             status: None,
         }
@@ -472,6 +499,7 @@ pub(crate) mod fixtures {
                 compute_environments: ces.iter().map(|s| s.to_string()).collect(),
                 state: Default::default(),
                 fair_share: None,
+                max_wait_seconds: None,
             },
             status: None,
         }
@@ -511,6 +539,7 @@ pub(crate) mod fixtures {
                 array_properties: None,
                 array_index: None,
                 share_identifier: None,
+                expected_duration_seconds: None,
             },
             status: None,
         }

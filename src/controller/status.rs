@@ -109,6 +109,7 @@ pub fn reason_code(r: &Reason) -> &'static str {
         Reason::TooLarge { .. } => "TooLarge",
         Reason::NoShapeFits { .. } => "NoShapeFits",
         Reason::WaitingForBoot { .. } => "WaitingForCapacity",
+        Reason::WaitingForRunningJobs { .. } => "WaitingForRunningJobs",
         Reason::AtMaxInstances { .. } => "AtMaxInstances",
     }
 }

@@ -311,6 +311,8 @@ mod tests {
             max_instances: max,
             booting,
             scale_in_after_idle_seconds: 60,
+            boot_seconds: 0,
+            booting_ready_at: vec![],
         }
     }
 

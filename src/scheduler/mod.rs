@@ -12,19 +12,27 @@
 //! 1. [`deps::evaluate`] — which waiting jobs are released, keep waiting, or fail with
 //!    `DependencyFailed`;
 //! 2. [`queue::order`] — queue priority, then FIFO or fair share within each queue;
-//! 3. [`packing::NodePool::place`] — best-fit onto Ready nodes with room; a job that
-//!    fits nowhere while its environments are at `maxInstances` holds a node
+//! 3. [`packing::NodePool::place_until`] — onto Ready nodes with room, the node whose
+//!    work is expected to end latest first, best fit among equals (drain-friendly); a
+//!    job that fits nowhere while its environments are at `maxInstances` holds a node
 //!    ([`packing::NodePool::reserve`]) so smaller jobs cannot starve it;
 //! 4. [`capacity::plan`] — first-fit-decreasing of the rest onto booting and new
-//!    instances, per compute environment, within `[minInstances, maxInstances]`;
-//! 5. [`scale_in::plan`] — drain idle nodes nobody needs, terminate drained empty ones;
-//! 6. a [`Reason`] for every waiting job that was not bound.
+//!    instances, per compute environment, within `[minInstances, maxInstances]`; jobs
+//!    of queues with a wait bound (`maxWaitSeconds`) get instances only by
+//!    [`scaleout::decide`] (cost-aware: when they would otherwise wait past their
+//!    bound, and the instance pays for its boot);
+//! 5. [`forecast`] — every waiting job's queue position and estimated start
+//!    ([`Plan::queue`]);
+//! 6. [`scale_in::plan`] — drain idle nodes nobody needs, terminate drained empty ones;
+//! 7. a [`Reason`] for every waiting job that was not bound.
 
 #![warn(missing_docs)]
 
 pub mod capacity;
 pub mod deps;
+pub mod estimate;
 pub mod fairshare;
+pub mod forecast;
 pub mod model;
 pub mod packing;
 pub mod queue;
@@ -32,6 +40,7 @@ pub mod reasons;
 pub mod resources;
 pub mod retry;
 pub mod scale_in;
+pub mod scaleout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,7 +53,39 @@ pub use resources::Resources;
 
 use capacity::Demand;
 use deps::DependencyState;
+use forecast::{BinKind, MAX_PROJECTED, Timeline, Waiting};
 use packing::NodePool;
+
+/// Switches of a pass (both on by default; the simulator turns them off to measure
+/// what they bring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Drain-friendly placement (latest expected end first); off: best fit alone.
+    pub drain_friendly: bool,
+    /// Honour queues' `maxWaitSeconds` (cost-aware scale-out); off: every queue buys
+    /// instances at once, as without a bound.
+    pub wait_bounds: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            drain_friendly: true,
+            wait_bounds: true,
+        }
+    }
+}
+
+/// A waiting job's place in its queue and when it is expected to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEstimate {
+    /// 1 for the next job of its queue to start (scheduling order, among the queue's
+    /// Runnable jobs not bound in this pass).
+    pub position: u32,
+    /// When the forecast starts it (`None`: not forecast, see
+    /// [`forecast::MAX_PROJECTED`], or it fits no instance that can exist).
+    pub estimated_start: Option<Seconds>,
+}
 
 /// Bind a job to a node (the job moves to Starting).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,10 +149,35 @@ pub struct Plan {
     pub terminate: Vec<String>,
     /// Why each waiting, non-failed job was not bound in this pass.
     pub unplaced: BTreeMap<JobId, Reason>,
+    /// Position and estimated start of every Runnable job that was not bound in this
+    /// pass and is not in retry backoff.
+    pub queue: BTreeMap<JobId, QueueEstimate>,
+    /// When a job that waits within its queue's bound falls due (an instance must be
+    /// launched by then): a pass should run at that time at the latest.
+    pub review_at: Option<Seconds>,
 }
 
 /// Runs one full scheduling pass over `snapshot` at time `now`.
 pub fn plan(snapshot: &Snapshot, now: Seconds) -> Plan {
+    plan_with(snapshot, now, &Options::default())
+}
+
+/// When each Ready node's placed work is expected to end (nodes holding none are left
+/// out).
+fn expected_ends(snapshot: &Snapshot, now: Seconds) -> BTreeMap<&str, Seconds> {
+    let mut ends: BTreeMap<&str, Seconds> = BTreeMap::new();
+    for job in snapshot.jobs.values() {
+        if let (true, Some(node)) = (job.phase.is_placed(), job.node.as_deref()) {
+            let end = forecast::expected_end(job, now);
+            let e = ends.entry(node).or_default();
+            *e = (*e).max(end);
+        }
+    }
+    ends
+}
+
+/// [`plan`] with explicit [`Options`].
+pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
     let mut out = Plan::default();
     let deps = deps::evaluate(snapshot);
 
@@ -155,6 +221,9 @@ pub fn plan(snapshot: &Snapshot, now: Seconds) -> Plan {
 
     let ordered = queue::order(snapshot, &candidates, now);
     let mut pool = NodePool::from_snapshot(snapshot);
+    if options.drain_friendly {
+        pool = pool.with_expected_ends(&expected_ends(snapshot, now));
+    }
     let saturated = saturated_environments(snapshot);
     let mut holding: BTreeSet<&str> = BTreeSet::new();
     let mut unbound: Vec<(&JobId, &Job, &[String])> = Vec::new();
@@ -165,7 +234,10 @@ pub fn plan(snapshot: &Snapshot, now: Seconds) -> Plan {
         let Some(q) = snapshot.queues.get(&job.queue) else {
             continue;
         };
-        match pool.place(&q.compute_environments, &job.resources) {
+        let ends = options
+            .drain_friendly
+            .then(|| now.saturating_add(forecast::estimate_of(job).seconds));
+        match pool.place_until(&q.compute_environments, &job.resources, ends) {
             Some(node) => out.bindings.push(Binding {
                 job: id.clone(),
                 node,
@@ -199,16 +271,131 @@ pub fn plan(snapshot: &Snapshot, now: Seconds) -> Plan {
         }
     }
 
+    let bounded = |job: &Job| {
+        options.wait_bounds
+            && snapshot
+                .queues
+                .get(&job.queue)
+                .is_some_and(|q| q.max_wait_seconds.is_some())
+    };
     let demand: Vec<Demand<'_>> = unbound
         .iter()
+        .filter(|(_, job, _)| !bounded(job))
         .map(|(id, job, ces)| Demand {
             job: id,
             resources: job.resources,
             compute_environments: ces,
         })
         .collect();
-    let capacity = capacity::plan(snapshot, &demand);
+    let mut capacity = capacity::plan(snapshot, &demand);
+    let any_bounded = demand.len() < unbound.len();
+
+    // The forecast: nodes with this pass's bindings, booting instances, and the new
+    // instances of unbounded demand; then cost-aware instances for bounded queues.
+    let bound_now: BTreeMap<&JobId, &str> = out
+        .bindings
+        .iter()
+        .map(|b| (&b.job, b.node.as_str()))
+        .collect();
+    let mut timeline = Timeline::new(snapshot, now, &bound_now);
+    for (ce, e) in &capacity.environments {
+        for _ in 0..e.new_instances {
+            timeline.add_new(snapshot, ce, now);
+        }
+    }
+    let waiting: Vec<Waiting<'_>> = unbound
+        .iter()
+        .take(MAX_PROJECTED)
+        .map(|(id, job, ces)| (*id, *job, *ces))
+        .collect();
+    let projection = if any_bounded {
+        let headroom: BTreeMap<String, u32> = capacity
+            .environments
+            .iter()
+            .map(|(name, e)| {
+                let max = snapshot
+                    .compute_environments
+                    .get(name)
+                    .map_or(0, |c| c.max_instances);
+                (
+                    name.clone(),
+                    max.saturating_sub(e.current.saturating_add(e.new_instances)),
+                )
+            })
+            .collect();
+        let decision = scaleout::decide(snapshot, &mut timeline, &waiting, &headroom, now);
+        for (ce, n) in &decision.extra {
+            if let Some(e) = capacity.environments.get_mut(ce) {
+                e.new_instances += n;
+            }
+        }
+        out.review_at = decision.review_at;
+        // Why each bounded job waits: what the forecast says, else what plain
+        // first-fit-decreasing says (too large, at maxInstances).
+        let all: Vec<Demand<'_>> = unbound
+            .iter()
+            .filter(|(_, job, _)| bounded(job))
+            .map(|(id, job, ces)| Demand {
+                job: id,
+                resources: job.resources,
+                compute_environments: ces,
+            })
+            .collect();
+        let plain = capacity::plan(snapshot, &all).reasons;
+        let projected: BTreeMap<&JobId, Option<forecast::Start>> = waiting
+            .iter()
+            .zip(&decision.projection.starts)
+            .map(|((id, _, _), s)| (*id, *s))
+            .collect();
+        for d in &all {
+            let start = projected.get(d.job).copied().flatten();
+            let reason = match start.map(|s| &timeline.bins[s.bin]) {
+                Some(bin) if bin.kind == BinKind::Node => Some(Reason::WaitingForRunningJobs {
+                    compute_environment: bin.compute_environment.clone(),
+                    max_wait: snapshot
+                        .jobs
+                        .get(d.job)
+                        .and_then(|j| snapshot.queues.get(&j.queue))
+                        .and_then(|q| q.max_wait_seconds)
+                        .unwrap_or(0),
+                }),
+                Some(bin) => Some(Reason::WaitingForBoot {
+                    compute_environment: bin.compute_environment.clone(),
+                    instances: capacity
+                        .environments
+                        .get(&bin.compute_environment)
+                        .map_or(0, |e| e.booting + e.new_instances),
+                }),
+                None => plain.get(d.job).cloned(),
+            };
+            if let Some(r) = reason {
+                capacity.reasons.insert(d.job.clone(), r);
+            }
+        }
+        decision.projection
+    } else {
+        timeline.project(&waiting, now)
+    };
     out.unplaced.extend(capacity.reasons);
+
+    // Queue positions (every unbound job, in scheduling order) and estimated starts.
+    let mut positions: BTreeMap<&str, u32> = BTreeMap::new();
+    let starts: BTreeMap<&JobId, Seconds> = waiting
+        .iter()
+        .zip(&projection.starts)
+        .filter_map(|((id, _, _), s)| Some((*id, s.as_ref()?.at)))
+        .collect();
+    for (id, job, _) in &unbound {
+        let p = positions.entry(job.queue.as_str()).or_default();
+        *p += 1;
+        out.queue.insert(
+            (*id).clone(),
+            QueueEstimate {
+                position: *p,
+                estimated_start: starts.get(id).copied(),
+            },
+        );
+    }
 
     let used: BTreeSet<&str> = pool.used_nodes().collect();
     let growing: BTreeSet<&str> = capacity
@@ -316,6 +503,8 @@ mod tests {
             max_instances: max,
             booting: 0,
             scale_in_after_idle_seconds: 300,
+            boot_seconds: 0,
+            booting_ready_at: vec![],
         }
     }
 
@@ -325,6 +514,7 @@ mod tests {
             state: State::Enabled,
             compute_environments: ces.iter().map(|s| s.to_string()).collect(),
             fair_share: None,
+            max_wait_seconds: None,
         }
     }
 

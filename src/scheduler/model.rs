@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::estimate::Estimate;
 use super::resources::Resources;
 
 /// Seconds since an arbitrary epoch (the controller uses Unix time, the simulator uses
@@ -111,6 +112,10 @@ pub struct JobQueue {
     pub compute_environments: Vec<String>,
     /// Optional fair-share policy; `None` means first-in first-out.
     pub fair_share: Option<FairSharePolicy>,
+    /// Cost-aware scale-out bound (`spec.maxWaitSeconds`): a job of this queue may wait
+    /// this long for running work to finish before an instance is bought for it.
+    /// `None`: every job that fits no node now gets an instance at once (the default).
+    pub max_wait_seconds: Option<Seconds>,
 }
 
 /// A compute environment: one Auto Scaling Group of identical instances.
@@ -128,6 +133,11 @@ pub struct ComputeEnvironment {
     pub booting: u32,
     /// A Ready node idle this long may be scaled in.
     pub scale_in_after_idle_seconds: Seconds,
+    /// Launch until an instance's node is Ready (estimate; `spec.bootSeconds`).
+    pub boot_seconds: Seconds,
+    /// When each booting instance is expected Ready, where known (fewer entries than
+    /// `booting`: the rest are expected at `now + boot_seconds`).
+    pub booting_ready_at: Vec<Seconds>,
 }
 
 /// A worker instance (BatchNode).
@@ -225,6 +235,9 @@ pub struct Job {
     pub attempts: Vec<Attempt>,
     /// After a retry with backoff: not runnable before this time.
     pub not_before: Option<Seconds>,
+    /// How long one attempt is expected to run, and where that figure comes from
+    /// ([`super::estimate`]); `None`: unknown ([`super::estimate::DEFAULT_SECONDS`]).
+    pub estimate: Option<Estimate>,
 }
 
 impl Job {
@@ -241,6 +254,7 @@ impl Job {
             share_identifier: None,
             attempts: Vec::new(),
             not_before: None,
+            estimate: None,
         }
     }
 }

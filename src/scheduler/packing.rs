@@ -1,9 +1,11 @@
-//! Placement onto existing nodes by best-fit bin-packing on cpu, memory and gpu.
+//! Placement onto existing nodes by bin-packing on cpu, memory and gpu.
 //!
 //! A job goes to the first compute environment of its queue's ordered list that has a
-//! Ready node with room; within it, to the node that is left with the least free room
-//! (sum over dimensions of free ÷ capacity after placing), ties to the node whose name
-//! sorts first. Several jobs share an instance; a node is never over-committed; Draining
+//! Ready node with room; within it, with [`NodePool::place_until`] (drain-friendly
+//! placement), to the node whose work is expected to end latest (so nodes near the end
+//! of their work empty sooner and scale in), then to the node that is left with the
+//! least free room (best fit: sum over dimensions of free ÷ capacity after placing),
+//! ties to the node whose name sorts first. [`NodePool::place`] is best fit alone. Several jobs share an instance; a node is never over-committed; Draining
 //! and Lost nodes and nodes of Disabled compute environments take nothing.
 
 use std::collections::BTreeMap;
@@ -20,6 +22,8 @@ struct Slot {
     /// Held for a blocked job: takes nothing more in this pass.
     reserved: bool,
     capacity: Resources,
+    /// When its work is expected to end (0: it holds none).
+    ends: u64,
 }
 
 #[derive(Default)]
@@ -84,6 +88,7 @@ impl NodePool {
                     placed: 0,
                     reserved: false,
                     capacity: cap,
+                    ends: 0,
                 });
         }
         for p in pools.values_mut() {
@@ -92,9 +97,31 @@ impl NodePool {
         NodePool { pools }
     }
 
+    /// Sets when each node's work is expected to end (nodes not listed hold none), for
+    /// [`NodePool::place_until`].
+    pub fn with_expected_ends(mut self, ends: &BTreeMap<&str, u64>) -> Self {
+        for s in self.pools.values_mut().flat_map(|p| p.slots.iter_mut()) {
+            s.ends = ends.get(s.name.as_str()).copied().unwrap_or(0);
+        }
+        self
+    }
+
     /// Places `need` on the best-fitting node of the first compute environment in
     /// `compute_environments` that has room, and returns that node's name.
     pub fn place(&mut self, compute_environments: &[String], need: &Resources) -> Option<String> {
+        self.place_until(compute_environments, need, None)
+    }
+
+    /// Places a job needing `need` that is expected to end at `ends` (drain-friendly:
+    /// `Some`) on the node of the first compute environment in `compute_environments`
+    /// with room whose work is expected to end latest, best fit among equals; with
+    /// `None`, best fit alone. Returns the node's name.
+    pub fn place_until(
+        &mut self,
+        compute_environments: &[String],
+        need: &Resources,
+        ends: Option<u64>,
+    ) -> Option<String> {
         for ce in compute_environments {
             let Some(pool) = self.pools.get_mut(ce) else {
                 continue;
@@ -102,7 +129,7 @@ impl NodePool {
             if !need.fits_in(&pool.max_free) {
                 continue;
             }
-            let mut best: Option<(f64, usize)> = None;
+            let mut best: Option<(u64, f64, usize)> = None;
             for (i, s) in pool.slots.iter().enumerate() {
                 if s.reserved || !need.fits_in(&s.free) {
                     continue;
@@ -111,15 +138,18 @@ impl NodePool {
                 let score = left.cpu_millis as f64 * s.inv[0]
                     + left.memory_bytes as f64 * s.inv[1]
                     + f64::from(left.gpus) * s.inv[2];
-                // Strictly smaller wins, so ties keep the earlier (name-ordered) node.
-                if best.is_none_or(|(b, _)| score < b) {
-                    best = Some((score, i));
+                let ends_at = if ends.is_some() { s.ends } else { 0 };
+                // Latest end first, then strictly smaller room left, so ties keep the
+                // earlier (name-ordered) node.
+                if best.is_none_or(|(e, b, _)| ends_at > e || (ends_at == e && score < b)) {
+                    best = Some((ends_at, score, i));
                 }
             }
-            if let Some((_, i)) = best {
+            if let Some((_, _, i)) = best {
                 let slot = &mut pool.slots[i];
                 slot.free = slot.free.saturating_sub(need);
                 slot.placed += 1;
+                slot.ends = slot.ends.max(ends.unwrap_or(0));
                 let name = slot.name.clone();
                 pool.refresh_bound();
                 return Some(name);
@@ -181,6 +211,8 @@ mod tests {
             max_instances: 10,
             booting: 0,
             scale_in_after_idle_seconds: 60,
+            boot_seconds: 0,
+            booting_ready_at: vec![],
         }
     }
 
@@ -314,6 +346,49 @@ mod tests {
         let s = snapshot(vec![("n", small_node)], vec![("a", State::Enabled)]);
         let mut pool = NodePool::from_snapshot(&s);
         assert_eq!(pool.reserve("a", &Resources::new(4000, GIB, 0)), None);
+    }
+
+    #[test]
+    fn drain_friendly_prefers_the_node_whose_work_ends_latest_then_best_fit() {
+        let s = snapshot(
+            vec![
+                (
+                    "ends-soon",
+                    node("a", Resources::new(3000, 8 * GIB, 0), NodePhase::Ready),
+                ),
+                (
+                    "ends-late",
+                    node("a", Resources::new(1000, 2 * GIB, 0), NodePhase::Ready),
+                ),
+                (
+                    "ends-late-fuller",
+                    node("a", Resources::new(2000, 4 * GIB, 0), NodePhase::Ready),
+                ),
+            ],
+            vec![("a", State::Enabled)],
+        );
+        let ends: BTreeMap<&str, u64> =
+            [("ends-soon", 100), ("ends-late", 5000), ("ends-late-fuller", 5000)].into();
+        let need = Resources::new(1000, GIB, 0);
+        // Best fit alone would pick the fullest node, whose work ends soon.
+        let mut pool = NodePool::from_snapshot(&s);
+        assert_eq!(pool.place(&ces(&["a"]), &need).as_deref(), Some("ends-soon"));
+        // Drain-friendly: the latest end wins; best fit breaks the tie between the two.
+        let mut pool = NodePool::from_snapshot(&s).with_expected_ends(&ends);
+        assert_eq!(
+            pool.place_until(&ces(&["a"]), &need, Some(200)).as_deref(),
+            Some("ends-late-fuller")
+        );
+        // An empty node's work ends with the first job placed on it.
+        let s = snapshot(
+            vec![
+                ("x", node("a", Resources::ZERO, NodePhase::Ready)),
+                ("y", node("a", Resources::ZERO, NodePhase::Ready)),
+            ],
+            vec![("a", State::Enabled)],
+        );
+        let mut pool = NodePool::from_snapshot(&s).with_expected_ends(&BTreeMap::new());
+        assert_eq!(pool.place_until(&ces(&["a"]), &need, Some(9000)).as_deref(), Some("x"));
     }
 
     #[test]

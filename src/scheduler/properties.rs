@@ -28,6 +28,7 @@ struct RawQueue {
     disabled: bool,
     ces: Vec<usize>,
     fair: Option<Seconds>,
+    max_wait: Option<Seconds>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,12 +86,14 @@ fn raw_queue() -> impl Strategy<Value = RawQueue> {
         prop::bool::weighted(0.1),
         prop::collection::vec(0usize..4, 0..3),
         prop::option::weighted(0.3, 0u64..3600),
+        prop::option::weighted(0.3, 0u64..1800),
     )
-        .prop_map(|(priority, disabled, ces, fair)| RawQueue {
+        .prop_map(|(priority, disabled, ces, fair, max_wait)| RawQueue {
             priority,
             disabled,
             ces,
             fair,
+            max_wait,
         })
 }
 
@@ -178,6 +181,8 @@ fn build(ces: &[RawCe], queues: &[RawQueue], nodes: &[RawNode], jobs: &[RawJob])
                 max_instances: c.min + c.extra,
                 booting: c.booting,
                 scale_in_after_idle_seconds: c.idle_after,
+                boot_seconds: 120,
+                booting_ready_at: vec![],
             },
         );
     }
@@ -197,6 +202,7 @@ fn build(ces: &[RawCe], queues: &[RawQueue], nodes: &[RawNode], jobs: &[RawJob])
                     share_decay_seconds: d,
                     weight_factors: [("s0".to_string(), 0.5)].into(),
                 }),
+                max_wait_seconds: q.max_wait,
             },
         );
     }

@@ -71,6 +71,7 @@ mod tests {
             state: State::Enabled,
             compute_environments: vec!["ce".into()],
             fair_share: fair.then(FairSharePolicy::default),
+            max_wait_seconds: None,
         }
     }
 

@@ -68,6 +68,14 @@ pub enum Reason {
         /// Instances booting in it after this pass (already booting plus newly requested).
         instances: u32,
     },
+    /// Its queue bounds the wait (`maxWaitSeconds`) and the forecast starts it on a node
+    /// within the bound, when running work ends: no instance is bought for it.
+    WaitingForRunningJobs {
+        /// Compute environment of that node.
+        compute_environment: String,
+        /// The queue's `maxWaitSeconds`.
+        max_wait: Seconds,
+    },
     /// Every compute environment that could take it is at `maxInstances`.
     AtMaxInstances {
         /// First such compute environment.
@@ -127,6 +135,13 @@ impl fmt::Display for Reason {
                 f,
                 "waiting for {instances} instance{} to boot in ce/{compute_environment}",
                 if *instances == 1 { "" } else { "s" }
+            ),
+            Reason::WaitingForRunningJobs {
+                compute_environment,
+                max_wait,
+            } => write!(
+                f,
+                "waiting for running jobs to finish in ce/{compute_environment} (its queue waits up to {max_wait}s before buying an instance)"
             ),
             Reason::AtMaxInstances {
                 compute_environment,

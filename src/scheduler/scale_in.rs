@@ -92,6 +92,8 @@ mod tests {
             max_instances: 10,
             booting: 0,
             scale_in_after_idle_seconds: 300,
+            boot_seconds: 0,
+            booting_ready_at: vec![],
         }
     }
 

@@ -41,9 +41,18 @@ pub struct Report {
     pub utilisation: f64,
     /// Lower bound of instance-hours for this workload (see [`lower_bound_seconds`]).
     pub lower_bound_instance_hours: f64,
-    /// The no-wait bound (see [`no_wait_bound_seconds`]), instance-hours; table only.
-    #[serde(skip)]
+    /// The no-wait bound (see [`no_wait_bound_seconds`]), instance-hours.
     pub no_wait_bound_instance_hours: f64,
+    /// Longest wait of a job from arrival to start, seconds (asg-batch policies only).
+    pub max_wait_s: Option<u64>,
+    /// Jobs that waited and got an estimated start (asg-batch policies only).
+    pub eta_jobs: usize,
+    /// Median absolute error of those jobs' first estimated start against their actual
+    /// start, seconds.
+    pub eta_median_abs_error_s: Option<f64>,
+    /// Status writes of queue positions and estimated starts the controller would make
+    /// (asg-batch policies only).
+    pub queue_writes: Option<usize>,
     /// Jobs that never ran (the seed's fixed schedule can strand late arrivals).
     #[serde(skip)]
     pub unfinished_jobs: usize,
@@ -200,6 +209,10 @@ pub fn report(
         utilisation: utilisation(workload, |i| completions[i].is_some(), seconds),
         lower_bound_instance_hours: lower_bound_seconds(workload) / 3600.0,
         no_wait_bound_instance_hours: no_wait_bound_seconds(workload) / 3600.0,
+        max_wait_s: None,
+        eta_jobs: 0,
+        eta_median_abs_error_s: None,
+        queue_writes: None,
         unfinished_jobs: completions.iter().filter(|c| c.is_none()).count(),
     }
 }

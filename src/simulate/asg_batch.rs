@@ -22,9 +22,11 @@ use std::collections::BTreeMap;
 
 use super::accounting::{Billed, Report, report};
 use super::workload::Workload;
+use crate::scheduler::estimate::{Estimate, EstimateSource};
+use crate::scheduler::forecast;
 use crate::scheduler::{
-    self, ComputeEnvironment, Job, JobId, JobQueue, Node, NodePhase, Phase, Resources, Snapshot,
-    State,
+    self, Attempt, ComputeEnvironment, Job, JobId, JobQueue, Node, NodePhase, Options, Phase,
+    Resources, Snapshot, State,
 };
 
 /// Name of this policy in reports.
@@ -56,16 +58,25 @@ struct Instance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobState {
     Waiting,
-    Running { node: usize, ends: u64 },
-    Done { ended: u64 },
+    Running { node: usize, started: u64, ends: u64 },
+    Done { started: u64, ended: u64 },
 }
 
 struct Sim<'w> {
     workload: &'w Workload,
+    options: Options,
     instances: Vec<Instance>,
     jobs: Vec<JobState>,
     index: BTreeMap<JobId, usize>,
     now: u64,
+    /// Per job: the estimated start of the first pass that left it waiting, if any.
+    first_estimate: Vec<Option<u64>>,
+    /// The last plan's `review_at`.
+    review_at: Option<u64>,
+    /// Per job: the queue position and estimated start last written to its status.
+    written: Vec<Option<(u32, Option<u64>)>>,
+    /// Status writes of queue positions and estimated starts (the controller's rule).
+    queue_writes: usize,
 }
 
 fn node_name(i: usize) -> String {
@@ -77,7 +88,7 @@ fn node_index(name: &str) -> Option<usize> {
 }
 
 impl<'w> Sim<'w> {
-    fn new(workload: &'w Workload) -> Self {
+    fn new(workload: &'w Workload, options: Options) -> Self {
         let index = workload
             .jobs
             .iter()
@@ -86,10 +97,15 @@ impl<'w> Sim<'w> {
             .collect();
         Sim {
             workload,
+            options,
             instances: Vec::new(),
             jobs: vec![JobState::Waiting; workload.jobs.len()],
             index,
             now: 0,
+            first_estimate: vec![None; workload.jobs.len()],
+            review_at: None,
+            written: vec![None; workload.jobs.len()],
+            queue_writes: 0,
         }
     }
 
@@ -103,10 +119,12 @@ impl<'w> Sim<'w> {
     fn snapshot(&self) -> Snapshot {
         let fleet = &self.workload.fleet;
         let mut s = Snapshot::default();
-        let booting = self
+        let booting_ready_at: Vec<u64> = self
             .alive()
             .filter(|(_, i)| i.state == InstanceState::Booting)
-            .count();
+            .map(|(_, i)| i.ready_at)
+            .collect();
+        let booting = booting_ready_at.len();
         s.compute_environments.insert(
             fleet.name.clone(),
             ComputeEnvironment {
@@ -116,6 +134,8 @@ impl<'w> Sim<'w> {
                 max_instances: fleet.max_instances,
                 booting: u32::try_from(booting).unwrap_or(u32::MAX),
                 scale_in_after_idle_seconds: fleet.scale_in_after_idle_seconds,
+                boot_seconds: fleet.boot_seconds,
+                booting_ready_at,
             },
         );
         for q in &self.workload.queues {
@@ -126,6 +146,7 @@ impl<'w> Sim<'w> {
                     state: State::Enabled,
                     compute_environments: vec![fleet.name.clone()],
                     fair_share: None,
+                    max_wait_seconds: q.max_wait_seconds,
                 },
             );
         }
@@ -152,14 +173,28 @@ impl<'w> Sim<'w> {
             if spec.arrival > self.now {
                 continue;
             }
-            let (phase, node) = match self.jobs[i] {
-                JobState::Waiting => (Phase::Runnable, None),
-                JobState::Running { node, .. } => (Phase::Running, Some(node_name(node))),
+            let (phase, node, started) = match self.jobs[i] {
+                JobState::Waiting => (Phase::Runnable, None, None),
+                JobState::Running { node, started, .. } => {
+                    (Phase::Running, Some(node_name(node)), Some(started))
+                }
                 JobState::Done { .. } => continue,
             };
             let mut job = Job::runnable(spec.queue.clone(), spec.resources, spec.arrival);
             job.phase = phase;
             job.node = node;
+            // Users state how long their jobs run (`expectedDurationSeconds`): exact here.
+            job.estimate = Some(Estimate {
+                seconds: spec.duration,
+                source: EstimateSource::Expected,
+            });
+            job.attempts = started
+                .map(|started_at| Attempt {
+                    started_at,
+                    stopped_at: None,
+                })
+                .into_iter()
+                .collect();
             s.jobs.insert(JobId::new(spec.name.clone()), job);
         }
         s
@@ -182,10 +217,25 @@ impl<'w> Sim<'w> {
             inst.idle_since = None;
             self.jobs[j] = JobState::Running {
                 node: n,
+                started: now,
                 ends: now + spec.duration,
             };
             changed = true;
         }
+        for (id, q) in &plan.queue {
+            let Some(&j) = self.index.get(id) else {
+                continue;
+            };
+            if let (Some(eta), None) = (q.estimated_start, self.first_estimate[j]) {
+                self.first_estimate[j] = Some(eta);
+            }
+            let new = (q.position, q.estimated_start);
+            if forecast::material_change(self.written[j], new, now) {
+                self.written[j] = Some(new);
+                self.queue_writes += 1;
+            }
+        }
+        self.review_at = plan.review_at;
         for name in &plan.drain {
             if let Some(inst) = node_index(name).and_then(|n| self.instances.get_mut(n)) {
                 inst.state = InstanceState::Draining;
@@ -257,10 +307,17 @@ impl<'w> Sim<'w> {
     fn advance_to(&mut self, now: u64) {
         self.now = now;
         for j in 0..self.jobs.len() {
-            if let JobState::Running { node, ends } = self.jobs[j]
+            if let JobState::Running {
+                node,
+                started,
+                ends,
+            } = self.jobs[j]
                 && ends <= now
             {
-                self.jobs[j] = JobState::Done { ended: ends };
+                self.jobs[j] = JobState::Done {
+                    started,
+                    ended: ends,
+                };
                 if let Some(inst) = self.instances.get_mut(node) {
                     inst.allocated = inst
                         .allocated
@@ -300,6 +357,7 @@ impl<'w> Sim<'w> {
             .chain(ends)
             .chain(boots)
             .chain(idle)
+            .chain(self.review_at)
             .filter(|t| *t > now)
             .min()
     }
@@ -314,12 +372,18 @@ impl<'w> Sim<'w> {
 
 /// Runs the workload under asg-batch.
 pub fn simulate(workload: &Workload) -> Report {
-    let mut sim = Sim::new(workload);
+    simulate_with(workload, NAME, Options::default())
+}
+
+/// Runs the workload under asg-batch with the given scheduler options, reported as
+/// `name`.
+pub fn simulate_with(workload: &Workload, name: &str, options: Options) -> Report {
+    let mut sim = Sim::new(workload, options);
     let mut now = 0;
     loop {
         sim.advance_to(now);
         for _ in 0..MAX_PASSES_PER_INSTANT {
-            let plan = scheduler::plan(&sim.snapshot(), now);
+            let plan = scheduler::plan_with(&sim.snapshot(), now, &sim.options);
             if !sim.apply(&plan) {
                 break;
             }
@@ -346,9 +410,46 @@ pub fn simulate(workload: &Workload) -> Report {
         .jobs
         .iter()
         .map(|s| match s {
-            JobState::Done { ended } => Some(*ended),
+            JobState::Done { ended, .. } => Some(*ended),
             _ => None,
         })
         .collect();
-    report(NAME, workload, &billed, &completions)
+    let starts: Vec<Option<u64>> = sim
+        .jobs
+        .iter()
+        .map(|s| match s {
+            JobState::Done { started, .. } | JobState::Running { started, .. } => Some(*started),
+            JobState::Waiting => None,
+        })
+        .collect();
+    let mut r = report(name, workload, &billed, &completions);
+    r.max_wait_s = workload
+        .jobs
+        .iter()
+        .zip(&starts)
+        .filter_map(|(j, s)| Some(s.as_ref()?.saturating_sub(j.arrival)))
+        .max();
+    // Estimated starts against actual ones, for the jobs that waited.
+    let errors: Vec<u64> = sim
+        .first_estimate
+        .iter()
+        .zip(&starts)
+        .filter_map(|(e, s)| Some(e.as_ref()?.abs_diff(*s.as_ref()?)))
+        .collect();
+    r.eta_jobs = errors.len();
+    r.queue_writes = Some(sim.queue_writes);
+    r.eta_median_abs_error_s = median(&errors);
+    r
+}
+
+/// The median of `v` (mean of the two middle values for an even count).
+pub fn median(v: &[u64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2] as f64),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) as f64 / 2.0),
+    }
 }

@@ -16,6 +16,8 @@ pub mod workload;
 
 use std::fmt::Write as _;
 
+use crate::scheduler::Options;
+
 pub use accounting::Report;
 pub use workload::{Workload, WorkloadError};
 
@@ -25,6 +27,16 @@ pub enum Policy {
     /// This project's scheduler and capacity planner on an elastic fleet.
     #[value(name = "asg-batch")]
     AsgBatch,
+    /// The same with best-fit placement instead of drain-friendly placement.
+    #[value(name = "asg-batch-best-fit")]
+    AsgBatchBestFit,
+    /// The same ignoring the queues' wait bounds (an instance for every job at once).
+    #[value(name = "asg-batch-no-wait-bounds")]
+    AsgBatchNoWaitBounds,
+    /// Both off: the scheduler as it was before duration estimates (best fit, no
+    /// bounds).
+    #[value(name = "asg-batch-before")]
+    AsgBatchBefore,
     /// The seed's fleet: one job per instance, scaled on a fixed schedule.
     #[value(name = "seed-one-per-instance")]
     SeedOnePerInstance,
@@ -35,8 +47,11 @@ pub enum Policy {
 
 impl Policy {
     /// Every policy, in report order.
-    pub const ALL: [Policy; 3] = [
+    pub const ALL: [Policy; 6] = [
         Policy::AsgBatch,
+        Policy::AsgBatchBestFit,
+        Policy::AsgBatchNoWaitBounds,
+        Policy::AsgBatchBefore,
         Policy::SeedOnePerInstance,
         Policy::SeedSingleHost,
     ];
@@ -55,6 +70,30 @@ pub enum Output {
 pub fn run(workload: &Workload, policy: Policy) -> Report {
     match policy {
         Policy::AsgBatch => asg_batch::simulate(workload),
+        Policy::AsgBatchBestFit => asg_batch::simulate_with(
+            workload,
+            "asg-batch-best-fit",
+            Options {
+                drain_friendly: false,
+                wait_bounds: true,
+            },
+        ),
+        Policy::AsgBatchNoWaitBounds => asg_batch::simulate_with(
+            workload,
+            "asg-batch-no-wait-bounds",
+            Options {
+                drain_friendly: true,
+                wait_bounds: false,
+            },
+        ),
+        Policy::AsgBatchBefore => asg_batch::simulate_with(
+            workload,
+            "asg-batch-before",
+            Options {
+                drain_friendly: false,
+                wait_bounds: false,
+            },
+        ),
         Policy::SeedOnePerInstance => seed::one_per_instance(workload),
         Policy::SeedSingleHost => seed::single_host(workload),
     }
@@ -88,9 +127,14 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
         fleet.scale_in_after_idle_seconds,
         fleet.instance_type.as_deref().unwrap_or("instance"),
     );
+    for q in workload.queues.iter() {
+        if let Some(w) = q.max_wait_seconds {
+            let _ = writeln!(out, "queue {} waits up to {w}s before buying an instance", q.name);
+        }
+    }
     let _ = writeln!(
         out,
-        "{:<22} {:>11} {:>15} {:>5} {:>12} {:>12} {:>9} {:>14} {:>9}",
+        "{:<24} {:>11} {:>15} {:>5} {:>12} {:>12} {:>9} {:>14} {:>9} {:>9} {:>10}",
         "policy",
         "makespan",
         "instance-hours",
@@ -99,7 +143,9 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
         "lower bound",
         "vs bound",
         "no-wait bound",
-        "vs it"
+        "vs it",
+        "max wait",
+        "ETA error"
     );
     for r in reports {
         let vs = |bound: f64| {
@@ -111,7 +157,7 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<22} {:>11} {:>15.2} {:>5} {:>11.1}% {:>12.2} {:>9} {:>14.2} {:>9}",
+            "{:<24} {:>11} {:>15.2} {:>5} {:>11.1}% {:>12.2} {:>9} {:>14.2} {:>9} {:>9} {:>10}",
             r.policy,
             hms(r.makespan_s),
             r.instance_hours,
@@ -121,6 +167,9 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
             vs(r.lower_bound_instance_hours),
             r.no_wait_bound_instance_hours,
             vs(r.no_wait_bound_instance_hours),
+            r.max_wait_s.map_or("-".into(), |w| format!("{w}s")),
+            r.eta_median_abs_error_s
+                .map_or("-".into(), |e| format!("{e:.0}s/{}", r.eta_jobs)),
         );
         if r.unfinished_jobs > 0 {
             let _ = writeln!(
@@ -135,7 +184,8 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
 
 /// Renders reports as a JSON array, one object per policy with the keys `policy`,
 /// `makespan_s`, `instance_hours`, `peak_instances`, `utilisation`,
-/// `lower_bound_instance_hours`.
+/// `lower_bound_instance_hours`, `no_wait_bound_instance_hours`, and for asg-batch
+/// policies `max_wait_s`, `eta_jobs` and `eta_median_abs_error_s`.
 pub fn json(reports: &[Report]) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(reports)
 }

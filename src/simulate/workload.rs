@@ -14,6 +14,7 @@
 //! queues:                      # optional; default one queue "default", priority 1
 //!   - name: nightly
 //!     priority: 10
+//!     maxWaitSeconds: 10m      # optional: cost-aware scale-out bound (none: buy at once)
 //! seed:                        # the seed's two ways, for comparison
 //!   singleHost:                # one big always-on instance, at most N jobs at a time
 //!     size: 4                  # its size in instances of the type above (m5.4xlarge)
@@ -128,6 +129,8 @@ struct FileQueue {
     name: String,
     #[serde(default)]
     priority: i32,
+    #[serde(default)]
+    max_wait_seconds: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +210,8 @@ pub struct QueueSpec {
     pub name: String,
     /// Higher first.
     pub priority: i32,
+    /// The queue's wait bound (`maxWaitSeconds`, cost-aware scale-out); `None`: none.
+    pub max_wait_seconds: Option<u64>,
 }
 
 /// The seed's single big host.
@@ -388,15 +393,29 @@ impl Workload {
             vec![QueueSpec {
                 name: "default".into(),
                 priority: 1,
+                max_wait_seconds: None,
             }]
         } else {
             file.queues
                 .iter()
-                .map(|q| QueueSpec {
-                    name: q.name.clone(),
-                    priority: q.priority,
+                .enumerate()
+                .map(|(i, q)| {
+                    Ok(QueueSpec {
+                        name: q.name.clone(),
+                        priority: q.priority,
+                        max_wait_seconds: q
+                            .max_wait_seconds
+                            .as_ref()
+                            .map(|w| {
+                                field(
+                                    &format!("queues[{i}].maxWaitSeconds"),
+                                    parse_duration(&w.text()),
+                                )
+                            })
+                            .transpose()?,
+                    })
                 })
-                .collect()
+                .collect::<Result<_, WorkloadError>>()?
         };
         let mut queue_names = BTreeSet::new();
         for (i, q) in queues.iter().enumerate() {

@@ -219,6 +219,74 @@ fn nightly_meets_the_makespan_goal_and_stays_near_the_no_wait_bound() {
     assert!(ours.instance_hours <= 1.2 * ours.no_wait_bound_instance_hours);
 }
 
+/// [`workload`] with one queue `q` that may wait `max_wait` seconds before buying.
+fn bounded(max: u32, max_wait: u64, jobs: &[&str]) -> Workload {
+    let yaml = format!(
+        "computeEnvironment:\n  name: ce\n  cpu: 4\n  memory: 16Gi\n  maxInstances: {max}\n  \
+         bootSeconds: 100\n  scaleInAfterIdleSeconds: 60\nqueues:\n  - {{ name: q, maxWaitSeconds: {max_wait} }}\n\
+         seed:\n{SEED}\njobs:\n{}\n",
+        jobs.iter()
+            .map(|j| format!("  - {j}\n"))
+            .collect::<String>()
+    );
+    match Workload::from_yaml(&yaml) {
+        Ok(w) => w,
+        Err(e) => panic!("test workload does not parse: {e}\n{yaml}"),
+    }
+}
+
+#[test]
+fn a_bounded_queue_waits_for_running_work_instead_of_buying() {
+    // a fills an instance (4 cpu) 100..1100. b (4 cpu, 300 s) arrives at 900.
+    // Without a bound: a second instance launches at 900, Ready at 1000, b runs
+    // 1000..1300, idle until 1360: billed 0..1160 + 900..1360 = 1160 + 460 = 1620 s;
+    // makespan 1300, peak 2.
+    // With maxWaitSeconds 600: b would start at 1100 on a's instance, within its bound
+    // (900 + 600), so nothing is bought: b runs 1100..1400, the instance is idle until
+    // 1460: billed 1460 s; makespan 1400; peak 1; b waited 200 s, and its estimated
+    // start (1100) was exact.
+    let jobs = [
+        "{ name: a, queue: q, arrival: 0, duration: 1000, cpu: 4, memory: 1Gi }",
+        "{ name: b, queue: q, arrival: 900, duration: 300, cpu: 4, memory: 1Gi }",
+    ];
+    let w = bounded(5, 600, &jobs);
+    let r = simulate::run(&w, Policy::AsgBatch);
+    check(&r, 1400, 1460.0, 1);
+    assert_eq!(r.max_wait_s, Some(200));
+    assert_eq!(r.eta_jobs, 2, "a waited for its boot, b for a");
+    assert_eq!(r.eta_median_abs_error_s, Some(0.0));
+    let before = simulate::run(&w, Policy::AsgBatchNoWaitBounds);
+    check(&before, 1300, 1620.0, 2);
+}
+
+#[test]
+fn an_instance_that_would_not_pay_for_its_boot_is_bought_only_when_due() {
+    // a fills an instance 100..2100. b (1 cpu, 50 s: 12.5 instance-seconds of work, less
+    // than the 100 s boot) arrives at 100 and could start on a's instance only at 2100,
+    // past its deadline 100 + 600 = 700. It waits until it falls due (700 − 100 boot =
+    // 600), then an instance is bought: Ready at 700, b runs 700..750, idle until 810.
+    // Billed 0..2160 + 600..810 = 2160 + 210 = 2370 s; b waited exactly its bound.
+    let jobs = [
+        "{ name: a, queue: q, arrival: 0, duration: 2000, cpu: 4, memory: 1Gi }",
+        "{ name: b, queue: q, arrival: 100, duration: 50, cpu: 1, memory: 1Gi }",
+    ];
+    let r = simulate::run(&bounded(5, 600, &jobs), Policy::AsgBatch);
+    check(&r, 2100, 2370.0, 2);
+    assert_eq!(r.max_wait_s, Some(600));
+    // Eight such jobs bring 8 × 12.5 = 100 instance-seconds: the instance pays at once
+    // (launched at 100, Ready at 200, the eight run in two rounds of four cpus, 200..250
+    // and 250..300; idle until 360): billed 2160 + 260 = 2420 s; the last four waited
+    // 250 − 100 = 150 s.
+    let mut eight: Vec<String> = vec![jobs[0].to_string()];
+    eight.extend((0..8).map(|i| {
+        format!("{{ name: b{i}, queue: q, arrival: 100, duration: 50, cpu: 1, memory: 1Gi }}")
+    }));
+    let refs: Vec<&str> = eight.iter().map(String::as_str).collect();
+    let r = simulate::run(&bounded(5, 600, &refs), Policy::AsgBatch);
+    check(&r, 2100, 2420.0, 2);
+    assert_eq!(r.max_wait_s, Some(150));
+}
+
 mod random_workloads {
     use super::*;
     use proptest::prelude::*;
@@ -259,6 +327,27 @@ mod random_workloads {
             let _ = simulate::run(&w, Policy::SeedOnePerInstance);
             let s = simulate::run(&w, Policy::SeedSingleHost);
             prop_assert_eq!(s.unfinished_jobs, 0);
+        }
+
+        /// With exact estimates, a bound at least the boot time (100 s) and room to
+        /// grow, no job waits longer than its queue's bound, and the bound never costs
+        /// more than buying at once would... in instance-hours it may cost less.
+        #[test]
+        fn no_job_waits_longer_than_its_bound(
+            jobs in prop::collection::vec((0u64..5000, 1u64..3000, 1u64..=4000, 1u64..=16384), 1..25),
+            max_wait in 100u64..1200,
+        ) {
+            let lines: Vec<String> = jobs
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(i, j)| job_line(i, j).replacen("{ ", "{ queue: q, ", 1))
+                .collect();
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let w = bounded(50, max_wait, &refs);
+            let r = simulate::run(&w, Policy::AsgBatch);
+            prop_assert_eq!(r.unfinished_jobs, 0);
+            prop_assert!(r.max_wait_s.is_some_and(|m| m <= max_wait), "{:?} with bound {}", r, max_wait);
         }
     }
 }

@@ -36,7 +36,14 @@ fn json_has_one_object_per_policy_with_the_documented_keys() {
     let policies: Vec<&str> = items.iter().filter_map(|o| o["policy"].as_str()).collect();
     assert_eq!(
         policies,
-        ["asg-batch", "seed-one-per-instance", "seed-single-host"]
+        [
+            "asg-batch",
+            "asg-batch-best-fit",
+            "asg-batch-no-wait-bounds",
+            "asg-batch-before",
+            "seed-one-per-instance",
+            "seed-single-host"
+        ]
     );
     for o in items {
         let mut keys: Vec<&str> = o
@@ -47,11 +54,16 @@ fn json_has_one_object_per_policy_with_the_documented_keys() {
         assert_eq!(
             keys,
             [
+                "eta_jobs",
+                "eta_median_abs_error_s",
                 "instance_hours",
                 "lower_bound_instance_hours",
                 "makespan_s",
+                "max_wait_s",
+                "no_wait_bound_instance_hours",
                 "peak_instances",
                 "policy",
+                "queue_writes",
                 "utilisation"
             ]
         );

@@ -2,6 +2,9 @@
 //! failures, why each waiting job is not running) and invalid jobs' reasons.
 
 use super::*;
+use crate::controller::estimates;
+use crate::scheduler::estimate::Estimate;
+use crate::scheduler::forecast;
 
 /// Step 3: the plan onto the jobs' desired status.
 pub(super) fn apply_plan(
@@ -130,6 +133,7 @@ pub(super) fn apply_plan(
             now,
         );
     }
+    queue_fields(plan, built, work, now);
     for (id, why) in &built.invalid_jobs {
         let Some(w) = work.get_mut(id) else {
             continue;
@@ -158,6 +162,36 @@ pub(super) fn apply_plan(
             reasons::INVALID_JOB,
             why,
             generation,
+            now,
+        );
+    }
+}
+
+/// Queue position, estimated start and duration on every Runnable job the scheduler
+/// forecast; cleared on every other job.
+fn queue_fields(
+    plan: &Plan,
+    built: &snapshot::Built,
+    work: &mut BTreeMap<JobId, Work<'_>>,
+    now: Seconds,
+) {
+    for (id, w) in work.iter_mut() {
+        let Some(q) = plan.queue.get(id) else {
+            estimates::clear_queue_fields(&mut w.desired);
+            continue;
+        };
+        let estimate = built
+            .snapshot
+            .jobs
+            .get(id)
+            .map_or(Estimate::DEFAULT, forecast::estimate_of);
+        let writing = w.desired != owned_job_status(w.job.status.as_ref());
+        estimates::set_queue_fields(
+            &mut w.desired,
+            w.job.status.as_ref(),
+            q,
+            estimate,
+            writing,
             now,
         );
     }

@@ -1,0 +1,464 @@
+//! The scheduler's own forecast: when each waiting job will start, given the work running
+//! on every node, the instances booting, the instances this pass buys, and the duration
+//! estimates ([`super::estimate`]).
+//!
+//! A [`Timeline`] holds one bin per Ready node of an Enabled compute environment (its free
+//! room as a step function of time: room comes back as each running job's estimated end
+//! passes), one per booting instance (empty from its expected Ready time) and one per
+//! instance bought in this pass (empty from `now + bootSeconds`). [`Timeline::project`]
+//! places the waiting jobs in scheduling order, each at the earliest time some bin of
+//! its queue's compute environments has room for it for its whole estimated duration
+//! (ties: the queue's compute environment order, then existing nodes before booting
+//! instances before new ones, then name order), as the controller would over the
+//! coming passes if the estimates hold. A job larger than every bin never starts.
+//!
+//! Pure and deterministic, like the rest of the scheduler: time is an input.
+
+use std::collections::BTreeMap;
+
+use super::estimate::Estimate;
+use super::model::{Job, JobId, NodePhase, Seconds, Snapshot, State};
+use super::resources::Resources;
+
+/// At most this many waiting jobs are projected in one pass (in scheduling order); the
+/// rest get a queue position but no estimated start.
+pub const MAX_PROJECTED: usize = 2000;
+
+/// The estimate of a job, or [`Estimate::DEFAULT`].
+pub fn estimate_of(job: &Job) -> Estimate {
+    job.estimate.unwrap_or(Estimate::DEFAULT)
+}
+
+/// When a placed job is expected to end: its current attempt's start (now while it is
+/// Starting) plus its estimate; a job past its estimate is expected to end any moment.
+pub fn expected_end(job: &Job, now: Seconds) -> Seconds {
+    let started = job
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.stopped_at.is_none())
+        .map_or(now, |a| a.started_at.min(now));
+    started
+        .saturating_add(estimate_of(job).seconds)
+        .max(now.saturating_add(1))
+}
+
+/// What kind of capacity a bin is (also its tie-break rank: lower is preferred).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BinKind {
+    /// A Ready node.
+    Node,
+    /// An instance launched before this pass, not yet a node.
+    Booting,
+    /// An instance this pass would launch.
+    New,
+}
+
+/// One instance's free room over time.
+#[derive(Debug, Clone)]
+pub struct Bin {
+    /// Compute environment.
+    pub compute_environment: String,
+    /// Node name (Ready nodes only).
+    pub node: Option<String>,
+    /// Node, booting or new.
+    pub kind: BinKind,
+    /// Its resources when empty.
+    pub capacity: Resources,
+    /// `(from, free)` steps in time order: `free` from `from` until the next step; the
+    /// last step lasts for ever. Nothing before the first step (not Ready yet).
+    steps: Vec<(Seconds, Resources)>,
+}
+
+impl Bin {
+    fn empty(
+        compute_environment: &str,
+        node: Option<String>,
+        kind: BinKind,
+        capacity: Resources,
+        from: Seconds,
+    ) -> Bin {
+        Bin {
+            compute_environment: compute_environment.to_owned(),
+            node,
+            kind,
+            capacity,
+            steps: vec![(from, capacity)],
+        }
+    }
+
+    /// The earliest start at or after `earliest` at which `need` fits for `duration`.
+    fn earliest_fit(&self, need: &Resources, duration: Seconds, earliest: Seconds) -> Option<Seconds> {
+        if !need.fits_in(&self.capacity) {
+            return None;
+        }
+        let first = self.steps.first()?.0;
+        let earliest = earliest.max(first);
+        // Candidate starts: `earliest`, then every step boundary after it.
+        let start_idx = self.steps.partition_point(|(t, _)| *t <= earliest).saturating_sub(1);
+        let mut candidates = std::iter::once(earliest).chain(
+            self.steps[start_idx + 1..].iter().map(|(t, _)| *t),
+        );
+        candidates.find(|&t| self.fits_from(need, t, t.saturating_add(duration.max(1))))
+    }
+
+    /// Whether `need` fits over `[from, to)`.
+    fn fits_from(&self, need: &Resources, from: Seconds, to: Seconds) -> bool {
+        let i = self.steps.partition_point(|(t, _)| *t <= from).saturating_sub(1);
+        self.steps[i..]
+            .iter()
+            .take_while(|(t, _)| *t < to)
+            .all(|(_, free)| need.fits_in(free))
+    }
+
+    /// Index of the step starting exactly at `t`, splitting the step that covers it.
+    fn split_at(&mut self, t: Seconds) -> usize {
+        let i = self.steps.partition_point(|(s, _)| *s <= t);
+        if i > 0 && self.steps[i - 1].0 == t {
+            return i - 1;
+        }
+        let free = if i == 0 {
+            Resources::ZERO
+        } else {
+            self.steps[i - 1].1
+        };
+        self.steps.insert(i, (t, free));
+        i
+    }
+
+    /// Takes `need` over `[from, to)`.
+    fn take(&mut self, need: &Resources, from: Seconds, to: Seconds) {
+        let a = self.split_at(from);
+        let b = self.split_at(to.max(from + 1));
+        for s in &mut self.steps[a..b] {
+            s.1 = s.1.saturating_sub(need);
+        }
+    }
+
+    /// Gives `room` back from `at` on (a running job's expected end).
+    fn give_back(&mut self, room: &Resources, at: Seconds) {
+        let a = self.split_at(at);
+        for s in &mut self.steps[a..] {
+            s.1 = min_each(&s.1.saturating_add(room), &self.capacity);
+        }
+    }
+}
+
+/// The capacity of every compute environment over time, before the waiting jobs.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// The bins, in tie-break order within each compute environment.
+    pub bins: Vec<Bin>,
+}
+
+/// Where and when one waiting job is expected to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// Estimated start time.
+    pub at: Seconds,
+    /// Index of its bin in [`Timeline::bins`].
+    pub bin: usize,
+}
+
+/// The result of [`Timeline::project`].
+#[derive(Debug, Clone, Default)]
+pub struct Projection {
+    /// Per projected job (same order as given): its start, `None` when it fits no bin.
+    pub starts: Vec<Option<Start>>,
+    /// Per bin: instance-seconds of work the projected jobs put on it (each job's
+    /// estimate × its share of the instance in its largest dimension).
+    pub work: Vec<f64>,
+}
+
+/// A job to project: its id, the job and its queue's compute environments.
+pub type Waiting<'a> = (&'a JobId, &'a Job, &'a [String]);
+
+impl Timeline {
+    /// The Ready nodes of Enabled compute environments (with the work placed on them,
+    /// including `bound_now`: the bindings of this pass) and the booting instances.
+    pub fn new(snapshot: &Snapshot, now: Seconds, bound_now: &BTreeMap<&JobId, &str>) -> Self {
+        let enabled = |ce: &str| {
+            snapshot
+                .compute_environments
+                .get(ce)
+                .is_some_and(|c| c.state == State::Enabled)
+        };
+        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut bins = Vec::new();
+        for (name, node) in &snapshot.nodes {
+            if node.phase != NodePhase::Ready || !enabled(&node.compute_environment) {
+                continue;
+            }
+            index.insert(name.as_str(), bins.len());
+            let mut b = Bin::empty(
+                &node.compute_environment,
+                Some(name.clone()),
+                BinKind::Node,
+                node.capacity,
+                now,
+            );
+            b.steps[0].1 = node.free();
+            bins.push(b);
+        }
+        for (id, job) in &snapshot.jobs {
+            let (node, end) = match bound_now.get(id) {
+                Some(n) => (Some(*n), now.saturating_add(estimate_of(job).seconds.max(1))),
+                None if job.phase.is_placed() => (job.node.as_deref(), expected_end(job, now)),
+                None => (None, 0),
+            };
+            let Some(b) = node.and_then(|n| index.get(n)).and_then(|i| bins.get_mut(*i)) else {
+                continue;
+            };
+            if bound_now.contains_key(id) {
+                b.take(&job.resources, now, end);
+            } else {
+                b.give_back(&job.resources, end);
+            }
+        }
+        for (name, ce) in &snapshot.compute_environments {
+            if ce.state != State::Enabled {
+                continue;
+            }
+            let mut ready: Vec<Seconds> = ce.booting_ready_at.iter().map(|t| (*t).max(now)).collect();
+            ready.sort_unstable();
+            ready.truncate(ce.booting as usize);
+            while ready.len() < ce.booting as usize {
+                ready.push(now.saturating_add(ce.boot_seconds));
+            }
+            for at in ready {
+                bins.push(Bin::empty(name, None, BinKind::Booting, ce.shape, at));
+            }
+        }
+        Timeline { bins }
+    }
+
+    /// Adds an instance of `compute_environment` launched now; returns its index.
+    pub fn add_new(&mut self, snapshot: &Snapshot, compute_environment: &str, now: Seconds) -> Option<usize> {
+        let ce = snapshot.compute_environments.get(compute_environment)?;
+        self.bins.push(Bin::empty(
+            compute_environment,
+            None,
+            BinKind::New,
+            ce.shape,
+            now.saturating_add(ce.boot_seconds),
+        ));
+        Some(self.bins.len() - 1)
+    }
+
+    /// Removes the bin at `index` (the last one added).
+    pub fn remove(&mut self, index: usize) {
+        if index < self.bins.len() {
+            self.bins.remove(index);
+        }
+    }
+
+    /// Projects `jobs` (in scheduling order) onto a copy of the timeline.
+    pub fn project(&self, jobs: &[Waiting<'_>], now: Seconds) -> Projection {
+        let mut bins = self.bins.clone();
+        let mut by_ce: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, b) in self.bins.iter().enumerate() {
+            by_ce.entry(b.compute_environment.as_str()).or_default().push(i);
+        }
+        for list in by_ce.values_mut() {
+            list.sort_by(|a, b| {
+                let (x, y) = (&self.bins[*a], &self.bins[*b]);
+                x.kind.cmp(&y.kind).then_with(|| x.node.cmp(&y.node)).then(a.cmp(b))
+            });
+        }
+        let mut out = Projection {
+            starts: Vec::with_capacity(jobs.len()),
+            work: vec![0.0; bins.len()],
+        };
+        for (_, job, ces) in jobs {
+            let duration = estimate_of(job).seconds.max(1);
+            let earliest = now.max(job.not_before.unwrap_or(0));
+            let mut best: Option<Start> = None;
+            'ces: for ce in *ces {
+                let Some(list) = by_ce.get(ce.as_str()) else {
+                    continue;
+                };
+                for &i in list {
+                    let Some(at) = bins[i].earliest_fit(&job.resources, duration, earliest) else {
+                        continue;
+                    };
+                    if best.is_none_or(|b| at < b.at) {
+                        best = Some(Start { at, bin: i });
+                        if at <= earliest {
+                            break 'ces;
+                        }
+                    }
+                }
+            }
+            if let Some(s) = best {
+                let b = &mut bins[s.bin];
+                b.take(&job.resources, s.at, s.at.saturating_add(duration));
+                out.work[s.bin] += duration as f64 * share(&job.resources, &b.capacity);
+            }
+            out.starts.push(best);
+        }
+        out
+    }
+}
+
+/// A queue estimate is rewritten only when it moves this much: the position halves or
+/// doubles (or changes while either is at most [`EXACT_POSITIONS`]), or the estimated
+/// start moves by more than the larger of [`ETA_SLACK_SECONDS`] and half the wait it
+/// predicted. So a job waiting behind `n` others is written about `log2(n) + 5` times
+/// rather than `n` times.
+pub fn material_change(
+    old: Option<(u32, Option<Seconds>)>,
+    new: (u32, Option<Seconds>),
+    now: Seconds,
+) -> bool {
+    let Some((old_pos, old_eta)) = old else {
+        return true;
+    };
+    let (pos, eta) = new;
+    let position_moved = pos != old_pos
+        && (pos.min(old_pos) <= EXACT_POSITIONS
+            || pos.saturating_mul(2) <= old_pos
+            || old_pos.saturating_mul(2) <= pos);
+    let eta_moved = match (old_eta, eta) {
+        (Some(a), Some(b)) => {
+            let slack = ETA_SLACK_SECONDS.max(a.saturating_sub(now) / 2);
+            a.abs_diff(b) > slack
+        }
+        (None, None) => false,
+        _ => true,
+    };
+    position_moved || eta_moved
+}
+
+/// Positions up to this are kept exact (see [`material_change`]).
+pub const EXACT_POSITIONS: u32 = 5;
+
+/// Estimated starts within this of the written one are not rewritten.
+pub const ETA_SLACK_SECONDS: Seconds = 120;
+
+fn min_each(a: &Resources, b: &Resources) -> Resources {
+    Resources::new(
+        a.cpu_millis.min(b.cpu_millis),
+        a.memory_bytes.min(b.memory_bytes),
+        a.gpus.min(b.gpus),
+    )
+}
+
+/// The largest share of `capacity` that `need` takes in any dimension (0–1).
+pub fn share(need: &Resources, capacity: &Resources) -> f64 {
+    let part = |n: u64, c: u64| if c == 0 { 0.0 } else { n as f64 / c as f64 };
+    part(need.cpu_millis, capacity.cpu_millis)
+        .max(part(need.memory_bytes, capacity.memory_bytes))
+        .max(part(u64::from(need.gpus), u64::from(capacity.gpus)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::model::{Attempt, ComputeEnvironment, Node, Phase};
+    use crate::scheduler::estimate::EstimateSource;
+    use crate::scheduler::resources::GIB;
+
+    fn est(seconds: Seconds) -> Option<Estimate> {
+        Some(Estimate {
+            seconds,
+            source: EstimateSource::Expected,
+        })
+    }
+
+    fn world() -> Snapshot {
+        let mut s = Snapshot::default();
+        s.compute_environments.insert(
+            "ce".into(),
+            ComputeEnvironment {
+                state: State::Enabled,
+                shape: Resources::new(4000, 16 * GIB, 0),
+                min_instances: 0,
+                max_instances: 10,
+                booting: 0,
+                scale_in_after_idle_seconds: 60,
+                boot_seconds: 100,
+                booting_ready_at: vec![],
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn a_waiting_job_starts_when_running_work_ends_or_an_instance_boots() {
+        let mut s = world();
+        s.nodes.insert(
+            "n1".into(),
+            Node {
+                compute_environment: "ce".into(),
+                capacity: Resources::new(4000, 16 * GIB, 0),
+                allocated: Resources::new(4000, GIB, 0),
+                jobs: 1,
+                phase: NodePhase::Ready,
+                idle_since: None,
+                terminable: false,
+            },
+        );
+        let mut running = Job::runnable("q", Resources::new(4000, GIB, 0), 0);
+        running.phase = Phase::Running;
+        running.node = Some("n1".into());
+        running.attempts = vec![Attempt {
+            started_at: 40,
+            stopped_at: None,
+        }];
+        running.estimate = est(100);
+        s.jobs.insert(JobId::new("r"), running);
+        let mut w = Job::runnable("q", Resources::new(2000, GIB, 0), 50);
+        w.estimate = est(30);
+        let id = JobId::new("w");
+        let ces = vec!["ce".to_string()];
+        let t = Timeline::new(&s, 50, &BTreeMap::new());
+        // Two 2-cpu jobs: both start at 140 when the running job ends (40 + 100).
+        let p = t.project(&[(&id, &w, &ces), (&id, &w, &ces)], 50);
+        assert_eq!(p.starts.iter().map(|s| s.map(|s| s.at)).collect::<Vec<_>>(), [Some(140), Some(140)]);
+        // A third waits for one of them: 170.
+        let p = t.project(&[(&id, &w, &ces), (&id, &w, &ces), (&id, &w, &ces)], 50);
+        assert_eq!(p.starts[2].map(|s| s.at), Some(170));
+        // An instance bought now is Ready at 150: the third starts there, earlier.
+        let mut t2 = t.clone();
+        let new = t2.add_new(&s, "ce", 50);
+        let p = t2.project(&[(&id, &w, &ces), (&id, &w, &ces), (&id, &w, &ces)], 50);
+        assert_eq!(p.starts[2], new.map(|bin| Start { at: 150, bin }));
+        // 30 s of half an instance: 15 instance-seconds of work on it.
+        assert_eq!(new.map(|b| p.work[b]), Some(15.0));
+    }
+
+    #[test]
+    fn only_material_moves_are_rewritten() {
+        assert!(material_change(None, (40, Some(500)), 0));
+        // 40 → 39 behind the same estimate: not worth a write; 40 → 20 is.
+        assert!(!material_change(Some((40, Some(500))), (39, Some(520)), 100));
+        assert!(material_change(Some((40, Some(500))), (20, Some(500)), 100));
+        // Near the head every move counts.
+        assert!(material_change(Some((6, Some(500))), (5, Some(500)), 100));
+        // An estimate 400 s away moving by 150 s: within half the wait, kept.
+        assert!(!material_change(Some((9, Some(500))), (9, Some(650)), 100));
+        // Moving by 250 s is material; so is losing the estimate.
+        assert!(material_change(Some((9, Some(500))), (9, Some(750)), 100));
+        assert!(material_change(Some((9, Some(500))), (9, None), 100));
+    }
+
+    #[test]
+    fn backfill_uses_a_gap_only_when_the_job_fits_in_it() {
+        let mut s = world();
+        s.compute_environments.get_mut("ce").map(|c| c.booting = 1);
+        let t = Timeline::new(&s, 0, &BTreeMap::new());
+        let ces = vec!["ce".to_string()];
+        let id = JobId::new("x");
+        let mut big = Job::runnable("q", Resources::new(4000, GIB, 0), 0);
+        big.estimate = est(500);
+        let mut small = Job::runnable("q", Resources::new(4000, GIB, 0), 0);
+        small.estimate = est(50);
+        // The booting instance is Ready at 100; big holds it 100..600, small follows.
+        let p = t.project(&[(&id, &big, &ces), (&id, &small, &ces)], 0);
+        assert_eq!(p.starts[0].map(|s| s.at), Some(100));
+        assert_eq!(p.starts[1].map(|s| s.at), Some(600));
+        // Too large for the shape: never starts.
+        let huge = Job::runnable("q", Resources::new(8000, GIB, 0), 0);
+        assert_eq!(t.project(&[(&id, &huge, &ces)], 0).starts[0], None);
+    }
+}
