@@ -3,7 +3,8 @@
 //! attempt is still the job's current one on this node.
 
 use super::config::AgentConfig;
-use super::executor::{Adoption, EndReason, Executor, Outcome, Progress};
+use super::executor::{Adoption, EndReason, Executor, Outcome, Progress, RunSpec, Workload};
+use super::gpus::{GpuAllocator, VISIBLE_DEVICES_ENV, visible_devices};
 use super::patches;
 use super::plan::{AttemptKey, CancelWhy};
 use super::protection::Protection;
@@ -26,6 +27,8 @@ pub struct AttemptContext {
     pub executor: Arc<dyn Executor>,
     /// Scale-in protection, when the agent manages it.
     pub protection: Option<Arc<Protection>>,
+    /// Which of the node's GPUs each attempt holds.
+    pub gpus: Arc<GpuAllocator>,
 }
 
 /// Why a cancelled attempt was cancelled, set by the agent loop before it signals.
@@ -186,7 +189,9 @@ pub async fn run(
         let body = patches::attempt_ended(&key.namespace, &key.name, key.attempt, started_at, &outcome);
         report(&ctx, &key, "ended", body).await;
         // Reported, or no longer current: what the executor kept for it can go.
-        ctx.executor.release(&spec::attempt_name(&key)).await;
+        let name = spec::attempt_name(&key);
+        ctx.executor.release(&name).await;
+        ctx.gpus.release(&name);
         key
     }
     .instrument(span)
@@ -212,6 +217,7 @@ async fn execute(
     let name = spec::attempt_name(key);
     let reported = reported_start(job, key);
     let spec = spec::resolve(&ctx.client, job, key, &ctx.config.compute_environment).await;
+    let spec = spec.and_then(|s| with_gpus(&ctx.gpus, s).map_err(spec::SpecError::from));
     let spec = match (spec, mode) {
         (Ok(s), _) => Some(s),
         (Err(e), Mode::Start) => {
@@ -307,6 +313,25 @@ async fn execute(
         );
     };
     (started_at.or(outcome.started_at), outcome)
+}
+
+/// Assigns the attempt's GPUs (the same ones again for an attempt that holds some already)
+/// and names them in its environment: `NVIDIA_VISIBLE_DEVICES`, and for a process also
+/// `CUDA_VISIBLE_DEVICES`.
+fn with_gpus(gpus: &GpuAllocator, mut spec: RunSpec) -> Result<RunSpec, super::gpus::GpuError> {
+    if spec.gpu_count == 0 {
+        return Ok(spec);
+    }
+    let ids = gpus.assign(&spec.name, spec.gpu_count)?;
+    let visible = visible_devices(&ids);
+    tracing::info!(gpus = %visible, "GPUs assigned");
+    spec.env.retain(|(k, _)| k != VISIBLE_DEVICES_ENV);
+    spec.env.push((VISIBLE_DEVICES_ENV.into(), visible.clone()));
+    if matches!(spec.workload, Workload::Process { .. }) {
+        spec.env.push(("CUDA_VISIBLE_DEVICES".into(), visible));
+    }
+    spec.gpus = ids;
+    Ok(spec)
 }
 
 /// Status reason of an attempt lost to an agent restart with nothing left of it.

@@ -15,6 +15,9 @@ pub enum AgentError {
     /// The metrics endpoint could not be served (`--metrics-bind-address`).
     #[error("serving metrics: {0}")]
     Metrics(#[source] std::io::Error),
+    /// The GPU assignments kept under the data directory cannot be read.
+    #[error("{0}")]
+    Gpus(#[source] super::gpus::GpuError),
     /// The watch of this node's BatchJobs ended (it normally runs forever, retrying).
     #[error("the watch of BatchJobs bound to {node} ended")]
     WatchEnded {

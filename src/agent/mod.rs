@@ -56,6 +56,7 @@ pub mod config;
 pub mod error;
 pub mod executor;
 pub mod gate;
+pub mod gpus;
 pub mod identity;
 pub mod metrics;
 pub mod node;

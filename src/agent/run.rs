@@ -6,6 +6,7 @@ use super::config::{AgentConfig, ShutdownMode};
 use super::error::AgentError;
 use super::executor::Executor;
 use super::gate::Gate;
+use super::gpus::GpuAllocator;
 use super::node;
 use super::plan::{self, Action, AttemptKey, CancelWhy, JobView, NODE_LABEL};
 use super::protection::Protection;
@@ -100,6 +101,10 @@ async fn run_inner(
         Some(p) => Some(p.protected().await),
         None => None,
     };
+    let gpus = Arc::new(match config.capacity.gpu {
+        0 => GpuAllocator::in_memory(0),
+        n => GpuAllocator::load(&config.data_dir, n).map_err(AgentError::Gpus)?,
+    });
     let gate = Arc::new(Gate::default());
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(super::metrics::AgentMetrics::new(&mut registry));
@@ -157,6 +162,7 @@ async fn run_inner(
             config,
             executor,
             protection,
+            gpus,
         }),
         busy: busy_tx,
         store,
@@ -269,6 +275,10 @@ impl Agent {
                 Action::Cancel(key, why) => self.cancel(&key, why),
             }
         }
+        // GPUs held by attempts this agent neither runs nor reports any more (a crash
+        // between an attempt's report and its release) are free again.
+        let live: HashSet<String> = self.running.keys().map(super::spec::attempt_name).collect();
+        self.ctx.gpus.retain(|name| live.contains(name));
     }
 
     /// Runs (or adopts) attempt `key`; the gate holds it already.

@@ -45,6 +45,9 @@ pub enum SpecError {
         /// Key.
         key: String,
     },
+    /// The node cannot give the attempt the GPUs it needs.
+    #[error(transparent)]
+    Gpus(#[from] super::gpus::GpuError),
     /// A resource quantity cannot be read.
     #[error("resources: {0}")]
     Quantity(#[from] crate::api::QuantityError),
@@ -90,7 +93,7 @@ pub fn aws_job_id(job_uid: &str, array: Option<(&str, u32)>) -> String {
 /// Builds the RunSpec of attempt `key` of `job`.
 pub fn build(job: &BatchJob, key: &AttemptKey, inputs: &SpecInputs) -> Result<RunSpec, SpecError> {
     let template = effective(job, inputs);
-    let (workload, user_env) = match (&template.container, &template.process) {
+    let (workload, user_env, settings) = match (&template.container, &template.process) {
         (Some(c), _) => (
             Workload::Container {
                 image: c.image.clone(),
@@ -99,6 +102,7 @@ pub fn build(job: &BatchJob, key: &AttemptKey, inputs: &SpecInputs) -> Result<Ru
                 working_dir: c.working_dir.clone(),
             },
             &c.env,
+            c.settings.clone(),
         ),
         (None, Some(p)) => (
             Workload::Process {
@@ -106,6 +110,7 @@ pub fn build(job: &BatchJob, key: &AttemptKey, inputs: &SpecInputs) -> Result<Ru
                 working_dir: p.working_dir.clone(),
             },
             &p.env,
+            Default::default(),
         ),
         (None, None) => return Err(SpecError::NoWorkload),
     };
@@ -150,6 +155,9 @@ pub fn build(job: &BatchJob, key: &AttemptKey, inputs: &SpecInputs) -> Result<Ru
         timeout: template
             .timeout_seconds
             .map(|s| Duration::from_secs(u64::from(s))),
+        settings,
+        gpus: Vec::new(),
+        gpu_count: template.resources.as_ref().map_or(0, |r| r.gpu),
     })
 }
 
@@ -375,6 +383,7 @@ mod tests {
                 args: vec![],
                 env: vec![var("MODE", "full")],
                 working_dir: None,
+                settings: Default::default(),
             }),
             resources: Some(Resources {
                 cpu: "1500m".into(),

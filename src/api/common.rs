@@ -1,6 +1,7 @@
 //! Types shared by several kinds: resources, containers, retry strategy, conditions.
 
 use super::quantity::Quantity;
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
@@ -97,6 +98,244 @@ pub struct ContainerSpec {
     /// Working directory inside the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Volumes, mount points, user, privileges, ulimits and Linux parameters (AWS Batch's
+    /// `containerProperties` fields of the same names).
+    #[serde(flatten)]
+    pub settings: ContainerSettings,
+}
+
+/// How a job's container runs, beyond what it runs: AWS Batch's `containerProperties`
+/// `volumes`, `mountPoints`, `user`, `privileged`, `readonlyRootFilesystem`, `ulimits` and
+/// `linuxParameters` (with ECS's `capabilities`). Mapped onto the Docker Engine API by the
+/// agent's container executor.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.mountPoints) || self.mountPoints.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.sourceVolume))").message("every mountPoints[].sourceVolume must name one of volumes[].name").field_path(".mountPoints"),
+    validation = Rule::new("!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))").message("volumes[].name must be unique").field_path(".volumes")
+)]
+pub struct ContainerSettings {
+    /// Host directories the container may mount (`mountPoints`). A host path also covers
+    /// EFS or NFS file systems mounted on the instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volumes: Vec<Volume>,
+    /// Where the volumes appear in the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub mount_points: Vec<MountPoint>,
+    /// User (and optionally group) the container runs as: a name or a uid, `uid:gid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.][A-Za-z0-9_.-]*)?$")
+    )]
+    pub user: Option<String>,
+    /// Runs the container with every privilege on the instance (root on the host).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// Mounts the container's root file system read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub readonly_root_filesystem: bool,
+    /// Resource limits (`ulimit`) of the container's processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ulimits: Vec<Ulimit>,
+    /// Devices, shared memory, tmpfs mounts and capabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linux_parameters: Option<LinuxParameters>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A volume a container may mount (AWS Batch `volumes[]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    /// Name that `mountPoints[].sourceVolume` refers to.
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    )]
+    pub name: String,
+    /// A path on the instance.
+    pub host: HostVolume,
+}
+
+/// A path on the instance (AWS Batch `volumes[].host`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostVolume {
+    /// Absolute path on the instance; created by the container engine when missing.
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/[^:,]*$"))]
+    pub source_path: String,
+}
+
+/// Where a volume appears in the container (AWS Batch `mountPoints[]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MountPoint {
+    /// Name of one of `volumes[]`.
+    #[schemars(length(min = 1, max = 255))]
+    pub source_volume: String,
+    /// Absolute path in the container.
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/[^:,]*$"))]
+    pub container_path: String,
+    /// Mounted read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+}
+
+/// A `ulimit` of the container (AWS Batch `ulimits[]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.softLimit <= self.hardLimit").message("softLimit must not exceed hardLimit").field_path(".softLimit"))]
+pub struct Ulimit {
+    /// Which limit.
+    pub name: UlimitName,
+    /// Soft limit.
+    #[schemars(range(min = 0))]
+    pub soft_limit: i64,
+    /// Hard limit.
+    #[schemars(range(min = 0))]
+    pub hard_limit: i64,
+}
+
+/// The limits `ulimits[].name` may name (as AWS Batch and Docker spell them).
+#[allow(missing_docs)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UlimitName {
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Rttime,
+    Sigpending,
+    Stack,
+}
+
+impl UlimitName {
+    /// Docker's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Core => "core",
+            Self::Cpu => "cpu",
+            Self::Data => "data",
+            Self::Fsize => "fsize",
+            Self::Locks => "locks",
+            Self::Memlock => "memlock",
+            Self::Msgqueue => "msgqueue",
+            Self::Nice => "nice",
+            Self::Nofile => "nofile",
+            Self::Nproc => "nproc",
+            Self::Rss => "rss",
+            Self::Rtprio => "rtprio",
+            Self::Rttime => "rttime",
+            Self::Sigpending => "sigpending",
+            Self::Stack => "stack",
+        }
+    }
+}
+
+/// Linux-specific settings (AWS Batch `linuxParameters`; `capabilities` as ECS's).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxParameters {
+    /// Host devices exposed to the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub devices: Vec<Device>,
+    /// Size of `/dev/shm` in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub shared_memory_size: Option<u32>,
+    /// tmpfs mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub tmpfs: Vec<Tmpfs>,
+    /// Linux capabilities added to or dropped from the engine's default set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// A host device in the container (AWS Batch `linuxParameters.devices[]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// Path of the device on the instance, e.g. `/dev/fuse`.
+    #[schemars(length(min = 6, max = 4096), regex(pattern = r"^/dev/[^:,]+$"))]
+    pub host_path: String,
+    /// Path in the container; the host path when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/[^:,]*$"))]
+    pub container_path: Option<String>,
+    /// `READ`, `WRITE`, `MKNOD`; all three when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub permissions: Vec<DevicePermission>,
+}
+
+/// What a container may do with a device.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DevicePermission {
+    /// Read it (`r`).
+    Read,
+    /// Write it (`w`).
+    Write,
+    /// Create device nodes (`m`).
+    Mknod,
+}
+
+/// A tmpfs mount (AWS Batch `linuxParameters.tmpfs[]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tmpfs {
+    /// Absolute path in the container.
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/[^:,]*$"))]
+    pub container_path: String,
+    /// Size in MiB.
+    #[schemars(range(min = 1, max = 1048576))]
+    pub size: u32,
+    /// Mount options, e.g. `noexec`, `nosuid`, `mode=1777`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = r"^[a-z]+(=[0-9a-z]+)?$")))]
+    pub mount_options: Vec<TmpfsOption>,
+}
+
+/// One tmpfs mount option: a word (`noexec`) or `key=value` (`mode=1777`).
+pub type TmpfsOption = String;
+
+/// Linux capabilities to add to or drop from the engine's default set (ECS
+/// `linuxParameters.capabilities`), e.g. `SYS_PTRACE`, `NET_RAW`, or `ALL`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// Capabilities added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^(ALL|(CAP_)?[A-Z][A-Z_]*)$"))
+    )]
+    pub add: Vec<String>,
+    /// Capabilities dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^(ALL|(CAP_)?[A-Z][A-Z_]*)$"))
+    )]
+    pub drop: Vec<String>,
 }
 
 /// What the job needs from its instance.
@@ -309,6 +548,7 @@ mod tests {
             args: vec![],
             env: vec![],
             working_dir: None,
+            settings: ContainerSettings::default(),
         }
     }
 

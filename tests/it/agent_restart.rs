@@ -325,6 +325,7 @@ fn container_job(name: &str, script: &str) -> BatchJob {
             args: vec![script.into()],
             env: vec![],
             working_dir: None,
+            settings: Default::default(),
         }),
         resources: Some(Resources {
             cpu: "500m".into(),

@@ -26,6 +26,9 @@ fn spec(name: &str, script: &str) -> RunSpec {
         cpu_millis: 500,
         memory_bytes: 64 << 20,
         timeout: None,
+        settings: Default::default(),
+        gpus: vec![],
+        gpu_count: 0,
     }
 }
 

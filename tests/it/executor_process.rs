@@ -17,6 +17,9 @@ fn spec(script: &str, timeout: Option<Duration>) -> RunSpec {
         cpu_millis: 0,
         memory_bytes: 0,
         timeout,
+        settings: Default::default(),
+        gpus: vec![],
+        gpu_count: 0,
     }
 }
 

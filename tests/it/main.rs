@@ -7,6 +7,7 @@
 mod support;
 
 mod agent_cli;
+mod agent_container_settings;
 mod agent_docker;
 mod agent_identity;
 mod agent_jobs;

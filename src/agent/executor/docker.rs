@@ -10,8 +10,11 @@ use super::{
     Adoption, EndReason, Ending, Executor, LogTail, Outcome, Progress, RunSpec, Workload,
     cancelled, classify, expires,
 };
+use crate::api::common::DevicePermission;
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, LogsOptions,
     RemoveContainerOptions, WaitContainerOptions,
@@ -19,6 +22,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
+use std::collections::{BTreeMap, HashMap};
 use tokio::sync::{mpsc, watch};
 
 /// Label naming the attempt a container runs (its value is the container's name).
@@ -148,13 +152,7 @@ impl DockerExecutor {
         progress: mpsc::UnboundedSender<Progress>,
         cancel: watch::Receiver<bool>,
     ) -> Outcome {
-        let Workload::Container {
-            image,
-            command,
-            args,
-            working_dir,
-        } = &spec.workload
-        else {
+        let Workload::Container { image, .. } = &spec.workload else {
             return Outcome::not_started(
                 EndReason::StartFailed,
                 "the docker executor runs container jobs only",
@@ -164,25 +162,7 @@ impl DockerExecutor {
             return Outcome::not_started(EndReason::ImagePullFailed, why);
         }
         self.remove(&spec.name).await;
-        let host_config = HostConfig {
-            memory: (spec.memory_bytes > 0)
-                .then(|| i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX)),
-            nano_cpus: (spec.cpu_millis > 0).then(|| {
-                i64::try_from(spec.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
-            }),
-            network_mode: self.network_mode.clone(),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            entrypoint: (!command.is_empty()).then(|| command.clone()),
-            cmd: (!args.is_empty()).then(|| args.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            working_dir: working_dir.clone(),
-            labels: Some([(ATTEMPT_LABEL.to_string(), spec.name.clone())].into()),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
+        let body = create_body(&spec, self.network_mode.clone());
         let create = CreateContainerOptions {
             name: Some(spec.name.clone()),
             ..Default::default()
@@ -309,6 +289,134 @@ impl DockerExecutor {
     }
 }
 
+/// GPU driver of the device request a GPU attempt's container gets.
+pub const GPU_DRIVER: &str = "nvidia";
+
+/// The container an attempt runs in: its workload, environment, limits, label, the job's
+/// container settings (volumes, user, privileges, ulimits, Linux parameters) and its GPUs.
+/// Pure, so what the engine is asked for can be checked without one.
+pub fn create_body(spec: &RunSpec, network_mode: Option<String>) -> ContainerCreateBody {
+    let (image, command, args, working_dir) = match &spec.workload {
+        Workload::Container {
+            image,
+            command,
+            args,
+            working_dir,
+        } => (Some(image.clone()), command, args, working_dir.clone()),
+        Workload::Process {
+            command,
+            working_dir,
+        } => (None, command, &Vec::new(), working_dir.clone()),
+    };
+    let s = &spec.settings;
+    let linux = s.linux_parameters.clone().unwrap_or_default();
+    let volumes: BTreeMap<&str, &str> = s
+        .volumes
+        .iter()
+        .map(|v| (v.name.as_str(), v.host.source_path.as_str()))
+        .collect();
+    // The schema requires every mount point to name a volume; one that does not is skipped.
+    let binds: Vec<String> = s
+        .mount_points
+        .iter()
+        .filter_map(|m| {
+            let source = volumes.get(m.source_volume.as_str())?;
+            let mode = if m.read_only { "ro" } else { "rw" };
+            Some(format!("{source}:{}:{mode}", m.container_path))
+        })
+        .collect();
+    let tmpfs: HashMap<String, String> = linux
+        .tmpfs
+        .iter()
+        .map(|t| {
+            let options = std::iter::once(format!("size={}m", t.size))
+                .chain(t.mount_options.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(",");
+            (t.container_path.clone(), options)
+        })
+        .collect();
+    let devices: Vec<DeviceMapping> = linux
+        .devices
+        .iter()
+        .map(|d| DeviceMapping {
+            path_on_host: Some(d.host_path.clone()),
+            path_in_container: Some(
+                d.container_path
+                    .clone()
+                    .unwrap_or_else(|| d.host_path.clone()),
+            ),
+            cgroup_permissions: Some(cgroup_permissions(&d.permissions)),
+        })
+        .collect();
+    let ulimits: Vec<ResourcesUlimits> = s
+        .ulimits
+        .iter()
+        .map(|u| ResourcesUlimits {
+            name: Some(u.name.as_str().to_string()),
+            soft: Some(u.soft_limit),
+            hard: Some(u.hard_limit),
+        })
+        .collect();
+    let capabilities = linux.capabilities.unwrap_or_default();
+    let device_requests = (!spec.gpus.is_empty()).then(|| {
+        vec![DeviceRequest {
+            driver: Some(GPU_DRIVER.into()),
+            device_ids: Some(spec.gpus.iter().map(u32::to_string).collect()),
+            capabilities: Some(vec![vec!["gpu".into()]]),
+            ..Default::default()
+        }]
+    });
+    let some = |v: Vec<String>| (!v.is_empty()).then_some(v);
+    let host_config = HostConfig {
+        memory: (spec.memory_bytes > 0)
+            .then(|| i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX)),
+        nano_cpus: (spec.cpu_millis > 0)
+            .then(|| i64::try_from(spec.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+        network_mode,
+        binds: some(binds),
+        tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+        privileged: s.privileged.then_some(true),
+        readonly_rootfs: s.readonly_root_filesystem.then_some(true),
+        ulimits: (!ulimits.is_empty()).then_some(ulimits),
+        shm_size: linux
+            .shared_memory_size
+            .map(|mib| i64::from(mib).saturating_mul(1 << 20)),
+        devices: (!devices.is_empty()).then_some(devices),
+        cap_add: some(capabilities.add),
+        cap_drop: some(capabilities.drop),
+        device_requests,
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image,
+        entrypoint: (!command.is_empty()).then(|| command.clone()),
+        cmd: (!args.is_empty()).then(|| args.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir,
+        user: s.user.clone(),
+        labels: Some([(ATTEMPT_LABEL.to_string(), spec.name.clone())].into()),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// Docker's cgroup permissions (`rwm`) of a device; all three when none are given.
+fn cgroup_permissions(permissions: &[DevicePermission]) -> String {
+    if permissions.is_empty() {
+        return "rwm".into();
+    }
+    [
+        (DevicePermission::Read, 'r'),
+        (DevicePermission::Write, 'w'),
+        (DevicePermission::Mknod, 'm'),
+    ]
+    .iter()
+    .filter(|(p, _)| permissions.contains(p))
+    .map(|(_, c)| *c)
+    .collect()
+}
+
 impl Executor for DockerExecutor {
     fn run(
         &self,
@@ -340,5 +448,151 @@ impl Executor for DockerExecutor {
             );
             self.remove(name).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::common::{
+        Capabilities, ContainerSettings, Device, HostVolume, LinuxParameters, MountPoint, Tmpfs,
+        Ulimit, UlimitName, Volume,
+    };
+
+    fn spec(settings: ContainerSettings, gpus: Vec<u32>) -> RunSpec {
+        RunSpec {
+            name: "asgb-render-u1-a1".into(),
+            workload: Workload::Container {
+                image: "render:5".into(),
+                command: vec!["render".into()],
+                args: vec![],
+                working_dir: None,
+            },
+            env: vec![("NVIDIA_VISIBLE_DEVICES".into(), "1,3".into())],
+            cpu_millis: 1500,
+            memory_bytes: 1 << 30,
+            timeout: None,
+            settings,
+            gpu_count: u32::try_from(gpus.len()).unwrap_or(0),
+            gpus,
+        }
+    }
+
+    #[test]
+    fn settings_map_onto_the_docker_api() {
+        let settings = ContainerSettings {
+            volumes: vec![
+                Volume {
+                    name: "assets".into(),
+                    host: HostVolume {
+                        source_path: "/mnt/efs/assets".into(),
+                    },
+                },
+                Volume {
+                    name: "out".into(),
+                    host: HostVolume {
+                        source_path: "/scratch".into(),
+                    },
+                },
+            ],
+            mount_points: vec![
+                MountPoint {
+                    source_volume: "assets".into(),
+                    container_path: "/assets".into(),
+                    read_only: true,
+                },
+                MountPoint {
+                    source_volume: "out".into(),
+                    container_path: "/out".into(),
+                    read_only: false,
+                },
+            ],
+            user: Some("1000:100".into()),
+            privileged: false,
+            readonly_root_filesystem: true,
+            ulimits: vec![Ulimit {
+                name: UlimitName::Nofile,
+                soft_limit: 1024,
+                hard_limit: 4096,
+            }],
+            linux_parameters: Some(LinuxParameters {
+                devices: vec![Device {
+                    host_path: "/dev/fuse".into(),
+                    container_path: None,
+                    permissions: vec![DevicePermission::Write, DevicePermission::Read],
+                }],
+                shared_memory_size: Some(256),
+                tmpfs: vec![Tmpfs {
+                    container_path: "/cache".into(),
+                    size: 64,
+                    mount_options: vec!["noexec".into(), "mode=1777".into()],
+                }],
+                capabilities: Some(Capabilities {
+                    add: vec!["SYS_PTRACE".into()],
+                    drop: vec!["ALL".into()],
+                }),
+            }),
+        };
+        let body = create_body(&spec(settings, vec![]), Some("none".into()));
+        assert_eq!(body.user.as_deref(), Some("1000:100"));
+        let h = body.host_config.expect("host config");
+        assert_eq!(
+            h.binds,
+            Some(vec![
+                "/mnt/efs/assets:/assets:ro".to_string(),
+                "/scratch:/out:rw".to_string()
+            ])
+        );
+        assert_eq!(
+            h.tmpfs,
+            Some(
+                [(
+                    "/cache".to_string(),
+                    "size=64m,noexec,mode=1777".to_string()
+                )]
+                .into()
+            )
+        );
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.privileged, None);
+        assert_eq!(h.shm_size, Some(256 << 20));
+        let ulimit = &h.ulimits.expect("ulimits")[0];
+        assert_eq!(
+            (ulimit.name.as_deref(), ulimit.soft, ulimit.hard),
+            (Some("nofile"), Some(1024), Some(4096))
+        );
+        let device = &h.devices.expect("devices")[0];
+        assert_eq!(device.path_in_container.as_deref(), Some("/dev/fuse"));
+        assert_eq!(device.cgroup_permissions.as_deref(), Some("rw"));
+        assert_eq!(h.cap_add, Some(vec!["SYS_PTRACE".to_string()]));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.device_requests, None, "no GPU asked for");
+        assert_eq!(
+            (h.memory, h.nano_cpus),
+            (Some(1 << 30), Some(1_500_000_000))
+        );
+    }
+
+    #[test]
+    fn gpus_become_an_nvidia_device_request() {
+        let body = create_body(&spec(ContainerSettings::default(), vec![1, 3]), None);
+        let h = body.host_config.expect("host config");
+        let requests = h.device_requests.expect("device requests");
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].driver.as_deref(), Some(GPU_DRIVER));
+        assert_eq!(
+            requests[0].device_ids,
+            Some(vec!["1".to_string(), "3".to_string()])
+        );
+        assert_eq!(
+            requests[0].capabilities,
+            Some(vec![vec!["gpu".to_string()]])
+        );
+        assert!(
+            body.env
+                .expect("env")
+                .contains(&"NVIDIA_VISIBLE_DEVICES=1,3".to_string())
+        );
+        assert_eq!((h.binds, h.tmpfs, h.cap_add), (None, None, None));
     }
 }

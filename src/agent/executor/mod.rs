@@ -12,6 +12,7 @@ mod tail;
 
 pub use tail::LogTail;
 
+use crate::api::common::ContainerSettings;
 use crate::api::protocol::AttemptReason;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -56,6 +57,14 @@ pub struct RunSpec {
     pub memory_bytes: u64,
     /// Stop the attempt after this long, with reason `Timeout`.
     pub timeout: Option<Duration>,
+    /// Container settings (volumes, user, privileges, ulimits, Linux parameters); the
+    /// container executor applies them, the process executor has none.
+    pub settings: ContainerSettings,
+    /// Indices of the node's GPUs assigned to this attempt (empty: none). The container
+    /// executor passes them as a Docker device request; `NVIDIA_VISIBLE_DEVICES` is in `env`.
+    pub gpus: Vec<u32>,
+    /// How many GPUs the attempt needs (`resources.gpu`); the agent assigns `gpus`.
+    pub gpu_count: u32,
 }
 
 /// Progress while an attempt starts.
