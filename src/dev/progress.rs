@@ -53,6 +53,16 @@ fn line(key: &str, job: &BatchJob, before: Option<&Seen>) -> Option<(String, See
         }
         _ => {}
     }
+    // A waiting job's place in its queue and when the scheduler expects it to start.
+    if phase == JobPhase::Runnable
+        && let Some(pos) = status.queue_position
+    {
+        text.push_str(&format!(" (#{pos} in its queue"));
+        if let Some(t) = &status.estimated_start_time {
+            text.push_str(&format!(", starts about {}", t.0.strftime("%H:%M:%S")));
+        }
+        text.push(')');
+    }
     // Starting/Running lines already say where; a success needs no explanation.
     if let Some(m) = &status.message
         && !matches!(
@@ -178,6 +188,17 @@ mod tests {
         assert_eq!(
             line("default/j", &waiting, None).expect("line").0,
             "default/j: Runnable — waiting for 1 instance to boot in ce/dev"
+        );
+        let queued = job(BatchJobStatus {
+            phase: Some(JobPhase::Runnable),
+            message: Some("waiting for 1 instance to boot in ce/dev".into()),
+            queue_position: Some(3),
+            estimated_start_time: Some(crate::controller::time::time(3600 + 125)),
+            ..Default::default()
+        });
+        assert_eq!(
+            line("default/j", &queued, None).expect("line").0,
+            "default/j: Runnable (#3 in its queue, starts about 01:02:05) — waiting for 1 instance to boot in ce/dev"
         );
 
         let done = job(BatchJobStatus {

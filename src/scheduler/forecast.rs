@@ -3,18 +3,20 @@
 //! estimates ([`super::estimate`]).
 //!
 //! A [`Timeline`] holds one bin per Ready node of an Enabled compute environment (its free
-//! room as a step function of time: room comes back as each running job's estimated end
-//! passes), one per booting instance (empty from its expected Ready time) and one per
-//! instance bought in this pass (empty from `now + bootSeconds`). [`Timeline::project`]
-//! places the waiting jobs in scheduling order, each at the earliest time some bin of
-//! its queue's compute environments has room for it for its whole estimated duration
-//! (ties: the queue's compute environment order, then existing nodes before booting
-//! instances before new ones, then name order), as the controller would over the
-//! coming passes if the estimates hold. A job larger than every bin never starts.
+//! room now, and the room each running job gives back at its estimated end), one per
+//! booting instance (empty from its expected Ready time) and one per instance bought in
+//! this pass (empty from `now + bootSeconds`). [`Timeline::project`] replays the
+//! controller's coming passes as if every estimate held: at each instant a job ends or
+//! an instance becomes Ready, the waiting jobs in scheduling order go where the
+//! placement would put them (the first compute environment of their queue with room;
+//! there the bin whose work ends latest, best fit among equals). So with exact estimates
+//! and no new arrivals, the forecast start is the real start. A job larger than every
+//! bin never starts.
 //!
 //! Pure and deterministic, like the rest of the scheduler: time is an input.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use super::estimate::Estimate;
 use super::model::{Job, JobId, NodePhase, Seconds, Snapshot, State};
@@ -43,7 +45,7 @@ pub fn expected_end(job: &Job, now: Seconds) -> Seconds {
         .max(now.saturating_add(1))
 }
 
-/// What kind of capacity a bin is (also its tie-break rank: lower is preferred).
+/// What kind of capacity a bin is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum BinKind {
     /// A Ready node.
@@ -54,7 +56,7 @@ pub enum BinKind {
     New,
 }
 
-/// One instance's free room over time.
+/// One instance: its free room now and the room its jobs give back as they end.
 #[derive(Debug, Clone)]
 pub struct Bin {
     /// Compute environment.
@@ -65,81 +67,32 @@ pub struct Bin {
     pub kind: BinKind,
     /// Its resources when empty.
     pub capacity: Resources,
-    /// `(from, free)` steps in time order: `free` from `from` until the next step; the
-    /// last step lasts for ever. Nothing before the first step (not Ready yet).
-    steps: Vec<(Seconds, Resources)>,
+    /// When it takes jobs (now for a node; the expected Ready time otherwise).
+    ready_at: Seconds,
+    /// Free room at the start of the forecast.
+    free: Resources,
+    /// `(end, resources)` of the jobs on it at the start of the forecast.
+    releases: Vec<(Seconds, Resources)>,
+    /// When its work is expected to end (0: none), for drain-friendly placement.
+    ends: Seconds,
 }
 
 impl Bin {
     fn empty(
         compute_environment: &str,
-        node: Option<String>,
         kind: BinKind,
         capacity: Resources,
-        from: Seconds,
+        ready_at: Seconds,
     ) -> Bin {
         Bin {
             compute_environment: compute_environment.to_owned(),
-            node,
+            node: None,
             kind,
             capacity,
-            steps: vec![(from, capacity)],
-        }
-    }
-
-    /// The earliest start at or after `earliest` at which `need` fits for `duration`.
-    fn earliest_fit(&self, need: &Resources, duration: Seconds, earliest: Seconds) -> Option<Seconds> {
-        if !need.fits_in(&self.capacity) {
-            return None;
-        }
-        let first = self.steps.first()?.0;
-        let earliest = earliest.max(first);
-        // Candidate starts: `earliest`, then every step boundary after it.
-        let start_idx = self.steps.partition_point(|(t, _)| *t <= earliest).saturating_sub(1);
-        let mut candidates = std::iter::once(earliest).chain(
-            self.steps[start_idx + 1..].iter().map(|(t, _)| *t),
-        );
-        candidates.find(|&t| self.fits_from(need, t, t.saturating_add(duration.max(1))))
-    }
-
-    /// Whether `need` fits over `[from, to)`.
-    fn fits_from(&self, need: &Resources, from: Seconds, to: Seconds) -> bool {
-        let i = self.steps.partition_point(|(t, _)| *t <= from).saturating_sub(1);
-        self.steps[i..]
-            .iter()
-            .take_while(|(t, _)| *t < to)
-            .all(|(_, free)| need.fits_in(free))
-    }
-
-    /// Index of the step starting exactly at `t`, splitting the step that covers it.
-    fn split_at(&mut self, t: Seconds) -> usize {
-        let i = self.steps.partition_point(|(s, _)| *s <= t);
-        if i > 0 && self.steps[i - 1].0 == t {
-            return i - 1;
-        }
-        let free = if i == 0 {
-            Resources::ZERO
-        } else {
-            self.steps[i - 1].1
-        };
-        self.steps.insert(i, (t, free));
-        i
-    }
-
-    /// Takes `need` over `[from, to)`.
-    fn take(&mut self, need: &Resources, from: Seconds, to: Seconds) {
-        let a = self.split_at(from);
-        let b = self.split_at(to.max(from + 1));
-        for s in &mut self.steps[a..b] {
-            s.1 = s.1.saturating_sub(need);
-        }
-    }
-
-    /// Gives `room` back from `at` on (a running job's expected end).
-    fn give_back(&mut self, room: &Resources, at: Seconds) {
-        let a = self.split_at(at);
-        for s in &mut self.steps[a..] {
-            s.1 = min_each(&s.1.saturating_add(room), &self.capacity);
+            ready_at,
+            free: capacity,
+            releases: Vec::new(),
+            ends: 0,
         }
     }
 }
@@ -147,8 +100,16 @@ impl Bin {
 /// The capacity of every compute environment over time, before the waiting jobs.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
-    /// The bins, in tie-break order within each compute environment.
+    /// The bins: nodes in name order, then booting instances, then new ones.
     pub bins: Vec<Bin>,
+    /// Place as [`super::packing::NodePool::place_until`] does (latest end first);
+    /// otherwise best fit alone, as `place`.
+    pub drain_friendly: bool,
+    /// Wait bound per queue (`maxWaitSeconds`): a job within a boot of its deadline that
+    /// fits nowhere holds the bin closest to fitting it, as the placement does.
+    pub max_wait: BTreeMap<String, Seconds>,
+    /// `bootSeconds` per compute environment.
+    pub boot: BTreeMap<String, Seconds>,
 }
 
 /// Where and when one waiting job is expected to start.
@@ -163,7 +124,7 @@ pub struct Start {
 /// The result of [`Timeline::project`].
 #[derive(Debug, Clone, Default)]
 pub struct Projection {
-    /// Per projected job (same order as given): its start, `None` when it fits no bin.
+    /// Per projected job (same order as given): its start, `None` when it never starts.
     pub starts: Vec<Option<Start>>,
     /// Per bin: instance-seconds of work the projected jobs put on it (each job's
     /// estimate × its share of the instance in its largest dimension).
@@ -190,14 +151,9 @@ impl Timeline {
                 continue;
             }
             index.insert(name.as_str(), bins.len());
-            let mut b = Bin::empty(
-                &node.compute_environment,
-                Some(name.clone()),
-                BinKind::Node,
-                node.capacity,
-                now,
-            );
-            b.steps[0].1 = node.free();
+            let mut b = Bin::empty(&node.compute_environment, BinKind::Node, node.capacity, now);
+            b.node = Some(name.clone());
+            b.free = node.free();
             bins.push(b);
         }
         for (id, job) in &snapshot.jobs {
@@ -210,34 +166,52 @@ impl Timeline {
                 continue;
             };
             if bound_now.contains_key(id) {
-                b.take(&job.resources, now, end);
-            } else {
-                b.give_back(&job.resources, end);
+                b.free = b.free.saturating_sub(&job.resources);
             }
+            b.releases.push((end, job.resources));
+            b.ends = b.ends.max(end);
         }
         for (name, ce) in &snapshot.compute_environments {
             if ce.state != State::Enabled {
                 continue;
             }
-            let mut ready: Vec<Seconds> = ce.booting_ready_at.iter().map(|t| (*t).max(now)).collect();
+            let mut ready: Vec<Seconds> =
+                ce.booting_ready_at.iter().map(|t| (*t).max(now)).collect();
             ready.sort_unstable();
             ready.truncate(ce.booting as usize);
             while ready.len() < ce.booting as usize {
                 ready.push(now.saturating_add(ce.boot_seconds));
             }
             for at in ready {
-                bins.push(Bin::empty(name, None, BinKind::Booting, ce.shape, at));
+                bins.push(Bin::empty(name, BinKind::Booting, ce.shape, at));
             }
         }
-        Timeline { bins }
+        Timeline {
+            bins,
+            drain_friendly: true,
+            max_wait: snapshot
+                .queues
+                .iter()
+                .filter_map(|(n, q)| Some((n.clone(), q.max_wait_seconds?)))
+                .collect(),
+            boot: snapshot
+                .compute_environments
+                .iter()
+                .map(|(n, c)| (n.clone(), c.boot_seconds))
+                .collect(),
+        }
     }
 
     /// Adds an instance of `compute_environment` launched now; returns its index.
-    pub fn add_new(&mut self, snapshot: &Snapshot, compute_environment: &str, now: Seconds) -> Option<usize> {
+    pub fn add_new(
+        &mut self,
+        snapshot: &Snapshot,
+        compute_environment: &str,
+        now: Seconds,
+    ) -> Option<usize> {
         let ce = snapshot.compute_environments.get(compute_environment)?;
         self.bins.push(Bin::empty(
             compute_environment,
-            None,
             BinKind::New,
             ce.shape,
             now.saturating_add(ce.boot_seconds),
@@ -252,52 +226,151 @@ impl Timeline {
         }
     }
 
-    /// Projects `jobs` (in scheduling order) onto a copy of the timeline.
+    /// Replays the controller's passes over `jobs` (in scheduling order) as if every
+    /// estimate held: at each instant something ends or becomes Ready, the waiting jobs in
+    /// order go to the first compute environment of their queue with a bin that has
+    /// room, and there to the bin the placement rule picks.
     pub fn project(&self, jobs: &[Waiting<'_>], now: Seconds) -> Projection {
-        let mut bins = self.bins.clone();
+        let mut free: Vec<Resources> = self.bins.iter().map(|b| b.free).collect();
+        let mut ends: Vec<Seconds> = self.bins.iter().map(|b| b.ends).collect();
+        // Future events: (time, bin, room given back); a bin's Ready time is an event too.
+        let mut events: BinaryHeap<Reverse<(Seconds, usize, Resources)>> = BinaryHeap::new();
+        for (i, b) in self.bins.iter().enumerate() {
+            for (t, r) in &b.releases {
+                events.push(Reverse(((*t).max(now), i, *r)));
+            }
+            if b.ready_at > now {
+                events.push(Reverse((b.ready_at, i, Resources::ZERO)));
+            }
+        }
         let mut by_ce: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, b) in self.bins.iter().enumerate() {
             by_ce.entry(b.compute_environment.as_str()).or_default().push(i);
         }
-        for list in by_ce.values_mut() {
-            list.sort_by(|a, b| {
-                let (x, y) = (&self.bins[*a], &self.bins[*b]);
-                x.kind.cmp(&y.kind).then_with(|| x.node.cmp(&y.node)).then(a.cmp(b))
-            });
-        }
         let mut out = Projection {
-            starts: Vec::with_capacity(jobs.len()),
-            work: vec![0.0; bins.len()],
+            starts: vec![None; jobs.len()],
+            work: vec![0.0; self.bins.len()],
         };
-        for (_, job, ces) in jobs {
-            let duration = estimate_of(job).seconds.max(1);
-            let earliest = now.max(job.not_before.unwrap_or(0));
-            let mut best: Option<Start> = None;
-            'ces: for ce in *ces {
-                let Some(list) = by_ce.get(ce.as_str()) else {
-                    continue;
-                };
-                for &i in list {
-                    let Some(at) = bins[i].earliest_fit(&job.resources, duration, earliest) else {
-                        continue;
-                    };
-                    if best.is_none_or(|b| at < b.at) {
-                        best = Some(Start { at, bin: i });
-                        if at <= earliest {
-                            break 'ces;
-                        }
-                    }
+        let mut waiting: Vec<usize> = (0..jobs.len()).collect();
+        let mut t = now;
+        loop {
+            while let Some(Reverse((at, i, r))) = events.peek().copied() {
+                if at > t {
+                    break;
                 }
+                events.pop();
+                free[i] = min_each(&free[i].saturating_add(&r), &self.bins[i].capacity);
             }
-            if let Some(s) = best {
-                let b = &mut bins[s.bin];
-                b.take(&job.resources, s.at, s.at.saturating_add(duration));
-                out.work[s.bin] += duration as f64 * share(&job.resources, &b.capacity);
+            let mut next_not_before: Option<Seconds> = None;
+            let mut held: Vec<usize> = Vec::new();
+            waiting.retain(|&k| {
+                let (_, job, ces) = jobs[k];
+                if let Some(nb) = job.not_before.filter(|nb| *nb > t) {
+                    next_not_before = Some(next_not_before.map_or(nb, |x| x.min(nb)));
+                    return true;
+                }
+                let Some(i) = self.pick(&by_ce, ces, &job.resources, &free, &ends, &held, t) else {
+                    if self.due(job, ces, t) {
+                        self.hold(&by_ce, ces, &job.resources, &mut held);
+                    }
+                    return true;
+                };
+                let d = estimate_of(job).seconds.max(1);
+                free[i] = free[i].saturating_sub(&job.resources);
+                let end = t.saturating_add(d);
+                ends[i] = ends[i].max(end);
+                events.push(Reverse((end, i, job.resources)));
+                out.starts[k] = Some(Start { at: t, bin: i });
+                out.work[i] += d as f64 * share(&job.resources, &self.bins[i].capacity);
+                false
+            });
+            if waiting.is_empty() {
+                break;
             }
-            out.starts.push(best);
+            let next = match (events.peek().map(|Reverse((at, _, _))| *at), next_not_before) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => break,
+            };
+            t = next.max(t.saturating_add(1));
         }
         out
     }
+
+    /// Whether `job` is within a boot of its queue's wait bound at `t` (see
+    /// [`super::scaleout::deadline`]).
+    fn due(&self, job: &Job, ces: &[String], t: Seconds) -> bool {
+        let Some(bound) = self.max_wait.get(&job.queue) else {
+            return false;
+        };
+        let boot = ces
+            .first()
+            .and_then(|c| self.boot.get(c))
+            .copied()
+            .unwrap_or(0);
+        let deadline = job
+            .submitted_at
+            .max(job.not_before.unwrap_or(0))
+            .saturating_add(*bound);
+        t.saturating_add(boot) >= deadline
+    }
+
+    /// Holds, for a due job that fits nowhere, every bin of its compute environments
+    /// that could take it, as the placement does: no later job goes there at this
+    /// instant.
+    fn hold(&self, by_ce: &BTreeMap<&str, Vec<usize>>, ces: &[String], need: &Resources, held: &mut Vec<usize>) {
+        for ce in ces {
+            for &i in by_ce.get(ce.as_str()).map_or(&[][..], Vec::as_slice) {
+                if need.fits_in(&self.bins[i].capacity) && !held.contains(&i) {
+                    held.push(i);
+                }
+            }
+        }
+    }
+
+    /// The bin a job needing `need` goes to at `t`, as the controller would place it.
+    #[allow(clippy::too_many_arguments)]
+    fn pick(
+        &self,
+        by_ce: &BTreeMap<&str, Vec<usize>>,
+        ces: &[String],
+        need: &Resources,
+        free: &[Resources],
+        ends: &[Seconds],
+        held: &[usize],
+        t: Seconds,
+    ) -> Option<usize> {
+        for ce in ces {
+            let Some(list) = by_ce.get(ce.as_str()) else {
+                continue;
+            };
+            let mut best: Option<(Seconds, f64, usize)> = None;
+            for &i in list {
+                let b = &self.bins[i];
+                if b.ready_at > t || !need.fits_in(&free[i]) || held.contains(&i) {
+                    continue;
+                }
+                let left = free[i].saturating_sub(need);
+                let score = share_sum(&left, &b.capacity);
+                let e = if self.drain_friendly { ends[i] } else { 0 };
+                if best.is_none_or(|(be, bs, _)| e > be || (e == be && score < bs)) {
+                    best = Some((e, score, i));
+                }
+            }
+            if let Some((_, _, i)) = best {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// Sum over dimensions of `left ÷ capacity` (the best-fit score of the placement).
+fn share_sum(left: &Resources, capacity: &Resources) -> f64 {
+    let part = |n: u64, c: u64| if c == 0 { 0.0 } else { n as f64 / c as f64 };
+    part(left.cpu_millis, capacity.cpu_millis)
+        + part(left.memory_bytes, capacity.memory_bytes)
+        + part(u64::from(left.gpus), u64::from(capacity.gpus))
 }
 
 /// A queue estimate is rewritten only when it moves this much: the position halves or

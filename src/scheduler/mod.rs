@@ -140,8 +140,10 @@ pub struct Plan {
     /// Per compute environment.
     pub capacity: BTreeMap<String, CapacityDecision>,
     /// Nodes held for a job that fits no node and whose compute environments are all
-    /// at `maxInstances` with nothing booting (at most one per environment): nothing
-    /// else was bound to them in this pass. Informational; the job is in `unplaced`.
+    /// at `maxInstances` with nothing booting (at most one per environment), or whose
+    /// queue's wait bound runs out within a boot (every node that could take it):
+    /// nothing else was bound to them in this pass. Informational; the job is in
+    /// `unplaced`.
     pub reserved: Vec<Binding>,
     /// Nodes to mark Draining.
     pub drain: Vec<String>,
@@ -256,7 +258,28 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
                     .map(String::as_str)
                     .collect();
                 let stuck = !eligible.is_empty() && eligible.iter().all(|c| saturated.contains(c));
-                if stuck
+                // Or due: its queue's bound runs out within a boot. Then it holds every
+                // node of its environments that could take it, so no later job can push
+                // it past the bound when there is no time left to buy an instance.
+                let due = options.wait_bounds
+                    && eligible.first().is_some_and(|c| {
+                        let boot = snapshot
+                            .compute_environments
+                            .get(*c)
+                            .map_or(0, |ce| ce.boot_seconds);
+                        scaleout::deadline(snapshot, job)
+                            .is_some_and(|d| now.saturating_add(boot) >= d)
+                    });
+                if due {
+                    for ce in &eligible {
+                        for node in pool.reserve_all(ce, &job.resources) {
+                            out.reserved.push(Binding {
+                                job: id.clone(),
+                                node,
+                            });
+                        }
+                    }
+                } else if stuck
                     && let Some(ce) = eligible.iter().find(|c| !holding.contains(*c))
                     && let Some(node) = pool.reserve(ce, &job.resources)
                 {
@@ -298,6 +321,10 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
         .map(|b| (&b.job, b.node.as_str()))
         .collect();
     let mut timeline = Timeline::new(snapshot, now, &bound_now);
+    timeline.drain_friendly = options.drain_friendly;
+    if !options.wait_bounds {
+        timeline.max_wait.clear();
+    }
     for (ce, e) in &capacity.environments {
         for _ in 0..e.new_instances {
             timeline.add_new(snapshot, ce, now);

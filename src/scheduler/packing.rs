@@ -187,6 +187,25 @@ impl NodePool {
         Some(name)
     }
 
+    /// Holds every node of `compute_environment` that could hold a job needing `need`
+    /// when empty: no other job goes there in this pass (for a job whose queue's wait
+    /// bound is about to run out, so later jobs cannot push it past the bound). Returns
+    /// the names held.
+    pub fn reserve_all(&mut self, compute_environment: &str, need: &Resources) -> Vec<String> {
+        let Some(pool) = self.pools.get_mut(compute_environment) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in &mut pool.slots {
+            if !s.reserved && need.fits_in(&s.capacity) {
+                s.reserved = true;
+                out.push(s.name.clone());
+            }
+        }
+        pool.refresh_bound();
+        out
+    }
+
     /// Names of nodes that received at least one job in this pass.
     pub fn used_nodes(&self) -> impl Iterator<Item = &str> {
         self.pools

@@ -99,7 +99,15 @@ fn every_kind_has_the_documented_shape() {
     };
     assert_eq!(
         columns("BatchJob"),
-        ["Queue", "Phase", "Node", "Attempts", "Age"]
+        [
+            "Queue",
+            "Phase",
+            "Node",
+            "Attempts",
+            "Position",
+            "Est-Start",
+            "Age"
+        ]
     );
     assert_eq!(
         columns("ComputeEnvironment"),

@@ -30,6 +30,7 @@ mod cloud_aws;
 mod commands;
 mod conformance;
 mod controller_aws;
+mod controller_estimates;
 mod controller_examples;
 mod controller_invalid;
 mod controller_leader;
