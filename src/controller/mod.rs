@@ -23,6 +23,7 @@ pub mod cli;
 pub mod context;
 pub mod decide;
 pub mod error;
+pub mod grants;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
