@@ -185,17 +185,8 @@ fn env_value(
 }
 
 fn secret_names(template: &JobTemplate) -> Vec<String> {
-    let env = template
-        .container
-        .iter()
-        .flat_map(|c| c.env.iter())
-        .chain(template.process.iter().flat_map(|p| p.env.iter()));
-    let mut names: Vec<String> = env
-        .filter_map(|v| v.secret_key_ref.as_ref().map(|r| r.name.clone()))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+    // One list for the agent and the controller, which grants exactly these to the node.
+    template.secret_names()
 }
 
 /// The template an attempt runs: the one the controller pinned in the job's status at its

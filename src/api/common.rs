@@ -512,6 +512,22 @@ pub struct JobTemplate {
 }
 
 impl JobTemplate {
+    /// The Secrets (in the job's namespace) this template's environment reads, sorted,
+    /// each once: what the agent of the node running it must be able to `get`.
+    pub fn secret_names(&self) -> Vec<String> {
+        let env = self
+            .container
+            .iter()
+            .flat_map(|c| c.env.iter())
+            .chain(self.process.iter().flat_map(|p| p.env.iter()));
+        let mut names: Vec<String> = env
+            .filter_map(|v| v.secret_key_ref.as_ref().map(|r| r.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// This template's fields where set, `base`'s otherwise. Setting `container` or
     /// `process` replaces the base's workload entirely (a job cannot be both).
     pub fn overlay(&self, base: &JobTemplate) -> JobTemplate {

@@ -21,6 +21,19 @@ pub const CONTROLLER_MANAGER: &str = "asg-batch-controller";
 /// Field manager of a BatchNode's spec and the agent's part of its status.
 pub const AGENT_MANAGER: &str = "asg-batch-agent";
 
+/// Prefix of each node agent's user name: an agent acts as `asg-batch:node:<node name>`
+/// (PROTOCOL.md, "Node identity"; on EKS the access entry's username template).
+pub const NODE_USER_PREFIX: &str = "asg-batch:node:";
+
+/// Group of every node agent's user (bound to the chart's `-node` ClusterRole; the
+/// chart's ValidatingAdmissionPolicy restricts its requests).
+pub const NODE_GROUP: &str = "asg-batch:nodes";
+
+/// The user name the agent of node `node` acts as.
+pub fn node_user(node: &str) -> String {
+    format!("{NODE_USER_PREFIX}{node}")
+}
+
 /// Field manager of attempt `n`'s agent-owned fields: one per attempt, so applying
 /// attempt N never removes what attempt N-1 reported.
 pub fn attempt_manager(attempt: u32) -> String {

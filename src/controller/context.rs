@@ -140,6 +140,8 @@ pub struct Context {
     pub describe_errors: Mutex<HashMap<String, String>>,
     /// The controller's metrics.
     pub metrics: Arc<super::metrics::Metrics>,
+    /// The Secrets granted to nodes, as far as the controller knows ([`super::grants`]).
+    pub grants: Mutex<super::grants::Book>,
 }
 
 impl Context {
@@ -166,6 +168,7 @@ impl Context {
             reported_invalid: Mutex::default(),
             describe_errors: Mutex::default(),
             metrics,
+            grants: Mutex::default(),
         }
     }
 }

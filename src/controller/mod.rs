@@ -24,6 +24,7 @@ pub mod context;
 pub mod decide;
 pub mod error;
 pub mod estimates;
+pub mod grants;
 pub mod leader;
 pub mod memory;
 pub mod metrics;

@@ -115,7 +115,10 @@ async fn helm_install_upgrade_uninstall(s: &impl Cluster) {
         .await,
     );
     assert!(out.contains("STATUS: deployed"), "{out}");
-    assert!(out.contains("create token asg-batch-agent"), "NOTES: {out}");
+    assert!(
+        out.contains("its own user, asg-batch:node:<instance id"),
+        "NOTES: {out}"
+    );
 
     let crds: Api<CustomResourceDefinition> = Api::all(s.client());
     for name in [
@@ -179,7 +182,8 @@ async fn helm_install_upgrade_uninstall(s: &impl Cluster) {
 
     let sas: Api<ServiceAccount> = Api::namespaced(s.client(), NAMESPACE);
     assert!(sas.get_opt("asg-batch").await.expect("get").is_some());
-    assert!(sas.get_opt("asg-batch-agent").await.expect("get").is_some());
+    // No shared agent ServiceAccount: every node is its own user.
+    assert!(sas.get_opt("asg-batch-agent").await.expect("get").is_none());
 
     // The controller may write what PROTOCOL.md gives it; the agent only its own parts.
     let roles: Api<ClusterRole> = Api::all(s.client());
@@ -207,13 +211,43 @@ async fn helm_install_upgrade_uninstall(s: &impl Cluster) {
             "controller may {verb} {group}/{resource}"
         );
     }
-    let agent = roles.get("asg-batch-agent").await.expect("role");
+    let agent = roles.get("asg-batch-node").await.expect("role");
     assert!(grants(&agent, "asgbatch.io", "batchjobs/status", "patch"));
     assert!(grants(&agent, "asgbatch.io", "batchnodes", "create"));
     assert!(
         !grants(&agent, "asgbatch.io", "batchjobs", "patch")
             && !grants(&agent, "asgbatch.io", "batchjobs", "create"),
         "an agent cannot rebind or create jobs"
+    );
+    assert!(
+        !grants(&agent, "", "secrets", "get"),
+        "an agent reads only the Secrets granted to its node"
+    );
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(s.client());
+    let node_binding = bindings.get("asg-batch-node").await.expect("binding");
+    let subjects: Vec<(String, String)> = node_binding
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| (s.kind.clone(), s.name.clone()))
+        .collect();
+    assert_eq!(
+        subjects,
+        [("Group".to_string(), "asg-batch:nodes".to_string())]
+    );
+    let policies = s
+        .kubectl(&[
+            "get",
+            "validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "-o",
+            "name",
+        ])
+        .await;
+    let policies = ok("kubectl get policies", &policies);
+    assert!(
+        policies.contains("validatingadmissionpolicy.admissionregistration.k8s.io/asg-batch-node-restriction")
+            && policies.contains("validatingadmissionpolicybinding.admissionregistration.k8s.io/asg-batch-node-restriction"),
+        "{policies}"
     );
 
     crds_established(s).await;
@@ -289,7 +323,8 @@ async fn install_yaml_applies(s: &impl Cluster) {
         out.contains("deployment.apps/asg-batch-controller"),
         "{out}"
     );
-    assert!(out.contains("serviceaccount/asg-batch-agent"), "{out}");
+    assert!(out.contains("serviceaccount/asg-batch"), "{out}");
+    assert!(!out.contains("serviceaccount/asg-batch-agent"), "{out}");
     crds_established(s).await;
     ok(
         "kubectl apply examples",

@@ -41,6 +41,7 @@ mod executor_docker;
 mod executor_process;
 mod fault_tolerance;
 mod image;
+mod node_authz;
 mod realkube;
 mod simulate;
 mod simulate_cli;

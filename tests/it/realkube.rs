@@ -190,8 +190,8 @@ async fn apply_chart_rbac(real: &RealKube) {
         yaml.push_str(&serde_yaml::to_string(d).unwrap());
     }
     assert!(
-        yaml.contains("asg-batch-agent"),
-        "no agent RBAC in install.yaml"
+        yaml.contains("asg-batch-node"),
+        "no node agent RBAC in install.yaml"
     );
     let o = real
         .kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&yaml))
@@ -216,10 +216,8 @@ async fn chart_rbac_lets_the_agent_read_jobs_but_not_create_them() {
         ..PostParams::default()
     };
 
-    // The agent's ServiceAccount, with a real token from TokenRequest.
-    let agent = real
-        .client_for_service_account("asg-batch", "asg-batch-agent")
-        .await;
+    // A node agent: its own user in the nodes' group (a client certificate).
+    let agent = real.client_for_user("asg-batch:node:n1", &["asg-batch:nodes"]);
     let jobs: Api<BatchJob> = Api::namespaced(agent.clone(), &ns);
     jobs.list(&ListParams::default())
         .await
@@ -229,11 +227,7 @@ async fn chart_rbac_lets_the_agent_read_jobs_but_not_create_them() {
         "agent creates a job",
     );
     assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"), "{s:?}");
-    assert!(
-        s.message
-            .contains("system:serviceaccount:asg-batch:asg-batch-agent"),
-        "{s:?}"
-    );
+    assert!(s.message.contains("asg-batch:node:n1"), "{s:?}");
     let nodes: Api<asg_batch::api::BatchNode> = Api::all(agent.clone());
     let s = api_error(
         nodes.delete("n1", &DeleteParams::default()).await,
@@ -509,8 +503,9 @@ async fn the_chart_identities_alone_run_a_job() {
     // Each runs with nothing but its ServiceAccount's token (TokenRequest), as installed.
     let token = real.mint_token("asg-batch", "asg-batch").await;
     let controller_kc = real.kubeconfig_for_token("controller", &token);
-    let token = real.mint_token("asg-batch", "asg-batch-agent").await;
-    let agent_kc = real.kubeconfig_for_token("agent", &token);
+    // The agent as its node's own user (client certificate), bound through the nodes' group.
+    let agent_kc =
+        real.kubeconfig_for_user("agent", "asg-batch:node:static-1", &["asg-batch:nodes"]);
     let controller_log = real.dir().join("controller.log");
     let agent_log = real.dir().join("agent.log");
     let mut controller = spawn_binary(
@@ -587,7 +582,8 @@ async fn the_chart_identities_alone_run_a_job() {
     }
 }
 
-/// Whether the ServiceAccount `asg-batch/<sa>` may `verb` `resource` (`group/resource` or
+/// Whether the ServiceAccount `asg-batch/<sa>` (or, for a name starting `asg-batch:node:`,
+/// that node agent's user in `asg-batch:nodes`) may `verb` `resource` (`group/resource` or
 /// `group/resource/subresource`, group empty for the core group) in namespace `default`
 /// (cluster-scoped resources ignore it): a SubjectAccessReview by the admin, evaluated by
 /// the server's RBAC authorizer.
@@ -601,12 +597,20 @@ async fn allowed(real: &RealKube, sa: &str, verb: &str, resource: &str) -> bool 
     let subresource = parts.next();
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
-            user: Some(format!("system:serviceaccount:asg-batch:{sa}")),
-            groups: Some(vec![
-                "system:serviceaccounts".into(),
-                "system:serviceaccounts:asg-batch".into(),
-                "system:authenticated".into(),
-            ]),
+            user: Some(if sa.starts_with("asg-batch:node:") {
+                sa.to_string()
+            } else {
+                format!("system:serviceaccount:asg-batch:{sa}")
+            }),
+            groups: Some(if sa.starts_with("asg-batch:node:") {
+                vec!["asg-batch:nodes".into(), "system:authenticated".into()]
+            } else {
+                vec![
+                    "system:serviceaccounts".into(),
+                    "system:serviceaccounts:asg-batch".into(),
+                    "system:authenticated".into(),
+                ]
+            }),
             resource_attributes: Some(ResourceAttributes {
                 group: Some(group.into()),
                 resource: Some(resource_name.into()),
@@ -636,7 +640,7 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
     let a = "asgbatch.io";
     // (identity, verb, resource, allowed?) after src/api/PROTOCOL.md.
     let controller = "asg-batch";
-    let agent = "asg-batch-agent";
+    let agent = "asg-batch:node:i-0abc";
     let matrix: &[(&str, &str, String, bool)] = &[
         // The controller reads everything, binds and labels jobs, creates array children,
         // owns the status of jobs, nodes, compute environments and queues, records Events
@@ -686,9 +690,44 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
             format!("{a}/computeenvironments"),
             false,
         ),
-        (controller, "get", "/secrets".into(), false),
-        // The agent registers and heartbeats its BatchNode, watches the jobs bound to it,
-        // reports attempts in their status, reads definitions and Secrets, records Events.
+        // It grants each node the Secrets of its bound jobs (a Role per namespace and node),
+        // so it holds `get` on Secrets (RBAC's escalation rule), but never lists them.
+        (controller, "get", "/secrets".into(), true),
+        (controller, "list", "/secrets".into(), false),
+        (controller, "watch", "/secrets".into(), false),
+        (
+            controller,
+            "create",
+            "rbac.authorization.k8s.io/roles".into(),
+            true,
+        ),
+        (
+            controller,
+            "delete",
+            "rbac.authorization.k8s.io/rolebindings".into(),
+            true,
+        ),
+        (
+            controller,
+            "escalate",
+            "rbac.authorization.k8s.io/roles".into(),
+            false,
+        ),
+        (
+            controller,
+            "bind",
+            "rbac.authorization.k8s.io/roles".into(),
+            false,
+        ),
+        (
+            controller,
+            "create",
+            "rbac.authorization.k8s.io/clusterrolebindings".into(),
+            false,
+        ),
+        // A node agent registers and heartbeats its BatchNode, watches the jobs bound to
+        // it, reports attempts in their status, reads definitions; which node and which
+        // jobs is the admission policy's business (tests/it/node_authz.rs).
         (agent, "create", format!("{a}/batchnodes"), true),
         (agent, "patch", format!("{a}/batchnodes"), true),
         (agent, "patch", format!("{a}/batchnodes/status"), true),
@@ -696,9 +735,8 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
         (agent, "patch", format!("{a}/batchjobs/status"), true),
         (agent, "get", format!("{a}/jobdefinitions"), true),
         (agent, "get", format!("{a}/computeenvironments"), true),
-        (agent, "get", "/secrets".into(), true),
-        (agent, "create", "events.k8s.io/events".into(), true),
-        // ... and cannot create, bind, relabel or delete jobs, delete nodes, list Secrets,
+        // ... and cannot read Secrets (the controller grants those per node and job),
+        // create, bind, relabel or delete jobs, delete nodes,
         // write compute environments or queues, or take the controller's Lease.
         (agent, "create", format!("{a}/batchjobs"), false),
         (agent, "patch", format!("{a}/batchjobs"), false),
@@ -706,7 +744,9 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
         (agent, "delete", format!("{a}/batchjobs"), false),
         (agent, "delete", format!("{a}/batchnodes"), false),
         (agent, "update", format!("{a}/batchnodes/status"), false),
+        (agent, "get", "/secrets".into(), false),
         (agent, "list", "/secrets".into(), false),
+        (agent, "create", "events.k8s.io/events".into(), false),
         (
             agent,
             "patch",

@@ -28,7 +28,3 @@ app.kubernetes.io/component: controller
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
-
-{{- define "asg-batch.agentServiceAccountName" -}}
-{{- default (printf "%s-agent" (include "asg-batch.fullname" .)) .Values.agent.serviceAccount.name -}}
-{{- end -}}

@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub(crate) mod crd;
 pub(crate) mod discovery;
 pub(crate) mod error;
@@ -63,6 +64,10 @@ pub struct ApiServerConfig {
     pub allow_remote: bool,
     /// Number of change events retained for watches (older resourceVersions get 410).
     pub history_limit: usize,
+    /// Bearer tokens (kube-apiserver's `--token-auth-file`): requests with a token act as
+    /// its user (ValidatingAdmissionPolicies see it); without one, as the loopback
+    /// administrator; with an unknown one, 401.
+    pub tokens: Option<admission::Tokens>,
 }
 
 impl Default for ApiServerConfig {
@@ -72,6 +77,7 @@ impl Default for ApiServerConfig {
             data_dir: None,
             allow_remote: false,
             history_limit: 10_000,
+            tokens: None,
         }
     }
 }
@@ -143,6 +149,7 @@ pub async fn start(cfg: ApiServerConfig) -> Result<RunningApiServer, ApiServerEr
     let app = server::router(server::AppState {
         core: core.clone(),
         addr: addr.to_string(),
+        tokens: cfg.tokens.clone().map(Arc::new),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {

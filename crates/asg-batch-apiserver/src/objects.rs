@@ -19,6 +19,10 @@ use super::store::{Obj, State, Store};
 
 /// Storage key of namespaces.
 pub const NS_KEY: &str = "/namespaces";
+/// Storage key of ValidatingAdmissionPolicies.
+const VAP_KEY: &str = "admissionregistration.k8s.io/validatingadmissionpolicies";
+/// Storage key of ValidatingAdmissionPolicyBindings.
+const VAPB_KEY: &str = "admissionregistration.k8s.io/validatingadmissionpolicybindings";
 
 /// `fieldValidation` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +49,9 @@ pub struct WriteOpts {
     pub field_validation: FieldValidation,
     /// `force` (server-side apply).
     pub force: bool,
+    /// Who writes (checked against ValidatingAdmissionPolicies); `None` is the loopback
+    /// administrator.
+    pub user: Option<Arc<super::admission::UserInfo>>,
 }
 
 /// `DeleteOptions`.
@@ -448,6 +455,53 @@ impl Core {
         Ok(())
     }
 
+    /// The stored ValidatingAdmissionPolicies and their bindings, applied to a CREATE or
+    /// UPDATE by `o.user` ([`super::admission`]).
+    #[allow(clippy::too_many_arguments)]
+    fn admission(
+        &self,
+        st: &State,
+        info: &ResourceInfo,
+        operation: &'static str,
+        sub: &str,
+        obj: &Value,
+        old: Option<&Value>,
+        o: &WriteOpts,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<()> {
+        let policies = st.list(VAP_KEY, None, None);
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let policies: Vec<Value> = policies.iter().map(|p| (**p).clone()).collect();
+        let bindings: Vec<Value> = st
+            .list(VAPB_KEY, None, None)
+            .iter()
+            .map(|b| (**b).clone())
+            .collect();
+        let loopback;
+        let user = match &o.user {
+            Some(u) => u.as_ref(),
+            None => {
+                loopback = super::admission::UserInfo::loopback();
+                &loopback
+            }
+        };
+        let a = super::admission::Attributes {
+            info,
+            operation,
+            subresource: sub,
+            namespace: namespace_of(obj),
+            name: name_of(obj),
+            object: obj,
+            old,
+            user,
+            dry_run: o.dry_run,
+        };
+        warnings.extend(super::admission::validate(&policies, &bindings, &a)?);
+        Ok(())
+    }
+
     fn kind_hooks(info: &ResourceInfo, obj: &mut Value, now: &str) {
         if info.storage_key() == CRD_KEY {
             crd::set_status(obj, now);
@@ -559,8 +613,10 @@ impl Core {
         st: &mut State,
         info: &ResourceInfo,
         obj: Value,
-        dry_run: bool,
+        o: &WriteOpts,
+        warnings: &mut Vec<String>,
     ) -> ApiResult<Value> {
+        let dry_run = o.dry_run;
         let ns = namespace_of(&obj).to_string();
         let name = name_of(&obj).to_string();
         if info.namespaced {
@@ -592,6 +648,7 @@ impl Core {
         if st.get(&key, &ns, &name).is_some() {
             return Err(ApiError::already_exists(objref(info, &name)));
         }
+        self.admission(st, info, "CREATE", "", &obj, None, o, warnings)?;
         if dry_run {
             return Ok(Self::present(info, &obj));
         }
@@ -615,7 +672,7 @@ impl Core {
         let obj = Self::prepare_create(info, ns, obj, o, false, &mut warnings)?;
         let body = self
             .store
-            .write(|st| self.insert_new(st, info, obj, o.dry_run))?;
+            .write(|st| self.insert_new(st, info, obj, o, &mut warnings))?;
         Ok(Outcome {
             body,
             code: 201,
@@ -798,7 +855,8 @@ impl Core {
                         let obj =
                             ssa::apply(None, &applied, SchemaCtx { root: schema }, &w, o.force)?;
                         let obj = Self::prepare_create(info, ns, obj, o, true, &mut warnings)?;
-                        self.insert_new(st, info, obj, o.dry_run).map(|b| (b, 201))
+                        self.insert_new(st, info, obj, o, &mut warnings)
+                            .map(|b| (b, 201))
                     }
                     Some(old) => {
                         // a resourceVersion in the applied configuration is a precondition
@@ -1005,6 +1063,7 @@ impl Core {
             let schema = info.raw_schema.as_deref();
             ssa::record_update(Some(old_v), &mut cand, SchemaCtx { root: schema }, &w);
         }
+        self.admission(st, info, "UPDATE", sub, &cand, Some(old_v), o, warnings)?;
         if comparable(&cand) == comparable(old_v) {
             return Ok(Self::present(info, old_v));
         }

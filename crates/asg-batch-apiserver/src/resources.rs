@@ -233,6 +233,25 @@ pub fn builtins() -> Vec<ResourceInfo> {
             &[],
             false,
         ),
+        // Stored; enforced on the requests of authenticated users by `admission`.
+        builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            false,
+            &[],
+            true,
+        ),
+        builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+            false,
+            &[],
+            false,
+        ),
         builtin(
             "events.k8s.io",
             "v1",

@@ -33,6 +33,8 @@ pub struct AppState {
     pub core: Arc<Core>,
     /// `host:port` the server listens on (for `/api`).
     pub addr: String,
+    /// Bearer tokens, when configured ([`super::admission::Tokens`]).
+    pub tokens: Option<Arc<super::admission::Tokens>>,
 }
 
 /// The router: everything goes to [`handle`].
@@ -227,6 +229,7 @@ fn write_opts(
         manager_explicit: explicit.is_some(),
         field_validation,
         force,
+        user: None,
     })
 }
 
@@ -299,6 +302,16 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
         return Err(ApiError::path_not_found());
     }
     check_accept(&accept)?;
+    let user = match &state.tokens {
+        Some(t) => Some(
+            t.authenticate(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            )?,
+        ),
+        None => None,
+    };
     let core = &state.core;
     let reg = core.registry();
     let get_only = |v: Value| -> ApiResult<Response> {
@@ -359,11 +372,11 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
             };
         }
         ["api", "v1", rest @ ..] => {
-            return resource_request(state, req, &q, &headers, &accept, "", "v1", rest).await;
+            return resource_request(state, req, &q, &headers, &accept, user, "", "v1", rest).await;
         }
         ["apis", g, v, rest @ ..] => {
             let (g, v) = (g.to_string(), v.to_string());
-            return resource_request(state, req, &q, &headers, &accept, &g, &v, rest).await;
+            return resource_request(state, req, &q, &headers, &accept, user, &g, &v, rest).await;
         }
         _ => {}
     }
@@ -377,6 +390,7 @@ async fn resource_request(
     q: &Query,
     headers: &HeaderMap,
     accept: &str,
+    user: Option<Arc<super::admission::UserInfo>>,
     group: &str,
     version: &str,
     rest: &[&str],
@@ -499,7 +513,8 @@ async fn resource_request(
                 return Err(ApiError::method_not_allowed());
             }
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
-            let o = write_opts(q, headers, false, "CreateOptions")?;
+            let mut o = write_opts(q, headers, false, "CreateOptions")?;
+            o.user = user.clone();
             let body = read_body(req).await?;
             let obj = parse_object(&ct, &body, &info.kind)?;
             let out = core.create(&info, ns.as_deref().unwrap_or(""), obj, &o)?;
@@ -507,7 +522,8 @@ async fn resource_request(
         }
         (Method::PUT, Some(n)) => {
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
-            let o = write_opts(q, headers, false, "UpdateOptions")?;
+            let mut o = write_opts(q, headers, false, "UpdateOptions")?;
+            o.user = user.clone();
             let body = read_body(req).await?;
             let obj = parse_object(&ct, &body, &info.kind)?;
             let out = core.update(&info, ns.as_deref().unwrap_or(""), n, sub, obj, &o)?;
@@ -517,7 +533,8 @@ async fn resource_request(
             let ct = header_str(headers, header::CONTENT_TYPE).to_string();
             let pt = PatchType::from_content_type(&ct)
                 .ok_or_else(|| ApiError::unsupported_media_type(&ct, PatchType::ACCEPTED))?;
-            let o = write_opts(q, headers, pt == PatchType::Apply, "PatchOptions")?;
+            let mut o = write_opts(q, headers, pt == PatchType::Apply, "PatchOptions")?;
+            o.user = user.clone();
             let body = read_body(req).await?;
             let out = core.patch(&info, ns.as_deref().unwrap_or(""), n, sub, pt, &body, &o)?;
             Ok(outcome(out))

@@ -276,6 +276,9 @@ pub struct Decisions {
     /// Since when each node holding no attempt after this pass has been idle, as this
     /// controller saw it (the next pass's [`Observed::idle_seen`]).
     pub idle: BTreeMap<String, Seconds>,
+    /// The Secrets each node may read after this pass: those its bound jobs reference
+    /// ([`super::grants::desired`]).
+    pub grants: super::grants::Grants,
 }
 
 /// A job being decided: the object and its desired controller-owned status.
@@ -529,6 +532,7 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         .map(|n| (*n).to_owned())
         .collect();
     out.plan = plan;
+    out.grants = super::grants::desired(&observed.jobs, &out.jobs);
     out
 }
 

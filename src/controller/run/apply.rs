@@ -79,11 +79,32 @@ pub(super) async fn apply(
         record(r, "create array child", &mut s);
     }
 
+    // Secrets for the nodes: a grant widens before the bindings that need it; a job whose
+    // grant could not be written is not bound in this pass.
+    let (ungranted, grant_failures) = ctx
+        .grants
+        .lock()
+        .await
+        .widen(client, &d.grants, memory.last_gap())
+        .await;
+    for _ in 0..grant_failures {
+        s.failures += 1;
+        metrics.write("node secrets grant", "error");
+    }
+    let held_back = |u: &JobUpdate| match &u.label {
+        Some(LabelChange::Set(node)) => ungranted.contains(&super::super::grants::GrantKey {
+            namespace: u.namespace.clone(),
+            node: node.clone(),
+        }),
+        _ => false,
+    };
+
     // Futures collected first: a closure inside the stream would make this future
     // not `Send` for every lifetime (rust-lang/rust#102211).
     let writes: Vec<_> = d
         .jobs
         .iter()
+        .filter(|u| !held_back(u))
         .map(|u| async move {
             let r = write_job(client, u).await;
             ((u.namespace.as_str(), u.name.as_str()), r)
@@ -101,6 +122,15 @@ pub(super) async fn apply(
             unwritten.insert(job);
         }
         record(r, "job", &mut s);
+    }
+
+    // ... and narrows or goes only once the job writes of a whole pass have landed.
+    if s.failures == 0 && s.conflicts == 0 {
+        let failures = ctx.grants.lock().await.narrow(client, &d.grants).await;
+        for _ in 0..failures {
+            s.failures += 1;
+            metrics.write("node secrets grant", "error");
+        }
     }
 
     let nodes: Api<BatchNode> = Api::all(client.clone());

@@ -205,6 +205,17 @@ pub(crate) struct Compiled {
 /// Compiles one CEL expression and checks that every function it calls is
 /// supported.
 pub(crate) fn compile_expression_with_depth(source: &str) -> Result<Compiled, String> {
+    compile_with_variables(source, &[])
+}
+
+/// The variables of ValidatingAdmissionPolicy expressions (besides CEL's own).
+pub(crate) const ADMISSION_VARIABLES: &[&str] = &["object", "oldObject", "request", "variables"];
+
+/// Compiles one expression that may refer to `extra_vars` besides `self`/`oldSelf`.
+pub(crate) fn compile_with_variables(
+    source: &str,
+    extra_vars: &[&str],
+) -> Result<Compiled, String> {
     if source.len() > MAX_SOURCE_LEN {
         return Err(format!(
             "compilation failed: expression is longer than {MAX_SOURCE_LEN} bytes"
@@ -216,7 +227,7 @@ pub(crate) fn compile_expression_with_depth(source: &str) -> Result<Compiled, St
     let compiled = on_big_stack(|| {
         env().compile(source).map(|p| {
             let depth = ast_depth(p.expression());
-            let supported = check_supported(&p, source);
+            let supported = check_supported(&p, source, extra_vars);
             let uses_old_self = p.references().has_variable("oldSelf");
             (p, depth, supported, uses_old_self)
         })
@@ -244,7 +255,7 @@ pub(crate) fn compile_expression(source: &str) -> Result<Program, String> {
     compile_expression_with_depth(source).map(|c| c.program)
 }
 
-fn check_supported(program: &Program, source: &str) -> Result<(), String> {
+fn check_supported(program: &Program, source: &str, extra_vars: &[&str]) -> Result<(), String> {
     let refs = program.references();
     let mut unsupported: Vec<&str> = refs
         .functions()
@@ -282,6 +293,7 @@ fn check_supported(program: &Program, source: &str) -> Result<(), String> {
                     | "sets"
                     | "optional"
             ) && !v.starts_with('@')
+                && !extra_vars.contains(v)
         })
         .collect();
     vars.sort_unstable();
@@ -416,6 +428,29 @@ fn evaluate_inner(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcom
             }
         }
     }
+}
+
+/// Evaluates `program` with the given variables bound (admission policies: `object`,
+/// `oldObject`, `request`, `variables`); a panic inside the CEL crate, or a deep
+/// expression, is handled as in [`evaluate`]. Errors are worded as cel-go words them.
+pub(crate) fn evaluate_program(
+    program: &Program,
+    depth: usize,
+    vars: &[(&str, Value)],
+) -> Result<Value, String> {
+    let run = || {
+        let mut ctx = Context::with_env(env());
+        register_functions(&mut ctx);
+        for (name, v) in vars {
+            ctx.add_variable_from_value(*name, v.clone());
+        }
+        program.execute(&ctx).map_err(|e| execution_error_text(&e))
+    };
+    let internal = || Err("internal error evaluating the expression".to_string());
+    if depth > INLINE_DEPTH {
+        return on_big_stack(run).unwrap_or_else(internal);
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| internal())
 }
 
 /// kube-apiserver's `ruleErrorString`: the message if any, else the rule.

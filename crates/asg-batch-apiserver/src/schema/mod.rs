@@ -52,7 +52,7 @@
 //!
 //! Paths: errors on the object root use the field `<nil>`, like apimachinery.
 
-mod cel;
+pub(crate) mod cel;
 mod compile;
 mod defaults;
 mod errors;
