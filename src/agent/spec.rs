@@ -309,6 +309,8 @@ mod tests {
                 array_properties: None,
                 array_index: None,
                 share_identifier: None,
+                parameters: Default::default(),
+                cancel: None,
             },
         );
         j.metadata.namespace = Some("team".into());

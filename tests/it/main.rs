@@ -45,3 +45,4 @@ mod simulate_cli;
 mod smoke_aws;
 mod smoke_podman;
 mod smoke_tools;
+mod workload_control;

@@ -142,6 +142,8 @@ pub fn process_job(name: &str, script: &str) -> BatchJob {
             array_properties: None,
             array_index: None,
             share_identifier: None,
+            parameters: Default::default(),
+            cancel: None,
         },
     )
 }
