@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cancel;
 pub mod cloud;
 pub mod controller;
 pub mod dev;

@@ -45,6 +45,9 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Cancel BatchJobs: not yet started ones never start, running ones are stopped
+    /// (sets `spec.cancel`).
+    Cancel(asg_batch::cancel::CancelArgs),
     /// Run the embedded default: API server, controller and a local fleet, with the
     /// demo jobs applied and their progress shown.
     Dev(asg_batch::dev::DevArgs),
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             ExitCode::from(u8::try_from(code).unwrap_or(255))
         }
         Command::Dev(args) => run_async("dev", "warn", asg_batch::dev::main(args)),
+        Command::Cancel(args) => run_async("cancel", "warn", asg_batch::cancel::main(args)),
         Command::Simulate {
             workload,
             policy,

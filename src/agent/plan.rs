@@ -47,6 +47,9 @@ pub struct JobView {
     pub current_started: bool,
     /// Whether `attempts[attempt].stoppedAt` is set.
     pub current_stopped: bool,
+    /// Whether `spec.cancel` is set: the job is never started here, and a running attempt
+    /// of it is stopped.
+    pub cancel_requested: bool,
 }
 
 impl JobView {
@@ -74,6 +77,7 @@ impl JobView {
             attempt,
             current_started: entry.as_ref().is_some_and(|e| e.started_at.is_some()),
             current_stopped: entry.as_ref().is_some_and(|e| e.stopped_at.is_some()),
+            cancel_requested: job.spec.cancel.is_some(),
         })
     }
 
@@ -105,6 +109,8 @@ pub enum CancelWhy {
     Superseded,
     /// The agent is shutting down.
     Shutdown,
+    /// The job was cancelled (`spec.cancel`): the controller ends it as `Terminated`.
+    Requested,
 }
 
 impl CancelWhy {
@@ -116,6 +122,7 @@ impl CancelWhy {
             Self::Terminal => "Job attempt cancelled: the job reached a terminal phase",
             Self::Superseded => "Job attempt cancelled: a newer attempt of the job is current",
             Self::Shutdown => "Job attempt cancelled: the node agent is shutting down",
+            Self::Requested => "Job attempt terminated: the job was cancelled (spec.cancel)",
         }
     }
 }
@@ -152,6 +159,7 @@ pub fn plan(
             Some(j) if j.node.as_deref() != Some(node) => Some(CancelWhy::BoundElsewhere),
             Some(j) if j.phase.is_some_and(JobPhase::is_terminal) => Some(CancelWhy::Terminal),
             Some(j) if j.attempt != Some(key.attempt) => Some(CancelWhy::Superseded),
+            Some(j) if j.cancel_requested => Some(CancelWhy::Requested),
             Some(_) => None,
         };
         if let Some(why) = why {
@@ -169,7 +177,7 @@ pub fn plan(
             continue;
         }
         let phase = job.phase;
-        if !job.current_started && phase == Some(JobPhase::Starting) {
+        if !job.current_started && phase == Some(JobPhase::Starting) && !job.cancel_requested {
             // At most one attempt of a job at a time: wait for an older one to stop.
             if !running.iter().any(|r| r.uid == job.uid) {
                 actions.push(Action::Start(key));
@@ -210,6 +218,7 @@ mod tests {
             attempt: Some(attempt),
             current_started: false,
             current_stopped: false,
+            cancel_requested: false,
         }
     }
 
@@ -288,6 +297,20 @@ mod tests {
         );
         let actions = plan(ME, &jobs, &set(&[key("e", 1)]), &set(&[key("d", 1)]));
         assert_eq!(actions, [Action::Start(key("d", 2))]);
+    }
+
+    #[test]
+    fn a_cancelled_job_is_stopped_and_never_started() {
+        let mut running = job("a", JobPhase::Running, 1);
+        running.cancel_requested = true;
+        let mut bound = job("b", JobPhase::Starting, 1);
+        bound.cancel_requested = true;
+        let jobs = [running, bound];
+        assert_eq!(
+            plan(ME, &jobs, &set(&[key("a", 1)]), &set(&[])),
+            [Action::Cancel(key("a", 1), CancelWhy::Requested)],
+            "the running attempt is stopped; the bound one is not started (the controller withdraws it)"
+        );
     }
 
     #[test]

@@ -309,6 +309,8 @@ mod tests {
                 array_index: None,
                 share_identifier: None,
                 expected_duration_seconds: None,
+                parameters: Default::default(),
+                cancel: None,
             },
         );
         j.metadata.namespace = Some("team".into());

@@ -4,6 +4,7 @@ use super::common::{Condition, JobDependency, JobTemplate, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A batch job: runs on a worker instance of its queue's compute environments, retried by
 /// its `retryStrategy`, after the jobs it `dependsOn` have succeeded.
@@ -42,7 +43,8 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("has(self.definitionRef) || has(self.container) || has(self.process)").message("a job needs definitionRef, container or process"),
     validation = Rule::new("!(has(self.container) && has(self.process))").message("container and process are mutually exclusive"),
     validation = Rule::new("!(has(self.arrayIndex) && has(self.arrayProperties))").message("arrayIndex is set by the controller on array children and cannot be combined with arrayProperties"),
-    validation = Rule::new("!has(self.dependsOn) || self.dependsOn.all(d, !has(d.type) || has(self.arrayProperties) || has(self.arrayIndex))").message("a dependsOn type (N_TO_N, SEQUENTIAL) needs an array job").field_path(".dependsOn")
+    validation = Rule::new("!has(self.dependsOn) || self.dependsOn.all(d, !has(d.type) || has(self.arrayProperties) || has(self.arrayIndex))").message("a dependsOn type (N_TO_N, SEQUENTIAL) needs an array job").field_path(".dependsOn"),
+    validation = Rule::new("!has(oldSelf.cancel) || (has(self.cancel) && self.cancel == oldSelf.cancel)").message("cancel cannot be changed or removed once set").field_path(".cancel")
 )]
 pub struct BatchJobSpec {
     /// Name of the JobQueue to submit to.
@@ -76,6 +78,32 @@ pub struct BatchJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1209600))]
     pub expected_duration_seconds: Option<u32>,
+    /// Values for the `Ref::name` placeholders of the command and args; they override the
+    /// definition's `parameters` (AWS Batch's SubmitJob `parameters`). Resolved into
+    /// `status.template` when the job is first bound. A placeholder's name runs to the
+    /// first character that is not a letter, digit or underscore.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 100))]
+    pub parameters: BTreeMap<String, String>,
+    /// Cancels the job (AWS Batch's CancelJob and TerminateJob in one field; set it with
+    /// `asg-batch cancel` or `kubectl patch`). A job not started yet never starts; a
+    /// running one is stopped by its agent. Either way it ends `Failed` with reason
+    /// `Cancelled` (never started) or `Terminated` (stopped while running) and this
+    /// message, is not retried, and keeps its record. Cancelling an array parent cancels
+    /// its children. Cannot be changed or removed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<CancelRequest>,
+}
+
+/// A request to cancel or terminate a job.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequest {
+    /// Why, for people: becomes the job's `status.message` (AWS Batch's CancelJob
+    /// `reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
 }
 
 /// A JobDefinition in the job's namespace.
@@ -153,6 +181,10 @@ pub struct BatchJobStatus {
     /// When the job reached Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<Time>,
+    /// Since when the job has been Runnable without a break (what a queue's
+    /// `jobStateTimeLimitActions` count); absent in other phases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runnable_since: Option<Time>,
     /// The template this job runs, pinned by the controller at its first binding: its
     /// JobDefinition's template with the job's own fields laid over it. From then on
     /// scheduling, retries and the agent read only this, so editing or deleting the

@@ -3,6 +3,7 @@
 use super::common::JobTemplate;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A reusable job template: what to run, what it needs, how to retry and when to give up.
 /// BatchJobs reference it with `definitionRef` and may override any part inline.
@@ -35,6 +36,13 @@ pub struct JobDefinitionSpec {
     /// What to run, its resources, retries and timeout.
     #[serde(flatten)]
     pub template: JobTemplate,
+    /// Default values for the `Ref::name` placeholders of the command and args; a job's
+    /// own `parameters` override them (AWS Batch's job definition `parameters`). A
+    /// placeholder's name runs to the first character that is not a letter, digit or
+    /// underscore; a placeholder naming no parameter stays as written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 100))]
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// Status of a job definition (reserved; nothing writes it yet).

@@ -53,6 +53,107 @@ pub struct JobQueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub max_wait_seconds: Option<u32>,
+    /// What to do with jobs stuck Runnable (AWS Batch's `jobStateTimeLimitActions`): a job
+    /// of this queue Runnable for longer than `maxTimeSeconds` whose `Scheduled` condition
+    /// gives `reason` is cancelled (Failed, reason `Cancelled`, the action in its message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub job_state_time_limit_actions: Vec<JobStateTimeLimitAction>,
+}
+
+/// One action on jobs stuck in a state, as AWS Batch's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStateTimeLimitAction {
+    /// Why the job waits. AWS Batch's names: `MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT`
+    /// (no instance shape of the queue's compute environments can hold the job: the
+    /// `Scheduled` reasons `TooLarge` and `NoShapeFits`),
+    /// `MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE` (every compute environment that
+    /// could take it is at `maxInstances`: `AtMaxInstances`),
+    /// `CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY` (waiting for instances to boot:
+    /// `WaitingForCapacity`); or one of those `Scheduled` reasons itself, or
+    /// `NoEnabledComputeEnvironment`.
+    pub reason: StuckReason,
+    /// The state the job is in: only `RUNNABLE`.
+    pub state: StuckState,
+    /// Seconds the job must have been Runnable, with that reason now, before the action is
+    /// taken (AWS Batch accepts 600 to 86400; 1 is allowed here).
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_time_seconds: u32,
+    /// What to do: only `CANCEL`.
+    pub action: StuckAction,
+}
+
+/// The waiting reasons a [`JobStateTimeLimitAction`] can match.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum StuckReason {
+    /// AWS Batch's name for `TooLarge` or `NoShapeFits`.
+    #[serde(rename = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT")]
+    JobResourceRequirement,
+    /// AWS Batch's name for `AtMaxInstances`.
+    #[serde(rename = "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE")]
+    ComputeEnvironmentMaxResource,
+    /// AWS Batch's name for `WaitingForCapacity`.
+    #[serde(rename = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY")]
+    InsufficientInstanceCapacity,
+    /// Larger than every instance shape in some dimension.
+    TooLarge,
+    /// No single instance shape holds all of it.
+    NoShapeFits,
+    /// Every compute environment that could take it is at `maxInstances`.
+    AtMaxInstances,
+    /// Waiting for instances to boot.
+    WaitingForCapacity,
+    /// None of the queue's compute environments exists and is Enabled.
+    NoEnabledComputeEnvironment,
+}
+
+impl StuckReason {
+    /// The `Scheduled` condition reasons it matches.
+    pub fn condition_reasons(self) -> &'static [&'static str] {
+        match self {
+            Self::JobResourceRequirement => &["TooLarge", "NoShapeFits"],
+            Self::ComputeEnvironmentMaxResource | Self::AtMaxInstances => &["AtMaxInstances"],
+            Self::InsufficientInstanceCapacity | Self::WaitingForCapacity => {
+                &["WaitingForCapacity"]
+            }
+            Self::TooLarge => &["TooLarge"],
+            Self::NoShapeFits => &["NoShapeFits"],
+            Self::NoEnabledComputeEnvironment => &["NoEnabledComputeEnvironment"],
+        }
+    }
+
+    /// As written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JobResourceRequirement => "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT",
+            Self::ComputeEnvironmentMaxResource => {
+                "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE"
+            }
+            Self::InsufficientInstanceCapacity => "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY",
+            Self::TooLarge => "TooLarge",
+            Self::NoShapeFits => "NoShapeFits",
+            Self::AtMaxInstances => "AtMaxInstances",
+            Self::WaitingForCapacity => "WaitingForCapacity",
+            Self::NoEnabledComputeEnvironment => "NoEnabledComputeEnvironment",
+        }
+    }
+}
+
+/// The job state a [`JobStateTimeLimitAction`] watches.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StuckState {
+    /// Runnable: waiting for capacity.
+    #[serde(rename = "RUNNABLE")]
+    Runnable,
+}
+
+/// What a [`JobStateTimeLimitAction`] does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StuckAction {
+    /// Cancel the job.
+    #[serde(rename = "CANCEL")]
+    Cancel,
 }
 
 /// Fair share: the share with the least weighted recent usage goes next.

@@ -11,6 +11,7 @@ pub mod compute_environment;
 pub mod crds;
 pub mod job_definition;
 pub mod job_queue;
+pub mod parameters;
 pub mod protocol;
 pub mod quantity;
 

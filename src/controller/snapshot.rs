@@ -20,6 +20,7 @@ use crate::api::common::{DependencyType as ApiDependencyType, JobTemplate, State
 use crate::api::compute_environment::ComputeEnvironment as ApiComputeEnvironment;
 use crate::api::job_definition::JobDefinition;
 use crate::api::job_queue::JobQueue as ApiJobQueue;
+use crate::api::parameters;
 use crate::scheduler::{
     ArrayChild, Attempt, ComputeEnvironment, Dependency, DependencyType, FairSharePolicy, Job,
     JobId, JobQueue, Node, NodePhase, Phase, Resources, Seconds, Snapshot, State,
@@ -112,24 +113,35 @@ pub fn effective_template(
     resolve_template(job, definitions).map(|(t, _)| t)
 }
 
-/// The job's template resolved now (ignoring a pinned one), and the definition it uses.
+/// The job's template resolved now (ignoring a pinned one), and the definition it uses:
+/// the definition's template overlaid with the job's fields, with the parameters (the
+/// job's over the definition's) substituted for `Ref::name` in command and args.
 pub fn resolve_template(
     job: &BatchJob,
     definitions: &Definitions<'_>,
 ) -> Result<(JobTemplate, Option<PinnedDefinition>), String> {
     let Some(r) = &job.spec.definition_ref else {
-        return Ok((job.spec.template.clone(), None));
+        let mut t = job.spec.template.clone();
+        parameters::apply(&mut t, &job.spec.parameters);
+        return Ok((t, None));
     };
     let ns = job.metadata.namespace.as_deref().unwrap_or_default();
     match definitions.get(&(ns, r.name.as_str())) {
-        Some(d) => Ok((
-            job.spec.template.overlay(&d.spec.template),
-            Some(PinnedDefinition {
-                name: r.name.clone(),
-                uid: d.metadata.uid.clone(),
-                generation: d.metadata.generation,
-            }),
-        )),
+        Some(d) => {
+            let mut t = job.spec.template.overlay(&d.spec.template);
+            parameters::apply(
+                &mut t,
+                &parameters::merged(&d.spec.parameters, &job.spec.parameters),
+            );
+            Ok((
+                t,
+                Some(PinnedDefinition {
+                    name: r.name.clone(),
+                    uid: d.metadata.uid.clone(),
+                    generation: d.metadata.generation,
+                }),
+            ))
+        }
         None => Err(format!("job definition {ns}/{} not found", r.name)),
     }
 }
@@ -500,6 +512,7 @@ pub(crate) mod fixtures {
                 state: Default::default(),
                 fair_share: None,
                 max_wait_seconds: None,
+                job_state_time_limit_actions: vec![],
             },
             status: None,
         }
@@ -523,6 +536,7 @@ pub(crate) mod fixtures {
             metadata: meta(Some("default"), name, 0),
             spec: JobDefinitionSpec {
                 template: true_template(cpu, memory),
+                parameters: Default::default(),
             },
             status: None,
         }
@@ -540,6 +554,8 @@ pub(crate) mod fixtures {
                 array_index: None,
                 share_identifier: None,
                 expected_duration_seconds: None,
+                parameters: Default::default(),
+                cancel: None,
             },
             status: None,
         }

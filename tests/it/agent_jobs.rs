@@ -606,6 +606,7 @@ async fn runs_the_definition_with_aws_batch_variables() {
                 }),
                 ..Default::default()
             },
+            parameters: Default::default(),
         },
     );
     Api::<JobDefinition>::namespaced(client.clone(), "default")

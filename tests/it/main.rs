@@ -48,3 +48,4 @@ mod simulate_cli;
 mod smoke_aws;
 mod smoke_podman;
 mod smoke_tools;
+mod workload_control;

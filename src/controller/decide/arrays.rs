@@ -65,7 +65,11 @@ pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, 
             }
         }
         let d = &mut w.desired;
-        let was_terminal = phase(d.phase).is_terminal();
+        if phase(d.phase).is_terminal() {
+            // Ended (by its children, or cancelled): only the counts move.
+            d.array_status = Some(counts);
+            continue;
+        }
         // As in AWS Batch, the parent ends when every child has: Failed if any failed.
         let all_ended = size > 0 && counts.succeeded + counts.failed >= size;
         let new_phase = if let Some(c) = failed_child.filter(|_| all_ended) {
@@ -97,7 +101,7 @@ pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, 
                 JobPhase::Pending
             }
         };
-        if new_phase.is_terminal() && !was_terminal {
+        if new_phase.is_terminal() {
             d.stopped_at = Some(time(now));
             event(
                 &mut out.events,
@@ -111,9 +115,7 @@ pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, 
                 d.message.clone().unwrap_or_default(),
             );
         }
-        if !was_terminal {
-            d.phase = Some(new_phase);
-        }
+        d.phase = Some(new_phase);
         d.array_status = Some(counts);
     }
 }

@@ -49,15 +49,18 @@ use super::{
 
 mod arrays;
 mod attempts;
+mod cancel;
 mod derived;
 mod liveness;
 mod schedule;
 #[cfg(test)]
 mod tests;
+mod time_limits;
 
 use arrays::arrays;
 pub use arrays::new_child;
 use attempts::{NodeFacts, progress};
+pub use cancel::{CancelChild, REASON_CANCELLED, REASON_TERMINATED};
 use derived::{environment_updates, node_updates, queue_updates};
 use liveness::{Liveness, liveness};
 use schedule::apply_plan;
@@ -259,6 +262,9 @@ pub struct Decisions {
     pub jobs: Vec<JobUpdate>,
     /// Array children to create.
     pub children: Vec<NewChild>,
+    /// Running array children of a cancelled parent to mark cancelled (`spec.cancel`),
+    /// so that their agents stop them; written after [`Decisions::jobs`].
+    pub cancel_children: Vec<CancelChild>,
     /// BatchNode status writes.
     pub nodes: Vec<NodeUpdate>,
     /// ComputeEnvironment status writes.
@@ -381,6 +387,14 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         }
         work.insert(job_id(j), w);
     }
+    // 2b. Cancel and terminate.
+    cancel::cancel(
+        &mut work,
+        &cancel::requests(&observed.jobs),
+        &facts,
+        now,
+        &mut out,
+    );
 
     // 3. Schedule over the progressed state.
     let progressed: Vec<BatchJob> = work
@@ -499,6 +513,8 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         now,
         &mut out.events,
     );
+    // 3b. Runnable since when, and the queues' jobStateTimeLimitActions.
+    time_limits::time_limits(&mut work, &observed.queues, now, &mut out.events);
 
     // 4. Arrays.
     arrays(&mut work, &mut out, now);

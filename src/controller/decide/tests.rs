@@ -5,6 +5,8 @@ use crate::api::common::{EvaluateOnExit, RetryBackoff, RetryStrategy};
 use crate::cloud::{FleetInstance, Lifecycle};
 use crate::controller::snapshot::fixtures::*;
 
+mod cancel;
+
 const NOW: Seconds = 10_000;
 
 /// A world with one local CE `ce` (4 cpu, 16Gi, max 10), queue `q`, and the given
@@ -42,6 +44,14 @@ fn status<'a>(d: &'a Decisions, name: &str) -> &'a BatchJobStatus {
 /// owns replaced, the agent's attempt fields kept; labels; children created).
 fn apply(o: &mut Observed, d: &Decisions) {
     let mut jobs: Vec<BatchJob> = o.jobs.iter().map(|j| (**j).clone()).collect();
+    for c in &d.cancel_children {
+        if let Some(j) = jobs
+            .iter_mut()
+            .find(|j| j.metadata.name.as_deref() == Some(&c.name))
+        {
+            j.spec.cancel.get_or_insert(c.cancel.clone());
+        }
+    }
     for u in &d.jobs {
         let Some(j) = jobs
             .iter_mut()
@@ -147,6 +157,7 @@ fn settle(o: &mut Observed) {
             && d.compute_environments.is_empty()
             && d.queues.is_empty()
             && d.children.is_empty()
+            && d.cancel_children.is_empty()
             && d.fleet.is_empty()
         {
             assert!(d.events.is_empty(), "events without writes: {:?}", d.events);

@@ -123,6 +123,10 @@ pub(super) async fn apply(
         }
         record(r, "job", &mut s);
     }
+    for c in &d.cancel_children {
+        let r = cancel_child(client, c).await;
+        record(r, "cancel array child", &mut s);
+    }
 
     // ... and narrows or goes only once the job writes of a whole pass have landed.
     if s.failures == 0 && s.conflicts == 0 {
@@ -402,6 +406,24 @@ pub(super) async fn write_job(client: &kube::Client, u: &JobUpdate) -> Result<()
         api.patch_status(&u.name, &ssa(), &Patch::Apply(&body))
             .await?;
     }
+    Ok(())
+}
+
+/// Marks a running array child of a cancelled parent cancelled (`spec.cancel`, a merge
+/// patch: the field is immutable once set, so a concurrent request is not overwritten).
+async fn cancel_child(client: &kube::Client, c: &CancelChild) -> Result<(), ControllerError> {
+    let api: Api<BatchJob> = Api::namespaced(client.clone(), &c.namespace);
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    info!(namespace = %c.namespace, name = %c.name, "cancelling an array child of a cancelled parent");
+    api.patch(
+        &c.name,
+        &pp,
+        &Patch::Merge(&json!({"spec": {"cancel": c.cancel}})),
+    )
+    .await?;
     Ok(())
 }
 

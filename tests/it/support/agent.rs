@@ -143,6 +143,8 @@ pub fn process_job(name: &str, script: &str) -> BatchJob {
             array_index: None,
             share_identifier: None,
             expected_duration_seconds: None,
+            parameters: Default::default(),
+            cancel: None,
         },
     )
 }
