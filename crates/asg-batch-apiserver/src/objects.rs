@@ -560,8 +560,9 @@ impl Core {
                     "metadata.name",
                     "Required value: name or generateName is required",
                 )];
-                // A Required error blocks the CRD's CEL rules, as kube-apiserver says.
-                if info.schema.is_some() {
+                // A Required error blocks the CRD's CEL rules, as kube-apiserver says
+                // (when there are any).
+                if info.schema.as_ref().is_some_and(|s| s.has_rules()) {
                     causes.push(Cause::new(
                         "FieldValueInvalid",
                         "<nil>",

@@ -16,6 +16,11 @@ fn to_cause(e: &FieldError) -> Cause {
 }
 
 impl CompiledSchema {
+    /// Whether the schema has any CEL rule (`x-kubernetes-validations`).
+    pub fn has_rules(&self) -> bool {
+        self.inner.has_rules()
+    }
+
     /// Compile an `openAPIV3Schema`; errors name fields under the default schema path.
     pub fn compile(schema: &Value) -> Result<Self, Vec<Cause>> {
         StructuralSchema::compile(schema)

@@ -44,6 +44,16 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// Whether this node or one below it (properties, additionalProperties, items) has
+    /// `x-kubernetes-validations`: kube-apiserver builds no CEL validator otherwise, and so
+    /// never reports that rules were not checked.
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+            || self.properties.iter().any(|(_, n)| n.has_rules())
+            || self.additional.as_deref().is_some_and(Node::has_rules)
+            || self.items.as_deref().is_some_and(Node::has_rules)
+    }
+
     /// The schema of property `name`.
     pub fn property(&self, name: &str) -> Option<&Node> {
         self.properties

@@ -120,6 +120,11 @@ impl StructuralSchema {
         defaults::default(&self.root, obj);
     }
 
+    /// Whether the schema has any CEL rule (`x-kubernetes-validations`).
+    pub fn has_rules(&self) -> bool {
+        self.root.has_rules()
+    }
+
     /// Validates `obj` (schema keywords, list types, CEL rules); `old` is the
     /// stored object on update (transition rules, ratcheting).
     pub fn validate(

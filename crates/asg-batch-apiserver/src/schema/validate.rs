@@ -127,13 +127,13 @@ pub(crate) fn validate(root: &Node, obj: &Value, old: Option<&Value>) -> Vec<Fie
                 | FieldErrorKind::TypeInvalid
         )
     });
-    if blocking {
+    if blocking && root.has_rules() {
         errors.push(FieldError::invalid(
             "<nil>",
             &Value::Null,
             "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
         ));
-    } else {
+    } else if !blocking {
         cel_walk(root, obj, old, &Path::default(), &mut ctx, true, false);
         errors.extend(ctx.out.drain(..).filter(|c| !c.ratchetable).map(|c| c.err));
     }
