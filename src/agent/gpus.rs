@@ -279,7 +279,7 @@ mod tests {
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), granted, "a GPU was given twice: {results:?}");
-        assert!(granted >= 7 && granted <= 8, "{results:?}");
+        assert!((7..=8).contains(&granted), "{results:?}");
         assert!(
             results.iter().any(Result::is_err),
             "16 attempts cannot fit 8 GPUs"

@@ -11,6 +11,7 @@ use asg_batch::agent::executor::docker::DockerExecutor;
 use asg_batch::api::common::{Capabilities, ContainerSettings, LinuxParameters};
 use asg_batch::api::{BatchJob, JobDefinition};
 use kube::api::{Api, PostParams};
+use serde::Deserialize;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use support::agent::*;
@@ -36,8 +37,6 @@ fn example() -> (JobDefinition, BatchJob) {
     (def.expect("a JobDefinition"), job.expect("a BatchJob"))
 }
 
-use serde::Deserialize;
-
 async fn executor(podman: &PodmanService) -> Arc<DockerExecutor> {
     Arc::new(
         DockerExecutor::connect(&podman.socket.display().to_string())
@@ -47,7 +46,7 @@ async fn executor(podman: &PodmanService) -> Arc<DockerExecutor> {
     )
 }
 
-fn log_line<'a>(job: &'a BatchJob, n: u32, key: &str) -> Option<String> {
+fn log_line(job: &BatchJob, n: u32, key: &str) -> Option<String> {
     let tail = attempt(job, n)?.log_tail?;
     tail.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
