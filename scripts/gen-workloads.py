@@ -1,3 +1,6 @@
+#!/usr/bin/env python3
+# Regenerates manifests/examples/workloads/{bimodal,daytime}.yaml (fixed seeds):
+#   python3 scripts/gen-workloads.py manifests/examples/workloads
 # Generates manifests/examples/workloads/{bimodal,daytime}.yaml deterministically.
 import sys
 class Lcg:
@@ -44,11 +47,11 @@ jobs:
   - { name: assemble-chr-b,  arrival: 0,   duration: 4h,    cpu: 2, memory: 46Gi }
   - { name: assemble-chr-c,  arrival: 30m, duration: 2h30m, cpu: 2, memory: 46Gi }
   - { name: assemble-chr-d,  arrival: 1h,  duration: 2h,    cpu: 2, memory: 46Gi }
-  # Bursts of short jobs every ten minutes for three and a half hours.""")
+  # Bursts of 25-50 short jobs every ten minutes for three and a half hours.""")
     n = 0
     for burst in range(21):
         t = 300 + burst * 600
-        k = r.range(10, 24)
+        k = r.range(25, 50)
         groups = {}
         for _ in range(k):
             d = r.range(60, 360)

@@ -38,7 +38,9 @@ fn succeeded_attempt(job: &BatchJob) -> Option<(Seconds, Seconds)> {
 
 /// The history of every JobDefinition that has succeeded jobs among `jobs`.
 pub fn histories(jobs: &[&BatchJob]) -> Histories {
-    let mut by_def: BTreeMap<(String, String), Vec<(Seconds, String, Seconds)>> = BTreeMap::new();
+    // Per definition: (stopped at, job name, duration) of each succeeded job.
+    type Runs = Vec<(Seconds, String, Seconds)>;
+    let mut by_def: BTreeMap<(String, String), Runs> = BTreeMap::new();
     for j in jobs {
         let Some(def) = j
             .status
@@ -195,7 +197,11 @@ mod tests {
         set_queue_fields(&mut next, Some(&written), &q(39, 1010), est, false, 110);
         assert_eq!(next, written, "a small move is not written");
         set_queue_fields(&mut next, Some(&written), &q(39, 1010), est, true, 110);
-        assert_eq!(next.queue_position, Some(39), "but goes along with another write");
+        assert_eq!(
+            next.queue_position,
+            Some(39),
+            "but goes along with another write"
+        );
         clear_queue_fields(&mut next);
         assert_eq!(next.estimated_start_time, None);
     }

@@ -158,11 +158,17 @@ impl Timeline {
         }
         for (id, job) in &snapshot.jobs {
             let (node, end) = match bound_now.get(id) {
-                Some(n) => (Some(*n), now.saturating_add(estimate_of(job).seconds.max(1))),
+                Some(n) => (
+                    Some(*n),
+                    now.saturating_add(estimate_of(job).seconds.max(1)),
+                ),
                 None if job.phase.is_placed() => (job.node.as_deref(), expected_end(job, now)),
                 None => (None, 0),
             };
-            let Some(b) = node.and_then(|n| index.get(n)).and_then(|i| bins.get_mut(*i)) else {
+            let Some(b) = node
+                .and_then(|n| index.get(n))
+                .and_then(|i| bins.get_mut(*i))
+            else {
                 continue;
             };
             if bound_now.contains_key(id) {
@@ -245,7 +251,10 @@ impl Timeline {
         }
         let mut by_ce: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, b) in self.bins.iter().enumerate() {
-            by_ce.entry(b.compute_environment.as_str()).or_default().push(i);
+            by_ce
+                .entry(b.compute_environment.as_str())
+                .or_default()
+                .push(i);
         }
         let mut out = Projection {
             starts: vec![None; jobs.len()],
@@ -287,7 +296,10 @@ impl Timeline {
             if waiting.is_empty() {
                 break;
             }
-            let next = match (events.peek().map(|Reverse((at, _, _))| *at), next_not_before) {
+            let next = match (
+                events.peek().map(|Reverse((at, _, _))| *at),
+                next_not_before,
+            ) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,
                 (None, None) => break,
@@ -318,7 +330,13 @@ impl Timeline {
     /// Holds, for a due job that fits nowhere, every bin of its compute environments
     /// that could take it, as the placement does: no later job goes there at this
     /// instant.
-    fn hold(&self, by_ce: &BTreeMap<&str, Vec<usize>>, ces: &[String], need: &Resources, held: &mut Vec<usize>) {
+    fn hold(
+        &self,
+        by_ce: &BTreeMap<&str, Vec<usize>>,
+        ces: &[String],
+        need: &Resources,
+        held: &mut Vec<usize>,
+    ) {
         for ce in ces {
             for &i in by_ce.get(ce.as_str()).map_or(&[][..], Vec::as_slice) {
                 if need.fits_in(&self.bins[i].capacity) && !held.contains(&i) {
@@ -427,8 +445,8 @@ pub fn share(need: &Resources, capacity: &Resources) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::model::{Attempt, ComputeEnvironment, Node, Phase};
     use crate::scheduler::estimate::EstimateSource;
+    use crate::scheduler::model::{Attempt, ComputeEnvironment, Node, Phase};
     use crate::scheduler::resources::GIB;
 
     fn est(seconds: Seconds) -> Option<Estimate> {
@@ -487,7 +505,10 @@ mod tests {
         let t = Timeline::new(&s, 50, &BTreeMap::new());
         // Two 2-cpu jobs: both start at 140 when the running job ends (40 + 100).
         let p = t.project(&[(&id, &w, &ces), (&id, &w, &ces)], 50);
-        assert_eq!(p.starts.iter().map(|s| s.map(|s| s.at)).collect::<Vec<_>>(), [Some(140), Some(140)]);
+        assert_eq!(
+            p.starts.iter().map(|s| s.map(|s| s.at)).collect::<Vec<_>>(),
+            [Some(140), Some(140)]
+        );
         // A third waits for one of them: 170.
         let p = t.project(&[(&id, &w, &ces), (&id, &w, &ces), (&id, &w, &ces)], 50);
         assert_eq!(p.starts[2].map(|s| s.at), Some(170));
@@ -504,7 +525,11 @@ mod tests {
     fn only_material_moves_are_rewritten() {
         assert!(material_change(None, (40, Some(500)), 0));
         // 40 → 39 behind the same estimate: not worth a write; 40 → 20 is.
-        assert!(!material_change(Some((40, Some(500))), (39, Some(520)), 100));
+        assert!(!material_change(
+            Some((40, Some(500))),
+            (39, Some(520)),
+            100
+        ));
         assert!(material_change(Some((40, Some(500))), (20, Some(500)), 100));
         // Near the head every move counts.
         assert!(material_change(Some((6, Some(500))), (5, Some(500)), 100));
@@ -518,7 +543,9 @@ mod tests {
     #[test]
     fn backfill_uses_a_gap_only_when_the_job_fits_in_it() {
         let mut s = world();
-        s.compute_environments.get_mut("ce").map(|c| c.booting = 1);
+        if let Some(c) = s.compute_environments.get_mut("ce") {
+            c.booting = 1;
+        }
         let t = Timeline::new(&s, 0, &BTreeMap::new());
         let ces = vec!["ce".to_string()];
         let id = JobId::new("x");

@@ -386,12 +386,19 @@ mod tests {
             ],
             vec![("a", State::Enabled)],
         );
-        let ends: BTreeMap<&str, u64> =
-            [("ends-soon", 100), ("ends-late", 5000), ("ends-late-fuller", 5000)].into();
+        let ends: BTreeMap<&str, u64> = [
+            ("ends-soon", 100),
+            ("ends-late", 5000),
+            ("ends-late-fuller", 5000),
+        ]
+        .into();
         let need = Resources::new(1000, GIB, 0);
         // Best fit alone would pick the fullest node, whose work ends soon.
         let mut pool = NodePool::from_snapshot(&s);
-        assert_eq!(pool.place(&ces(&["a"]), &need).as_deref(), Some("ends-soon"));
+        assert_eq!(
+            pool.place(&ces(&["a"]), &need).as_deref(),
+            Some("ends-soon")
+        );
         // Drain-friendly: the latest end wins; best fit breaks the tie between the two.
         let mut pool = NodePool::from_snapshot(&s).with_expected_ends(&ends);
         assert_eq!(
@@ -407,7 +414,10 @@ mod tests {
             vec![("a", State::Enabled)],
         );
         let mut pool = NodePool::from_snapshot(&s).with_expected_ends(&BTreeMap::new());
-        assert_eq!(pool.place_until(&ces(&["a"]), &need, Some(9000)).as_deref(), Some("x"));
+        assert_eq!(
+            pool.place_until(&ces(&["a"]), &need, Some(9000)).as_deref(),
+            Some("x")
+        );
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub fn decide(
     let mut unpaying: BTreeSet<&str> = BTreeSet::new();
     let mut added = 0usize;
     while added < MAX_NEW_PER_PASS {
-        let Some(i) = (0..waiting.len()).find(|i| !settled.contains(i) && is_late(&out.projection, *i))
+        let Some(i) =
+            (0..waiting.len()).find(|i| !settled.contains(i) && is_late(&out.projection, *i))
         else {
             break;
         };

@@ -58,8 +58,15 @@ struct Instance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobState {
     Waiting,
-    Running { node: usize, started: u64, ends: u64 },
-    Done { started: u64, ended: u64 },
+    Running {
+        node: usize,
+        started: u64,
+        ends: u64,
+    },
+    Done {
+        started: u64,
+        ended: u64,
+    },
 }
 
 struct Sim<'w> {

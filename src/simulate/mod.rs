@@ -129,7 +129,11 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
     );
     for q in workload.queues.iter() {
         if let Some(w) = q.max_wait_seconds {
-            let _ = writeln!(out, "queue {} waits up to {w}s before buying an instance", q.name);
+            let _ = writeln!(
+                out,
+                "queue {} waits up to {w}s before buying an instance",
+                q.name
+            );
         }
     }
     let _ = writeln!(

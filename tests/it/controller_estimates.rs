@@ -42,16 +42,21 @@ async fn a_waiting_job_knows_its_position_and_start_and_waits_for_running_work()
     let a = h
         .wait_job("qc-assembly", "Running", is(JobPhase::Running))
         .await;
-    let a_start = secs(a.status.as_ref().and_then(|s| s.started_at.as_ref()).unwrap());
+    let a_start = secs(
+        a.status
+            .as_ref()
+            .and_then(|s| s.started_at.as_ref())
+            .unwrap(),
+    );
 
     // The sample waits behind it: first in its queue, expected to start when the
     // assembly's 600 s are up, planned with its own 60 s, and no instance is bought for
     // it (its queue may wait fifteen minutes).
     let s = h
         .wait_job("qc-sample", "a queue position and estimated start", |j| {
-            j.status.as_ref().is_some_and(|s| {
-                s.queue_position == Some(1) && s.estimated_start_time.is_some()
-            })
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.queue_position == Some(1) && s.estimated_start_time.is_some())
         })
         .await;
     let st = s.status.unwrap();
