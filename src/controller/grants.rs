@@ -461,7 +461,8 @@ mod tests {
         // Unknown holdings: everything wanted is written.
         assert_eq!(widen(&want, None), want);
         // After: n1 narrows, n3 goes.
-        let held_after: Grants = held.into_iter().chain(widen(&want, None)).collect();
+        let written = widen(&want, Some(&held));
+        let held_after: Grants = held.into_iter().chain(written).collect();
         let (rewrite, remove) = narrow(&want, &held_after);
         assert_eq!(rewrite, [(key("a", "n1"), set(&["db"]))].into());
         assert_eq!(remove, vec![key("a", "n3")]);
