@@ -9,6 +9,7 @@ pub mod api;
 pub mod cloud;
 pub mod controller;
 pub mod dev;
+pub mod kubeauth;
 pub mod scheduler;
 pub mod simulate;
 pub mod telemetry;

@@ -39,6 +39,7 @@ mod executor_docker;
 mod executor_process;
 mod fault_tolerance;
 mod image;
+mod kubeauth;
 mod realkube;
 mod simulate;
 mod simulate_cli;
