@@ -21,8 +21,8 @@ check:
 ## real kube-apiserver + etcd instead of the embedded server (tests/it/realkube.rs and the chart tests use
 ## both in every run).
 KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
-              controller_aws agent_jobs agent_protection agent_cli agent_docker \
-              agent_container_settings
+              controller_aws aws_iam agent_jobs agent_protection agent_cli agent_docker \
+              agent_container_settings workload_control
 test-kube:
 	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test it -- \
 	    $(addsuffix ::,$(KUBE_SUITES)) commands::controller_and_agent_binaries

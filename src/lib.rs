@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod cloud;
 pub mod controller;
 pub mod dev;
+pub mod kubeauth;
 pub mod scheduler;
 pub mod simulate;
 pub mod telemetry;

@@ -34,7 +34,10 @@ enum Command {
     /// Run the controller (against the kubeconfig or in-cluster configuration).
     Controller(asg_batch::controller::cli::ControllerArgs),
     /// Run a node agent on a worker instance.
-    Agent(asg_batch::agent::cli::AgentArgs),
+    Agent(Box<asg_batch::agent::cli::AgentArgs>),
+    /// Print an EKS bearer token made from this machine's AWS credentials (the instance
+    /// profile) as an ExecCredential, for a kubeconfig `exec:` entry (as `aws eks get-token`).
+    EksToken(asg_batch::kubeauth::EksTokenArgs),
     /// Supervise one process job for the agent (internal; see `agent::executor::shim`).
     #[command(hide = true)]
     Shim {
@@ -88,7 +91,12 @@ fn main() -> ExitCode {
         Command::Controller(args) => {
             run_async("controller", "info", asg_batch::controller::cli::main(args))
         }
-        Command::Agent(args) => run_async("agent", "info", asg_batch::agent::cli::main(args)),
+        Command::Agent(args) => run_async("agent", "info", asg_batch::agent::cli::main(*args)),
+        Command::EksToken(args) => run_async(
+            "eks-token",
+            "warn",
+            asg_batch::kubeauth::eks_token_main(args),
+        ),
         Command::Shim { state, command } => {
             let code = asg_batch::agent::executor::shim::main(&state, &command);
             ExitCode::from(u8::try_from(code).unwrap_or(255))

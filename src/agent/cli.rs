@@ -66,6 +66,62 @@ pub struct AgentArgs {
     /// agent process to adopt (an upgrade or restart), or `cancel` them.
     #[arg(long, value_enum, default_value_t = OnShutdown::Leave)]
     pub on_shutdown: OnShutdown,
+    /// Authenticate to this EKS cluster with the instance's own AWS credentials (instance
+    /// profile): an `aws eks get-token` bearer token, made again before it expires. Needs
+    /// `--kube-server` (and `--kube-ca-file`).
+    #[arg(long, conflicts_with = "kube_token_file", requires = "kube_server")]
+    pub eks_cluster_name: Option<String>,
+    /// Region of the EKS cluster (default: the AWS default chain's, e.g. the instance's).
+    #[arg(long, requires = "eks_cluster_name")]
+    pub eks_region: Option<String>,
+    /// Authenticate with the bearer token in this file, re-read at least once a minute (a
+    /// rotated token is used without a restart). Needs `--kube-server`.
+    #[arg(long, requires = "kube_server")]
+    pub kube_token_file: Option<std::path::PathBuf>,
+    /// The Kubernetes API server's URL, with `--eks-cluster-name` or `--kube-token-file`
+    /// (otherwise the kubeconfig's, from `KUBECONFIG`).
+    #[arg(long)]
+    pub kube_server: Option<String>,
+    /// CA bundle (PEM) of an `https` `--kube-server`.
+    #[arg(long, requires = "kube_server")]
+    pub kube_ca_file: Option<std::path::PathBuf>,
+}
+
+impl AgentArgs {
+    /// How the agent authenticates to the Kubernetes API.
+    pub fn kube_auth(&self) -> crate::kubeauth::KubeAuth {
+        use crate::kubeauth::KubeAuth;
+        match (&self.eks_cluster_name, &self.kube_token_file) {
+            (Some(cluster), _) => KubeAuth::Eks {
+                cluster_name: cluster.clone(),
+                region: self.eks_region.clone(),
+            },
+            (None, Some(file)) => KubeAuth::TokenFile(file.clone()),
+            (None, None) => KubeAuth::Default,
+        }
+    }
+}
+
+/// The Kubernetes client `args` ask for: from `--eks-cluster-name` / `--kube-token-file`
+/// with `--kube-server`, else the kubeconfig (`KUBECONFIG`) or in-cluster configuration.
+pub async fn kube_client(args: &AgentArgs) -> Result<kube::Client, AgentCliError> {
+    let auth = args.kube_auth();
+    let server = args.kube_server.clone().unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map_err(|e| AgentCliError::KubeConfig(format!("cannot find the asg-batch binary: {e}")))?;
+    let Some(kubeconfig) =
+        crate::kubeauth::kubeconfig(&auth, &server, args.kube_ca_file.as_deref(), &exe)
+            .map_err(AgentCliError::KubeConfig)?
+    else {
+        return Ok(kube::Client::try_default().await?);
+    };
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| AgentCliError::KubeConfig(e.to_string()))?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// `--on-shutdown` values.
@@ -127,6 +183,9 @@ pub enum AgentCliError {
     /// No kubeconfig or in-cluster configuration.
     #[error("cannot reach the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The Kubernetes client could not be configured from the flags.
+    #[error("kubernetes client: {0}")]
+    KubeConfig(String),
     /// Identity lookup failed.
     #[error(transparent)]
     Identity(#[from] super::identity::IdentityError),
@@ -151,7 +210,7 @@ pub enum AgentCliError {
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
-    let client = kube::Client::try_default().await?;
+    let client = kube_client(&args).await?;
     let identity = super::identity::resolve(
         args.instance_id.clone(),
         args.instance_type.clone(),

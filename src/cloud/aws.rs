@@ -51,16 +51,40 @@ where
             operation,
             message: detail,
         },
-        SdkError::ServiceError(service) => {
+        SdkError::ServiceError(service) if service.err().code().is_some() => {
             let e = service.err();
             let message = e.message().map(String::from).unwrap_or(detail);
             CloudError::from_aws_code(operation, e.code(), message)
         }
-        _ => CloudError::Other {
-            operation,
-            message: detail,
+        // An error body the SDK could not read (moto answers autoscaling's AccessDenied in
+        // EC2's envelope, `<Response><Errors><Error>`): classified by its code and message.
+        _ => match raw_error(&detail) {
+            Some((code, message)) => CloudError::from_aws_code(operation, Some(code), message),
+            None => CloudError::Other {
+                operation,
+                message: detail,
+            },
         },
     }
+}
+
+/// `<Code>` and `<Message>` of an AWS XML error body found in `text` (the SDK's error
+/// report, which carries the raw body when it could not parse it).
+fn raw_error(text: &str) -> Option<(&str, String)> {
+    fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+        let start = text.find(open)? + open.len();
+        let len = text[start..].find(close)?;
+        Some(&text[start..start + len])
+    }
+    let code = between(text, "<Code>", "</Code>")?;
+    let message = between(text, "<Message>", "</Message>")
+        .unwrap_or_default()
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    Some((code, message))
 }
 
 fn clamp_u32(n: Option<i32>) -> u32 {
@@ -280,5 +304,30 @@ impl Fleet for AwsFleet {
                 gpus: u32::try_from(gpus).unwrap_or(0),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_access_denied_body_is_classified_with_its_action() {
+        // What the SDK reports for moto's AccessDenied on an autoscaling call.
+        let detail = "unhandled error (Unhandled): Error { code: None, meta: { \
+            raw: <?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error>\
+            <Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/agent is \
+            not authorized to perform: autoscaling:SetDesiredCapacity</Message></Error>\
+            </Errors><RequestID>x</RequestID></Response> } }";
+        let (code, message) = raw_error(detail).unwrap_or_default();
+        assert_eq!(code, "AccessDenied");
+        let e = CloudError::from_aws_code("SetDesiredCapacity", Some(code), message);
+        assert_eq!(e.label(), "AccessDenied");
+        assert!(
+            e.to_string()
+                .contains("missing IAM permission autoscaling:SetDesiredCapacity"),
+            "{e}"
+        );
+        assert_eq!(raw_error("connection refused"), None);
     }
 }

@@ -106,7 +106,16 @@ pub enum CloudError {
         operation: &'static str,
         message: String,
     },
-    /// Credentials missing or not allowed to make this call.
+    /// The identity is known but its IAM policies do not allow this call (`AccessDenied`,
+    /// EC2's `UnauthorizedOperation`); `action` is the missing permission.
+    #[error("{operation}: access denied: missing IAM permission {action}: {message}")]
+    AccessDenied {
+        operation: &'static str,
+        /// The IAM action refused, e.g. `autoscaling:SetDesiredCapacity`.
+        action: String,
+        message: String,
+    },
+    /// Credentials missing, unknown, expired or badly signed.
     #[error("{operation}: unauthorized: {message}")]
     Unauthorized {
         operation: &'static str,
@@ -147,6 +156,7 @@ impl CloudError {
             Self::NotFound { .. } => "NotFound",
             Self::Throttled { .. } => "Throttled",
             Self::InsufficientCapacity { .. } => "InsufficientCapacity",
+            Self::AccessDenied { .. } => "AccessDenied",
             Self::Unauthorized { .. } => "Unauthorized",
             Self::InvalidRequest { .. } => "InvalidRequest",
             Self::Transport { .. } => "Transport",
@@ -167,13 +177,16 @@ impl CloudError {
             "InsufficientInstanceCapacity" | "InsufficientCapacity" | "InstanceLimitExceeded" => {
                 Self::InsufficientCapacity { operation, message }
             }
-            "AccessDenied"
-            | "AccessDeniedException"
-            | "UnauthorizedOperation"
-            | "InvalidClientTokenId"
-            | "AuthFailure"
-            | "SignatureDoesNotMatch"
-            | "ExpiredToken" => Self::Unauthorized { operation, message },
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+                Self::AccessDenied {
+                    operation,
+                    action: denied_action(operation, &message),
+                    message,
+                }
+            }
+            "InvalidClientTokenId" | "AuthFailure" | "SignatureDoesNotMatch" | "ExpiredToken" => {
+                Self::Unauthorized { operation, message }
+            }
             "InvalidInstanceID.NotFound"
             | "InvalidInstanceID.Malformed"
             | "InvalidLaunchTemplateId.NotFound"
@@ -191,6 +204,26 @@ impl CloudError {
             _ => Self::Other { operation, message },
         }
     }
+}
+
+/// The IAM action a denial names (`... is not authorized to perform: autoscaling:X ...`),
+/// else the one `operation` needs.
+pub fn denied_action(operation: &str, message: &str) -> String {
+    const MARK: &str = "not authorized to perform: ";
+    if let Some(i) = message.find(MARK) {
+        let action: String = message[i + MARK.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == ':' || *c == '-')
+            .collect();
+        if action.contains(':') {
+            return action;
+        }
+    }
+    let service = match operation {
+        "DescribeInstanceTypes" | "DescribeLaunchTemplateVersions" | "DescribeInstances" => "ec2",
+        _ => "autoscaling",
+    };
+    format!("{service}:{operation}")
 }
 
 /// An instance group whose size asg-batch manages. Object-safe so the controller can hold
@@ -241,7 +274,36 @@ mod tests {
             c("InsufficientInstanceCapacity", "no c5"),
             "InsufficientCapacity"
         );
-        assert_eq!(c("UnauthorizedOperation", "no"), "Unauthorized");
+        assert_eq!(c("UnauthorizedOperation", "no"), "AccessDenied");
+        assert_eq!(c("InvalidClientTokenId", "who?"), "Unauthorized");
+        assert_eq!(c("SignatureDoesNotMatch", "bad"), "Unauthorized");
+        // The missing permission, from AWS's message or else from the operation.
+        let e = CloudError::from_aws_code(
+            "SetDesiredCapacity",
+            Some("AccessDenied"),
+            "User: arn:aws:iam::123456789012:assumed-role/ctl/i-1 is not authorized to \
+             perform: autoscaling:SetDesiredCapacity on resource: arn:aws:autoscaling:... \
+             because no identity-based policy allows the autoscaling:SetDesiredCapacity action"
+                .into(),
+        );
+        assert!(
+            matches!(&e, CloudError::AccessDenied { action, .. } if action == "autoscaling:SetDesiredCapacity"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("missing IAM permission autoscaling:SetDesiredCapacity"),
+            "{e}"
+        );
+        let e = CloudError::from_aws_code(
+            "DescribeInstanceTypes",
+            Some("UnauthorizedOperation"),
+            "You are not authorized to perform this operation. Encoded authorization failure message: xyz".into(),
+        );
+        assert!(
+            matches!(&e, CloudError::AccessDenied { action, .. } if action == "ec2:DescribeInstanceTypes"),
+            "{e:?}"
+        );
         assert_eq!(c("Weird", "x"), "Other");
         assert!(CloudError::from_aws_code("Op", Some("Throttling"), String::new()).is_transient());
         assert!(

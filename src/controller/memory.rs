@@ -34,7 +34,7 @@ pub struct PassMemory {
     view_gap: Option<Seconds>,
     /// Fleet calls or describes that failed, by compute environment (shown in its status
     /// until the fleet works again).
-    pub fleet_errors: BTreeMap<String, String>,
+    pub fleet_errors: BTreeMap<String, super::decide::FleetProblem>,
 }
 
 impl PassMemory {

@@ -34,7 +34,7 @@ pub struct FleetLabels {
     pub compute_environment: String,
     /// `describe`, `set_desired`, `terminate`, `fence`.
     pub call: String,
-    /// `ok`, or the error kind (`Throttled`, `Unauthorized`, ...).
+    /// `ok`, or the error kind (`Throttled`, `AccessDenied`, `Unauthorized`, ...).
     pub outcome: String,
 }
 

@@ -81,6 +81,8 @@ pub mod reasons {
     pub const SCALED: &str = "Scaled";
     /// A fleet call failed.
     pub const FLEET_ERROR: &str = "FleetError";
+    /// A fleet call was refused by IAM: the message names the missing permission.
+    pub const ACCESS_DENIED: &str = "AccessDenied";
     /// An object does not deserialise and is left out.
     pub const INVALID_OBJECT: &str = "InvalidObject";
     /// Array children were created.

@@ -179,6 +179,38 @@ async fn the_agent_command_fails_plainly() {
     assert_eq!(out.status.code(), Some(2), "a usage error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("both cpu and memory are needed"), "{err}");
+
+    // Authentication flags: an EKS cluster needs the server's URL; a missing CA file or a
+    // bad URL is named.
+    for (args, says) in [
+        (
+            &["--eks-cluster-name", "prod"][..],
+            "--kube-server <KUBE_SERVER>",
+        ),
+        (
+            &[
+                "--eks-cluster-name",
+                "prod",
+                "--kube-server",
+                "https://x",
+                "--kube-ca-file",
+                "/nonexistent/ca.crt",
+            ][..],
+            "--kube-ca-file /nonexistent/ca.crt: no such file",
+        ),
+        (
+            &["--kube-token-file", "/t", "--kube-server", "http://"][..],
+            "--kube-server \"http://\"",
+        ),
+    ] {
+        let out = agent_command(&s, &[&["--compute-environment", "x"][..], args].concat())
+            .output()
+            .await
+            .expect("run agent");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
 
 /// A plain HTTP GET on loopback; the whole answer, or "" when it cannot connect.

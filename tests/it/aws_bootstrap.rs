@@ -9,7 +9,7 @@
 //!   (restart, kill mode, ordering, journald) one by one.
 //! - the user data with `cloud-init schema` (cloud-init 22.4 of Debian 12), then its parts:
 //!   the unit it installs is the file above, the env file defines what the unit reads, the
-//!   kubeconfig (rendered) loads as a kubeconfig with `aws eks get-token` exec auth, the
+//!   kubeconfig (rendered) loads as a kubeconfig with `asg-batch eks-token` exec auth, the
 //!   install script passes `sh -n`, and runcmd starts Docker and the agent.
 //!
 //! Not checked here: booting an instance with it (nothing boots under moto), the real
@@ -253,7 +253,7 @@ fn the_user_data_is_valid_cloud_config_that_installs_the_unit_and_its_configurat
     let (kubeconfig, mode) = &files[kubeconfig_path];
     assert_eq!(mode, "0600");
 
-    // The kubeconfig loads, authenticating by `aws eks get-token` (the instance role).
+    // The kubeconfig loads, authenticating by `asg-batch eks-token` (the instance role).
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).expect("a kubeconfig");
     let cluster = kc.clusters[0].cluster.as_ref().expect("cluster");
     assert_eq!(
@@ -265,13 +265,12 @@ fn the_user_data_is_valid_cloud_config_that_installs_the_unit_and_its_configurat
         .as_ref()
         .and_then(|a| a.exec.as_ref())
         .expect("exec auth");
-    assert_eq!(exec.command.as_deref(), Some("aws"));
+    assert_eq!(exec.command.as_deref(), Some("/usr/local/bin/asg-batch"));
     assert_eq!(
         exec.args.as_deref(),
         Some(
             &[
-                "eks",
-                "get-token",
+                "eks-token",
                 "--cluster-name",
                 "prod",
                 "--region",

@@ -212,7 +212,7 @@ async fn the_stack_creates_a_managed_group_that_scales_with_the_bootstrap_user_d
         "AWS_REGION=us-east-1\n",
         "server: https://ABC.gr7.us-east-1.eks.amazonaws.com\n",
         "certificate-authority-data: Q0EgYnVuZGxl\n",
-        r#"args: [eks, get-token, --cluster-name, "prod", --region, "us-east-1"]"#,
+        r#"args: [eks-token, --cluster-name, "prod", --region, "us-east-1"]"#,
         r#"bucket="artifacts""#,
         r#"key="asg-batch/0.1.0/asg-batch""#,
         "ExecStart=/usr/local/bin/asg-batch agent --compute-environment $ASG_BATCH_COMPUTE_ENVIRONMENT $ASG_BATCH_AGENT_ARGS\n",

@@ -5,7 +5,10 @@
 //! What moto 5.2.5 enforces, and so what these tests prove: the SigV4 signature and the
 //! access key (an unknown key is `InvalidClientTokenId`), and each policy's `Action` list
 //! (an action no statement allows is `AccessDenied`; moto sends it in an envelope the SDK
-//! does not parse, see [`assert_unauthorized`]). What it does not: `Resource` is always `*` for autoscaling and EC2
+//! does not parse, which `AwsFleet` reads itself, see [`assert_denied`]). The controller
+//! run with keys lacking `SetDesiredCapacity` shows the denial on the ComputeEnvironment
+//! (condition and Event `AccessDenied` naming the permission); with the controller's
+//! keys it scales out and in with no such condition. What it does not: `Resource` is always `*` for autoscaling and EC2
 //! calls, and `Condition` blocks are skipped when moto has no value for their key, which is
 //! the case for every `aws:ResourceTag/...` key. So the tag condition that limits
 //! SetDesiredCapacity, TerminateInstanceInAutoScalingGroup and SetInstanceProtection to
@@ -134,34 +137,32 @@ async fn fleet_as(moto: &MotoServer, keys: &Keys, group: &str) -> AwsFleet {
     )
 }
 
-/// A denial of `operation` (an `autoscaling:` action). moto answers AccessDenied for
-/// autoscaling with EC2's error envelope (`<ErrorResponse><Errors><Error>`, as text/html)
-/// where AWS uses `<ErrorResponse><Error>`; the SDK cannot read the code from it, so
-/// `AwsFleet` sees `Other` carrying the raw body. Accepted here: `Unauthorized`, or `Other`
-/// whose body is AccessDenied for exactly this action. That AWS's `AccessDenied` code is
-/// classified `Unauthorized` is asserted apart ([`access_denied_is_classified_unauthorized`]).
-fn assert_unauthorized(result: Result<(), CloudError>, operation: &str) {
-    let action = format!("not authorized to perform: autoscaling:{operation}");
+/// A denial of `operation` (an `autoscaling:` action), classified `AccessDenied` with the
+/// missing permission. moto answers AccessDenied for autoscaling with EC2's error envelope
+/// (`<Response><Errors><Error>`) where AWS uses `<ErrorResponse><Error>`; the SDK cannot
+/// read the code from it, so `AwsFleet` reads the code and message from the raw body.
+/// That AWS's own codes are classified the same is asserted apart
+/// ([`access_denied_codes_are_classified_access_denied`]).
+fn assert_denied(result: Result<(), CloudError>, operation: &str) {
     match result {
-        Err(CloudError::Unauthorized {
+        Err(CloudError::AccessDenied {
             operation: op,
+            action,
             message,
         }) => {
             assert_eq!(op, operation);
-            assert!(message.contains("not authorized"), "{message}");
+            assert_eq!(action, format!("autoscaling:{operation}"));
+            assert!(
+                message.contains(&format!("not authorized to perform: {action}")),
+                "{message}"
+            );
         }
-        Err(CloudError::Other {
-            operation: op,
-            message,
-        }) if op == operation
-            && message.contains("<Code>AccessDenied</Code>")
-            && message.contains(&action) => {}
         other => panic!("{operation} must be denied (AccessDenied), got {other:?}"),
     }
 }
 
 #[test]
-fn access_denied_is_classified_unauthorized() {
+fn access_denied_codes_are_classified_access_denied() {
     for code in [
         "AccessDenied",
         "AccessDeniedException",
@@ -174,7 +175,11 @@ fn access_denied_is_classified_unauthorized() {
              autoscaling:SetDesiredCapacity"
                 .into(),
         );
-        assert_eq!(e.label(), "Unauthorized", "{code}");
+        assert_eq!(e.label(), "AccessDenied", "{code}");
+        assert!(
+            matches!(&e, CloudError::AccessDenied { action, .. } if action == "autoscaling:SetDesiredCapacity"),
+            "{e:?}"
+        );
     }
 }
 
@@ -223,7 +228,7 @@ async fn the_controller_policy_runs_a_scale_out_and_scale_in_cycle_and_nothing_e
     wait_in_service(&fleet, 0).await;
 
     // Not the agent's call, and none that changes a group's definition.
-    assert_unauthorized(
+    assert_denied(
         fleet.protect(&ids[1..], true).await,
         "SetInstanceProtection",
     );
@@ -288,8 +293,8 @@ async fn the_agent_policy_protects_instances_and_cannot_scale() {
     let state = fleet.describe().await.expect("describe");
     assert!(state.instances.iter().all(|i| !i.protected_from_scale_in));
 
-    assert_unauthorized(fleet.set_desired(5).await, "SetDesiredCapacity");
-    assert_unauthorized(
+    assert_denied(fleet.set_desired(5).await, "SetDesiredCapacity");
+    assert_denied(
         fleet.terminate(&ids[0]).await,
         "TerminateInstanceInAutoScalingGroup",
     );
@@ -385,4 +390,164 @@ fn policies_scope_every_write_to_managed_groups() {
         actions.sort_unstable();
         assert_eq!(actions, want, "{file}");
     }
+}
+
+const WORLD: &str = r#"
+apiVersion: asgbatch.io/v1alpha1
+kind: ComputeEnvironment
+metadata: {name: cloud}
+spec:
+  aws: {autoScalingGroupName: managed, region: us-east-1}
+  minInstances: 0
+  maxInstances: 3
+  scaleInAfterIdleSeconds: 0
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: JobQueue
+metadata: {name: q}
+spec:
+  computeEnvironments: [cloud]
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: BatchJob
+metadata: {name: work}
+spec:
+  queue: q
+  process: {command: ["true"]}
+  resources: {cpu: "3", memory: 2Gi}
+"#;
+
+/// The controller against `managed`, as the IAM user `keys`.
+async fn controller_as(moto: &MotoServer, keys: &Keys) -> (support::controller::Harness, AwsFleet) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let fleet = fleet_as(moto, keys, "managed").await;
+    let fleets: HashMap<String, Arc<dyn Fleet>> = HashMap::from([(
+        "cloud".to_string(),
+        Arc::new(fleet.clone()) as Arc<dyn Fleet>,
+    )]);
+    let h = support::controller::start(
+        WORLD,
+        support::controller::test_config(Duration::from_secs(30)),
+        fleets,
+    )
+    .await;
+    (h, fleet)
+}
+
+/// The Ready condition of compute environment `cloud`, once `ready` holds for it.
+async fn ce_ready(
+    h: &support::controller::Harness,
+    what: &str,
+    ready: impl Fn(&asg_batch::api::common::Condition) -> bool,
+) -> asg_batch::api::common::Condition {
+    let ces: kube::Api<asg_batch::api::ComputeEnvironment> = kube::Api::all(h.client.clone());
+    support::eventually_within(
+        what,
+        Duration::from_secs(30),
+        || async {
+            ces.get("cloud")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        },
+        |c| c.as_ref().is_some_and(&ready),
+    )
+    .await
+    .expect("a Ready condition")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_without_set_desired_capacity_says_so_on_the_compute_environment() {
+    let (moto, _, agent) = enforcing_moto().await;
+    // The agent's keys describe groups and instance types but may not scale.
+    let (h, fleet) = controller_as(&moto, &agent).await;
+    let c = ce_ready(&h, "Ready=False AccessDenied", |c| {
+        c.status == "False" && c.reason == "AccessDenied"
+    })
+    .await;
+    assert!(
+        c.message
+            .contains("missing IAM permission autoscaling:SetDesiredCapacity"),
+        "{}",
+        c.message
+    );
+    use k8s_openapi::api::events::v1::Event;
+    let events: kube::Api<Event> = kube::Api::namespaced(h.client.clone(), "default");
+    let denied = support::eventually_within(
+        "a Warning Event AccessDenied on the compute environment",
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .expect("events")
+                .items
+        },
+        |items| {
+            items.iter().any(|e| {
+                e.reason.as_deref() == Some("AccessDenied")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("cloud")
+            })
+        },
+    )
+    .await;
+    let note = denied
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("AccessDenied"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(note.contains("autoscaling:SetDesiredCapacity"), "{note}");
+    // The job says why it waits; the group is untouched.
+    let job = h
+        .wait_job("work", "a message naming the denial", |j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.message.as_deref())
+                .is_some_and(|m| m.contains("autoscaling:SetDesiredCapacity"))
+        })
+        .await;
+    assert!(
+        job.status
+            .and_then(|s| s.message)
+            .is_some_and(|m| m.starts_with("ce/cloud cannot launch instances")),
+    );
+    assert_eq!(fleet.describe().await.expect("describe").desired, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_with_its_policy_scales_out_and_in_with_no_denial() {
+    let (moto, controller, _) = enforcing_moto().await;
+    let (mut h, fleet) = controller_as(&moto, &controller).await;
+    let ids = wait_in_service(&fleet, 1).await;
+    let node = ids[0].to_ascii_lowercase();
+    h.register_node(&node, "cloud", "4", "8Gi").await;
+    h.wait_job("work", "Starting", |j| {
+        j.status.as_ref().and_then(|s| s.phase) == Some(asg_batch::api::JobPhase::Starting)
+    })
+    .await;
+    h.agent_started("work", 1).await;
+    h.agent_exited("work", 1, 0).await;
+    h.wait_job("work", "Succeeded", |j| {
+        j.status.as_ref().and_then(|s| s.phase) == Some(asg_batch::api::JobPhase::Succeeded)
+    })
+    .await;
+    // Idle at once (scaleInAfterIdleSeconds: 0): drained, terminated, desired 0.
+    wait_in_service(&fleet, 0).await;
+    assert_eq!(fleet.describe().await.expect("describe").desired, 0);
+    let c = ce_ready(&h, "Ready condition", |_| true).await;
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "Ready"),
+        "{c:?}"
+    );
+    let reasons = h.wait_events("cloud", &["Scaled", "Terminating"]).await;
+    assert!(
+        !reasons
+            .iter()
+            .any(|r| r == "AccessDenied" || r == "FleetError"),
+        "{reasons:?}"
+    );
 }

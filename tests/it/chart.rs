@@ -115,10 +115,16 @@ async fn helm_install_upgrade_uninstall(s: &impl Cluster) {
         .await,
     );
     assert!(out.contains("STATUS: deployed"), "{out}");
+    // NOTES: per-node identities, no shared long-lived token.
     assert!(
-        out.contains("its own user, asg-batch:node:<instance id"),
+        out.contains("its own") && out.contains("asg-batch:node:<instance id"),
         "NOTES: {out}"
     );
+    assert!(
+        out.contains("username asg-batch:node:{{SessionName}}, group asg-batch:nodes"),
+        "NOTES: {out}"
+    );
+    assert!(!out.contains("create token"), "NOTES: {out}");
 
     let crds: Api<CustomResourceDefinition> = Api::all(s.client());
     for name in [

@@ -42,6 +42,7 @@ mod executor_process;
 mod fault_tolerance;
 mod image;
 mod node_authz;
+mod kubeauth;
 mod realkube;
 mod simulate;
 mod simulate_cli;

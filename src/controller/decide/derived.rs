@@ -183,7 +183,7 @@ pub(super) fn environment_updates(
             .get(name)
             .map(|e| ("InvalidShape", e.clone()));
         if let Some(e) = observed.fleet_errors.get(name) {
-            problem = Some((reasons::FLEET_ERROR, e.clone()));
+            problem = Some((e.reason, e.message.clone()));
         }
         if let Some(fleet) = observed.fleets.get(name) {
             for t in &plan.terminate {
@@ -351,13 +351,7 @@ pub(super) fn environment_updates(
                     .find(|c| c.type_ == CONDITION_READY)
                     .map(|c| c.message.as_str());
                 if was != Some(msg.as_str()) {
-                    event(
-                        &mut out.events,
-                        object_ref(&**ce),
-                        true,
-                        reasons::FLEET_ERROR,
-                        msg.clone(),
-                    );
+                    event(&mut out.events, object_ref(&**ce), true, why, msg.clone());
                 }
             }
             None => set_condition(

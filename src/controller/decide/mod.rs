@@ -109,7 +109,7 @@ pub struct Observed {
     /// The fleet of each compute environment that has one, as described now.
     pub fleets: BTreeMap<String, FleetState>,
     /// Compute environments whose fleet could not be reached or described, and why.
-    pub fleet_errors: BTreeMap<String, String>,
+    pub fleet_errors: BTreeMap<String, FleetProblem>,
     /// Instance shapes looked up for compute environments without `spec.instanceShape`.
     pub shapes: BTreeMap<String, Resources>,
     /// When this controller first saw each node's current `heartbeatTime` value, on its
@@ -127,6 +127,39 @@ pub struct Observed {
     /// The last gap in the controller's view (its start, a watch error, failed writes, a
     /// change of leadership): no node's grace counts from before it.
     pub view_gap: Option<Seconds>,
+}
+
+/// Why a compute environment's fleet fails: the reason of its `Ready=False` condition and
+/// Warning Event, and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetProblem {
+    /// `FleetError`, or `AccessDenied` when IAM refused a call (the message names the
+    /// missing permission).
+    pub reason: &'static str,
+    /// What failed.
+    pub message: String,
+}
+
+impl FleetProblem {
+    /// A cloud error of `compute_environment`'s fleet.
+    pub fn from_cloud(error: &crate::cloud::CloudError) -> Self {
+        let reason = match error {
+            crate::cloud::CloudError::AccessDenied { .. } => super::reasons::ACCESS_DENIED,
+            _ => super::reasons::FLEET_ERROR,
+        };
+        Self {
+            reason,
+            message: error.to_string(),
+        }
+    }
+
+    /// Any other failure (`FleetError`).
+    pub fn other(message: impl Into<String>) -> Self {
+        Self {
+            reason: super::reasons::FLEET_ERROR,
+            message: message.into(),
+        }
+    }
 }
 
 /// A label change on a BatchJob.

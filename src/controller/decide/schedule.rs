@@ -12,7 +12,7 @@ pub(super) fn apply_plan(
     built: &snapshot::Built,
     work: &mut BTreeMap<JobId, Work<'_>>,
     nodes: &BTreeMap<&str, &BatchNode>,
-    fleet_errors: &BTreeMap<String, String>,
+    fleet_errors: &BTreeMap<String, super::FleetProblem>,
     now: Seconds,
     events: &mut Vec<Note>,
 ) {
@@ -118,7 +118,7 @@ pub(super) fn apply_plan(
                 "ce/{compute_environment} cannot launch instances: {}",
                 fleet_errors
                     .get(compute_environment)
-                    .map_or("", String::as_str)
+                    .map_or("", |p| p.message.as_str())
             ),
             other => other.to_string(),
         };

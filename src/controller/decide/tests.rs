@@ -1027,7 +1027,7 @@ fn a_fleet_error_is_a_condition_and_an_event() {
     let mut o = world(vec![job("waits", "1", "1Gi", 1)], vec![]);
     o.fleet_errors.insert(
         "ce".into(),
-        "DescribeAutoScalingGroups: not found: nope".into(),
+        FleetProblem::other("DescribeAutoScalingGroups: not found: nope"),
     );
     let d = run(&o);
     let c = d.compute_environments[0]
@@ -1050,6 +1050,39 @@ fn a_fleet_error_is_a_condition_and_an_event() {
         status(&d, "waits").message.as_deref(),
         Some("ce/ce cannot launch instances: DescribeAutoScalingGroups: not found: nope")
     );
+}
+
+#[test]
+fn an_access_denied_fleet_call_is_a_condition_and_an_event_naming_the_permission() {
+    let mut o = world(vec![job("waits", "1", "1Gi", 1)], vec![]);
+    let denied = crate::cloud::CloudError::from_aws_code(
+        "SetDesiredCapacity",
+        Some("AccessDenied"),
+        "User: arn:aws:iam::1:user/c is not authorized to perform: autoscaling:SetDesiredCapacity"
+            .into(),
+    );
+    o.fleet_errors
+        .insert("ce".into(), FleetProblem::from_cloud(&denied));
+    let d = run(&o);
+    let c = d.compute_environments[0]
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY)
+        .expect("Ready");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::ACCESS_DENIED)
+    );
+    assert!(
+        c.message
+            .contains("missing IAM permission autoscaling:SetDesiredCapacity"),
+        "{}",
+        c.message
+    );
+    assert!(d.events.iter().any(|e| e.reason == reasons::ACCESS_DENIED
+        && e.warning
+        && e.note.contains("autoscaling:SetDesiredCapacity")));
 }
 
 mod invariants {

@@ -161,7 +161,7 @@ pub(super) async fn apply(
 
     // Fleet calls: fences and terminations first, then desired capacity; only from a
     // pass whose writes all landed, and only while leading.
-    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut failed: BTreeMap<String, FleetProblem> = BTreeMap::new();
     let mut succeeded: Vec<String> = Vec::new();
     let fleet_calls: &[FleetAction] = if s.failures > 0 {
         memory.view_gap(now);
@@ -259,9 +259,16 @@ pub(super) async fn apply(
         match result {
             Ok(()) => succeeded.push(ce.clone()),
             Err(e) => {
+                let problem = FleetProblem::from_cloud(&e);
                 let err = cloud_error(ce, e);
                 warn!(error = %err, "fleet call failed");
-                failed.insert(ce.clone(), err.to_string());
+                failed.insert(
+                    ce.clone(),
+                    FleetProblem {
+                        message: err.to_string(),
+                        ..problem
+                    },
+                );
             }
         }
     }
@@ -316,11 +323,11 @@ pub(super) async fn apply(
             debug!(error = %err, reason = e.reason, "publishing an Event failed");
         }
     }
-    for (ce, msg) in &failed {
+    for (ce, problem) in &failed {
         debug!(
             compute_environment = ce,
-            msg,
-            reason = reasons::FLEET_ERROR,
+            msg = problem.message,
+            reason = problem.reason,
             "fleet error recorded"
         );
     }

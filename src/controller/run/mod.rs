@@ -33,7 +33,8 @@ use crate::scheduler::Resources;
 
 use super::context::{Context, ControllerConfig, FleetProvider};
 use super::decide::{
-    CancelChild, DecideConfig, Decisions, FleetAction, JobUpdate, LabelChange, NodeUpdate,
+    CancelChild, DecideConfig, Decisions, FleetAction, FleetProblem, JobUpdate, LabelChange,
+    NodeUpdate,
     Observed, decide,
 };
 use super::error::ControllerError;

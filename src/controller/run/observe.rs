@@ -175,11 +175,10 @@ pub(super) async fn observe_fleets(
                 (Ok(s), true) => Some(match s.instance_type.as_deref() {
                     Some(t) => shape(ctx, fleet.as_ref(), t)
                         .await
-                        .map_err(|e| e.to_string()),
-                    None => Err(
-                        "the Auto Scaling Group reports no instance type: set spec.instanceShape"
-                            .to_owned(),
-                    ),
+                        .map_err(|e| FleetProblem::from_cloud(&e)),
+                    None => Err(FleetProblem::other(
+                        "the Auto Scaling Group reports no instance type: set spec.instanceShape",
+                    )),
                 }),
                 _ => None,
             };
@@ -214,7 +213,9 @@ pub(super) async fn observe_fleets(
                 } else {
                     debug!(compute_environment = name, error = %e, "describe fleet still failing");
                 }
-                observed.fleet_errors.insert(name, message);
+                observed
+                    .fleet_errors
+                    .insert(name, FleetProblem::from_cloud(&e));
             }
         }
     }
