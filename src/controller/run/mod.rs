@@ -34,8 +34,7 @@ use crate::scheduler::Resources;
 use super::context::{Context, ControllerConfig, FleetProvider};
 use super::decide::{
     CancelChild, DecideConfig, Decisions, FleetAction, FleetProblem, JobUpdate, LabelChange,
-    NodeUpdate,
-    Observed, decide,
+    NodeUpdate, Observed, decide,
 };
 use super::error::ControllerError;
 use super::memory::PassMemory;
