@@ -24,7 +24,7 @@ use super::resources::Resources;
 
 /// At most this many waiting jobs are projected in one pass (in scheduling order); the
 /// rest get a queue position but no estimated start.
-pub const MAX_PROJECTED: usize = 2000;
+pub const MAX_PROJECTED: usize = 1000;
 
 /// The estimate of a job, or [`Estimate::DEFAULT`].
 pub fn estimate_of(job: &Job) -> Estimate {
@@ -272,13 +272,37 @@ impl Timeline {
             }
             let mut next_not_before: Option<Seconds> = None;
             let mut held: Vec<usize> = Vec::new();
+            // Upper bound of the free room of the bins Ready at `t` (it only shrinks
+            // while jobs are placed at this instant), and needs that found no bin at
+            // this instant: a job of the same environments needing at least as much in
+            // every dimension finds none either. Both spare a scan of every bin for each waiting job once the
+            // cluster is full.
+            let mut room = Resources::ZERO;
+            for (i, b) in self.bins.iter().enumerate() {
+                if b.ready_at <= t {
+                    room = max_each(&room, &free[i]);
+                }
+            }
+            let mut failed: Vec<(&[String], Resources)> = Vec::new();
             waiting.retain(|&k| {
                 let (_, job, ces) = jobs[k];
                 if let Some(nb) = job.not_before.filter(|nb| *nb > t) {
                     next_not_before = Some(next_not_before.map_or(nb, |x| x.min(nb)));
                     return true;
                 }
-                let Some(i) = self.pick(&by_ce, ces, &job.resources, &free, &ends, &held, t) else {
+                let hopeless = !job.resources.fits_in(&room)
+                    || failed
+                        .iter()
+                        .any(|(c, f)| *c == ces && f.fits_in(&job.resources));
+                let picked = if hopeless {
+                    None
+                } else {
+                    self.pick(&by_ce, ces, &job.resources, &free, &ends, &held, t)
+                };
+                let Some(i) = picked else {
+                    if !hopeless && failed.len() < MAX_FAILED_NEEDS && held.is_empty() {
+                        failed.push((ces, job.resources));
+                    }
                     if self.due(job, ces, t) {
                         self.hold(&by_ce, ces, &job.resources, &mut held);
                     }
@@ -425,6 +449,17 @@ pub const EXACT_POSITIONS: u32 = 5;
 
 /// Estimated starts within this of the written one are not rewritten.
 pub const ETA_SLACK_SECONDS: Seconds = 120;
+
+/// Needs remembered per instant by [`Timeline::project`] as finding no bin.
+const MAX_FAILED_NEEDS: usize = 16;
+
+fn max_each(a: &Resources, b: &Resources) -> Resources {
+    Resources::new(
+        a.cpu_millis.max(b.cpu_millis),
+        a.memory_bytes.max(b.memory_bytes),
+        a.gpus.max(b.gpus),
+    )
+}
 
 fn min_each(a: &Resources, b: &Resources) -> Resources {
     Resources::new(

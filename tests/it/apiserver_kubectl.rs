@@ -79,7 +79,16 @@ async fn apply_get_columns_categories_yaml_and_explain() {
     let t = ok(&s.kubectl(&["get", "bj"]).await);
     assert_eq!(
         header(&t),
-        ["NAME", "QUEUE", "PHASE", "NODE", "ATTEMPTS", "AGE"]
+        [
+            "NAME",
+            "QUEUE",
+            "PHASE",
+            "NODE",
+            "ATTEMPTS",
+            "POSITION",
+            "EST-START",
+            "AGE"
+        ]
     );
     assert_eq!(row(&t, "hello")[1], "adhoc");
     // categories: every kind of the project
