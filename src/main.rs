@@ -27,9 +27,15 @@ enum Command {
         /// Persist objects in this directory (in memory otherwise).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
-        /// Allow a non-loopback listen address (the server has no authentication).
+        /// Allow a non-loopback listen address (the server has no TLS, and no
+        /// authentication without --token-auth-file).
         #[arg(long)]
         allow_remote: bool,
+        /// Bearer tokens, kube-apiserver's `--token-auth-file` CSV
+        /// (`token,user,uid,"group1,group2"`): requests with one act as its user (checked by
+        /// ValidatingAdmissionPolicies); an unknown token is 401; none is the loopback admin.
+        #[arg(long)]
+        token_auth_file: Option<std::path::PathBuf>,
     },
     /// Run the controller (against the kubeconfig or in-cluster configuration).
     Controller(asg_batch::controller::cli::ControllerArgs),
@@ -87,7 +93,8 @@ fn main() -> ExitCode {
             kubeconfig,
             data_dir,
             allow_remote,
-        } => run_apiserver(listen, kubeconfig, data_dir, allow_remote),
+            token_auth_file,
+        } => run_apiserver(listen, kubeconfig, data_dir, allow_remote, token_auth_file),
         Command::Controller(args) => {
             run_async("controller", "info", asg_batch::controller::cli::main(args))
         }
@@ -152,6 +159,7 @@ fn run_apiserver(
     kubeconfig: std::path::PathBuf,
     data_dir: Option<std::path::PathBuf>,
     allow_remote: bool,
+    token_auth_file: Option<std::path::PathBuf>,
 ) -> ExitCode {
     init_tracing("info");
     let rt = match tokio::runtime::Runtime::new() {
@@ -166,6 +174,7 @@ fn run_apiserver(
         &kubeconfig,
         data_dir,
         allow_remote,
+        token_auth_file.as_deref(),
     ));
     match r {
         Ok(()) => ExitCode::SUCCESS,

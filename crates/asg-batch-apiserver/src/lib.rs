@@ -112,6 +112,9 @@ pub enum ApiServerError {
     /// Building a kube client failed.
     #[error("kube client: {0}")]
     Client(String),
+    /// The token file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] admission::TokenFileError),
 }
 
 /// A running server. Dropping it stops the server (without waiting).
@@ -261,11 +264,14 @@ pub async fn run_cli(
     kubeconfig_path: &Path,
     data_dir: Option<PathBuf>,
     allow_remote: bool,
+    token_auth_file: Option<&Path>,
 ) -> Result<(), ApiServerError> {
+    let tokens = token_auth_file.map(admission::Tokens::read).transpose()?;
     let server = start(ApiServerConfig {
         listen,
         data_dir,
         allow_remote,
+        tokens,
         ..ApiServerConfig::default()
     })
     .await?;

@@ -127,6 +127,10 @@ pub(super) async fn apply(
         let r = cancel_child(client, c).await;
         record(r, "cancel array child", &mut s);
     }
+    // A binding held back for its grant did not happen either: no Event for it.
+    for u in d.jobs.iter().filter(|u| held_back(u)) {
+        unwritten.insert((u.namespace.as_str(), u.name.as_str()));
+    }
 
     // ... and narrows or goes only once the job writes of a whole pass have landed.
     if s.failures == 0 && s.conflicts == 0 {
