@@ -309,6 +309,7 @@ mod tests {
                 array_properties: None,
                 array_index: None,
                 share_identifier: None,
+                ttl_seconds_after_finished: None,
             },
         );
         j.metadata.namespace = Some("team".into());

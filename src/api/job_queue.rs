@@ -46,6 +46,12 @@ pub struct JobQueueSpec {
     /// Fair-share scheduling between `shareIdentifier`s (AWS Batch scheduling policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fair_share: Option<FairSharePolicy>,
+    /// Default `ttlSecondsAfterFinished` of the jobs in this queue that set none: each
+    /// finished job (with its array children) is deleted this many seconds after it ended,
+    /// so that storage stays bounded. Unset: finished jobs are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31536000))]
+    pub job_ttl_seconds_after_finished: Option<u32>,
 }
 
 /// Fair share: the share with the least weighted recent usage goes next.
