@@ -97,7 +97,7 @@ async fn finished_jobs_are_deleted_after_their_ttl_and_an_array_with_its_childre
     queues
         .patch(
             "nightly-reports",
-            &PatchParams::apply("test-retention"),
+            &PatchParams::apply("test-retention").force(),
             &Patch::Apply(json!({
                 "apiVersion": "asgbatch.io/v1alpha1",
                 "kind": "JobQueue",
