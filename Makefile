@@ -1,7 +1,7 @@
 # asg-batch — `make test` installs what the tests need (idempotent) and runs every check.
 CARGO ?= cargo
 
-.PHONY: test test-deps check test-kube crds bench kube-build kube-up kube-down image
+.PHONY: test test-deps check test-kube crds bench bench-e2e kube-build kube-up kube-down image
 
 ## Install test needs, then fmt + clippy + the whole test suite.
 test: test-deps check
@@ -21,8 +21,8 @@ check:
 ## real kube-apiserver + etcd instead of the embedded server (tests/it/realkube.rs and the chart tests use
 ## both in every run).
 KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
-              controller_aws aws_iam agent_jobs agent_protection agent_cli agent_docker \
-              agent_container_settings workload_control
+              controller_aws controller_retention controller_estimates aws_iam agent_jobs \
+              agent_protection agent_cli agent_docker agent_container_settings workload_control
 test-kube:
 	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test it -- \
 	    $(addsuffix ::,$(KUBE_SUITES)) commands::controller_and_agent_binaries
@@ -34,6 +34,12 @@ crds:
 
 bench:
 	$(CARGO) bench
+
+## End-to-end figures (issue 13): release build, then `asg-batch dev` wall time and max RSS for
+## 500/2,000/5,000 jobs and 3,000/10,000-child arrays, and the controller's and API server's RSS
+## holding 10,000 finished jobs, each beside the fork+exec floor measured in the same run.
+bench-e2e:
+	./scripts/bench-e2e.sh
 
 ## Build the real kube-apiserver and etcd (pinned in tests/kube/) once; cached outside the clone.
 kube-build:

@@ -308,6 +308,7 @@ mod tests {
                 array_properties: None,
                 array_index: None,
                 share_identifier: None,
+                ttl_seconds_after_finished: None,
                 expected_duration_seconds: None,
                 parameters: Default::default(),
                 cancel: None,

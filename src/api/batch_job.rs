@@ -72,6 +72,13 @@ pub struct BatchJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub share_identifier: Option<String>,
+    /// Delete the job this many seconds after it finished (Succeeded or Failed), as a
+    /// Kubernetes Job's; an array job goes with its children. Unset: the queue's
+    /// `jobTtlSecondsAfterFinished`, else the job is kept. Ignored on array children (they
+    /// go with their parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31536000))]
+    pub ttl_seconds_after_finished: Option<u32>,
     /// How long one attempt is expected to run, seconds. The scheduler plans with it
     /// (estimated start times, cost-aware scale-out, drain-friendly placement); without
     /// it, the median of the JobDefinition's recent successful attempts, else the timeout.

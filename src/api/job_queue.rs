@@ -46,6 +46,12 @@ pub struct JobQueueSpec {
     /// Fair-share scheduling between `shareIdentifier`s (AWS Batch scheduling policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fair_share: Option<FairSharePolicy>,
+    /// Default `ttlSecondsAfterFinished` of the jobs in this queue that set none: each
+    /// finished job (with its array children) is deleted this many seconds after it ended,
+    /// so that storage stays bounded. Unset: finished jobs are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31536000))]
+    pub job_ttl_seconds_after_finished: Option<u32>,
     /// Cost-aware scale-out: a job of this queue that fits no instance now may wait up to
     /// this many seconds for running work to finish before an instance is bought for it;
     /// an instance is bought earlier only when the queued work keeps it busy for at least

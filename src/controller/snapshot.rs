@@ -43,6 +43,8 @@ pub struct Inputs<'a> {
     pub jobs: Vec<&'a BatchJob>,
     /// Every BatchNode.
     pub nodes: Vec<&'a BatchNode>,
+    /// Node phases decided by this pass (instead of the observed `status.phase`).
+    pub node_phases: BTreeMap<String, ApiNodePhase>,
     /// Per compute environment: instances launched that have no BatchNode yet.
     pub booting: BTreeMap<String, u32>,
     /// Per compute environment without `spec.instanceShape`: the shape looked up from
@@ -71,6 +73,8 @@ pub struct Built {
     pub invalid_nodes: BTreeMap<String, String>,
     /// Jobs not pinned yet: the template and definition a binding in this pass pins.
     pub unpinned: BTreeMap<JobId, (JobTemplate, Option<PinnedDefinition>)>,
+    /// Recent successful attempt durations per JobDefinition (duration estimates).
+    pub histories: estimates::Histories,
 }
 
 /// The id of a job: `namespace/name`.
@@ -239,13 +243,28 @@ pub fn is_array_parent(job: &BatchJob) -> bool {
     job.spec.array_properties.is_some()
 }
 
-/// The node a placed job holds, if any.
-fn placed_node(job: &BatchJob) -> Option<&str> {
-    let st = job.status.as_ref()?;
-    if phase(st.phase).is_placed() {
-        st.node.as_deref()
-    } else {
-        None
+/// A job's scheduling state: as observed, or as progressed by this pass (attempt
+/// progress changes only these, so the pass applies it to the snapshot without
+/// rebuilding it: [`Built::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobState<'a> {
+    /// Phase (absent: Submitted).
+    pub phase: Option<JobPhase>,
+    /// The node it is on (counts only while placed).
+    pub node: Option<&'a str>,
+    /// Not to be started before this time (backoff).
+    pub not_before: Option<Seconds>,
+}
+
+impl<'a> JobState<'a> {
+    /// The state the job's observed status records.
+    pub fn observed(job: &'a BatchJob) -> Self {
+        let st = job.status.as_ref();
+        Self {
+            phase: st.and_then(|s| s.phase),
+            node: st.and_then(|s| s.node.as_deref()),
+            not_before: st.and_then(|s| s.not_before.as_ref()).map(seconds),
+        }
     }
 }
 
@@ -312,50 +331,101 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
         }
     }
 
-    let histories = estimates::histories(&inputs.jobs);
-    // Jobs first: nodes derive their allocation from the placed ones.
-    let mut per_node: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
-    for job in &inputs.jobs {
-        if is_array_parent(job) {
+    out.histories = estimates::histories(&inputs.jobs);
+    // Nodes first, empty: each placed job adds itself to its node's allocation.
+    for n in &inputs.nodes {
+        let Some(name) = n.metadata.name.clone() else {
             continue;
+        };
+        let capacity = match resources(&n.spec.capacity) {
+            Ok(c) => c,
+            Err(e) => {
+                out.invalid_nodes.insert(name, format!("spec.capacity.{e}"));
+                continue;
+            }
+        };
+        let phase = inputs
+            .node_phases
+            .get(&name)
+            .copied()
+            .or_else(|| n.status.as_ref().and_then(|s| s.phase));
+        let terminable = inputs.terminable.contains(&name);
+        out.snapshot.nodes.insert(
+            name,
+            Node {
+                compute_environment: n.spec.compute_environment.clone(),
+                capacity,
+                allocated: Resources::ZERO,
+                jobs: 0,
+                phase: node_phase(phase),
+                idle_since: None,
+                terminable,
+            },
+        );
+    }
+
+    for job in &inputs.jobs {
+        out.progress(job, &definitions, JobState::observed(job), inputs.now);
+    }
+    out.set_idle_since(&inputs.idle_since, inputs.now);
+    out
+}
+
+impl Built {
+    /// Puts the job into the snapshot in this state, replacing what it had (and its share
+    /// of its node's allocation): how a pass applies a job's attempt progress to the model.
+    pub fn progress(
+        &mut self,
+        job: &BatchJob,
+        definitions: &Definitions<'_>,
+        state: JobState<'_>,
+        now: Seconds,
+    ) {
+        if is_array_parent(job) {
+            return;
         }
         let id = job_id(job);
-        let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+        self.remove_job(&id);
+        let p = phase(state.phase);
+        let node = if p.is_placed() { state.node } else { None };
         let st = job.status.as_ref();
-        let p = phase(st.and_then(|s| s.phase));
         let pinned = st.and_then(|s| s.template.as_ref());
+        // The template's timeout feeds the duration estimate.
+        let mut timeout = None;
         let resolved = match pinned {
-            Some(t) => Ok(t.clone()),
-            None => resolve_template(job, &definitions).map(|(t, d)| {
+            Some(t) => {
+                timeout = t.timeout_seconds;
+                job_resources(t)
+            }
+            None => resolve_template(job, definitions).and_then(|(t, d)| {
+                timeout = t.timeout_seconds;
+                let needs = job_resources(&t);
                 if !p.is_placed() && !p.is_terminal() {
-                    out.unpinned.insert(id.clone(), (t.clone(), d));
+                    self.unpinned.insert(id.clone(), (t, d));
                 }
-                t
+                needs
             }),
         };
-        let timeout = resolved.as_ref().ok().and_then(|t| t.timeout_seconds);
         let definition = st
             .and_then(|s| s.definition.as_ref())
             .map(|d| d.name.as_str())
             .or(job.spec.definition_ref.as_ref().map(|r| r.name.as_str()));
-        let estimate = estimates::job_estimate(job, definition, timeout, &histories);
-        let needs = resolved.and_then(|t| job_resources(&t));
-        let needs = match needs {
+        let estimate = estimates::job_estimate(job, definition, timeout, &self.histories);
+        let needs = match resolved {
             Ok(r) => r,
             Err(e) => {
-                out.invalid_jobs.insert(id.clone(), e);
+                self.invalid_jobs.insert(id.clone(), e);
                 if !p.is_placed() && !p.is_terminal() {
-                    continue;
+                    return;
                 }
                 Resources::ZERO
             }
         };
-        let node = placed_node(job).map(str::to_owned);
-        if let Some(n) = &node {
-            let e = per_node.entry(n.clone()).or_insert((Resources::ZERO, 0));
-            e.0 = e.0.saturating_add(&needs);
-            e.1 += 1;
+        if let Some(n) = node.and_then(|n| self.snapshot.nodes.get_mut(n)) {
+            n.allocated = n.allocated.saturating_add(&needs);
+            n.jobs += 1;
         }
+        let ns = job.metadata.namespace.as_deref().unwrap_or_default();
         let depends_on = job
             .spec
             .depends_on
@@ -382,7 +452,7 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
                     .collect()
             })
             .unwrap_or_default();
-        out.snapshot.jobs.insert(
+        self.snapshot.jobs.insert(
             id,
             Job {
                 queue: job.spec.queue.clone(),
@@ -391,58 +461,50 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
                     .metadata
                     .creation_timestamp
                     .as_ref()
-                    .map_or(inputs.now, seconds),
+                    .map_or(now, seconds),
                 phase: p,
-                node,
+                node: node.map(str::to_owned),
                 depends_on,
                 array: array_child(job),
                 share_identifier: job.spec.share_identifier.clone(),
                 attempts,
-                not_before: st.and_then(|s| s.not_before.as_ref()).map(seconds),
+                not_before: state.not_before,
                 estimate,
             },
         );
     }
 
-    for n in &inputs.nodes {
-        let Some(name) = n.metadata.name.clone() else {
-            continue;
+    /// Takes a job out of the snapshot, and out of its node's allocation.
+    fn remove_job(&mut self, id: &JobId) {
+        self.invalid_jobs.remove(id);
+        self.unpinned.remove(id);
+        let Some(old) = self.snapshot.jobs.remove(id) else {
+            return;
         };
-        let capacity = match resources(&n.spec.capacity) {
-            Ok(c) => c,
-            Err(e) => {
-                out.invalid_nodes.insert(name, format!("spec.capacity.{e}"));
-                continue;
-            }
-        };
-        let (allocated, jobs) = per_node.get(&name).copied().unwrap_or((Resources::ZERO, 0));
-        let st = n.status.as_ref();
-        // Idleness counts only from what the controller saw: never from the node's
-        // registration or a stored timestamp (a node whose last job ended in this pass
-        // is idle since now, not since it registered).
-        let idle_since = (jobs == 0).then(|| {
-            inputs
-                .idle_since
-                .get(&name)
-                .copied()
-                .unwrap_or(inputs.now)
-                .min(inputs.now)
-        });
-        let terminable = inputs.terminable.contains(&name);
-        out.snapshot.nodes.insert(
-            name,
-            Node {
-                compute_environment: n.spec.compute_environment.clone(),
-                capacity,
-                allocated,
-                jobs,
-                phase: node_phase(st.and_then(|s| s.phase)),
-                idle_since,
-                terminable,
-            },
-        );
+        if let Some(n) = old
+            .node
+            .as_deref()
+            .and_then(|n| self.snapshot.nodes.get_mut(n))
+        {
+            n.allocated = n.allocated.saturating_sub(&old.resources);
+            n.jobs = n.jobs.saturating_sub(1);
+        }
     }
-    out
+
+    /// Takes a node out of the snapshot (a departed node that holds nothing).
+    pub fn remove_node(&mut self, name: &str) {
+        self.snapshot.nodes.remove(name);
+    }
+
+    /// Sets each node's `idle_since` from what the controller saw. Idleness counts only
+    /// from that: never from the node's registration or a stored timestamp (a node whose
+    /// last job ended in this pass is idle since now, not since it registered).
+    pub fn set_idle_since(&mut self, idle_since: &BTreeMap<String, Seconds>, now: Seconds) {
+        for (name, n) in &mut self.snapshot.nodes {
+            n.idle_since =
+                (n.jobs == 0).then(|| idle_since.get(name).copied().unwrap_or(now).min(now));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -513,6 +575,7 @@ pub(crate) mod fixtures {
                 fair_share: None,
                 max_wait_seconds: None,
                 job_state_time_limit_actions: vec![],
+                job_ttl_seconds_after_finished: None,
             },
             status: None,
         }
@@ -556,6 +619,7 @@ pub(crate) mod fixtures {
                 expected_duration_seconds: None,
                 parameters: Default::default(),
                 cancel: None,
+                ttl_seconds_after_finished: None,
             },
             status: None,
         }
@@ -655,6 +719,7 @@ mod tests {
                 definitions: self.defs.iter().collect(),
                 jobs: self.jobs.iter().collect(),
                 nodes: self.nodes.iter().collect(),
+                node_phases: BTreeMap::new(),
                 booting: BTreeMap::from([("ce".to_string(), 2)]),
                 shapes: BTreeMap::new(),
                 idle_since: BTreeMap::from([("n2".to_string(), 500)]),

@@ -35,6 +35,7 @@ mod controller_examples;
 mod controller_invalid;
 mod controller_leader;
 mod controller_lifecycle;
+mod controller_retention;
 mod crds;
 mod examples;
 mod executor_docker;

@@ -1,6 +1,18 @@
 //! Step 4: array children to create and the parents' `arrayStatus` and phase.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use kube::Resource;
+use kube::api::ObjectMeta;
+
+use crate::api::BatchJob;
+use crate::api::batch_job::{ArrayStatus, JobPhase};
+use crate::scheduler::{JobId, Seconds};
+
+use super::super::snapshot::{self, phase};
+use super::super::time::time;
+use super::super::{LABEL_ARRAY_PARENT, reasons};
+use super::{Decisions, NewChild, Work, event, object_ref};
 
 /// Step 4: array children to create and parent status.
 pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, now: Seconds) {

@@ -1,7 +1,20 @@
 //! Step 2: progress of the current attempt (started → Running; ended → Succeeded, retried
 //! or Failed; on a lost or deleted node → ended with `NodeLost`).
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::BatchJob;
+use crate::api::BatchNode;
+use crate::api::batch_job::JobPhase;
+use crate::api::batch_node::NodePhase as ApiNodePhase;
+use crate::api::common::{JobTemplate, RetryAction};
+use crate::scheduler::retry::{self, AttemptOutcome, FailCause, REASON_NODE_LOST, RetryDecision};
+use crate::scheduler::{Phase, Seconds};
+
+use super::super::reasons;
+use super::super::snapshot::{self, effective_template, phase};
+use super::super::time::time;
+use super::{Note, Work, event, object_ref};
 
 /// The retry strategy and backoff of a job's template.
 pub(super) fn strategy(t: &JobTemplate) -> (retry::RetryStrategy, Option<retry::Backoff>) {

@@ -16,7 +16,10 @@
 //! their parent; a running child gets `spec.cancel` written ([`Decisions::cancel_children`])
 //! so that its agent sees it.
 
+use crate::api::JobPhase;
 use crate::api::batch_job::CancelRequest;
+use crate::controller::time::time;
+use crate::scheduler::Phase;
 
 use super::*;
 

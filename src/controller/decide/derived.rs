@@ -1,7 +1,26 @@
 //! Step 5: status derived from the pass (nodes, compute environments, queues) and the
 //! fleet actions (terminations, then desired capacity).
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::batch_job::JobPhase;
+use crate::api::batch_node::{BatchNodeStatus, NodeJob, NodePhase as ApiNodePhase};
+use crate::api::common::Resources as ApiResources;
+use crate::api::compute_environment::InstanceShape;
+use crate::api::job_queue::JobQueueStatus;
+use crate::scheduler::{JobId, Plan, Resources, Seconds};
+
+use super::super::reasons;
+use super::super::snapshot::{self, phase};
+use super::super::status::{owned_node_status, set_condition};
+use super::super::time::time;
+use super::super::{CONDITION_DISRUPTED, CONDITION_READY, CONDITION_SCALING, CONDITION_VALID};
+use super::attempts::NodeFacts;
+use super::liveness::Liveness;
+use super::{
+    Decisions, EnvironmentUpdate, FleetAction, NodeUpdate, Observed, QueueUpdate, Work, event,
+    object_ref,
+};
 
 pub(super) fn api_resources(r: &Resources) -> ApiResources {
     ApiResources::from_amounts(r.cpu_millis, r.memory_bytes, r.gpus)

@@ -9,7 +9,13 @@
 //! silent together means the control plane or the network is sick, not the nodes
 //! (kube-controller-manager's full-disruption mode), so nobody is declared Lost.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::BatchNode;
+use crate::scheduler::Seconds;
+
+use super::super::time::seconds;
+use super::{DecideConfig, Observed};
 
 /// The outcome of step 1.
 #[derive(Debug, Default)]

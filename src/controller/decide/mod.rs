@@ -10,10 +10,14 @@
 //!    Failed; an attempt on a Lost node ends with reason `NodeLost` only once its
 //!    instance is gone or its BatchNode deleted (fence, then retry); a binding a
 //!    draining node's agent refused is handed back;
-//! 3. **schedule**: [`snapshot::build`] over the progressed state, [`scheduler::plan`],
-//!    then its bindings, phase changes, dependency failures and "why not running"
-//!    reasons onto the jobs;
-//! 4. **arrays**: missing children to create, parent `arrayStatus` and phase;
+//! 3. **schedule**: [`snapshot::build`] once, from what was observed, with step 2's
+//!    progress applied to the model ([`snapshot::Built::progress`]: a job's phase, node
+//!    and backoff, and its node's allocation; no API object is cloned or rebuilt), then
+//!    [`scheduler::plan`], then its bindings, phase changes, dependency failures and
+//!    "why not running" reasons onto the jobs;
+//! 4. **arrays**: missing children to create, parent `arrayStatus` and phase; then
+//!    **retention** ([`retention`]): finished jobs past their `ttlSecondsAfterFinished`
+//!    to delete (an array parent after its children);
 //! 5. **nodes, environments, queues**: derived status; fleet actions (fences of Lost
 //!    nodes, terminations of drained nodes whose agent let them go, then desired
 //!    capacity) for compute environments with a fleet.
@@ -27,31 +31,26 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
-use kube::api::ObjectMeta;
 
-use crate::api::batch_job::{ArrayStatus, AttemptStatus, BatchJobStatus, JobPhase};
-use crate::api::batch_node::{BatchNodeStatus, NodeJob, NodePhase as ApiNodePhase};
-use crate::api::common::{JobTemplate, Resources as ApiResources, RetryAction};
-use crate::api::compute_environment::{ComputeEnvironmentStatus, InstanceShape};
+use crate::api::batch_job::BatchJobStatus;
+use crate::api::batch_node::{BatchNodeStatus, NodePhase as ApiNodePhase};
+use crate::api::compute_environment::ComputeEnvironmentStatus;
 use crate::api::job_queue::JobQueueStatus;
 use crate::api::{BatchJob, BatchNode, ComputeEnvironment, JobDefinition, JobQueue};
 use crate::cloud::FleetState;
-use crate::scheduler::retry::{self, AttemptOutcome, FailCause, REASON_NODE_LOST, RetryDecision};
-use crate::scheduler::{self, DEPENDENCY_FAILED, JobId, Phase, Plan, Reason, Resources, Seconds};
+use crate::scheduler::{self, JobId, Plan, Resources, Seconds};
 
-use super::snapshot::{self, Inputs, api_phase, effective_template, job_id, phase};
-use super::status::{owned_job_status, owned_node_status, reason_code, set_condition};
-use super::time::{seconds, time};
-use super::{
-    CONDITION_DISRUPTED, CONDITION_READY, CONDITION_SCALING, CONDITION_SCHEDULED, CONDITION_VALID,
-    LABEL_ARRAY_PARENT, LABEL_NODE, reasons,
-};
+use super::snapshot::{self, Inputs, JobState, job_id, phase};
+use super::status::owned_job_status;
+use super::time::seconds;
+use super::{LABEL_NODE, reasons};
 
 mod arrays;
 mod attempts;
 mod cancel;
 mod derived;
 mod liveness;
+mod retention;
 mod schedule;
 #[cfg(test)]
 mod tests;
@@ -63,6 +62,7 @@ use attempts::{NodeFacts, progress};
 pub use cancel::{CancelChild, REASON_CANCELLED, REASON_TERMINATED};
 use derived::{environment_updates, node_updates, queue_updates};
 use liveness::{Liveness, liveness};
+use retention::retention;
 use schedule::apply_plan;
 
 /// Tunables of a pass.
@@ -193,6 +193,20 @@ pub struct NewChild {
     pub job: BatchJob,
 }
 
+/// A finished job to delete (its `ttlSecondsAfterFinished` passed), guarded by its uid:
+/// a job created again under the same name is not touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDeletion {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The uid the decision was made on (delete precondition).
+    pub uid: Option<String>,
+    /// An array parent: deleted after its children.
+    pub array_parent: bool,
+}
+
 /// A write to one BatchNode's controller-owned status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeUpdate {
@@ -298,6 +312,8 @@ pub struct Decisions {
     /// Running array children of a cancelled parent to mark cancelled (`spec.cancel`),
     /// so that their agents stop them; written after [`Decisions::jobs`].
     pub cancel_children: Vec<CancelChild>,
+    /// Finished jobs past their TTL, to delete (array children before their parent).
+    pub delete_jobs: Vec<JobDeletion>,
     /// BatchNode status writes.
     pub nodes: Vec<NodeUpdate>,
     /// ComputeEnvironment status writes.
@@ -429,31 +445,8 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         &mut out,
     );
 
-    // 3. Schedule over the progressed state.
-    let progressed: Vec<BatchJob> = work
-        .values()
-        .filter(|w| {
-            let s = w.job.status.as_ref();
-            s.and_then(|s| s.phase) != w.desired.phase
-                || s.and_then(|s| s.node.as_ref()) != w.desired.node.as_ref()
-        })
-        .map(|w| {
-            let mut j = w.job.clone();
-            let st = j.status.get_or_insert_with(Default::default);
-            st.phase = w.desired.phase;
-            st.node = w.desired.node.clone();
-            st.not_before = w.desired.not_before.clone();
-            j
-        })
-        .collect();
-    let progressed_ids: BTreeSet<JobId> = progressed.iter().map(job_id).collect();
-    let mut jobs: Vec<&BatchJob> = observed
-        .jobs
-        .iter()
-        .map(|j| &**j)
-        .filter(|j| !progressed_ids.contains(&job_id(j)))
-        .collect();
-    jobs.extend(progressed.iter());
+    // 3. Schedule: the snapshot is built once, from what was observed, and the attempt
+    //    progress of step 2 is applied to it (only phase, node and backoff change).
     let holding = nodes_holding_jobs(&work);
     // Idleness as this controller saw it: a node is idle when it holds no attempt, in
     // the controller's view and in its agent's last report.
@@ -466,38 +459,16 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         })
         .collect();
     let terminable = terminable(observed, &nodes, &node_phase, &liveness);
-    let unreachable: BTreeSet<&str> = liveness
-        .silent
+    // Silent in a disruption: not Lost, but no new work either.
+    let node_phases: BTreeMap<String, ApiNodePhase> = node_phase
         .iter()
-        .filter(|n| node_phase.get(**n) != Some(&ApiNodePhase::Lost))
-        .copied()
-        .collect();
-    let relabelled: Vec<BatchNode> = observed
-        .nodes
-        .iter()
-        .filter(|n| {
-            n.metadata
-                .name
-                .as_deref()
-                .is_none_or(|m| !departed.contains(m) || holding.contains(m))
-        })
-        .map(|n| {
-            let mut n = (**n).clone();
-            if let Some((m, p)) = n
-                .metadata
-                .name
-                .as_deref()
-                .and_then(|m| Some((m, node_phase.get(m)?)))
-            {
-                // Silent in a disruption: not Lost, but no new work either.
-                let p = if unreachable.contains(m) {
-                    ApiNodePhase::Lost
-                } else {
-                    *p
-                };
-                n.status.get_or_insert_with(Default::default).phase = Some(p);
-            }
-            n
+        .map(|(name, p)| {
+            let p = if liveness.silent.contains(name) && *p != ApiNodePhase::Lost {
+                ApiNodePhase::Lost
+            } else {
+                *p
+            };
+            ((*name).to_owned(), p)
         })
         .collect();
     let fleet_instances: BTreeSet<String> = observed
@@ -516,18 +487,37 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
             (ce.clone(), u32::try_from(n).unwrap_or(u32::MAX))
         })
         .collect();
-    let built = snapshot::build(&Inputs {
+    let mut built = snapshot::build(&Inputs {
         compute_environments: observed.compute_environments.iter().map(|c| &**c).collect(),
         queues: observed.queues.iter().map(|q| &**q).collect(),
         definitions: definitions.clone(),
-        jobs,
-        nodes: relabelled.iter().collect(),
+        jobs: observed.jobs.iter().map(|j| &**j).collect(),
+        nodes: observed.nodes.iter().map(|n| &**n).collect(),
+        node_phases,
         booting,
         shapes: observed.shapes.clone(),
-        idle_since: idle_before.clone(),
+        idle_since: BTreeMap::new(),
         terminable,
         now,
     });
+    for w in work.values() {
+        let s = w.job.status.as_ref();
+        if s.and_then(|s| s.phase) != w.desired.phase
+            || s.and_then(|s| s.node.as_ref()) != w.desired.node.as_ref()
+        {
+            let state = JobState {
+                phase: w.desired.phase,
+                node: w.desired.node.as_deref(),
+                not_before: w.desired.not_before.as_ref().map(seconds),
+            };
+            built.progress(w.job, &defs, state, now);
+        }
+    }
+    // Nodes whose instance left its fleet are not capacity once they hold nothing.
+    for name in departed.iter().filter(|n| !holding.contains(**n)) {
+        built.remove_node(name);
+    }
+    built.set_idle_since(&idle_before, now);
     let mut plan = scheduler::plan(&built.snapshot, now);
     // Only a fleet can terminate a drained node: never drain where there is none.
     plan.drain.retain(|n| {
@@ -556,6 +546,8 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
     for (id, w) in &work {
         w_finish(id, w, &mut out.jobs);
     }
+    // Finished jobs past their TTL: deleted (and not written).
+    retention(&work, &observed.queues, now, &mut out);
 
     // 5. Nodes, environments, queues, fleets.
     let holding = nodes_holding_jobs(&work);

@@ -1,9 +1,17 @@
 //! Unit tests of a whole pass.
 use super::*;
+use crate::api::batch_job::{ArrayStatus, AttemptStatus, JobPhase};
 use crate::api::batch_node::NodeJob;
+use crate::api::common::RetryAction;
 use crate::api::common::{EvaluateOnExit, RetryBackoff, RetryStrategy};
 use crate::cloud::{FleetInstance, Lifecycle};
 use crate::controller::snapshot::fixtures::*;
+use crate::controller::time::time;
+use crate::controller::{
+    CONDITION_DISRUPTED, CONDITION_READY, CONDITION_SCALING, CONDITION_VALID, LABEL_ARRAY_PARENT,
+};
+use crate::scheduler::DEPENDENCY_FAILED;
+use crate::scheduler::retry::REASON_NODE_LOST;
 
 mod cancel;
 
@@ -95,6 +103,11 @@ fn apply(o: &mut Observed, d: &Decisions) {
         j.metadata.generation = Some(1);
         jobs.push(j);
     }
+    jobs.retain(|j| {
+        !d.delete_jobs
+            .iter()
+            .any(|x| j.metadata.name.as_deref() == Some(&x.name) && j.metadata.uid == x.uid)
+    });
     o.jobs = jobs.into_iter().map(Arc::new).collect();
     let mut nodes: Vec<BatchNode> = o.nodes.iter().map(|n| (**n).clone()).collect();
     for u in &d.nodes {
@@ -158,6 +171,7 @@ fn settle(o: &mut Observed) {
             && d.queues.is_empty()
             && d.children.is_empty()
             && d.cancel_children.is_empty()
+            && d.delete_jobs.is_empty()
             && d.fleet.is_empty()
         {
             assert!(d.events.is_empty(), "events without writes: {:?}", d.events);
@@ -1612,4 +1626,128 @@ fn a_bound_job_keeps_the_template_it_was_pinned_to_when_its_definition_changes_o
     assert_eq!(s.phase, Some(JobPhase::Starting), "{:?}", s.message);
     assert_eq!(s.attempt, Some(2));
     assert_eq!(s.template, Some(pinned));
+}
+
+fn finished(name: &str, stopped: Seconds, ttl: Option<u32>) -> BatchJob {
+    let mut j = with_status(
+        job(name, "1", "1Gi", 0),
+        BatchJobStatus {
+            phase: Some(JobPhase::Succeeded),
+            stopped_at: Some(time(stopped)),
+            ..Default::default()
+        },
+    );
+    j.spec.ttl_seconds_after_finished = ttl;
+    j
+}
+
+#[test]
+fn finished_jobs_are_deleted_after_their_ttl_an_array_parent_with_its_children() {
+    let mut o = world(vec![], vec![]);
+    let mut q = queue("q", &["ce"]);
+    q.spec.job_ttl_seconds_after_finished = Some(600);
+    o.queues = vec![Arc::new(q)];
+    let parent = |name: &str, stopped: Seconds, ttl: u32| {
+        let mut p = array(finished(name, stopped, Some(ttl)), 2);
+        if let Some(s) = p.status.as_mut() {
+            s.array_status = Some(ArrayStatus {
+                size: 2,
+                succeeded: 2,
+                ..ArrayStatus::default()
+            });
+        }
+        p
+    };
+    // Children carry their parent's spec, TTL included, and finished long ago: they go
+    // only with their parent.
+    let expired = parent("arr", NOW - 100, 60);
+    let young = parent("young-arr", NOW - 100, 1000);
+    let kids = |p: &BatchJob| -> Vec<BatchJob> {
+        (0..2)
+            .map(|i| {
+                let mut c = child(p, i);
+                c.status = Some(BatchJobStatus {
+                    phase: Some(JobPhase::Succeeded),
+                    stopped_at: Some(time(NOW - 5000)),
+                    ..Default::default()
+                });
+                c
+            })
+            .collect()
+    };
+    let mut orphan = finished("gone-0", NOW - 5000, None);
+    orphan.spec.array_index = Some(0);
+    orphan.metadata.labels = Some(BTreeMap::from([(
+        LABEL_ARRAY_PARENT.to_string(),
+        "gone".to_string(),
+    )]));
+    let mut running = with_status(
+        job("running", "1", "1Gi", 0),
+        BatchJobStatus {
+            phase: Some(JobPhase::Running),
+            node: Some("n1".into()),
+            ..Default::default()
+        },
+    );
+    running.spec.ttl_seconds_after_finished = Some(0);
+    let mut jobs = vec![
+        // The queue's default (600 s): one past it, one not yet.
+        finished("old", NOW - 601, None),
+        finished("recent", NOW - 599, None),
+        // The job's own TTL wins over the queue's.
+        finished("own", NOW - 11, Some(10)),
+        finished("own-long", NOW - 700, Some(3600)),
+        running,
+        orphan,
+    ];
+    jobs.extend(kids(&expired));
+    jobs.extend(kids(&young));
+    jobs.push(expired);
+    jobs.push(young);
+    o.jobs = jobs.into_iter().map(Arc::new).collect();
+    o.nodes = vec![Arc::new(n1())];
+
+    let d = run(&o);
+    let deleted: Vec<(&str, bool)> = d
+        .delete_jobs
+        .iter()
+        .map(|x| (x.name.as_str(), x.array_parent))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            ("arr-0", false),
+            ("arr-1", false),
+            ("gone-0", false),
+            ("old", false),
+            ("own", false),
+            ("arr", true),
+        ]
+    );
+    assert_eq!(d.delete_jobs[0].uid.as_deref(), Some("uid-arr-0"));
+    assert!(
+        d.jobs
+            .iter()
+            .all(|u| !deleted.iter().any(|(n, _)| *n == u.name)),
+        "no write to a job being deleted: {:?}",
+        d.jobs
+    );
+    settle(&mut o);
+    let mut left: Vec<String> = o
+        .jobs
+        .iter()
+        .filter_map(|j| j.metadata.name.clone())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "own-long",
+            "recent",
+            "running",
+            "young-arr",
+            "young-arr-0",
+            "young-arr-1"
+        ]
+    );
 }

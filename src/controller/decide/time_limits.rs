@@ -3,7 +3,10 @@
 //! gives the action's reason, is cancelled (Failed, reason `Cancelled`; the message names
 //! the action, as AWS Batch's statusReason does). Pure: the time is an input.
 
+use crate::api::JobPhase;
 use crate::api::job_queue::{JobStateTimeLimitAction, StuckAction, StuckState};
+use crate::controller::CONDITION_SCHEDULED;
+use crate::controller::time::time;
 
 use super::cancel::REASON_CANCELLED;
 use super::*;

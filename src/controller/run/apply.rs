@@ -4,6 +4,10 @@
 use super::*;
 use std::collections::BTreeSet;
 
+use kube::api::{Preconditions, PropagationPolicy};
+
+use crate::controller::decide::JobDeletion;
+
 pub(super) fn cloud_error(ce: &str, e: CloudError) -> ControllerError {
     ControllerError::Fleet {
         compute_environment: ce.to_owned(),
@@ -60,21 +64,33 @@ pub(super) async fn apply(
         }
     };
 
-    for c in &d.children {
-        let ns = c.job.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        let r = match api.create(&pp, &c.job).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                // Created by an earlier pass, or a foreign job holds the name.
-                foreign_child(ctx, &api, &c.job).await
+    // Children concurrently, as the job writes: creating them is not the bottleneck of a
+    // large array.
+    let creates: Vec<_> = d
+        .children
+        .iter()
+        .map(|c| async move {
+            let ns = c.job.metadata.namespace.clone().unwrap_or_default();
+            let api: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            match api.create(&pp, &c.job).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    // Created by an earlier pass, or a foreign job holds the name.
+                    foreign_child(ctx, &api, &c.job).await
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        };
+        })
+        .collect();
+    let results: Vec<_> = futures::stream::iter(creates)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    for r in results {
         s.children += 1;
         record(r, "create array child", &mut s);
     }
@@ -98,6 +114,23 @@ pub(super) async fn apply(
         }),
         _ => false,
     };
+    // Finished jobs past their TTL, each guarded by its uid (a job created again under the
+    // same name is not touched): array children and plain jobs, then array parents.
+    for parents in [false, true] {
+        let deletes: Vec<_> = d
+            .delete_jobs
+            .iter()
+            .filter(|x| x.array_parent == parents)
+            .map(|x| delete_job(client, x))
+            .collect();
+        let results: Vec<_> = futures::stream::iter(deletes)
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        for r in results {
+            record(r, "delete job", &mut s);
+        }
+    }
 
     // Futures collected first: a closure inside the stream would make this future
     // not `Send` for every lifetime (rust-lang/rust#102211).
@@ -436,6 +469,28 @@ async fn cancel_child(client: &kube::Client, c: &CancelChild) -> Result<(), Cont
     )
     .await?;
     Ok(())
+}
+
+/// Deletes a finished job past its TTL, if it is still the one decided on (uid
+/// precondition); a job already gone is what was asked.
+async fn delete_job(client: &kube::Client, x: &JobDeletion) -> Result<(), ControllerError> {
+    let api: Api<BatchJob> = Api::namespaced(client.clone(), &x.namespace);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: x.uid.clone(),
+            resource_version: None,
+        }),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match api.delete(&x.name, &dp).await {
+        Ok(_) => {
+            debug!(namespace = %x.namespace, job = %x.name, "deleted a finished job past its ttlSecondsAfterFinished");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The controller-owned status of one node.

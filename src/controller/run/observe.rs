@@ -123,7 +123,12 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let api: Api<K> = Api::all(client.clone());
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    // managedFields are never read by the controller: not kept (a large part of every
+    // stored object, one entry per field manager).
+    let trimmed = watcher(api, watcher::Config::default()).modify(|o| {
+        o.meta_mut().managed_fields = None;
+    });
+    let stream = reflector::reflector(writer, trimmed)
         .default_backoff()
         .touched_objects()
         .map_ok(|_| ())

@@ -142,6 +142,7 @@ pub fn process_job(name: &str, script: &str) -> BatchJob {
             array_properties: None,
             array_index: None,
             share_identifier: None,
+            ttl_seconds_after_finished: None,
             expected_duration_seconds: None,
             parameters: Default::default(),
             cancel: None,

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# End-to-end figures of issue 13, measured on this machine in one run, each printed beside
+# its floor (the same machine forking and executing `sh -c true` one after another).
+#
+#   make bench-e2e                       # everything (takes several minutes)
+#   BENCH_SIZES="500 2000" BENCH_ARRAYS="3000" make bench-e2e
+#   ASG_BATCH_BIN=/path/to/asg-batch scripts/bench-e2e.sh   # measure another build (a baseline)
+#
+# Figures:
+# - floor: wall time of 5,000 `sh -c true` forked one after another;
+# - `asg-batch dev --exit-when-done`: wall time and max RSS for N independent trivial jobs
+#   (`sh -c true`, 100m cpu, 16Mi) on a local compute environment of 10 instances × 8 cpu;
+# - the same for one array job of N children;
+# - 10,000 finished jobs kept (dev's --data-dir), then `asg-batch apiserver` on that data and
+#   `asg-batch controller` against it: RSS of each after the controller's second pass, and
+#   the controller's first pass duration.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+SIZES=${BENCH_SIZES:-"500 2000 5000"}
+ARRAYS=${BENCH_ARRAYS:-"3000 10000"}
+HOLD=${BENCH_HOLD:-10000}
+FLOOR_N=${BENCH_FLOOR:-5000}
+WORK=$(mktemp -d /tmp/asg-batch-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [[ -z "${ASG_BATCH_BIN:-}" ]]; then
+    cargo build --release --bin asg-batch >&2
+    BIN=${CARGO_TARGET_DIR:-target}/release/asg-batch
+else
+    BIN=$ASG_BATCH_BIN
+fi
+echo "binary: $BIN"
+echo "machine: $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+
+environment() { # a local compute environment of 10 instances × 8 cpu and its queue
+    cat <<'EOF'
+apiVersion: asgbatch.io/v1alpha1
+kind: ComputeEnvironment
+metadata:
+  name: bench
+spec:
+  local:
+    executor: process
+  minInstances: 0
+  maxInstances: 10
+  instanceShape:
+    cpu: "8"
+    memory: 32Gi
+  scaleInAfterIdleSeconds: 600
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: JobQueue
+metadata:
+  name: bench
+spec:
+  priority: 1
+  computeEnvironments: [bench]
+EOF
+}
+
+jobs_manifest() { # N independent jobs
+    environment
+    for ((i = 0; i < $1; i++)); do
+        printf -- '---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata:\n  name: j-%d\n  namespace: default\nspec:\n  queue: bench\n  process:\n    command: ["sh", "-c", "true"]\n  resources:\n    cpu: 100m\n    memory: 16Mi\n' "$i"
+    done
+}
+
+array_manifest() { # one array job of N children
+    environment
+    printf -- '---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata:\n  name: arr\n  namespace: default\nspec:\n  queue: bench\n  arrayProperties:\n    size: %d\n  process:\n    command: ["sh", "-c", "true"]\n  resources:\n    cpu: 100m\n    memory: 16Mi\n' "$1"
+}
+
+# Runs `dev` on a manifest to completion; prints "wall_seconds max_rss_kib".
+run_dev() {
+    local manifest=$1
+    shift
+    local port
+    port=$(free_port)
+    /usr/bin/time -f '%e %M' -o "$WORK/time" "$BIN" dev --listen "127.0.0.1:$port" \
+        --kubeconfig "$WORK/dev.kubeconfig" -f "$manifest" --exit-when-done "$@" \
+        >"$WORK/dev.log" 2>&1 || {
+        echo "dev failed on $manifest:" >&2
+        tail -20 "$WORK/dev.log" >&2
+        exit 1
+    }
+    cat "$WORK/time"
+}
+
+# 1. The floor.
+t0=$(now)
+for ((i = 0; i < FLOOR_N; i++)); do sh -c true; done
+t1=$(now)
+FLOOR=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+echo
+echo "floor: $FLOOR_N × sh -c true one after another: ${FLOOR} s"
+echo
+printf '%-34s %10s %10s %9s %12s\n' "case" "wall s" "max MiB" "jobs/s" "× floor(N)"
+
+# 2. Independent jobs.
+for n in $SIZES; do
+    jobs_manifest "$n" >"$WORK/jobs.yaml"
+    read -r wall rss < <(run_dev "$WORK/jobs.yaml")
+    floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
+    printf '%-34s %10s %10s %9.0f %12s\n' "dev: $n jobs" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")"
+done
+
+# 3. Arrays.
+for n in $ARRAYS; do
+    array_manifest "$n" >"$WORK/array.yaml"
+    read -r wall rss < <(run_dev "$WORK/array.yaml")
+    floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
+    printf '%-34s %10s %10s %9.0f %12s\n' "dev: array of $n children" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")"
+done
+
+# 4. Holding $HOLD finished jobs: dev runs them into a data directory, then the API server
+#    and the controller run apart on it.
+if [[ "$HOLD" -gt 0 ]]; then
+    jobs_manifest "$HOLD" >"$WORK/hold.yaml"
+    read -r wall rss < <(run_dev "$WORK/hold.yaml" --data-dir "$WORK/data")
+    floor_n=$(awk -v f="$FLOOR" -v n="$HOLD" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
+    printf '%-34s %10s %10s %9.0f %12s\n' "dev: $HOLD jobs (--data-dir)" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$HOLD" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")"
+
+    port=$(free_port)
+    "$BIN" apiserver --listen "127.0.0.1:$port" --kubeconfig "$WORK/api.kubeconfig" \
+        --data-dir "$WORK/data" >"$WORK/api.log" 2>&1 &
+    api=$!
+    PIDS+=("$api")
+    for _ in $(seq 600); do [[ -s "$WORK/api.kubeconfig" ]] && break; sleep 0.1; done
+    mport=$(free_port)
+    KUBECONFIG="$WORK/api.kubeconfig" "$BIN" controller --leader-elect=false \
+        --metrics-bind-address "127.0.0.1:$mport" >"$WORK/controller.log" 2>&1 &
+    ctl=$!
+    PIDS+=("$ctl")
+    passes=0
+    for _ in $(seq 1200); do
+        passes=$(curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null |
+            awk '/^asg_batch_controller_pass_duration_seconds_count/ { s += $2 } END { print s + 0 }')
+        [[ "$passes" -ge 2 ]] && break
+        sleep 0.25
+    done
+    first=$(curl -s "http://127.0.0.1:$mport/metrics" |
+        awk '/^asg_batch_controller_pass_duration_seconds_sum/ { s += $2 } END { print s + 0 }')
+    rss_of() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+    hwm_of() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+    echo
+    echo "holding $HOLD finished jobs (after $passes controller passes; both passes took ${first} s):"
+    echo "  controller:  RSS $(mib "$(rss_of "$ctl")") MiB, peak $(mib "$(hwm_of "$ctl")") MiB"
+    echo "  API server:  RSS $(mib "$(rss_of "$api")") MiB, peak $(mib "$(hwm_of "$api")") MiB"
+fi
+echo
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
