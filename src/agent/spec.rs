@@ -4,7 +4,7 @@
 
 use super::executor::{RunSpec, Workload};
 use super::plan::AttemptKey;
-use crate::api::common::{EnvVar, JobTemplate};
+use crate::api::common::{DEFAULT_TERMINATION_GRACE_SECONDS, EnvVar, JobTemplate};
 use crate::api::{BatchJob, JobDefinition};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -155,6 +155,11 @@ pub fn build(job: &BatchJob, key: &AttemptKey, inputs: &SpecInputs) -> Result<Ru
         timeout: template
             .timeout_seconds
             .map(|s| Duration::from_secs(u64::from(s))),
+        grace: Duration::from_secs(u64::from(
+            template
+                .termination_grace_period_seconds
+                .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS),
+        )),
         settings,
         gpus: Vec::new(),
         gpu_count: template.resources.as_ref().map_or(0, |r| r.gpu),
