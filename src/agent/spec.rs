@@ -408,6 +408,18 @@ mod tests {
         assert!(matches!(&spec.workload, Workload::Container { image, .. } if image == "etl:1"));
         assert_eq!((spec.cpu_millis, spec.memory_bytes), (1500, 1 << 30));
         assert_eq!(spec.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(spec.grace, Duration::from_secs(30), "the default grace");
+        let graced = build(
+            &job(JobTemplate {
+                termination_grace_period_seconds: Some(0),
+                ..Default::default()
+            }),
+            &key(),
+            &inputs,
+        )
+        .expect("spec");
+        assert_eq!(graced.grace, Duration::ZERO, "the job's own grace wins");
+        assert_eq!(graced.timeout, spec.timeout, "the rest from the definition");
         assert_eq!(lookup(&spec, "AWS_BATCH_JOB_ID"), Some("u-1"));
         assert_eq!(lookup(&spec, "AWS_BATCH_JOB_ATTEMPT"), Some("2"));
         assert_eq!(lookup(&spec, "AWS_BATCH_CE_NAME"), Some("spot"));
