@@ -220,3 +220,44 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_adopted_process_is_stopped_with_sigterm_and_its_grace_too() {
+    use asg_batch::agent::executor::Adoption;
+    let work = tempfile::tempdir().expect("tempdir");
+    let d = work.path().display().to_string();
+    let script = format!(
+        "trap 'echo cleaned-up > {d}/marker; exit 7' TERM; touch {d}/ready; while :; do sleep 0.1; done"
+    );
+    let state = tempfile::tempdir().expect("state");
+    let exec = ProcessExecutor::new(state.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    // The first agent process starts the attempt, then goes away without stopping it.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let first = exec.run(spec(&script, None), tx, watch::channel(false).1);
+    let ready = work.path().join("ready");
+    tokio::select! {
+        outcome = first => panic!("ended on its own: {outcome:?}"),
+        () = crate::support::wait_until_async("the trap to be in place", Duration::from_secs(60), || ready.exists()) => {}
+    }
+    // The next one adopts it and is told to cancel it.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let adopted = exec
+        .adopt(
+            Adoption {
+                name: "proc".into(),
+                timeout: None,
+                grace: Duration::from_secs(60),
+                started_at: None,
+            },
+            tx,
+            watch::channel(true).1,
+        )
+        .await
+        .expect("adopted");
+    assert_eq!(
+        (adopted.reason, adopted.exit_code),
+        (EndReason::Cancelled, Some(7)),
+        "its own exit on SIGTERM, recorded by the shim: {adopted:?}"
+    );
+    assert!(work.path().join("marker").exists(), "the trap ran");
+}
