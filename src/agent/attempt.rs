@@ -259,6 +259,12 @@ async fn execute(
     let adoption = Adoption {
         name: name.clone(),
         timeout: spec.as_ref().and_then(|s| s.timeout),
+        grace: spec.as_ref().map_or(
+            Duration::from_secs(u64::from(
+                crate::api::common::DEFAULT_TERMINATION_GRACE_SECONDS,
+            )),
+            |s| s.grace,
+        ),
         started_at: reported,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -4,7 +4,7 @@
 
 use super::executor::{RunSpec, Workload};
 use super::plan::AttemptKey;
-use crate::api::common::{EnvVar, JobTemplate};
+use crate::api::common::{DEFAULT_TERMINATION_GRACE_SECONDS, EnvVar, JobTemplate};
 use crate::api::{BatchJob, JobDefinition};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -155,6 +155,11 @@ pub fn build(job: &BatchJob, key: &AttemptKey, inputs: &SpecInputs) -> Result<Ru
         timeout: template
             .timeout_seconds
             .map(|s| Duration::from_secs(u64::from(s))),
+        grace: Duration::from_secs(u64::from(
+            template
+                .termination_grace_period_seconds
+                .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS),
+        )),
         settings,
         gpus: Vec::new(),
         gpu_count: template.resources.as_ref().map_or(0, |r| r.gpu),
@@ -404,6 +409,18 @@ mod tests {
         assert!(matches!(&spec.workload, Workload::Container { image, .. } if image == "etl:1"));
         assert_eq!((spec.cpu_millis, spec.memory_bytes), (1500, 1 << 30));
         assert_eq!(spec.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(spec.grace, Duration::from_secs(30), "the default grace");
+        let graced = build(
+            &job(JobTemplate {
+                termination_grace_period_seconds: Some(0),
+                ..Default::default()
+            }),
+            &key(),
+            &inputs,
+        )
+        .expect("spec");
+        assert_eq!(graced.grace, Duration::ZERO, "the job's own grace wins");
+        assert_eq!(graced.timeout, spec.timeout, "the rest from the definition");
         assert_eq!(lookup(&spec, "AWS_BATCH_JOB_ID"), Some("u-1"));
         assert_eq!(lookup(&spec, "AWS_BATCH_JOB_ATTEMPT"), Some("2"));
         assert_eq!(lookup(&spec, "AWS_BATCH_CE_NAME"), Some("spot"));

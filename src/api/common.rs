@@ -509,7 +509,16 @@ pub struct JobTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1209600))]
     pub timeout_seconds: Option<u32>,
+    /// How long a running attempt that is stopped (cancelled, timed out, its job deleted)
+    /// has between SIGTERM and SIGKILL, as Kubernetes' `terminationGracePeriodSeconds` and
+    /// Docker's `stop -t`. 0 kills at once. Default 30 ([`DEFAULT_TERMINATION_GRACE_SECONDS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: Option<u32>,
 }
+
+/// Grace between SIGTERM and SIGKILL when a template sets none.
+pub const DEFAULT_TERMINATION_GRACE_SECONDS: u32 = 30;
 
 impl JobTemplate {
     /// The Secrets (in the job's namespace) this template's environment reads, sorted,
@@ -549,6 +558,9 @@ impl JobTemplate {
                 .clone()
                 .or_else(|| base.retry_strategy.clone()),
             timeout_seconds: self.timeout_seconds.or(base.timeout_seconds),
+            termination_grace_period_seconds: self
+                .termination_grace_period_seconds
+                .or(base.termination_grace_period_seconds),
         }
     }
 }

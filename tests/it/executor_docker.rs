@@ -26,6 +26,8 @@ fn spec(name: &str, script: &str) -> RunSpec {
         cpu_millis: 500,
         memory_bytes: 64 << 20,
         timeout: None,
+        // Stopped at once (`terminationGracePeriodSeconds: 0`) unless a test sets a grace.
+        grace: Duration::ZERO,
         settings: Default::default(),
         gpus: vec![],
         gpu_count: 0,
@@ -56,6 +58,7 @@ async fn run(
             asg_batch::agent::executor::Adoption {
                 name,
                 timeout: None,
+                grace: Duration::ZERO,
                 started_at: None,
             },
             mpsc::unbounded_channel().0,
@@ -167,4 +170,54 @@ async fn container_attempts_end_as_aws_batch_reports_them() {
         matches!(progress.as_slice(), [Progress::Pulling { .. }]),
         "{progress:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_container_gets_sigterm_and_its_grace_period() {
+    use futures::StreamExt;
+    let podman = PodmanService::start();
+    let exec = DockerExecutor::connect(&podman.socket.display().to_string())
+        .await
+        .expect("connect")
+        .with_network_mode("none");
+    let docker = podman.docker().await;
+    // The shell (PID 1 of the container) traps SIGTERM, writes its marker and exits 5.
+    let mut s = spec(
+        "grace",
+        "trap 'echo cleaned-up; exit 5' TERM; echo ready; while :; do sleep 0.1; done",
+    );
+    s.grace = Duration::from_secs(60);
+    let name = s.name.clone();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let canceller = tokio::spawn(async move {
+        // Cancel once the trap is in place: the container said `ready`.
+        loop {
+            let options = bollard::query_parameters::LogsOptions {
+                stdout: true,
+                ..Default::default()
+            };
+            let mut logs = docker.logs(&name, Some(options));
+            let mut text = String::new();
+            while let Some(Ok(chunk)) = logs.next().await {
+                text.push_str(&chunk.to_string());
+            }
+            if text.contains("ready") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = cancel_tx.send(true);
+        std::future::pending::<()>().await;
+    });
+    let name = s.name.clone();
+    let outcome = exec.run(s, tx, cancel_rx).await;
+    canceller.abort();
+    exec.release(&name).await;
+    assert_eq!(
+        (outcome.reason, outcome.exit_code),
+        (EndReason::Cancelled, Some(5)),
+        "its own exit within the grace, not SIGKILL's 137: {outcome:?}"
+    );
+    assert_eq!(outcome.log_tail, "ready\ncleaned-up", "{outcome:?}");
 }

@@ -1,4 +1,5 @@
-//! The process executor: exit codes, output tail, environment, timeout, cancellation.
+//! The process executor: exit codes, output tail, environment, timeout, cancellation,
+//! the grace period between SIGTERM and SIGKILL.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use asg_batch::agent::executor::process::ProcessExecutor;
@@ -17,6 +18,8 @@ fn spec(script: &str, timeout: Option<Duration>) -> RunSpec {
         cpu_millis: 0,
         memory_bytes: 0,
         timeout,
+        // Killed at once (`terminationGracePeriodSeconds: 0`) unless a test sets a grace.
+        grace: Duration::ZERO,
         settings: Default::default(),
         gpus: vec![],
         gpu_count: 0,
@@ -109,4 +112,152 @@ async fn a_missing_program_is_a_start_failure() {
         o.status_reason
     );
     assert!(o.started_at.is_none());
+}
+
+/// Runs `spec`, cancelling it once the file `ready` exists (the program wrote it after
+/// installing its SIGTERM trap).
+async fn run_cancelled_when(spec: RunSpec, ready: std::path::PathBuf) -> Outcome {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let canceller = tokio::spawn(async move {
+        while !ready.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = cancel_tx.send(true);
+        std::future::pending::<()>().await;
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = ProcessExecutor::new(dir.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let outcome = exec.run(spec, tx, cancel_rx).await;
+    canceller.abort();
+    outcome
+}
+
+#[tokio::test]
+async fn a_stopped_process_gets_sigterm_and_its_grace_period() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let d = work.path().display().to_string();
+    // Traps SIGTERM: writes its marker and exits 7 on its own, well within the grace.
+    let script = format!(
+        "trap 'echo cleaned-up > {d}/marker; exit 7' TERM; touch {d}/ready; while :; do sleep 0.1; done"
+    );
+    let mut s = spec(&script, None);
+    s.grace = Duration::from_secs(60);
+    let c = run_cancelled_when(s, work.path().join("ready")).await;
+    assert_eq!(c.reason, EndReason::Cancelled, "{c:?}");
+    assert_eq!(
+        c.exit_code,
+        Some(7),
+        "the program's own exit, recorded by the shim that survived the SIGTERM: {c:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("marker")).expect("the trap ran"),
+        "cleaned-up\n"
+    );
+
+    // A timeout stops the same way (as AWS Batch's timeout does).
+    std::fs::remove_file(work.path().join("marker")).expect("rm marker");
+    let mut t = spec(&script, Some(Duration::from_millis(500)));
+    t.grace = Duration::from_secs(60);
+    let t = run(t, None).await;
+    assert_eq!(
+        (t.reason, t.exit_code),
+        (EndReason::Timeout, Some(7)),
+        "{t:?}"
+    );
+    assert!(
+        work.path().join("marker").exists(),
+        "the trap ran on timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let d = work.path().display().to_string();
+    // Notes the SIGTERM and carries on; records that it still ran after it.
+    let script = format!(
+        "trap 'echo term >> {d}/observed' TERM; echo $$ > {d}/pid; touch {d}/ready; \
+         while :; do if [ -s {d}/observed ]; then echo still-running >> {d}/observed; fi; sleep 0.1; done"
+    );
+    let mut s = spec(&script, None);
+    s.grace = Duration::from_secs(2);
+    let c = run_cancelled_when(s, work.path().join("ready")).await;
+    assert_eq!(
+        (c.reason, c.exit_code),
+        (EndReason::Cancelled, Some(137)),
+        "killed with SIGKILL after the grace: {c:?}"
+    );
+    let observed = std::fs::read_to_string(work.path().join("observed")).expect("observed");
+    let lines: Vec<&str> = observed.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"term"),
+        "SIGTERM came first: {observed}"
+    );
+    assert!(
+        lines.iter().skip(1).any(|l| *l == "still-running"),
+        "it ran on after the SIGTERM until the SIGKILL: {observed}"
+    );
+    let pid: i32 = std::fs::read_to_string(work.path().join("pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // Gone (or a zombie nobody reaped yet: dead either way); SIGKILL is delivered
+    // asynchronously, so its death is awaited, not assumed at the instant of the report.
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("gone")
+            .to_string()
+    };
+    crate::support::wait_until_async(
+        "the program ignoring SIGTERM to be killed",
+        Duration::from_secs(30),
+        || matches!(state().as_str(), "gone" | "Z" | "X"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_adopted_process_is_stopped_with_sigterm_and_its_grace_too() {
+    use asg_batch::agent::executor::Adoption;
+    let work = tempfile::tempdir().expect("tempdir");
+    let d = work.path().display().to_string();
+    let script = format!(
+        "trap 'echo cleaned-up > {d}/marker; exit 7' TERM; touch {d}/ready; while :; do sleep 0.1; done"
+    );
+    let state = tempfile::tempdir().expect("state");
+    let exec = ProcessExecutor::new(state.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    // The first agent process starts the attempt, then goes away without stopping it.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let first = exec.run(spec(&script, None), tx, watch::channel(false).1);
+    let ready = work.path().join("ready");
+    tokio::select! {
+        outcome = first => panic!("ended on its own: {outcome:?}"),
+        () = crate::support::wait_until_async("the trap to be in place", Duration::from_secs(60), || ready.exists()) => {}
+    }
+    // The next one adopts it and is told to cancel it.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let adopted = exec
+        .adopt(
+            Adoption {
+                name: "proc".into(),
+                timeout: None,
+                grace: Duration::from_secs(60),
+                started_at: None,
+            },
+            tx,
+            watch::channel(true).1,
+        )
+        .await
+        .expect("adopted");
+    assert_eq!(
+        (adopted.reason, adopted.exit_code),
+        (EndReason::Cancelled, Some(7)),
+        "its own exit on SIGTERM, recorded by the shim: {adopted:?}"
+    );
+    assert!(work.path().join("marker").exists(), "the trap ran");
 }

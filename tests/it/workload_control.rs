@@ -430,3 +430,63 @@ spec:
     assert!(st.runnable_since.is_none());
     h.wait_events("huge", &["Cancelled"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_job_gets_sigterm_and_its_grace_period() {
+    let (h, agent) = world("").await;
+    // The example traps SIGTERM, saves a checkpoint and exits 143 (grace: 120 s).
+    apply_yaml(&h.client, &example("graceful-stop.yaml")).await;
+    h.wait_job("checkpointing-etl", "Running", is(JobPhase::Running))
+        .await;
+    // Its output says `working` once the trap is in place (the shim's output file).
+    let state = process_executor().attempt_dir("");
+    support::eventually(
+        "the example's output to say `working`",
+        || async {
+            std::fs::read_dir(&state)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("asgb-checkpointing-etl-")
+                })
+                .any(|e| {
+                    std::fs::read_to_string(e.path().join("output"))
+                        .is_ok_and(|o| o.contains("working"))
+                })
+        },
+        |ready| *ready,
+    )
+    .await;
+    let said = cancel_cli(&h, &["checkpointing-etl", "--reason", "maintenance window"]);
+    assert!(said.contains("terminating"), "{said}");
+    let j = h
+        .wait_job("checkpointing-etl", "Failed", is(JobPhase::Failed))
+        .await;
+    assert_eq!(reason(&j), Some("Terminated"));
+    assert_eq!(message(&j), Some("maintenance window"));
+    let st = j.status.clone().unwrap_or_default();
+    assert_eq!(
+        st.template
+            .as_ref()
+            .and_then(|t| t.termination_grace_period_seconds),
+        Some(120),
+        "pinned: {st:?}"
+    );
+    let a1 = &st.attempts[0];
+    assert_eq!(a1.reason.as_deref(), Some("Cancelled"), "{a1:?}");
+    assert_eq!(
+        a1.exit_code,
+        Some(143),
+        "its own exit on SIGTERM, not a SIGKILL (137): {a1:?}"
+    );
+    assert!(
+        a1.log_tail
+            .as_deref()
+            .is_some_and(|t| t.contains("SIGTERM: checkpoint saved")),
+        "{a1:?}"
+    );
+    agent.stop().await.expect("agent stops");
+}

@@ -17,7 +17,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, LogsOptions,
-    RemoveContainerOptions, WaitContainerOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -189,8 +189,8 @@ impl DockerExecutor {
 
         let ending = tokio::select! {
             code = self.exit_code(&spec.name) => Ending::Exited(code.unwrap_or(-1)),
-            () = expires(spec.timeout) => Ending::TimedOut(self.kill(&spec.name).await),
-            () = cancelled(cancel) => Ending::Cancelled(self.kill(&spec.name).await),
+            () = expires(spec.timeout) => Ending::TimedOut(self.stop(&spec.name, spec.grace).await),
+            () = cancelled(cancel) => Ending::Cancelled(self.stop(&spec.name, spec.grace).await),
         };
         let stopped_at = Timestamp::now();
         // The container stays until the ending is reported (`release`).
@@ -250,8 +250,8 @@ impl DockerExecutor {
             tracing::info!(container = name, "re-adopting a running container");
             let ending = tokio::select! {
                 code = self.exit_code(name) => Ending::Exited(code.unwrap_or(-1)),
-                () = expires(adoption.remaining(own_start)) => Ending::TimedOut(self.kill(name).await),
-                () = cancelled(cancel) => Ending::Cancelled(self.kill(name).await),
+                () = expires(adoption.remaining(own_start)) => Ending::TimedOut(self.stop(name, adoption.grace).await),
+                () = cancelled(cancel) => Ending::Cancelled(self.stop(name, adoption.grace).await),
             };
             (ending, Timestamp::now())
         } else {
@@ -277,6 +277,26 @@ impl DockerExecutor {
             stopped_at,
             log_tail,
         })
+    }
+
+    /// Stops the container as `docker stop -t GRACE` does (its stop signal, SIGTERM by
+    /// default, then SIGKILL after `grace`) and returns the code it ended with. Killed
+    /// at once when the engine refuses the stop.
+    async fn stop(&self, name: &str, grace: std::time::Duration) -> Option<i32> {
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)),
+            signal: None,
+        };
+        // The request lasts up to the grace: the client's timeout must outlast it.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(grace + std::time::Duration::from_secs(60));
+        if let Err(e) = docker.stop_container(name, Some(options)).await {
+            tracing::warn!(container = name, error = %e, "stopping the container failed: killing it");
+            return self.kill(name).await;
+        }
+        self.exit_code(name).await
     }
 
     /// Kills the container and returns the code it died with.
@@ -472,6 +492,7 @@ mod tests {
             cpu_millis: 1500,
             memory_bytes: 1 << 30,
             timeout: None,
+            grace: std::time::Duration::from_secs(30),
             settings,
             gpu_count: u32::try_from(gpus.len()).unwrap_or(0),
             gpus,

@@ -57,6 +57,9 @@ pub struct RunSpec {
     pub memory_bytes: u64,
     /// Stop the attempt after this long, with reason `Timeout`.
     pub timeout: Option<Duration>,
+    /// When the attempt is stopped (timeout, cancellation): how long between SIGTERM and
+    /// SIGKILL (`terminationGracePeriodSeconds`).
+    pub grace: Duration,
     /// Container settings (volumes, user, privileges, ulimits, Linux parameters); the
     /// container executor applies them, the process executor has none.
     pub settings: ContainerSettings,
@@ -238,6 +241,8 @@ pub struct Adoption {
     pub name: String,
     /// Its timeout, counted from when it started.
     pub timeout: Option<Duration>,
+    /// How long between SIGTERM and SIGKILL when it is stopped.
+    pub grace: Duration,
     /// When it started, as reported then (`attempts[N].startedAt`); the executor's own
     /// record of the start is used when unknown.
     pub started_at: Option<Timestamp>,
@@ -315,6 +320,7 @@ mod tests {
         let a = Adoption {
             name: "x".into(),
             timeout: Some(Duration::from_secs(100)),
+            grace: Duration::from_secs(30),
             started_at: Some(started),
         };
         let left = a.remaining(None).expect("a timeout");

@@ -167,13 +167,11 @@ impl ProcessExecutor {
             status = child.wait() => Ending::Exited(status.map(shim::exit_code).unwrap_or(-1)),
             () = expires(spec.timeout) => {
                 stop_intent(&dir, StopReason::Timeout);
-                kill_child_group(&child);
-                Ending::TimedOut(child.wait().await.ok().map(shim::exit_code))
+                Ending::TimedOut(stop_child(&mut child, spec.grace).await)
             }
             () = cancelled(cancel) => {
                 stop_intent(&dir, StopReason::Cancelled);
-                kill_child_group(&child);
-                Ending::Cancelled(child.wait().await.ok().map(shim::exit_code))
+                Ending::Cancelled(stop_child(&mut child, spec.grace).await)
             }
         };
         // The shim mirrors the program's code; its record says when the program stopped.
@@ -235,17 +233,32 @@ impl ProcessExecutor {
         };
         if let Some(reason) = killed {
             stop_intent(&dir, reason);
-            record.kill();
-            while record.alive() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            record.terminate();
+            let ended = async {
+                while record.alive() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            if tokio::time::timeout(adoption.grace, ended).await.is_err() {
+                tracing::info!(attempt = %adoption.name, grace = ?adoption.grace, "still running after the grace period: killing it");
+                record.kill();
+                while record.alive() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
         let exit = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE));
         let stopped_at = exit.as_ref().map_or_else(Timestamp::now, |r| r.stopped_at);
-        let ending = match (exit.and_then(|r| r.exit_code), killed) {
+        // A program that ended on SIGTERM within the grace has its code recorded.
+        let code = exit.and_then(|r| r.exit_code);
+        let ending = match (code, killed) {
             (Some(code), None) => Ending::Exited(code),
-            (_, Some(StopReason::Timeout)) => Ending::TimedOut(Some(SIGKILL_EXIT)),
-            (_, Some(StopReason::Cancelled)) => Ending::Cancelled(Some(SIGKILL_EXIT)),
+            (code, Some(StopReason::Timeout)) => {
+                Ending::TimedOut(Some(code.unwrap_or(SIGKILL_EXIT)))
+            }
+            (code, Some(StopReason::Cancelled)) => {
+                Ending::Cancelled(Some(code.unwrap_or(SIGKILL_EXIT)))
+            }
             // The shim died without recording the end: killed by an earlier agent (which
             // said why first), or by someone else.
             (None, None) => {
@@ -271,15 +284,35 @@ fn stop_intent(dir: &Path, reason: StopReason) {
     let _ = shim::write_json(&dir.join(STOP_FILE), &StopRecord { reason });
 }
 
-/// SIGKILLs the shim's process group (the shim leads it: it called setsid).
-fn kill_child_group(child: &tokio::process::Child) {
+/// Sends `signal` to the shim's process group (the shim leads it: it called setsid).
+fn signal_child_group(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         let pid = nix::unistd::Pid::from_raw(pid);
-        if nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).is_err() {
+        if nix::sys::signal::killpg(pid, signal).is_err() {
             // Not a group leader yet (it had not reached setsid): the shim alone.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(pid, signal);
         }
     }
+}
+
+/// SIGKILLs the shim's process group.
+fn kill_child_group(child: &tokio::process::Child) {
+    signal_child_group(child, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Stops a running attempt as `docker stop` does: SIGTERM to the program's process group
+/// (the shim survives it and records the program's exit), then SIGKILL to the group when
+/// it still runs after `grace`. Returns the code the shim exited with.
+async fn stop_child(child: &mut tokio::process::Child, grace: Duration) -> Option<i32> {
+    if !grace.is_zero() {
+        signal_child_group(child, nix::sys::signal::Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
+            return status.ok().map(shim::exit_code);
+        }
+        tracing::info!(?grace, "still running after the grace period: killing it");
+    }
+    kill_child_group(child);
+    child.wait().await.ok().map(shim::exit_code)
 }
 
 /// The outcome of an ended attempt, its log tail read from its output file.

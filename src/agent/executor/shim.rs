@@ -12,8 +12,12 @@
 //!   program has started;
 //! - `exit.json` ([`ExitRecord`]): the exit code and stop time, or why the program could
 //!   not start;
-//! - `stop.json` ([`StopRecord`]): written by the agent before it kills the attempt
+//! - `stop.json` ([`StopRecord`]): written by the agent before it stops the attempt
 //!   (timeout or cancellation), so an agent that restarts in between knows why it died;
+//!
+//! Stopping: the agent sends SIGTERM to the shim's process group, then SIGKILL after the
+//! attempt's grace period. The shim handles SIGTERM (so it survives it; the program gets
+//! the default action) and records the program's exit when it ends within the grace.
 //! - `output`: the program's stdout and stderr; `shim.log`: the shim's own errors.
 
 use jiff::Timestamp;
@@ -148,11 +152,19 @@ impl ShimRecord {
     /// SIGKILLs the shim's process group (the shim and everything the program started),
     /// if the shim is still the process recorded.
     pub fn kill(&self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// SIGTERMs the shim's process group, if the shim is still the process recorded: the
+    /// program (and what it started) gets the signal, the shim survives it and records
+    /// how the program ended.
+    pub fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
         if self.alive() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(self.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid), signal);
         }
     }
 }
@@ -180,6 +192,17 @@ pub fn main(state: &Path, command: &[String]) -> i32 {
     };
     let Some((program, args)) = command.split_first() else {
         return fail("empty command".into());
+    };
+    // The agent stops an attempt with SIGTERM to the whole process group, then SIGKILL
+    // after the grace period: the shim must outlive the SIGTERM to record the program's
+    // exit. A handler (not SIG_IGN, which the program would inherit) replaces the default
+    // action for the shim's lifetime; exec resets it to the default in the program.
+    let _term = match ignore_sigterm() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("asg-batch shim: cannot handle SIGTERM: {e}");
+            None
+        }
     };
     let output = match std::fs::OpenOptions::new()
         .create(true)
@@ -239,6 +262,19 @@ pub fn main(state: &Path, command: &[String]) -> i32 {
         eprintln!("asg-batch shim: cannot write {EXIT_FILE}: {e}");
     }
     code
+}
+
+/// Installs a SIGTERM handler in this process (kept while the returned value lives; the
+/// handler itself stays for the process's lifetime).
+fn ignore_sigterm() -> std::io::Result<(tokio::runtime::Runtime, tokio::signal::unix::Signal)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let term = {
+        let _in_runtime = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
+    };
+    Ok((runtime, term))
 }
 
 /// The exit code of a status: the code, or 128 + the signal that killed it.
