@@ -6,6 +6,7 @@ use crate::cloud::{FleetInstance, Lifecycle};
 use crate::controller::snapshot::fixtures::*;
 
 mod cancel;
+mod spot;
 
 const NOW: Seconds = 10_000;
 
@@ -108,6 +109,7 @@ fn apply(o: &mut Observed, d: &Decisions) {
             s.protected_from_scale_in = old.protected_from_scale_in;
             s.accepting_attempts = old.accepting_attempts;
             s.running_attempts = old.running_attempts;
+            s.interruption = old.interruption;
             n.status = Some(s);
         }
     }
