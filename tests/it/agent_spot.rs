@@ -223,19 +223,24 @@ async fn an_interruption_stops_the_running_attempt_and_the_job_is_retried_elsewh
     let (h, spot, notices) = world().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
-    // The first attempt records its pid and runs until stopped; the second succeeds.
-    apply_yaml(
-        &h.client,
-        &job(
-            "victim",
-            &format!(
-                "if [ -f {d}/first ]; then echo $$ > {d}/second; exit 0; fi; \
-                 touch {d}/first; echo $$ > {d}/victim.pid; exec sleep 600"
-            ),
-            "  retryStrategy: {attempts: 2}",
-        ),
+    // The example (retry on `SpotInterruption*`, exit on anything else), in queue `q`,
+    // with a command whose first attempt records its pid and runs until stopped and whose
+    // second succeeds.
+    let mut doc = support::manifests::read_documents(
+        &support::repo_root().join("manifests/examples/spot-retry.yaml"),
     )
-    .await;
+    .remove(0);
+    doc["metadata"]["name"] = "victim".into();
+    doc["spec"]["queue"] = "q".into();
+    doc["spec"]["process"]["command"] = serde_json::json!([
+        "sh",
+        "-c",
+        format!(
+            "if [ -f {d}/first ]; then echo $$ > {d}/second; exit 0; fi; \
+             touch {d}/first; echo $$ > {d}/victim.pid; exec sleep 600"
+        )
+    ]);
+    apply_yaml(&h.client, &doc.to_string()).await;
     let pid = read_pid(&dir.path().join("victim.pid")).await;
     let v = h.wait_job("victim", "Running", is(JobPhase::Running)).await;
     assert_eq!(node_of(&v), Some("i-0spot"));
