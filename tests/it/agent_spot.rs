@@ -286,3 +286,68 @@ async fn an_interruption_stops_the_running_attempt_and_the_job_is_retried_elsewh
     spot.stop().await.expect("agent stops");
     other.stop().await.expect("agent stops");
 }
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    if s.write_all(req.as_bytes()).await.is_ok() {
+        let _ = s.read_to_string(&mut out).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_command_watches_the_imds_endpoint_it_is_given() {
+    let h = support::controller::start_server(LOCAL_WORLD).await;
+    let (endpoint, notices) = imds_stub().await;
+    notices.lock().unwrap().rebalance = Some(r#"{"noticeTime": "2026-11-30T09:00:00Z"}"#.into());
+    let data = tempfile::tempdir().expect("data dir");
+    let metrics_addr = format!("127.0.0.1:{}", support::free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asg-batch"))
+        .args([
+            "agent",
+            "--compute-environment",
+            "local",
+            "--instance-id",
+            "i-0cli",
+            "--heartbeat-interval",
+            "1",
+            "--spot-poll-interval",
+            "1",
+            "--imds-endpoint",
+            &endpoint,
+            "--metrics-bind-address",
+            &metrics_addr,
+            "--data-dir",
+            &data.path().display().to_string(),
+        ])
+        .env("KUBECONFIG", h.server.kubeconfig())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start agent");
+    let n = h
+        .wait_node("i-0cli", "the rebalance recommendation", |n| {
+            n.status
+                .as_ref()
+                .is_some_and(|s| s.interruption.is_some() && s.accepting_attempts == Some(false))
+        })
+        .await;
+    let i = n.status.and_then(|s| s.interruption).expect("interruption");
+    assert_eq!(
+        (i.kind, i.time.as_deref()),
+        (InterruptionKind::Rebalance, Some("2026-11-30T09:00:00Z"))
+    );
+    support::eventually(
+        "asg_batch_agent_spot_notice 1",
+        || http_get(&metrics_addr, "/metrics"),
+        |m| m.contains("asg_batch_agent_spot_notice 1"),
+    )
+    .await;
+    child.kill().await.expect("kill agent");
+}
