@@ -22,7 +22,8 @@ check:
 ## both in every run).
 KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
               controller_aws controller_retention controller_estimates aws_iam agent_jobs \
-              agent_protection agent_cli agent_docker agent_container_settings workload_control
+              agent_protection agent_cli agent_docker agent_container_settings workload_control \
+              agent_spot
 test-kube:
 	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test it -- \
 	    $(addsuffix ::,$(KUBE_SUITES)) commands::controller_and_agent_binaries

@@ -182,6 +182,9 @@ pub async fn run(
             if let Ok(guard) = cancel_reason.lock() {
                 if let Some(why) = *guard {
                     outcome.status_reason = why.message().to_string();
+                    if why == CancelWhy::SpotInterruption {
+                        outcome.reason = EndReason::SpotInterruption;
+                    }
                 }
             }
         }

@@ -54,6 +54,10 @@ pub struct AgentArgs {
     /// Instance metadata endpoint.
     #[arg(long, default_value = IMDS_ENDPOINT)]
     pub imds_endpoint: String,
+    /// Seconds between two polls of the instance metadata service for Spot interruption
+    /// notices and rebalance recommendations (at `--imds-endpoint`); `0` disables it.
+    #[arg(long, default_value_t = super::spot::DEFAULT_POLL_SECONDS)]
+    pub spot_poll_interval: u64,
     /// Data directory: process jobs keep their state (exit code, output) in
     /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
@@ -282,6 +286,15 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
     .with_heartbeat_interval(Duration::from_secs(args.heartbeat_interval.max(1)))
     .with_idle_polls(args.idle_polls)
     .with_data_dir(args.data_dir.clone())
+    .with_spot_watch(
+        (args.spot_poll_interval > 0).then(|| super::spot::SpotWatch {
+            imds: ImdsOptions {
+                endpoint: args.imds_endpoint.clone(),
+                ..ImdsOptions::default()
+            },
+            interval: Duration::from_secs(args.spot_poll_interval),
+        }),
+    )
     .with_shutdown_mode(match args.on_shutdown {
         OnShutdown::Leave => ShutdownMode::Leave,
         OnShutdown::Cancel => ShutdownMode::Cancel,

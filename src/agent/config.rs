@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: nowhere).
     pub metrics_bind_address: Option<std::net::SocketAddr>,
+    /// Watch the instance metadata service for Spot notices (`None`: not watched).
+    pub spot: Option<super::spot::SpotWatch>,
 }
 
 impl AgentConfig {
@@ -79,6 +81,7 @@ impl AgentConfig {
             shutdown_mode: ShutdownMode::Leave,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             metrics_bind_address: None,
+            spot: None,
         }
     }
 
@@ -121,6 +124,12 @@ impl AgentConfig {
     /// Where the process executor keeps its per-attempt state: `<data_dir>/attempts`.
     pub fn attempts_dir(&self) -> PathBuf {
         self.data_dir.join("attempts")
+    }
+
+    /// Watches for Spot notices as `spot` says (`None`: not at all).
+    pub fn with_spot_watch(mut self, spot: Option<super::spot::SpotWatch>) -> Self {
+        self.spot = spot;
+        self
     }
 
     /// Overrides the node name (default: the instance id lower-cased).

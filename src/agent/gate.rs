@@ -12,13 +12,16 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use crate::api::batch_node::{NodeJob, NodePhase};
+use crate::api::batch_node::{InterruptionKind, NodeInterruption, NodeJob, NodePhase};
 
 use super::plan::AttemptKey;
 
 #[derive(Debug, Default)]
 struct State {
     draining: bool,
+    /// A Spot notice read from the instance metadata service: kept for good (the
+    /// instance is going away), so nothing starts here any more.
+    interruption: Option<NodeInterruption>,
     running: BTreeMap<AttemptKey, NodeJob>,
 }
 
@@ -36,6 +39,8 @@ pub struct Report {
     pub accepting: bool,
     /// The attempts it runs or is still reporting.
     pub running: Vec<NodeJob>,
+    /// The Spot notice the agent saw, if any (`status.interruption`).
+    pub interruption: Option<NodeInterruption>,
 }
 
 impl Gate {
@@ -46,7 +51,7 @@ impl Gate {
     /// Records a new attempt unless the node is draining; returns whether it may start.
     pub fn admit(&self, key: &AttemptKey) -> bool {
         let mut s = self.lock();
-        if s.draining {
+        if s.draining || s.interruption.is_some() {
             return false;
         }
         s.running.insert(key.clone(), node_job(key));
@@ -68,9 +73,37 @@ impl Gate {
     pub fn report(&self) -> Report {
         let s = self.lock();
         Report {
-            accepting: !s.draining,
+            accepting: !s.draining && s.interruption.is_none(),
             running: s.running.values().cloned().collect(),
+            interruption: s.interruption.clone(),
         }
+    }
+
+    /// Takes in a Spot notice: from now on nothing starts here. The first notice is
+    /// kept, except that an instance action replaces a rebalance recommendation. Returns
+    /// whether the notice changed what the gate holds.
+    pub fn interrupt(&self, notice: NodeInterruption) -> bool {
+        let mut s = self.lock();
+        let replace = match &s.interruption {
+            None => true,
+            Some(old) => {
+                old.kind == InterruptionKind::Rebalance
+                    && notice.kind == InterruptionKind::InstanceAction
+            }
+        };
+        if replace {
+            tracing::warn!(kind = ?notice.kind, action = ?notice.action, time = ?notice.time, "Spot notice: no new attempts start here");
+            s.interruption = Some(notice);
+        }
+        replace
+    }
+
+    /// Whether an instance action (a Spot interruption proper) was noticed.
+    pub fn instance_action(&self) -> bool {
+        self.lock()
+            .interruption
+            .as_ref()
+            .is_some_and(|i| i.kind == InterruptionKind::InstanceAction)
     }
 
     /// Takes in the node's phase as the API server returned it.
@@ -122,7 +155,8 @@ mod tests {
             g.report(),
             Report {
                 accepting: true,
-                running: vec![node_job(&key("a"))]
+                running: vec![node_job(&key("a"))],
+                interruption: None,
             }
         );
         g.observe_phase(Some(NodePhase::Draining));
@@ -137,10 +171,46 @@ mod tests {
             g.report(),
             Report {
                 accepting: false,
-                running: vec![]
+                running: vec![],
+                interruption: None,
             }
         );
         g.observe_phase(Some(NodePhase::Ready));
         assert!(g.admit(&key("b")));
+    }
+
+    fn notice(kind: InterruptionKind) -> NodeInterruption {
+        NodeInterruption {
+            kind,
+            action: (kind == InterruptionKind::InstanceAction).then(|| "terminate".into()),
+            time: Some("2026-11-30T10:00:00Z".into()),
+            noticed_at: crate::api::common::Time(jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn a_spot_notice_stops_admissions_for_good_and_is_reported() {
+        let g = Gate::default();
+        assert!(g.admit(&key("a")));
+        assert!(g.interrupt(notice(InterruptionKind::Rebalance)));
+        assert!(!g.instance_action());
+        assert!(!g.admit(&key("b")), "nothing starts after a notice");
+        let r = g.report();
+        assert!(!r.accepting);
+        assert_eq!(r.running, vec![node_job(&key("a"))], "running work goes on");
+        assert_eq!(
+            r.interruption.map(|i| i.kind),
+            Some(InterruptionKind::Rebalance)
+        );
+        assert!(
+            !g.interrupt(notice(InterruptionKind::Rebalance)),
+            "the first notice is kept"
+        );
+        assert!(g.interrupt(notice(InterruptionKind::InstanceAction)));
+        assert!(g.instance_action());
+        assert!(!g.interrupt(notice(InterruptionKind::Rebalance)));
+        assert!(g.instance_action(), "never downgraded");
+        g.observe_phase(Some(NodePhase::Ready));
+        assert!(!g.admit(&key("c")), "a Ready phase does not lift a notice");
     }
 }

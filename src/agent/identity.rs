@@ -70,21 +70,26 @@ impl Default for ImdsOptions {
 const INSTANCE_ID: &str = "/latest/meta-data/instance-id";
 const INSTANCE_TYPE: &str = "/latest/meta-data/instance-type";
 
-/// Reads the instance id and type from IMDSv2.
-#[tracing::instrument(skip_all, fields(endpoint = %options.endpoint))]
-pub async fn from_imds(options: &ImdsOptions) -> Result<Identity, IdentityError> {
+/// An IMDSv2 client (token flow, retries, timeouts) for `options`.
+pub fn imds_client(options: &ImdsOptions) -> Result<aws_config::imds::Client, IdentityError> {
     let builder = aws_config::imds::Client::builder()
         .endpoint(&options.endpoint)
         .map_err(|e| IdentityError::BadEndpoint {
             endpoint: options.endpoint.clone(),
             message: e.to_string(),
         })?;
-    let client = builder
+    Ok(builder
         .max_attempts(2)
         .connect_timeout(options.timeout.min(Duration::from_secs(1)))
         .read_timeout(options.timeout)
         .operation_timeout(options.timeout)
-        .build();
+        .build())
+}
+
+/// Reads the instance id and type from IMDSv2.
+#[tracing::instrument(skip_all, fields(endpoint = %options.endpoint))]
+pub async fn from_imds(options: &ImdsOptions) -> Result<Identity, IdentityError> {
+    let client = imds_client(options)?;
     let get = async |path: &'static str| -> Result<String, IdentityError> {
         let value = client
             .get(path)
@@ -119,7 +124,7 @@ pub async fn from_imds(options: &ImdsOptions) -> Result<Identity, IdentityError>
 }
 
 /// An error and its sources, `: `-separated, without repeats.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(e);
     while let Some(err) = next {

@@ -19,6 +19,8 @@ pub struct AgentMetrics {
     pub heartbeat_failures: Counter,
     /// Scale-in protection last set: 1 protected, 0 not, -1 unknown or not managed.
     pub protected: Gauge,
+    /// Spot notice seen: 0 none, 1 rebalance recommendation, 2 interruption (instance action).
+    pub spot_notice: Gauge,
 }
 
 impl AgentMetrics {
@@ -51,6 +53,11 @@ impl AgentMetrics {
             "protected_from_scale_in",
             "Scale-in protection last set (1, 0; -1 unknown or not managed)",
             m.protected.clone(),
+        );
+        r.register(
+            "spot_notice",
+            "Spot notice read from instance metadata (0 none, 1 rebalance recommendation, 2 interruption)",
+            m.spot_notice.clone(),
         );
         m
     }

@@ -46,6 +46,10 @@
 //! - Each heartbeat reports the attempts the agent runs and whether it accepts new ones, and
 //!   reads its node's phase back ([`gate`]): once it has seen its node Draining it starts
 //!   nothing more (a binding that raced the drain is handed back by the controller).
+//! - With `--spot-poll-interval` (default 5 s), the agent polls IMDS for Spot notices
+//!   ([`spot`]): a rebalance recommendation or an instance action closes the gate for good
+//!   and is reported as `status.interruption`; an instance action also stops the running
+//!   attempts, reported with reason `SpotInterruption`.
 //! - With a fleet, the instance is protected before an attempt starts and unprotected after
 //!   `idle_polls` idle heartbeats. At start the protection is read from the fleet (treated
 //!   as set when unknown), so an idle agent also clears a protection left by an earlier run.
@@ -65,6 +69,7 @@ pub mod plan;
 pub mod protection;
 mod run;
 pub mod spec;
+pub mod spot;
 
 pub use config::AgentConfig;
 pub use error::AgentError;

@@ -82,6 +82,13 @@ pub async fn heartbeat_loop(
                 .running_attempts
                 .set(i64::try_from(report.running.len()).unwrap_or(i64::MAX));
             metrics.accepting.set(i64::from(report.accepting));
+            metrics
+                .spot_notice
+                .set(match report.interruption.as_ref().map(|i| i.kind) {
+                    None => 0,
+                    Some(crate::api::batch_node::InterruptionKind::Rebalance) => 1,
+                    Some(crate::api::batch_node::InterruptionKind::InstanceAction) => 2,
+                });
             match heartbeat(&api, &config.node_name, protected, &gate).await {
                 Ok(()) => {
                     metrics

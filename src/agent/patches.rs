@@ -57,6 +57,9 @@ pub fn node_status(
     if let Some(p) = protected {
         status["protectedFromScaleIn"] = json!(p);
     }
+    if let Some(i) = &report.interruption {
+        status["interruption"] = json!(i);
+    }
     json!({
         "apiVersion": BatchNode::api_version(&()),
         "kind": BatchNode::kind(&()),
@@ -137,6 +140,7 @@ mod tests {
         let idle = crate::agent::gate::Report {
             accepting: true,
             running: vec![],
+            interruption: None,
         };
         let status = node_status("i-0ab", at, Some(true), &idle);
         assert_eq!(status["status"]["heartbeatTime"], "2026-01-02T03:04:05Z");
@@ -150,6 +154,12 @@ mod tests {
                 name: "j".into(),
                 attempt: 2,
             }],
+            interruption: Some(crate::api::batch_node::NodeInterruption {
+                kind: crate::api::batch_node::InterruptionKind::InstanceAction,
+                action: Some("terminate".into()),
+                time: Some("2026-01-02T03:06:05Z".into()),
+                noticed_at: Time(at),
+            }),
         };
         let status = node_status("n", at, None, &busy);
         assert!(status["status"].get("protectedFromScaleIn").is_none());
@@ -157,6 +167,16 @@ mod tests {
         assert_eq!(
             status["status"]["runningAttempts"],
             serde_json::json!([{"namespace": "ns", "name": "j", "attempt": 2}])
+        );
+        assert_eq!(
+            status["status"]["interruption"],
+            json!({"kind": "InstanceAction", "action": "terminate",
+                   "time": "2026-01-02T03:06:05Z", "noticedAt": "2026-01-02T03:04:05Z"})
+        );
+        assert!(
+            node_status("n", at, None, &idle)["status"]
+                .get("interruption")
+                .is_none()
         );
     }
 

@@ -111,6 +111,9 @@ pub enum CancelWhy {
     Shutdown,
     /// The job was cancelled (`spec.cancel`): the controller ends it as `Terminated`.
     Requested,
+    /// The instance received a Spot interruption notice: the attempt ends with reason
+    /// `SpotInterruption` and is retried by the job's retry strategy.
+    SpotInterruption,
 }
 
 impl CancelWhy {
@@ -123,6 +126,9 @@ impl CancelWhy {
             Self::Superseded => "Job attempt cancelled: a newer attempt of the job is current",
             Self::Shutdown => "Job attempt cancelled: the node agent is shutting down",
             Self::Requested => "Job attempt terminated: the job was cancelled (spec.cancel)",
+            Self::SpotInterruption => {
+                "Job attempt stopped: the Spot instance received an interruption notice"
+            }
         }
     }
 }

@@ -149,6 +149,12 @@ async fn run_inner(
         )
         .in_current_span(),
     ));
+    let (spot_tx, mut spot_rx) = watch::channel(false);
+    let _spot = config.spot.clone().map(|w| {
+        AbortOnDrop(tokio::spawn(
+            super::spot::poll_loop(w, gate.clone(), spot_tx).in_current_span(),
+        ))
+    });
     let idle = protection.clone().map(|p| {
         AbortOnDrop(tokio::spawn(
             super::protection::idle_loop(p, config.heartbeat_interval, busy_rx).in_current_span(),
@@ -190,6 +196,11 @@ async fn run_inner(
                 Some(Err(e)) => tracing::warn!(error = %e, "BatchJob watch error; retrying"),
                 None => break Err(AgentError::WatchEnded { node: node_name.clone() }),
             },
+            Ok(()) = spot_rx.changed() => {
+                if ready {
+                    agent.reconcile();
+                }
+            }
             Some(joined) = agent.tasks.join_next_with_id() => {
                 agent.finished(joined);
                 if ready {
@@ -273,6 +284,13 @@ impl Agent {
                     }
                 }
                 Action::Cancel(key, why) => self.cancel(&key, why),
+            }
+        }
+        // A Spot interruption notice: the instance goes away, so does what runs here.
+        if self.gate.instance_action() {
+            let keys: Vec<AttemptKey> = self.running.keys().cloned().collect();
+            for key in keys {
+                self.cancel(&key, CancelWhy::SpotInterruption);
             }
         }
         // GPUs held by attempts this agent neither runs nor reports any more (a crash

@@ -111,7 +111,40 @@ pub struct BatchNodeStatus {
     /// agent reported none here while not accepting attempts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub running_attempts: Vec<NodeJob>,
+    /// A Spot interruption notice or rebalance recommendation the agent read from the
+    /// instance metadata service. Written by the agent; once set, the node takes no new
+    /// work (the controller treats it as Draining and asks for replacement capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<NodeInterruption>,
     /// Standard conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Which instance metadata notice the agent saw.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum InterruptionKind {
+    /// `events/recommendations/rebalance`: the instance is at elevated risk of
+    /// interruption; running work continues, nothing new starts.
+    Rebalance,
+    /// `spot/instance-action`: the instance will be stopped, hibernated or terminated in
+    /// about two minutes; running attempts end with reason `SpotInterruption`.
+    InstanceAction,
+}
+
+/// A Spot interruption notice (`status.interruption`), written by the agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInterruption {
+    /// Rebalance or InstanceAction.
+    pub kind: InterruptionKind,
+    /// For an InstanceAction: `terminate`, `stop` or `hibernate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// When the action happens (InstanceAction) or when the recommendation was made
+    /// (Rebalance), as the metadata service says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// When the agent first read the notice.
+    pub noticed_at: Time,
 }

@@ -59,6 +59,8 @@ pub mod reason {
     pub const START_FAILED: &str = "StartFailed";
     /// [`super::AttemptReason::NodeLost`].
     pub const NODE_LOST: &str = "NodeLost";
+    /// [`super::AttemptReason::SpotInterruption`].
+    pub const SPOT_INTERRUPTION: &str = "SpotInterruption";
 }
 
 /// Why an attempt ended (`status.attempts[].reason`). Reasons this build does not know
@@ -81,13 +83,16 @@ pub enum AttemptReason {
     StartFailed,
     /// Ended by the controller: the node was lost and its instance is gone.
     NodeLost,
+    /// Stopped by the agent because its Spot instance received an interruption notice
+    /// (`spot/instance-action`); retried by the job's retry strategy.
+    SpotInterruption,
     /// A reason this build does not know.
     Other(String),
 }
 
 impl AttemptReason {
     /// Every reason this build knows.
-    pub const KNOWN: [AttemptReason; 8] = [
+    pub const KNOWN: [AttemptReason; 9] = [
         Self::Completed,
         Self::Error,
         Self::OutOfMemory,
@@ -96,6 +101,7 @@ impl AttemptReason {
         Self::ImagePullFailed,
         Self::StartFailed,
         Self::NodeLost,
+        Self::SpotInterruption,
     ];
 
     /// The wire form.
@@ -109,6 +115,7 @@ impl AttemptReason {
             Self::ImagePullFailed => reason::IMAGE_PULL_FAILED,
             Self::StartFailed => reason::START_FAILED,
             Self::NodeLost => reason::NODE_LOST,
+            Self::SpotInterruption => reason::SPOT_INTERRUPTION,
             Self::Other(s) => s,
         }
     }

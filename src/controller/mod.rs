@@ -75,6 +75,8 @@ pub mod reasons {
     pub const NODE_LOST: &str = crate::scheduler::retry::REASON_NODE_LOST;
     /// A node is drained for scale-in.
     pub const DRAINING: &str = "Draining";
+    /// A node's agent reported a Spot interruption notice or rebalance recommendation.
+    pub const SPOT_INTERRUPTION: &str = crate::api::protocol::reason::SPOT_INTERRUPTION;
     /// An instance is terminated for scale-in.
     pub const TERMINATING: &str = "Terminating";
     /// A fleet's desired capacity changed.

@@ -61,6 +61,7 @@ pub fn owned_node_status(s: Option<&BatchNodeStatus>) -> BatchNodeStatus {
         protected_from_scale_in: None,
         accepting_attempts: None,
         running_attempts: Vec::new(),
+        interruption: None,
         ..s.clone()
     }
 }

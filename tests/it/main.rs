@@ -13,6 +13,7 @@ mod agent_identity;
 mod agent_jobs;
 mod agent_protection;
 mod agent_restart;
+mod agent_spot;
 mod apiserver_cli;
 mod apiserver_crud;
 mod apiserver_fuzz;

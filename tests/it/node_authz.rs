@@ -330,6 +330,20 @@ async fn own_batchnode_only(s: &impl NodeCluster, (a, b): (String, String)) {
         .patch_status(&a, &agent, &Patch::Apply(heartbeat("2026-01-01T00:00:00Z")))
         .await
         .expect("a node heartbeats");
+    // Its Spot notice is its own to report (`status.interruption`).
+    nodes
+        .patch_status(
+            &a,
+            &agent,
+            &Patch::Apply(
+                json!({"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchNode",
+                "metadata": {"name": a}, "status": {"heartbeatTime": "2026-01-01T00:00:01Z",
+                "acceptingAttempts": false, "interruption": {"kind": "Rebalance",
+                "time": "2026-01-01T00:00:00Z", "noticedAt": "2026-01-01T00:00:01Z"}}}),
+            ),
+        )
+        .await
+        .expect("a node reports its Spot notice");
 
     // Not another node, nor its own under another instance.
     assert_denied_by_policy(
@@ -630,6 +644,10 @@ async fn an_agent_as_its_node_runs_a_job_with_a_secret_and_reads_no_other() {
             a,
             "--heartbeat-interval",
             "1",
+            // Not on EC2: no Spot notices to poll for (a metadata service refusing the
+            // token would log "forbidden", which this test looks for).
+            "--spot-poll-interval",
+            "0",
         ],
         &node_kubeconfig(&real, a),
         &agent_log,

@@ -102,6 +102,8 @@ pub enum EndReason {
     ImagePullFailed,
     /// The container or process could not be created or started.
     StartFailed,
+    /// Stopped because the Spot instance received an interruption notice.
+    SpotInterruption,
 }
 
 impl EndReason {
@@ -115,6 +117,7 @@ impl EndReason {
             Self::Cancelled => AttemptReason::Cancelled,
             Self::ImagePullFailed => AttemptReason::ImagePullFailed,
             Self::StartFailed => AttemptReason::StartFailed,
+            Self::SpotInterruption => AttemptReason::SpotInterruption,
         }
     }
 }

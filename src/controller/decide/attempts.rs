@@ -67,13 +67,14 @@ pub(super) struct NodeFacts<'a, 'b> {
 }
 
 /// Whether attempt `n` of `job`, bound to `node` and not started, will never start there:
-/// the node was observed Draining, and its agent's last heartbeat says it starts nothing
+/// the node was observed Draining (or its agent reported a Spot interruption notice), and
+/// its agent's last heartbeat says it starts nothing
 /// more and does not run the attempt. Such a binding is handed back to the scheduler.
 fn refused_by_draining_node(job: &BatchJob, n: u32, node: Option<&BatchNode>) -> bool {
     let Some(st) = node.and_then(|x| x.status.as_ref()) else {
         return false;
     };
-    st.phase == Some(ApiNodePhase::Draining)
+    (st.phase == Some(ApiNodePhase::Draining) || st.interruption.is_some())
         && st.accepting_attempts == Some(false)
         && !st.running_attempts.iter().any(|r| {
             r.attempt == n

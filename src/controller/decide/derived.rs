@@ -27,6 +27,24 @@ pub(super) fn api_resources(r: &Resources) -> ApiResources {
 }
 
 /// Step 5: node status from the jobs placed on it after this pass.
+/// What a node's `Ready` condition and Event say of its interruption notice.
+fn interruption_message(n: &BatchNode) -> String {
+    use crate::api::batch_node::InterruptionKind;
+    let Some(i) = n.status.as_ref().and_then(|s| s.interruption.as_ref()) else {
+        return String::new();
+    };
+    let when = i.time.as_deref().unwrap_or("unknown time");
+    match i.kind {
+        InterruptionKind::Rebalance => format!(
+            "Spot rebalance recommendation (noticed {when}): no new work; replacement capacity requested"
+        ),
+        InterruptionKind::InstanceAction => format!(
+            "Spot interruption notice: {} at {when}; running attempts end with reason SpotInterruption and are retried by policy",
+            i.action.as_deref().unwrap_or("terminate")
+        ),
+    }
+}
+
 pub(super) fn node_updates(
     work: &BTreeMap<JobId, Work<'_>>,
     built: &snapshot::Built,
@@ -64,6 +82,7 @@ pub(super) fn node_updates(
         let current = owned_node_status(n.status.as_ref());
         let (allocated, jobs) = held.remove(name).unwrap_or((Resources::ZERO, Vec::new()));
         let mut phase = node_phase.get(name).copied().unwrap_or(ApiNodePhase::Ready);
+        let interruption = n.status.as_ref().and_then(|s| s.interruption.as_ref());
         if phase == ApiNodePhase::Ready && drain.contains(name) {
             phase = ApiNodePhase::Draining;
         }
@@ -85,6 +104,7 @@ pub(super) fn node_updates(
             protected_from_scale_in: None,
             accepting_attempts: None,
             running_attempts: Vec::new(),
+            interruption: None,
         };
         let (ready, why, msg) = match phase {
             _ if liveness.silent.contains(name) && phase != ApiNodePhase::Lost => (
@@ -96,6 +116,9 @@ pub(super) fn node_updates(
                 ),
             ),
             ApiNodePhase::Ready => (true, "Heartbeating", "accepting jobs".to_owned()),
+            ApiNodePhase::Draining if interruption.is_some() => {
+                (false, reasons::SPOT_INTERRUPTION, interruption_message(n))
+            }
             ApiNodePhase::Draining => (false, reasons::DRAINING, "drained for scale-in".to_owned()),
             ApiNodePhase::Lost => (false, reasons::NODE_LOST, "heartbeat expired".to_owned()),
         };
@@ -116,6 +139,13 @@ pub(super) fn node_updates(
                     true,
                     reasons::NODE_LOST,
                     "heartbeat expired; its attempts end with reason NodeLost".into(),
+                ),
+                ApiNodePhase::Draining if interruption.is_some() => event(
+                    &mut out.events,
+                    object_ref(*n),
+                    true,
+                    reasons::SPOT_INTERRUPTION,
+                    interruption_message(n),
                 ),
                 ApiNodePhase::Draining => event(
                     &mut out.events,

@@ -406,6 +406,9 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
                 ApiNodePhase::Lost
             }
             (false, _) if departed.contains(name) => ApiNodePhase::Draining,
+            // A Spot interruption notice or rebalance recommendation: no new work, and
+            // not capacity (the scheduler asks for a replacement at once).
+            (false, _) if interrupted(n) => ApiNodePhase::Draining,
             (false, Some(ApiNodePhase::Draining)) if has_fleet => ApiNodePhase::Draining,
             (false, _) => ApiNodePhase::Ready,
         };
@@ -594,6 +597,12 @@ fn fleet_instance<'o>(
         .get(&n.spec.compute_environment)?
         .live_instances()
         .find(|i| i.instance_id.eq_ignore_ascii_case(&n.spec.instance_id))
+}
+
+/// Whether the node's agent reported a Spot interruption notice or rebalance
+/// recommendation (`status.interruption`).
+pub(super) fn interrupted(n: &BatchNode) -> bool {
+    n.status.as_ref().is_some_and(|s| s.interruption.is_some())
 }
 
 /// Draining or Lost nodes that may be terminated once they hold nothing:

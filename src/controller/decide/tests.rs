@@ -14,6 +14,7 @@ use crate::scheduler::DEPENDENCY_FAILED;
 use crate::scheduler::retry::REASON_NODE_LOST;
 
 mod cancel;
+mod spot;
 
 const NOW: Seconds = 10_000;
 
@@ -121,6 +122,7 @@ fn apply(o: &mut Observed, d: &Decisions) {
             s.protected_from_scale_in = old.protected_from_scale_in;
             s.accepting_attempts = old.accepting_attempts;
             s.running_attempts = old.running_attempts;
+            s.interruption = old.interruption;
             n.status = Some(s);
         }
     }
