@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::batch_job::JobPhase;
-use crate::api::batch_node::{BatchNodeStatus, NodeJob, NodePhase as ApiNodePhase};
+use crate::api::batch_node::{BatchNode, BatchNodeStatus, NodeJob, NodePhase as ApiNodePhase};
 use crate::api::common::Resources as ApiResources;
 use crate::api::compute_environment::InstanceShape;
 use crate::api::job_queue::JobQueueStatus;
