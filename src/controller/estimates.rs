@@ -126,7 +126,7 @@ pub fn clear_queue_fields(desired: &mut BatchJobStatus) {
 mod tests {
     use super::*;
     use crate::api::batch_job::{AttemptStatus, PinnedDefinition};
-    use crate::controller::snapshot::fixtures::{job, with_status};
+    use crate::controller::decide::snapshot::fixtures::{job, with_status};
     use crate::scheduler::estimate::EstimateSource;
 
     fn succeeded(name: &str, def: &str, start: u64, stop: u64) -> BatchJob {

@@ -3,7 +3,7 @@
 //! scale-in). Who writes which field: `src/api/PROTOCOL.md`; the names: [`crate::api::protocol`].
 //!
 //! One pass is a pipeline: observe (reflector stores, fleet descriptions) →
-//! [`decide::decide`] (pure: progress of attempts, [`snapshot::build`],
+//! [`decide::decide`] (pure: progress of attempts, [`decide::snapshot::build`],
 //! [`crate::scheduler::plan`], array aggregation, node and environment status) → apply
 //! ([`run()`]: server-side apply of the controller-owned status fields, label patches,
 //! child creation, fleet calls, Events).
@@ -29,8 +29,6 @@ pub mod leader;
 pub mod memory;
 pub mod metrics;
 pub mod run;
-pub mod snapshot;
-pub mod status;
 pub mod time;
 
 pub use context::{AwsFleets, ControllerConfig, FleetProvider, StaticFleets};

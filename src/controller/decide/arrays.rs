@@ -9,9 +9,9 @@ use crate::api::BatchJob;
 use crate::api::batch_job::{ArrayStatus, JobPhase};
 use crate::scheduler::{JobId, Seconds};
 
-use super::super::snapshot::{self, phase};
 use super::super::time::time;
 use super::super::{LABEL_ARRAY_PARENT, reasons};
+use super::snapshot::{self, phase};
 use super::{Decisions, NewChild, Work, event, object_ref};
 
 /// Step 4: array children to create and parent status.

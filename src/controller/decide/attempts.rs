@@ -12,8 +12,8 @@ use crate::scheduler::retry::{self, AttemptOutcome, FailCause, REASON_NODE_LOST,
 use crate::scheduler::{Phase, Seconds};
 
 use super::super::reasons;
-use super::super::snapshot::{self, effective_template, phase};
 use super::super::time::time;
+use super::snapshot::{self, effective_template, phase};
 use super::{Note, Work, event, object_ref};
 
 /// The retry strategy and backoff of a job's template.

@@ -11,12 +11,12 @@ use crate::api::job_queue::JobQueueStatus;
 use crate::scheduler::{JobId, Plan, Resources, Seconds};
 
 use super::super::reasons;
-use super::super::snapshot::{self, phase};
-use super::super::status::{owned_node_status, set_condition};
 use super::super::time::time;
 use super::super::{CONDITION_DISRUPTED, CONDITION_READY, CONDITION_SCALING, CONDITION_VALID};
 use super::attempts::NodeFacts;
 use super::liveness::Liveness;
+use super::snapshot::{self, phase};
+use super::status::{owned_node_status, set_condition};
 use super::{
     Decisions, EnvironmentUpdate, FleetAction, NodeUpdate, Observed, QueueUpdate, Work, event,
     object_ref,

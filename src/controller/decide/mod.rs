@@ -40,10 +40,10 @@ use crate::api::{BatchJob, BatchNode, ComputeEnvironment, JobDefinition, JobQueu
 use crate::cloud::FleetState;
 use crate::scheduler::{self, JobId, Plan, Resources, Seconds};
 
-use super::snapshot::{self, Inputs, JobState, job_id, phase};
-use super::status::owned_job_status;
 use super::time::seconds;
 use super::{LABEL_NODE, reasons};
+use snapshot::{Inputs, JobState, job_id, phase};
+use status::owned_job_status;
 
 mod arrays;
 mod attempts;
@@ -52,6 +52,8 @@ mod derived;
 mod liveness;
 mod retention;
 mod schedule;
+pub(crate) mod snapshot;
+pub(crate) mod status;
 #[cfg(test)]
 mod tests;
 mod time_limits;

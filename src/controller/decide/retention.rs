@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::api::JobQueue;
 use crate::scheduler::{JobId, Seconds};
 
-use super::super::snapshot::{array_child, is_array_parent, phase};
 use super::super::time::seconds;
+use super::snapshot::{array_child, is_array_parent, phase};
 use super::{Decisions, JobDeletion, Work};
 
 /// Adds the deletions of this pass to `out.delete_jobs` (children before their parent)

@@ -7,10 +7,10 @@ use crate::api::BatchNode;
 use crate::api::batch_job::{AttemptStatus, JobPhase};
 use crate::scheduler::{DEPENDENCY_FAILED, JobId, Plan, Reason, Seconds};
 
-use super::super::snapshot::{self, api_phase, phase};
-use super::super::status::{owned_job_status, reason_code, set_condition};
 use super::super::time::time;
 use super::super::{CONDITION_SCHEDULED, reasons};
+use super::snapshot::{self, api_phase, phase};
+use super::status::{owned_job_status, reason_code, set_condition};
 use super::{Note, Work, event, object_ref};
 use crate::controller::estimates;
 use crate::scheduler::estimate::Estimate;

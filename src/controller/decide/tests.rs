@@ -5,7 +5,7 @@ use crate::api::batch_node::NodeJob;
 use crate::api::common::RetryAction;
 use crate::api::common::{EvaluateOnExit, RetryBackoff, RetryStrategy};
 use crate::cloud::{FleetInstance, Lifecycle};
-use crate::controller::snapshot::fixtures::*;
+use crate::controller::decide::snapshot::fixtures::*;
 use crate::controller::time::time;
 use crate::controller::{
     CONDITION_DISRUPTED, CONDITION_READY, CONDITION_SCALING, CONDITION_VALID, LABEL_ARRAY_PARENT,

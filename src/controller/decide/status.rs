@@ -8,7 +8,7 @@ use crate::api::common::Condition;
 use crate::scheduler::retry::REASON_NODE_LOST;
 use crate::scheduler::{Reason, Seconds};
 
-use super::time::time;
+use crate::controller::time::time;
 
 /// The part of a job's status the controller owns (PROTOCOL.md): everything but the
 /// agent's attempt progress. Attempts the controller ended itself (`NodeLost`) keep the

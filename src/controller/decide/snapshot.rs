@@ -26,9 +26,9 @@ use crate::scheduler::{
     JobId, JobQueue, Node, NodePhase, Phase, Resources, Seconds, Snapshot, State,
 };
 
-use super::LABEL_ARRAY_PARENT;
-use super::estimates;
-use super::time::seconds;
+use crate::controller::LABEL_ARRAY_PARENT;
+use crate::controller::estimates;
+use crate::controller::time::seconds;
 
 /// What the snapshot is built from.
 #[derive(Debug, Clone, Default)]
@@ -523,7 +523,7 @@ pub(crate) mod fixtures {
     use crate::api::job_queue::JobQueueSpec;
     use crate::api::{BatchJob, BatchNode, ComputeEnvironment, JobDefinition, JobQueue};
 
-    use super::super::time::time;
+    use crate::controller::time::time;
 
     pub fn meta(ns: Option<&str>, name: &str, created: u64) -> ObjectMeta {
         ObjectMeta {
