@@ -235,7 +235,9 @@ async fn chart_rbac_lets_the_agent_read_jobs_but_not_create_them() {
     );
     assert_eq!(s.code, 403, "{s:?}");
 
-    // The controller's ServiceAccount creates jobs (dry run) but deletes none.
+    // The controller's ServiceAccount creates jobs (dry run) and may delete them (finished
+    // jobs past their ttlSecondsAfterFinished): a job that is not there is NotFound, not
+    // Forbidden.
     let controller = real
         .client_for_service_account("asg-batch", "asg-batch")
         .await;
@@ -247,7 +249,7 @@ async fn chart_rbac_lets_the_agent_read_jobs_but_not_create_them() {
         jobs.delete("hello", &DeleteParams::default()).await,
         "controller deletes a job",
     );
-    assert_eq!(s.code, 403, "{s:?}");
+    assert_eq!((s.code, s.reason.as_str()), (404, "NotFound"), "{s:?}");
 
     // A certificate identity nothing is bound to is denied, by name.
     let stranger = real.client_for_user("asg-batch:test:stranger", &["asg-batch:test"]);
@@ -679,11 +681,13 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
             "coordination.k8s.io/leases".into(),
             true,
         ),
-        // ... and nothing that is the agent's or the user's.
-        (controller, "delete", format!("{a}/batchjobs"), false),
+        // It deletes finished jobs past their ttlSecondsAfterFinished, and the BatchNodes of
+        // instances that left their fleet ...
+        (controller, "delete", format!("{a}/batchjobs"), true),
+        (controller, "delete", format!("{a}/batchnodes"), true),
+        // ... and does nothing that is the agent's or the user's.
         (controller, "patch", format!("{a}/batchnodes"), false),
         (controller, "create", format!("{a}/batchnodes"), false),
-        (controller, "delete", format!("{a}/batchnodes"), false),
         (
             controller,
             "patch",
