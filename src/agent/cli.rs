@@ -56,8 +56,10 @@ pub struct AgentArgs {
     pub imds_endpoint: String,
     /// Seconds between two polls of the instance metadata service for Spot interruption
     /// notices and rebalance recommendations (at `--imds-endpoint`); `0` disables it.
-    #[arg(long, default_value_t = super::spot::DEFAULT_POLL_SECONDS)]
-    pub spot_poll_interval: u64,
+    /// Default: every 5 s when the instance's identity comes from the metadata service
+    /// (on EC2), off when `--instance-id` is given (elsewhere, or told explicitly).
+    #[arg(long)]
+    pub spot_poll_interval: Option<u64>,
     /// Data directory: process jobs keep their state (exit code, output) in
     /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
@@ -215,6 +217,15 @@ pub enum AgentCliError {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
     let client = kube_client(&args).await?;
+    // Spot notices come from the metadata service: watched by default only where the
+    // instance's identity comes from it too.
+    let spot_poll_interval = args
+        .spot_poll_interval
+        .unwrap_or(if args.instance_id.is_none() {
+            super::spot::DEFAULT_POLL_SECONDS
+        } else {
+            0
+        });
     let identity = super::identity::resolve(
         args.instance_id.clone(),
         args.instance_type.clone(),
@@ -286,15 +297,13 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
     .with_heartbeat_interval(Duration::from_secs(args.heartbeat_interval.max(1)))
     .with_idle_polls(args.idle_polls)
     .with_data_dir(args.data_dir.clone())
-    .with_spot_watch(
-        (args.spot_poll_interval > 0).then(|| super::spot::SpotWatch {
-            imds: ImdsOptions {
-                endpoint: args.imds_endpoint.clone(),
-                ..ImdsOptions::default()
-            },
-            interval: Duration::from_secs(args.spot_poll_interval),
-        }),
-    )
+    .with_spot_watch((spot_poll_interval > 0).then(|| super::spot::SpotWatch {
+        imds: ImdsOptions {
+            endpoint: args.imds_endpoint.clone(),
+            ..ImdsOptions::default()
+        },
+        interval: Duration::from_secs(spot_poll_interval),
+    }))
     .with_shutdown_mode(match args.on_shutdown {
         OnShutdown::Leave => ShutdownMode::Leave,
         OnShutdown::Cancel => ShutdownMode::Cancel,

@@ -46,7 +46,7 @@
 //! - Each heartbeat reports the attempts the agent runs and whether it accepts new ones, and
 //!   reads its node's phase back ([`gate`]): once it has seen its node Draining it starts
 //!   nothing more (a binding that raced the drain is handed back by the controller).
-//! - With `--spot-poll-interval` (default 5 s), the agent polls IMDS for Spot notices
+//! - With `--spot-poll-interval` (default 5 s when the identity comes from IMDS), the agent polls IMDS for Spot notices
 //!   ([`spot`]): a rebalance recommendation or an instance action closes the gate for good
 //!   and is reported as `status.interruption`; an instance action also stops the running
 //!   attempts, reported with reason `SpotInterruption`.

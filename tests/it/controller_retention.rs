@@ -116,7 +116,7 @@ async fn finished_jobs_are_deleted_after_their_ttl_and_an_array_with_its_childre
     apply_yaml(&h.client, &job("kept", "adhoc")).await;
 
     let kept = run_to_success(&h, "kept").await;
-    let report = run_to_success(&h, "daily-report").await;
+    let report = run_to_success(&h, "daily-digest").await;
     let plain = run_to_success(&h, "queue-default").await;
     let mut children_stopped = 0;
     for i in 0..3 {
@@ -137,7 +137,7 @@ async fn finished_jobs_are_deleted_after_their_ttl_and_an_array_with_its_childre
         "deleted at {gone}, before the queue's 3 s after {}",
         stopped_at(&plain)
     );
-    let gone = wait_deleted(&h, &["daily-report"]).await;
+    let gone = wait_deleted(&h, &["daily-digest"]).await;
     assert!(
         gone >= stopped_at(&report) + 5,
         "deleted at {gone}, before its 5 s after {}",

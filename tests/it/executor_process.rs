@@ -2,6 +2,7 @@
 //! the grace period between SIGTERM and SIGKILL.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
+use crate::support;
 use asg_batch::agent::executor::process::ProcessExecutor;
 use asg_batch::agent::executor::{EndReason, Executor, Outcome, RunSpec, Workload};
 use std::time::Duration;
@@ -81,20 +82,30 @@ async fn stopping_kills_what_the_job_started() {
     let t = run(spec(&script, Some(Duration::from_millis(500))), None).await;
     assert_eq!(t.reason, EndReason::Timeout);
     assert_eq!(t.log_tail, marker);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "pid,pgid,args"])
-        .output()
-        .expect("ps");
-    let leftover: Vec<String> = String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("sleep {seconds}")))
-        .map(String::from)
-        .collect();
-    assert!(
-        leftover.is_empty(),
-        "processes outlived the job: {leftover:?}"
-    );
+    // SIGKILL'd processes vanish asynchronously: the grandchild must be gone (or a zombie
+    // awaiting its reaper) soon after the attempt ends.
+    let leftover = || -> Vec<String> {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "pid,pgid,stat,args"])
+            .output()
+            .expect("ps");
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("sleep {seconds}")))
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_none_or(|st| !st.starts_with('Z'))
+            })
+            .map(String::from)
+            .collect()
+    };
+    support::wait_until_async(
+        "the job's background grandchild to be gone",
+        Duration::from_secs(10),
+        || leftover().is_empty(),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -288,6 +288,48 @@ impl World {
     }
 }
 
+/// The agent processes of the live instances, each leading its process group; dropped with
+/// the player (aborted when its world is dropped), they die with it, as do the jobs their
+/// shims still run.
+struct Agents {
+    children: BTreeMap<String, std::process::Child>,
+    dir: Option<PathBuf>,
+}
+
+impl std::ops::Deref for Agents {
+    type Target = BTreeMap<String, std::process::Child>;
+    fn deref(&self) -> &Self::Target {
+        &self.children
+    }
+}
+
+impl std::ops::DerefMut for Agents {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.children
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+        let Some(dir) = &self.dir else { return };
+        for runs in truth(dir).values() {
+            for r in runs.iter().filter(|r| r.stop.is_none()) {
+                let pid = nix::unistd::Pid::from_raw(r.pid);
+                if let Ok(group) = nix::unistd::getpgid(Some(pid)) {
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 /// The fleet player: one agent process per live instance; an instance that leaves the
 /// group takes its agent and its jobs with it.
 async fn play(
@@ -298,7 +340,10 @@ async fn play(
     dir: PathBuf,
     played: Arc<Mutex<Played>>,
 ) {
-    let mut agents: BTreeMap<String, std::process::Child> = BTreeMap::new();
+    let mut agents = Agents {
+        children: BTreeMap::new(),
+        dir: Some(dir.clone()),
+    };
     let admin = std::fs::read_to_string(&kubeconfig).unwrap_or_default();
     loop {
         if let Ok(state) = fleet.describe().await {
