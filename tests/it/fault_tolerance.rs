@@ -293,7 +293,8 @@ impl World {
 /// shims still run.
 struct Agents {
     children: BTreeMap<String, std::process::Child>,
-    dir: Option<PathBuf>,
+    /// The world's directory, where the jobs record what really ran.
+    dir: PathBuf,
 }
 
 impl std::ops::Deref for Agents {
@@ -318,8 +319,7 @@ impl Drop for Agents {
             );
             let _ = child.wait();
         }
-        let Some(dir) = &self.dir else { return };
-        for runs in truth(dir).values() {
+        for runs in truth(&self.dir).values() {
             for r in runs.iter().filter(|r| r.stop.is_none()) {
                 let pid = nix::unistd::Pid::from_raw(r.pid);
                 if let Ok(group) = nix::unistd::getpgid(Some(pid)) {
@@ -342,7 +342,7 @@ async fn play(
 ) {
     let mut agents = Agents {
         children: BTreeMap::new(),
-        dir: Some(dir.clone()),
+        dir: dir.clone(),
     };
     let admin = std::fs::read_to_string(&kubeconfig).unwrap_or_default();
     loop {
