@@ -12,6 +12,9 @@ use super::spec;
 use crate::api::BatchJob;
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -29,6 +32,8 @@ pub struct AttemptContext {
     pub protection: Option<Arc<Protection>>,
     /// Which of the node's GPUs each attempt holds.
     pub gpus: Arc<GpuAllocator>,
+    /// The agent's watch cache of the jobs bound to its node: a report checks it first.
+    pub jobs: Store<DeserializeGuard<BatchJob>>,
 }
 
 /// Why a cancelled attempt was cancelled, set by the agent loop before it signals.
@@ -46,6 +51,12 @@ enum ReportError {
     Api(#[from] kube::Error),
 }
 
+/// The job changed between the read and the write (the write carries the read's
+/// resourceVersion as a precondition).
+fn is_stale(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 && s.message.contains("has been modified"))
+}
+
 /// Worth retrying: the API server is unreachable or busy, or the job changed between the
 /// re-read and the write (the write carries the read's resourceVersion as a precondition).
 fn is_transient(e: &kube::Error) -> bool {
@@ -59,40 +70,60 @@ fn is_transient(e: &kube::Error) -> bool {
     }
 }
 
-/// The job, when attempt `key` is still its current attempt on `node`.
-async fn current_job(
+/// Whether attempt `key` is still the current attempt of `job` on `node`.
+fn check_current(job: &BatchJob, key: &AttemptKey, node: &str) -> Result<(), ReportError> {
+    if job.metadata.uid.as_deref() != Some(key.uid.as_str()) {
+        return Err(ReportError::NotCurrent("the job was replaced".into()));
+    }
+    let status = job.status.as_ref();
+    let status_node = status.and_then(|s| s.node.as_deref());
+    if status_node != Some(node) {
+        return Err(ReportError::NotCurrent(format!(
+            "status.node is {status_node:?}"
+        )));
+    }
+    let attempt = status.and_then(|s| s.attempt);
+    if attempt != Some(key.attempt) {
+        return Err(ReportError::NotCurrent(format!(
+            "status.attempt is {attempt:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The resourceVersion of the job, read from the API server, when attempt `key` is still
+/// its current attempt on `node`.
+async fn current_version(
     api: &Api<BatchJob>,
     key: &AttemptKey,
     node: &str,
-) -> Result<BatchJob, ReportError> {
+) -> Result<Option<String>, ReportError> {
     let job = api
         .get_opt(&key.name)
         .await?
         .ok_or_else(|| ReportError::NotCurrent("the job was deleted".into()))?;
-    if job.metadata.uid.as_deref() != Some(key.uid.as_str()) {
-        return Err(ReportError::NotCurrent("the job was replaced".into()));
-    }
-    let status = job.status.clone().unwrap_or_default();
-    if status.node.as_deref() != Some(node) {
-        return Err(ReportError::NotCurrent(format!(
-            "status.node is {:?}",
-            status.node
-        )));
-    }
-    if status.attempt != Some(key.attempt) {
-        return Err(ReportError::NotCurrent(format!(
-            "status.attempt is {:?}",
-            status.attempt
-        )));
-    }
-    Ok(job)
+    check_current(&job, key, node)?;
+    Ok(job.metadata.resource_version)
 }
 
-/// Re-reads the job and applies `body` for attempt `key` if it is still current, with the
-/// read's resourceVersion as a precondition so nothing changes in between. Transient
-/// failures (API server unreachable, 5xx, 429) are retried until the report is written or
-/// the attempt is no longer current — an ended attempt must not hang unreported; the agent's
-/// shutdown grace bounds it. Returns whether it was written.
+/// The resourceVersion of the job in the agent's watch cache, when the cache has it with
+/// attempt `key` current. `None` when it cannot tell (the API server is asked then).
+fn cached_version(ctx: &AttemptContext, key: &AttemptKey) -> Option<String> {
+    let cached = ctx
+        .jobs
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))?;
+    let job = cached.0.as_ref().ok()?;
+    check_current(job, key, &ctx.config.node_name).ok()?;
+    job.metadata.resource_version.clone()
+}
+
+/// Checks that attempt `key` is still current and applies `body` for it, with the
+/// checked object's resourceVersion as a precondition so nothing changes in between. The
+/// agent's watch cache is asked first (no request; a stale cache makes the apply conflict,
+/// and the job is then read from the API server). Transient failures (API server
+/// unreachable, 5xx, 429) are retried until the report is written or the attempt is no
+/// longer current — an ended attempt must not hang unreported; the agent's shutdown grace
+/// bounds it. Returns whether it was written.
 async fn report(
     ctx: &AttemptContext,
     key: &AttemptKey,
@@ -103,11 +134,21 @@ async fn report(
     let manager = patches::attempt_manager(key.attempt);
     let params = PatchParams::apply(&manager);
     let mut delay = Duration::from_millis(250);
+    let mut from_cache = true;
     loop {
+        let cached = if from_cache {
+            cached_version(ctx, key)
+        } else {
+            None
+        };
+        let used_cache = cached.is_some();
         let result = async {
-            let job = current_job(&api, key, &ctx.config.node_name).await?;
+            let rv = match cached {
+                Some(rv) => Some(rv),
+                None => current_version(&api, key, &ctx.config.node_name).await?,
+            };
             let mut guarded = body.clone();
-            if let Some(rv) = job.metadata.resource_version {
+            if let Some(rv) = rv {
                 guarded["metadata"]["resourceVersion"] = serde_json::Value::String(rv);
             }
             api.patch_status(&key.name, &params, &Patch::Apply(&guarded))
@@ -124,10 +165,16 @@ async fn report(
                 tracing::info!(report = what, %why, "not reported: the attempt is no longer current");
                 return false;
             }
+            Err(ReportError::Api(e)) if used_cache && is_stale(&e) => {
+                // The cache was behind the API server: read the job from it at once.
+                tracing::debug!(report = what, "watch cache stale; reading the job");
+                from_cache = false;
+            }
             Err(ReportError::Api(e)) if is_transient(&e) => {
                 tracing::warn!(report = what, error = %e, retry_in = ?delay, "report failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(REPORT_MAX_DELAY);
+                from_cache = false;
             }
             Err(ReportError::Api(e)) => {
                 tracing::error!(report = what, error = %e, "report failed; giving up");
@@ -285,8 +332,12 @@ async fn execute(
     let mut started_at = reported;
     // The startedAt report runs beside the workload, so a slow API server delays neither
     // its timeout nor its cancellation; it is awaited before the final report, which would
-    // otherwise be overwritten by it (same field manager).
+    // otherwise be overwritten by it (same field manager). It first waits
+    // `start_report_delay`: a workload that ends meanwhile is reported once, start and end
+    // in one write (the controller takes both from one observation; PROTOCOL.md step 5).
     let mut started_report: Option<futures::future::BoxFuture<'_, bool>> = None;
+    let report_begun = Arc::new(AtomicBool::new(false));
+    let delay = ctx.config.start_report_delay;
     let outcome = loop {
         tokio::select! {
             outcome = &mut work => break outcome,
@@ -296,7 +347,14 @@ async fn execute(
                     if started_at.is_none() {
                         started_at = Some(at);
                         let body = patches::attempt_started(&key.namespace, &key.name, key.attempt, at);
-                        started_report = Some(Box::pin(report(ctx, key, "started", body)));
+                        let begun = report_begun.clone();
+                        started_report = Some(Box::pin(async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            begun.store(true, Ordering::SeqCst);
+                            report(ctx, key, "started", body).await
+                        }));
                     }
                 }
             },
@@ -309,7 +367,12 @@ async fn execute(
         }
     };
     if let Some(f) = started_report {
-        f.await;
+        if report_begun.load(Ordering::SeqCst) {
+            f.await;
+        } else {
+            // Not sent yet: the end report carries startedAt.
+            tracing::debug!("ended within the start report delay: start and end reported together");
+        }
     }
     let Some(outcome) = outcome else {
         // Adopt found nothing: no container, no state. It cannot have kept running

@@ -7,7 +7,8 @@ use std::time::Duration;
 use kube::Api;
 
 use super::config::{
-    DEFAULT_DATA_DIR, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_POLLS, ShutdownMode,
+    DEFAULT_DATA_DIR, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_POLLS, DEFAULT_START_REPORT_DELAY,
+    ShutdownMode,
 };
 use super::executor::Executor;
 use super::executor::docker::DockerExecutor;
@@ -51,6 +52,12 @@ pub struct AgentArgs {
     /// Idle heartbeats before the instance's scale-in protection is lifted.
     #[arg(long, default_value_t = DEFAULT_IDLE_POLLS)]
     pub idle_polls: u32,
+    /// Milliseconds an attempt's start report waits for the attempt to end: a job that
+    /// ends within it is reported once, start and end in one write (fewer API writes for
+    /// short jobs; its status shows Running that much later). `0` reports every start at
+    /// once.
+    #[arg(long, default_value_t = u64::try_from(DEFAULT_START_REPORT_DELAY.as_millis()).unwrap_or(1000))]
+    pub start_report_delay_ms: u64,
     /// Instance metadata endpoint.
     #[arg(long, default_value = IMDS_ENDPOINT)]
     pub imds_endpoint: String,
@@ -296,6 +303,7 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
     .with_executor(kind)
     .with_heartbeat_interval(Duration::from_secs(args.heartbeat_interval.max(1)))
     .with_idle_polls(args.idle_polls)
+    .with_start_report_delay(Duration::from_millis(args.start_report_delay_ms))
     .with_data_dir(args.data_dir.clone())
     .with_spot_watch((spot_poll_interval > 0).then(|| super::spot::SpotWatch {
         imds: ImdsOptions {

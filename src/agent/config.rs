@@ -8,6 +8,10 @@ use std::time::Duration;
 
 /// Default time between two heartbeats.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long an attempt's `startedAt` report waits for the workload to end, so that a
+/// short job is reported in one write (start and end together) instead of two.
+pub const DEFAULT_START_REPORT_DELAY: Duration = Duration::from_secs(1);
 /// Default number of consecutive idle heartbeats before scale-in protection is removed.
 pub const DEFAULT_IDLE_POLLS: u32 = 3;
 /// Default data directory: the process executor's per-attempt state lives under it.
@@ -56,6 +60,9 @@ pub struct AgentConfig {
     pub metrics_bind_address: Option<std::net::SocketAddr>,
     /// Watch the instance metadata service for Spot notices (`None`: not watched).
     pub spot: Option<super::spot::SpotWatch>,
+    /// How long the `startedAt` report of an attempt waits: an attempt that ends within
+    /// it is reported once, start and end together ([`DEFAULT_START_REPORT_DELAY`]).
+    pub start_report_delay: Duration,
 }
 
 impl AgentConfig {
@@ -82,7 +89,15 @@ impl AgentConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             metrics_bind_address: None,
             spot: None,
+            start_report_delay: DEFAULT_START_REPORT_DELAY,
         }
+    }
+
+    /// Sets how long the `startedAt` report waits for the attempt to end (zero: reported
+    /// as soon as it starts).
+    pub fn with_start_report_delay(mut self, delay: Duration) -> Self {
+        self.start_report_delay = delay;
+        self
     }
 
     /// Sets the instance type.

@@ -58,12 +58,7 @@ impl JobView {
         let meta = &job.metadata;
         let status = job.status.as_ref();
         let attempt = status.and_then(|s| s.attempt);
-        let entry = status.and_then(|s| {
-            s.attempts
-                .iter()
-                .find(|a| Some(a.attempt) == attempt)
-                .cloned()
-        });
+        let entry = status.and_then(|s| s.attempts.iter().find(|a| Some(a.attempt) == attempt));
         Some(Self {
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,

@@ -132,7 +132,14 @@ async fn run_inner(
     let selector = format!("{NODE_LABEL}={node_name}");
     let stream = reflector::reflector(
         writer,
-        watcher(jobs, watcher::Config::default().labels(&selector)).default_backoff(),
+        watcher(jobs, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            // Nothing here reads managedFields; they are most of a job's size.
+            .modify(|g| {
+                if let Ok(job) = &mut g.0 {
+                    job.metadata.managed_fields = None;
+                }
+            }),
     );
     let mut stream = std::pin::pin!(stream);
     let grace = config.shutdown_grace;
@@ -169,6 +176,7 @@ async fn run_inner(
             executor,
             protection,
             gpus,
+            jobs: store.clone(),
         }),
         busy: busy_tx,
         store,
@@ -232,11 +240,14 @@ impl Agent {
 
     /// Applies the plan to the current watch state.
     fn reconcile(&mut self) {
-        let mut jobs: Vec<Arc<BatchJob>> = Vec::new();
+        // The store's objects are shared, not copied: this runs on every watch event, over
+        // every job bound here (up to one per 100m of cpu).
+        let state = self.store.state();
+        let mut jobs: Vec<&BatchJob> = Vec::with_capacity(state.len());
         let mut invalid_uids: HashSet<String> = HashSet::new();
-        for guarded in self.store.state() {
+        for guarded in &state {
             match &guarded.0 {
-                Ok(job) => jobs.push(Arc::new(job.clone())),
+                Ok(job) => jobs.push(job),
                 Err(invalid) => {
                     let meta = &invalid.metadata;
                     let uid = meta.uid.clone().unwrap_or_default();
@@ -254,8 +265,6 @@ impl Agent {
                 }
             }
         }
-        self.invalid_seen
-            .retain(|(uid, _)| invalid_uids.contains(uid));
         let views: Vec<JobView> = jobs.iter().filter_map(|j| JobView::of(j)).collect();
         plan::prune_done(&mut self.done, &views);
         // An attempt of a job that became unreadable keeps running: that is no reason to stop it.
@@ -403,8 +412,9 @@ impl Agent {
     }
 }
 
-fn find(jobs: &[Arc<BatchJob>], key: &AttemptKey) -> Option<Arc<BatchJob>> {
+/// The job of attempt `key`, copied out of the store for the attempt's task.
+fn find(jobs: &[&BatchJob], key: &AttemptKey) -> Option<Arc<BatchJob>> {
     jobs.iter()
         .find(|j| j.metadata.uid.as_deref() == Some(key.uid.as_str()))
-        .cloned()
+        .map(|j| Arc::new((*j).clone()))
 }

@@ -156,6 +156,13 @@ pub async fn start(cfg: ApiServerConfig) -> Result<RunningApiServer, ApiServerEr
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
+        // TCP_NODELAY, as Go's net/http (kube-apiserver) does: a response is never held
+        // back waiting for the client's delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
