@@ -335,31 +335,39 @@ pub(super) async fn apply(
         record(r, "queue status", &mut s);
     }
 
-    for e in &d.events {
-        let about_job = e.regarding.kind.as_deref() == Some("BatchJob");
-        if about_job
-            && unwritten.contains(&(
-                e.regarding.namespace.as_deref().unwrap_or_default(),
-                e.regarding.name.as_deref().unwrap_or_default(),
-            ))
-        {
-            continue;
-        }
-        let ev = Event {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: e.reason.into(),
-            note: Some(truncate(&e.note, 1000)),
-            action: e.reason.into(),
-            secondary: None,
-        };
-        if let Err(err) = ctx.recorder.publish(&ev, &e.regarding).await {
-            debug!(error = %err, reason = e.reason, "publishing an Event failed");
-        }
-    }
+    // Events concurrently too: a pass that binds thousands of jobs publishes as many.
+    let publishes: Vec<_> = d
+        .events
+        .iter()
+        .filter(|e| {
+            let about_job = e.regarding.kind.as_deref() == Some("BatchJob");
+            !(about_job
+                && unwritten.contains(&(
+                    e.regarding.namespace.as_deref().unwrap_or_default(),
+                    e.regarding.name.as_deref().unwrap_or_default(),
+                )))
+        })
+        .map(|e| async move {
+            let ev = Event {
+                type_: if e.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: e.reason.into(),
+                note: Some(truncate(&e.note, 1000)),
+                action: e.reason.into(),
+                secondary: None,
+            };
+            if let Err(err) = ctx.recorder.publish(&ev, &e.regarding).await {
+                debug!(error = %err, reason = e.reason, "publishing an Event failed");
+            }
+        })
+        .collect();
+    futures::stream::iter(publishes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect::<Vec<()>>()
+        .await;
     for (ce, problem) in &failed {
         debug!(
             compute_environment = ce,
