@@ -677,3 +677,82 @@ fn persist(db: &Database, events: &[(Arc<Event>, Obj)], rv: u64) -> Result<(), A
     w.commit().map_err(|e| ie(&e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cm(name: &str, data: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}")},
+               "data": {"v": data}})
+    }
+
+    fn put(store: &Store, obj: Value) -> Obj {
+        store
+            .write(|st| Ok(st.put("core/configmaps", obj)))
+            .expect("put")
+    }
+
+    #[test]
+    fn objects_read_back_as_written_with_their_resource_version() {
+        let store = Store::in_memory(100);
+        let written = put(&store, cm("a", "one"));
+        let read = store
+            .read(|st| st.get("core/configmaps", "default", "a"))
+            .expect("stored");
+        assert_eq!(read, written);
+        assert_eq!(read["metadata"]["resourceVersion"], "1");
+        assert_eq!(read["data"]["v"], "one");
+        let gc = store.read(|st| st.stored("core/configmaps", None, None))[0]
+            .gc
+            .clone();
+        assert_eq!((gc.uid.as_str(), gc.name.as_str()), ("u-a", "a"));
+    }
+
+    #[test]
+    fn a_change_shares_its_previous_object_with_the_change_before_it() {
+        let store = Store::in_memory(100);
+        put(&store, cm("a", "one"));
+        put(&store, cm("a", "two"));
+        let events = store.read(|st| st.events_since(0)).expect("history");
+        assert_eq!(events.len(), 2);
+        let prev = events[1]
+            .prev
+            .as_ref()
+            .expect("a MODIFIED has its previous object");
+        // The same bytes, not a copy.
+        assert_eq!(prev.bytes().as_ptr(), events[0].object.bytes().as_ptr());
+        let parsed = prev.unpack();
+        assert_eq!(parsed["data"]["v"], "one");
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_bytes_and_older_versions_expire() {
+        let store = Store::in_memory(10_000).with_history_bytes(20_000);
+        let big = "x".repeat(1000);
+        for i in 0..100 {
+            put(&store, cm(&format!("c{i}"), &big));
+        }
+        let (len, oldest, rv) = store.read(|st| (st.history_len(), st.oldest_rv(), st.rv()));
+        assert!(len < 100 && len >= 10, "history of {len} events");
+        assert!(
+            store.read(|st| st.events_since(1)).is_none(),
+            "rv 1 was trimmed"
+        );
+        assert!(store.watch_from(1).is_err());
+        let kept = store.read(|st| st.events_since(oldest)).expect("kept");
+        assert_eq!(kept.last().map(|e| e.rv), Some(rv));
+        assert!(
+            store
+                .read(|st| st.list_at("core/configmaps", None, rv - 1))
+                .is_some()
+        );
+        assert!(
+            store
+                .read(|st| st.list_at("core/configmaps", None, 1))
+                .is_none()
+        );
+    }
+}
