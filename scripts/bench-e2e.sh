@@ -151,12 +151,12 @@ if [[ "$HOLD" -gt 0 ]]; then
     PIDS+=("$ctl")
     passes=0
     for _ in $(seq 1200); do
-        passes=$(curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null |
+        passes=$({ curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null || true; } |
             awk '/^asg_batch_controller_pass_duration_seconds_count/ { s += $2 } END { print s + 0 }')
         [[ "$passes" -ge 2 ]] && break
         sleep 0.25
     done
-    first=$(curl -s "http://127.0.0.1:$mport/metrics" |
+    first=$({ curl -s "http://127.0.0.1:$mport/metrics" || true; } |
         awk '/^asg_batch_controller_pass_duration_seconds_sum/ { s += $2 } END { print s + 0 }')
     echo
     echo "holding $HOLD finished jobs (after $passes controller passes; both passes took ${first} s):"

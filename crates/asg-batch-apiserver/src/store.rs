@@ -736,7 +736,7 @@ mod tests {
             put(&store, cm(&format!("c{i}"), &big));
         }
         let (len, oldest, rv) = store.read(|st| (st.history_len(), st.oldest_rv(), st.rv()));
-        assert!(len < 100 && len >= 10, "history of {len} events");
+        assert!((10..100).contains(&len), "history of {len} events");
         assert!(
             store.read(|st| st.events_since(1)).is_none(),
             "rv 1 was trimmed"

@@ -175,6 +175,9 @@ impl Stores {
     }
 }
 
+/// The annotation in which client-side `kubectl apply` keeps the applied manifest.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Watches one kind into a store; the stream yields `()` per change.
 pub(super) fn watch<K>(
     client: &kube::Client,
@@ -192,9 +195,16 @@ where
     let (store, writer) = reflector::store::<Checked<K>>();
     let api: Api<Checked<K>> = Api::all(client.clone());
     // managedFields are never read by the controller: not kept (a large part of every
-    // stored object, one entry per field manager); nor what `Trim` drops.
+    // stored object, one entry per field manager); nor what `Trim` drops. The
+    // controller's writes are server-side applies of its own fields and merge patches,
+    // so what its copies lack is never written back.
     let trimmed = watcher(api, watcher::Config::default()).modify(|o| {
-        kube::Resource::meta_mut(o).managed_fields = None;
+        let meta = kube::Resource::meta_mut(o);
+        meta.managed_fields = None;
+        // `kubectl apply`'s copy of the whole manifest: never read here either.
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
         if let Ok(k) = &mut o.0 {
             Arc::make_mut(k).trim();
         }
