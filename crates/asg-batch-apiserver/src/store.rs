@@ -45,7 +45,8 @@ impl Packed {
     /// Serialise an object.
     pub fn pack(v: &Value) -> Packed {
         match serde_json::to_vec(v) {
-            Ok(b) => Packed(Bytes::from(b)),
+            // Without the spare capacity the growing buffer left (up to half of it).
+            Ok(b) => Packed(Bytes::from(b.into_boxed_slice())),
             Err(e) => {
                 // A `Value` always serialises (its keys are strings); kept total anyway.
                 tracing::error!(error = %e, "an object did not serialise");
