@@ -5,6 +5,7 @@
 #   make bench-e2e                       # everything (takes several minutes)
 #   BENCH_SIZES="500 2000" BENCH_ARRAYS="3000" make bench-e2e
 #   ASG_BATCH_BIN=/path/to/asg-batch scripts/bench-e2e.sh   # measure another build (a baseline)
+#   BENCH_SIZES= BENCH_ARRAYS= scripts/bench-e2e.sh        # only the hold part (empty skips a part)
 #
 # Figures:
 # - floor: wall time of 5,000 `sh -c true` forked one after another;
@@ -17,9 +18,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-SIZES=${BENCH_SIZES:-"500 2000 5000"}
-ARRAYS=${BENCH_ARRAYS:-"3000 10000"}
-HOLD=${BENCH_HOLD:-10000}
+SIZES=${BENCH_SIZES-"500 2000 5000"}
+ARRAYS=${BENCH_ARRAYS-"3000 10000"}
+HOLD=${BENCH_HOLD-10000}
 FLOOR_N=${BENCH_FLOOR:-5000}
 WORK=$(mktemp -d /tmp/asg-batch-bench.XXXXXX)
 PIDS=()
@@ -140,6 +141,9 @@ if [[ "$HOLD" -gt 0 ]]; then
     api=$!
     PIDS+=("$api")
     for _ in $(seq 600); do [[ -s "$WORK/api.kubeconfig" ]] && break; sleep 0.1; done
+    rss_of() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+    hwm_of() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+    api_loaded=$(rss_of "$api")
     mport=$(free_port)
     KUBECONFIG="$WORK/api.kubeconfig" "$BIN" controller --leader-elect=false \
         --metrics-bind-address "127.0.0.1:$mport" >"$WORK/controller.log" 2>&1 &
@@ -147,19 +151,17 @@ if [[ "$HOLD" -gt 0 ]]; then
     PIDS+=("$ctl")
     passes=0
     for _ in $(seq 1200); do
-        passes=$(curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null |
+        passes=$({ curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null || true; } |
             awk '/^asg_batch_controller_pass_duration_seconds_count/ { s += $2 } END { print s + 0 }')
         [[ "$passes" -ge 2 ]] && break
         sleep 0.25
     done
-    first=$(curl -s "http://127.0.0.1:$mport/metrics" |
+    first=$({ curl -s "http://127.0.0.1:$mport/metrics" || true; } |
         awk '/^asg_batch_controller_pass_duration_seconds_sum/ { s += $2 } END { print s + 0 }')
-    rss_of() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
-    hwm_of() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
     echo
     echo "holding $HOLD finished jobs (after $passes controller passes; both passes took ${first} s):"
     echo "  controller:  RSS $(mib "$(rss_of "$ctl")") MiB, peak $(mib "$(hwm_of "$ctl")") MiB"
-    echo "  API server:  RSS $(mib "$(rss_of "$api")") MiB, peak $(mib "$(hwm_of "$api")") MiB"
+    echo "  API server:  RSS $(mib "$(rss_of "$api")") MiB, peak $(mib "$(hwm_of "$api")") MiB (loaded, before the controller: $(mib "$api_loaded") MiB)"
 fi
 echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

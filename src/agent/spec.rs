@@ -376,14 +376,14 @@ mod tests {
     #[test]
     fn overlays_the_definition_and_sets_aws_batch_variables() {
         let definition = JobTemplate {
-            container: Some(ContainerSpec {
+            container: Some(Box::new(ContainerSpec {
                 image: "etl:1".into(),
                 command: vec!["run".into()],
                 args: vec![],
                 env: vec![var("MODE", "full")],
                 working_dir: None,
                 settings: Default::default(),
-            }),
+            })),
             resources: Some(Resources {
                 cpu: "1500m".into(),
                 memory: "1Gi".into(),

@@ -494,8 +494,10 @@ pub struct ProcessSpec {
 #[serde(rename_all = "camelCase")]
 pub struct JobTemplate {
     /// Run as a container.
+    // Boxed: a ContainerSpec is about 350 bytes inline, and every job holds two templates
+    // (spec and status) that are mostly process jobs or share nothing else of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerSpec>,
+    pub container: Option<Box<ContainerSpec>>,
     /// Run as a process (executor `process`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessSpec>,
@@ -583,7 +585,7 @@ mod tests {
     #[test]
     fn inline_fields_override_the_definition() {
         let definition = JobTemplate {
-            container: Some(container("etl:1")),
+            container: Some(Box::new(container("etl:1"))),
             resources: Some(Resources {
                 cpu: "2".into(),
                 memory: "4Gi".into(),
@@ -598,7 +600,7 @@ mod tests {
             ..Default::default()
         };
         let inline = JobTemplate {
-            container: Some(container("etl:2")),
+            container: Some(Box::new(container("etl:2"))),
             timeout_seconds: Some(60),
             ..Default::default()
         };
@@ -615,7 +617,7 @@ mod tests {
     #[test]
     fn an_inline_process_replaces_a_definition_container() {
         let definition = JobTemplate {
-            container: Some(container("etl:1")),
+            container: Some(Box::new(container("etl:1"))),
             ..Default::default()
         };
         let inline = JobTemplate {

@@ -245,14 +245,14 @@ async fn capabilities_and_privileged_change_what_root_may_do() {
 fn settings_job(name: &str, script: &str) -> BatchJob {
     let mut job = process_job(name, "unused");
     job.spec.template = asg_batch::api::common::JobTemplate {
-        container: Some(asg_batch::api::common::ContainerSpec {
+        container: Some(Box::new(asg_batch::api::common::ContainerSpec {
             image: TEST_IMAGE.into(),
             command: vec!["sh".into(), "-c".into()],
             args: vec![script.into()],
             env: vec![],
             working_dir: None,
             settings: ContainerSettings::default(),
-        }),
+        })),
         ..Default::default()
     };
     job

@@ -19,14 +19,14 @@ const NODE: &str = "i-0docker";
 fn container_job(name: &str, script: &str) -> BatchJob {
     let mut job = process_job(name, "unused");
     job.spec.template = JobTemplate {
-        container: Some(ContainerSpec {
+        container: Some(Box::new(ContainerSpec {
             image: TEST_IMAGE.into(),
             command: vec!["sh".into(), "-c".into()],
             args: vec![script.into()],
             env: vec![],
             working_dir: None,
             settings: Default::default(),
-        }),
+        })),
         resources: Some(Resources {
             cpu: "500m".into(),
             memory: "64Mi".into(),

@@ -319,14 +319,14 @@ async fn a_running_process_job_is_re_adopted_by_the_restarted_agent_and_reported
 fn container_job(name: &str, script: &str) -> BatchJob {
     let mut job = process_job(name, "unused");
     job.spec.template = JobTemplate {
-        container: Some(ContainerSpec {
+        container: Some(Box::new(ContainerSpec {
             image: TEST_IMAGE.into(),
             command: vec!["sh".into(), "-c".into()],
             args: vec![script.into()],
             env: vec![],
             working_dir: None,
             settings: Default::default(),
-        }),
+        })),
         resources: Some(Resources {
             cpu: "500m".into(),
             memory: "64Mi".into(),

@@ -1,5 +1,6 @@
 //! List/watch: kube-rs watcher + reflector in sync across 1,000 changes (list-watch and
-//! streaming lists), 410 Expired and recovery, bookmarks, selector transitions, timeout.
+//! streaming lists), 410 Expired and recovery (history trimmed by count and by bytes),
+//! bookmarks, selector transitions, timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
@@ -339,6 +340,101 @@ async fn too_old_resource_version_is_410_and_watcher_recovers() {
         "the relisted watcher sees the new widget",
         Duration::from_secs(15),
         || reader.state().len() == 2,
+    )
+    .await;
+    task.abort();
+}
+
+/// The history is bounded by bytes too (a few large changes trim it long before its
+/// count bound): a resourceVersion from before the trimmed events is 410 Gone, and a
+/// kube-rs reflector that held it relists and ends equal to the server.
+#[tokio::test]
+async fn history_over_its_byte_bound_expires_old_versions_and_a_reflector_resumes() {
+    let s = server_with(ApiServerConfig {
+        history_bytes: 64 << 10,
+        ..ApiServerConfig::default()
+    })
+    .await;
+    let c = s.client();
+    install_widgets(&c).await;
+    let api: Api<Widget> = Api::namespaced(c.clone(), "default");
+    let first = create_widget(&api, "a", 1).await;
+    let (reader, writer) = reflector::store::<Widget>();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let inits2 = inits.clone();
+    let task = tokio::spawn(
+        reflector(
+            writer,
+            watcher(api.clone(), watcher::Config::default().timeout(1)),
+        )
+        .for_each(move |ev| {
+            if let Ok(watcher::Event::Init) = ev {
+                inits2.fetch_add(1, Ordering::SeqCst);
+            }
+            futures::future::ready(())
+        }),
+    );
+    let seen = inits.clone();
+    support::eventually_within(
+        "the reflector's first list",
+        Duration::from_secs(15),
+        || {
+            let seen = seen.clone();
+            async move { seen.load(Ordering::SeqCst) }
+        },
+        |n| *n >= 1,
+    )
+    .await;
+    // 20 changes of 8 KiB each: 160 KiB of history, well under 10,000 events.
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let big = "x".repeat(8 << 10);
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "big"}, "data": {"v": "0"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    for i in 0..20 {
+        cms.patch(
+            "big",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"v": format!("{i}{big}")}})),
+        )
+        .await
+        .unwrap();
+    }
+    let rv = first.metadata.resource_version.unwrap();
+    let (code, _, body) = http(
+        &s,
+        "GET",
+        &format!(
+            "/apis/example.asgbatch.io/v1/namespaces/default/widgets?watch=1&resourceVersion={rv}"
+        ),
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let evs = lines(&body);
+    assert_eq!(evs.len(), 1, "{body}");
+    assert_eq!(evs[0]["object"]["code"], 410, "{body}");
+    // The reflector reconnects (timeout 1 s) from a trimmed resourceVersion: it relists.
+    let seen = inits.clone();
+    support::eventually_within(
+        "a relist after the resourceVersion was trimmed",
+        Duration::from_secs(15),
+        || {
+            let seen = seen.clone();
+            async move { seen.load(Ordering::SeqCst) }
+        },
+        |n| *n >= 2,
+    )
+    .await;
+    merge_patch(&api, "a", json!({"spec": {"size": 7}})).await;
+    create_widget(&api, "b", 2).await;
+    let want = server_state(&api).await;
+    assert_eq!(want.len(), 2);
+    support::wait_until_async(
+        "the reflector equals the server after resuming",
+        Duration::from_secs(15),
+        || reader_state(&reader) == want,
     )
     .await;
     task.abort();

@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::crd::{CLEANUP_FINALIZER, CRD_KEY};
-use super::meta::{finalizers_of, is_deleting, name_of, namespace_of, set_meta, uid_of};
+use super::meta::{finalizers_of, is_deleting, name_of, namespace_of, set_meta};
 use super::objects::{Core, NS_KEY};
 use super::resources::{ResourceInfo, from_crd};
-use super::store::{Obj, State};
+use super::store::{GcMeta, Obj, State, Stored};
 
 /// Run the collector until the task is aborted.
 pub async fn run(core: Arc<Core>) {
@@ -58,78 +58,63 @@ fn remove_finalizer(core: &Core, st: &mut State, info: &ResourceInfo, obj: &Obj,
     let _ = core;
 }
 
-/// One pass; returns whether anything changed.
+/// One pass; returns whether anything changed. Objects are parsed only where the
+/// collector acts on them; it finds them from their [`GcMeta`].
 pub fn sweep(core: &Core) -> bool {
     let reg = core.registry();
     let result = core.store.write(|st| {
         let rv_before = st.rv();
         let mut crd_removed = false;
-        // index: uid -> (key, object)
-        let mut by_uid: HashMap<String, (String, Obj)> = HashMap::new();
-        let mut all: Vec<(String, Obj)> = vec![];
+        let mut all: Vec<(String, Stored)> = vec![];
         for key in st.keys() {
-            for o in st.list(&key, None, None) {
-                by_uid.insert(uid_of(&o).to_string(), (key.clone(), o.clone()));
+            for o in st.stored(&key, None, None) {
                 all.push((key.clone(), o));
             }
         }
+        // index: uid -> (key, object)
+        let by_uid: HashMap<&str, &(String, Stored)> =
+            all.iter().map(|e| (e.1.gc.uid.as_str(), e)).collect();
         let info_of = |key: &str| -> Option<Arc<ResourceInfo>> { reg.by_storage_key(key) };
         // dependents per owner uid
-        let mut dependents: HashMap<String, Vec<(String, Obj)>> = HashMap::new();
-        for (key, o) in &all {
-            for r in o
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(u) = r.get("uid").and_then(Value::as_str) {
-                    dependents
-                        .entry(u.to_string())
-                        .or_default()
-                        .push((key.clone(), o.clone()));
-                }
+        let mut dependents: HashMap<&str, Vec<&(String, Stored)>> = HashMap::new();
+        for e in &all {
+            for u in &e.1.gc.owners {
+                dependents.entry(u.as_str()).or_default().push(e);
             }
         }
         let mut handled: HashSet<String> = HashSet::new();
         // 1. dependents whose owners are all gone, or whose owner is deleting in foreground
         //    or orphan mode.
         for (key, o) in &all {
-            let refs: Vec<&Value> = o
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().collect())
-                .unwrap_or_default();
-            if refs.is_empty() {
+            let m: &GcMeta = &o.gc;
+            if m.owners.is_empty() {
                 continue;
             }
             let Some(info) = info_of(key) else { continue };
-            let owners: Vec<Option<&(String, Obj)>> = refs
+            let owners: Vec<Option<&GcMeta>> = m
+                .owners
                 .iter()
-                .map(|r| {
-                    r.get("uid")
-                        .and_then(Value::as_str)
-                        .and_then(|u| by_uid.get(u))
-                })
+                .map(|u| by_uid.get(u.as_str()).map(|e| &*e.1.gc))
                 .collect();
-            let orphaning: Vec<String> = owners
+            let orphaning: Vec<&str> = owners
                 .iter()
                 .flatten()
-                .filter(|(_, ow)| {
-                    is_deleting(ow) && finalizers_of(ow).iter().any(|f| f == "orphan")
-                })
-                .map(|(_, ow)| uid_of(ow).to_string())
+                .filter(|ow| ow.deleting && ow.has_finalizer("orphan"))
+                .map(|ow| ow.uid.as_str())
                 .collect();
             if !orphaning.is_empty() {
-                let mut v: Value = (**o).clone();
-                let kept: Vec<Value> = refs
-                    .iter()
+                let mut v: Value = (*o.object.unpack()).clone();
+                let kept: Vec<Value> = v
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
                     .filter(|r| {
                         !r.get("uid")
                             .and_then(Value::as_str)
-                            .is_some_and(|u| orphaning.iter().any(|x| x == u))
+                            .is_some_and(|u| orphaning.contains(&u))
                     })
-                    .map(|r| (*r).clone())
+                    .cloned()
                     .collect();
                 if kept.is_empty() {
                     if let Some(md) = super::meta::metadata_mut(&mut v) {
@@ -139,39 +124,41 @@ pub fn sweep(core: &Core) -> bool {
                     set_meta(&mut v, "ownerReferences", json!(kept));
                 }
                 st.put(key, v);
-                handled.insert(uid_of(o).to_string());
+                handled.insert(m.uid.clone());
                 continue;
             }
             let all_gone = owners.iter().all(Option::is_none);
-            let foreground = owners.iter().flatten().any(|(_, ow)| {
-                is_deleting(ow) && finalizers_of(ow).iter().any(|f| f == "foregroundDeletion")
-            });
-            if (all_gone || foreground) && !is_deleting(o) {
+            let foreground = owners
+                .iter()
+                .flatten()
+                .any(|ow| ow.deleting && ow.has_finalizer("foregroundDeletion"));
+            if (all_gone || foreground) && !m.deleting {
                 let prop = if foreground { Some("Foreground") } else { None };
-                let has_deps = dependents.contains_key(uid_of(o));
-                core.delete_in(st, &info, o, if has_deps { prop } else { None }, false);
-                handled.insert(uid_of(o).to_string());
+                let has_deps = dependents.contains_key(m.uid.as_str());
+                let obj = o.object.unpack();
+                core.delete_in(st, &info, &obj, if has_deps { prop } else { None }, false);
+                handled.insert(m.uid.clone());
             }
         }
         // 2. owners waiting on orphan / foreground finalizers
         for (key, o) in &all {
-            if !is_deleting(o) || handled.contains(uid_of(o)) {
+            let m: &GcMeta = &o.gc;
+            if !m.deleting || handled.contains(&m.uid) {
                 continue;
             }
             let Some(info) = info_of(key) else { continue };
-            let fins = finalizers_of(o);
             let live_deps = dependents
-                .get(uid_of(o))
+                .get(m.uid.as_str())
                 .map(|d| {
                     d.iter()
-                        .filter(|(k, dep)| st.get(k, namespace_of(dep), name_of(dep)).is_some())
+                        .filter(|(k, dep)| st.contains(k, &dep.gc.namespace, &dep.gc.name))
                         .count()
                 })
                 .unwrap_or(0);
-            if fins.iter().any(|f| f == "orphan") && live_deps == 0 {
-                remove_finalizer(core, st, &info, o, "orphan");
-            } else if fins.iter().any(|f| f == "foregroundDeletion") && live_deps == 0 {
-                remove_finalizer(core, st, &info, o, "foregroundDeletion");
+            if m.has_finalizer("orphan") && live_deps == 0 {
+                remove_finalizer(core, st, &info, &o.object.unpack(), "orphan");
+            } else if m.has_finalizer("foregroundDeletion") && live_deps == 0 {
+                remove_finalizer(core, st, &info, &o.object.unpack(), "foregroundDeletion");
             }
         }
         // 3. terminating namespaces: delete content, then the namespace

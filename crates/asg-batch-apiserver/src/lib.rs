@@ -64,6 +64,9 @@ pub struct ApiServerConfig {
     pub allow_remote: bool,
     /// Number of change events retained for watches (older resourceVersions get 410).
     pub history_limit: usize,
+    /// Bound of the watch history in bytes (its events' objects as JSON); older events
+    /// are dropped (their resourceVersions get 410) beyond either bound.
+    pub history_bytes: usize,
     /// Bearer tokens (kube-apiserver's `--token-auth-file`): requests with a token act as
     /// its user (ValidatingAdmissionPolicies see it); without one, as the loopback
     /// administrator; with an unknown one, 401.
@@ -77,6 +80,7 @@ impl Default for ApiServerConfig {
             data_dir: None,
             allow_remote: false,
             history_limit: 10_000,
+            history_bytes: store::DEFAULT_HISTORY_BYTES,
             tokens: None,
         }
     }
@@ -135,7 +139,8 @@ pub async fn start(cfg: ApiServerConfig) -> Result<RunningApiServer, ApiServerEr
     let store = match &cfg.data_dir {
         Some(dir) => Store::open(dir, cfg.history_limit)?,
         None => Store::in_memory(cfg.history_limit),
-    };
+    }
+    .with_history_bytes(cfg.history_bytes);
     let core = Arc::new(Core::new(store));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

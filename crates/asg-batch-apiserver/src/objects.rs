@@ -15,7 +15,7 @@ use super::patch::{self, PatchType};
 use super::resources::{Registry, ResourceInfo, from_crd};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::ssa::{self, SchemaCtx, Writer};
-use super::store::{Obj, State, Store};
+use super::store::{Obj, Packed, State, Store};
 
 /// Storage key of namespaces.
 pub const NS_KEY: &str = "/namespaces";
@@ -314,6 +314,7 @@ impl Core {
             }
             _ => (None, None),
         };
+        // Read under the lock, parse after it.
         let (objs, rv) = match (q.exact, &after) {
             (Some(at), None) => {
                 let objs = self.store.read(|st| st.list_at(&key, ns, at));
@@ -324,21 +325,32 @@ impl Core {
             }
             _ => self
                 .store
-                .read(|st| (st.list(&key, ns, after.as_ref()), st.rv())),
+                .read(|st| (st.list_packed(&key, ns, after.as_ref()), st.rv())),
         };
         let rv = start_rv.unwrap_or(rv);
-        let matching: Vec<Obj> = objs
-            .into_iter()
-            .filter(|o| q.labels.matches(o) && q.fields.matches(o))
-            .collect();
         let mut meta = json!({"resourceVersion": rv.to_string()});
         let take = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        let total = matching.len();
-        let page: Vec<Value> = matching
-            .iter()
-            .take(take)
-            .map(|o| Self::present(info, o))
-            .collect();
+        // Without selectors only the page is parsed (a paginated list stays linear).
+        let (page, total): (Vec<Value>, usize) = if q.labels.is_empty() && q.fields.is_empty() {
+            let page = objs
+                .iter()
+                .take(take)
+                .map(|o| Self::present(info, &o.unpack()))
+                .collect();
+            (page, objs.len())
+        } else {
+            let matching: Vec<Obj> = objs
+                .iter()
+                .map(Packed::unpack)
+                .filter(|o| q.labels.matches(o) && q.fields.matches(o))
+                .collect();
+            let page = matching
+                .iter()
+                .take(take)
+                .map(|o| Self::present(info, o))
+                .collect();
+            (page, matching.len())
+        };
         if total > page.len() {
             if let Some(last) = page.last() {
                 meta["continue"] = json!(format!("{rv}:{}/{}", namespace_of(last), name_of(last)));

@@ -2,25 +2,148 @@
 //! name; one global, monotonically increasing resourceVersion; a bounded history of
 //! change events for watches; optional persistence through `redb`.
 //!
+//! Objects are kept as their compact JSON ([`Packed`]), not as parsed `serde_json::Value`s:
+//! a parsed object costs about ten times its JSON (every JSON object is a B-tree node of
+//! eleven slots), which made 10,000 finished BatchJobs and a history of 10,000 changes
+//! hundreds of MiB. Readers parse what they read; a change is parsed once for all the
+//! watches it goes to ([`Live`]). The history shares the bytes of the objects (an event's
+//! previous object is the earlier event's object) and is bounded by count and by bytes.
+//!
 //! All writes go through [`Store::write`], which runs a closure under one lock, then
 //! persists, records and broadcasts the events it produced in order — so watchers see
 //! changes in resourceVersion order without gaps.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::error::{ApiError, ApiResult};
 
-/// A stored object (shared, immutable).
+/// A stored object, parsed (shared, immutable).
 pub type Obj = Arc<Value>;
+
+/// Default bound of the watch history in bytes (see [`Store::with_history_bytes`]).
+pub const DEFAULT_HISTORY_BYTES: usize = 64 << 20;
+
+/// redb's page cache: the store reads the database only when it opens (every object is
+/// kept in memory), so redb's default of 1 GiB would only hold copies of those pages.
+const DB_CACHE_BYTES: usize = 8 << 20;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// An object as the store keeps it: its compact JSON (cheap to clone: shared bytes).
+#[derive(Debug, Clone)]
+pub struct Packed(Bytes);
+
+impl Packed {
+    /// Serialise an object.
+    pub fn pack(v: &Value) -> Packed {
+        match serde_json::to_vec(v) {
+            // Without the spare capacity the growing buffer left (up to half of it).
+            Ok(b) => Packed(Bytes::from(b.into_boxed_slice())),
+            Err(e) => {
+                // A `Value` always serialises (its keys are strings); kept total anyway.
+                tracing::error!(error = %e, "an object did not serialise");
+                Packed(Bytes::from_static(b"null"))
+            }
+        }
+    }
+
+    /// Parse the object.
+    pub fn unpack(&self) -> Obj {
+        match serde_json::from_slice(&self.0) {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                // Only the store makes these bytes, from a `Value` (or from the data
+                // store, checked when loaded).
+                tracing::error!(error = %e, "a stored object did not parse");
+                Arc::new(Value::Null)
+            }
+        }
+    }
+
+    /// The JSON.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length of the JSON in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the JSON is empty (never, for a stored object).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the garbage collector needs of an object without parsing it.
+#[derive(Debug, Default)]
+pub struct GcMeta {
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.namespace` (`""` for cluster-scoped).
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The uids of `metadata.ownerReferences`.
+    pub owners: Vec<String>,
+    /// Whether `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `metadata.finalizers`.
+    pub finalizers: Vec<String>,
+}
+
+impl GcMeta {
+    fn of(v: &Value) -> GcMeta {
+        use super::meta::{finalizers_of, is_deleting, name_of, namespace_of, uid_of};
+        GcMeta {
+            uid: uid_of(v).to_string(),
+            namespace: namespace_of(v).to_string(),
+            name: name_of(v).to_string(),
+            owners: v
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|r| r.get("uid").and_then(Value::as_str).unwrap_or_default())
+                .map(str::to_string)
+                .collect(),
+            deleting: is_deleting(v),
+            finalizers: finalizers_of(v),
+        }
+    }
+
+    /// Whether it has the finalizer `f`.
+    pub fn has_finalizer(&self, f: &str) -> bool {
+        self.finalizers.iter().any(|x| x == f)
+    }
+}
+
+/// One stored object: its JSON and its garbage-collection metadata.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The object.
+    pub object: Packed,
+    /// What the garbage collector reads.
+    pub gc: Arc<GcMeta>,
+}
+
+impl Stored {
+    fn of(v: &Value) -> Stored {
+        Stored {
+            object: Packed::pack(v),
+            gc: Arc::new(GcMeta::of(v)),
+        }
+    }
+}
 
 /// Type of a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +167,7 @@ impl EventType {
     }
 }
 
-/// One change to the store.
+/// One change to the store, as the history keeps it.
 #[derive(Debug)]
 pub struct Event {
     /// resourceVersion of the change.
@@ -53,17 +176,45 @@ pub struct Event {
     pub key: String,
     /// Namespace (`""` for cluster-scoped).
     pub namespace: String,
+    /// Name of the object.
+    pub name: String,
     /// Event type.
     pub kind: EventType,
     /// The object after the change (the last state for deletions, with the new rv).
-    pub object: Obj,
+    pub object: Packed,
     /// The object before the change (for MODIFIED), so selector watches can turn a
     /// change out of (into) the selection into DELETED (ADDED).
-    pub prev: Option<Obj>,
+    pub prev: Option<Packed>,
+}
+
+impl Event {
+    /// Bytes this event holds (counted against the history's byte bound).
+    fn size(&self) -> usize {
+        self.object.len() + self.prev.as_ref().map_or(0, Packed::len)
+    }
+}
+
+/// A change as it is broadcast to the running watches: parsed once for all of them.
+#[derive(Debug)]
+pub struct Live {
+    /// The change.
+    pub event: Arc<Event>,
+    /// The object after the change, parsed.
+    pub object: Obj,
+    prev: OnceLock<Option<Obj>>,
+}
+
+impl Live {
+    /// The object before the change, parsed on first use (only selector watches need it).
+    pub fn prev(&self) -> Option<Obj> {
+        self.prev
+            .get_or_init(|| self.event.prev.as_ref().map(Packed::unpack))
+            .clone()
+    }
 }
 
 /// History replay plus the live event receiver of a watch.
-pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Live>>);
 
 /// Errors opening the persistent store.
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +233,15 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct State {
     rv: u64,
-    objects: HashMap<String, BTreeMap<(String, String), Obj>>,
+    objects: HashMap<String, BTreeMap<(String, String), Stored>>,
     history: VecDeque<Arc<Event>>,
+    /// Sum of [`Event::size`] over `history`.
+    history_bytes: usize,
     /// A watch may start at any rv >= this (all later events are retained).
     oldest_rv: u64,
     history_limit: usize,
-    pending: Vec<Arc<Event>>,
+    history_byte_limit: usize,
+    pending: Vec<(Arc<Event>, Obj)>,
     /// Set by changes the garbage collector must look at (removals, objects with
     /// ownerReferences or a deletionTimestamp, namespaces and CRDs).
     gc_dirty: bool,
@@ -102,20 +256,54 @@ impl State {
     pub fn oldest_rv(&self) -> u64 {
         self.oldest_rv
     }
+    /// Number of events in the watch history.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
     /// Get one object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Obj> {
+        self.get_stored(key, ns, name).map(|s| s.object.unpack())
+    }
+    /// Whether an object exists.
+    pub fn contains(&self, key: &str, ns: &str, name: &str) -> bool {
+        self.get_stored(key, ns, name).is_some()
+    }
+    fn get_stored(&self, key: &str, ns: &str, name: &str) -> Option<&Stored> {
         self.objects
             .get(key)
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
-            .cloned()
     }
     /// Objects of a resource, optionally in one namespace, in (namespace, name) order,
-    /// starting strictly after `after` when given.
+    /// starting strictly after `after` when given (parsed).
     pub fn list(&self, key: &str, ns: Option<&str>, after: Option<&(String, String)>) -> Vec<Obj> {
+        self.stored(key, ns, after)
+            .into_iter()
+            .map(|s| s.object.unpack())
+            .collect()
+    }
+    /// [`State::list`] unparsed: cheap under the lock; parse after releasing it.
+    pub fn list_packed(
+        &self,
+        key: &str,
+        ns: Option<&str>,
+        after: Option<&(String, String)>,
+    ) -> Vec<Packed> {
+        self.stored(key, ns, after)
+            .into_iter()
+            .map(|s| s.object)
+            .collect()
+    }
+    /// The stored entries of a resource (objects and their garbage-collection metadata).
+    pub fn stored(
+        &self,
+        key: &str,
+        ns: Option<&str>,
+        after: Option<&(String, String)>,
+    ) -> Vec<Stored> {
         let Some(m) = self.objects.get(key) else {
             return vec![];
         };
-        let iter: Box<dyn Iterator<Item = (&(String, String), &Obj)>> = match after {
+        let iter: Box<dyn Iterator<Item = (&(String, String), &Stored)>> = match after {
             Some(a) => Box::new(m.range((
                 std::ops::Bound::Excluded(a.clone()),
                 std::ops::Bound::Unbounded,
@@ -163,25 +351,31 @@ impl State {
         super::meta::set_meta(&mut obj, "resourceVersion", Value::String(rv.to_string()));
         let ns = super::meta::namespace_of(&obj).to_string();
         let name = super::meta::name_of(&obj).to_string();
+        let stored = Stored::of(&obj);
+        let packed = stored.object.clone();
         let obj = Arc::new(obj);
         let prev = self
             .objects
             .entry(key.to_string())
             .or_default()
-            .insert((ns.clone(), name), obj.clone());
+            .insert((ns.clone(), name.clone()), stored);
         let kind = if prev.is_some() {
             EventType::Modified
         } else {
             EventType::Added
         };
-        self.pending.push(Arc::new(Event {
-            rv,
-            key: key.to_string(),
-            namespace: ns,
-            kind,
-            object: obj.clone(),
-            prev,
-        }));
+        self.pending.push((
+            Arc::new(Event {
+                rv,
+                key: key.to_string(),
+                namespace: ns,
+                name,
+                kind,
+                object: packed,
+                prev: prev.map(|p| p.object),
+            }),
+            obj.clone(),
+        ));
         obj
     }
 
@@ -195,17 +389,25 @@ impl State {
         self.gc_dirty = true;
         self.rv += 1;
         let rv = self.rv;
-        let mut obj = last.unwrap_or_else(|| (*prev).clone());
+        let mut obj = match last {
+            Some(v) => v,
+            None => (*prev.object.unpack()).clone(),
+        };
         super::meta::set_meta(&mut obj, "resourceVersion", Value::String(rv.to_string()));
+        let packed = Packed::pack(&obj);
         let obj = Arc::new(obj);
-        self.pending.push(Arc::new(Event {
-            rv,
-            key: key.to_string(),
-            namespace: ns.to_string(),
-            kind: EventType::Deleted,
-            object: obj.clone(),
-            prev: Some(prev),
-        }));
+        self.pending.push((
+            Arc::new(Event {
+                rv,
+                key: key.to_string(),
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                kind: EventType::Deleted,
+                object: packed,
+                prev: Some(prev.object),
+            }),
+            obj.clone(),
+        ));
         Some(obj)
     }
 
@@ -214,19 +416,24 @@ impl State {
     /// the retained history; `None` when `at` is older than the history or newer than
     /// the current resourceVersion. (kube-apiserver reads them from etcd, which keeps
     /// every revision until its periodic compaction.)
-    pub fn list_at(&self, key: &str, ns: Option<&str>, at: u64) -> Option<Vec<Obj>> {
+    pub fn list_at(&self, key: &str, ns: Option<&str>, at: u64) -> Option<Vec<Packed>> {
         if at < self.oldest_rv || at > self.rv {
             return None;
         }
-        let mut m = self.objects.get(key).cloned().unwrap_or_default();
+        let mut m: BTreeMap<(String, String), Packed> = self
+            .objects
+            .get(key)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, s)| (k.clone(), s.object.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         for e in self.history.iter().rev().take_while(|e| e.rv > at) {
             if e.key != key {
                 continue;
             }
-            let id = (
-                e.namespace.clone(),
-                super::meta::name_of(&e.object).to_string(),
-            );
+            let id = (e.namespace.clone(), e.name.clone());
             match (&e.kind, &e.prev) {
                 (EventType::Added, _) => {
                     m.remove(&id);
@@ -254,13 +461,26 @@ impl State {
         let start = self.history.partition_point(|e| e.rv <= from);
         Some(self.history.iter().skip(start).cloned().collect())
     }
+
+    /// Drop the oldest events while the history holds more than its bounds.
+    fn trim_history(&mut self) {
+        while self.history.len() > self.history_limit
+            || (self.history_bytes > self.history_byte_limit && self.history.len() > 1)
+        {
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
+            self.history_bytes = self.history_bytes.saturating_sub(old.size());
+            self.oldest_rv = old.rv;
+        }
+    }
 }
 
 /// The store.
 #[derive(Debug)]
 pub struct Store {
     state: Mutex<State>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Live>>,
     db: Option<Database>,
 }
 
@@ -272,8 +492,15 @@ fn db_err(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Sto
 }
 
 fn row_key(event: &Event) -> String {
-    let name = super::meta::name_of(&event.object);
-    format!("{}\u{0}{}\u{0}{}", event.key, event.namespace, name)
+    format!("{}\u{0}{}\u{0}{}", event.key, event.namespace, event.name)
+}
+
+fn state(history_limit: usize) -> State {
+    State {
+        history_limit: history_limit.max(16),
+        history_byte_limit: DEFAULT_HISTORY_BYTES,
+        ..State::default()
+    }
 }
 
 impl Store {
@@ -281,24 +508,29 @@ impl Store {
     pub fn in_memory(history_limit: usize) -> Self {
         let (tx, _) = broadcast::channel(65_536);
         Store {
-            state: Mutex::new(State {
-                history_limit: history_limit.max(16),
-                ..State::default()
-            }),
+            state: Mutex::new(state(history_limit)),
             tx,
             db: None,
         }
+    }
+
+    /// Bound the watch history also by bytes (the sum of its events' objects and previous
+    /// objects as JSON; default [`DEFAULT_HISTORY_BYTES`]): older events are dropped, and
+    /// a watch from before them gets 410 Gone.
+    pub fn with_history_bytes(self, bytes: usize) -> Self {
+        self.lock().history_byte_limit = bytes;
+        self
     }
 
     /// A store persisted in `dir/store.redb`; loads objects and the counter.
     pub fn open(dir: &Path, history_limit: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| db_err(dir, e))?;
         let path = dir.join("store.redb");
-        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
-        let mut st = State {
-            history_limit: history_limit.max(16),
-            ..State::default()
-        };
+        let db = redb::Builder::new()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| db_err(&path, e))?;
+        let mut st = state(history_limit);
         {
             let w = db.begin_write().map_err(|e| db_err(&path, e))?;
             w.open_table(OBJECTS).map_err(|e| db_err(&path, e))?;
@@ -323,10 +555,14 @@ impl Store {
                     tracing::warn!(key = k.value(), "skipping unreadable stored object");
                     continue;
                 };
+                let stored = Stored {
+                    object: Packed(Bytes::copy_from_slice(v.value())),
+                    gc: Arc::new(GcMeta::of(&obj)),
+                };
                 st.objects
                     .entry(key.to_string())
                     .or_default()
-                    .insert((ns.to_string(), name.to_string()), Arc::new(obj));
+                    .insert((ns.to_string(), name.to_string()), stored);
             }
         }
         st.oldest_rv = st.rv;
@@ -362,16 +598,17 @@ impl Store {
                 tracing::error!(error = %e, "persisting to the data store failed");
             }
         }
-        for e in events {
-            st.history.push_back(e.clone());
+        for (event, object) in events {
+            st.history_bytes += event.size();
+            st.history.push_back(event.clone());
             // send fails only when nobody listens.
-            let _ = self.tx.send(e);
+            let _ = self.tx.send(Arc::new(Live {
+                event,
+                object,
+                prev: OnceLock::new(),
+            }));
         }
-        while st.history.len() > st.history_limit {
-            if let Some(old) = st.history.pop_front() {
-                st.oldest_rv = old.rv;
-            }
-        }
+        st.trim_history();
         result
     }
 
@@ -390,13 +627,13 @@ impl Store {
         &self,
         key: &str,
         ns: Option<&str>,
-    ) -> (Vec<Obj>, u64, broadcast::Receiver<Arc<Event>>) {
+    ) -> (Vec<Packed>, u64, broadcast::Receiver<Arc<Live>>) {
         let st = self.lock();
-        (st.list(key, ns, None), st.rv, self.tx.subscribe())
+        (st.list_packed(key, ns, None), st.rv, self.tx.subscribe())
     }
 
     /// Subscribe to all future events.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Live>> {
         self.tx.subscribe()
     }
 
@@ -417,22 +654,21 @@ impl Store {
     }
 }
 
-fn persist(db: &Database, events: &[Arc<Event>], rv: u64) -> Result<(), ApiError> {
+fn persist(db: &Database, events: &[(Arc<Event>, Obj)], rv: u64) -> Result<(), ApiError> {
     let ie = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
     let mut w = db.begin_write().map_err(|e| ie(&e))?;
     w.set_durability(redb::Durability::None)
         .map_err(|e| ie(&e))?;
     {
         let mut t = w.open_table(OBJECTS).map_err(|e| ie(&e))?;
-        for e in events {
+        for (e, _) in events {
             let k = row_key(e);
             match e.kind {
                 EventType::Deleted => {
                     t.remove(k.as_str()).map_err(|e| ie(&e))?;
                 }
                 _ => {
-                    let bytes = serde_json::to_vec(&*e.object).map_err(|e| ie(&e))?;
-                    t.insert(k.as_str(), bytes.as_slice()).map_err(|e| ie(&e))?;
+                    t.insert(k.as_str(), e.object.bytes()).map_err(|e| ie(&e))?;
                 }
             }
         }
@@ -441,4 +677,83 @@ fn persist(db: &Database, events: &[Arc<Event>], rv: u64) -> Result<(), ApiError
     }
     w.commit().map_err(|e| ie(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cm(name: &str, data: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}")},
+               "data": {"v": data}})
+    }
+
+    fn put(store: &Store, obj: Value) -> Obj {
+        store
+            .write(|st| Ok(st.put("core/configmaps", obj)))
+            .expect("put")
+    }
+
+    #[test]
+    fn objects_read_back_as_written_with_their_resource_version() {
+        let store = Store::in_memory(100);
+        let written = put(&store, cm("a", "one"));
+        let read = store
+            .read(|st| st.get("core/configmaps", "default", "a"))
+            .expect("stored");
+        assert_eq!(read, written);
+        assert_eq!(read["metadata"]["resourceVersion"], "1");
+        assert_eq!(read["data"]["v"], "one");
+        let gc = store.read(|st| st.stored("core/configmaps", None, None))[0]
+            .gc
+            .clone();
+        assert_eq!((gc.uid.as_str(), gc.name.as_str()), ("u-a", "a"));
+    }
+
+    #[test]
+    fn a_change_shares_its_previous_object_with_the_change_before_it() {
+        let store = Store::in_memory(100);
+        put(&store, cm("a", "one"));
+        put(&store, cm("a", "two"));
+        let events = store.read(|st| st.events_since(0)).expect("history");
+        assert_eq!(events.len(), 2);
+        let prev = events[1]
+            .prev
+            .as_ref()
+            .expect("a MODIFIED has its previous object");
+        // The same bytes, not a copy.
+        assert_eq!(prev.bytes().as_ptr(), events[0].object.bytes().as_ptr());
+        let parsed = prev.unpack();
+        assert_eq!(parsed["data"]["v"], "one");
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_bytes_and_older_versions_expire() {
+        let store = Store::in_memory(10_000).with_history_bytes(20_000);
+        let big = "x".repeat(1000);
+        for i in 0..100 {
+            put(&store, cm(&format!("c{i}"), &big));
+        }
+        let (len, oldest, rv) = store.read(|st| (st.history_len(), st.oldest_rv(), st.rv()));
+        assert!((10..100).contains(&len), "history of {len} events");
+        assert!(
+            store.read(|st| st.events_since(1)).is_none(),
+            "rv 1 was trimmed"
+        );
+        assert!(store.watch_from(1).is_err());
+        let kept = store.read(|st| st.events_since(oldest)).expect("kept");
+        assert_eq!(kept.last().map(|e| e.rv), Some(rv));
+        assert!(
+            store
+                .read(|st| st.list_at("core/configmaps", None, rv - 1))
+                .is_some()
+        );
+        assert!(
+            store
+                .read(|st| st.list_at("core/configmaps", None, 1))
+                .is_none()
+        );
+    }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::objects::Core;
 use super::resources::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
-use super::store::{Event, EventType, Obj};
+use super::store::{Event, EventType, Live, Obj, Packed};
 use super::table;
 
 /// Interval between BOOKMARK events when bookmarks are allowed.
@@ -65,6 +65,11 @@ struct Watcher {
 impl Watcher {
     fn selected(&self, o: &Value) -> bool {
         self.p.labels.matches(o) && self.p.fields.matches(o)
+    }
+
+    /// Whether the watch has a selector (then it needs each change's previous object).
+    fn filters(&self) -> bool {
+        !self.p.labels.is_empty() || !self.p.fields.is_empty()
     }
 
     fn render(&self, o: &Value) -> Value {
@@ -112,8 +117,14 @@ impl Watcher {
         let _ = self.send("ERROR", status).await;
     }
 
-    /// Process one store event; false when the client is gone.
-    async fn event(&mut self, e: &Event) -> bool {
+    /// Process one store event, `object` and `prev` giving its object and previous object
+    /// parsed (called only for events of this watch); false when the client is gone.
+    async fn event(
+        &mut self,
+        e: &Event,
+        object: &(dyn Fn() -> Obj + Sync),
+        prev: &(dyn Fn() -> Option<Obj> + Sync),
+    ) -> bool {
         if e.rv <= self.last_rv {
             return true;
         }
@@ -126,8 +137,15 @@ impl Watcher {
                 return true;
             }
         }
-        let now = self.selected(&e.object);
-        let before = e.prev.as_ref().map(|p| self.selected(p));
+        let object = object();
+        let now = self.selected(&object);
+        // Without a selector every object is selected: the previous one is not parsed.
+        let prev = if self.filters() { prev() } else { None };
+        let before = match (&e.prev, &prev) {
+            (None, _) => None,
+            (Some(_), Some(p)) => Some(self.selected(p)),
+            (Some(_), None) => Some(true),
+        };
         let kind = match (e.kind, before, now) {
             (EventType::Added, _, true) => "ADDED",
             (EventType::Modified, Some(true), true) => "MODIFIED",
@@ -139,13 +157,13 @@ impl Watcher {
         };
         // A change out of the selection: kube-apiserver sends the previous object (the
         // one that matched) with the change's resourceVersion.
-        let obj = match (kind, e.kind, &e.prev) {
+        let obj = match (kind, e.kind, &prev) {
             ("DELETED", EventType::Modified, Some(prev)) => {
                 let mut p = (**prev).clone();
                 super::meta::set_meta(&mut p, "resourceVersion", json!(e.rv.to_string()));
                 self.render(&p)
             }
-            _ => self.render(&e.object),
+            _ => self.render(&object),
         };
         self.send(kind, obj).await
     }
@@ -172,14 +190,19 @@ pub fn start(
         let rv_param = w.p.resource_version.clone().unwrap_or_default();
         let initial = w.p.send_initial_events == Some(true)
             || (w.p.send_initial_events.is_none() && (rv_param.is_empty() || rv_param == "0"));
-        let mut rx: broadcast::Receiver<Arc<Event>>;
+        let mut rx: broadcast::Receiver<Arc<Live>>;
         if initial || rv_param.is_empty() {
             let (objs, rv, sub) = core.store.snapshot_and_watch(&w.key, w.ns.as_deref());
             rx = sub;
             w.last_rv = rv;
             if initial {
-                let objs: Vec<Obj> = objs.into_iter().filter(|o| w.selected(o)).collect();
+                // Parsed one at a time: the whole list parsed at once would be ten
+                // times its JSON.
                 for o in objs {
+                    let o = o.unpack();
+                    if !w.selected(&o) {
+                        continue;
+                    }
                     let obj = w.render(&o);
                     if !w.send("ADDED", obj).await {
                         return;
@@ -206,7 +229,9 @@ pub fn start(
                     rx = sub;
                     w.last_rv = from;
                     for e in events {
-                        if !w.event(&e).await {
+                        let object = || e.object.unpack();
+                        let prev = || e.prev.as_ref().map(Packed::unpack);
+                        if !w.event(&e, &object, &prev).await {
                             return;
                         }
                     }
@@ -226,8 +251,10 @@ pub fn start(
         loop {
             tokio::select! {
                 r = rx.recv() => match r {
-                    Ok(e) => {
-                        if !w.event(&e).await {
+                    Ok(live) => {
+                        let object = || live.object.clone();
+                        let prev = || live.prev();
+                        if !w.event(&live.event, &object, &prev).await {
                             return;
                         }
                     }

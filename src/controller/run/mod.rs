@@ -87,11 +87,11 @@ pub async fn run(
         None => None,
     };
     let ctx = Arc::new(Context::new(client.clone(), config, fleets, metrics));
-    let (ces, s1) = watch::<DeserializeGuard<ComputeEnvironment>>(&client);
-    let (queues, s2) = watch::<DeserializeGuard<JobQueue>>(&client);
-    let (definitions, s3) = watch::<DeserializeGuard<JobDefinition>>(&client);
-    let (jobs, s4) = watch::<DeserializeGuard<BatchJob>>(&client);
-    let (nodes, s5) = watch::<DeserializeGuard<BatchNode>>(&client);
+    let (ces, s1) = watch::<ComputeEnvironment>(&client);
+    let (queues, s2) = watch::<JobQueue>(&client);
+    let (definitions, s3) = watch::<JobDefinition>(&client);
+    let (jobs, s4) = watch::<BatchJob>(&client);
+    let (nodes, s5) = watch::<BatchNode>(&client);
     let stores = Stores {
         compute_environments: ces,
         queues,

@@ -5,7 +5,74 @@ use super::*;
 
 /// A store of objects that may have failed to deserialise: one bad object never breaks
 /// a watch; it is reported on itself and left out of the pass.
-pub(super) type Guarded<K> = Store<DeserializeGuard<K>>;
+pub(super) type Guarded<K> = Store<Checked<K>>;
+
+/// An object as a reflector store keeps it: the typed object behind its own `Arc`, so a
+/// pass takes it without copying it (a copy of every job per pass doubled the
+/// controller's memory), or why it did not deserialise ([`DeserializeGuard`]'s error).
+#[derive(Debug, Clone)]
+pub(super) struct Checked<K>(Result<Arc<K>, kube::core::error_boundary::InvalidObject>);
+
+impl<'de, K> serde::Deserialize<'de> for Checked<K>
+where
+    K: serde::Deserialize<'de> + kube::Resource,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        DeserializeGuard::<K>::deserialize(d).map(|g| Checked(g.0.map(Arc::new)))
+    }
+}
+
+impl<K: kube::Resource + Clone> kube::Resource for Checked<K> {
+    type DynamicType = K::DynamicType;
+    type Scope = K::Scope;
+
+    fn kind(dt: &Self::DynamicType) -> std::borrow::Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &Self::DynamicType) -> std::borrow::Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &Self::DynamicType) -> std::borrow::Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &Self::DynamicType) -> std::borrow::Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        self.0.as_ref().map_or_else(|e| &e.metadata, |k| k.meta())
+    }
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        // Only the watch stream's `modify` writes, before the store shares the object: no
+        // copy is made.
+        match &mut self.0 {
+            Ok(k) => Arc::make_mut(k).meta_mut(),
+            Err(e) => &mut e.metadata,
+        }
+    }
+}
+
+/// What a kind keeps in the controller's store: fields the controller never reads are
+/// dropped as they arrive.
+pub(super) trait Trim {
+    /// Drop what the controller does not read.
+    fn trim(&mut self) {}
+}
+
+impl Trim for ComputeEnvironment {}
+impl Trim for JobQueue {}
+impl Trim for JobDefinition {}
+impl Trim for BatchNode {}
+impl Trim for BatchJob {
+    /// The agents' log tails (up to a few KiB per attempt) are for users; the controller
+    /// never reads them (its own attempt entries carry none).
+    fn trim(&mut self) {
+        if let Some(st) = self.status.as_mut() {
+            for a in &mut st.attempts {
+                a.log_tail = None;
+            }
+        }
+    }
+}
 
 /// The reflector stores of the five kinds.
 #[derive(Clone)]
@@ -31,7 +98,7 @@ where
     let mut out = Vec::new();
     for g in store.state() {
         match &g.0 {
-            Ok(k) => out.push(Arc::new(k.clone())),
+            Ok(k) => out.push(k.clone()),
             Err(e) => invalid.push(Invalid {
                 reference: ObjectReference {
                     api_version: Some(K::api_version(&()).into_owned()),
@@ -108,12 +175,16 @@ impl Stores {
     }
 }
 
+/// The annotation in which client-side `kubectl apply` keeps the applied manifest.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Watches one kind into a store; the stream yields `()` per change.
 pub(super) fn watch<K>(
     client: &kube::Client,
-) -> (Store<K>, BoxStream<'static, Result<(), watcher::Error>>)
+) -> (Guarded<K>, BoxStream<'static, Result<(), watcher::Error>>)
 where
-    K: kube::Resource<DynamicType = ()>
+    K: kube::Resource<DynamicType = (), Scope: Send + Sync>
+        + Trim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -121,12 +192,22 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client.clone());
+    let (store, writer) = reflector::store::<Checked<K>>();
+    let api: Api<Checked<K>> = Api::all(client.clone());
     // managedFields are never read by the controller: not kept (a large part of every
-    // stored object, one entry per field manager).
+    // stored object, one entry per field manager); nor what `Trim` drops. The
+    // controller's writes are server-side applies of its own fields and merge patches,
+    // so what its copies lack is never written back.
     let trimmed = watcher(api, watcher::Config::default()).modify(|o| {
-        o.meta_mut().managed_fields = None;
+        let meta = kube::Resource::meta_mut(o);
+        meta.managed_fields = None;
+        // `kubectl apply`'s copy of the whole manifest: never read here either.
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
+        if let Ok(k) = &mut o.0 {
+            Arc::make_mut(k).trim();
+        }
     });
     let stream = reflector::reflector(writer, trimmed)
         .default_backoff()
