@@ -709,3 +709,70 @@ mod authorized {
         agent.stop().await.expect("agent stops");
     }
 }
+
+/// `asg-batch dev` as a user runs it: its in-process agents serve their logs on loopback,
+/// and `asg-batch logs -f` against dev's kubeconfig streams a job's whole output.
+#[tokio::test]
+async fn dev_serves_its_jobs_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("jobs.yaml");
+    let env_and_queue: String = asg_batch::dev::DEMO
+        .split("\n---\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{env_and_queue}\n---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\n\
+             metadata: {{name: counter, namespace: default}}\nspec:\n  queue: dev\n  \
+             process: {{command: [sh, -c, '{}']}}\n  \
+             resources: {{cpu: 250m, memory: 32Mi}}\n",
+            print_lines(1, 3000, true).replace('\'', "''")
+        ),
+    )
+    .expect("write manifest");
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_asg-batch"))
+        .args(["dev", "--listen", "127.0.0.1:0", "-f"])
+        .arg(&manifest)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start dev");
+    let mut stdout = BufReader::new(dev.stdout.take().expect("stdout")).lines();
+    let kubeconfig = loop {
+        let line = next_line(&mut stdout, "dev's banner")
+            .await
+            .expect("dev exited early");
+        if let Some(path) = line.trim().strip_prefix("export KUBECONFIG=") {
+            break std::path::PathBuf::from(path);
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    // -f from before the job has an attempt (an instance boots first) to its end.
+    let out = stdout_ok(&logs(&kubeconfig, &["-f", "counter"]).await);
+    assert_eq!(out.lines().collect::<Vec<_>>(), numbered(1..=3000));
+    let node: BatchNode = {
+        let client = support::kube::client_from_kubeconfig(&kubeconfig);
+        let job = get_job(&client, "default", "counter").await;
+        let node = attempt(&job, 1).and_then(|a| a.node).expect("node");
+        get_node(&client, &node).await.expect("node")
+    };
+    let endpoint = node
+        .status
+        .and_then(|s| s.log_endpoint)
+        .expect("log endpoint");
+    assert!(
+        endpoint.url.starts_with("http://127.0.0.1:") && endpoint.certificate.is_none(),
+        "dev serves plain HTTP on loopback: {endpoint:?}"
+    );
+    let pid = nix::unistd::Pid::from_raw(dev.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+    let status = tokio::time::timeout(Duration::from_secs(60), dev.wait())
+        .await
+        .expect("dev stops")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}

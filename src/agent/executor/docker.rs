@@ -28,6 +28,17 @@ use tokio::sync::{mpsc, watch};
 /// How long the log copy of a stopped container may take to reach the end.
 const LOG_COPY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A container's log being copied; stopped when dropped (the supervision of the attempt
+/// ended: an agent that leaves it to the next agent process stops copying too, and the
+/// next one copies the whole log again).
+struct LogCopy(tokio::task::JoinHandle<()>);
+
+impl Drop for LogCopy {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Label naming the attempt a container runs (its value is the container's name).
 pub const ATTEMPT_LABEL: &str = "io.asgbatch.attempt";
 
@@ -87,11 +98,11 @@ impl DockerExecutor {
 
     /// Starts copying the container's whole log (from its start, so a re-adopted
     /// container's log is written again whole, each line once) into the log store.
-    fn copy_logs(&self, name: &str) -> Option<tokio::task::JoinHandle<()>> {
+    fn copy_logs(&self, name: &str) -> Option<LogCopy> {
         let store = self.logs.clone()?;
         let docker = self.docker.clone();
         let name = name.to_string();
-        Some(tokio::spawn(async move {
+        Some(LogCopy(tokio::spawn(async move {
             let mut file = match store.create(&name) {
                 Ok(f) => f,
                 Err(e) => {
@@ -120,18 +131,17 @@ impl DockerExecutor {
                     }
                 }
             }
-        }))
+        })))
     }
 
     /// Waits for a log copy to reach the end of the stopped container's log.
-    async fn finish_copy(name: &str, copy: Option<tokio::task::JoinHandle<()>>) {
+    async fn finish_copy(name: &str, copy: Option<LogCopy>) {
         let Some(mut copy) = copy else { return };
-        if tokio::time::timeout(LOG_COPY_GRACE, &mut copy)
+        if tokio::time::timeout(LOG_COPY_GRACE, &mut copy.0)
             .await
             .is_err()
         {
             tracing::warn!(container = name, grace = ?LOG_COPY_GRACE, "the log stream did not end after the container stopped");
-            copy.abort();
         }
     }
 
