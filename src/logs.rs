@@ -186,23 +186,34 @@ fn pick_attempt(
         })
 }
 
-/// The bearer token the kubeconfig authenticates with, when it uses one (a token, a
-/// token file or an exec plugin's token are all read by kube's configuration).
+/// The bearer token the kubeconfig authenticates with, when it uses one: its `token`,
+/// its `tokenFile`, or the token its `exec` plugin prints (e.g. `aws eks get-token` or
+/// `asg-batch eks-token`). A client certificate cannot be forwarded: none then.
 fn bearer_token(config: &kube::Config) -> Option<String> {
     use secrecy::ExposeSecret;
-    config
-        .auth_info
-        .token
-        .as_ref()
-        .map(|t| t.expose_secret().to_string())
-        .or_else(|| {
-            config
-                .auth_info
-                .token_file
-                .as_ref()
-                .and_then(|f| std::fs::read_to_string(f).ok())
-                .map(|t| t.trim().to_string())
-        })
+    let auth = &config.auth_info;
+    if let Some(t) = &auth.token {
+        return Some(t.expose_secret().to_string());
+    }
+    if let Some(f) = &auth.token_file {
+        return std::fs::read_to_string(f)
+            .ok()
+            .map(|t| t.trim().to_string());
+    }
+    let exec = auth.exec.as_ref()?;
+    let mut cmd = std::process::Command::new(exec.command.as_ref()?);
+    cmd.args(exec.args.iter().flatten());
+    for pair in exec.env.iter().flatten() {
+        if let (Some(k), Some(v)) = (pair.get("name"), pair.get("value")) {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.stderr(std::process::Stdio::inherit()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let credential: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    credential["status"]["token"].as_str().map(str::to_owned)
 }
 
 /// Streams attempt `n` of `namespace/job` from `endpoint` to stdout.

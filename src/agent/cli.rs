@@ -61,7 +61,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub spot_poll_interval: Option<u64>,
     /// Data directory: process jobs keep their state (exit code, output) in
-    /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them.
+    /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them; every attempt's
+    /// whole output is kept in `<dir>/logs/`.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g. `127.0.0.1:9091`);

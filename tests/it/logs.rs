@@ -645,10 +645,32 @@ mod authorized {
             ],
         )
         .await;
-        let reader = real.kubeconfig_for_token(
-            &format!("{ns}-reader"),
-            &real.mint_token(&ns, "reader").await,
-        );
+        let reader_token = real.mint_token(&ns, "reader").await;
+        let reader = real.kubeconfig_for_token(&format!("{ns}-reader"), &reader_token);
+        // The same user through an exec credential plugin (as `aws eks get-token`).
+        let credential = data.path().join("credential.json");
+        std::fs::write(
+            &credential,
+            serde_json::json!({
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": {"token": reader_token},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let reader_exec = data.path().join("reader-exec.kubeconfig");
+        std::fs::write(
+            &reader_exec,
+            std::fs::read_to_string(&reader).unwrap().replace(
+                &format!("    token: {reader_token}"),
+                &format!(
+                    "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: cat\n      args: [\"{}\"]\n      interactiveMode: Never",
+                    credential.display()
+                ),
+            ),
+        )
+        .unwrap();
         let viewer = real.kubeconfig_for_token(
             &format!("{ns}-viewer"),
             &real.mint_token(&ns, "viewer").await,
@@ -662,6 +684,8 @@ mod authorized {
         )
         .await;
         assert_eq!(String::from_utf8_lossy(&out.stdout), "only for readers\n");
+        let out = stdout_ok(&logs(&reader_exec, &["-n", &ns, name]).await);
+        assert_eq!(out, "only for readers\n", "the token of an exec plugin");
 
         let o = logs(&viewer, &["-n", &ns, name]).await;
         assert!(!o.status.success(), "the viewer must not read the log");
