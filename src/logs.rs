@@ -97,7 +97,9 @@ pub async fn main(args: LogsArgs) -> Result<(), LogsError> {
                     entry.node.as_deref().unwrap_or("?")
                 )));
             }
-            Err(e) if !args.follow || job_ended(&job) => return Err(e),
+            Err(e) if !args.follow || job_ended(&job) || job.spec.array_properties.is_some() => {
+                return Err(e);
+            }
             // -f: wait for the attempt to start.
             _ => tokio::time::sleep(START_POLL).await,
         }
@@ -165,6 +167,12 @@ fn pick_attempt(
         .unwrap_or_default();
     let latest = attempts.iter().map(|a| a.attempt).max();
     let Some(latest) = latest else {
+        if job.spec.array_properties.is_some() {
+            return Err(LogsError::NoAttempt(format!(
+                "batchjob {full} is an array job: its children run, not it (asg-batch logs {}-<index>)",
+                job.metadata.name.as_deref().unwrap_or_default()
+            )));
+        }
         let phase = job
             .status
             .as_ref()

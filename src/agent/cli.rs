@@ -351,6 +351,7 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
         advertise: args.log_advertise_address.clone(),
         max_bytes: args.log_max_bytes,
         retention: Duration::from_secs(args.log_retention),
+        sweep_every: super::logs::SWEEP_EVERY,
         secure: !args.log_insecure_loopback,
     })
     .with_shutdown_mode(match args.on_shutdown {

@@ -75,6 +75,8 @@ pub struct LogConfig {
     pub max_bytes: u64,
     /// How long an ended attempt's log is kept.
     pub retention: Duration,
+    /// How often logs past their retention, or of jobs that are gone, are deleted.
+    pub sweep_every: Duration,
     /// Serve over TLS (a self-signed certificate made at start, published with the
     /// endpoint) to callers with a bearer token allowed `get` on `batchjobs/log`; off:
     /// plain HTTP to anyone who reaches it (loopback only, `asg-batch dev`).
@@ -88,6 +90,7 @@ impl Default for LogConfig {
             advertise: None,
             max_bytes: super::logs::DEFAULT_MAX_BYTES,
             retention: super::logs::DEFAULT_RETENTION,
+            sweep_every: super::logs::SWEEP_EVERY,
             secure: true,
         }
     }

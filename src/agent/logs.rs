@@ -39,7 +39,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 100 << 20;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often a follower looks for more output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
-/// How often old logs are swept.
+/// How often old logs are swept (default).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// The line that ends a log file cut at its cap of `max_bytes`.
@@ -167,10 +167,16 @@ pub struct EndMark {
     pub uid: String,
 }
 
-/// Every [`SWEEP_EVERY`]: deletes the logs of attempts that ended more than `retention`
-/// ago and of jobs that are gone (not found, or replaced by another with the same name).
-pub async fn sweep_loop(store: LogStore, client: kube::Client, retention: Duration) {
-    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+/// Every `every` ([`SWEEP_EVERY`] by default): deletes the logs of attempts that ended
+/// more than `retention` ago and of jobs that are gone (not found, or replaced by another
+/// with the same name).
+pub async fn sweep_loop(
+    store: LogStore,
+    client: kube::Client,
+    retention: Duration,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
     loop {
         ticks.tick().await;
         let mut gone = std::collections::HashSet::new();

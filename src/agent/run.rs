@@ -134,7 +134,13 @@ async fn run_inner(
         None => None,
     };
     let _log_sweep = AbortTask(tokio::spawn(
-        super::logs::sweep_loop(log_store, client.clone(), config.logs.retention).in_current_span(),
+        super::logs::sweep_loop(
+            log_store,
+            client.clone(),
+            config.logs.retention,
+            config.logs.sweep_every,
+        )
+        .in_current_span(),
     ));
     node::register(&nodes, &config, protected, &gate)
         .await

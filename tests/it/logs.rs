@@ -800,3 +800,186 @@ async fn dev_serves_its_jobs_logs() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn logs_of_deleted_jobs_and_past_their_retention_are_deleted() {
+    let s = server_with_crds().await;
+    let client = s.client();
+    let sweep = |node: &str, data: &Path, retention: Duration| {
+        let mut c = log_config(node, data);
+        c.logs.retention = retention;
+        c.logs.sweep_every = Duration::from_millis(200);
+        c
+    };
+    let log_of = |data: &Path, job: &asg_batch::api::BatchJob| {
+        data.join("logs").join(format!(
+            "asgb-{}-{}-a1.log",
+            job.metadata.name.as_deref().unwrap(),
+            job.metadata.uid.as_deref().unwrap()
+        ))
+    };
+    // Kept a day: only the log of the job that is deleted goes.
+    let kept = tempfile::tempdir().expect("data dir");
+    let node = format!("local-logs-sweep-{}", tag());
+    let config = sweep(&node, kept.path(), Duration::from_secs(86_400));
+    let agent = TestAgent::start(
+        client.clone(),
+        config.clone(),
+        process_executor_of(&config),
+        None,
+    );
+    let (stays, goes) = (format!("stays-{}", tag()), format!("goes-{}", tag()));
+    let mut ended = Vec::new();
+    for name in [&stays, &goes] {
+        create_job(
+            &client,
+            "default",
+            &process_job(name, "echo kept for a while"),
+        )
+        .await;
+        bind(&client, "default", name, &node, 1).await;
+        ended.push(wait_ended(&client, "default", name, 1).await);
+    }
+    for job in &ended {
+        assert!(
+            log_of(kept.path(), job).exists(),
+            "{:?}",
+            log_of(kept.path(), job)
+        );
+    }
+    Api::<asg_batch::api::BatchJob>::namespaced(client.clone(), "default")
+        .delete(&goes, &DeleteParams::default())
+        .await
+        .expect("delete job");
+    support::wait_until_async(
+        "the deleted job's log to be swept",
+        Duration::from_secs(60),
+        || !log_of(kept.path(), &ended[1]).exists(),
+    )
+    .await;
+    // The same sweep looked at the other one: its job is there and it is young.
+    assert!(log_of(kept.path(), &ended[0]).exists());
+    agent.stop().await.expect("agent stops");
+
+    // No retention: an ended attempt's log goes at the next sweep, its job still there.
+    let brief = tempfile::tempdir().expect("data dir");
+    let node = format!("local-logs-brief-{}", tag());
+    let config = sweep(&node, brief.path(), Duration::ZERO);
+    let agent = TestAgent::start(
+        client.clone(),
+        config.clone(),
+        process_executor_of(&config),
+        None,
+    );
+    let name = format!("brief-{}", tag());
+    create_job(&client, "default", &process_job(&name, "echo soon gone")).await;
+    bind(&client, "default", &name, &node, 1).await;
+    let job = wait_ended(&client, "default", &name, 1).await;
+    support::wait_until_async(
+        "the log past its retention to be swept",
+        Duration::from_secs(60),
+        || !log_of(brief.path(), &job).exists(),
+    )
+    .await;
+    agent.stop().await.expect("agent stops");
+}
+
+/// `asg-batch agent` as a user starts it, with the log flags.
+#[tokio::test]
+async fn the_agent_command_serves_logs_and_refuses_unsafe_log_flags() {
+    let s = server_with_crds().await;
+    let client = s.client();
+    let ce: asg_batch::api::ComputeEnvironment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "asgbatch.io/v1alpha1",
+        "kind": "ComputeEnvironment",
+        "metadata": {"name": "logs-cli"},
+        "spec": {
+            "local": {"executor": "process"},
+            "minInstances": 0,
+            "maxInstances": 1,
+            "instanceShape": {"cpu": "1", "memory": "1Gi"}
+        }
+    }))
+    .unwrap();
+    Api::<asg_batch::api::ComputeEnvironment>::all(client.clone())
+        .create(&Default::default(), &ce)
+        .await
+        .expect("create ce");
+    let data = tempfile::tempdir().expect("data dir");
+    let node = format!("local-logs-cli-{}", tag());
+    let agent = |extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_asg-batch"));
+        cmd.args([
+            "agent",
+            "--compute-environment",
+            "logs-cli",
+            "--instance-id",
+            &node,
+        ])
+        .args([
+            "--heartbeat-interval",
+            "1",
+            "--on-shutdown",
+            "cancel",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .args(extra)
+        .env("KUBECONFIG", s.kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        cmd
+    };
+    for (flags, says) in [
+        (
+            &["--log-listen", "0.0.0.0:0"][..],
+            "pass --log-advertise-address",
+        ),
+        (
+            &["--log-listen", "192.0.2.1:0", "--log-insecure-loopback"][..],
+            "--log-listen must be a loopback address",
+        ),
+    ] {
+        let o = tokio::time::timeout(Duration::from_secs(60), agent(flags).output())
+            .await
+            .expect("the agent refuses in time")
+            .expect("run agent");
+        assert!(!o.status.success(), "{flags:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+
+    let mut child = agent(&["--log-listen", "127.0.0.1:0", "--log-insecure-loopback"])
+        .spawn()
+        .expect("start agent");
+    let name = format!("from-the-agent-command-{}", tag());
+    create_job(
+        &client,
+        "default",
+        &process_job(&name, &print_lines(1, 1000, true)),
+    )
+    .await;
+    bind(&client, "default", &name, &node, 1).await;
+    let out = stdout_ok(&logs(&s.kubeconfig(), &["-f", "-n", "default", &name]).await);
+    assert_eq!(out.lines().collect::<Vec<_>>(), numbered(1..=1000));
+    // The log is where the flags put it.
+    let uid = get_job(&client, "default", &name)
+        .await
+        .metadata
+        .uid
+        .unwrap();
+    assert!(
+        data.path()
+            .join("logs")
+            .join(format!("asgb-{name}-{uid}-a1.log"))
+            .exists()
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("agent stops")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}
