@@ -303,6 +303,7 @@ pub async fn serve(
     config: &super::AgentConfig,
     store: LogStore,
     client: kube::Client,
+    metrics: Arc<super::metrics::AgentMetrics>,
 ) -> Result<
     (
         crate::api::batch_node::LogEndpoint,
@@ -330,7 +331,7 @@ pub async fn serve(
     if config.logs.secure {
         let (tls, certificate) =
             super::logtls::server_config(&host).map_err(ServeError::Certificate)?;
-        let app = router(store, client, node, LogAuth::Kube);
+        let app = router(store, client, node, LogAuth::Kube, Some(metrics));
         let task = tokio::spawn(super::logtls::serve(listener, tls, app));
         let endpoint = crate::api::batch_node::LogEndpoint {
             url: format!("https://{host}:{}", local.port()),
@@ -338,7 +339,7 @@ pub async fn serve(
         };
         Ok((endpoint, task))
     } else {
-        let app = router(store, client, node, LogAuth::None);
+        let app = router(store, client, node, LogAuth::None, Some(metrics));
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the log endpoint stopped");
@@ -358,6 +359,7 @@ struct Served {
     client: kube::Client,
     node: String,
     auth: LogAuth,
+    metrics: Option<Arc<super::metrics::AgentMetrics>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -372,8 +374,15 @@ fn plain(code: StatusCode, text: impl Into<String>) -> Response {
     (code, text).into_response()
 }
 
-/// The router serving `/logs/<namespace>/<job>/<attempt>` of `store`.
-pub fn router(store: LogStore, client: kube::Client, node: String, auth: LogAuth) -> Router {
+/// The router serving `/logs/<namespace>/<job>/<attempt>` of `store`, counting requests
+/// by status code in `metrics`.
+pub fn router(
+    store: LogStore,
+    client: kube::Client,
+    node: String,
+    auth: LogAuth,
+    metrics: Option<Arc<super::metrics::AgentMetrics>>,
+) -> Router {
     Router::new()
         .route("/logs/{namespace}/{job}/{attempt}", get(serve_log))
         .with_state(Arc::new(Served {
@@ -381,14 +390,35 @@ pub fn router(store: LogStore, client: kube::Client, node: String, auth: LogAuth
             client,
             node,
             auth,
+            metrics,
         }))
 }
 
-#[tracing::instrument(skip(s, headers, query), fields(node = %s.node))]
 async fn serve_log(
     State(s): State<Arc<Served>>,
     UrlPath((namespace, job, attempt)): UrlPath<(String, String, String)>,
     Query(query): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let response = answer(&s, namespace, job, attempt, query, headers).await;
+    if let Some(m) = &s.metrics {
+        m.log_requests
+            .get_or_create(&vec![(
+                "code".to_string(),
+                response.status().as_u16().to_string(),
+            )])
+            .inc();
+    }
+    response
+}
+
+#[tracing::instrument(skip(s, headers, query), fields(node = %s.node))]
+async fn answer(
+    s: &Served,
+    namespace: String,
+    job: String,
+    attempt: String,
+    query: LogQuery,
     headers: HeaderMap,
 ) -> Response {
     if !dns_label(&namespace) {

@@ -123,10 +123,15 @@ async fn run_inner(
     let log_store = config.log_store();
     let _log_server = match config.logs.listen {
         Some(addr) => {
-            let (endpoint, task) =
-                super::logs::serve(addr, &config, log_store.clone(), client.clone())
-                    .await
-                    .map_err(AgentError::Logs)?;
+            let (endpoint, task) = super::logs::serve(
+                addr,
+                &config,
+                log_store.clone(),
+                client.clone(),
+                metrics.clone(),
+            )
+            .await
+            .map_err(AgentError::Logs)?;
             tracing::info!(url = %endpoint.url, "serving attempt logs");
             config.log_endpoint = Some(endpoint);
             Some(AbortTask(task))

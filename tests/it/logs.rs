@@ -552,6 +552,11 @@ mod authorized {
                 secure: true,
                 ..LogConfig::default()
             });
+        let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let mut config = config;
+        config.metrics_bind_address = Some(metrics_addr);
         let agent = TestAgent::start(
             node_client,
             config.clone(),
@@ -730,6 +735,25 @@ mod authorized {
             wrong.get(&url).send().await.is_err(),
             "a certificate that is not the endpoint's"
         );
+        // The agent counts what it answered.
+        let scraped = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics");
+        let count = |code: &str| -> u64 {
+            scraped
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "asg_batch_agent_log_requests_total{{code=\"{code}\"}} "
+                    ))
+                })
+                .map_or(0, |v| v.trim().parse().unwrap())
+        };
+        assert_eq!((count("401"), count("403")), (2, 1), "{scraped}");
+        assert!(count("200") >= 2, "{scraped}");
         agent.stop().await.expect("agent stops");
     }
 }
