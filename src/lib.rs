@@ -11,6 +11,7 @@ pub mod cloud;
 pub mod controller;
 pub mod dev;
 pub mod kubeauth;
+pub mod logs;
 pub mod scheduler;
 pub mod simulate;
 pub mod telemetry;

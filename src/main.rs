@@ -50,10 +50,19 @@ enum Command {
         /// The attempt's state directory.
         #[arg(long)]
         state: PathBuf,
+        /// Where the program's output goes (default: `output` in the state directory).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Cap of the output file in bytes; beyond it the output is dropped (one line says so).
+        #[arg(long)]
+        output_max_bytes: Option<u64>,
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print (`-f`: follow) the whole output of a BatchJob's attempt, served by the node
+    /// agent that ran it.
+    Logs(asg_batch::logs::LogsArgs),
     /// Cancel BatchJobs: not yet started ones never start, running ones are stopped
     /// (sets `spec.cancel`).
     Cancel(asg_batch::cancel::CancelArgs),
@@ -104,12 +113,23 @@ fn main() -> ExitCode {
             "warn",
             asg_batch::kubeauth::eks_token_main(args),
         ),
-        Command::Shim { state, command } => {
-            let code = asg_batch::agent::executor::shim::main(&state, &command);
+        Command::Shim {
+            state,
+            output,
+            output_max_bytes,
+            command,
+        } => {
+            let output = asg_batch::agent::executor::shim::OutputSettings {
+                path: output
+                    .unwrap_or_else(|| state.join(asg_batch::agent::executor::shim::OUTPUT_FILE)),
+                max_bytes: output_max_bytes,
+            };
+            let code = asg_batch::agent::executor::shim::main(&state, &output, &command);
             ExitCode::from(u8::try_from(code).unwrap_or(255))
         }
         Command::Dev(args) => run_async("dev", "warn", asg_batch::dev::main(args)),
         Command::Cancel(args) => run_async("cancel", "warn", asg_batch::cancel::main(args)),
+        Command::Logs(args) => run_async("logs", "warn", asg_batch::logs::main(args)),
         Command::Simulate {
             workload,
             policy,

@@ -225,6 +225,8 @@ pub async fn run(
             }
         };
         let (started_at, mut outcome) = ended;
+        // Its whole output is in the log now (when the executor keeps one).
+        ctx.config.log_store().mark_ended(&spec::attempt_name(&key), &key);
         if outcome.reason == EndReason::Cancelled {
             if let Ok(guard) = cancel_reason.lock() {
                 if let Some(why) = *guard {

@@ -68,13 +68,37 @@ pub struct AgentArgs {
     #[arg(long)]
     pub spot_poll_interval: Option<u64>,
     /// Data directory: process jobs keep their state (exit code, output) in
-    /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them.
+    /// `<dir>/attempts/`, so a restarted agent re-adopts or reports them; every attempt's
+    /// whole output is kept in `<dir>/logs/`.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g. `127.0.0.1:9091`);
     /// `off` (the default) serves nothing.
     #[arg(long, default_value = "off", value_parser = crate::controller::cli::parse_bind)]
     pub metrics_bind_address: crate::controller::cli::Bind,
+    /// Serve the attempts' full logs (`asg-batch logs`) on this address, e.g.
+    /// `0.0.0.0:10250`, over TLS with a self-signed certificate published in the
+    /// BatchNode's `status.logEndpoint`, to callers whose bearer token may `get`
+    /// `batchjobs/log` in the job's namespace (TokenReview, SubjectAccessReview). Off
+    /// unless given; logs are kept under `<data dir>/logs/` either way.
+    #[arg(long)]
+    pub log_listen: Option<std::net::SocketAddr>,
+    /// The address or host name clients reach the log endpoint at (default: the
+    /// `--log-listen` address; required when that is `0.0.0.0` or `::`).
+    #[arg(long)]
+    pub log_advertise_address: Option<String>,
+    /// Cap of one attempt's log in bytes: the beginning is kept, one last line says it
+    /// was truncated (the status's log tail still shows the end).
+    #[arg(long, default_value_t = super::logs::DEFAULT_MAX_BYTES)]
+    pub log_max_bytes: u64,
+    /// Seconds an ended attempt's log is kept (logs of deleted jobs go sooner, at the
+    /// next sweep, every 10 minutes).
+    #[arg(long, default_value_t = super::logs::DEFAULT_RETENTION.as_secs())]
+    pub log_retention: u64,
+    /// Serve logs over plain HTTP to anyone who reaches the endpoint (no TLS, no
+    /// authentication); only for a loopback `--log-listen`.
+    #[arg(long)]
+    pub log_insecure_loopback: bool,
     /// What SIGTERM/SIGINT does with running attempts: `leave` them running for the next
     /// agent process to adopt (an upgrade or restart), or `cancel` them.
     #[arg(long, value_enum, default_value_t = OnShutdown::Leave)]
@@ -216,6 +240,9 @@ pub enum AgentCliError {
     /// The data directory or the shim binary cannot be used.
     #[error("process executor: {0}")]
     DataDir(String),
+    /// The log flags do not go together.
+    #[error("{0}")]
+    Logs(String),
     /// The agent loop failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -282,16 +309,31 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
             .as_ref()
             .map_or(ExecutorKind::Docker, |l| l.executor),
     };
+    if args.log_insecure_loopback && args.log_listen.is_some_and(|a| !a.ip().is_loopback()) {
+        return Err(AgentCliError::Logs(format!(
+            "--log-insecure-loopback serves logs without TLS or authentication: --log-listen must be a loopback address, not {}",
+            args.log_listen.map(|a| a.to_string()).unwrap_or_default()
+        )));
+    }
+    let logs = super::logs::LogStore::new(args.data_dir.join("logs"), args.log_max_bytes);
     let executor: Arc<dyn Executor> = match kind {
-        ExecutorKind::Docker => Arc::new(DockerExecutor::connect(&args.docker_socket).await?),
+        ExecutorKind::Docker => Arc::new(
+            DockerExecutor::connect(&args.docker_socket)
+                .await?
+                .with_logs(logs),
+        ),
         ExecutorKind::Process => {
             let dir = args.data_dir.join("attempts");
             std::fs::create_dir_all(&dir).map_err(|e| {
                 AgentCliError::DataDir(format!("cannot create {}: {e}", dir.display()))
             })?;
-            Arc::new(ProcessExecutor::with_current_exe(&dir).map_err(|e| {
-                AgentCliError::DataDir(format!("cannot find the asg-batch binary: {e}"))
-            })?)
+            Arc::new(
+                ProcessExecutor::with_current_exe(&dir)
+                    .map_err(|e| {
+                        AgentCliError::DataDir(format!("cannot find the asg-batch binary: {e}"))
+                    })?
+                    .with_logs(logs),
+            )
         }
     };
     let mut config = AgentConfig::new(
@@ -312,6 +354,14 @@ pub async fn main(args: AgentArgs) -> Result<(), AgentCliError> {
         },
         interval: Duration::from_secs(spot_poll_interval),
     }))
+    .with_logs(super::config::LogConfig {
+        listen: args.log_listen,
+        advertise: args.log_advertise_address.clone(),
+        max_bytes: args.log_max_bytes,
+        retention: Duration::from_secs(args.log_retention),
+        sweep_every: super::logs::SWEEP_EVERY,
+        secure: !args.log_insecure_loopback,
+    })
     .with_shutdown_mode(match args.on_shutdown {
         OnShutdown::Leave => ShutdownMode::Leave,
         OnShutdown::Cancel => ShutdownMode::Cancel,

@@ -63,6 +63,44 @@ pub struct AgentConfig {
     /// How long the `startedAt` report of an attempt waits: an attempt that ends within
     /// it is reported once, start and end together ([`DEFAULT_START_REPORT_DELAY`]).
     pub start_report_delay: Duration,
+    /// Attempts' full logs: kept under `<data_dir>/logs`, served when `listen` is set.
+    pub logs: LogConfig,
+    /// Where the logs are served, as published in the BatchNode's status: set by
+    /// [`super::run()`] once it listens.
+    pub log_endpoint: Option<crate::api::batch_node::LogEndpoint>,
+}
+
+/// Where and how the agent keeps and serves its attempts' full logs ([`super::logs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Serve them on this address (`None`: not served; still kept).
+    pub listen: Option<std::net::SocketAddr>,
+    /// The host name or address published in the BatchNode's `status.logEndpoint` (the
+    /// listen address's when `None`; needed when that is unspecified, `0.0.0.0`).
+    pub advertise: Option<String>,
+    /// Cap of one attempt's log in bytes.
+    pub max_bytes: u64,
+    /// How long an ended attempt's log is kept.
+    pub retention: Duration,
+    /// How often logs past their retention, or of jobs that are gone, are deleted.
+    pub sweep_every: Duration,
+    /// Serve over TLS (a self-signed certificate made at start, published with the
+    /// endpoint) to callers with a bearer token allowed `get` on `batchjobs/log`; off:
+    /// plain HTTP to anyone who reaches it (loopback only, `asg-batch dev`).
+    pub secure: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            advertise: None,
+            max_bytes: super::logs::DEFAULT_MAX_BYTES,
+            retention: super::logs::DEFAULT_RETENTION,
+            sweep_every: super::logs::SWEEP_EVERY,
+            secure: true,
+        }
+    }
 }
 
 impl AgentConfig {
@@ -90,6 +128,8 @@ impl AgentConfig {
             metrics_bind_address: None,
             spot: None,
             start_report_delay: DEFAULT_START_REPORT_DELAY,
+            logs: LogConfig::default(),
+            log_endpoint: None,
         }
     }
 
@@ -139,6 +179,22 @@ impl AgentConfig {
     /// Where the process executor keeps its per-attempt state: `<data_dir>/attempts`.
     pub fn attempts_dir(&self) -> PathBuf {
         self.data_dir.join("attempts")
+    }
+
+    /// Where the attempts' full logs are kept: `<data_dir>/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// The attempts' log store.
+    pub fn log_store(&self) -> super::logs::LogStore {
+        super::logs::LogStore::new(self.logs_dir(), self.logs.max_bytes)
+    }
+
+    /// Keeps and serves logs as `logs` says.
+    pub fn with_logs(mut self, logs: LogConfig) -> Self {
+        self.logs = logs;
+        self
     }
 
     /// Watches for Spot notices as `spot` says (`None`: not at all).

@@ -15,6 +15,9 @@ pub enum AgentError {
     /// The metrics endpoint could not be served (`--metrics-bind-address`).
     #[error("serving metrics: {0}")]
     Metrics(#[source] std::io::Error),
+    /// The log endpoint could not be served (`--log-listen`).
+    #[error("serving attempt logs: {0}")]
+    Logs(#[source] super::logs::ServeError),
     /// The GPU assignments kept under the data directory cannot be read.
     #[error("{0}")]
     Gpus(#[source] super::gpus::GpuError),

@@ -3,6 +3,7 @@
 //! and its instance's scale-in protection.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,8 @@ pub struct AgentMetrics {
     pub protected: Gauge,
     /// Spot notice seen: 0 none, 1 rebalance recommendation, 2 interruption (instance action).
     pub spot_notice: Gauge,
+    /// Requests to the log endpoint by HTTP status code (`code`).
+    pub log_requests: Family<Vec<(String, String)>, Counter>,
 }
 
 impl AgentMetrics {
@@ -58,6 +61,11 @@ impl AgentMetrics {
             "spot_notice",
             "Spot notice read from instance metadata (0 none, 1 rebalance recommendation, 2 interruption)",
             m.spot_notice.clone(),
+        );
+        r.register(
+            "log_requests",
+            "Requests to the log endpoint (--log-listen) by HTTP status code: 401/403 refused callers, 404 unknown attempts, 503 when the API server could not say",
+            m.log_requests.clone(),
         );
         m
     }

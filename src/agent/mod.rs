@@ -50,6 +50,10 @@
 //!   ([`spot`]): a rebalance recommendation or an instance action closes the gate for good
 //!   and is reported as `status.interruption`; an instance action also stops the running
 //!   attempts, reported with reason `SpotInterruption`.
+//! - Each attempt's whole output is kept under `<data_dir>/logs/` (capped, swept after a
+//!   retention and when its job is gone) and, with `--log-listen`, served to `asg-batch
+//!   logs` ([`logs`]: TLS with a certificate published in `status.logEndpoint`, callers
+//!   checked by [`logauth`]).
 //! - With a fleet, the instance is protected before an attempt starts and unprotected after
 //!   `idle_polls` idle heartbeats. At start the protection is read from the fleet (treated
 //!   as set when unknown), so an idle agent also clears a protection left by an earlier run.
@@ -62,6 +66,9 @@ pub mod executor;
 pub mod gate;
 pub mod gpus;
 pub mod identity;
+pub mod logauth;
+pub mod logs;
+pub mod logtls;
 pub mod metrics;
 pub mod node;
 pub mod patches;

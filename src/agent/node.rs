@@ -25,7 +25,7 @@ pub async fn register(
         &Patch::Apply(patches::node_spec(config)),
     )
     .await?;
-    heartbeat(api, &config.node_name, protected, gate).await?;
+    heartbeat(api, config, protected, gate).await?;
     tracing::info!("BatchNode registered");
     Ok(())
 }
@@ -35,12 +35,13 @@ pub async fn register(
 /// answer (a Draining node starts nothing more: [`Gate`]).
 pub async fn heartbeat(
     api: &Api<BatchNode>,
-    node_name: &str,
+    config: &AgentConfig,
     protected: Option<bool>,
     gate: &Gate,
 ) -> Result<(), kube::Error> {
     let params = PatchParams::apply(NODE_MANAGER).force();
     let report = gate.report();
+    let node_name = &config.node_name;
     let node = api
         .patch_status(
             node_name,
@@ -50,6 +51,7 @@ pub async fn heartbeat(
                 Timestamp::now(),
                 protected,
                 &report,
+                config.log_endpoint.as_ref(),
             )),
         )
         .await?;
@@ -89,7 +91,7 @@ pub async fn heartbeat_loop(
                     Some(crate::api::batch_node::InterruptionKind::Rebalance) => 1,
                     Some(crate::api::batch_node::InterruptionKind::InstanceAction) => 2,
                 });
-            match heartbeat(&api, &config.node_name, protected, &gate).await {
+            match heartbeat(&api, &config, protected, &gate).await {
                 Ok(()) => {
                     metrics
                         .last_heartbeat

@@ -46,6 +46,7 @@ pub fn node_status(
     now: Timestamp,
     protected: Option<bool>,
     report: &super::gate::Report,
+    log_endpoint: Option<&crate::api::batch_node::LogEndpoint>,
 ) -> Value {
     let mut status = json!({
         "heartbeatTime": time(now),
@@ -59,6 +60,9 @@ pub fn node_status(
     }
     if let Some(i) = &report.interruption {
         status["interruption"] = json!(i);
+    }
+    if let Some(e) = log_endpoint {
+        status["logEndpoint"] = json!(e);
     }
     json!({
         "apiVersion": BatchNode::api_version(&()),
@@ -142,7 +146,7 @@ mod tests {
             running: vec![],
             interruption: None,
         };
-        let status = node_status("i-0ab", at, Some(true), &idle);
+        let status = node_status("i-0ab", at, Some(true), &idle, None);
         assert_eq!(status["status"]["heartbeatTime"], "2026-01-02T03:04:05Z");
         assert_eq!(status["status"]["protectedFromScaleIn"], true);
         assert_eq!(status["status"]["acceptingAttempts"], true);
@@ -161,7 +165,7 @@ mod tests {
                 noticed_at: Time(at),
             }),
         };
-        let status = node_status("n", at, None, &busy);
+        let status = node_status("n", at, None, &busy, None);
         assert!(status["status"].get("protectedFromScaleIn").is_none());
         assert_eq!(status["status"]["acceptingAttempts"], false);
         assert_eq!(
@@ -174,7 +178,7 @@ mod tests {
                    "time": "2026-01-02T03:06:05Z", "noticedAt": "2026-01-02T03:04:05Z"})
         );
         assert!(
-            node_status("n", at, None, &idle)["status"]
+            node_status("n", at, None, &idle, None)["status"]
                 .get("interruption")
                 .is_none()
         );

@@ -84,7 +84,7 @@ pub async fn run(
 
 async fn run_inner(
     client: kube::Client,
-    config: AgentConfig,
+    mut config: AgentConfig,
     executor: Arc<dyn Executor>,
     fleet: Option<Arc<dyn Fleet>>,
     shutdown: impl Future,
@@ -118,6 +118,35 @@ async fn run_inner(
         }
         None => None,
     };
+    // The attempts' full logs: served (when asked) from before the node is registered,
+    // so its first status already says where; swept of old ones all along.
+    let log_store = config.log_store();
+    let _log_server = match config.logs.listen {
+        Some(addr) => {
+            let (endpoint, task) = super::logs::serve(
+                addr,
+                &config,
+                log_store.clone(),
+                client.clone(),
+                metrics.clone(),
+            )
+            .await
+            .map_err(AgentError::Logs)?;
+            tracing::info!(url = %endpoint.url, "serving attempt logs");
+            config.log_endpoint = Some(endpoint);
+            Some(AbortTask(task))
+        }
+        None => None,
+    };
+    let _log_sweep = AbortTask(tokio::spawn(
+        super::logs::sweep_loop(
+            log_store,
+            client.clone(),
+            config.logs.retention,
+            config.logs.sweep_every,
+        )
+        .in_current_span(),
+    ));
     node::register(&nodes, &config, protected, &gate)
         .await
         .map_err(|source| AgentError::Register {

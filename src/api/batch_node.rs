@@ -116,9 +116,26 @@ pub struct BatchNodeStatus {
     /// work (the controller treats it as Draining and asks for replacement capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interruption: Option<NodeInterruption>,
+    /// Where the agent serves its attempts' full logs (`asg-batch logs`), when it does
+    /// (`--log-listen`). Written by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_endpoint: Option<LogEndpoint>,
     /// Standard conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Where an agent serves its attempts' logs (`status.logEndpoint`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEndpoint {
+    /// Base URL, e.g. `https://10.0.1.7:10250`; logs are under
+    /// `/logs/<namespace>/<job>/<attempt>`.
+    pub url: String,
+    /// The endpoint's own (self-signed) certificate, PEM, which clients pin; absent for a
+    /// plain-HTTP loopback endpoint (`asg-batch dev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// Which instance metadata notice the agent saw.

@@ -70,6 +70,22 @@ impl LocalFleets {
         }
     }
 
+    /// The agents' data directory (process jobs' state is under `attempts/`, logs under
+    /// `logs/`).
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.state_dir
+            .parent()
+            .map_or_else(|| self.state_dir.clone(), std::path::Path::to_path_buf)
+    }
+
+    /// Where every agent of this process keeps its attempts' logs.
+    fn log_store(&self) -> crate::agent::logs::LogStore {
+        crate::agent::logs::LogStore::new(
+            self.data_dir().join("logs"),
+            crate::agent::logs::DEFAULT_MAX_BYTES,
+        )
+    }
+
     async fn make(&self, name: &str, ce: &ComputeEnvironment) -> Arc<dyn Fleet> {
         let Some(shape) = ce.spec.instance_shape.clone() else {
             return unavailable(format!(
@@ -91,7 +107,7 @@ impl LocalFleets {
             .map_or(ExecutorKind::Docker, |l| l.executor);
         let executor: Arc<dyn Executor> = match kind {
             ExecutorKind::Process => match ProcessExecutor::with_current_exe(&self.state_dir) {
-                Ok(p) => Arc::new(p),
+                Ok(p) => Arc::new(p.with_logs(self.log_store())),
                 Err(e) => {
                     return unavailable(format!(
                         "compute environment {name} runs processes, but the asg-batch binary \
@@ -100,7 +116,7 @@ impl LocalFleets {
                 }
             },
             ExecutorKind::Docker => match DockerExecutor::connect(&self.docker_socket).await {
-                Ok(d) => Arc::new(d),
+                Ok(d) => Arc::new(d.with_logs(self.log_store())),
                 Err(e) => {
                     return unavailable(format!(
                         "compute environment {name} runs containers, but {e} \
@@ -132,7 +148,15 @@ impl LocalFleets {
             .with_heartbeat_interval(HEARTBEAT)
             .with_idle_polls(2)
             // The instances are tasks of this process and end with it: their attempts too.
-            .with_shutdown_mode(ShutdownMode::Cancel);
+            .with_shutdown_mode(ShutdownMode::Cancel)
+            // Their logs: under this process's directory, served on loopback over plain
+            // HTTP without authentication, the trust of dev's own loopback API server.
+            .with_data_dir(self.data_dir())
+            .with_logs(crate::agent::config::LogConfig {
+                listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                secure: false,
+                ..Default::default()
+            });
         // The launcher needs the fleet (agents protect their instance through it), and
         // the fleet needs the launcher: the launcher holds a weak reference, set before
         // the fleet launches anything.

@@ -44,6 +44,7 @@ mod executor_process;
 mod fault_tolerance;
 mod image;
 mod kubeauth;
+mod logs;
 mod node_authz;
 mod realkube;
 mod simulate;

@@ -25,6 +25,20 @@ use jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use tokio::sync::{mpsc, watch};
 
+/// How long the log copy of a stopped container may take to reach the end.
+const LOG_COPY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A container's log being copied; stopped when dropped (the supervision of the attempt
+/// ended: an agent that leaves it to the next agent process stops copying too, and the
+/// next one copies the whole log again).
+struct LogCopy(tokio::task::JoinHandle<()>);
+
+impl Drop for LogCopy {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Label naming the attempt a container runs (its value is the container's name).
 pub const ATTEMPT_LABEL: &str = "io.asgbatch.attempt";
 
@@ -48,6 +62,7 @@ pub struct ConnectError {
 pub struct DockerExecutor {
     docker: Docker,
     network_mode: Option<String>,
+    logs: Option<crate::agent::logs::LogStore>,
 }
 
 impl DockerExecutor {
@@ -64,6 +79,7 @@ impl DockerExecutor {
         Ok(Self {
             docker,
             network_mode: None,
+            logs: None,
         })
     }
 
@@ -71,6 +87,62 @@ impl DockerExecutor {
     pub fn with_network_mode(mut self, mode: impl Into<String>) -> Self {
         self.network_mode = Some(mode.into());
         self
+    }
+
+    /// Keeps each attempt's whole output in `logs` (capped there), copied from the
+    /// engine's log stream while the container runs, so it outlives the container.
+    pub fn with_logs(mut self, logs: crate::agent::logs::LogStore) -> Self {
+        self.logs = Some(logs);
+        self
+    }
+
+    /// Starts copying the container's whole log (from its start, so a re-adopted
+    /// container's log is written again whole, each line once) into the log store.
+    fn copy_logs(&self, name: &str) -> Option<LogCopy> {
+        let store = self.logs.clone()?;
+        let docker = self.docker.clone();
+        let name = name.to_string();
+        Some(LogCopy(tokio::spawn(async move {
+            let mut file = match store.create(&name) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(container = %name, error = %e, "cannot create the attempt's log file");
+                    return;
+                }
+            };
+            let options = LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            };
+            let mut logs = docker.logs(&name, Some(options));
+            while let Some(chunk) = logs.next().await {
+                match chunk {
+                    Ok(out) => {
+                        if let Err(e) = file.write(&out.into_bytes()) {
+                            tracing::warn!(container = %name, error = %e, "cannot write the attempt's log");
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %name, error = %e, "the container's log stream failed");
+                        return;
+                    }
+                }
+            }
+        })))
+    }
+
+    /// Waits for a log copy to reach the end of the stopped container's log.
+    async fn finish_copy(name: &str, copy: Option<LogCopy>) {
+        let Some(mut copy) = copy else { return };
+        if tokio::time::timeout(LOG_COPY_GRACE, &mut copy.0)
+            .await
+            .is_err()
+        {
+            tracing::warn!(container = name, grace = ?LOG_COPY_GRACE, "the log stream did not end after the container stopped");
+        }
     }
 
     async fn ensure_image(
@@ -186,6 +258,7 @@ impl DockerExecutor {
         }
         let started_at = Timestamp::now();
         let _ = progress.send(Progress::Started { at: started_at });
+        let copy = self.copy_logs(&spec.name);
 
         let ending = tokio::select! {
             code = self.exit_code(&spec.name) => Ending::Exited(code.unwrap_or(-1)),
@@ -193,6 +266,7 @@ impl DockerExecutor {
             () = cancelled(cancel) => Ending::Cancelled(self.stop(&spec.name, spec.grace).await),
         };
         let stopped_at = Timestamp::now();
+        Self::finish_copy(&spec.name, copy).await;
         // The container stays until the ending is reported (`release`).
         let log_tail = self.log_tail(&spec.name).await;
         let (exit_code, reason, status_reason) = classify(ending, spec.memory_bytes > 0);
@@ -246,6 +320,7 @@ impl DockerExecutor {
                 .unwrap_or_else(Timestamp::now),
         });
         let running = state.running.unwrap_or(false);
+        let copy = self.copy_logs(name);
         let (ending, stopped_at) = if running {
             tracing::info!(container = name, "re-adopting a running container");
             let ending = tokio::select! {
@@ -267,6 +342,7 @@ impl DockerExecutor {
                 .unwrap_or_else(Timestamp::now);
             (Ending::Exited(code.unwrap_or(-1)), stopped)
         };
+        Self::finish_copy(name, copy).await;
         let log_tail = self.log_tail(name).await;
         let (exit_code, reason, status_reason) = classify(ending, memory_limited);
         Some(Outcome {

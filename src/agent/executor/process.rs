@@ -10,7 +10,7 @@
 
 use super::shim::{
     self, EXIT_FILE, ExitRecord, LOG_FILE, OUTPUT_FILE, SHIM_FILE, STARTED_LINE, STOP_FILE,
-    ShimRecord, StopReason, StopRecord,
+    ShimRecord, StopReason, StopRecord, TAIL_FILE,
 };
 use super::{
     Adoption, EndReason, Ending, Executor, LogTail, Outcome, Progress, RunSpec, SIGKILL_EXIT,
@@ -37,6 +37,7 @@ const TAIL_BYTES: u64 = 64 * 1024;
 pub struct ProcessExecutor {
     state_dir: PathBuf,
     shim: PathBuf,
+    logs: Option<crate::agent::logs::LogStore>,
 }
 
 impl ProcessExecutor {
@@ -49,6 +50,22 @@ impl ProcessExecutor {
         Self {
             state_dir,
             shim: shim.into(),
+            logs: None,
+        }
+    }
+
+    /// Keeps each attempt's whole output in `logs` (capped there), where the agent serves
+    /// it, instead of in its state directory (removed once the ending is reported).
+    pub fn with_logs(mut self, logs: crate::agent::logs::LogStore) -> Self {
+        self.logs = Some(logs);
+        self
+    }
+
+    /// Where the output of the attempt named `name` goes.
+    pub fn output_path(&self, name: &str) -> PathBuf {
+        match &self.logs {
+            Some(logs) => logs.path(name),
+            None => self.attempt_dir(name).join(OUTPUT_FILE),
         }
     }
 
@@ -101,11 +118,25 @@ impl ProcessExecutor {
                 );
             }
         };
+        let output = self.output_path(&spec.name);
         let mut cmd = tokio::process::Command::new(&self.shim);
-        cmd.arg("shim")
-            .arg("--state")
-            .arg(&dir)
-            .arg("--")
+        cmd.arg("shim").arg("--state").arg(&dir);
+        if let Some(logs) = &self.logs {
+            // A fresh start: nothing of an earlier try stays in the log.
+            if let Err(e) = tokio::fs::create_dir_all(logs.dir()).await {
+                return Outcome::not_started(
+                    EndReason::StartFailed,
+                    format!("cannot create the log directory {:?}: {e}", logs.dir()),
+                );
+            }
+            let _ = tokio::fs::remove_file(logs.end_path(&spec.name)).await;
+            let _ = tokio::fs::remove_file(&output).await;
+            cmd.arg("--output")
+                .arg(&output)
+                .arg("--output-max-bytes")
+                .arg(logs.max_bytes().to_string());
+        }
+        cmd.arg("--")
             .args(command)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -181,7 +212,7 @@ impl ProcessExecutor {
             (other, _) => other,
         };
         let stopped_at = record.map_or_else(Timestamp::now, |r| r.stopped_at);
-        outcome(&dir, ending, Some(started_at), stopped_at)
+        outcome(&dir, &output, ending, Some(started_at), stopped_at)
     }
 
     async fn adopt_inner(
@@ -191,6 +222,7 @@ impl ProcessExecutor {
         cancel: watch::Receiver<bool>,
     ) -> Option<Outcome> {
         let dir = self.attempt_dir(&adoption.name);
+        let output = self.output_path(&adoption.name);
         let exit = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE));
         let record = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE));
         if let Some(ExitRecord {
@@ -215,7 +247,13 @@ impl ProcessExecutor {
         }) = exit
         {
             tracing::info!(attempt = %adoption.name, exit_code = code, "the attempt ended while no agent supervised it");
-            return Some(outcome(&dir, Ending::Exited(code), started_at, stopped_at));
+            return Some(outcome(
+                &dir,
+                &output,
+                Ending::Exited(code),
+                started_at,
+                stopped_at,
+            ));
         }
         if record.alive() {
             tracing::info!(attempt = %adoption.name, pid = record.pid, "re-adopting a running attempt");
@@ -266,8 +304,13 @@ impl ProcessExecutor {
                     Some(StopReason::Timeout) => Ending::TimedOut(Some(SIGKILL_EXIT)),
                     Some(StopReason::Cancelled) => Ending::Cancelled(Some(SIGKILL_EXIT)),
                     None => {
-                        let mut o =
-                            outcome(&dir, Ending::Exited(SIGKILL_EXIT), started_at, stopped_at);
+                        let mut o = outcome(
+                            &dir,
+                            &output,
+                            Ending::Exited(SIGKILL_EXIT),
+                            started_at,
+                            stopped_at,
+                        );
                         o.exit_code = None;
                         o.status_reason = "the attempt's process supervisor (asg-batch shim) was killed before it recorded the exit code".into();
                         return Some(o);
@@ -275,7 +318,7 @@ impl ProcessExecutor {
                 }
             }
         };
-        Some(outcome(&dir, ending, started_at, stopped_at))
+        Some(outcome(&dir, &output, ending, started_at, stopped_at))
     }
 }
 
@@ -315,9 +358,11 @@ async fn stop_child(child: &mut tokio::process::Child, grace: Duration) -> Optio
     child.wait().await.ok().map(shim::exit_code)
 }
 
-/// The outcome of an ended attempt, its log tail read from its output file.
+/// The outcome of an ended attempt, its log tail read from its output file (or, when
+/// that was cut at its cap, from the shim's copy of the end).
 fn outcome(
     dir: &Path,
+    output: &Path,
     ending: Ending,
     started_at: Option<Timestamp>,
     stopped_at: Timestamp,
@@ -329,7 +374,10 @@ fn outcome(
         status_reason,
         started_at,
         stopped_at,
-        log_tail: read_tail(&dir.join(OUTPUT_FILE)),
+        log_tail: {
+            let tail = dir.join(TAIL_FILE);
+            read_tail(if tail.exists() { &tail } else { output })
+        },
     }
 }
 

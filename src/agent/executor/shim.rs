@@ -18,7 +18,10 @@
 //! Stopping: the agent sends SIGTERM to the shim's process group, then SIGKILL after the
 //! attempt's grace period. The shim handles SIGTERM (so it survives it; the program gets
 //! the default action) and records the program's exit when it ends within the grace.
-//! - `output`: the program's stdout and stderr; `shim.log`: the shim's own errors.
+//! - `output`: the program's stdout and stderr, through one pipe the shim copies (up to a
+//!   cap; `--output FILE` puts it elsewhere: the agent's log store, see
+//!   [`crate::agent::logs`]); `output.tail`: the last 64 KiB when the output was cut at its
+//!   cap; `shim.log`: the shim's own errors.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -36,6 +39,72 @@ pub const STOP_FILE: &str = "stop.json";
 pub const OUTPUT_FILE: &str = "output";
 /// The shim's own stderr.
 pub const LOG_FILE: &str = "shim.log";
+/// The last [`TAIL_BYTES`] of the output, written when the output file was truncated at
+/// its cap (so the status's log tail is still the real end of the output).
+pub const TAIL_FILE: &str = "output.tail";
+/// How much of the end of the output is kept for [`TAIL_FILE`].
+pub const TAIL_BYTES: usize = 64 * 1024;
+/// How often the tail file of a truncated output is refreshed.
+const TAIL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the shim waits, once the program ended, for the rest of its output.
+const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where the program's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSettings {
+    /// The output file (appended to).
+    pub path: std::path::PathBuf,
+    /// Its cap in bytes (`None`: unbounded). Beyond it the output is dropped and one line
+    /// saying so ends the file ([`crate::agent::logs::truncated_line`]).
+    pub max_bytes: Option<u64>,
+}
+
+/// Copies the program's output into the output file, up to its cap.
+struct OutputCopy {
+    file: crate::agent::logs::CappedFile,
+    path: std::path::PathBuf,
+    tail_file: std::path::PathBuf,
+}
+
+impl OutputCopy {
+    fn copy_from(mut self, mut from: impl std::io::Read) -> std::io::Result<()> {
+        let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+        let mut last_tail = std::time::Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut said = false;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = &buf[..n];
+            tail.extend(chunk);
+            let excess = tail.len().saturating_sub(TAIL_BYTES);
+            tail.drain(..excess);
+            let truncated = self.file.write(chunk)?;
+            if truncated && !said {
+                said = true;
+                eprintln!(
+                    "asg-batch shim: output over its cap: {} keeps the beginning",
+                    self.path.display()
+                );
+            }
+            if truncated && last_tail.elapsed() >= TAIL_EVERY {
+                // Refreshed now and then, so a shim killed later still leaves a recent end.
+                last_tail = std::time::Instant::now();
+                let (a, b) = tail.as_slices();
+                let _ = write_atomic(&self.tail_file, &[a, b].concat());
+            }
+        }
+        if self.file.truncated() {
+            let (a, b) = tail.as_slices();
+            write_atomic(&self.tail_file, &[a, b].concat())?;
+        }
+        Ok(())
+    }
+}
 /// What the shim prints on stdout once the program runs (the agent waits for it).
 pub const STARTED_LINE: &str = "started";
 
@@ -169,10 +238,10 @@ impl ShimRecord {
     }
 }
 
-/// Runs the shim: `state` is the attempt's directory (it exists), `command` the program
-/// and its arguments. Returns the exit code to exit with (the program's; 127 when it
+/// Runs the shim: `state` is the attempt's directory (it exists), `output` where the
+/// program's output goes, `command` the program and its arguments. Returns the exit code to exit with (the program's; 127 when it
 /// could not start).
-pub fn main(state: &Path, command: &[String]) -> i32 {
+pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
     // A session of its own: no signal aimed at the agent's group or terminal reaches the
     // attempt, and killing the process group kills everything the program started.
     let _ = nix::unistd::setsid();
@@ -207,25 +276,43 @@ pub fn main(state: &Path, command: &[String]) -> i32 {
     let output = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(state.join(OUTPUT_FILE))
+        .open(&output.path)
     {
-        Ok(f) => f,
+        Ok(f) => OutputCopy {
+            file: crate::agent::logs::CappedFile::new(f, output.max_bytes),
+            path: output.path.clone(),
+            tail_file: state.join(TAIL_FILE),
+        },
         Err(e) => return fail(format!("cannot open the output file: {e}")),
     };
-    let stderr = match output.try_clone() {
-        Ok(f) => f,
-        Err(e) => return fail(format!("cannot open the output file: {e}")),
+    // stdout and stderr share one pipe, so their lines stay in the order the program
+    // wrote them; the shim copies it into the output file up to its cap.
+    // Close-on-exec: the program gets the writing end as its stdout and stderr only.
+    let (reader, writer) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((r, w)) => (std::fs::File::from(r), w),
+        Err(e) => return fail(format!("cannot make the output pipe: {e}")),
     };
-    let mut child = match Command::new(program)
+    let stderr = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return fail(format!("cannot make the output pipe: {e}")),
+    };
+    let spawned = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(output)
+        .stdout(writer)
         .stderr(stderr)
-        .spawn()
-    {
+        .spawn();
+    // The writing ends now belong to the program alone (dropped with the Command), so
+    // the pipe ends when the program (and whatever it started that kept it) closes it.
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {program:?}: {e}")),
     };
+    let (copied_tx, copied_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = output.copy_from(reader);
+        let _ = copied_tx.send(result);
+    });
     let started_at = Timestamp::now();
     let me = std::process::id() as i32;
     let record = ShimRecord {
@@ -251,6 +338,15 @@ pub fn main(state: &Path, command: &[String]) -> i32 {
             -1
         }
     };
+    // What the program wrote before it ended is copied before its end is recorded; a
+    // background process it left holding the pipe does not hold the ending up for long.
+    match copied_rx.recv_timeout(OUTPUT_DRAIN) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("asg-batch shim: copying the output: {e}"),
+        Err(_) => eprintln!(
+            "asg-batch shim: the output pipe is still open {OUTPUT_DRAIN:?} after the program ended (a background process holds it); not waiting for it"
+        ),
+    }
     if let Err(e) = write_json(
         &state.join(EXIT_FILE),
         &ExitRecord {

@@ -105,6 +105,7 @@ pub(super) fn node_updates(
             accepting_attempts: None,
             running_attempts: Vec::new(),
             interruption: None,
+            log_endpoint: None,
         };
         let (ready, why, msg) = match phase {
             _ if liveness.silent.contains(name) && phase != ApiNodePhase::Lost => (

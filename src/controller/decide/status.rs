@@ -62,6 +62,7 @@ pub fn owned_node_status(s: Option<&BatchNodeStatus>) -> BatchNodeStatus {
         accepting_attempts: None,
         running_attempts: Vec::new(),
         interruption: None,
+        log_endpoint: None,
         ..s.clone()
     }
 }
