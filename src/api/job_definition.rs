@@ -1,6 +1,6 @@
 //! JobDefinition: a reusable job template.
 
-use super::common::JobTemplate;
+use super::common::{JobTemplate, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -45,11 +45,34 @@ pub struct JobDefinitionSpec {
     pub parameters: BTreeMap<String, String>,
 }
 
-/// Status of a job definition (reserved; nothing writes it yet).
+/// Status of a job definition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobDefinitionStatus {
     /// Generation of the spec last seen by the controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Durations of the recent successful attempts of jobs pinned to this definition
+    /// (written by the controller, in batches): what a job of it without
+    /// `expectedDurationSeconds` is planned with. Kept here, they outlive the jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durations: Option<DurationHistory>,
+}
+
+/// A JobDefinition's recent successful attempt durations and their robust summary.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DurationHistory {
+    /// Seconds each of the last successful attempts ran, oldest first (at most 20).
+    #[serde(default)]
+    #[schemars(extend("maxItems" = 20))]
+    pub samples: Vec<u64>,
+    /// Median of the samples (the lower one for an even count), seconds: the estimate.
+    pub median_seconds: u64,
+    /// 90th percentile of the samples (nearest rank), seconds.
+    pub p90_seconds: u64,
+    /// When the newest sample's attempt stopped: attempts that stopped later are not in
+    /// the samples yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
 }

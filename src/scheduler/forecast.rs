@@ -271,7 +271,12 @@ impl Timeline {
                 free[i] = min_each(&free[i].saturating_add(&r), &self.bins[i].capacity);
             }
             let mut next_not_before: Option<Seconds> = None;
-            let mut held: Vec<usize> = Vec::new();
+            // Bins held at this instant by due jobs (a flag per bin: a due job holds every
+            // bin of its environments, and each later job checks each bin), and the
+            // `(environments, need)` already held for: a smaller need of the same
+            // environments held a superset of bins.
+            let mut held: Vec<bool> = vec![false; self.bins.len()];
+            let mut held_for: Vec<(&[String], Resources)> = Vec::new();
             // Upper bound of the free room of the bins Ready at `t` (it only shrinks
             // while jobs are placed at this instant), and needs that found no bin at
             // this instant: a job of the same environments needing at least as much in
@@ -300,11 +305,20 @@ impl Timeline {
                     self.pick(&by_ce, ces, &job.resources, &free, &ends, &held, t)
                 };
                 let Some(i) = picked else {
-                    if !hopeless && failed.len() < MAX_FAILED_NEEDS && held.is_empty() {
+                    // Within an instant free room only shrinks and held bins only grow,
+                    // so a need that found no bin finds none later in the instant.
+                    if !hopeless && failed.len() < MAX_FAILED_NEEDS {
                         failed.push((ces, job.resources));
                     }
-                    if self.due(job, ces, t) {
+                    if self.due(job, ces, t)
+                        && !held_for
+                            .iter()
+                            .any(|(c, n)| *c == ces && n.fits_in(&job.resources))
+                    {
                         self.hold(&by_ce, ces, &job.resources, &mut held);
+                        if held_for.len() < MAX_FAILED_NEEDS {
+                            held_for.push((ces, job.resources));
+                        }
                     }
                     return true;
                 };
@@ -359,12 +373,14 @@ impl Timeline {
         by_ce: &BTreeMap<&str, Vec<usize>>,
         ces: &[String],
         need: &Resources,
-        held: &mut Vec<usize>,
+        held: &mut [bool],
     ) {
         for ce in ces {
             for &i in by_ce.get(ce.as_str()).map_or(&[][..], Vec::as_slice) {
-                if need.fits_in(&self.bins[i].capacity) && !held.contains(&i) {
-                    held.push(i);
+                if need.fits_in(&self.bins[i].capacity)
+                    && let Some(h) = held.get_mut(i)
+                {
+                    *h = true;
                 }
             }
         }
@@ -379,7 +395,7 @@ impl Timeline {
         need: &Resources,
         free: &[Resources],
         ends: &[Seconds],
-        held: &[usize],
+        held: &[bool],
         t: Seconds,
     ) -> Option<usize> {
         for ce in ces {
@@ -389,7 +405,10 @@ impl Timeline {
             let mut best: Option<(Seconds, f64, usize)> = None;
             for &i in list {
                 let b = &self.bins[i];
-                if b.ready_at > t || !need.fits_in(&free[i]) || held.contains(&i) {
+                if b.ready_at > t
+                    || !need.fits_in(&free[i])
+                    || held.get(i).copied().unwrap_or(false)
+                {
                     continue;
                 }
                 let left = free[i].saturating_sub(need);

@@ -65,6 +65,8 @@ pub struct Options {
     /// Honour queues' `maxWaitSeconds` (cost-aware scale-out); off: every queue buys
     /// instances at once, as without a bound.
     pub wait_bounds: bool,
+    /// How cost-aware scale-out searches the number of instances to buy.
+    pub scale_out_search: scaleout::Search,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
         Options {
             drain_friendly: true,
             wait_bounds: true,
+            scale_out_search: scaleout::Search::Bisect,
         }
     }
 }
@@ -350,7 +353,14 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
                 )
             })
             .collect();
-        let decision = scaleout::decide(snapshot, &mut timeline, &waiting, &headroom, now);
+        let decision = scaleout::decide_with(
+            snapshot,
+            &mut timeline,
+            &waiting,
+            &headroom,
+            now,
+            options.scale_out_search,
+        );
         for (ce, n) in &decision.extra {
             if let Some(e) = capacity.environments.get_mut(ce) {
                 e.new_instances += n;

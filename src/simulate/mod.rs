@@ -37,6 +37,10 @@ pub enum Policy {
     /// bounds).
     #[value(name = "asg-batch-before")]
     AsgBatchBefore,
+    /// The same as asg-batch with the first, linear scale-out search (one forecast per
+    /// instance bought); only when asked for: it is slow on large bounded queues.
+    #[value(name = "asg-batch-linear-scale-out")]
+    AsgBatchLinearScaleOut,
     /// The seed's fleet: one job per instance, scaled on a fixed schedule.
     #[value(name = "seed-one-per-instance")]
     SeedOnePerInstance,
@@ -76,6 +80,7 @@ pub fn run(workload: &Workload, policy: Policy) -> Report {
             Options {
                 drain_friendly: false,
                 wait_bounds: true,
+                ..Options::default()
             },
         ),
         Policy::AsgBatchNoWaitBounds => asg_batch::simulate_with(
@@ -84,6 +89,7 @@ pub fn run(workload: &Workload, policy: Policy) -> Report {
             Options {
                 drain_friendly: true,
                 wait_bounds: false,
+                ..Options::default()
             },
         ),
         Policy::AsgBatchBefore => asg_batch::simulate_with(
@@ -92,6 +98,15 @@ pub fn run(workload: &Workload, policy: Policy) -> Report {
             Options {
                 drain_friendly: false,
                 wait_bounds: false,
+                ..Options::default()
+            },
+        ),
+        Policy::AsgBatchLinearScaleOut => asg_batch::simulate_with(
+            workload,
+            "asg-batch-linear-scale-out",
+            Options {
+                scale_out_search: crate::scheduler::scaleout::Search::Linear,
+                ..Options::default()
             },
         ),
         Policy::SeedOnePerInstance => seed::one_per_instance(workload),

@@ -429,7 +429,7 @@ mod containers {
         );
         let mut job = process_job(&name, "unused");
         job.spec.template = JobTemplate {
-            container: Some(ContainerSpec {
+            container: Some(Box::new(ContainerSpec {
                 image: TEST_IMAGE.into(),
                 command: vec!["sh".into(), "-c".into()],
                 args: vec![script],
@@ -449,7 +449,7 @@ mod containers {
                     }],
                     ..Default::default()
                 },
-            }),
+            })),
             ..Default::default()
         };
         let uid = create_job(&client, "default", &job)

@@ -668,6 +668,12 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
             true,
         ),
         (controller, "patch", format!("{a}/jobqueues/status"), true),
+        (
+            controller,
+            "patch",
+            format!("{a}/jobdefinitions/status"),
+            true,
+        ),
         (controller, "create", "events.k8s.io/events".into(), true),
         (
             controller,
@@ -748,6 +754,7 @@ async fn chart_rbac_grants_what_protocol_md_needs_and_not_more() {
         (agent, "delete", format!("{a}/batchjobs"), false),
         (agent, "delete", format!("{a}/batchnodes"), false),
         (agent, "update", format!("{a}/batchnodes/status"), false),
+        (agent, "patch", format!("{a}/jobdefinitions/status"), false),
         (agent, "get", "/secrets".into(), false),
         (agent, "list", "/secrets".into(), false),
         (agent, "create", "events.k8s.io/events".into(), false),

@@ -236,6 +236,17 @@ pub struct QueueUpdate {
     pub status: JobQueueStatus,
 }
 
+/// A write to a JobDefinition's `status.durations` (its own field manager's field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinitionUpdate {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The kept duration history.
+    pub durations: crate::api::job_definition::DurationHistory,
+}
+
 /// A fleet call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FleetAction {
@@ -322,6 +333,8 @@ pub struct Decisions {
     pub compute_environments: Vec<EnvironmentUpdate>,
     /// JobQueue status writes.
     pub queues: Vec<QueueUpdate>,
+    /// JobDefinition `status.durations` writes (batched: [`super::estimates`]).
+    pub definitions: Vec<DefinitionUpdate>,
     /// Fleet calls: every Terminate before the SetDesired of its environment.
     pub fleet: Vec<FleetAction>,
     /// BatchNodes to delete: their instance left its fleet and their agent went quiet.
@@ -553,6 +566,13 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
     }
     // Finished jobs past their TTL: deleted (and not written).
     retention(&work, &observed.queues, now, &mut out);
+    // Duration histories into the definitions' status (before retention loses them).
+    let deleted: BTreeSet<(String, String)> = out
+        .delete_jobs
+        .iter()
+        .map(|d| (d.namespace.clone(), d.name.clone()))
+        .collect();
+    out.definitions = super::estimates::definition_updates(&built.kept, &deleted);
 
     // 5. Nodes, environments, queues, fleets.
     let holding = nodes_holding_jobs(&work);

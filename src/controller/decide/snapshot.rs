@@ -75,6 +75,8 @@ pub struct Built {
     pub unpinned: BTreeMap<JobId, (JobTemplate, Option<PinnedDefinition>)>,
     /// Recent successful attempt durations per JobDefinition (duration estimates).
     pub histories: estimates::Histories,
+    /// The same as kept in the definitions' status, with the attempts not in it yet.
+    pub kept: BTreeMap<(String, String), estimates::Kept>,
 }
 
 /// The id of a job: `namespace/name`.
@@ -331,7 +333,8 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
         }
     }
 
-    out.histories = estimates::histories(&inputs.jobs);
+    out.kept = estimates::kept(&inputs.jobs, &inputs.definitions);
+    out.histories = estimates::histories(&out.kept);
     // Nodes first, empty: each placed job adds itself to its node's allocation.
     for n in &inputs.nodes {
         let Some(name) = n.metadata.name.clone() else {

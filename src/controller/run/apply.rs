@@ -335,6 +335,21 @@ pub(super) async fn apply(
         record(r, "queue status", &mut s);
     }
 
+    for u in &d.definitions {
+        let defs: Api<JobDefinition> = Api::namespaced(client.clone(), &u.namespace);
+        let body = status_body(
+            "JobDefinition",
+            serde_json::json!({ "durations": &u.durations }),
+            None,
+        );
+        let r = defs
+            .patch_status(&u.name, &ssa(), &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(ControllerError::from);
+        record(r, "job definition status", &mut s);
+    }
+
     // Events concurrently too: a pass that binds thousands of jobs publishes as many.
     let publishes: Vec<_> = d
         .events
