@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 SIZES=${BENCH_SIZES-"500 2000 5000"}
 ARRAYS=${BENCH_ARRAYS-"3000 10000"}
 HOLD=${BENCH_HOLD-10000}
+LATENCY_N=${BENCH_LATENCY-1000}
 FLOOR_N=${BENCH_FLOOR:-5000}
 WORK=$(mktemp -d /tmp/asg-batch-bench.XXXXXX)
 PIDS=()
@@ -162,6 +163,22 @@ if [[ "$HOLD" -gt 0 ]]; then
     echo "holding $HOLD finished jobs (after $passes controller passes; both passes took ${first} s):"
     echo "  controller:  RSS $(mib "$(rss_of "$ctl")") MiB, peak $(mib "$(hwm_of "$ctl")") MiB"
     echo "  API server:  RSS $(mib "$(rss_of "$api")") MiB, peak $(mib "$(hwm_of "$api")") MiB (loaded, before the controller: $(mib "$api_loaded") MiB)"
+fi
+# 5. Latency: jobs submitted at 100/s to a running dev whose 10 instances are up
+#    (minInstances 10), created → bound per job on the client's clock.
+if [[ "$LATENCY_N" -gt 0 ]]; then
+    environment | sed 's/minInstances: 0/minInstances: 10/' >"$WORK/latency.yaml"
+    port=$(free_port)
+    "$BIN" dev --listen "127.0.0.1:$port" --kubeconfig "$WORK/lat.kubeconfig" \
+        -f "$WORK/latency.yaml" >"$WORK/lat.log" 2>&1 &
+    dev=$!
+    PIDS+=("$dev")
+    for _ in $(seq 600); do grep -q "^applied" "$WORK/lat.log" 2>/dev/null && break; sleep 0.1; done
+    py=python3
+    [[ -x .venv/bin/python ]] && py=.venv/bin/python
+    echo
+    "$py" scripts/bench-latency.py "$WORK/lat.kubeconfig" bench "$LATENCY_N" 100
+    kill "$dev" 2>/dev/null || true
 fi
 echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
