@@ -65,8 +65,8 @@ pub struct ComputeEnvironmentSpec {
     #[serde(default)]
     pub state: State,
     /// How long a new instance takes from launch to a Ready node, seconds: the scheduler's
-    /// estimated start times and cost-aware scale-out use it. Default 120 for `aws`, 5 for
-    /// `local`.
+    /// estimated start times and cost-aware scale-out use it. Unset: the boot time observed
+    /// on this fleet (`status.observedBootSeconds`), else 120 for `aws`, 5 for `local`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub boot_seconds: Option<u32>,
@@ -140,6 +140,12 @@ pub struct ComputeEnvironmentStatus {
     /// When desired capacity last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+    /// Boot time observed on this fleet, seconds: the median, over the most recently
+    /// registered nodes (up to 9), of an instance's launch (EC2 `LaunchTime`) to its
+    /// BatchNode's creation. Used when `spec.bootSeconds` is unset; rewritten only when it
+    /// moves by a tenth (and a second) or more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_boot_seconds: Option<u32>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -1,11 +1,12 @@
 //! [`Fleet`] on an EC2 Auto Scaling Group, with the few autoscaling and EC2 calls it needs:
 //! DescribeAutoScalingGroups, SetDesiredCapacity, TerminateInstanceInAutoScalingGroup,
-//! SetInstanceProtection, DescribeLaunchTemplateVersions, DescribeLaunchConfigurations and
-//! DescribeInstanceTypes.
+//! SetInstanceProtection, DescribeLaunchTemplateVersions, DescribeLaunchConfigurations,
+//! DescribeInstanceTypes and DescribeInstances (launch times, for the observed boot time).
 
 use super::{CloudError, Fleet, FleetInstance, FleetState, InstanceTypeInfo, Lifecycle};
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use futures::future::BoxFuture;
+use std::collections::BTreeMap;
 
 /// Attempts per AWS call (the first and its retries).
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -37,6 +38,10 @@ pub struct AwsFleet {
     autoscaling: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
     group: String,
+    /// Whether [`Fleet::describe`] gives launch times ([`AwsFleet::reading_launch_times`]).
+    launch_times: bool,
+    /// Launch times of the group's instances, asked once per instance (DescribeInstances).
+    launched: std::sync::Arc<std::sync::Mutex<BTreeMap<String, jiff::Timestamp>>>,
 }
 
 /// Turns an SDK error into a classified [`CloudError`].
@@ -98,6 +103,8 @@ impl AwsFleet {
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             ec2: aws_sdk_ec2::Client::new(config),
             group: group.into(),
+            launch_times: false,
+            launched: std::sync::Arc::default(),
         }
     }
 
@@ -116,6 +123,15 @@ impl AwsFleet {
             loader = loader.region(aws_config::Region::new(region));
         }
         Self::new(&loader.load().await, group)
+    }
+
+    /// This fleet, its instances described with their launch times (EC2 DescribeInstances,
+    /// needing `ec2:DescribeInstances`): the controller's, for the observed boot time. The
+    /// agent's fleet does without.
+    #[must_use]
+    pub fn reading_launch_times(mut self) -> Self {
+        self.launch_times = true;
+        self
     }
 
     /// The Auto Scaling Group name.
@@ -148,8 +164,14 @@ impl AwsFleet {
                 ),
                 protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
                 instance_type: i.instance_type().map(String::from),
+                launched_at: None,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let instances = if self.launch_times {
+            self.with_launch_times(instances).await
+        } else {
+            instances
+        };
         let instance_type = self.group_instance_type(group).await?;
         Ok(FleetState {
             desired: clamp_u32(group.desired_capacity()),
@@ -158,6 +180,56 @@ impl AwsFleet {
             instance_type,
             instances,
         })
+    }
+
+    /// `instances` with their launch times: remembered, or asked for (EC2 DescribeInstances,
+    /// only for instances not asked about before). Without them (e.g. no
+    /// `ec2:DescribeInstances`) the fleet works the same; only the observed boot time is
+    /// missing, so a failure is logged, not returned.
+    async fn with_launch_times(&self, mut instances: Vec<FleetInstance>) -> Vec<FleetInstance> {
+        const OP: &str = "DescribeInstances";
+        let unknown: Vec<String> = {
+            let known = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+            instances
+                .iter()
+                .filter(|i| !i.instance_id.is_empty() && !known.contains_key(&i.instance_id))
+                .map(|i| i.instance_id.clone())
+                .collect()
+        };
+        let mut found = BTreeMap::new();
+        // DescribeInstances takes up to 1,000 ids a call.
+        for ids in unknown.chunks(1000) {
+            match self
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(ids.to_vec()))
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                        let at = i.launch_time().and_then(|t| {
+                            jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
+                        });
+                        if let (Some(id), Some(at)) = (i.instance_id(), at) {
+                            found.insert(id.to_string(), at);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = classify(OP, e);
+                    tracing::warn!(group = %self.group, error = %e, "cannot read the instances' launch times: the observed boot time is not updated");
+                    break;
+                }
+            }
+        }
+        let mut known = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        known.extend(found);
+        known.retain(|id, _| instances.iter().any(|i| &i.instance_id == id));
+        for i in &mut instances {
+            i.launched_at = known.get(&i.instance_id).copied();
+        }
+        instances
     }
 
     /// The instance type new instances get: from the launch template version or the launch

@@ -53,6 +53,7 @@ pub struct LocalGroup {
 
 struct Instance {
     protected: bool,
+    launched_at: jiff::Timestamp,
     stop: watch::Sender<bool>,
 }
 
@@ -119,6 +120,7 @@ impl LocalFleet {
             inner.launched += 1;
             let id = format!("local-{}-{:04}", self.group.name, inner.launched);
             let (tx, rx) = watch::channel(false);
+            let launched_at = jiff::Timestamp::now();
             (self.launcher)(LaunchRequest {
                 instance_id: id.clone(),
                 stop: rx,
@@ -127,6 +129,7 @@ impl LocalFleet {
                 id,
                 Instance {
                     protected: false,
+                    launched_at,
                     stop: tx,
                 },
             );
@@ -193,6 +196,7 @@ impl Fleet for LocalFleet {
                     lifecycle: Lifecycle::InService,
                     protected_from_scale_in: i.protected,
                     instance_type: Some(self.group.instance_type.clone()),
+                    launched_at: Some(i.launched_at),
                 })
                 .collect(),
         };

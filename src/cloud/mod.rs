@@ -48,6 +48,9 @@ pub struct FleetInstance {
     pub protected_from_scale_in: bool,
     /// Instance type, when known.
     pub instance_type: Option<String>,
+    /// When it launched (EC2 `LaunchTime`; a local instance's start), when known: with
+    /// its node's registration, a sample of the fleet's boot time.
+    pub launched_at: Option<jiff::Timestamp>,
 }
 
 /// A fleet as read from the cloud.

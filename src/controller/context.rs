@@ -114,7 +114,9 @@ impl FleetProvider for AwsFleets {
                 return Some(f.clone());
             }
             let fleet: Arc<dyn Fleet> = Arc::new(
-                AwsFleet::from_env(aws.auto_scaling_group_name.clone(), aws.region.clone()).await,
+                AwsFleet::from_env(aws.auto_scaling_group_name.clone(), aws.region.clone())
+                    .await
+                    .reading_launch_times(),
             );
             cache.insert(key, fleet.clone());
             Some(fleet)

@@ -149,6 +149,7 @@ impl Fleet for StalledFleet {
                     lifecycle: asg_batch::cloud::Lifecycle::InService,
                     protected_from_scale_in: false,
                     instance_type: None,
+                    launched_at: None,
                 }],
             })
         })

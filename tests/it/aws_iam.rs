@@ -204,7 +204,9 @@ async fn wait_in_service(fleet: &AwsFleet, want: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_policy_runs_a_scale_out_and_scale_in_cycle_and_nothing_else() {
     let (moto, controller, _) = enforcing_moto().await;
-    let fleet = fleet_as(&moto, &controller, "managed").await;
+    let fleet = fleet_as(&moto, &controller, "managed")
+        .await
+        .reading_launch_times();
 
     // Describe: group, launch template version (instance type), instance type shape.
     let state = fleet.describe().await.expect("DescribeAutoScalingGroups");
@@ -219,6 +221,12 @@ async fn the_controller_policy_runs_a_scale_out_and_scale_in_cycle_and_nothing_e
     // Scale out to 2, terminate one instance (decrementing), scale the rest in.
     fleet.set_desired(2).await.expect("SetDesiredCapacity");
     let ids = wait_in_service(&fleet, 2).await;
+    // Their launch times (DescribeInstances), for the observed boot time.
+    let described = fleet.describe().await.expect("describe");
+    assert!(
+        described.live_instances().all(|i| i.launched_at.is_some()),
+        "launch times read: {described:?}"
+    );
     fleet
         .terminate(&ids[0])
         .await
@@ -340,6 +348,7 @@ fn policies_scope_every_write_to_managed_groups() {
                 "autoscaling:SetDesiredCapacity",
                 "autoscaling:TerminateInstanceInAutoScalingGroup",
                 "ec2:DescribeInstanceTypes",
+                "ec2:DescribeInstances",
                 "ec2:DescribeLaunchTemplateVersions",
             ],
         ),

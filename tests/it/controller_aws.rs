@@ -217,3 +217,102 @@ async fn a_missing_group_is_reported_on_the_compute_environment() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Seconds since the epoch of a Kubernetes time.
+fn secs(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    t.0.as_second()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_registration_after_its_launch_is_the_observed_boot_time() {
+    const BOOT: i64 = 4;
+    let moto = support::moto::MotoServer::start();
+    let config = moto.sdk_config().await;
+    support::moto::create_group(&config, "batch", 5, 0).await;
+    let fleet = Arc::new(AwsFleet::new(&config, "batch").reading_launch_times());
+    let fleets: HashMap<String, Arc<dyn Fleet>> =
+        HashMap::from([("cloud".to_string(), fleet.clone() as Arc<dyn Fleet>)]);
+    let mut h = start(WORLD, test_config(Duration::from_secs(5)), fleets).await;
+    apply_yaml(&h.client, &job("a")).await;
+    wait_desired(&fleet, 1).await;
+    let state = fleet.describe().await.expect("describe");
+    let instance = state.live_instances().next().expect("an instance").clone();
+    let launched = instance.launched_at.expect("EC2 LaunchTime read");
+
+    // Its agent registers BOOT seconds (at least) after the launch.
+    let registration = launched + jiff::SignedDuration::from_secs(BOOT);
+    support::wait_until_async(
+        "the instance to have booted",
+        Duration::from_secs(60),
+        || jiff::Timestamp::now() >= registration,
+    )
+    .await;
+    let node = instance.instance_id.to_ascii_lowercase();
+    h.register_node(&node, "cloud", "4", "8Gi").await;
+    let created = h
+        .nodes()
+        .get(&node)
+        .await
+        .expect("node")
+        .metadata
+        .creation_timestamp
+        .expect("creationTimestamp");
+    let want = u32::try_from(created.0.duration_since(launched).as_secs()).expect("after launch");
+    assert!(i64::from(want) >= BOOT);
+
+    // The compute environment shows it (one sample: its own median).
+    let ces: Api<ComputeEnvironment> = Api::all(h.client.clone());
+    support::eventually(
+        "status.observedBootSeconds",
+        || async {
+            ces.get("cloud")
+                .await
+                .expect("ce")
+                .status
+                .unwrap_or_default()
+                .observed_boot_seconds
+        },
+        |b| b.is_some(),
+    )
+    .await;
+    let observed = ces
+        .get("cloud")
+        .await
+        .expect("ce")
+        .status
+        .unwrap_or_default()
+        .observed_boot_seconds;
+    assert_eq!(
+        observed,
+        Some(want),
+        "launch {launched} → node created {}",
+        created.0
+    );
+
+    // A job that needs another instance expects it in the observed boot time, not in the
+    // default 120 s of an aws fleet (a holds the first instance: started, still running).
+    h.wait_job("a", "Starting", |j| {
+        j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Starting)
+    })
+    .await;
+    h.agent_started("a", 1).await;
+    apply_yaml(&h.client, &job("b")).await;
+    let b = h
+        .wait_job("b", "an estimated start", |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.estimated_start_time.is_some())
+        })
+        .await;
+    let submitted = secs(b.metadata.creation_timestamp.as_ref().expect("created"));
+    let eta = secs(
+        b.status
+            .as_ref()
+            .and_then(|s| s.estimated_start_time.as_ref())
+            .expect("eta"),
+    );
+    assert!(
+        eta >= submitted + i64::from(want) && eta < submitted + 120,
+        "b submitted at {submitted}, expected to start at {eta}, boot observed {want} s"
+    );
+}

@@ -234,8 +234,20 @@ impl ProcessExecutor {
             tracing::info!(attempt = %adoption.name, %why, "the attempt's program never started");
             return None;
         }
-        // No record: the program never started (or the shim died before it could say).
+        // No record: the shim never got as far as starting the program.
         let record = record?;
+        // A record without the program's pid: the shim was starting it when the earlier
+        // agent went away. Wait for it to say how that went.
+        let (record, exit) = match record.command_pid {
+            Some(_) => (record, exit),
+            None => {
+                let Some(record) = program_started(&dir, &record).await else {
+                    tracing::info!(attempt = %adoption.name, "the attempt's program never started");
+                    return None;
+                };
+                (record, shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE)))
+            }
+        };
         let started_at = Some(record.started_at);
         let _ = progress.send(Progress::Started {
             at: adoption.started_at.unwrap_or(record.started_at),
@@ -319,6 +331,23 @@ impl ProcessExecutor {
             }
         };
         Some(outcome(&dir, &output, ending, started_at, stopped_at))
+    }
+}
+
+/// Waits until the shim of `record`, which was starting the program, records that the
+/// program runs; `None` when it could not start it, or died first.
+async fn program_started(dir: &Path, record: &ShimRecord) -> Option<ShimRecord> {
+    let running =
+        || shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE)).filter(|r| r.command_pid.is_some());
+    loop {
+        if let Some(r) = running() {
+            return Some(r);
+        }
+        if dir.join(EXIT_FILE).exists() || !record.alive() {
+            // It may have recorded the program just before it ended.
+            return running();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -451,6 +480,88 @@ impl Executor for ProcessExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process standing for a shim that is still starting its program: its record on
+    /// disk, without the program's pid.
+    fn starting_shim(dir: &Path) -> (std::process::Child, ShimRecord) {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let record = ShimRecord {
+            pid,
+            start_ticks: shim::start_ticks(pid).expect("start ticks"),
+            boot_id: shim::boot_id(),
+            command_pid: None,
+            started_at: Timestamp::now(),
+        };
+        shim::write_json(&dir.join(SHIM_FILE), &record).expect("record");
+        (child, record)
+    }
+
+    fn adoption() -> Adoption {
+        Adoption {
+            name: "a".into(),
+            timeout: None,
+            grace: Duration::from_secs(1),
+            started_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_shim_is_starting_its_program_is_adopted_not_lost() {
+        let state = tempfile::tempdir().expect("state");
+        let exec = ProcessExecutor::new(state.path(), "/nonexistent");
+        let dir = exec.attempt_dir("a");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (mut child, record) = starting_shim(&dir);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let adopting = tokio::spawn({
+            let exec = exec.clone();
+            async move {
+                exec.adopt_inner(adoption(), tx, watch::channel(false).1)
+                    .await
+            }
+        });
+        // The shim goes on: the program runs, then ends with 3.
+        let running = ShimRecord {
+            command_pid: Some(1),
+            ..record
+        };
+        shim::write_json(&dir.join(SHIM_FILE), &running).expect("record");
+        let exit = ExitRecord {
+            exit_code: Some(3),
+            start_error: None,
+            stopped_at: Timestamp::now(),
+        };
+        shim::write_json(&dir.join(EXIT_FILE), &exit).expect("exit");
+        let outcome = adopting.await.expect("task").expect("adopted");
+        assert_eq!(outcome.exit_code, Some(3), "{outcome:?}");
+        assert!(matches!(rx.recv().await, Some(Progress::Started { .. })));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[tokio::test]
+    async fn a_shim_that_died_before_starting_its_program_leaves_nothing_to_adopt() {
+        let state = tempfile::tempdir().expect("state");
+        let exec = ProcessExecutor::new(state.path(), "/nonexistent");
+        let dir = exec.attempt_dir("a");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (mut child, _) = starting_shim(&dir);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let adopting = tokio::spawn({
+            let exec = exec.clone();
+            async move {
+                exec.adopt_inner(adoption(), tx, watch::channel(false).1)
+                    .await
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(adopting.await.expect("task").is_none());
+    }
 
     #[test]
     fn the_tail_of_a_long_output_file() {

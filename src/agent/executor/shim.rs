@@ -8,8 +8,9 @@
 //! `DIR/exit.json`. An attempt that ended while no agent ran is reported from that file.
 //!
 //! Files of one attempt's directory, each written whole (temporary file, then rename):
-//! - `shim.json` ([`ShimRecord`]): the shim's pid, start time and boot id, once the
-//!   program has started;
+//! - `shim.json` ([`ShimRecord`]): the shim's pid, start time and boot id, written before
+//!   the program starts (so an agent restarting at any moment after it finds the attempt),
+//!   then again with the program's pid once it runs;
 //! - `exit.json` ([`ExitRecord`]): the exit code and stop time, or why the program could
 //!   not start;
 //! - `stop.json` ([`StopRecord`]): written by the agent before it stops the attempt
@@ -118,8 +119,9 @@ pub struct ShimRecord {
     pub start_ticks: u64,
     /// The kernel's boot id when it started.
     pub boot_id: String,
-    /// The program's pid.
-    pub command_pid: u32,
+    /// The program's pid; `None` while the shim is still starting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_pid: Option<u32>,
     /// When the program started.
     pub started_at: Timestamp,
 }
@@ -296,6 +298,20 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         Ok(w) => w,
         Err(e) => return fail(format!("cannot make the output pipe: {e}")),
     };
+    let me = std::process::id() as i32;
+    let record = ShimRecord {
+        pid: me,
+        start_ticks: start_ticks(me).unwrap_or(0),
+        boot_id: boot_id(),
+        command_pid: None,
+        started_at: Timestamp::now(),
+    };
+    // Who the shim is goes on disk before the program starts: the program may act (and
+    // the agent that started the shim may die) before the shim is scheduled again, and an
+    // agent that finds no record takes the attempt for one that never started.
+    if let Err(e) = write_json(&state.join(SHIM_FILE), &record) {
+        return fail(format!("cannot write {SHIM_FILE}: {e}"));
+    }
     let spawned = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -314,13 +330,10 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         let _ = copied_tx.send(result);
     });
     let started_at = Timestamp::now();
-    let me = std::process::id() as i32;
     let record = ShimRecord {
-        pid: me,
-        start_ticks: start_ticks(me).unwrap_or(0),
-        boot_id: boot_id(),
-        command_pid: child.id(),
+        command_pid: Some(child.id()),
         started_at,
+        ..record
     };
     if let Err(e) = write_json(&state.join(SHIM_FILE), &record) {
         eprintln!("asg-batch shim: cannot write {SHIM_FILE}: {e}");
@@ -393,7 +406,7 @@ mod tests {
             pid: me,
             start_ticks: start_ticks(me).expect("own start time"),
             boot_id: boot_id(),
-            command_pid: 0,
+            command_pid: None,
             started_at: Timestamp::now(),
         };
         assert!(record.alive());

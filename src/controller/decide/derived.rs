@@ -206,6 +206,12 @@ pub(super) fn environment_updates(
             )
             .unwrap_or(i32::MAX),
         );
+        if let Some(fleet) = observed.fleets.get(name) {
+            let samples =
+                super::boot::samples(fleet, mine.iter().filter_map(|n| nodes.get(n).copied()));
+            status.observed_boot_seconds =
+                super::boot::observed(samples, current.observed_boot_seconds);
+        }
         if let Some(shape) = built
             .snapshot
             .compute_environments

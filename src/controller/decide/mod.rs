@@ -47,6 +47,7 @@ use status::owned_job_status;
 
 mod arrays;
 mod attempts;
+mod boot;
 mod cancel;
 mod derived;
 mod liveness;

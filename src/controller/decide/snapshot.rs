@@ -216,9 +216,11 @@ pub const DEFAULT_AWS_BOOT_SECONDS: Seconds = 120;
 /// Default `bootSeconds` of a `local` compute environment.
 pub const DEFAULT_LOCAL_BOOT_SECONDS: Seconds = 5;
 
-/// The compute environment's `bootSeconds`, or its provider's default.
+/// The compute environment's `bootSeconds`, or the boot time observed on its fleet, or its
+/// provider's default.
 fn boot_seconds(ce: &ApiComputeEnvironment) -> Seconds {
-    match ce.spec.boot_seconds {
+    let observed = ce.status.as_ref().and_then(|s| s.observed_boot_seconds);
+    match ce.spec.boot_seconds.or(observed) {
         Some(b) => Seconds::from(b),
         None if ce.spec.aws.is_some() => DEFAULT_AWS_BOOT_SECONDS,
         None => DEFAULT_LOCAL_BOOT_SECONDS,

@@ -978,6 +978,7 @@ fn aws_world(
                     lifecycle: Lifecycle::InService,
                     protected_from_scale_in: false,
                     instance_type: None,
+                    launched_at: None,
                 })
                 .collect(),
         },
