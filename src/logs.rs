@@ -248,7 +248,22 @@ async fn stream(
     );
     let mut request = client.get(&url);
     if let Some(t) = token {
-        request = request.bearer_auth(t);
+        // A bearer token goes only over TLS to the pinned certificate, or to this machine
+        // (`asg-batch dev`'s plain loopback endpoint).
+        let parsed = reqwest::Url::parse(&url).map_err(|e| agent_err(e.to_string()))?;
+        let loopback = parsed.host_str().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        });
+        if parsed.scheme() == "https" && endpoint.certificate.is_some() {
+            request = request.bearer_auth(t);
+        } else if !loopback {
+            return Err(agent_err(
+                "refusing to send your credentials to a log endpoint that is neither https with a published certificate nor on this machine".into(),
+            ));
+        }
     }
     let mut response = request.send().await.map_err(|e| agent_err(e.to_string()))?;
     let status = response.status();

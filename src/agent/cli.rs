@@ -77,7 +77,7 @@ pub struct AgentArgs {
     #[arg(long, default_value = "off", value_parser = crate::controller::cli::parse_bind)]
     pub metrics_bind_address: crate::controller::cli::Bind,
     /// Serve the attempts' full logs (`asg-batch logs`) on this address, e.g.
-    /// `0.0.0.0:10250`, over TLS with a self-signed certificate published in the
+    /// `0.0.0.0:10270`, over TLS with a self-signed certificate published in the
     /// BatchNode's `status.logEndpoint`, to callers whose bearer token may `get`
     /// `batchjobs/log` in the job's namespace (TokenReview, SubjectAccessReview). Off
     /// unless given; logs are kept under `<data dir>/logs/` either way.

@@ -1,6 +1,7 @@
 //! TLS of the log endpoint: a self-signed certificate made at start for the address the
 //! agent publishes (clients pin it: it is in the BatchNode's `status.logEndpoint`, which
-//! only this node may write), and the TLS listener axum serves on.
+//! only this node may write under the chart's admission policy), and the TLS listener
+//! axum serves on (handshakes side by side).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,32 +55,61 @@ pub fn client_config(certificate_pem: &str) -> Result<rustls::ClientConfig, Stri
     Ok(config)
 }
 
-/// TCP connections after their TLS handshake.
+/// A TLS handshake in progress: its outcome (or timeout) and the peer.
+type Handshake = futures::future::BoxFuture<
+    'static,
+    (
+        Result<std::io::Result<TlsStream<TcpStream>>, tokio::time::error::Elapsed>,
+        std::net::SocketAddr,
+    ),
+>;
+
+/// Handshakes in progress at once; a connection beyond it is closed at once.
+const MAX_HANDSHAKES: usize = 64;
+
+/// TCP connections after their TLS handshake. Handshakes run side by side, so a client
+/// that connects and sends nothing delays nobody else (it is dropped after
+/// [`HANDSHAKE_TIMEOUT`]).
 struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
+    handshakes: futures::stream::FuturesUnordered<Handshake>,
 }
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = std::net::SocketAddr;
 
+    // Cancel-safe: an accepted connection is pushed without an await in between, and
+    // handshakes in progress live in `self`.
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use futures::StreamExt;
         loop {
-            let (stream, peer) = match self.tcp.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "log endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, peer),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "log endpoint: TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(%peer, "log endpoint: TLS handshake timed out"),
+            tokio::select! {
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if self.handshakes.len() >= MAX_HANDSHAKES {
+                            tracing::debug!(%peer, "log endpoint: too many TLS handshakes in progress; connection closed");
+                            continue;
+                        }
+                        let acceptor = self.acceptor.clone();
+                        self.handshakes.push(Box::pin(async move {
+                            let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                            (r, peer)
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "log endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some((r, peer)) = self.handshakes.next(), if !self.handshakes.is_empty() => match r {
+                    Ok(Ok(tls)) => return (tls, peer),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "log endpoint: TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(%peer, "log endpoint: TLS handshake timed out"),
+                },
             }
         }
     }
@@ -94,6 +124,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: a
     let listener = TlsListener {
         tcp: listener,
         acceptor: TlsAcceptor::from(tls),
+        handshakes: futures::stream::FuturesUnordered::new(),
     };
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the log endpoint stopped");

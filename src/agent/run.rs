@@ -294,6 +294,8 @@ impl Agent {
                 }
             }
         }
+        self.invalid_seen
+            .retain(|(uid, _)| invalid_uids.contains(uid));
         let views: Vec<JobView> = jobs.iter().filter_map(|j| JobView::of(j)).collect();
         plan::prune_done(&mut self.done, &views);
         // An attempt of a job that became unreadable keeps running: that is no reason to stop it.

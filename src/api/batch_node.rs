@@ -129,7 +129,7 @@ pub struct BatchNodeStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEndpoint {
-    /// Base URL, e.g. `https://10.0.1.7:10250`; logs are under
+    /// Base URL, e.g. `https://10.0.1.7:10270`; logs are under
     /// `/logs/<namespace>/<job>/<attempt>`.
     pub url: String,
     /// The endpoint's own (self-signed) certificate, PEM, which clients pin; absent for a
