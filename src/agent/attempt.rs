@@ -61,11 +61,7 @@ fn is_stale(e: &kube::Error) -> bool {
 /// re-read and the write (the write carries the read's resourceVersion as a precondition).
 fn is_transient(e: &kube::Error) -> bool {
     match e {
-        kube::Error::Api(s) => {
-            s.code >= 500
-                || s.code == 429
-                || (s.code == 409 && s.message.contains("has been modified"))
-        }
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429 || is_stale(e),
         _ => true,
     }
 }
