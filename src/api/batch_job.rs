@@ -275,9 +275,9 @@ pub struct AttemptStatus {
     /// Exit code, when it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Why it ended: `Completed`, `Error`, `OutOfMemory`, `Timeout`, `NodeLost`, `Cancelled`, `ImagePullFailed`, `StartFailed`.
+    /// Why it ended: `Completed`, `Error`, `OutOfMemory`, `Timeout`, `NodeLost`, `Cancelled`, `ImagePullFailed`, `StartFailed`, `SpotInterruption` (reasons a newer build writes are kept as they are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<crate::api::protocol::AttemptReason>,
     /// Detail of the reason (AWS Batch's `statusReason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,

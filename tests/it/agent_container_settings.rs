@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use asg_batch::agent::executor::docker::DockerExecutor;
 use asg_batch::api::common::{Capabilities, ContainerSettings, LinuxParameters};
@@ -123,7 +124,11 @@ async fn the_example_settings_shape_the_container() {
 
     let done = ended(&client, &name).await;
     let a1 = attempt(&done, 1).expect("attempt");
-    assert_eq!(a1.reason.as_deref(), Some("Completed"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("Completed"),
+        "{a1:?}"
+    );
     let seen = |key: &str| log_line(&done, 1, key);
     assert_eq!(seen("uid").as_deref(), Some("1000:1000"), "user");
     assert_eq!(seen("scratch").as_deref(), Some("written"));
@@ -355,7 +360,11 @@ async fn gpu_jobs_get_their_own_gpus_across_an_agent_restart() {
     bind(&client, "default", &third, NODE, 1).await;
     let refused = ended(&client, &third).await;
     let a = attempt(&refused, 1).expect("attempt");
-    assert_eq!(a.reason.as_deref(), Some("StartFailed"), "{a:?}");
+    assert_eq!(
+        a.reason.as_ref().map(AttemptReason::as_str),
+        Some("StartFailed"),
+        "{a:?}"
+    );
     assert!(
         a.status_reason
             .as_deref()

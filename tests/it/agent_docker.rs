@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use asg_batch::agent::executor::docker::DockerExecutor;
 use asg_batch::api::BatchJob;
@@ -86,7 +87,7 @@ async fn runs_containers_and_removes_cancelled_ones() {
     let a1 = attempt(&job, 1).expect("attempt");
     assert!(a1.started_at.is_some(), "{a1:?}");
     assert_eq!(
-        (a1.exit_code, a1.reason.as_deref()),
+        (a1.exit_code, a1.reason.as_ref().map(AttemptReason::as_str)),
         (Some(3), Some("Error"))
     );
     assert_eq!(
@@ -189,7 +190,10 @@ async fn after_an_agent_crash_a_container_is_adopted_and_one_that_vanished_is_re
     )
     .await;
     assert_eq!(
-        attempt(&job, 1).and_then(|a| a.reason).as_deref(),
+        attempt(&job, 1)
+            .and_then(|a| a.reason)
+            .as_ref()
+            .map(AttemptReason::as_str),
         Some("StartFailed")
     );
     assert!(!container_exists(&docker, &containers[1]).await);

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use asg_batch::agent::attempt::LOST_STATUS_REASON;
 use asg_batch::api::BatchJob;
@@ -133,7 +134,7 @@ async fn reports_each_attempt_under_its_own_field_manager() {
     let a1 = attempt(&job, 1).expect("attempt 1");
     assert!(a1.started_at.is_some(), "{a1:?}");
     assert_eq!(a1.exit_code, Some(3));
-    assert_eq!(a1.reason.as_deref(), Some("Error"));
+    assert_eq!(a1.reason.as_ref().map(AttemptReason::as_str), Some("Error"));
     assert!(
         a1.log_tail
             .as_deref()
@@ -246,7 +247,11 @@ async fn deleting_or_failing_a_running_job_kills_its_process() {
     )
     .await;
     let a1 = attempt(&job, 1).expect("attempt");
-    assert_eq!(a1.reason.as_deref(), Some("Cancelled"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("Cancelled"),
+        "{a1:?}"
+    );
     assert!(
         a1.status_reason
             .as_deref()
@@ -299,7 +304,11 @@ async fn a_superseded_attempt_is_stopped_and_not_reported() {
     // A graceful stop cancels and reports the running attempt.
     let job = get_job(&client, "default", "bumped").await;
     let a2 = attempt(&job, 2).expect("attempt 2");
-    assert_eq!(a2.reason.as_deref(), Some("Cancelled"), "{a2:?}");
+    assert_eq!(
+        a2.reason.as_ref().map(AttemptReason::as_str),
+        Some("Cancelled"),
+        "{a2:?}"
+    );
     assert!(!process_alive(second));
 }
 
@@ -378,7 +387,7 @@ async fn a_running_attempt_is_adopted_after_an_agent_crash_and_reported_once() {
     .await;
     let a1 = attempt(&job, 1).expect("attempt 1");
     assert_eq!(
-        (a1.exit_code, a1.reason.as_deref()),
+        (a1.exit_code, a1.reason.as_ref().map(AttemptReason::as_str)),
         (Some(5), Some("Error")),
         "{a1:?}"
     );
@@ -451,7 +460,11 @@ async fn an_adopted_attempt_keeps_its_timeout_from_its_start_and_is_cancelled_li
     })
     .await;
     let a1 = attempt(&job, 1).expect("attempt 1");
-    assert_eq!(a1.reason.as_deref(), Some("Timeout"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("Timeout"),
+        "{a1:?}"
+    );
     let ran = a1
         .stopped_at
         .expect("stoppedAt")
@@ -523,7 +536,11 @@ async fn a_graceful_stop_that_leaves_attempts_running_hands_them_to_the_next_age
     .await;
     let a1 = attempt(&job, 1).expect("attempt 1");
     assert_eq!(
-        (a1.exit_code, a1.reason.as_deref(), a1.log_tail.as_deref()),
+        (
+            a1.exit_code,
+            a1.reason.as_ref().map(AttemptReason::as_str),
+            a1.log_tail.as_deref()
+        ),
         (Some(0), Some("Completed"), Some("left-running")),
         "{a1:?}"
     );
@@ -562,7 +579,11 @@ async fn an_attempt_with_nothing_left_after_a_restart_is_reported_lost_not_rerun
     })
     .await;
     let a1 = attempt(&job, 1).expect("attempt 1");
-    assert_eq!(a1.reason.as_deref(), Some("StartFailed"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("StartFailed"),
+        "{a1:?}"
+    );
     assert_eq!(a1.status_reason.as_deref(), Some(LOST_STATUS_REASON));
     assert_eq!(a1.started_at, Some(started), "startedAt is kept");
     assert_eq!(a1.exit_code, None);
@@ -627,7 +648,7 @@ async fn runs_the_definition_with_aws_batch_variables() {
     .await;
     let a1 = attempt(&job, 1).expect("attempt");
     assert_eq!(
-        (a1.exit_code, a1.reason.as_deref()),
+        (a1.exit_code, a1.reason.as_ref().map(AttemptReason::as_str)),
         (Some(0), Some("Completed"))
     );
     let uid = job.metadata.uid.clone().expect("uid");
@@ -641,7 +662,10 @@ async fn runs_the_definition_with_aws_batch_variables() {
     })
     .await;
     let a1 = attempt(&job, 1).expect("attempt");
-    assert_eq!(a1.reason.as_deref(), Some("StartFailed"));
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("StartFailed")
+    );
     assert_eq!(
         a1.status_reason.as_deref(),
         Some("JobDefinition default/missing not found")
@@ -705,7 +729,11 @@ async fn timeout_secrets_and_array_variables_reach_the_process() {
     })
     .await;
     let a1 = attempt(&job, 1).expect("attempt");
-    assert_eq!(a1.reason.as_deref(), Some("Completed"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("Completed"),
+        "{a1:?}"
+    );
     assert_eq!(
         a1.log_tail.as_deref().map(str::trim),
         Some(format!("id={parent_uid}:1 index=1 size=3 token=s3cret").as_str())
@@ -716,7 +744,11 @@ async fn timeout_secrets_and_array_variables_reach_the_process() {
     })
     .await;
     let a1 = attempt(&job, 1).expect("attempt");
-    assert_eq!(a1.reason.as_deref(), Some("Timeout"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("Timeout"),
+        "{a1:?}"
+    );
     assert!(a1.started_at.is_some());
     agent.stop().await.expect("clean stop");
 }

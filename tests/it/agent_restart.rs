@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -229,7 +230,7 @@ async fn a_process_job_that_ends_while_its_agent_is_dead_is_reported_with_its_ex
     .await;
     let a1 = attempt(&job, 1).expect("attempt 1");
     assert_eq!(
-        (a1.exit_code, a1.reason.as_deref()),
+        (a1.exit_code, a1.reason.as_ref().map(AttemptReason::as_str)),
         (Some(4), Some("Error")),
         "the real exit code, not StartFailed: {a1:?}\n{}",
         agent.log()
@@ -300,7 +301,11 @@ async fn a_running_process_job_is_re_adopted_by_the_restarted_agent_and_reported
     .await;
     let a1 = attempt(&job, 1).expect("attempt 1");
     assert_eq!(
-        (a1.exit_code, a1.reason.as_deref(), a1.log_tail.as_deref()),
+        (
+            a1.exit_code,
+            a1.reason.as_ref().map(AttemptReason::as_str),
+            a1.log_tail.as_deref()
+        ),
         (Some(6), Some("Error"), Some("out-adopted")),
         "{a1:?}\n{}",
         agent.log()
@@ -430,7 +435,7 @@ async fn a_container_keeps_running_through_an_agent_crash_and_is_re_adopted() {
     let job = wait_attempt(&client, &name, "the report", |a| a.stopped_at.is_some()).await;
     let a1 = attempt(&job, 1).expect("attempt 1");
     assert_eq!(
-        (a1.exit_code, a1.reason.as_deref()),
+        (a1.exit_code, a1.reason.as_ref().map(AttemptReason::as_str)),
         (Some(3), Some("Error")),
         "the real exit code: {a1:?}\n{}",
         agent.log()

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -262,7 +263,11 @@ async fn an_interruption_stops_the_running_attempt_and_the_job_is_retried_elsewh
     assert_eq!(st.attempt, Some(2), "{st:?}");
     let a1 = &st.attempts[0];
     assert_eq!(a1.node.as_deref(), Some("i-0spot"));
-    assert_eq!(a1.reason.as_deref(), Some("SpotInterruption"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("SpotInterruption"),
+        "{a1:?}"
+    );
     assert!(
         a1.status_reason
             .as_deref()
@@ -271,7 +276,10 @@ async fn an_interruption_stops_the_running_attempt_and_the_job_is_retried_elsewh
     );
     let a2 = &st.attempts[1];
     assert_eq!(
-        (a2.node.as_deref(), a2.reason.as_deref()),
+        (
+            a2.node.as_deref(),
+            a2.reason.as_ref().map(AttemptReason::as_str)
+        ),
         (Some("i-0ondemand"), Some("Completed"))
     );
     assert!(dir.path().join("second").exists(), "the retry ran");

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -416,7 +417,10 @@ spec:
         })
         .await;
     let s = j.status.clone().unwrap_or_default();
-    assert_eq!(s.attempts[0].reason.as_deref(), Some("NodeLost"));
+    assert_eq!(
+        s.attempts[0].reason.as_ref().map(AttemptReason::as_str),
+        Some("NodeLost")
+    );
     assert!(s.attempts[0].stopped_at.is_some());
     assert_eq!(label(&j).as_deref(), Some("n2"));
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -660,7 +661,13 @@ async fn an_agent_cut_off_from_the_api_server_is_fenced_before_its_job_runs_agai
         .and_then(|j| j.status.clone())
         .unwrap_or_default();
     assert_eq!(cut_job.attempts.len(), 2, "{:?}", cut_job.attempts);
-    assert_eq!(cut_job.attempts[0].reason.as_deref(), Some("NodeLost"));
+    assert_eq!(
+        cut_job.attempts[0]
+            .reason
+            .as_ref()
+            .map(AttemptReason::as_str),
+        Some("NodeLost")
+    );
     let fenced_at = w
         .played
         .lock()

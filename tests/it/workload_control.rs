@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use asg_batch::api::protocol::AttemptReason;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -208,7 +209,11 @@ async fn a_queued_job_is_cancelled_and_a_running_one_terminated() {
     assert_eq!(st.attempts.len(), 1);
     let a1 = &st.attempts[0];
     assert!(a1.started_at.is_some() && a1.stopped_at.is_some(), "{a1:?}");
-    assert_eq!(a1.reason.as_deref(), Some("Cancelled"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("Cancelled"),
+        "{a1:?}"
+    );
     assert!(
         a1.status_reason
             .as_deref()
@@ -476,7 +481,11 @@ async fn a_terminated_job_gets_sigterm_and_its_grace_period() {
         "pinned: {st:?}"
     );
     let a1 = &st.attempts[0];
-    assert_eq!(a1.reason.as_deref(), Some("Cancelled"), "{a1:?}");
+    assert_eq!(
+        a1.reason.as_ref().map(AttemptReason::as_str),
+        Some("Cancelled"),
+        "{a1:?}"
+    );
     assert_eq!(
         a1.exit_code,
         Some(143),

@@ -8,7 +8,8 @@ use crate::api::BatchNode;
 use crate::api::batch_job::JobPhase;
 use crate::api::batch_node::NodePhase as ApiNodePhase;
 use crate::api::common::{JobTemplate, RetryAction};
-use crate::scheduler::retry::{self, AttemptOutcome, FailCause, REASON_NODE_LOST, RetryDecision};
+use crate::api::protocol::AttemptReason;
+use crate::scheduler::retry::{self, AttemptOutcome, FailCause, RetryDecision};
 use crate::scheduler::{Phase, Seconds};
 
 use super::super::reasons;
@@ -181,7 +182,7 @@ pub(super) fn progress(
         // The controller ends the attempt itself (and owns these fields from now on).
         if let Some(a) = d.attempts.iter_mut().find(|a| a.attempt == n) {
             a.stopped_at = Some(time(now));
-            a.reason = Some(REASON_NODE_LOST.into());
+            a.reason = Some(AttemptReason::NodeLost);
             a.status_reason = Some(why.clone());
         }
         event(
@@ -194,7 +195,7 @@ pub(super) fn progress(
         (
             Some(time(now)),
             None,
-            Some(REASON_NODE_LOST.to_owned()),
+            Some(AttemptReason::NodeLost),
             Some(why),
         )
     } else {
@@ -221,15 +222,24 @@ pub(super) fn progress(
     }
     let outcome = AttemptOutcome {
         exit_code,
-        reason: reason.as_deref(),
+        reason: reason.as_ref().map(AttemptReason::as_str),
         status_reason: status_reason.as_deref(),
     };
     let what = describe_outcome(&outcome);
     d.node = None;
     d.not_before = None;
-    if exit_code == Some(0) && reason.as_deref().is_none_or(|r| r == "Completed") {
+    if exit_code == Some(0)
+        && reason
+            .as_ref()
+            .is_none_or(|r| *r == AttemptReason::Completed)
+    {
         d.phase = Some(JobPhase::Succeeded);
-        d.reason = Some(reason.clone().unwrap_or_else(|| "Completed".into()));
+        d.reason = Some(
+            reason
+                .as_ref()
+                .unwrap_or(&AttemptReason::Completed)
+                .to_string(),
+        );
         d.message = Some(format!("attempt {n} succeeded on node {node}: {what}"));
         d.stopped_at = stopped_at.or_else(|| Some(time(now)));
         event(
@@ -245,7 +255,7 @@ pub(super) fn progress(
     // before templates were pinned falls back to resolving it now.
     let template = effective_template(w.job, defs).unwrap_or_else(|_| w.job.spec.template.clone());
     let (s, backoff) = strategy(&template);
-    d.reason = Some(reason.clone().unwrap_or_else(|| "Error".into()));
+    d.reason = Some(reason.as_ref().unwrap_or(&AttemptReason::Error).to_string());
     match retry::decide(&s, n, &outcome, backoff.as_ref(), now) {
         RetryDecision::Retry { runnable_at, .. } => {
             d.phase = Some(JobPhase::Runnable);

@@ -5,7 +5,7 @@
 use crate::api::batch_job::{AttemptStatus, BatchJobStatus};
 use crate::api::batch_node::BatchNodeStatus;
 use crate::api::common::Condition;
-use crate::scheduler::retry::REASON_NODE_LOST;
+use crate::api::protocol::AttemptReason;
 use crate::scheduler::{Reason, Seconds};
 
 use crate::controller::time::time;
@@ -24,7 +24,7 @@ pub fn owned_job_status(s: Option<&BatchJobStatus>) -> BatchJobStatus {
 }
 
 fn owned_attempt(a: &AttemptStatus) -> AttemptStatus {
-    let ended_by_controller = a.reason.as_deref() == Some(REASON_NODE_LOST);
+    let ended_by_controller = a.reason == Some(AttemptReason::NodeLost);
     AttemptStatus {
         attempt: a.attempt,
         node: a.node.clone(),
@@ -130,7 +130,7 @@ mod tests {
                     node: Some("n1".into()),
                     started_at: Some(time(5)),
                     stopped_at: Some(time(6)),
-                    reason: Some(REASON_NODE_LOST.into()),
+                    reason: Some(AttemptReason::NodeLost),
                     ..Default::default()
                 },
                 AttemptStatus {
@@ -139,7 +139,7 @@ mod tests {
                     started_at: Some(time(7)),
                     stopped_at: Some(time(8)),
                     exit_code: Some(1),
-                    reason: Some("Error".into()),
+                    reason: Some(AttemptReason::Error),
                     log_tail: Some("boom".into()),
                     ..Default::default()
                 },

@@ -4,6 +4,7 @@ use crate::api::batch_job::{ArrayStatus, AttemptStatus, JobPhase};
 use crate::api::batch_node::NodeJob;
 use crate::api::common::RetryAction;
 use crate::api::common::{EvaluateOnExit, RetryBackoff, RetryStrategy};
+use crate::api::protocol::AttemptReason;
 use crate::cloud::{FleetInstance, Lifecycle};
 use crate::controller::decide::snapshot::fixtures::*;
 use crate::controller::time::time;
@@ -11,7 +12,6 @@ use crate::controller::{
     CONDITION_DISRUPTED, CONDITION_READY, CONDITION_SCALING, CONDITION_VALID, LABEL_ARRAY_PARENT,
 };
 use crate::scheduler::DEPENDENCY_FAILED;
-use crate::scheduler::retry::REASON_NODE_LOST;
 
 mod cancel;
 mod spot;
@@ -210,7 +210,11 @@ fn exited(code: i32) -> impl Fn(&mut AttemptStatus) {
         a.started_at = a.started_at.clone().or(Some(time(NOW - 10)));
         a.stopped_at = Some(time(NOW - 1));
         a.exit_code = Some(code);
-        a.reason = Some(if code == 0 { "Completed" } else { "Error" }.into());
+        a.reason = Some(if code == 0 {
+            AttemptReason::Completed
+        } else {
+            AttemptReason::Error
+        });
     }
 }
 
@@ -497,7 +501,7 @@ fn a_lost_node_without_a_fleet_keeps_its_attempts_until_its_batchnode_is_deleted
     delete_node(&mut o, "n1");
     let d = at(&o, later, &[]);
     let s = status(&d, "r");
-    assert_eq!(s.attempts[0].reason.as_deref(), Some(REASON_NODE_LOST));
+    assert_eq!(s.attempts[0].reason, Some(AttemptReason::NodeLost));
     assert_eq!(
         (s.phase, s.node.as_deref(), s.attempt),
         (Some(JobPhase::Starting), Some("n2"), Some(2))
@@ -562,7 +566,7 @@ fn a_lost_nodes_instance_is_fenced_before_its_attempts_are_retried() {
     }
     let d = at(&o, later + 3, &["n1"]);
     let s = status(&d, "r");
-    assert_eq!(s.attempts[0].reason.as_deref(), Some(REASON_NODE_LOST));
+    assert_eq!(s.attempts[0].reason, Some(AttemptReason::NodeLost));
     assert_eq!(s.phase, Some(JobPhase::Runnable));
 }
 
@@ -1217,7 +1221,7 @@ mod invariants {
                                     if a.stopped_at.is_none() {
                                         a.stopped_at = Some(time(now));
                                         a.exit_code = Some(code);
-                                        a.reason = Some(if code == 0 { "Completed" } else { "Error" }.into());
+                                        a.reason = Some(if code == 0 { AttemptReason::Completed } else { AttemptReason::Error });
                                     }
                                 }),
                                 _ => agent(&mut o, &name, move |a| {
@@ -1492,7 +1496,7 @@ mod scale_in_timelines {
                                 agent(&mut o, &name, move |x| if x.attempt == k && x.stopped_at.is_none() {
                                     x.stopped_at = Some(time(now));
                                     x.exit_code = Some(0);
-                                    x.reason = Some("Completed".into());
+                                    x.reason = Some(AttemptReason::Completed);
                                 });
                             }
                         }

@@ -36,7 +36,7 @@ fn job_status(o: &Observed, name: &str) -> BatchJobStatus {
 fn killed(a: &mut AttemptStatus) {
     a.stopped_at = Some(time(NOW - 1));
     a.exit_code = Some(137);
-    a.reason = Some("Cancelled".into());
+    a.reason = Some(AttemptReason::Cancelled);
     a.status_reason = Some("Job attempt terminated: the job was cancelled (spec.cancel)".into());
 }
 

@@ -111,7 +111,7 @@ fn spot_ended(a: &mut AttemptStatus) {
     a.started_at = a.started_at.clone().or(Some(time(NOW - 10)));
     a.stopped_at = Some(time(NOW - 1));
     a.exit_code = Some(137);
-    a.reason = Some("SpotInterruption".into());
+    a.reason = Some(AttemptReason::SpotInterruption);
     a.status_reason =
         Some("Job attempt stopped: the Spot instance received an interruption notice".into());
 }
