@@ -225,7 +225,7 @@ pub struct EksTokenArgs {
 /// profile) and makes a token for `args.cluster_name` now.
 pub async fn eks_token_from_env(args: &EksTokenArgs) -> Result<EksToken, KubeAuthError> {
     use aws_credential_types::provider::ProvideCredentials as _;
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader = crate::cloud::aws::config_loader();
     if let Some(region) = &args.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }

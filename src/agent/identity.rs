@@ -78,7 +78,10 @@ pub fn imds_client(options: &ImdsOptions) -> Result<aws_config::imds::Client, Id
             endpoint: options.endpoint.clone(),
             message: e.to_string(),
         })?;
+    let http = aws_config::provider_config::ProviderConfig::without_region()
+        .with_http_client(crate::cloud::aws::https_client());
     Ok(builder
+        .configure(&http)
         .max_attempts(2)
         .connect_timeout(options.timeout.min(Duration::from_secs(1)))
         .read_timeout(options.timeout)

@@ -20,7 +20,7 @@ pub fn server_config(host: &str) -> Result<(Arc<rustls::ServerConfig>, String), 
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| e.to_string())?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -45,7 +45,7 @@ pub fn client_config(certificate_pem: &str) -> Result<rustls::ClientConfig, Stri
             .add(cert)
             .map_err(|e| format!("the endpoint's certificate: {e}"))?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

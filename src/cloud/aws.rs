@@ -32,6 +32,21 @@ pub fn timeout_config() -> aws_config::timeout::TimeoutConfig {
         .build()
 }
 
+/// The HTTPS client of every AWS call (the SDK's own, hyper 1 + rustls on ring, the one TLS
+/// stack of this program; the SDK's default client would build aws-lc).
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// The SDK's default configuration chain (credentials, region, `AWS_ENDPOINT_URL`, ...)
+/// with [`https_client`]: every AWS configuration of this program starts here.
+pub fn config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client())
+}
+
 /// An Auto Scaling Group reached through the AWS SDK.
 #[derive(Clone, Debug)]
 pub struct AwsFleet {
@@ -116,7 +131,7 @@ impl AwsFleet {
     /// transport errors: up to [`MAX_ATTEMPTS`] attempts, each bounded by
     /// [`ATTEMPT_TIMEOUT`], the whole call by [`OPERATION_TIMEOUT`].
     pub async fn from_env(group: impl Into<String>, region: Option<String>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = config_loader()
             .retry_config(retry_config())
             .timeout_config(timeout_config());
         if let Some(region) = region {

@@ -116,7 +116,7 @@ async fn errors_are_classified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoint_is_a_transport_error() {
     let port = support::free_port();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let config = asg_batch::cloud::aws::config_loader()
         .endpoint_url(format!("http://127.0.0.1:{port}"))
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
@@ -140,7 +140,7 @@ async fn throttling_and_server_errors_are_retried_with_backoff_then_classified()
     let moto = support::moto::MotoServer::start();
     support::moto::create_group(&moto.sdk_config().await, "retried", 3, 0).await;
     let proxy = std::sync::Arc::new(AwsFaultProxy::start(&moto.endpoint).await);
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let config = asg_batch::cloud::aws::config_loader()
         .endpoint_url(&proxy.endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(

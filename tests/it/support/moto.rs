@@ -56,7 +56,7 @@ impl MotoServer {
 
     /// An AWS SDK config pointing at this server with the given access key, in us-east-1.
     pub async fn sdk_config_with_keys(&self, id: &str, secret: &str) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        asg_batch::cloud::aws::config_loader()
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
