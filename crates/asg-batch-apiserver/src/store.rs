@@ -73,6 +73,11 @@ impl Packed {
         &self.0
     }
 
+    /// The JSON, as shared bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// Length of the JSON in bytes.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -263,6 +268,10 @@ impl State {
     /// Get one object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Obj> {
         self.get_stored(key, ns, name).map(|s| s.object.unpack())
+    }
+    /// One object's JSON, unparsed.
+    pub fn packed(&self, key: &str, ns: &str, name: &str) -> Option<Packed> {
+        self.get_stored(key, ns, name).map(|s| s.object.clone())
     }
     /// Whether an object exists.
     pub fn contains(&self, key: &str, ns: &str, name: &str) -> bool {
