@@ -2,6 +2,11 @@
 //! - writes/s creating 10,000 BatchJobs through kube-rs (64 concurrent requests),
 //! - RSS of the process with 10,000 BatchJobs stored (server and client in-process),
 //! - watch fan-out: delay from a write to its delivery on 100 concurrent watchers.
+//! - the request mix of `asg-batch dev`, with 12 watchers on all BatchJobs (the controller
+//!   and 10 agents each watch them all, plus one): status merge-patches and server-side
+//!   applies of `/status` with a resourceVersion precondition, label patches, Event
+//!   creates; requests/s and the process's CPU per request (server, client and watchers
+//!   in one process: compare builds, not absolute figures).
 //!
 //! Run: `cargo bench --bench apiserver`. `APISERVER_BENCH_JOBS` overrides 10,000.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
@@ -28,6 +33,40 @@ fn rss_mib() -> f64 {
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// CPU time (user + system) of this process so far, in seconds (`/proc/self/stat`).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // the fields after the command name (in parentheses, which may hold spaces)
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `count` requests made by `make(i)`, 16 at a time; prints requests/s and CPU per
+/// request, returns the results.
+async fn timed<T, F, Fut>(label: &str, count: usize, make: F) -> Vec<Result<T, kube::Error>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let (t, c) = (Instant::now(), cpu_secs());
+    let out: Vec<Result<T, kube::Error>> = futures::stream::iter(0..count)
+        .map(make)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
+    let failed = out.iter().filter(|r| r.is_err()).count();
+    println!(
+        "  {label:<44} {count:>6} req {:>8.0} req/s {:>7.3} ms CPU/req ({failed} failed)",
+        count as f64 / secs,
+        cpu * 1000.0 / count as f64
+    );
+    out
 }
 
 fn now_ns() -> u128 {
@@ -178,6 +217,136 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         percentile(&d, 0.99),
         d.last().copied().unwrap_or(f64::NAN)
     );
+    request_mix(&client, &api, n.min(2_000)).await?;
     server.shutdown().await;
+    Ok(())
+}
+
+/// 4. The request mix of dev on `m` stored jobs, with 12 watchers on all BatchJobs
+/// (reading raw lines, as cheap a client as there is, so the figures are the server's).
+async fn request_mix(
+    client: &kube::Client,
+    api: &Api<BatchJob>,
+    m: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures::AsyncBufReadExt;
+    use k8s_openapi::api::events::v1::Event;
+    let watchers = 12;
+    let events = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = vec![];
+    let list = api.list(&Default::default()).await?;
+    let from = list.metadata.resource_version.clone().unwrap_or_default();
+    for _ in 0..watchers {
+        let req = http::Request::get(format!(
+            "/apis/asgbatch.io/v1alpha1/batchjobs?watch=true&resourceVersion={from}&timeoutSeconds=600"
+        ))
+        .body(vec![])?;
+        let mut lines = client.request_stream(req).await?.lines();
+        let events = events.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = lines.next().await {
+                events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut rvs: Vec<String> = vec![String::new(); m];
+    for j in list.items {
+        let name = j.metadata.name.clone().unwrap_or_default();
+        if let Some(i) = name.strip_prefix("job-").and_then(|i| i.parse::<usize>().ok()) {
+            if i < m {
+                rvs[i] = j.metadata.resource_version.clone().unwrap_or_default();
+            }
+        }
+    }
+    let before = events.load(std::sync::atomic::Ordering::Relaxed);
+    println!("request mix on {m} BatchJobs, {watchers} watchers on all BatchJobs:");
+    let rvs = Arc::new(std::sync::Mutex::new(rvs));
+    let rv_of = |i: usize| rvs.lock().map(|r| r[i].clone()).unwrap_or_default();
+    let keep = |out: Vec<Result<BatchJob, kube::Error>>| {
+        for j in out.into_iter().flatten() {
+            let name = j.metadata.name.clone().unwrap_or_default();
+            if let Some(i) = name.strip_prefix("job-").and_then(|i| i.parse::<usize>().ok()) {
+                if let Ok(mut r) = rvs.lock() {
+                    r[i] = j.metadata.resource_version.clone().unwrap_or_default();
+                }
+            }
+        }
+    };
+    let out = timed("status merge-patch, resourceVersion set", m, |i| {
+        let (api, rv) = (api.clone(), rv_of(i));
+        async move {
+            api.patch_status(
+                &format!("job-{i:05}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"resourceVersion": rv},
+                    "status": {"phase": "Starting", "node": "node-3", "attempt": 1}})),
+            )
+            .await
+        }
+    })
+    .await;
+    keep(out);
+    let out = timed("status apply (SSA), resourceVersion set", m, |i| {
+        let (api, rv) = (api.clone(), rv_of(i));
+        async move {
+            api.patch_status(
+                &format!("job-{i:05}"),
+                &PatchParams::apply("bench-agent").force(),
+                &Patch::Apply(json!({"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                    "metadata": {"name": format!("job-{i:05}"), "resourceVersion": rv},
+                    "status": {"phase": "Running", "attempts": [{"attempt": 1, "node": "node-3",
+                        "startedAt": "2026-01-01T00:00:00Z"}]}})),
+            )
+            .await
+        }
+    })
+    .await;
+    keep(out);
+    let out = timed("label merge-patch", m, |i| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                &format!("job-{i:05}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"asgbatch.io/node": "node-3"}}})),
+            )
+            .await
+        }
+    })
+    .await;
+    keep(out);
+    let ev_api: Api<Event> = Api::namespaced(client.clone(), "default");
+    timed("Event create (events.k8s.io/v1)", m, |i| {
+        let ev_api = ev_api.clone();
+        async move {
+            let ev: Event = serde_json::from_value(json!({
+                "metadata": {"name": format!("job-{i:05}.bench")},
+                "eventTime": "2026-01-01T00:00:00.000000Z",
+                "reportingController": "asgbatch.io/controller", "reportingInstance": "bench",
+                "action": "Bind", "reason": "Bound", "type": "Normal", "note": "bound to node-3",
+                "regarding": {"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                    "namespace": "default", "name": format!("job-{i:05}")},
+            }))
+            .map_err(kube::Error::SerdeError)?;
+            ev_api.create(&PostParams::default(), &ev).await
+        }
+    })
+    .await;
+    // Every BatchJob write reaches every watcher (3 kinds of writes × m jobs).
+    let want = before + 3 * m * watchers;
+    let t = Instant::now();
+    while events.load(std::sync::atomic::Ordering::Relaxed) < want
+        && t.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "  watch events delivered: {} of {}",
+        events.load(std::sync::atomic::Ordering::Relaxed) - before,
+        want - before
+    );
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
 }

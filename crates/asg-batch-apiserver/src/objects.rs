@@ -82,11 +82,34 @@ pub struct ListQuery {
     pub exact: Option<u64>,
 }
 
+/// A response body.
+#[derive(Debug)]
+pub enum Body {
+    /// A JSON value.
+    Json(Value),
+    /// A stored object's JSON, which is already the object as served (see
+    /// [`served_prefix`]): sent as stored, not copied and serialised again.
+    Stored(Packed),
+}
+
+/// `{"apiVersion":"<served>","kind":"<Kind>",`: the JSON of a stored object of `info`
+/// that starts with it is the object as served at `info`'s version. (A stored object
+/// is a sorted JSON object, so top-level `apiVersion` and `kind` are its first two keys
+/// unless a key sorts between them; then, or at another version, it is not used as is.)
+pub fn served_prefix(info: &ResourceInfo) -> Vec<u8> {
+    format!(
+        "{{\"apiVersion\":{},\"kind\":{},",
+        Value::String(info.api_version()),
+        Value::String(info.kind.clone())
+    )
+    .into_bytes()
+}
+
 /// The result of a write.
 #[derive(Debug)]
 pub struct Outcome {
     /// Response body.
-    pub body: Value,
+    pub body: Body,
     /// HTTP status.
     pub code: u16,
     /// `Warning` headers.
@@ -137,29 +160,50 @@ fn objref<'a>(info: &'a ResourceInfo, name: &'a str) -> ObjRef<'a> {
     }
 }
 
-fn spec_part(obj: &Value, drop_status: bool) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("metadata");
-        if drop_status {
-            m.remove("status");
+/// Whether two objects are equal but for the top-level keys in `skip` (compared in
+/// place: no copy of either object).
+fn equal_except(a: &Value, b: &Value, skip: &[&str]) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let keep = |(k, _): &(&String, &Value)| !skip.contains(&k.as_str());
+            a.iter().filter(keep).eq(b.iter().filter(keep))
         }
+        _ => a == b,
     }
-    o
 }
 
-/// Object without resourceVersion and managedFields times, for no-op detection.
-fn comparable(obj: &Value) -> Value {
-    let mut o = obj.clone();
-    remove_meta(&mut o, "resourceVersion");
-    if let Some(Value::Array(mf)) = metadata_mut(&mut o).and_then(|m| m.get_mut("managedFields")) {
-        for e in mf {
-            if let Some(m) = e.as_object_mut() {
-                m.remove("time");
-            }
-        }
+/// Whether the spec part (all but metadata, and status when `drop_status`) is the same.
+fn same_spec(a: &Value, b: &Value, drop_status: bool) -> bool {
+    if drop_status {
+        equal_except(a, b, &["metadata", "status"])
+    } else {
+        equal_except(a, b, &["metadata"])
     }
-    o
+}
+
+/// Whether two objects are the same but for resourceVersion and managedFields times
+/// (no-op detection), compared in place.
+fn same_but_rv(a: &Value, b: &Value) -> bool {
+    if !equal_except(a, b, &["metadata"]) {
+        return false;
+    }
+    let (ma, mb) = (a.get("metadata"), b.get("metadata"));
+    let (Some(ma), Some(mb)) = (ma, mb) else {
+        return ma == mb;
+    };
+    if !equal_except(ma, mb, &["resourceVersion", "managedFields"]) {
+        return false;
+    }
+    match (ma.get("managedFields"), mb.get("managedFields")) {
+        (Some(Value::Array(fa)), Some(Value::Array(fb))) => {
+            fa.len() == fb.len()
+                && fa
+                    .iter()
+                    .zip(fb)
+                    .all(|(x, y)| equal_except(x, y, &["time"]))
+        }
+        (x, y) => x == y,
+    }
 }
 
 fn ensure_object(body: Value) -> ApiResult<Value> {
@@ -628,7 +672,7 @@ impl Core {
         obj: Value,
         o: &WriteOpts,
         warnings: &mut Vec<String>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Body> {
         let dry_run = o.dry_run;
         let ns = namespace_of(&obj).to_string();
         let name = name_of(&obj).to_string();
@@ -658,18 +702,29 @@ impl Core {
             }
         }
         let key = info.storage_key();
-        if st.get(&key, &ns, &name).is_some() {
+        if st.contains(&key, &ns, &name) {
             return Err(ApiError::already_exists(objref(info, &name)));
         }
         self.admission(st, info, "CREATE", "", &obj, None, o, warnings)?;
         if dry_run {
-            return Ok(Self::present(info, &obj));
+            return Ok(Body::Json(Self::present(info, &obj)));
         }
         let stored = st.put(&key, obj);
         if key == CRD_KEY {
             self.rebuild_registry(st);
         }
-        Ok(Self::present(info, &stored))
+        Ok(Self::served(info, st, &key, &stored))
+    }
+
+    /// The response body for `obj`, as stored under `key`: its stored JSON when that is
+    /// the object as served, else the object presented at `info`'s version.
+    fn served(info: &ResourceInfo, st: &State, key: &str, obj: &Value) -> Body {
+        match st.packed(key, namespace_of(obj), name_of(obj)) {
+            Some(p) if p.bytes().starts_with(&served_prefix(info)) && rv_of(obj) > 0 => {
+                Body::Stored(p)
+            }
+            _ => Body::Json(Self::present(info, obj)),
+        }
     }
 
     /// POST: create.
@@ -961,7 +1016,7 @@ impl Core {
         mf_preset: bool,
         o: &WriteOpts,
         warnings: &mut Vec<String>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Body> {
         let name = name_of(old).to_string();
         if sub == "status" && !info.status_subresource {
             return Err(ApiError::path_not_found());
@@ -1062,7 +1117,7 @@ impl Core {
         Self::kind_hooks(info, &mut cand, &now);
         if info.has_generation() {
             let drop_status = info.status_subresource;
-            if spec_part(&cand, drop_status) != spec_part(old_v, drop_status) {
+            if !same_spec(&cand, old_v, drop_status) {
                 let g = old_v
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64)
@@ -1077,13 +1132,13 @@ impl Core {
             ssa::record_update(Some(old_v), &mut cand, SchemaCtx { root: schema }, &w);
         }
         self.admission(st, info, "UPDATE", sub, &cand, Some(old_v), o, warnings)?;
-        if comparable(&cand) == comparable(old_v) {
-            return Ok(Self::present(info, old_v));
-        }
         let key = info.storage_key();
+        if same_but_rv(&cand, old_v) {
+            return Ok(Self::served(info, st, &key, old_v));
+        }
         let ns = namespace_of(old_v).to_string();
         if o.dry_run {
-            return Ok(Self::present(info, &cand));
+            return Ok(Body::Json(Self::present(info, &cand)));
         }
         if is_deleting(&cand) && finalizers_of(&cand).is_empty() && key != NS_KEY {
             // The DELETED event carries the object as last stored (kube-apiserver
@@ -1093,13 +1148,14 @@ impl Core {
                 self.rebuild_registry(st);
             }
             self.gc_wake.notify_one();
-            return Ok(gone
-                .map(|g| {
+            return Ok(Body::Json(
+                gone.map(|g| {
                     let mut c = cand;
                     set_meta(&mut c, "resourceVersion", json!(rv_of(&g).to_string()));
                     Self::present(info, &c)
                 })
-                .unwrap_or_default());
+                .unwrap_or_default(),
+            ));
         }
         let stored = st.put(&key, cand);
         if key == CRD_KEY {
@@ -1108,7 +1164,7 @@ impl Core {
         if is_deleting(&stored) || stored.pointer("/metadata/ownerReferences").is_some() {
             self.gc_wake.notify_one();
         }
-        Ok(Self::present(info, &stored))
+        Ok(Self::served(info, st, &key, &stored))
     }
 
     /// DELETE one object. Returns the body and whether it is gone.
@@ -1170,7 +1226,7 @@ impl Core {
             Self::present(info, &obj)
         };
         Ok(Outcome {
-            body,
+            body: Body::Json(body),
             code: 200,
             warnings: vec![],
         })

@@ -65,7 +65,11 @@ impl Query {
 
 fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut r = Response::new(Body::from(bytes));
+    bytes_response(code, Body::from(bytes), warnings)
+}
+
+fn bytes_response(code: u16, body: Body, warnings: &[String]) -> Response {
+    let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -565,7 +569,12 @@ async fn resource_request(
 }
 
 fn outcome(o: Outcome) -> Response {
-    json_response(o.code, &o.body, &o.warnings)
+    match o.body {
+        super::objects::Body::Json(v) => json_response(o.code, &v, &o.warnings),
+        super::objects::Body::Stored(p) => {
+            bytes_response(o.code, Body::from(p.into_bytes()), &o.warnings)
+        }
+    }
 }
 
 fn delete_opts(q: &Query, ct: &str, body: &[u8]) -> ApiResult<DeleteOpts> {

@@ -73,6 +73,11 @@ impl Packed {
         &self.0
     }
 
+    /// The JSON, as shared bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// Length of the JSON in bytes.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -263,6 +268,10 @@ impl State {
     /// Get one object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Obj> {
         self.get_stored(key, ns, name).map(|s| s.object.unpack())
+    }
+    /// One object's JSON, unparsed.
+    pub fn packed(&self, key: &str, ns: &str, name: &str) -> Option<Packed> {
+        self.get_stored(key, ns, name).map(|s| s.object.clone())
     }
     /// Whether an object exists.
     pub fn contains(&self, key: &str, ns: &str, name: &str) -> bool {
@@ -495,6 +504,13 @@ fn row_key(event: &Event) -> String {
     format!("{}\u{0}{}\u{0}{}", event.key, event.namespace, event.name)
 }
 
+/// Changes a running watch may fall behind by before it ends with 410 Expired: as many as
+/// the history keeps (a watch further behind could not resume from it either), at least
+/// 1,024, at most 65,536. Each holds its parsed object until every watch has taken it.
+fn live_capacity(history_limit: usize) -> usize {
+    history_limit.clamp(1_024, 65_536)
+}
+
 fn state(history_limit: usize) -> State {
     State {
         history_limit: history_limit.max(16),
@@ -506,7 +522,7 @@ fn state(history_limit: usize) -> State {
 impl Store {
     /// An in-memory store retaining `history_limit` events for watches.
     pub fn in_memory(history_limit: usize) -> Self {
-        let (tx, _) = broadcast::channel(65_536);
+        let (tx, _) = broadcast::channel(live_capacity(history_limit));
         Store {
             state: Mutex::new(state(history_limit)),
             tx,
@@ -567,7 +583,7 @@ impl Store {
         }
         st.oldest_rv = st.rv;
         st.gc_dirty = true;
-        let (tx, _) = broadcast::channel(65_536);
+        let (tx, _) = broadcast::channel(live_capacity(history_limit));
         Ok(Store {
             state: Mutex::new(st),
             tx,

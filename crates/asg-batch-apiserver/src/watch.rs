@@ -60,6 +60,9 @@ struct Watcher {
     p: WatchParams,
     tx: mpsc::Sender<Bytes>,
     last_rv: u64,
+    /// [`super::objects::served_prefix`]: a stored object whose JSON starts with it is
+    /// already the object as served (see [`Watcher::as_stored`]).
+    served_prefix: Vec<u8>,
 }
 
 impl Watcher {
@@ -91,6 +94,26 @@ impl Watcher {
         } else {
             obj
         }
+    }
+
+    /// The stored JSON `p`, when it is exactly what [`Watcher::render`] would send: a
+    /// plain watch (no table, no metadata-only) and an object stored as served
+    /// ([`super::objects::served_prefix`]); anything else is rendered. Serialised once
+    /// when stored, shared by every watch.
+    fn as_stored<'a>(&self, p: &'a Packed) -> Option<&'a [u8]> {
+        let plain = !self.p.as_partial && !self.p.as_table;
+        (plain && p.bytes().starts_with(&self.served_prefix)).then(|| p.bytes())
+    }
+
+    /// Sends an event whose object is already JSON.
+    async fn send_raw(&self, kind: &str, object: &[u8]) -> bool {
+        let mut line = Vec::with_capacity(object.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(object);
+        line.extend_from_slice(b"}\n");
+        self.tx.send(Bytes::from(line)).await.is_ok()
     }
 
     async fn send(&self, kind: &str, object: Value) -> bool {
@@ -137,10 +160,12 @@ impl Watcher {
                 return true;
             }
         }
-        let object = object();
-        let now = self.selected(&object);
-        // Without a selector every object is selected: the previous one is not parsed.
-        let prev = if self.filters() { prev() } else { None };
+        // Without a selector every object is selected: neither is parsed here.
+        let (now, prev) = if self.filters() {
+            (self.selected(&object()), prev())
+        } else {
+            (true, None)
+        };
         let before = match (&e.prev, &prev) {
             (None, _) => None,
             (Some(_), Some(p)) => Some(self.selected(p)),
@@ -163,7 +188,12 @@ impl Watcher {
                 super::meta::set_meta(&mut p, "resourceVersion", json!(e.rv.to_string()));
                 self.render(&p)
             }
-            _ => self.render(&object),
+            _ => {
+                if let Some(raw) = self.as_stored(&e.object) {
+                    return self.send_raw(kind, raw).await;
+                }
+                self.render(&object())
+            }
         };
         self.send(kind, obj).await
     }
@@ -178,6 +208,7 @@ pub fn start(
 ) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(1024);
     let key = info.storage_key();
+    let served_prefix = super::objects::served_prefix(&info);
     let mut w = Watcher {
         info,
         key,
@@ -185,6 +216,7 @@ pub fn start(
         p,
         tx,
         last_rv: 0,
+        served_prefix,
     };
     tokio::spawn(async move {
         let rv_param = w.p.resource_version.clone().unwrap_or_default();
@@ -198,12 +230,29 @@ pub fn start(
             if initial {
                 // Parsed one at a time: the whole list parsed at once would be ten
                 // times its JSON.
-                for o in objs {
-                    let o = o.unpack();
+                for packed in objs {
+                    // Without a selector, an object stored as served is sent unparsed.
+                    if !w.filters() {
+                        if let Some(raw) = w.as_stored(&packed) {
+                            if !w.send_raw("ADDED", raw).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    let o = packed.unpack();
                     if !w.selected(&o) {
                         continue;
                     }
-                    let obj = w.render(&o);
+                    let obj = match w.as_stored(&packed) {
+                        Some(raw) => {
+                            if !w.send_raw("ADDED", raw).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        None => w.render(&o),
+                    };
                     if !w.send("ADDED", obj).await {
                         return;
                     }

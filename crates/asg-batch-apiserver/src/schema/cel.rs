@@ -374,9 +374,31 @@ pub(crate) fn evaluate(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> O
     .unwrap_or_else(|_| internal())
 }
 
+thread_local! {
+    /// The environment with the Kubernetes libraries registered, once per thread (not
+    /// per evaluation): each evaluation binds its variables in a scope of its own.
+    static BASE: Context<'static, 'static> = {
+        let mut ctx = Context::with_env(env());
+        register_functions(&mut ctx);
+        ctx
+    };
+}
+
+/// Runs `f` with a fresh scope over this thread's [`BASE`] context.
+fn with_context<T>(f: impl FnOnce(&mut Context<'_, 'static>) -> T) -> T {
+    BASE.with(|base| f(&mut base.new_inner_scope()))
+}
+
 fn evaluate_inner(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcome {
-    let mut ctx = Context::with_env(env());
-    register_functions(&mut ctx);
+    with_context(|ctx| evaluate_in(ctx, rule, this, old))
+}
+
+fn evaluate_in(
+    ctx: &mut Context<'_, 'static>,
+    rule: &CompiledRule,
+    this: &Value,
+    old: OldSelf<'_>,
+) -> Outcome {
     ctx.add_variable_from_value("self", this.clone());
     match old {
         OldSelf::None => {}
@@ -389,7 +411,7 @@ fn evaluate_inner(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcom
             ctx.add_variable_as_val("oldSelf", Box::new(opt));
         }
     }
-    match rule.program.execute(&ctx) {
+    match rule.program.execute(ctx) {
         Ok(Value::Bool(true)) => Outcome::Pass,
         Ok(Value::Bool(false)) => {
             let default = if rule.message.is_empty() {
@@ -398,7 +420,7 @@ fn evaluate_inner(rule: &CompiledRule, this: &Value, old: OldSelf<'_>) -> Outcom
                 rule.message.clone()
             };
             let msg = match &rule.message_expression {
-                Some(p) => match p.execute(&ctx) {
+                Some(p) => match p.execute(ctx) {
                     Ok(Value::String(s)) if !s.trim().is_empty() && !s.contains('\n') => {
                         s.to_string()
                     }
@@ -439,12 +461,12 @@ pub(crate) fn evaluate_program(
     vars: &[(&str, Value)],
 ) -> Result<Value, String> {
     let run = || {
-        let mut ctx = Context::with_env(env());
-        register_functions(&mut ctx);
-        for (name, v) in vars {
-            ctx.add_variable_from_value(*name, v.clone());
-        }
-        program.execute(&ctx).map_err(|e| execution_error_text(&e))
+        with_context(|ctx| {
+            for (name, v) in vars {
+                ctx.add_variable_from_value(*name, v.clone());
+            }
+            program.execute(ctx).map_err(|e| execution_error_text(&e))
+        })
     };
     let internal = || Err("internal error evaluating the expression".to_string());
     if depth > INLINE_DEPTH {

@@ -41,6 +41,10 @@ pub(crate) struct Node {
     pub one_of: Vec<Node>,
     pub not: Option<Box<Node>>,
     pub rules: Vec<CompiledRule>,
+    /// [`Node::has_rules`], computed once.
+    rules_below: std::sync::OnceLock<bool>,
+    /// [`Node::has_transition_rules`], computed once.
+    transition_rules_below: std::sync::OnceLock<bool>,
 }
 
 impl Node {
@@ -52,6 +56,25 @@ impl Node {
             || self.properties.iter().any(|(_, n)| n.has_rules())
             || self.additional.as_deref().is_some_and(Node::has_rules)
             || self.items.as_deref().is_some_and(Node::has_rules)
+    }
+
+    /// [`Node::has_rules`], cached: validation asks it of every node it walks.
+    pub fn rules_below(&self) -> bool {
+        *self.rules_below.get_or_init(|| self.has_rules())
+    }
+
+    /// Whether this node or one below it has a rule referring to `oldSelf` (a transition
+    /// rule: the only kind validation ratcheting does not drop on unchanged values).
+    pub fn has_transition_rules(&self) -> bool {
+        *self.transition_rules_below.get_or_init(|| {
+            self.rules.iter().any(|r| r.uses_old_self)
+                || self.properties.iter().any(|(_, n)| n.has_transition_rules())
+                || self
+                    .additional
+                    .as_deref()
+                    .is_some_and(Node::has_transition_rules)
+                || self.items.as_deref().is_some_and(Node::has_transition_rules)
+        })
     }
 
     /// The schema of property `name`.

@@ -190,6 +190,11 @@ fn type_error(name: &str, field: String, ty: &str, v: &Value) -> FieldError {
 /// kube-openapi + apiextensions' mapping to field errors.
 fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut Ctx, is_root: bool) {
     let unchanged = old.is_some_and(|o| o == v);
+    // Ratcheting drops every error of an unchanged value, and everything below it is
+    // unchanged too: nothing to check (the spec, on a status update).
+    if unchanged {
+        return;
+    }
     let name = path.openapi();
     let field = path.openapi_field();
     let mut errs: Vec<FieldError> = Vec::new();
@@ -559,6 +564,10 @@ fn correlate_item<'a>(list: &Node, item: &Value, old: Option<&'a Value>) -> Opti
 /// `x-kubernetes-list-type` set/map uniqueness (apiextensions `listtype` validation).
 fn list_types(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut Ctx) {
     let unchanged = old.is_some_and(|o| o == v);
+    // As in `openapi`: every error in an unchanged value is ratcheted away.
+    if unchanged {
+        return;
+    }
     match v {
         Value::Array(a) => {
             match node.list_type.as_deref() {
@@ -691,14 +700,25 @@ fn cel_walk(
     is_root: bool,
     parent_unchanged: bool,
 ) {
-    if v.is_null() {
+    // Nothing to evaluate here or below (most of a status, say): no walk.
+    if v.is_null() || !node.rules_below() {
         return;
     }
     let old = old.filter(|o| !o.is_null());
     // Inside an unchanged value everything is unchanged (ratcheting), even
     // where old and new cannot be correlated (atomic lists).
     let unchanged = parent_unchanged || old.is_some_and(|o| o == v);
-    if !node.rules.is_empty() {
+    // Ratcheting drops every error of a rule without oldSelf on an unchanged value: such
+    // rules are not evaluated there at all (the spec, on a status update), nor is a
+    // subtree without transition rules walked.
+    if unchanged && !node.has_transition_rules() {
+        return;
+    }
+    if node
+        .rules
+        .iter()
+        .any(|r| r.uses_old_self || !unchanged)
+    {
         let this = self_value(node, v, is_root);
         let old_cel = old.map(|o| self_value(node, o, is_root));
         for rule in &node.rules {
@@ -712,8 +732,11 @@ fn cel_walk(
                     None => continue,
                 }
             };
-            let ty = Value::from(node.type_name());
             let ratchet = unchanged && !rule.uses_old_self;
+            if ratchet {
+                continue;
+            }
+            let ty = Value::from(node.type_name());
             match cel::evaluate(rule, &this, binding) {
                 Outcome::Pass => {}
                 Outcome::Error(msg) => {
