@@ -44,22 +44,6 @@ enum Command {
     /// Print an EKS bearer token made from this machine's AWS credentials (the instance
     /// profile) as an ExecCredential, for a kubeconfig `exec:` entry (as `aws eks get-token`).
     EksToken(asg_batch::kubeauth::EksTokenArgs),
-    /// Supervise one process job for the agent (internal; see `agent::executor::shim`).
-    #[command(hide = true)]
-    Shim {
-        /// The attempt's state directory.
-        #[arg(long)]
-        state: PathBuf,
-        /// Where the program's output goes (default: `output` in the state directory).
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Cap of the output file in bytes; beyond it the output is dropped (one line says so).
-        #[arg(long)]
-        output_max_bytes: Option<u64>,
-        /// The program and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
     /// Print (`-f`: follow) the whole output of a BatchJob's attempt, served by the node
     /// agent that ran it.
     Logs(asg_batch::logs::LogsArgs),
@@ -84,7 +68,33 @@ enum Command {
     },
 }
 
+/// `asg-batch shim`: supervises one process job for the agent (internal; see
+/// `agent::executor::shim`).
+#[derive(Parser)]
+#[command(name = "asg-batch shim", hide = true)]
+struct ShimCli {
+    /// The attempt's state directory.
+    #[arg(long)]
+    state: PathBuf,
+    /// Where the program's output goes (default: `output` in the state directory).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Cap of the output file in bytes; beyond it the output is dropped (one line says so).
+    #[arg(long)]
+    output_max_bytes: Option<u64>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
 fn main() -> ExitCode {
+    // The process executor starts a shim per attempt: it is dispatched first, before the
+    // whole command line (every subcommand's arguments) is built, and it sets up no
+    // logging and no async runtime.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "shim") {
+        return run_shim(ShimCli::parse_from(std::env::args_os().skip(1)));
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => match asg_batch::api::crds::all_yaml() {
@@ -113,20 +123,6 @@ fn main() -> ExitCode {
             "warn",
             asg_batch::kubeauth::eks_token_main(args),
         ),
-        Command::Shim {
-            state,
-            output,
-            output_max_bytes,
-            command,
-        } => {
-            let output = asg_batch::agent::executor::shim::OutputSettings {
-                path: output
-                    .unwrap_or_else(|| state.join(asg_batch::agent::executor::shim::OUTPUT_FILE)),
-                max_bytes: output_max_bytes,
-            };
-            let code = asg_batch::agent::executor::shim::main(&state, &output, &command);
-            ExitCode::from(u8::try_from(code).unwrap_or(255))
-        }
         Command::Dev(args) => run_async("dev", "warn", asg_batch::dev::main(args)),
         Command::Cancel(args) => run_async("cancel", "warn", asg_batch::cancel::main(args)),
         Command::Logs(args) => run_async("logs", "warn", asg_batch::logs::main(args)),
@@ -136,6 +132,18 @@ fn main() -> ExitCode {
             output,
         } => run_simulate(&workload, policy, output),
     }
+}
+
+fn run_shim(cli: ShimCli) -> ExitCode {
+    let output = asg_batch::agent::executor::shim::OutputSettings {
+        path: cli.output.unwrap_or_else(|| {
+            cli.state
+                .join(asg_batch::agent::executor::shim::OUTPUT_FILE)
+        }),
+        max_bytes: cli.output_max_bytes,
+    };
+    let code = asg_batch::agent::executor::shim::main(&cli.state, &output, &cli.command);
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
 }
 
 /// Installs the log subscriber on stderr: RUST_LOG, else `default`.

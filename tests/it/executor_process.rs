@@ -183,6 +183,22 @@ async fn a_stopped_process_gets_sigterm_and_its_grace_period() {
 }
 
 #[tokio::test]
+async fn a_program_with_sigterm_default_action_ends_on_it_within_the_grace() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // No trap: the program (not a shell, which resets signals) must get SIGTERM with its
+    // default action, neither ignored nor blocked as the shim survives it.
+    let script = format!("touch {}/ready; exec sleep 300", work.path().display());
+    let mut s = spec(&script, None);
+    s.grace = Duration::from_secs(60);
+    let c = run_cancelled_when(s, work.path().join("ready")).await;
+    assert_eq!(
+        (c.reason, c.exit_code),
+        (EndReason::Cancelled, Some(128 + 15)),
+        "ended by the SIGTERM, not by the SIGKILL a minute later: {c:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
     let work = tempfile::tempdir().expect("tempdir");
     let d = work.path().display().to_string();
@@ -271,4 +287,110 @@ async fn an_adopted_process_is_stopped_with_sigterm_and_its_grace_too() {
         "its own exit on SIGTERM, recorded by the shim: {adopted:?}"
     );
     assert!(work.path().join("marker").exists(), "the trap ran");
+}
+
+/// The state of process `pid`: its `/proc/PID/stat` state letter, or "gone".
+fn proc_state(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("gone")
+        .to_string()
+}
+
+/// Starts an attempt whose program records its pid and sleeps; once it runs, SIGKILLs its
+/// shim alone (as the OOM killer could), leaving the program in the shim's session.
+/// Returns the program's pid and the attempt's run, which the caller awaits (the agent
+/// that started it) or drops (an agent that went away).
+async fn run_then_kill_the_shim_alone<'a>(
+    exec: &'a ProcessExecutor,
+    work: &std::path::Path,
+) -> (i32, futures::future::BoxFuture<'a, Outcome>) {
+    let pid_file = work.join("pid");
+    let script = format!(
+        "echo $$ > {}.tmp; mv {0}.tmp {0}; exec sleep 300",
+        pid_file.display()
+    );
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut run = exec.run(spec(&script, None), tx, watch::channel(false).1);
+    tokio::select! {
+        outcome = &mut run => panic!("ended on its own: {outcome:?}"),
+        () = support::wait_until_async("the program to run", Duration::from_secs(60), || pid_file.exists()) => {}
+    }
+    let program: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let record: asg_batch::agent::executor::shim::ShimRecord =
+        asg_batch::agent::executor::shim::read_json(
+            &exec
+                .attempt_dir("proc")
+                .join(asg_batch::agent::executor::shim::SHIM_FILE),
+        )
+        .expect("shim.json");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(record.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    let state = proc_state(program);
+    assert!(
+        !matches!(state.as_str(), "gone" | "Z" | "X"),
+        "the program outlives its shim: {state}"
+    );
+    (program, run)
+}
+
+#[tokio::test]
+async fn a_program_whose_shim_was_killed_is_killed_before_the_attempt_is_reported() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("state");
+    let exec = ProcessExecutor::new(state.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let (program, run) = run_then_kill_the_shim_alone(&exec, work.path()).await;
+    let outcome = run.await;
+    assert_eq!(outcome.reason, EndReason::Error, "{outcome:?}");
+    // Reported over: the job may be retried, so the program must not run on beside it.
+    support::wait_until_async(
+        "the program left by the killed shim to be killed",
+        Duration::from_secs(10),
+        || matches!(proc_state(program).as_str(), "gone" | "Z" | "X"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_program_whose_shim_was_killed_while_no_agent_ran_is_killed_on_adoption() {
+    use asg_batch::agent::executor::Adoption;
+    let work = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("state");
+    let exec = ProcessExecutor::new(state.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    // The agent that started the attempt goes away, then the shim is killed.
+    let (program, run) = run_then_kill_the_shim_alone(&exec, work.path()).await;
+    drop(run);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let adopted = exec
+        .adopt(
+            Adoption {
+                name: "proc".into(),
+                timeout: None,
+                grace: Duration::from_secs(60),
+                started_at: None,
+            },
+            tx,
+            watch::channel(false).1,
+        )
+        .await
+        .expect("adopted");
+    assert_eq!(adopted.exit_code, None, "{adopted:?}");
+    assert!(
+        adopted.status_reason.contains("asg-batch shim"),
+        "{adopted:?}"
+    );
+    support::wait_until_async(
+        "the program left by the killed shim to be killed",
+        Duration::from_secs(10),
+        || matches!(proc_state(program).as_str(), "gone" | "Z" | "X"),
+    )
+    .await;
 }

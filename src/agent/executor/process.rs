@@ -207,6 +207,10 @@ impl ProcessExecutor {
         };
         // The shim mirrors the program's code; its record says when the program stopped.
         let record = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE));
+        if record.is_none() {
+            // The shim died without recording the end: what it ran may still run.
+            kill_remains(&dir, &spec.name);
+        }
         let ending = match (ending, record.as_ref().and_then(|r| r.exit_code)) {
             (Ending::Exited(_), Some(code)) => Ending::Exited(code),
             (other, _) => other,
@@ -242,6 +246,8 @@ impl ProcessExecutor {
             Some(_) => (record, exit),
             None => {
                 let Some(record) = program_started(&dir, &record).await else {
+                    // Or the shim died between starting it and recording its pid.
+                    kill_remains(&dir, &adoption.name);
                     tracing::info!(attempt = %adoption.name, "the attempt's program never started");
                     return None;
                 };
@@ -312,6 +318,7 @@ impl ProcessExecutor {
             // The shim died without recording the end: killed by an earlier agent (which
             // said why first), or by someone else.
             (None, None) => {
+                kill_remains(&dir, &adoption.name);
                 match shim::read_json::<StopRecord>(&dir.join(STOP_FILE)).map(|s| s.reason) {
                     Some(StopReason::Timeout) => Ending::TimedOut(Some(SIGKILL_EXIT)),
                     Some(StopReason::Cancelled) => Ending::Cancelled(Some(SIGKILL_EXIT)),
@@ -348,6 +355,23 @@ async fn program_started(dir: &Path, record: &ShimRecord) -> Option<ShimRecord> 
             return running();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills what the attempt in `dir` left running when its shim died without recording
+/// the program's end ([`ShimRecord::kill_remains`]), so the attempt is over before it is
+/// reported and the job never runs twice at once.
+fn kill_remains(dir: &Path, attempt: &str) {
+    if let Some(record) = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE)) {
+        let killed = record.kill_remains();
+        if killed > 0 {
+            tracing::warn!(
+                attempt,
+                shim_pid = record.pid,
+                killed,
+                "the attempt's shim died before recording the program's end: killed the processes it left"
+            );
+        }
     }
 }
 
@@ -470,6 +494,8 @@ impl Executor for ProcessExecutor {
                         "stopping a process an earlier agent left running"
                     );
                     record.kill();
+                } else {
+                    kill_remains(&dir, name);
                 }
             }
             let _ = tokio::fs::remove_dir_all(&dir).await;

@@ -19,6 +19,9 @@
 //! Stopping: the agent sends SIGTERM to the shim's process group, then SIGKILL after the
 //! attempt's grace period. The shim handles SIGTERM (so it survives it; the program gets
 //! the default action) and records the program's exit when it ends within the grace.
+//! A shim that dies without recording the program's end (killed alone) leaves the
+//! program in its session: the agent kills what is left there
+//! ([`ShimRecord::kill_remains`]) before it reports the attempt.
 //! - `output`: the program's stdout and stderr, through one pipe the shim copies (up to a
 //!   cap; `--output FILE` puts it elsewhere: the agent's log store, see
 //!   [`crate::agent::logs`]); `output.tail`: the last 64 KiB when the output was cut at its
@@ -157,21 +160,20 @@ pub struct StopRecord {
     pub reason: StopReason,
 }
 
-/// Writes `bytes` to `path` whole: a temporary file beside it, synced, then renamed.
+/// Writes `bytes` to `path` whole: a temporary file beside it, then renamed over it.
+///
+/// Not synced to disk: the records let a later *agent process* on the same boot adopt or
+/// reap an attempt, and a rename is atomic against any process dying (readers see the old
+/// file or the new one, never a part). An OS crash loses what the page cache held, but it
+/// loses the attempt too: after a reboot the boot id differs, so no shim is alive, and an
+/// attempt whose records did not reach the disk is reported as killed or lost (the
+/// attempt fails, as AWS Batch fails the jobs of a host that went away); a record that
+/// did reach it is still read. Syncing the file and its directory cost ~2 fsyncs per record,
+/// 4 records per attempt: most of an attempt's wall time on a disk-backed state directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Writes `value` as JSON to `path` whole.
@@ -193,21 +195,41 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// State and start time (clock ticks since boot) of process `pid`, from `/proc/PID/stat`.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
+/// What the shim reads of a process in `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    /// Its state (`R`, `S`, `Z`, ...).
+    state: char,
+    /// Its session id.
+    session: i32,
+    /// Its start time in clock ticks since boot.
+    start: u64,
+}
+
+impl ProcStat {
+    fn ended(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// The `/proc/PID/stat` fields of process `pid`.
+fn proc_stat(pid: i32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+    // "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parentheses.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    // Field 22 of the whole line is the 20th after the state (field 3).
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        // Field 6 of the whole line, the 4th from the state (field 3).
+        session: fields.get(3)?.parse().ok()?,
+        // Field 22, the 20th from the state.
+        start: fields.get(19)?.parse().ok()?,
+    })
 }
 
 /// Start time of process `pid` in clock ticks since boot.
 pub fn start_ticks(pid: i32) -> Option<u64> {
-    proc_stat(pid).map(|(_, t)| t)
+    proc_stat(pid).map(|s| s.start)
 }
 
 impl ShimRecord {
@@ -217,7 +239,58 @@ impl ShimRecord {
         if self.boot_id != boot_id() {
             return false;
         }
-        matches!(proc_stat(self.pid), Some((state, t)) if t == self.start_ticks && state != 'Z' && state != 'X')
+        matches!(proc_stat(self.pid), Some(s) if s.start == self.start_ticks && !s.ended())
+    }
+
+    /// SIGKILLs what is left of the attempt once its shim is gone without having recorded
+    /// how the program ended (the shim was killed alone, e.g. by the OOM killer, or
+    /// between starting the program and recording its pid): the program and whatever it
+    /// started still run, in the shim's session, with nobody to supervise them. Returns
+    /// how many processes were killed. Nothing while the shim runs.
+    ///
+    /// The session is the shim's own: the kernel keeps a session's id (the shim's pid)
+    /// from being given to another process while any member of the session lives, so when
+    /// no other process holds the shim's pid, the processes of that session are the
+    /// attempt's; those started before the shim (a later session on a recycled pid
+    /// cannot hold them) or on another boot are not.
+    pub fn kill_remains(&self) -> usize {
+        if self.boot_id != boot_id() {
+            return 0;
+        }
+        match proc_stat(self.pid) {
+            // Another process got the pid: the session ended with the shim.
+            Some(s) if s.start != self.start_ticks => return 0,
+            // The shim runs: it supervises the program itself.
+            Some(s) if !s.ended() => return 0,
+            _ => {}
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Some(s) = proc_stat(pid) else { continue };
+            if pid != self.pid
+                && s.session == self.pid
+                && s.start >= self.start_ticks
+                && !s.ended()
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        killed
     }
 
     /// SIGKILLs the shim's process group (the shim and everything the program started),
@@ -266,15 +339,15 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
     };
     // The agent stops an attempt with SIGTERM to the whole process group, then SIGKILL
     // after the grace period: the shim must outlive the SIGTERM to record the program's
-    // exit. A handler (not SIG_IGN, which the program would inherit) replaces the default
-    // action for the shim's lifetime; exec resets it to the default in the program.
-    let _term = match ignore_sigterm() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            eprintln!("asg-batch shim: cannot handle SIGTERM: {e}");
-            None
-        }
-    };
+    // exit. A handler (a flag nobody reads) replaces the default action for the shim's
+    // lifetime; exec resets it to the default in the program. Neither SIG_IGN nor a
+    // blocked signal: the program would inherit both.
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGTERM,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        eprintln!("asg-batch shim: cannot handle SIGTERM: {e}");
+    }
     let output = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -371,19 +444,6 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         eprintln!("asg-batch shim: cannot write {EXIT_FILE}: {e}");
     }
     code
-}
-
-/// Installs a SIGTERM handler in this process (kept while the returned value lives; the
-/// handler itself stays for the process's lifetime).
-fn ignore_sigterm() -> std::io::Result<(tokio::runtime::Runtime, tokio::signal::unix::Signal)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let term = {
-        let _in_runtime = runtime.enter();
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
-    };
-    Ok((runtime, term))
 }
 
 /// The exit code of a status: the code, or 128 + the signal that killed it.
