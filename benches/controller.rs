@@ -106,5 +106,90 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+/// A backlog: `backlog` Runnable jobs that can never run (each asks for 32 cpu; the
+/// instances have 16), their statuses as the controller's earlier passes wrote them, and
+/// 100 new jobs that fit on idle Ready nodes. Returns the observed state.
+fn backlog(backlog: u32) -> Observed {
+    let ce = from::<ComputeEnvironment>(json!({
+        "apiVersion": "asgbatch.io/v1alpha1", "kind": "ComputeEnvironment",
+        "metadata": {"name": "ce"},
+        "spec": {"local": {"executor": "process"}, "minInstances": 0, "maxInstances": 20,
+                 "instanceShape": {"cpu": "16", "memory": "64Gi"}}
+    }));
+    let queue = from::<JobQueue>(json!({
+        "apiVersion": "asgbatch.io/v1alpha1", "kind": "JobQueue",
+        "metadata": {"name": "q"},
+        "spec": {"priority": 1, "computeEnvironments": ["ce"]}
+    }));
+    let nodes = (0..20)
+        .map(|i| {
+            from::<BatchNode>(json!({
+                "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchNode",
+                "metadata": {"name": format!("i-{i:05}"), "creationTimestamp": NOW},
+                "spec": {"instanceId": format!("i-{i:05}"), "computeEnvironment": "ce",
+                         "capacity": {"cpu": "16", "memory": "64Gi"}},
+                "status": {"phase": "Ready", "heartbeatTime": NOW}
+            }))
+        })
+        .collect();
+    let job = |name: String, cpu: &str| {
+        json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": name, "namespace": "default", "uid": name.clone(),
+                         "generation": 1, "resourceVersion": "1", "creationTimestamp": NOW},
+            "spec": {"queue": "q", "process": {"command": ["true"]},
+                     "resources": {"cpu": cpu, "memory": "1Gi"}}
+        })
+    };
+    let mut o = Observed {
+        compute_environments: vec![ce],
+        queues: vec![queue],
+        nodes,
+        jobs: (0..backlog)
+            .map(|i| from::<BatchJob>(job(format!("big-{i:05}"), "32")))
+            .collect(),
+        ..Observed::default()
+    };
+    // The passes before: every waiting job's status as the controller wrote it.
+    let d = decide(&o, &DecideConfig::default(), NOW_SECONDS);
+    let written: std::collections::HashMap<_, _> = d
+        .jobs
+        .into_iter()
+        .filter_map(|u| Some((u.name, u.status?)))
+        .collect();
+    for j in &mut o.jobs {
+        if let Some(status) = j.metadata.name.as_ref().and_then(|n| written.get(n)) {
+            Arc::make_mut(j).status = Some(status.clone());
+        }
+    }
+    o.jobs
+        .extend((0..100).map(|i| from::<BatchJob>(job(format!("new-{i:03}"), "1"))));
+    o
+}
+
+fn bench_backlog(c: &mut Criterion) {
+    let config = DecideConfig::default();
+    for n in [0, 50_000] {
+        let o = backlog(n);
+        let d = decide(&o, &config, NOW_SECONDS);
+        assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
+        println!(
+            "controller pass with a backlog: {} jobs -> {} bindings, {} job writes",
+            o.jobs.len(),
+            d.plan.bindings.len(),
+            d.jobs.len()
+        );
+        c.bench_function(
+            &format!("controller pass, {n} unschedulable + 100 new"),
+            |b| b.iter(|| decide(black_box(&o), &config, NOW_SECONDS)),
+        );
+    }
+}
+
+criterion_group! {
+    name = backlog_benches;
+    config = Criterion::default().sample_size(10);
+    targets = bench_backlog
+}
 criterion_group!(benches, bench);
-criterion_main!(benches);
+criterion_main!(benches, backlog_benches);
