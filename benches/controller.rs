@@ -106,5 +106,105 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+/// A backlog: `backlog` Runnable jobs that cannot run now (queue `wait` on compute
+/// environment `full`, at its maxInstances with both instances busy), their statuses as
+/// the controller's earlier passes wrote them, and 100 new jobs of queue `q` that fit on
+/// the idle Ready nodes of environment `ce`. Returns the observed state.
+fn backlog(backlog: u32) -> Observed {
+    let ce = |name: &str, max: u32| {
+        from::<ComputeEnvironment>(json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "ComputeEnvironment",
+            "metadata": {"name": name},
+            "spec": {"local": {"executor": "process"}, "minInstances": 0, "maxInstances": max,
+                     "instanceShape": {"cpu": "16", "memory": "64Gi"}}
+        }))
+    };
+    let queue = |name: &str, ce: &str| {
+        from::<JobQueue>(json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "JobQueue",
+            "metadata": {"name": name},
+            "spec": {"priority": 1, "computeEnvironments": [ce]}
+        }))
+    };
+    let node = |name: String, ce: &str| {
+        from::<BatchNode>(json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchNode",
+            "metadata": {"name": name, "creationTimestamp": NOW},
+            "spec": {"instanceId": name, "computeEnvironment": ce,
+                     "capacity": {"cpu": "16", "memory": "64Gi"}},
+            "status": {"phase": "Ready", "heartbeatTime": NOW}
+        }))
+    };
+    let job = |name: String, queue: &str, cpu: &str| {
+        json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": name, "namespace": "default", "uid": name.clone(),
+                         "generation": 1, "resourceVersion": "1", "creationTimestamp": NOW},
+            "spec": {"queue": queue, "process": {"command": ["true"]},
+                     "resources": {"cpu": cpu, "memory": "1Gi"}}
+        })
+    };
+    let mut nodes: Vec<_> = (0..20).map(|i| node(format!("i-{i:05}"), "ce")).collect();
+    let mut jobs = Vec::new();
+    for i in 0..2 {
+        let name = format!("full-{i}");
+        nodes.push(node(name.clone(), "full"));
+        let mut j = job(format!("busy-{i}"), "wait", "16");
+        j["metadata"]["labels"] = json!({"asgbatch.io/node": name});
+        j["status"] = json!({
+            "phase": "Running", "node": name, "attempt": 1, "startedAt": NOW,
+            "attempts": [{"attempt": 1, "node": name, "instanceId": name, "startedAt": NOW}]
+        });
+        jobs.push(from::<BatchJob>(j));
+    }
+    jobs.extend((0..backlog).map(|i| from::<BatchJob>(job(format!("wait-{i:05}"), "wait", "1"))));
+    let mut o = Observed {
+        compute_environments: vec![ce("ce", 20), ce("full", 2)],
+        queues: vec![queue("q", "ce"), queue("wait", "full")],
+        nodes,
+        jobs,
+        ..Observed::default()
+    };
+    // The passes before: every waiting job's status as the controller wrote it.
+    let d = decide(&o, &DecideConfig::default(), NOW_SECONDS);
+    let written: std::collections::HashMap<_, _> = d
+        .jobs
+        .into_iter()
+        .filter_map(|u| Some((u.name, u.status?)))
+        .collect();
+    for j in &mut o.jobs {
+        if let Some(status) = j.metadata.name.as_ref().and_then(|n| written.get(n)) {
+            Arc::make_mut(j).status = Some(status.clone());
+        }
+    }
+    o.jobs
+        .extend((0..100).map(|i| from::<BatchJob>(job(format!("new-{i:03}"), "q", "1"))));
+    o
+}
+
+fn bench_backlog(c: &mut Criterion) {
+    let config = DecideConfig::default();
+    for n in [0, 50_000] {
+        let o = backlog(n);
+        let d = decide(&o, &config, NOW_SECONDS);
+        assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
+        println!(
+            "controller pass with a backlog: {} jobs -> {} bindings, {} job writes",
+            o.jobs.len(),
+            d.plan.bindings.len(),
+            d.jobs.len()
+        );
+        c.bench_function(
+            &format!("controller pass, {n} unschedulable + 100 new"),
+            |b| b.iter(|| decide(black_box(&o), &config, NOW_SECONDS)),
+        );
+    }
+}
+
+criterion_group! {
+    name = backlog_benches;
+    config = Criterion::default().sample_size(10);
+    targets = bench_backlog
+}
 criterion_group!(benches, bench);
-criterion_main!(benches);
+criterion_main!(benches, backlog_benches);

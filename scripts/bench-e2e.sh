@@ -6,6 +6,8 @@
 #   BENCH_SIZES="500 2000" BENCH_ARRAYS="3000" make bench-e2e
 #   ASG_BATCH_BIN=/path/to/asg-batch scripts/bench-e2e.sh   # measure another build (a baseline)
 #   BENCH_SIZES= BENCH_ARRAYS= scripts/bench-e2e.sh        # only the hold part (empty skips a part)
+#   BENCH_SCALE=100 (default): with the latency part, created → SetDesiredCapacity for N jobs
+#   at 100/s, each needing an instance of its own (0 skips it)
 #
 # Figures:
 # - floor: wall time of 5,000 `sh -c true` forked one after another;
@@ -22,6 +24,7 @@ SIZES=${BENCH_SIZES-"500 2000 5000"}
 ARRAYS=${BENCH_ARRAYS-"3000 10000"}
 HOLD=${BENCH_HOLD-10000}
 LATENCY_N=${BENCH_LATENCY-1000}
+SCALE_N=${BENCH_SCALE-100}
 FLOOR_N=${BENCH_FLOOR:-5000}
 WORK=$(mktemp -d /tmp/asg-batch-bench.XXXXXX)
 PIDS=()
@@ -168,6 +171,31 @@ fi
 #    (minInstances 10), created → bound per job on the client's clock.
 if [[ "$LATENCY_N" -gt 0 ]]; then
     environment | sed 's/minInstances: 0/minInstances: 10/' >"$WORK/latency.yaml"
+    # A second environment that starts empty: one instance per job (created → SetDesiredCapacity).
+    cat >>"$WORK/latency.yaml" <<EOF
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: ComputeEnvironment
+metadata:
+  name: scale
+spec:
+  local:
+    executor: process
+  minInstances: 0
+  maxInstances: $SCALE_N
+  instanceShape:
+    cpu: "1"
+    memory: 1Gi
+  scaleInAfterIdleSeconds: 600
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: JobQueue
+metadata:
+  name: scale
+spec:
+  priority: 1
+  computeEnvironments: [scale]
+EOF
     port=$(free_port)
     "$BIN" dev --listen "127.0.0.1:$port" --kubeconfig "$WORK/lat.kubeconfig" \
         -f "$WORK/latency.yaml" >"$WORK/lat.log" 2>&1 &
@@ -178,6 +206,9 @@ if [[ "$LATENCY_N" -gt 0 ]]; then
     [[ -x .venv/bin/python ]] && py=.venv/bin/python
     echo
     "$py" scripts/bench-latency.py "$WORK/lat.kubeconfig" bench "$LATENCY_N" 100
+    if [[ "$SCALE_N" -gt 0 ]]; then
+        "$py" scripts/bench-scale-latency.py "$WORK/lat.kubeconfig" scale scale 1 "$SCALE_N" 100
+    fi
     kill "$dev" 2>/dev/null || true
 fi
 echo

@@ -144,6 +144,14 @@ pub struct Context {
     pub metrics: Arc<super::metrics::Metrics>,
     /// The Secrets granted to nodes, as far as the controller knows ([`super::grants`]).
     pub grants: Mutex<super::grants::Book>,
+    /// The queue of the task publishing Events, once [`super::run`] has started it
+    /// (without one, Events are published in the pass).
+    pub events: std::sync::OnceLock<
+        tokio::sync::mpsc::Sender<(
+            kube::runtime::events::Event,
+            k8s_openapi::api::core::v1::ObjectReference,
+        )>,
+    >,
 }
 
 impl Context {
@@ -171,6 +179,7 @@ impl Context {
             describe_errors: Mutex::default(),
             metrics,
             grants: Mutex::default(),
+            events: std::sync::OnceLock::new(),
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub view_gaps: Counter,
     /// 1 while this replica leads.
     pub leader: Gauge,
+    /// Events dropped because the queue of Events to publish was full.
+    pub events_dropped: Counter,
 }
 
 impl Metrics {
@@ -78,6 +80,7 @@ impl Metrics {
             in_service: Family::default(),
             view_gaps: Counter::default(),
             leader: Gauge::default(),
+            events_dropped: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("asg_batch_controller");
         r.register(
@@ -112,6 +115,11 @@ impl Metrics {
             m.view_gaps.clone(),
         );
         r.register("leader", "1 while this replica leads", m.leader.clone());
+        r.register(
+            "events_dropped",
+            "Events dropped because the API server fell behind publishing them",
+            m.events_dropped.clone(),
+        );
         m
     }
 

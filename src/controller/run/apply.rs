@@ -350,8 +350,8 @@ pub(super) async fn apply(
         record(r, "job definition status", &mut s);
     }
 
-    // Events concurrently too: a pass that binds thousands of jobs publishes as many.
-    let publishes: Vec<_> = d
+    // Events go to the publisher task: the pass does not wait for them.
+    let outgoing: Vec<_> = d
         .events
         .iter()
         .filter(|e| {
@@ -362,7 +362,7 @@ pub(super) async fn apply(
                     e.regarding.name.as_deref().unwrap_or_default(),
                 )))
         })
-        .map(|e| async move {
+        .map(|e| {
             let ev = Event {
                 type_: if e.warning {
                     EventType::Warning
@@ -374,15 +374,10 @@ pub(super) async fn apply(
                 action: e.reason.into(),
                 secondary: None,
             };
-            if let Err(err) = ctx.recorder.publish(&ev, &e.regarding).await {
-                debug!(error = %err, reason = e.reason, "publishing an Event failed");
-            }
+            (ev, e.regarding.clone())
         })
         .collect();
-    futures::stream::iter(publishes)
-        .buffer_unordered(WRITES_IN_FLIGHT)
-        .collect::<Vec<()>>()
-        .await;
+    super::events::publish(ctx, outgoing).await;
     for (ce, problem) in &failed {
         debug!(
             compute_environment = ce,
@@ -541,7 +536,7 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::api::batch_job::{BatchJobStatus, JobPhase};
     use crate::controller::StaticFleets;
@@ -562,8 +557,8 @@ mod tests {
     }
 
     /// An in-process API server with the CRDs, a client, and a controller context on it.
-    async fn server_and_context() -> (asg_batch_apiserver::RunningApiServer, kube::Client, Context)
-    {
+    pub(in super::super) async fn server_and_context()
+    -> (asg_batch_apiserver::RunningApiServer, kube::Client, Context) {
         let server = start(ApiServerConfig::default()).await.expect("server");
         let client = server.client().expect("client");
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());

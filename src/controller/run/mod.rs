@@ -45,6 +45,7 @@ use crate::telemetry::{self, Health};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod apply;
+mod events;
 mod observe;
 
 use apply::apply;
@@ -86,7 +87,15 @@ pub async fn run(
         }
         None => None,
     };
-    let ctx = Arc::new(Context::new(client.clone(), config, fleets, metrics));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        fleets,
+        metrics.clone(),
+    ));
+    let (event_queue, _publisher) = events::start(ctx.recorder.clone(), metrics);
+    // A fresh context: nothing has set its queue yet.
+    let _ = ctx.events.set(event_queue);
     let (ces, s1) = watch::<ComputeEnvironment>(&client);
     let (queues, s2) = watch::<JobQueue>(&client);
     let (definitions, s3) = watch::<JobDefinition>(&client);
@@ -143,6 +152,7 @@ pub async fn run(
             let mut n: u64 = 0;
             let mut memory = PassMemory::default();
             let mut was_leading = false;
+            let mut last_start = Instant::now();
             loop {
                 let is_leading = *leading.borrow_and_update();
                 ctx.metrics.leader.set(i64::from(is_leading));
@@ -154,6 +164,7 @@ pub async fn run(
                     }
                     n += 1;
                     let started = Instant::now();
+                    last_start = started;
                     let span = info_span!("pass", n);
                     let limit = ctx.config.pass_timeout;
                     let done = tokio::time::timeout(
@@ -181,7 +192,11 @@ pub async fn run(
                 }
                 was_leading = is_leading;
                 tokio::select! {
-                    () = changed.notified() => tokio::time::sleep(ctx.config.debounce).await,
+                    // Passes start at most one debounce apart: after a pass longer than
+                    // that, changes that came during it are taken up at once.
+                    () = changed.notified() => {
+                        tokio::time::sleep(ctx.config.debounce.saturating_sub(last_start.elapsed())).await;
+                    }
                     () = tokio::time::sleep(ctx.config.resync) => {}
                     Ok(()) = leading.changed() => {}
                 }
