@@ -252,7 +252,10 @@ async fn request_mix(
     let mut rvs: Vec<String> = vec![String::new(); m];
     for j in list.items {
         let name = j.metadata.name.clone().unwrap_or_default();
-        if let Some(i) = name.strip_prefix("job-").and_then(|i| i.parse::<usize>().ok()) {
+        if let Some(i) = name
+            .strip_prefix("job-")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
             if i < m {
                 rvs[i] = j.metadata.resource_version.clone().unwrap_or_default();
             }
@@ -265,7 +268,10 @@ async fn request_mix(
     let keep = |out: Vec<Result<BatchJob, kube::Error>>| {
         for j in out.into_iter().flatten() {
             let name = j.metadata.name.clone().unwrap_or_default();
-            if let Some(i) = name.strip_prefix("job-").and_then(|i| i.parse::<usize>().ok()) {
+            if let Some(i) = name
+                .strip_prefix("job-")
+                .and_then(|i| i.parse::<usize>().ok())
+            {
                 if let Ok(mut r) = rvs.lock() {
                     r[i] = j.metadata.resource_version.clone().unwrap_or_default();
                 }
@@ -292,10 +298,12 @@ async fn request_mix(
             api.patch_status(
                 &format!("job-{i:05}"),
                 &PatchParams::apply("bench-agent").force(),
-                &Patch::Apply(json!({"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                &Patch::Apply(
+                    json!({"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
                     "metadata": {"name": format!("job-{i:05}"), "resourceVersion": rv},
                     "status": {"phase": "Running", "attempts": [{"attempt": 1, "node": "node-3",
-                        "startedAt": "2026-01-01T00:00:00Z"}]}})),
+                        "startedAt": "2026-01-01T00:00:00Z"}]}}),
+                ),
             )
             .await
         }

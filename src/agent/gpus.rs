@@ -164,7 +164,9 @@ impl GpuAllocator {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GpuAssignments> {
         // A panic while holding the lock leaves consistent data (every change is one call).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn save(&self, state: &GpuAssignments) -> Result<(), GpuError> {

@@ -65,17 +65,14 @@ pub async fn authorize(
         .await
         .map_err(|e| unavailable("TokenReview", e))?;
     let status = reviewed.status.unwrap_or_default();
-    let user = match (status.authenticated, status.user) {
-        (Some(true), Some(user)) => user,
-        _ => {
-            return Err(deny(
-                StatusCode::UNAUTHORIZED,
-                format!(
-                    "Unauthorized: the token is not valid{}",
-                    status.error.map(|e| format!(": {e}")).unwrap_or_default()
-                ),
-            ));
-        }
+    let (Some(true), Some(user)) = (status.authenticated, status.user) else {
+        return Err(deny(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "Unauthorized: the token is not valid{}",
+                status.error.map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        ));
     };
     let username = user.username.clone().unwrap_or_default();
     let access = SubjectAccessReview {

@@ -473,17 +473,14 @@ async fn answer(
     };
     let name = super::spec::attempt_name(&key);
     let path = s.store.path(&name);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(_) => {
-            return plain(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "node {} has no log of attempt {attempt} of batchjob {namespace}/{job}",
-                    s.node
-                ),
-            );
-        }
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "node {} has no log of attempt {attempt} of batchjob {namespace}/{job}",
+                s.node
+            ),
+        );
     };
     tracing::debug!(attempt = %name, follow = query.follow, "serving a log");
     let end = s.store.end_path(&name);

@@ -175,7 +175,9 @@ impl AwsFleet {
             .map(|i| FleetInstance {
                 instance_id: i.instance_id().unwrap_or_default().to_string(),
                 lifecycle: Lifecycle::from_asg(
-                    i.lifecycle_state().map(|s| s.as_str()).unwrap_or("Unknown"),
+                    i.lifecycle_state()
+                        .map(aws_sdk_autoscaling::types::LifecycleState::as_str)
+                        .unwrap_or("Unknown"),
                 ),
                 protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
                 instance_type: i.instance_type().map(String::from),
@@ -204,7 +206,10 @@ impl AwsFleet {
     async fn with_launch_times(&self, mut instances: Vec<FleetInstance>) -> Vec<FleetInstance> {
         const OP: &str = "DescribeInstances";
         let unknown: Vec<String> = {
-            let known = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+            let known = self
+                .launched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             instances
                 .iter()
                 .filter(|i| !i.instance_id.is_empty() && !known.contains_key(&i.instance_id))
@@ -222,9 +227,14 @@ impl AwsFleet {
                 .await
             {
                 Ok(out) => {
-                    for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                    for i in out
+                        .reservations()
+                        .iter()
+                        .flat_map(aws_sdk_ec2::types::Reservation::instances)
+                    {
                         let at = i.launch_time().and_then(|t| {
-                            jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
+                            jiff::Timestamp::new(t.secs(), i32::try_from(t.subsec_nanos()).ok()?)
+                                .ok()
                         });
                         if let (Some(id), Some(at)) = (i.instance_id(), at) {
                             found.insert(id.to_string(), at);
@@ -238,7 +248,10 @@ impl AwsFleet {
                 }
             }
         }
-        let mut known = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self
+            .launched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         known.extend(found);
         known.retain(|id, _| instances.iter().any(|i| &i.instance_id == id));
         for i in &mut instances {
@@ -375,15 +388,20 @@ impl Fleet for AwsFleet {
                 })?;
             let vcpus = info
                 .v_cpu_info()
-                .and_then(|v| v.default_v_cpus())
+                .and_then(aws_sdk_ec2::types::VCpuInfo::default_v_cpus)
                 .unwrap_or(0);
             let mib = info
                 .memory_info()
-                .and_then(|m| m.size_in_mib())
+                .and_then(aws_sdk_ec2::types::MemoryInfo::size_in_mib)
                 .unwrap_or(0);
             let gpus: i32 = info
                 .gpu_info()
-                .map(|g| g.gpus().iter().filter_map(|d| d.count()).sum())
+                .map(|g| {
+                    g.gpus()
+                        .iter()
+                        .filter_map(aws_sdk_ec2::types::GpuDeviceInfo::count)
+                        .sum()
+                })
                 .unwrap_or(0);
             Ok(InstanceTypeInfo {
                 cpu_millis: u64::try_from(vcpus).unwrap_or(0) * 1000,

@@ -54,11 +54,21 @@ impl LocalFleets {
     /// Stops every agent of every fleet and waits up to `grace` for them to end (an
     /// agent cancels its running attempts and reports them before it returns).
     pub async fn shutdown(&self, grace: Duration) {
-        let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|e| e.into_inner()));
+        let made = std::mem::take(
+            &mut *self
+                .made
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for f in made {
             f.shutdown();
         }
-        let agents = std::mem::take(&mut *self.agents.lock().unwrap_or_else(|e| e.into_inner()));
+        let agents = std::mem::take(
+            &mut *self
+                .agents
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if tokio::time::timeout(grace, futures::future::join_all(agents))
             .await
             .is_err()
@@ -170,13 +180,15 @@ impl LocalFleets {
         }
         .launcher();
         let fleet = Arc::new(LocalFleet::new(group, launcher));
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&fleet);
+        *slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::downgrade(&fleet);
         if let Err(e) = fleet.start() {
             return unavailable(e.to_string());
         }
         self.made
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(fleet.clone());
         fleet
     }
@@ -203,7 +215,7 @@ impl Spawner {
             let fleet = self
                 .fleet
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .upgrade()
                 .map(|f| f as Arc<dyn Fleet>);
             let (client, executor) = (self.client.clone(), self.executor.clone());
@@ -217,7 +229,10 @@ impl Spawner {
                 }
                 .instrument(info_span!("instance", id = %instance_id)),
             );
-            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            let mut agents = self
+                .agents
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             agents.retain(|h| !h.is_finished());
             agents.push(handle);
             Ok(())
@@ -233,7 +248,7 @@ impl FleetProvider for LocalFleets {
             if let Some(f) = self
                 .fleets
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(&name)
             {
                 return Some(f.clone());
@@ -242,7 +257,7 @@ impl FleetProvider for LocalFleets {
             Some(
                 self.fleets
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .entry(name)
                     .or_insert(fleet)
                     .clone(),

@@ -19,7 +19,7 @@ fn line(key: &str, job: &BatchJob, before: Option<&Seen>) -> Option<(String, See
     let mut text = format!("{key}: {phase:?}");
     let last = status.attempts.iter().max_by_key(|a| a.attempt);
     match Some(phase) {
-        Some(JobPhase::Starting) | Some(JobPhase::Running) => {
+        Some(JobPhase::Starting | JobPhase::Running) => {
             if let Some(node) = &status.node {
                 text.push_str(&format!(" on {node}"));
             }
@@ -27,7 +27,7 @@ fn line(key: &str, job: &BatchJob, before: Option<&Seen>) -> Option<(String, See
                 text.push_str(&format!(" (attempt {n})"));
             }
         }
-        Some(JobPhase::Succeeded) | Some(JobPhase::Failed) => {
+        Some(JobPhase::Succeeded | JobPhase::Failed) => {
             if let Some(a) = last {
                 if let Some(code) = a.exit_code {
                     text.push_str(&format!(", exit code {code}"));

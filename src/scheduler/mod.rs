@@ -549,7 +549,7 @@ mod tests {
         JobQueue {
             priority,
             state: State::Enabled,
-            compute_environments: ces.iter().map(|s| s.to_string()).collect(),
+            compute_environments: ces.iter().map(std::string::ToString::to_string).collect(),
             fair_share: None,
             max_wait_seconds: None,
         }

@@ -218,6 +218,10 @@ pub fn report(
 }
 
 /// Scales a shape by a size factor (a seed host `size` times the fleet's instance).
+#[allow(
+    clippy::cast_sign_loss,
+    reason = "size is a positive factor from a workload file; `as` saturates a NaN or negative product at 0"
+)]
 pub fn scaled(shape: Resources, size: f64) -> Resources {
     let f = |v: u64| (v as f64 * size).floor() as u64;
     Resources::new(

@@ -142,7 +142,7 @@ pub fn table(workload: &Workload, reports: &[Report]) -> String {
         fleet.scale_in_after_idle_seconds,
         fleet.instance_type.as_deref().unwrap_or("instance"),
     );
-    for q in workload.queues.iter() {
+    for q in &workload.queues {
         if let Some(w) = q.max_wait_seconds {
             let _ = writeln!(
                 out,

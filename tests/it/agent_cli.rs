@@ -75,7 +75,7 @@ async fn the_agent_command_registers_runs_a_bound_job_and_stops_on_sigterm() {
             let c = client.clone();
             async move { get_node(&c, "local-cli-1").await }
         },
-        |n| n.is_some(),
+        std::option::Option::is_some,
     )
     .await
     .expect("node");
@@ -134,7 +134,7 @@ async fn the_agent_command_registers_runs_a_bound_job_and_stops_on_sigterm() {
             .starts_with("HTTP/1.1 200")
     );
 
-    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await

@@ -89,7 +89,8 @@ impl AgentProcess {
 
     /// SIGKILL, as a crash or the OOM killer would.
     async fn kill9(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("pid") as i32);
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("pid")).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
@@ -99,7 +100,8 @@ impl AgentProcess {
     }
 
     async fn sigterm(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("pid") as i32);
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id().expect("pid")).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
@@ -246,7 +248,11 @@ async fn a_process_job_that_ends_while_its_agent_is_dead_is_reported_with_its_ex
         "the attempt's state to be removed",
         || {
             let a = attempts.clone();
-            async move { std::fs::read_dir(&a).map(|d| d.count()).unwrap_or(0) }
+            async move {
+                std::fs::read_dir(&a)
+                    .map(std::iter::Iterator::count)
+                    .unwrap_or(0)
+            }
         },
         |n| *n == 0,
     )

@@ -56,7 +56,9 @@ fn schemas() -> Vec<(String, StructuralSchema)> {
                     .unwrap_or_else(|e| {
                         panic!(
                             "{kind}: {:?}",
-                            e.iter().map(|x| x.to_string_k8s()).collect::<Vec<_>>()
+                            e.iter()
+                                .map(asg_batch_apiserver::schema::FieldError::to_string_k8s)
+                                .collect::<Vec<_>>()
                         )
                     });
             (kind, compiled)
@@ -104,7 +106,9 @@ fn every_example_is_valid() {
                 errs.is_empty(),
                 "{}: {:?}",
                 path.display(),
-                errs.iter().map(|e| e.to_string_k8s()).collect::<Vec<_>>()
+                errs.iter()
+                    .map(asg_batch_apiserver::schema::FieldError::to_string_k8s)
+                    .collect::<Vec<_>>()
             );
             checked += 1;
         }
@@ -139,7 +143,10 @@ fn every_invalid_fixture_is_refused_naming_its_field() {
             s.apply_defaults(&mut obj);
             let errs = s.validate(&obj, None);
             let status = invalid_status("asgbatch.io", &kind, &name, &errs);
-            let shown: Vec<String> = errs.iter().map(|e| e.to_string_k8s()).collect();
+            let shown: Vec<String> = errs
+                .iter()
+                .map(asg_batch_apiserver::schema::FieldError::to_string_k8s)
+                .collect();
             assert!(
                 errs.iter().any(|e| e.field == expect_field
                     || e.field.starts_with(&format!("{expect_field}."))

@@ -198,7 +198,7 @@ async fn the_stack_creates_a_managed_group_that_scales_with_the_bootstrap_user_d
     assert_eq!(
         data.metadata_options()
             .and_then(|m| m.http_tokens())
-            .map(|t| t.as_str()),
+            .map(aws_sdk_ec2::types::LaunchTemplateHttpTokensState::as_str),
         Some("required")
     );
     let user_data = String::from_utf8(

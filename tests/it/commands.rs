@@ -37,7 +37,7 @@ async fn dev_until_done(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> st
 }
 
 async fn sigterm_and_wait(child: &mut Child) -> std::process::ExitStatus {
-    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await

@@ -70,10 +70,10 @@ fn normalize(v: &mut Value) {
                     | "time"
                         if x.is_string() =>
                     {
-                        *x = json!("<blank>")
+                        *x = json!("<blank>");
                     }
                     "continue" if x.as_str().is_some_and(|c| !c.is_empty()) => {
-                        *x = json!("<token>")
+                        *x = json!("<token>");
                     }
                     // Ordered by operation, time (to the second), manager, apiVersion
                     // and subresource: with times blanked, by the others only.

@@ -272,7 +272,7 @@ async fn a_nodes_registration_after_its_launch_is_the_observed_boot_time() {
                 .unwrap_or_default()
                 .observed_boot_seconds
         },
-        |b| b.is_some(),
+        std::option::Option::is_some,
     )
     .await;
     let observed = ces

@@ -32,7 +32,7 @@ fn check_crd_dir(dir: &str) {
     }
     let mut present: Vec<String> = std::fs::read_dir(&dir)
         .expect("read the CRD directory")
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     present.sort();

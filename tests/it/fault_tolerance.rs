@@ -113,7 +113,7 @@ impl Drop for World {
         self.player.abort();
         // Resume a paused API server so it can be killed and reaped.
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.apiserver.child.id() as i32),
+            nix::unistd::Pid::from_raw(i32::try_from(self.apiserver.child.id()).expect("pid")),
             nix::sys::signal::Signal::SIGCONT,
         );
     }
@@ -282,7 +282,7 @@ impl World {
 
     fn signal_apiserver(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.apiserver.child.id() as i32),
+            nix::unistd::Pid::from_raw(i32::try_from(self.apiserver.child.id()).expect("pid")),
             sig,
         )
         .expect("signal the API server");
@@ -315,7 +315,7 @@ impl Drop for Agents {
     fn drop(&mut self) {
         for child in self.children.values_mut() {
             let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
                 nix::sys::signal::Signal::SIGKILL,
             );
             let _ = child.wait();
@@ -409,7 +409,7 @@ async fn play(
                 let at = epoch();
                 if let Some(mut child) = agents.remove(&id) {
                     let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
                         nix::sys::signal::Signal::SIGKILL,
                     );
                     let _ = child.wait();

@@ -475,7 +475,7 @@ mod containers {
         let _ = eventually(
             "the container to be removed",
             || docker.inspect_container(&container, None),
-            |r| r.is_err(),
+            std::result::Result::is_err,
         )
         .await;
         let out = stdout_ok(&logs(&kc, &["-n", "default", &name]).await);
@@ -816,7 +816,7 @@ async fn dev_serves_its_jobs_logs() {
         endpoint.url.starts_with("http://127.0.0.1:") && endpoint.certificate.is_none(),
         "dev serves plain HTTP on loopback: {endpoint:?}"
     );
-    let pid = nix::unistd::Pid::from_raw(dev.id().expect("running") as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(dev.id().expect("running")).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
     let status = tokio::time::timeout(Duration::from_secs(60), dev.wait())
         .await
@@ -999,7 +999,7 @@ async fn the_agent_command_serves_logs_and_refuses_unsafe_log_flags() {
             .join(format!("asgb-{name}-{uid}-a1.log"))
             .exists()
     );
-    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await

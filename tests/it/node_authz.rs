@@ -744,8 +744,9 @@ async fn an_agent_as_its_node_runs_a_job_with_a_secret_and_reads_no_other() {
     .await;
     assert!(revoked.is_err());
 
-    let pid =
-        |c: &tokio::process::Child| nix::unistd::Pid::from_raw(c.id().expect("running") as i32);
+    let pid = |c: &tokio::process::Child| {
+        nix::unistd::Pid::from_raw(i32::try_from(c.id().expect("running")).expect("pid"))
+    };
     for child in [&mut agent_a, &mut controller] {
         nix::sys::signal::kill(pid(child), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         let status = tokio::time::timeout(Duration::from_secs(60), child.wait())

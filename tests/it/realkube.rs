@@ -424,7 +424,7 @@ async fn attempts_sequence(c: &impl Cluster, ns: &str) -> Vec<Value> {
             .filter(|m| [ctl, agent].contains(&m.manager.as_deref().unwrap_or_default()))
             .map(|m| serde_json::json!([m.manager, m.operation, m.subresource, m.fields_v1]))
             .collect();
-        owners.sort_by_key(|v| v.to_string());
+        owners.sort_by_key(std::string::ToString::to_string);
         out.push(serde_json::json!({
             "after": manager,
             "status": serde_json::to_value(&job.status).unwrap(),
@@ -477,7 +477,7 @@ fn spawn_binary(
 }
 
 async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
-    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
         .await

@@ -42,6 +42,14 @@ async fn create_and_read_back_an_asg() {
         .await
         .expect("DescribeInstanceTypes");
     let info = types.instance_types().first().expect("c5.xlarge known");
-    assert_eq!(info.v_cpu_info().and_then(|v| v.default_v_cpus()), Some(4));
-    assert_eq!(info.memory_info().and_then(|m| m.size_in_mib()), Some(8192));
+    assert_eq!(
+        info.v_cpu_info()
+            .and_then(aws_sdk_ec2::types::VCpuInfo::default_v_cpus),
+        Some(4)
+    );
+    assert_eq!(
+        info.memory_info()
+            .and_then(aws_sdk_ec2::types::MemoryInfo::size_in_mib),
+        Some(8192)
+    );
 }

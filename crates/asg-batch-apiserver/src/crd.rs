@@ -57,7 +57,7 @@ pub fn validate(crd: &Value) -> Vec<Cause> {
         ));
     }
     match spec["scope"].as_str() {
-        Some("Namespaced") | Some("Cluster") => {}
+        Some("Namespaced" | "Cluster") => {}
         other => errs.push(Cause::new(
             "FieldValueNotSupported",
             "spec.scope",

@@ -181,7 +181,7 @@ impl ApiError {
             format!("{kind}.{group}")
         };
         let mut texts: Vec<String> = vec![];
-        for t in causes.iter().map(|c| c.text()) {
+        for t in causes.iter().map(Cause::text) {
             if !texts.contains(&t) {
                 texts.push(t);
             }

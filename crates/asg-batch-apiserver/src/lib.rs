@@ -185,7 +185,7 @@ pub async fn start(cfg: ApiServerConfig) -> Result<RunningApiServer, ApiServerEr
             let mut last = 0;
             loop {
                 tick.tick().await;
-                let rv = c.store.read(|st| st.rv());
+                let rv = c.store.read(store::State::rv);
                 if rv != last {
                     let c2 = c.clone();
                     let _ = tokio::task::spawn_blocking(move || c2.store.flush()).await;

@@ -269,7 +269,10 @@ impl Core {
     /// resourceVersion, for those new to it) and forgets those no longer served.
     fn note_served(&self, reg: &Registry, rv: u64) {
         let keys: std::collections::HashSet<String> = reg.all().map(|i| i.storage_key()).collect();
-        let mut m = self.served_since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self
+            .served_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         m.retain(|k, _| keys.contains(k));
         for k in keys {
             m.entry(k).or_insert(rv);
@@ -281,7 +284,7 @@ impl Core {
     pub fn served_since(&self, key: &str) -> u64 {
         self.served_since
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(key)
             .copied()
             .unwrap_or(0)
@@ -291,7 +294,7 @@ impl Core {
     pub fn registry(&self) -> Arc<Registry> {
         self.registry
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -299,13 +302,19 @@ impl Core {
     pub fn refresh_registry(&self) {
         let (reg, rv) = self.store.read(|st| (registry_from_state(st), st.rv()));
         self.note_served(&reg, rv);
-        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
+        *self
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(reg);
     }
 
     fn rebuild_registry(&self, st: &State) {
         let reg = registry_from_state(st);
         self.note_served(&reg, st.rv());
-        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
+        *self
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(reg);
     }
 
     /// All CRD objects.
@@ -467,8 +476,8 @@ impl Core {
                 !(matches!(
                     k.as_str(),
                     "labels" | "annotations" | "finalizers" | "ownerReferences"
-                ) && (v.as_object().is_some_and(|m| m.is_empty())
-                    || v.as_array().is_some_and(|a| a.is_empty())
+                ) && (v.as_object().is_some_and(serde_json::Map::is_empty)
+                    || v.as_array().is_some_and(std::vec::Vec::is_empty)
                     || v.is_null()))
             });
         }

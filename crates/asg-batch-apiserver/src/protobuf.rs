@@ -215,7 +215,7 @@ fn decode_msg(b: &[u8], fields: &[Field], depth: usize) -> ApiResult<Map<String,
                 out.insert(name, json!(r.varint()? != 0));
             }
             (Kind::Int, 0) => {
-                out.insert(name, json!(r.varint()? as i64));
+                out.insert(name, json!(i64::from_ne_bytes(r.varint()?.to_ne_bytes())));
             }
             (Kind::Str, 2) => {
                 let s = utf8(r.bytes()?)?;

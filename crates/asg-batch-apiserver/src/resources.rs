@@ -112,7 +112,7 @@ fn builtin(
         plural: plural.into(),
         singular: kind.to_lowercase(),
         namespaced,
-        short_names: short.iter().map(|s| s.to_string()).collect(),
+        short_names: short.iter().map(std::string::ToString::to_string).collect(),
         categories: vec![],
         status_subresource: status,
         printer_columns: vec![],
@@ -156,7 +156,7 @@ fn builtin_selectable(group: &str, plural: &str) -> Vec<String> {
         ("", "namespaces") => &["status.phase"],
         _ => &[],
     };
-    f.iter().map(|s| s.to_string()).collect()
+    f.iter().map(std::string::ToString::to_string).collect()
 }
 
 /// The built-in resources this server serves.
@@ -324,7 +324,7 @@ impl Registry {
             if !versions.iter().any(|(_, v)| v == &info.version) {
                 versions.push((info.storage, info.version.clone()));
             } else if info.storage {
-                for (s, v) in versions.iter_mut() {
+                for (s, v) in &mut versions {
                     if v == &info.version {
                         *s = true;
                     }
@@ -374,7 +374,7 @@ impl Registry {
 fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     fn parse(v: &str) -> (u8, u32, u32) {
         let rest = v.strip_prefix('v').unwrap_or(v);
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         let major = digits.parse().unwrap_or(0);
         let tail = &rest[digits.len()..];
         if tail.is_empty() {

@@ -260,9 +260,12 @@ fn list_query(q: &Query, info: &ResourceInfo) -> ApiResult<ListQuery> {
         limit: match q.get("limit") {
             None | Some("") => None,
             Some(l) => Some(
-                l.parse::<i64>()
-                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
-                    .max(0) as usize,
+                usize::try_from(
+                    l.parse::<i64>()
+                        .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
+                        .max(0),
+                )
+                .unwrap_or(usize::MAX),
             ),
         },
         cont: q.get("continue").map(str::to_string),
@@ -332,13 +335,13 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
             );
         }
         ["version"] => return get_only(discovery::version()),
-        ["healthz"] | ["livez"] | ["readyz"] => {
+        ["healthz" | "livez" | "readyz"] => {
             let mut r = Response::new(Body::from("ok"));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return Ok(r);
         }
-        ["api"] | ["apis"] => {
+        ["api" | "apis"] => {
             let core_group = segs[0] == "api";
             if let Some(mt) = discovery::aggregated_media_type(&accept) {
                 if method != Method::GET {

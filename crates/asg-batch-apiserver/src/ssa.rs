@@ -560,7 +560,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w
         }
     }
     let all_new: FieldSet = fields_of(new, ctx, None);
-    for e in entries.iter_mut() {
+    for e in &mut entries {
         e.fields
             .retain(|p| !removed.contains(p) && !changed.contains(p));
         // drop ownership of paths that disappeared

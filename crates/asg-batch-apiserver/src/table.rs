@@ -73,7 +73,11 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
                 })?;
             } else if let Ok(i) = inner.trim().parse::<i64>() {
                 let a = cur.as_array()?;
-                let idx = if i < 0 { a.len() as i64 + i } else { i };
+                let idx = if i < 0 {
+                    i64::try_from(a.len()).ok()? + i
+                } else {
+                    i
+                };
                 cur = a.get(usize::try_from(idx).ok()?)?;
             } else {
                 let key = inner.trim().trim_matches(|c| c == '"' || c == '\'');
@@ -216,11 +220,11 @@ fn cells(info: &ResourceInfo, cols: &[PrinterColumn], obj: &Value) -> Vec<Value>
             }
             // built-in computed cells
             match (info.group.as_str(), info.plural.as_str(), c.name.as_str()) {
-                ("", "configmaps", "Data") | ("", "secrets", "Data") => {
+                ("", "configmaps" | "secrets", "Data") => {
                     let n = ["data", "binaryData"]
                         .iter()
                         .filter_map(|f| obj.get(*f).and_then(Value::as_object))
-                        .map(|m| m.len())
+                        .map(serde_json::Map::len)
                         .sum::<usize>();
                     json!(n)
                 }

@@ -117,9 +117,8 @@ impl Watcher {
     }
 
     async fn send(&self, kind: &str, object: Value) -> bool {
-        let mut line = match serde_json::to_vec(&json!({"type": kind, "object": object})) {
-            Ok(l) => l,
-            Err(_) => return true,
+        let Ok(mut line) = serde_json::to_vec(&json!({"type": kind, "object": object})) else {
+            return true;
         };
         line.push(b'\n');
         self.tx.send(Bytes::from(line)).await.is_ok()
@@ -314,7 +313,7 @@ pub fn start(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick(), if w.p.bookmarks && !w.p.as_table => {
-                    let rv = w.last_rv.max(core.store.read(|st| st.rv()));
+                    let rv = w.last_rv.max(core.store.read(super::store::State::rv));
                     // Only advance past events this watcher has seen: every event up to
                     // the store's rv was already delivered through `rx` or is queued.
                     if rx.is_empty() {

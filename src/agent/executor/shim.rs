@@ -371,7 +371,7 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         Ok(w) => w,
         Err(e) => return fail(format!("cannot make the output pipe: {e}")),
     };
-    let me = std::process::id() as i32;
+    let me = nix::unistd::getpid().as_raw();
     let record = ShimRecord {
         pid: me,
         start_ticks: start_ticks(me).unwrap_or(0),
@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn knows_itself_and_not_a_recycled_pid() {
-        let me = std::process::id() as i32;
+        let me = nix::unistd::getpid().as_raw();
         let record = ShimRecord {
             pid: me,
             start_ticks: start_ticks(me).expect("own start time"),

@@ -575,7 +575,7 @@ pub(crate) mod fixtures {
             metadata: meta(None, name, 0),
             spec: JobQueueSpec {
                 priority: 1,
-                compute_environments: ces.iter().map(|s| s.to_string()).collect(),
+                compute_environments: ces.iter().map(std::string::ToString::to_string).collect(),
                 state: Default::default(),
                 fair_share: None,
                 max_wait_seconds: None,

@@ -458,7 +458,7 @@ impl ServerUnderTest {
 pub fn selected() -> bool {
     match std::env::var("ASG_BATCH_TEST_SERVER").as_deref() {
         Ok("kube-apiserver") => true,
-        Ok("embedded") | Ok("") | Err(_) => false,
+        Ok("embedded" | "") | Err(_) => false,
         Ok(other) => panic!("ASG_BATCH_TEST_SERVER={other}: use kube-apiserver or embedded"),
     }
 }

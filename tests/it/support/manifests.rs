@@ -92,7 +92,7 @@ impl SchemaSet {
             .collect();
         if errors.is_empty() {
             if let Err(cel) = kube_cel::validate(&schema.openapi, obj, None) {
-                errors.extend(cel.iter().map(|e| e.to_string()));
+                errors.extend(cel.iter().map(std::string::ToString::to_string));
             }
         }
         errors

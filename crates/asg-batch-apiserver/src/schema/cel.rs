@@ -684,11 +684,11 @@ fn register_functions(ctx: &mut Context<'_, '_>) {
                     Value::Int(i) => {
                         int = int
                             .checked_add(*i)
-                            .ok_or_else(|| ftx.error("integer overflow"))?
+                            .ok_or_else(|| ftx.error("integer overflow"))?;
                     }
                     Value::Float(f) => {
                         is_float = true;
-                        float += f
+                        float += f;
                     }
                     _ => return Err(ftx.error("no such overload")),
                 }
@@ -761,7 +761,7 @@ pub(crate) fn ast_depth(e: &cel::common::ast::IdedExpr) -> usize {
         Expr::Call(c) => c
             .target
             .iter()
-            .map(|t| t.as_ref())
+            .map(std::convert::AsRef::as_ref)
             .chain(c.args.iter())
             .collect(),
         Expr::Select(s) => vec![s.operand.as_ref()],

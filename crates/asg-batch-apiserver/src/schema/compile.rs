@@ -68,12 +68,18 @@ impl Node {
     pub fn has_transition_rules(&self) -> bool {
         *self.transition_rules_below.get_or_init(|| {
             self.rules.iter().any(|r| r.uses_old_self)
-                || self.properties.iter().any(|(_, n)| n.has_transition_rules())
+                || self
+                    .properties
+                    .iter()
+                    .any(|(_, n)| n.has_transition_rules())
                 || self
                     .additional
                     .as_deref()
                     .is_some_and(Node::has_transition_rules)
-                || self.items.as_deref().is_some_and(Node::has_transition_rules)
+                || self
+                    .items
+                    .as_deref()
+                    .is_some_and(Node::has_transition_rules)
         })
     }
 
@@ -169,7 +175,8 @@ impl Compiler {
                 if TYPES.contains(&t.as_str()) {
                     n.ty = Some(t.clone());
                 } else {
-                    let valid: Vec<String> = TYPES.iter().map(|s| s.to_string()).collect();
+                    let valid: Vec<String> =
+                        TYPES.iter().map(std::string::ToString::to_string).collect();
                     self.errors.push(FieldError::not_supported(
                         format!("{path}.type"),
                         &Value::from(t.clone()),
@@ -261,7 +268,7 @@ impl Compiler {
                     n.required = a
                         .iter()
                         .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
+                        .collect();
                 }
                 None => self.errors.push(FieldError::invalid(
                     format!("{path}.required"),
@@ -303,7 +310,7 @@ impl Compiler {
                 n.additional = Some(Box::new(Node {
                     preserve_unknown: true,
                     ..Node::default()
-                }))
+                }));
             }
             Some(Value::Bool(false)) => self.errors.push(FieldError::forbidden(
                 format!("{path}.additionalProperties"),
@@ -399,7 +406,7 @@ impl Compiler {
                 _ => {
                     let valid: Vec<String> = ["atomic", "set", "map"]
                         .iter()
-                        .map(|s| s.to_string())
+                        .map(std::string::ToString::to_string)
                         .collect();
                     self.errors.push(FieldError::not_supported(
                         format!("{path}.x-kubernetes-list-type"),
@@ -573,7 +580,8 @@ impl Compiler {
                 "FieldValueDuplicate",
             ];
             if !valid.contains(&rs.as_str()) {
-                let valid: Vec<String> = valid.iter().map(|s| s.to_string()).collect();
+                let valid: Vec<String> =
+                    valid.iter().map(std::string::ToString::to_string).collect();
                 self.errors.push(FieldError::not_supported(
                     format!("{path}.reason"),
                     &Value::from(rs.clone()),

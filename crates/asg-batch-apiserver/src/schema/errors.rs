@@ -353,13 +353,12 @@ pub fn go_float(f: f64) -> String {
     }
     // Shortest round-trip digits via Rust's `{:e}`.
     let e = format!("{f:e}");
-    let (mant, exp) = match e.split_once('e') {
-        Some(p) => p,
-        None => return e,
+    let Some((mant, exp)) = e.split_once('e') else {
+        return e;
     };
     let exp: i32 = exp.parse().unwrap_or(0);
     let neg = mant.starts_with('-');
-    let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
+    let digits: String = mant.chars().filter(char::is_ascii_digit).collect();
     let sign = if neg { "-" } else { "" };
     if !(-4..6).contains(&exp) {
         // %e form with at least two exponent digits.
@@ -372,9 +371,13 @@ pub fn go_float(f: f64) -> String {
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{m}e{esign}{:02}", exp.abs())
     } else if exp < 0 {
-        format!("{sign}0.{}{}", "0".repeat((-exp - 1) as usize), digits)
+        format!(
+            "{sign}0.{}{}",
+            "0".repeat(usize::try_from(-exp - 1).unwrap_or(0)),
+            digits
+        )
     } else {
-        let point = (exp + 1) as usize;
+        let point = usize::try_from(exp + 1).unwrap_or(0);
         if digits.len() <= point {
             format!("{sign}{}{}", digits, "0".repeat(point - digits.len()))
         } else {

@@ -236,7 +236,7 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
     junctors(node, v, &name, &field, &mut errs);
     match v {
         Value::String(s) => {
-            let len = s.chars().count() as i64;
+            let len = i64::try_from(s.chars().count()).unwrap_or(i64::MAX);
             if let Some(max) = node.max_length
                 && len > max
             {
@@ -272,7 +272,7 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
         }
         Value::Number(n) => numbers(node, n, v, &name, &field, &mut errs),
         Value::Array(a) => {
-            let size = a.len() as i64;
+            let size = i64::try_from(a.len()).unwrap_or(i64::MAX);
             if let Some(min) = node.min_items
                 && size < min
             {
@@ -299,7 +299,7 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
     }
     enum_check(node, v, &field, &mut errs);
     if let Value::Object(m) = v {
-        let size = m.len() as i64;
+        let size = i64::try_from(m.len()).unwrap_or(i64::MAX);
         if let Some(max) = node.max_properties
             && size > max
         {
@@ -714,11 +714,7 @@ fn cel_walk(
     if unchanged && !node.has_transition_rules() {
         return;
     }
-    if node
-        .rules
-        .iter()
-        .any(|r| r.uses_old_self || !unchanged)
-    {
+    if node.rules.iter().any(|r| r.uses_old_self || !unchanged) {
         let this = self_value(node, v, is_root);
         let old_cel = old.map(|o| self_value(node, o, is_root));
         for rule in &node.rules {
@@ -740,7 +736,7 @@ fn cel_walk(
             match cel::evaluate(rule, &this, binding) {
                 Outcome::Pass => {}
                 Outcome::Error(msg) => {
-                    ctx.push(FieldError::invalid(path.field(), &ty, msg), ratchet)
+                    ctx.push(FieldError::invalid(path.field(), &ty, msg), ratchet);
                 }
                 Outcome::Fail(msg) => {
                     let field = match &rule.field_path {
