@@ -76,6 +76,10 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
+#[allow(
+    clippy::cast_sign_loss,
+    reason = "p is in [0, 1] and sorted is not empty"
+)]
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -209,7 +213,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
     }
     let mut d = delays.lock().await.clone();
-    d.sort_by(|a, b| a.total_cmp(b));
+    d.sort_by(f64::total_cmp);
     println!(
         "watch fan-out, {watchers} watchers x {writes} writes ({} deliveries): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         d.len(),
@@ -222,7 +226,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// 4. The request mix of dev on `m` stored jobs, with 12 watchers on all BatchJobs
+/// Part 4: the request mix of dev on `m` stored jobs, with 12 watchers on all BatchJobs
 /// (reading raw lines, as cheap a client as there is, so the figures are the server's).
 async fn request_mix(
     client: &kube::Client,

@@ -102,7 +102,7 @@ fn bench(c: &mut Criterion) {
         d.jobs.len()
     );
     c.bench_function("controller pass, 10k jobs / 500 nodes", |b| {
-        b.iter(|| decide(black_box(&o), &config, NOW_SECONDS))
+        b.iter(|| decide(black_box(&o), &config, NOW_SECONDS));
     });
 }
 

@@ -139,12 +139,12 @@ fn bench(c: &mut Criterion) {
             .collect::<Vec<_>>()
     );
     c.bench_function("plan: 10k runnable jobs, 500 nodes", |b| {
-        b.iter(|| plan(black_box(&s), black_box(now)))
+        b.iter(|| plan(black_box(&s), black_box(now)));
     });
 
     // The stages of a pass, to see where the time goes.
     c.bench_function("stage: dependencies", |b| {
-        b.iter(|| asg_batch::scheduler::deps::evaluate(black_box(&s)))
+        b.iter(|| asg_batch::scheduler::deps::evaluate(black_box(&s)));
     });
     let runnable: Vec<JobId> = s
         .jobs
@@ -153,7 +153,7 @@ fn bench(c: &mut Criterion) {
         .map(|(id, _)| id.clone())
         .collect();
     c.bench_function("stage: queue order", |b| {
-        b.iter(|| asg_batch::scheduler::queue::order(black_box(&s), black_box(&runnable), now))
+        b.iter(|| asg_batch::scheduler::queue::order(black_box(&s), black_box(&runnable), now));
     });
     let ordered = asg_batch::scheduler::queue::order(&s, &runnable, now);
     c.bench_function("stage: best-fit placement", |b| {
@@ -170,7 +170,7 @@ fn bench(c: &mut Criterion) {
                 }
             }
             placed
-        })
+        });
     });
 
     // The capacity plan alone, for the demand the pass above left unplaced.
@@ -189,7 +189,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     eprintln!("capacity input: {} demanded jobs", demand.len());
     c.bench_function("capacity plan: same input", |b| {
-        b.iter(|| capacity::plan(black_box(&s), black_box(&demand)))
+        b.iter(|| capacity::plan(black_box(&s), black_box(&demand)));
     });
 }
 
