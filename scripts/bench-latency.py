@@ -13,24 +13,21 @@ import json
 import sys
 import threading
 import time
-import urllib.parse
 
-import yaml  # PyYAML, in the test virtualenv
+from benchjobs import JOBS_PATH, report, server, submit
 
 kubeconfig, queue = sys.argv[1], sys.argv[2]
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
 rate = float(sys.argv[4]) if len(sys.argv) > 4 else 100.0
 nodes_wanted = int(sys.argv[5]) if len(sys.argv) > 5 else 10
-server = yaml.safe_load(open(kubeconfig))["clusters"][0]["cluster"]["server"]
-url = urllib.parse.urlparse(server)
-path = "/apis/asgbatch.io/v1alpha1/namespaces/default/batchjobs"
-sent, bound = {}, {}
+host, port = server(kubeconfig)
+bound = {}
 done = threading.Event()
 
 
 def watch():
-    conn = http.client.HTTPConnection(url.hostname, url.port)
-    conn.request("GET", path + "?watch=true&labelSelector=asgbatch.io%2Fnode")
+    conn = http.client.HTTPConnection(host, port)
+    conn.request("GET", JOBS_PATH + "?watch=true&labelSelector=asgbatch.io%2Fnode")
     resp = conn.getresponse()
     for line in resp:
         event = json.loads(line)
@@ -42,7 +39,7 @@ def watch():
                 return
 
 
-conn = http.client.HTTPConnection(url.hostname, url.port)
+conn = http.client.HTTPConnection(host, port)
 # Steady state: every instance of the compute environment is up (minInstances).
 deadline = time.monotonic() + 120
 while True:
@@ -57,33 +54,7 @@ while True:
     time.sleep(0.2)
 threading.Thread(target=watch, daemon=True).start()
 time.sleep(0.5)  # the watch is established (a dropped early event would only add latency)
-start = time.monotonic()
-for i in range(n):
-    due = start + i / rate
-    delay = due - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-    name = f"lat-{i}"
-    body = {
-        "apiVersion": "asgbatch.io/v1alpha1",
-        "kind": "BatchJob",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "queue": queue,
-            "process": {"command": ["sh", "-c", "true"]},
-            "resources": {"cpu": "100m", "memory": "16Mi"},
-        },
-    }
-    sent[name] = time.monotonic()
-    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    r.read()
-    if r.status != 201:
-        sys.exit(f"creating {name}: HTTP {r.status}")
-achieved = n / (time.monotonic() - start)
+sent, achieved = submit(host, port, [f"lat-{i}" for i in range(n)], rate, queue, ["sh", "-c", "true"], "100m")
 if not done.wait(120):
     sys.exit(f"only {len(bound)} of {n} jobs bound within 120 s")
-lat = sorted((bound[k] - sent[k]) * 1000 for k in sent)
-pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
-print(f"created → bound at {achieved:.0f} submissions/s, {n} jobs: "
-      f"p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms, max {lat[-1]:.0f} ms")
+report("created → bound", achieved, [(bound[k] - sent[k]) * 1000 for k in sent])

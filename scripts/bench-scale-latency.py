@@ -17,21 +17,18 @@ import threading
 import time
 import urllib.parse
 
-import yaml  # PyYAML, in the test virtualenv
+from benchjobs import report, server, submit
 
 kubeconfig, queue, ce, cpu = sys.argv[1:5]
 n = int(sys.argv[5]) if len(sys.argv) > 5 else 100
 rate = float(sys.argv[6]) if len(sys.argv) > 6 else 100.0
-server = yaml.safe_load(open(kubeconfig))["clusters"][0]["cluster"]["server"]
-url = urllib.parse.urlparse(server)
-path = "/apis/asgbatch.io/v1alpha1/namespaces/default/batchjobs"
-sent = {}
+host, port = server(kubeconfig)
 covered = []  # (monotonic time, desiredCapacity) as the status showed it
 done = threading.Event()
 
 
 def watch():
-    conn = http.client.HTTPConnection(url.hostname, url.port)
+    conn = http.client.HTTPConnection(host, port)
     conn.request(
         "GET",
         "/apis/asgbatch.io/v1alpha1/computeenvironments?watch=true&fieldSelector="
@@ -50,36 +47,12 @@ def watch():
 
 threading.Thread(target=watch, daemon=True).start()
 time.sleep(0.5)  # the watch is established
-conn = http.client.HTTPConnection(url.hostname, url.port)
-start = time.monotonic()
-for i in range(n):
-    due = start + i / rate
-    delay = due - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-    name = f"scale-{i}"
-    body = {
-        "apiVersion": "asgbatch.io/v1alpha1",
-        "kind": "BatchJob",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "queue": queue,
-            "process": {"command": ["sleep", "120"]},
-            "resources": {"cpu": cpu, "memory": "16Mi"},
-        },
-    }
-    sent[i] = time.monotonic()
-    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    r.read()
-    if r.status != 201:
-        sys.exit(f"creating {name}: HTTP {r.status}")
-achieved = n / (time.monotonic() - start)
+names = [f"scale-{i}" for i in range(n)]
+sent, achieved = submit(host, port, names, rate, queue, ["sleep", "120"], cpu)
 if not done.wait(120):
     sys.exit(f"desired capacity reached only {covered[-1][1] if covered else 0} of {n} within 120 s")
-lat = sorted(
-    (next(t for t, d in covered if d >= i + 1) - sent[i]) * 1000 for i in range(n)
+report(
+    "created → SetDesiredCapacity",
+    achieved,
+    [(next(t for t, d in covered if d >= i + 1) - sent[name]) * 1000 for i, name in enumerate(names)],
 )
-pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
-print(f"created → SetDesiredCapacity at {achieved:.0f} submissions/s, {n} jobs: "
-      f"p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms, max {lat[-1]:.0f} ms")

@@ -31,22 +31,29 @@ pub(super) fn start(recorder: Recorder, metrics: Arc<Metrics>) -> (EventQueue, A
     let task = tokio::spawn(async move {
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
             .for_each_concurrent(EVENTS_IN_FLIGHT, |(ev, regarding)| {
-                let recorder = &recorder;
-                let metrics = &metrics;
-                async move {
-                    let outcome = match recorder.publish(&ev, &regarding).await {
-                        Ok(()) => "ok",
-                        Err(err) => {
-                            debug!(error = %err, reason = %ev.reason, "publishing an Event failed");
-                            "error"
-                        }
-                    };
-                    metrics.write("event", outcome);
-                }
+                let (recorder, metrics) = (&recorder, &metrics);
+                async move { publish_one(recorder, metrics, &ev, &regarding).await }
             })
             .await;
     });
     (tx, AbortOnDrop(task))
+}
+
+/// Publishes one Event now, counting the outcome as an API write.
+async fn publish_one(
+    recorder: &Recorder,
+    metrics: &Metrics,
+    ev: &Event,
+    regarding: &ObjectReference,
+) {
+    let outcome = match recorder.publish(ev, regarding).await {
+        Ok(()) => "ok",
+        Err(err) => {
+            debug!(error = %err, reason = %ev.reason, "publishing an Event failed");
+            "error"
+        }
+    };
+    metrics.write("event", outcome);
 }
 
 /// Publishes `events`: through the publisher task when the controller runs one, else
@@ -54,9 +61,7 @@ pub(super) fn start(recorder: Recorder, metrics: Arc<Metrics>) -> (EventQueue, A
 pub(super) async fn publish(ctx: &Context, events: Vec<Outgoing>) {
     let Some(queue) = ctx.events.get() else {
         for (ev, regarding) in events {
-            if let Err(err) = ctx.recorder.publish(&ev, &regarding).await {
-                debug!(error = %err, reason = %ev.reason, "publishing an Event failed");
-            }
+            publish_one(&ctx.recorder, &ctx.metrics, &ev, &regarding).await;
         }
         return;
     };
@@ -109,28 +114,24 @@ mod tests {
         ctx.events.set(tx).expect("a fresh context");
         publish(&ctx, (0..5).map(|i| event(&format!("j{i}"))).collect()).await;
         assert_eq!(ctx.metrics.events_dropped.get(), 3);
-        // The publisher task takes up what was queued.
-        let (queue, _task) = start(ctx.recorder.clone(), ctx.metrics.clone());
+        // The publisher task takes up what was queued, and ends once its queue is closed
+        // and every queued Event is published.
+        let (queue, mut task) = start(ctx.recorder.clone(), ctx.metrics.clone());
         while let Ok(e) = rx.try_recv() {
             queue.send(e).await.expect("publisher running");
         }
+        drop(queue);
+        (&mut task.0).await.expect("the publisher task ends");
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(client.clone(), "default");
-        let mut notes: Vec<String> = Vec::new();
-        for _ in 0..100 {
-            notes = events
-                .list(&Default::default())
-                .await
-                .expect("events")
-                .items
-                .into_iter()
-                .filter_map(|e| e.note)
-                .collect();
-            if notes.len() >= 2 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let mut notes: Vec<String> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter_map(|e| e.note)
+            .collect();
         notes.sort();
         assert_eq!(notes, ["bound j0", "bound j1"]);
         server.shutdown().await;
