@@ -104,6 +104,10 @@ impl LogStore {
     pub fn create(&self, name: &str) -> std::io::Result<CappedFile> {
         std::fs::create_dir_all(&self.dir)?;
         let _ = std::fs::remove_file(self.end_path(name));
+        // A new file, not the old one truncated: a writer still holding the old one (the
+        // copy of an agent being torn down while the next one adopts the container) then
+        // writes into an unlinked file instead of interleaving with the new copy.
+        let _ = std::fs::remove_file(self.path(name));
         let file = std::fs::File::create(self.path(name))?;
         Ok(CappedFile::new(file, Some(self.max_bytes)))
     }
