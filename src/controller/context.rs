@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
+
+use super::recorder::Recorder;
 use tokio::sync::Mutex;
 
 use crate::api::ComputeEnvironment;
@@ -133,7 +135,7 @@ pub struct Context {
     /// Fleets of `aws` compute environments.
     pub fleets: Arc<dyn FleetProvider>,
     /// Event recorder.
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     /// Instance shapes by instance type (looked up once).
     pub shapes: Mutex<HashMap<String, Resources>>,
     /// Objects already reported as not deserialising (`uid/resourceVersion`).
@@ -162,13 +164,13 @@ impl Context {
         fleets: Arc<dyn FleetProvider>,
         metrics: Arc<super::metrics::Metrics>,
     ) -> Self {
-        let recorder = Recorder::new(
+        let recorder = Arc::new(Recorder::new(
             client.clone(),
             Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: config.instance.clone(),
             },
-        );
+        ));
         Self {
             client,
             config,

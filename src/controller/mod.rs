@@ -28,6 +28,7 @@ pub mod grants;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
+pub mod recorder;
 pub mod run;
 pub mod time;
 

@@ -1,8 +1,10 @@
 //! Applying the CRDs and manifest files with server-side apply.
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use std::collections::HashMap;
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
-use kube::discovery::pinned_kind;
+use kube::discovery::{ApiCapabilities, pinned_kind};
 use serde_json::Value;
 
 use super::{DevError, FIELD_MANAGER};
@@ -49,11 +51,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, DevError> {
 
 /// Applies every CRD of the project.
 pub async fn crds(client: &kube::Client) -> Result<(), DevError> {
+    let mut kinds = HashMap::new();
     for crd in crds::all() {
         let object = serde_json::to_value(&crd)
             .map_err(|e| DevError::Apply(format!("CRD {:?}: {e}", crd.metadata.name)))?;
         apply(
             client,
+            &mut kinds,
             &Document {
                 origin: format!("CRD {}", crd.metadata.name.clone().unwrap_or_default()),
                 object,
@@ -66,13 +70,17 @@ pub async fn crds(client: &kube::Client) -> Result<(), DevError> {
 
 /// Applies `documents` in order; returns how many.
 pub async fn documents(client: &kube::Client, documents: &[Document]) -> Result<usize, DevError> {
+    // Discovery once per kind, not once per document.
+    let mut kinds = HashMap::new();
     for d in documents {
-        apply(client, d).await?;
+        apply(client, &mut kinds, d).await?;
     }
     Ok(documents.len())
 }
 
-async fn apply(client: &kube::Client, d: &Document) -> Result<(), DevError> {
+type Kinds = HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>;
+
+async fn apply(client: &kube::Client, kinds: &mut Kinds, d: &Document) -> Result<(), DevError> {
     let api_version = d.object["apiVersion"].as_str().unwrap_or_default();
     let kind = d.object["kind"].as_str().unwrap_or_default();
     let name = d.object["metadata"]["name"].as_str().unwrap_or_default();
@@ -81,9 +89,16 @@ async fn apply(client: &kube::Client, d: &Document) -> Result<(), DevError> {
         None => ("", api_version),
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (resource, caps) = pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| DevError::Apply(format!("{}: {api_version} {kind}: {e}", d.origin)))?;
+    let (resource, caps) = match kinds.get(&gvk) {
+        Some(found) => found.clone(),
+        None => {
+            let found = pinned_kind(client, &gvk)
+                .await
+                .map_err(|e| DevError::Apply(format!("{}: {api_version} {kind}: {e}", d.origin)))?;
+            kinds.insert(gvk, found.clone());
+            found
+        }
+    };
     let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
         let ns = d.object["metadata"]["namespace"]
             .as_str()

@@ -107,6 +107,8 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
         )
     };
     let applied = apply::documents(&client, &documents).await?;
+    // Applied: the API server has them (10,000 parsed jobs would be ~15 MiB kept for the run).
+    drop(documents);
     println!(
         "asg-batch dev: API server on {} ({})\n  export KUBECONFIG={}\n  kubectl get asgbatch      # everything\n  kubectl get bj -w         # jobs as they move",
         server.base_url(),

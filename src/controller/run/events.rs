@@ -8,7 +8,9 @@
 //! are informational; every decision is in the objects' status.
 
 use futures::StreamExt;
-use kube::runtime::events::{Event, Recorder};
+use kube::runtime::events::Event;
+
+use crate::controller::recorder::Recorder;
 use tokio::sync::mpsc;
 
 use super::*;
@@ -26,7 +28,7 @@ pub(super) type Outgoing = (Event, ObjectReference);
 pub(super) type EventQueue = mpsc::Sender<Outgoing>;
 
 /// Starts the publisher task; it ends when every sender is dropped.
-pub(super) fn start(recorder: Recorder, metrics: Arc<Metrics>) -> (EventQueue, AbortOnDrop) {
+pub(super) fn start(recorder: Arc<Recorder>, metrics: Arc<Metrics>) -> (EventQueue, AbortOnDrop) {
     let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUED_EVENTS);
     let task = tokio::spawn(async move {
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
