@@ -23,7 +23,7 @@ check:
 KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
               controller_aws controller_retention controller_estimates aws_iam agent_jobs \
               agent_protection agent_cli agent_docker agent_container_settings workload_control \
-              agent_spot logs
+              agent_spot logs fault_tolerance agent_restart
 test-kube:
 	ASG_BATCH_TEST_SERVER=kube-apiserver $(CARGO) test --all-features --test it -- \
 	    $(addsuffix ::,$(KUBE_SUITES)) commands::controller_and_agent_binaries
