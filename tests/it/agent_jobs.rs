@@ -334,16 +334,17 @@ async fn an_agent_runs_exactly_the_jobs_whose_status_names_its_node() {
     let (here, there) = (start(NODE, "ce-here"), start(OTHER, "ce-there"));
     let ran = |name: &str| dir.path().join(format!("ran-{name}"));
     let script = |name: &str, then: &str| {
-        format!(
-            "echo $AWS_BATCH_CE_NAME >> {}; {then}",
-            ran(name).display()
-        )
+        format!("echo $AWS_BATCH_CE_NAME >> {}; {then}", ran(name).display())
     };
     let long = format!(
         "echo $$ > {}/pid-$AWS_BATCH_JOB_ATTEMPT; exec sleep 300",
         dir.path().display()
     );
-    for (name, then) in [("mine", "true"), ("theirs", "true"), ("moved", long.as_str())] {
+    for (name, then) in [
+        ("mine", "true"),
+        ("theirs", "true"),
+        ("moved", long.as_str()),
+    ] {
         create_job(&client, "default", &process_job(name, &script(name, then))).await;
     }
     bind(&client, "default", "mine", NODE, 1).await;
@@ -365,7 +366,11 @@ async fn an_agent_runs_exactly_the_jobs_whose_status_names_its_node() {
         );
     }
     assert_eq!(lines(&ran("mine")), ["ce-here"], "once, on its node");
-    assert_eq!(lines(&ran("theirs")), ["ce-there"], "once, on the other node");
+    assert_eq!(
+        lines(&ran("theirs")),
+        ["ce-there"],
+        "once, on the other node"
+    );
 
     // Moved off this node while it runs (as after a hand-over): it leaves this node's
     // watch (DELETED), so it is stopped here and its report refused; the other node runs it.

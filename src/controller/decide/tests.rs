@@ -325,12 +325,19 @@ fn a_legacy_node_label_stays_while_bound_and_goes_when_the_attempt_ends() {
             .get_or_insert_with(Default::default)
             .insert(LABEL_NODE.into(), "n1".into());
     }
-    assert!(run(&o).jobs.is_empty(), "kept while bound: {:?}", run(&o).jobs);
+    assert!(
+        run(&o).jobs.is_empty(),
+        "kept while bound: {:?}",
+        run(&o).jobs
+    );
     agent(&mut o, "a", exited(0));
     let d = run(&o);
     let u = update(&d, "a");
     assert_eq!(u.label, Some(LabelChange::Remove));
-    assert!(u.resource_version.is_some(), "guarded by the observed version");
+    assert!(
+        u.resource_version.is_some(),
+        "guarded by the observed version"
+    );
     assert_eq!(status(&d, "a").phase, Some(JobPhase::Succeeded));
     apply(&mut o, &d);
     assert!(run(&o).jobs.is_empty());
@@ -1192,7 +1199,10 @@ mod invariants {
                 assert_eq!(open.first().map(|a| a.attempt), s.attempt);
                 *used.entry(s.node.clone().unwrap_or_default()).or_default() += 1000;
             } else {
-                assert_eq!(s.node, None, "only placed jobs are in a node's watch: {s:?}");
+                assert_eq!(
+                    s.node, None,
+                    "only placed jobs are in a node's watch: {s:?}"
+                );
             }
             let tries = j
                 .spec

@@ -129,7 +129,10 @@ fn a_running_job_is_terminated_by_its_agent_and_not_retried() {
     assert_eq!(s.message.as_deref(), Some("superseded"));
     assert_eq!(s.attempt, Some(1));
     assert_eq!(s.stopped_at, Some(time(NOW)));
-    assert_eq!((update(&d, "a").label.as_ref(), s.node.as_deref()), (None, None));
+    assert_eq!(
+        (update(&d, "a").label.as_ref(), s.node.as_deref()),
+        (None, None)
+    );
     assert!(
         !d.events
             .iter()
