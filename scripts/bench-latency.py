@@ -2,7 +2,8 @@
 """Latency of binding at a steady submission rate (issue 13), against a running
 `asg-batch dev` (plain HTTP on loopback): submits N trivial BatchJobs at RATE per second
 to queue QUEUE and watches them; prints p50/p99/max of "job created → bound" (the first
-watch event carrying the asgbatch.io/node label) measured on this client's clock.
+watch event whose status names a node; no selector, so that binaries from before the
+field selector, which put a label on bound jobs, are measured the same way) measured on this client's clock.
 
     bench-latency.py KUBECONFIG QUEUE [N=1000] [RATE=100] [NODES=10]
 
@@ -27,12 +28,13 @@ done = threading.Event()
 
 def watch():
     conn = http.client.HTTPConnection(host, port)
-    conn.request("GET", JOBS_PATH + "?watch=true&labelSelector=asgbatch.io%2Fnode")
+    conn.request("GET", JOBS_PATH + "?watch=true")
     resp = conn.getresponse()
     for line in resp:
         event = json.loads(line)
         name = event["object"]["metadata"]["name"]
-        if name.startswith("lat-") and name not in bound:
+        node = (event["object"].get("status") or {}).get("node")
+        if node and name.startswith("lat-") and name not in bound:
             bound[name] = time.monotonic()
             if len(bound) >= n:
                 done.set()

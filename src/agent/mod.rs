@@ -9,11 +9,12 @@
 //! - [`attempt`], [`node`], [`run()`]: the I/O around them.
 //!
 //! Behaviour worth knowing:
-//! - An attempt is started when its job is labelled `asgbatch.io/node=<node>`, has
+//! - The agent watches the jobs with `status.node=<node>` that have not ended (field
+//!   selector, CRD `selectableFields`). An attempt is started when its job has
 //!   `status.phase=Starting`, `status.node=<node>`, `status.attempt=N` and no
 //!   `attempts[N].startedAt`/`stoppedAt`; at most one attempt of a job runs at a time.
-//! - A running attempt is cancelled when its job is deleted or relabelled away, names
-//!   another node, turns Succeeded/Failed, or moves on to a newer attempt. Its report is
+//! - A running attempt is cancelled when its job is deleted, names another node, turns
+//!   Succeeded/Failed, or moves on to a newer attempt. Its report is
 //!   written only if it is still current (then reason `Cancelled`).
 //! - Reports are server-side applies with field manager `asg-batch-agent-attempt-N` and
 //!   the re-read resourceVersion as a precondition; transient failures are retried until

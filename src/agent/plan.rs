@@ -4,8 +4,8 @@
 use crate::api::{BatchJob, JobPhase};
 use std::collections::HashSet;
 
-/// Label the controller puts on a job bound to a node (PROTOCOL.md, "Names").
-pub use crate::api::protocol::LABEL_NODE as NODE_LABEL;
+/// The field selector of this node's watch (PROTOCOL.md, "Names").
+pub use crate::api::protocol::agent_field_selector;
 
 /// One attempt of one job. The uid tells a job from a later one of the same name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,8 +35,6 @@ pub struct JobView {
     pub name: String,
     /// uid.
     pub uid: String,
-    /// Value of the `asgbatch.io/node` label.
-    pub label_node: Option<String>,
     /// `status.phase`.
     pub phase: Option<JobPhase>,
     /// `status.node`.
@@ -63,10 +61,6 @@ impl JobView {
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,
             uid: meta.uid.clone()?,
-            label_node: meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(NODE_LABEL).cloned()),
             phase: status.and_then(|s| s.phase),
             node: status.and_then(|s| s.node.clone()),
             attempt,
@@ -87,16 +81,17 @@ impl JobView {
     }
 
     fn bound_to(&self, node: &str) -> bool {
-        self.label_node.as_deref() == Some(node) && self.node.as_deref() == Some(node)
+        self.node.as_deref() == Some(node)
     }
 }
 
 /// Why a running attempt is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelWhy {
-    /// The job is gone from this node's watch: deleted, or its label moved elsewhere.
+    /// The job is gone from this node's watch: deleted, moved off this node (`status.node`),
+    /// or ended (Succeeded or Failed).
     Gone,
-    /// The job is still labelled here but `status.node` names another node.
+    /// The job is still in this node's watch but `status.node` names another node.
     BoundElsewhere,
     /// The job reached Succeeded or Failed.
     Terminal,
@@ -115,7 +110,9 @@ impl CancelWhy {
     /// The status reason given to the cancelled attempt.
     pub fn message(self) -> &'static str {
         match self {
-            Self::Gone => "Job attempt cancelled: the job was deleted or bound to another node",
+            Self::Gone => {
+                "Job attempt cancelled: the job was deleted, bound to another node or ended"
+            }
             Self::BoundElsewhere => "Job attempt cancelled: the job is bound to another node",
             Self::Terminal => "Job attempt cancelled: the job reached a terminal phase",
             Self::Superseded => "Job attempt cancelled: a newer attempt of the job is current",
@@ -156,7 +153,6 @@ pub fn plan(
     for key in running_sorted {
         let why = match jobs.iter().find(|j| j.uid == key.uid) {
             None => Some(CancelWhy::Gone),
-            Some(j) if j.label_node.as_deref() != Some(node) => Some(CancelWhy::Gone),
             Some(j) if j.node.as_deref() != Some(node) => Some(CancelWhy::BoundElsewhere),
             Some(j) if j.phase.is_some_and(JobPhase::is_terminal) => Some(CancelWhy::Terminal),
             Some(j) if j.attempt != Some(key.attempt) => Some(CancelWhy::Superseded),
@@ -213,7 +209,6 @@ mod tests {
             namespace: "default".into(),
             name: name.into(),
             uid: format!("uid-{name}"),
-            label_node: Some(ME.into()),
             phase: Some(phase),
             node: Some(ME.into()),
             attempt: Some(attempt),
@@ -256,8 +251,8 @@ mod tests {
 
     #[test]
     fn starts_nothing_not_bound_here_or_not_starting() {
-        let mut other_label = job("a", JobPhase::Starting, 1);
-        other_label.label_node = Some("i-other".into());
+        let mut unbound = job("a", JobPhase::Starting, 1);
+        unbound.node = None;
         let mut other_node = job("b", JobPhase::Starting, 1);
         other_node.node = Some("i-other".into());
         let runnable = job("c", JobPhase::Runnable, 1);
@@ -266,7 +261,7 @@ mod tests {
         started.current_stopped = true;
         let mut no_attempt = job("e", JobPhase::Starting, 1);
         no_attempt.attempt = None;
-        let jobs = [other_label, other_node, runnable, started, no_attempt];
+        let jobs = [unbound, other_node, runnable, started, no_attempt];
         assert!(plan(ME, &jobs, &set(&[]), &set(&[])).is_empty());
     }
 

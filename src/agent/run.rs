@@ -8,7 +8,7 @@ use super::executor::Executor;
 use super::gate::Gate;
 use super::gpus::GpuAllocator;
 use super::node;
-use super::plan::{self, Action, AttemptKey, CancelWhy, JobView, NODE_LABEL};
+use super::plan::{self, Action, AttemptKey, CancelWhy, JobView};
 use super::protection::Protection;
 use crate::api::{BatchJob, BatchNode};
 use crate::cloud::Fleet;
@@ -60,8 +60,9 @@ struct Agent {
 ///
 /// Registers the BatchNode `config.node_name` (server-side apply, field manager
 /// `asg-batch-agent`), heartbeats every `config.heartbeat_interval`, watches the BatchJobs
-/// labelled `asgbatch.io/node=<node>` in all namespaces and runs their current attempts
-/// with `executor`, reporting per `src/api/PROTOCOL.md`. With a `fleet`, the
+/// bound to it and not ended (field selector [`plan::agent_field_selector`]) in all
+/// namespaces and runs their current attempts with `executor`, reporting per
+/// `src/api/PROTOCOL.md`. With a `fleet`, the
 /// instance is protected from scale-in while it holds an attempt.
 ///
 /// On shutdown, running attempts are left running for the next agent process to adopt
@@ -158,10 +159,10 @@ async fn run_inner(
     // One malformed BatchJob must not break the watch: it is logged and skipped.
     let jobs: Api<DeserializeGuard<BatchJob>> = Api::all(client.clone());
     let (store, writer) = reflector::store();
-    let selector = format!("{NODE_LABEL}={node_name}");
+    let selector = plan::agent_field_selector(&node_name);
     let stream = reflector::reflector(
         writer,
-        watcher(jobs, watcher::Config::default().labels(&selector))
+        watcher(jobs, watcher::Config::default().fields(&selector))
             .default_backoff()
             // Nothing here reads managedFields; they are most of a job's size.
             .modify(|g| {

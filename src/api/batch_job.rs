@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
     category = "asgbatch",
     namespaced,
     status = "BatchJobStatus",
+    // Field selector (Kubernetes >= 1.30): each agent watches `status.node=<its node>`
+    // (`protocol::agent_field_selector`); users can filter by node too.
+    selectable = ".status.node",
     printcolumn(name = "Queue", type_ = "string", json_path = ".spec.queue"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),

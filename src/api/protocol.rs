@@ -8,9 +8,22 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Label on a bound BatchJob naming its node: set by the controller on binding, removed
-/// when the attempt ends. The agent watches jobs with `asgbatch.io/node=<its node>`.
+/// Legacy label naming a bound BatchJob's node, written by controllers before issue 13's
+/// field selectors (the agent now watches [`agent_field_selector`]). The controller writes
+/// it no more; it only removes it from a job that still carries it when that job leaves
+/// its node (so an old agent keeps an attempt it runs during an upgrade until it ends).
 pub const LABEL_NODE: &str = "asgbatch.io/node";
+
+/// The CRD `selectableFields` entry of BatchJob the agent's watch uses.
+pub const FIELD_NODE: &str = "status.node";
+
+/// The field selector of node `node`'s agent: the jobs bound to it. The controller sets
+/// `status.node` with phase Starting when it binds and clears it when the attempt ends
+/// (retry, hand-back, Succeeded, Failed), so a job leaves this watch (DELETED) exactly
+/// when it leaves the node.
+pub fn agent_field_selector(node: &str) -> String {
+    format!("{FIELD_NODE}={node}")
+}
 
 /// Label on an array child naming its parent.
 pub const LABEL_ARRAY_PARENT: &str = "asgbatch.io/array-parent";

@@ -30,7 +30,7 @@ use crate::api::protocol::node_user;
 use crate::scheduler::Seconds;
 
 use super::FIELD_MANAGER;
-use super::decide::{JobUpdate, LabelChange};
+use super::decide::JobUpdate;
 use super::error::ControllerError;
 
 /// Label selecting the Roles and RoleBindings this module keeps.
@@ -75,9 +75,6 @@ pub fn desired(jobs: &[Arc<BatchJob>], updates: &[JobUpdate]) -> Grants {
             .and_then(|u| u.status.as_ref())
             .or(job.status.as_ref());
         let Some(status) = status else { continue };
-        if update.is_some_and(|u| u.label == Some(LabelChange::Remove)) {
-            continue;
-        }
         let bound = matches!(status.phase, Some(JobPhase::Starting | JobPhase::Running));
         let Some(node) = status.node.as_deref().filter(|_| bound) else {
             continue;
@@ -413,7 +410,8 @@ mod tests {
             namespace: "a".into(),
             name: "new".into(),
             resource_version: None,
-            label: Some(LabelChange::Set("n2".into())),
+            label: None,
+            binds: Some("n2".into()),
             status: Some(BatchJobStatus {
                 phase: Some(JobPhase::Starting),
                 node: Some("n2".into()),
@@ -425,7 +423,8 @@ mod tests {
             namespace: "a".into(),
             name: "old".into(),
             resource_version: None,
-            label: Some(LabelChange::Remove),
+            label: None,
+            binds: None,
             status: Some(BatchJobStatus {
                 phase: Some(JobPhase::Succeeded),
                 ..BatchJobStatus::default()

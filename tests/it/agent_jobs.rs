@@ -312,6 +312,96 @@ async fn a_superseded_attempt_is_stopped_and_not_reported() {
     assert!(!process_alive(second));
 }
 
+/// The agent finds its work by `status.node` alone (field selector; no label is written):
+/// a job bound to this node runs here once, a job bound to another node never runs here,
+/// and a job moved off this node while it runs leaves this node's watch, is stopped here
+/// without a report, and runs on the other node. Two agents share the server; each runs
+/// its jobs with its own compute environment name, which the jobs write down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_exactly_the_jobs_whose_status_names_its_node() {
+    const OTHER: &str = "i-0other";
+    let s = server_with_crds().await;
+    let client = s.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = |node: &str, ce: &str| {
+        TestAgent::start(
+            client.clone(),
+            config(node, ce),
+            Arc::new(process_executor()),
+            None,
+        )
+    };
+    let (here, there) = (start(NODE, "ce-here"), start(OTHER, "ce-there"));
+    let ran = |name: &str| dir.path().join(format!("ran-{name}"));
+    let script = |name: &str, then: &str| {
+        format!("echo $AWS_BATCH_CE_NAME >> {}; {then}", ran(name).display())
+    };
+    let long = format!(
+        "echo $$ > {}/pid-$AWS_BATCH_JOB_ATTEMPT; exec sleep 300",
+        dir.path().display()
+    );
+    for (name, then) in [
+        ("mine", "true"),
+        ("theirs", "true"),
+        ("moved", long.as_str()),
+    ] {
+        create_job(&client, "default", &process_job(name, &script(name, then))).await;
+    }
+    bind(&client, "default", "mine", NODE, 1).await;
+    bind(&client, "default", "theirs", OTHER, 1).await;
+    bind(&client, "default", "moved", NODE, 1).await;
+
+    for name in ["mine", "theirs"] {
+        let job = wait_attempt(&client, name, 1, "attempt 1 to end", |a| {
+            a.exit_code == Some(0)
+        })
+        .await;
+        assert!(
+            job.metadata
+                .labels
+                .as_ref()
+                .is_none_or(|l| !l.contains_key(asg_batch::api::protocol::LABEL_NODE)),
+            "no node label anywhere: {:?}",
+            job.metadata.labels
+        );
+    }
+    assert_eq!(lines(&ran("mine")), ["ce-here"], "once, on its node");
+    assert_eq!(
+        lines(&ran("theirs")),
+        ["ce-there"],
+        "once, on the other node"
+    );
+
+    // Moved off this node while it runs (as after a hand-over): it leaves this node's
+    // watch (DELETED), so it is stopped here and its report refused; the other node runs it.
+    let first = read_pid(&dir.path().join("pid-1")).await;
+    wait_attempt(&client, "moved", 1, "startedAt", |a| a.started_at.is_some()).await;
+    set_status(&client, "default", "moved", "Starting", OTHER, 2).await;
+    eventually(
+        "attempt 1's process to die",
+        || async { process_alive(first) },
+        |alive| !alive,
+    )
+    .await;
+    let job = wait_attempt(&client, "moved", 2, "attempt 2's startedAt", |a| {
+        a.started_at.is_some()
+    })
+    .await;
+    let a1 = attempt(&job, 1).expect("attempt 1");
+    assert!(
+        a1.stopped_at.is_none() && a1.exit_code.is_none(),
+        "an attempt moved away is not reported: {a1:?}"
+    );
+    assert_eq!(lines(&ran("moved")), ["ce-here", "ce-there"]);
+    here.stop().await.expect("clean stop");
+    there.stop().await.expect("clean stop");
+    assert_eq!(
+        lines(&ran("mine")),
+        ["ce-here"],
+        "never run again, here or there"
+    );
+}
+
 /// Lines of `path` (none when absent).
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)

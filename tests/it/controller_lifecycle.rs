@@ -29,6 +29,20 @@ async fn local_with_n1(lost_node_timeout: u64) -> Harness {
     h
 }
 
+/// The jobs node `node`'s agent sees: its field selector (`status.node=<node>`), listed.
+async fn watched_by(h: &Harness, node: &str) -> Vec<String> {
+    let all: kube::Api<asg_batch::api::BatchJob> = kube::Api::all(h.client.clone());
+    let selector = asg_batch::api::protocol::agent_field_selector(node);
+    all.list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .expect("list by field selector")
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect()
+}
+
+/// The legacy node label, which this controller never writes.
 fn label(j: &asg_batch::api::BatchJob) -> Option<String> {
     j.metadata
         .labels
@@ -60,7 +74,9 @@ async fn a_job_runs_from_runnable_to_succeeded() {
     assert_eq!(s.attempt, Some(1));
     assert_eq!(s.attempts[0].node.as_deref(), Some("n1"));
     assert_eq!(s.attempts[0].instance_id.as_deref(), Some("n1"));
-    assert_eq!(label(&j).as_deref(), Some("n1"));
+    assert_eq!(label(&j), None, "bound by its status alone");
+    assert_eq!(watched_by(&h, "n1").await, ["hello"]);
+    assert!(watched_by(&h, "n2").await.is_empty());
     let n = h
         .wait_node("n1", "allocated to hello", |n| {
             n.status.as_ref().is_some_and(|s| s.job_count == Some(1))
@@ -88,10 +104,13 @@ async fn a_job_runs_from_runnable_to_succeeded() {
 
     h.agent_exited("hello", 1, 0).await;
     let j = h
-        .wait_job("hello", "Succeeded and unlabelled", |j| {
-            is(JobPhase::Succeeded)(j) && label(j).is_none()
-        })
+        .wait_job("hello", "Succeeded", is(JobPhase::Succeeded))
         .await;
+    assert_eq!(label(&j), None);
+    assert!(
+        watched_by(&h, "n1").await.is_empty(),
+        "an ended job leaves its node's watch"
+    );
     let s = j.status.unwrap_or_default();
     assert_eq!(
         s.attempts[0].exit_code,
@@ -166,7 +185,8 @@ async fn a_retry_rule_runs_a_second_attempt_then_the_job_fails() {
                 .is_some_and(|s| s.attempt == Some(2) && s.phase == Some(JobPhase::Starting))
         })
         .await;
-    assert_eq!(label(&j).as_deref(), Some("n1"));
+    assert_eq!(label(&j), None);
+    assert_eq!(watched_by(&h, "n1").await, ["flaky"]);
     h.agent_started("flaky", 2).await;
     h.wait_job("flaky", "Running again", is(JobPhase::Running))
         .await;
@@ -189,6 +209,7 @@ async fn a_retry_rule_runs_a_second_attempt_then_the_job_fails() {
         "both attempts keep their reports"
     );
     assert!(label(&j).is_none());
+    assert!(watched_by(&h, "n1").await.is_empty());
     h.wait_events("flaky", &["Retrying", "Failed"]).await;
 }
 
@@ -422,5 +443,7 @@ spec:
         Some("NodeLost")
     );
     assert!(s.attempts[0].stopped_at.is_some());
-    assert_eq!(label(&j).as_deref(), Some("n2"));
+    assert_eq!(label(&j), None);
+    assert_eq!(watched_by(&h, "n2").await, ["survivor"]);
+    assert!(watched_by(&h, "n1").await.is_empty(), "off the lost node");
 }

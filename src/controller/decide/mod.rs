@@ -168,13 +168,16 @@ impl FleetProblem {
 /// A label change on a BatchJob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LabelChange {
-    /// Set `asgbatch.io/node` to this node.
+    /// Set `asgbatch.io/node` to this node (no longer decided: agents watch `status.node`
+    /// by field selector; kept for the write path).
     Set(String),
-    /// Remove `asgbatch.io/node`.
+    /// Remove the legacy `asgbatch.io/node` label (written by controllers before field
+    /// selectors) when its job leaves that node.
     Remove,
 }
 
-/// A write to one BatchJob: label first, then status (PROTOCOL.md).
+/// A write to one BatchJob: label first (only to remove a legacy label), then status
+/// (PROTOCOL.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobUpdate {
     /// Namespace.
@@ -185,6 +188,10 @@ pub struct JobUpdate {
     pub resource_version: Option<String>,
     /// Label change, if any.
     pub label: Option<LabelChange>,
+    /// The node this write newly binds the job to (its `status.node` with phase Starting
+    /// or Running, where the observed job was not bound there): the node's Secret grant
+    /// must be written first.
+    pub binds: Option<String>,
     /// Every controller-owned status field, when any of them changes.
     pub status: Option<BatchJobStatus>,
 }
@@ -723,22 +730,25 @@ fn w_finish(id: &JobId, w: &Work<'_>, jobs: &mut Vec<JobUpdate>) {
     let mut desired = w.desired.clone();
     desired.observed_generation = w.job.metadata.generation;
     let current = owned_job_status(w.job.status.as_ref());
-    let want_label = match desired.phase.map(|p| phase(Some(p))) {
-        Some(p) if p.is_placed() => desired.node.clone(),
+    let placed_on = |s: &BatchJobStatus| match s.phase.map(|p| phase(Some(p))) {
+        Some(p) if p.is_placed() => s.node.clone(),
         _ => None,
     };
+    let want_node = placed_on(&desired);
+    let binds = want_node
+        .clone()
+        .filter(|n| w.job.status.as_ref().and_then(placed_on).as_ref() != Some(n));
+    // No label is written: agents watch `status.node` by field selector. A legacy label
+    // (an older controller's) goes when its job leaves that node.
     let have_label = w
         .job
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get(LABEL_NODE))
-        .cloned();
-    let label = match (&want_label, &have_label) {
-        (Some(n), h) if h.as_ref() != Some(n) => Some(LabelChange::Set(n.clone())),
-        (None, Some(_)) => Some(LabelChange::Remove),
-        _ => None,
-    };
+        .and_then(|l| l.get(LABEL_NODE));
+    let label = have_label
+        .filter(|h| want_node.as_ref() != Some(*h))
+        .map(|_| LabelChange::Remove);
     let status = (desired != current).then_some(desired);
     if label.is_some() || status.is_some() {
         let (namespace, name) = id.0.split_once('/').unwrap_or(("", &id.0));
@@ -747,6 +757,7 @@ fn w_finish(id: &JobId, w: &Work<'_>, jobs: &mut Vec<JobUpdate>) {
             name: name.to_owned(),
             resource_version: w.job.metadata.resource_version.clone(),
             label,
+            binds,
             status,
         });
     }

@@ -276,11 +276,12 @@ fn every_stage_of_a_mixed_world_settles_without_further_writes() {
 }
 
 #[test]
-fn a_runnable_job_is_bound_labelled_and_its_node_allocated() {
+fn a_runnable_job_is_bound_by_one_status_write_and_its_node_allocated() {
     let o = world(vec![job("a", "1500m", "2Gi", 1)], vec![n1()]);
     let d = run(&o);
     let u = update(&d, "a");
-    assert_eq!(u.label, Some(LabelChange::Set("n1".into())));
+    assert_eq!(u.label, None, "no label: agents watch status.node");
+    assert_eq!(u.binds.as_deref(), Some("n1"));
     let s = status(&d, "a");
     assert_eq!(s.phase, Some(JobPhase::Starting));
     assert_eq!(s.node.as_deref(), Some("n1"));
@@ -308,6 +309,40 @@ fn a_runnable_job_is_bound_labelled_and_its_node_allocated() {
     assert!(d.events.iter().any(|e| e.reason == reasons::BOUND));
 }
 
+/// A job an older controller labelled `asgbatch.io/node` keeps the label while it is bound
+/// (an old agent still watching the label keeps its attempt during an upgrade) and loses
+/// it, guarded like every job write, when it leaves the node; the new controller never
+/// labels.
+#[test]
+fn a_legacy_node_label_stays_while_bound_and_goes_when_the_attempt_ends() {
+    let mut o = world(vec![job("a", "1", "1Gi", 1)], vec![n1()]);
+    let d = run(&o);
+    apply(&mut o, &d);
+    for j in &mut o.jobs {
+        Arc::make_mut(j)
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_NODE.into(), "n1".into());
+    }
+    assert!(
+        run(&o).jobs.is_empty(),
+        "kept while bound: {:?}",
+        run(&o).jobs
+    );
+    agent(&mut o, "a", exited(0));
+    let d = run(&o);
+    let u = update(&d, "a");
+    assert_eq!(u.label, Some(LabelChange::Remove));
+    assert!(
+        u.resource_version.is_some(),
+        "guarded by the observed version"
+    );
+    assert_eq!(status(&d, "a").phase, Some(JobPhase::Succeeded));
+    apply(&mut o, &d);
+    assert!(run(&o).jobs.is_empty());
+}
+
 #[test]
 fn the_whole_life_of_a_job_and_nothing_more_once_settled() {
     let mut o = world(vec![job("a", "1", "1Gi", 1)], vec![n1()]);
@@ -324,12 +359,13 @@ fn the_whole_life_of_a_job_and_nothing_more_once_settled() {
     assert_eq!(s.phase, Some(JobPhase::Running));
     assert_eq!(s.started_at, Some(time(NOW - 5)));
     assert!(update(&d, "a").label.is_none());
+    assert_eq!(update(&d, "a").binds, None, "already bound there");
     apply(&mut o, &d);
     assert!(run(&o).jobs.is_empty());
     agent(&mut o, "a", exited(0));
     let d = run(&o);
     let u = update(&d, "a");
-    assert_eq!(u.label, Some(LabelChange::Remove));
+    assert_eq!(u.label, None, "one status write ends it");
     let s = status(&d, "a");
     assert_eq!(s.phase, Some(JobPhase::Succeeded));
     assert_eq!(s.node, None);
@@ -384,7 +420,8 @@ fn a_retry_rule_runs_the_job_again_until_attempts_are_used() {
     assert_eq!(s.phase, Some(JobPhase::Starting));
     assert_eq!(s.attempt, Some(2));
     assert_eq!(s.attempts.len(), 2);
-    assert_eq!(update(&d, "r").label, None, "still labelled for n1");
+    assert_eq!(update(&d, "r").label, None);
+    assert_eq!(update(&d, "r").binds, None, "still bound to n1");
     assert!(d.events.iter().any(|e| e.reason == reasons::RETRYING));
     apply(&mut o, &d);
     agent(&mut o, "r", exited(3));
@@ -396,7 +433,8 @@ fn a_retry_rule_runs_the_job_again_until_attempts_are_used() {
         s.message.as_deref(),
         Some("attempt 2 failed on node n1: exit code 3 (Error); all 2 attempts used")
     );
-    assert_eq!(update(&d, "r").label, Some(LabelChange::Remove));
+    assert_eq!(update(&d, "r").label, None);
+    assert_eq!(status(&d, "r").node, None, "out of n1's watch");
 }
 
 #[test]
@@ -419,7 +457,8 @@ fn backoff_leaves_the_job_runnable_with_not_before_and_no_label() {
             .unwrap_or_default()
             .starts_with("retry backoff: runnable again at")
     );
-    assert_eq!(update(&d, "r").label, Some(LabelChange::Remove));
+    assert_eq!(update(&d, "r").label, None);
+    assert_eq!(status(&d, "r").node, None, "out of the node's watch");
     apply(&mut o, &d);
     assert!(run(&o).jobs.is_empty(), "stable while backing off");
     let later = decide(&o, &DecideConfig::default(), NOW + 60);
@@ -506,7 +545,7 @@ fn a_lost_node_without_a_fleet_keeps_its_attempts_until_its_batchnode_is_deleted
         (s.phase, s.node.as_deref(), s.attempt),
         (Some(JobPhase::Starting), Some("n2"), Some(2))
     );
-    assert_eq!(update(&d, "r").label, Some(LabelChange::Set("n2".into())));
+    assert_eq!(update(&d, "r").binds.as_deref(), Some("n2"));
 }
 
 #[test]
@@ -811,7 +850,8 @@ fn a_binding_the_draining_node_did_not_start_is_handed_back() {
         s.attempts.is_empty(),
         "a binding never started is no attempt"
     );
-    assert_eq!(update(&d, "j").label, Some(LabelChange::Remove));
+    assert_eq!(update(&d, "j").label, None);
+    assert_eq!(status(&d, "j").node, None, "out of the node's watch");
     assert!(d.events.iter().any(|e| e.reason == reasons::HANDED_BACK));
 }
 
@@ -1143,8 +1183,9 @@ mod invariants {
                 .as_ref()
                 .and_then(|l| l.get(LABEL_NODE))
                 .cloned();
+            assert_eq!(label, None, "no job is labelled: agents watch status.node");
             if placed {
-                assert_eq!(label, s.node, "a placed job is labelled for its node");
+                assert!(s.node.is_some(), "a placed job names its node: {s:?}");
                 let open: Vec<_> = s
                     .attempts
                     .iter()
@@ -1158,7 +1199,10 @@ mod invariants {
                 assert_eq!(open.first().map(|a| a.attempt), s.attempt);
                 *used.entry(s.node.clone().unwrap_or_default()).or_default() += 1000;
             } else {
-                assert_eq!(label, None, "only placed jobs are labelled");
+                assert_eq!(
+                    s.node, None,
+                    "only placed jobs are in a node's watch: {s:?}"
+                );
             }
             let tries = j
                 .spec

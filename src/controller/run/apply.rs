@@ -107,12 +107,13 @@ pub(super) async fn apply(
         s.failures += 1;
         metrics.write("node secrets grant", "error");
     }
-    let held_back = |u: &JobUpdate| match &u.label {
-        Some(LabelChange::Set(node)) => ungranted.contains(&super::super::grants::GrantKey {
-            namespace: u.namespace.clone(),
-            node: node.clone(),
-        }),
-        _ => false,
+    let held_back = |u: &JobUpdate| {
+        u.binds.as_ref().is_some_and(|node| {
+            ungranted.contains(&super::super::grants::GrantKey {
+                namespace: u.namespace.clone(),
+                node: node.clone(),
+            })
+        })
     };
     // Finished jobs past their TTL, each guarded by its uid (a job created again under the
     // same name is not touched): array children and plain jobs, then array parents.
@@ -442,8 +443,9 @@ async fn foreign_child(
     Err(ControllerError::Blocked(message))
 }
 
-/// Label (with the observed resourceVersion as precondition), then status (with the
-/// resourceVersion the label patch returned, or the observed one).
+/// Label (only to remove a legacy one; with the observed resourceVersion as
+/// precondition), then status (with the resourceVersion the label patch returned, or the
+/// observed one): every write is guarded by the resourceVersion the decision was made on.
 pub(super) async fn write_job(client: &kube::Client, u: &JobUpdate) -> Result<(), ControllerError> {
     let api: Api<BatchJob> = Api::namespaced(client.clone(), &u.namespace);
     let mut rv = u.resource_version.clone();
@@ -579,7 +581,8 @@ pub(super) mod tests {
     }
 
     /// A decision made on a stale copy of a job is refused (409) and its Event is not
-    /// published; the Event of a write that landed is.
+    /// published; the Event of a write that landed is. The binding is one status write
+    /// (no label): its resourceVersion precondition alone guards it.
     #[tokio::test]
     async fn events_of_writes_that_did_not_land_are_not_published() {
         let (server, client, ctx) = server_and_context().await;
@@ -611,7 +614,8 @@ pub(super) mod tests {
             namespace: "default".into(),
             name: j.metadata.name.clone().unwrap_or_default(),
             resource_version: j.metadata.resource_version.clone(),
-            label: Some(LabelChange::Set("n1".into())),
+            label: None,
+            binds: Some("n1".into()),
             status: Some(BatchJobStatus {
                 phase: Some(JobPhase::Starting),
                 node: Some("n1".into()),

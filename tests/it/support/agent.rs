@@ -159,24 +159,10 @@ pub async fn create_job(client: &kube::Client, ns: &str, job: &BatchJob) -> Batc
 }
 
 /// The controller binds attempt `attempt` of job `name` to `node` (PROTOCOL.md, flow 1):
-/// label, then status phase=Starting, node, attempt and entries 1..=attempt {node,
-/// instanceId} (the controller keeps applying every entry it owns).
+/// one status apply of phase=Starting, node, attempt and entries 1..=attempt {node,
+/// instanceId} (the controller keeps applying every entry it owns). No label: the agent
+/// finds the job by the field selector `status.node=<node>`.
 pub async fn bind(client: &kube::Client, ns: &str, name: &str, node: &str, attempt: u32) {
-    // As the controller does: a merge patch of the label by the controller's manager.
-    let api: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let params = PatchParams {
-        field_manager: Some(CONTROLLER.into()),
-        ..PatchParams::default()
-    };
-    api.patch(
-        name,
-        &params,
-        &Patch::Merge(json!({
-            "metadata": { "labels": { asg_batch::api::protocol::LABEL_NODE: node } },
-        })),
-    )
-    .await
-    .expect("label job");
     set_status(client, ns, name, "Starting", node, attempt).await;
 }
 

@@ -104,7 +104,7 @@ fn a_binding_the_interrupted_node_never_started_is_handed_back_and_placed_elsewh
         "{s:?}"
     );
     assert_eq!(s.attempts.len(), 1);
-    assert_eq!(update(&d, "j").label, Some(LabelChange::Set("n2".into())));
+    assert_eq!(update(&d, "j").binds.as_deref(), Some("n2"));
 }
 
 fn spot_ended(a: &mut AttemptStatus) {
