@@ -35,7 +35,8 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ -z "${ASG_BATCH_BIN:-}" ]]; then
-    cargo build --release --bin asg-batch >&2
+    # --bins: asg-batch-shim beside asg-batch (process jobs start under it).
+    cargo build --release --bins >&2
     BIN=${CARGO_TARGET_DIR:-target}/release/asg-batch
 else
     BIN=$ASG_BATCH_BIN

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Per-attempt cost of the process executor's shim (issue 13): N trivial attempts
-# (`asg-batch shim --state DIR -- sh -c true`, as the agent starts them) one after another,
+# (`asg-batch-shim --state DIR -- sh -c true` when asg-batch-shim sits beside BIN, else
+# `BIN shim --state DIR -- sh -c true`, as the agent starts them) one after another,
 # beside the floor (the same `sh -c true` forked directly). Prints wall and user+sys CPU
 # per attempt; compare builds in one run, one right after the other:
 #
@@ -21,14 +22,19 @@ per() { # label, then the command timed; prints per-attempt figures
 }
 floor() { for ((i = 0; i < N; i++)); do sh -c true; done; }
 shims() {
-    local bin=$1 dir
+    local dir
     dir=$(mktemp -d "$WORK/attempts.XXXXXX")
     for ((i = 0; i < N; i++)); do
         mkdir "$dir/$i"
-        "$bin" shim --state "$dir/$i" -- sh -c true >/dev/null
+        "$@" --state "$dir/$i" -- sh -c true >/dev/null
     done
 }
 per "floor: sh -c true" floor
 for bin in "$@"; do
-    per "shim: $(basename "$bin")" shims "$bin"
+    small=$(dirname "$bin")/asg-batch-shim
+    if [[ -x $small ]]; then
+        per "shim: $small" shims "$small"
+    else
+        per "shim: $(basename "$bin") shim" shims "$bin" shim
+    fi
 done
