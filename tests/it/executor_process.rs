@@ -133,6 +133,35 @@ async fn a_shim_refusing_its_command_line_says_why() {
     );
 }
 
+/// A program that ends leaving a background process holding its output pipe: its end is
+/// recorded (and reported) once what it wrote is copied, without waiting for the
+/// background process, and its output is all there.
+#[tokio::test]
+async fn a_background_process_holding_the_output_does_not_hold_up_the_end() {
+    let o = tokio::time::timeout(
+        Duration::from_secs(120),
+        run(spec("sleep 600 & echo $!; echo done; exit 4", None), None),
+    )
+    .await
+    .expect("the attempt ended while its background process still ran");
+    let lines: Vec<&str> = o.log_tail.lines().collect();
+    assert_eq!(
+        (o.exit_code, lines.get(1).copied()),
+        (Some(4), Some("done")),
+        "{o:?}"
+    );
+    let background: i32 = lines[0].parse().expect("pid");
+    let state = proc_state(background);
+    assert!(
+        state == "S" || state == "R",
+        "the background process still runs: {state}"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(background),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
 #[tokio::test]
 async fn timeout_and_cancel_stop_the_process() {
     let t = run(spec("sleep 30", Some(Duration::from_millis(300))), None).await;
@@ -392,13 +421,24 @@ async fn run_then_kill_the_shim_alone<'a>(
         .trim()
         .parse()
         .expect("a pid");
-    let record: asg_batch::agent::executor::shim::ShimRecord =
-        asg_batch::agent::executor::shim::read_json(
-            &exec
-                .attempt_dir("proc")
-                .join(asg_batch::agent::executor::shim::SHIM_FILE),
+    // Killed once it recorded the program it runs (killed before, the attempt is one that
+    // never started: its remains are killed and it is run afresh).
+    let shim_file = exec
+        .attempt_dir("proc")
+        .join(asg_batch::agent::executor::shim::SHIM_FILE);
+    let recorded = || {
+        asg_batch::agent::executor::shim::read_json::<asg_batch::agent::executor::shim::ShimRecord>(
+            &shim_file,
         )
-        .expect("shim.json");
+        .filter(|r| r.command_pid.is_some())
+    };
+    support::wait_until_async(
+        "the shim to record the program",
+        Duration::from_secs(60),
+        || recorded().is_some(),
+    )
+    .await;
+    let record = recorded().expect("shim.json");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(record.pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -103,7 +103,7 @@ where
     // reads only while the shim starts (clap's usage errors), gone once it runs.
     let state = cli.state.clone();
     std::panic::set_hook(Box::new(move |info| {
-        say(&state, &format!("panicked: {info}"))
+        say(&state, &format!("panicked: {info}"));
     }));
     let output = OutputSettings {
         path: cli.output.unwrap_or_else(|| cli.state.join(OUTPUT_FILE)),
@@ -143,6 +143,8 @@ pub const TAIL_BYTES: usize = 64 * 1024;
 const TAIL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long the shim waits, once the program ended, for the rest of its output.
 const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the shim checks whether the program ended while its output pipe is open.
+const EXIT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where the program's output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,23 +165,71 @@ struct OutputCopy {
 }
 
 impl OutputCopy {
-    fn copy_from(mut self, mut from: impl std::io::Read) -> std::io::Result<()> {
+    /// Copies the program's output from `pipe` until it ends, and waits for the program;
+    /// returns its exit code. One thread: `poll` on the pipe, the program's exit checked
+    /// every [`EXIT_CHECK`]. Once the program ended, what it wrote is copied before its
+    /// end is recorded, but a background process it left holding the pipe does not hold
+    /// the ending up for more than [`OUTPUT_DRAIN`].
+    fn pump(mut self, pipe: std::fs::File, child: &mut std::process::Child) -> i32 {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::io::Read;
+        use std::os::fd::AsFd;
         let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
         let mut last_tail = std::time::Instant::now();
         let mut buf = vec![0u8; 64 * 1024];
         let mut said = false;
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) => break,
+        let mut ended: Option<(i32, std::time::Instant)> = None;
+        let mut last_check = std::time::Instant::now();
+        let mut reader = &pipe;
+        let copied = loop {
+            if ended.is_none() && last_check.elapsed() >= EXIT_CHECK {
+                last_check = std::time::Instant::now();
+                match child.try_wait() {
+                    Ok(Some(status)) => ended = Some((exit_code(status), last_check)),
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            let wait = match ended {
+                Some((_, at)) => match OUTPUT_DRAIN.checked_sub(at.elapsed()) {
+                    Some(left) => left,
+                    None => {
+                        say(
+                            &self.state,
+                            &format!(
+                                "the output pipe is still open {OUTPUT_DRAIN:?} after the program ended (a background process holds it); not waiting for it"
+                            ),
+                        );
+                        break Ok(());
+                    }
+                },
+                None => EXIT_CHECK,
+            };
+            let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                // SIGTERM (the shim's handler) or another signal.
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => break Err(std::io::Error::from(e)),
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             };
             let chunk = &buf[..n];
             tail.extend(chunk);
             let excess = tail.len().saturating_sub(TAIL_BYTES);
             tail.drain(..excess);
-            let truncated = self.file.write(chunk)?;
+            let truncated = match self.file.write(chunk) {
+                Ok(t) => t,
+                Err(e) => break Err(e),
+            };
             if truncated && !said {
                 said = true;
                 say(
@@ -196,12 +246,28 @@ impl OutputCopy {
                 let (a, b) = tail.as_slices();
                 let _ = write_atomic(&self.tail_file, &[a, b].concat());
             }
+        };
+        if let Err(e) = copied {
+            say(&self.state, &format!("copying the output: {e}"));
         }
+        // Not read any more: a program still writing gets EPIPE.
+        drop(pipe);
         if self.file.truncated() {
             let (a, b) = tail.as_slices();
-            write_atomic(&self.tail_file, &[a, b].concat())?;
+            if let Err(e) = write_atomic(&self.tail_file, &[a, b].concat()) {
+                say(&self.state, &format!("cannot write {TAIL_FILE}: {e}"));
+            }
         }
-        Ok(())
+        match ended {
+            Some((code, _)) => code,
+            None => match child.wait() {
+                Ok(status) => exit_code(status),
+                Err(e) => {
+                    say(&self.state, &format!("waiting for the program: {e}"));
+                    -1
+                }
+            },
+        }
     }
 }
 /// What the shim prints on stdout once the program runs (the agent waits for it).
@@ -493,11 +559,6 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {program:?}: {e}")),
     };
-    let (copied_tx, copied_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let result = output.copy_from(reader);
-        let _ = copied_tx.send(result);
-    });
     let started_at = Timestamp::now();
     let record = ShimRecord {
         command_pid: Some(child.id()),
@@ -513,25 +574,7 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         let _ = writeln!(out, "{STARTED_LINE}");
         let _ = out.flush();
     }
-    let code = match child.wait() {
-        Ok(status) => exit_code(status),
-        Err(e) => {
-            say(state, &format!("waiting for the program: {e}"));
-            -1
-        }
-    };
-    // What the program wrote before it ended is copied before its end is recorded; a
-    // background process it left holding the pipe does not hold the ending up for long.
-    match copied_rx.recv_timeout(OUTPUT_DRAIN) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => say(state, &format!("copying the output: {e}")),
-        Err(_) => say(
-            state,
-            &format!(
-                "the output pipe is still open {OUTPUT_DRAIN:?} after the program ended (a background process holds it); not waiting for it"
-            ),
-        ),
-    }
+    let code = output.pump(reader, &mut child);
     if let Err(e) = write_json(
         &state.join(EXIT_FILE),
         &ExitRecord {
