@@ -102,6 +102,8 @@ fn ldd_libraries() -> BTreeSet<String> {
         "ldd",
     );
     out.lines()
+        // With two binaries, ldd heads each one's list with `PATH:`.
+        .filter(|l| !l.trim_end().ends_with(':'))
         .filter_map(|l| {
             let l = l.trim();
             match l.split_once("=> ") {
