@@ -59,5 +59,5 @@ kube-down:
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE ?= asg-batch
 image:
-	$(CARGO) build --release --bin asg-batch
+	$(CARGO) build --release --bins
 	./scripts/build-image.sh $${CARGO_TARGET_DIR:-target}/release/asg-batch $(IMAGE):$(VERSION)

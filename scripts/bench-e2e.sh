@@ -35,7 +35,8 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ -z "${ASG_BATCH_BIN:-}" ]]; then
-    cargo build --release --bin asg-batch >&2
+    # --bins: asg-batch-shim beside asg-batch (process jobs start under it).
+    cargo build --release --bins >&2
     BIN=${CARGO_TARGET_DIR:-target}/release/asg-batch
 else
     BIN=$ASG_BATCH_BIN
@@ -86,20 +87,21 @@ array_manifest() { # one array job of N children
     printf -- '---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata:\n  name: arr\n  namespace: default\nspec:\n  queue: bench\n  arrayProperties:\n    size: %d\n  process:\n    command: ["sh", "-c", "true"]\n  resources:\n    cpu: 100m\n    memory: 16Mi\n' "$1"
 }
 
-# Runs `dev` on a manifest to completion; prints "wall_seconds max_rss_kib".
+# Runs `dev` on a manifest to completion; prints "wall_seconds max_rss_kib cpu_seconds"
+# (CPU: user + sys of dev and the processes it waited for, its shims and jobs).
 run_dev() {
     local manifest=$1
     shift
     local port
     port=$(free_port)
-    /usr/bin/time -f '%e %M' -o "$WORK/time" "$BIN" dev --listen "127.0.0.1:$port" \
+    /usr/bin/time -f '%e %M %U %S' -o "$WORK/time" "$BIN" dev --listen "127.0.0.1:$port" \
         --kubeconfig "$WORK/dev.kubeconfig" -f "$manifest" --exit-when-done "$@" \
         >"$WORK/dev.log" 2>&1 || {
         echo "dev failed on $manifest:" >&2
         tail -20 "$WORK/dev.log" >&2
         exit 1
     }
-    cat "$WORK/time"
+    awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$WORK/time"
 }
 
 # 1. The floor.
@@ -110,31 +112,31 @@ FLOOR=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 echo
 echo "floor: $FLOOR_N × sh -c true one after another: ${FLOOR} s"
 echo
-printf '%-34s %10s %10s %9s %12s\n' "case" "wall s" "max MiB" "jobs/s" "× floor(N)"
+printf '%-34s %10s %10s %9s %12s %8s\n' "case" "wall s" "max MiB" "jobs/s" "× floor(N)" "CPU s"
 
 # 2. Independent jobs.
 for n in $SIZES; do
     jobs_manifest "$n" >"$WORK/jobs.yaml"
-    read -r wall rss < <(run_dev "$WORK/jobs.yaml")
+    read -r wall rss cpu < <(run_dev "$WORK/jobs.yaml")
     floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
-    printf '%-34s %10s %10s %9.0f %12s\n' "dev: $n jobs" "$wall" "$(mib "$rss")" \
-        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")"
+    printf '%-34s %10s %10s %9.0f %12s %8s\n' "dev: $n jobs" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu"
 done
 
 # 3. Arrays.
 for n in $ARRAYS; do
     array_manifest "$n" >"$WORK/array.yaml"
-    read -r wall rss < <(run_dev "$WORK/array.yaml")
+    read -r wall rss cpu < <(run_dev "$WORK/array.yaml")
     floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
-    printf '%-34s %10s %10s %9.0f %12s\n' "dev: array of $n children" "$wall" "$(mib "$rss")" \
-        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")"
+    printf '%-34s %10s %10s %9.0f %12s %8s\n' "dev: array of $n children" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu"
 done
 
 # 4. Holding $HOLD finished jobs: dev runs them into a data directory, then the API server
 #    and the controller run apart on it.
 if [[ "$HOLD" -gt 0 ]]; then
     jobs_manifest "$HOLD" >"$WORK/hold.yaml"
-    read -r wall rss < <(run_dev "$WORK/hold.yaml" --data-dir "$WORK/data")
+    read -r wall rss _ < <(run_dev "$WORK/hold.yaml" --data-dir "$WORK/data")
     floor_n=$(awk -v f="$FLOOR" -v n="$HOLD" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
     printf '%-34s %10s %10s %9.0f %12s\n' "dev: $HOLD jobs (--data-dir)" "$wall" "$(mib "$rss")" \
         "$(awk -v n="$HOLD" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")"

@@ -68,32 +68,13 @@ enum Command {
     },
 }
 
-/// `asg-batch shim`: supervises one process job for the agent (internal; see
-/// `agent::executor::shim`).
-#[derive(Parser)]
-#[command(name = "asg-batch shim", hide = true)]
-struct ShimCli {
-    /// The attempt's state directory.
-    #[arg(long)]
-    state: PathBuf,
-    /// Where the program's output goes (default: `output` in the state directory).
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Cap of the output file in bytes; beyond it the output is dropped (one line says so).
-    #[arg(long)]
-    output_max_bytes: Option<u64>,
-    /// The program and its arguments.
-    #[arg(last = true, required = true)]
-    command: Vec<String>,
-}
-
 fn main() -> ExitCode {
     // The process executor starts a shim per attempt: it is dispatched first, before the
     // whole command line (every subcommand's arguments) is built, and it sets up no
     // logging and no async runtime.
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == "shim") {
-        return run_shim(ShimCli::parse_from(std::env::args_os().skip(1)));
+        return asg_batch::agent::executor::shim::cli_main(std::env::args_os().skip(1));
     }
     let cli = Cli::parse();
     match cli.command {
@@ -132,18 +113,6 @@ fn main() -> ExitCode {
             output,
         } => run_simulate(&workload, policy, output),
     }
-}
-
-fn run_shim(cli: ShimCli) -> ExitCode {
-    let output = asg_batch::agent::executor::shim::OutputSettings {
-        path: cli.output.unwrap_or_else(|| {
-            cli.state
-                .join(asg_batch::agent::executor::shim::OUTPUT_FILE)
-        }),
-        max_bytes: cli.output_max_bytes,
-    };
-    let code = asg_batch::agent::executor::shim::main(&cli.state, &output, &cli.command);
-    ExitCode::from(u8::try_from(code).unwrap_or(255))
 }
 
 /// Installs the log subscriber on stderr: RUST_LOG, else `default`.

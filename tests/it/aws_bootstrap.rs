@@ -297,6 +297,17 @@ fn the_user_data_is_valid_cloud_config_that_installs_the_unit_and_its_configurat
         String::from_utf8_lossy(&sh.stderr)
     );
     assert!(script.contains(r#"aws s3 cp --region "eu-west-1" "s3://$bucket/$key""#));
+    // Run (its paths moved into the scratch dir, `aws s3 cp` a stub copying from a local
+    // "bucket"), it installs asg-batch and the shim beside it when KEY-shim is there, and
+    // asg-batch alone (saying so) when it is not.
+    let (installed, said) = run_install(script, &["asg-batch", "asg-batch-shim"]);
+    assert_eq!(installed, ["asg-batch", "asg-batch-shim"], "{said}");
+    let (installed, said) = run_install(script, &["asg-batch"]);
+    assert_eq!(installed, ["asg-batch"], "{said}");
+    assert!(
+        said.contains("process jobs run under asg-batch shim"),
+        "{said}"
+    );
 
     // runcmd installs the binary, then starts Docker and the agent.
     let runcmd: Vec<Vec<&str>> = doc["runcmd"]
@@ -320,6 +331,63 @@ fn the_user_data_is_valid_cloud_config_that_installs_the_unit_and_its_configurat
             vec!["systemctl", "enable", "--now", "asg-batch-agent.service"],
         ]
     );
+}
+
+/// Runs the install script with `/usr/local/bin` moved into a scratch directory and a stub
+/// `aws` whose `s3 cp s3://artifacts/KEY DEST` copies `bucket/<file name of KEY>` (the rendered
+/// key is `asg-batch/0.1.0/asg-batch`); `objects` are the bucket's files (executables
+/// printing `--version`). Returns the files installed and what the script printed.
+fn run_install(script: &str, objects: &[&str]) -> (Vec<String>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    let bucket = dir.path().join("bucket");
+    let stubs = dir.path().join("stubs");
+    for d in [&bin, &bucket, &stubs] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let executable = |path: &Path, text: &str| {
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    };
+    for object in objects {
+        executable(&bucket.join(object), "#!/bin/sh\necho 0.1.0\n");
+    }
+    // aws s3 cp --region R s3://BUCKET/KEY DEST
+    executable(
+        &stubs.join("aws"),
+        &format!(
+            "#!/bin/sh\nsrc=\"{}/$(basename \"$5\")\"\n[ -f \"$src\" ] || {{ echo \"stub aws: $5: not found\" >&2; exit 1; }}\ncp \"$src\" \"$6\"\n",
+            bucket.display()
+        ),
+    );
+    let script = script.replace("/usr/local/bin", &bin.display().to_string());
+    let path = dir.path().join("install.sh");
+    std::fs::write(&path, script).expect("write");
+    let out = Command::new("sh")
+        .arg(&path)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                stubs.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("sh");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the install script failed: {said}");
+    let mut installed: Vec<String> = std::fs::read_dir(&bin)
+        .expect("bin")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    installed.sort();
+    (installed, said)
 }
 
 /// fleet.yaml carries user-data.yaml verbatim as its launch template's `Fn::Sub`, and

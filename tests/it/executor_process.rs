@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
+use crate::support::agent::small_shim;
 use asg_batch::agent::executor::process::ProcessExecutor;
+use asg_batch::agent::executor::shim::Shim;
 use asg_batch::agent::executor::{EndReason, Executor, Outcome, RunSpec, Workload};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -28,6 +30,10 @@ fn spec(script: &str, timeout: Option<Duration>) -> RunSpec {
 }
 
 async fn run(spec: RunSpec, cancel_after: Option<Duration>) -> Outcome {
+    run_under(small_shim(), spec, cancel_after).await
+}
+
+async fn run_under(shim: Shim, spec: RunSpec, cancel_after: Option<Duration>) -> Outcome {
     let (tx, _rx) = mpsc::unbounded_channel();
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let canceller = tokio::spawn(async move {
@@ -38,7 +44,7 @@ async fn run(spec: RunSpec, cancel_after: Option<Duration>) -> Outcome {
         std::future::pending::<()>().await;
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let exec = ProcessExecutor::new(dir.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let exec = ProcessExecutor::new(dir.path(), shim);
     let outcome = exec.run(spec, tx, cancel_rx).await;
     canceller.abort();
     outcome
@@ -60,6 +66,99 @@ async fn exit_codes_and_output() {
     assert_eq!(
         (failed.exit_code, failed.reason),
         (Some(42), EndReason::Error)
+    );
+}
+
+/// The command line of the process that ran the attempt's program (its parent: the shim),
+/// as the program printed it, and the exit code.
+async fn shim_command_line(shim: Shim) -> (Option<i32>, String) {
+    let o = run_under(
+        shim,
+        spec("tr '\\0' ' ' < /proc/$PPID/cmdline; echo; exit 3", None),
+        None,
+    )
+    .await;
+    (o.exit_code, o.log_tail)
+}
+
+/// The agent starts attempts under `asg-batch-shim` when it sits beside `asg-batch` (as
+/// installed: image, AWS user data, `cargo build --bins`), and under `asg-batch shim`
+/// when `asg-batch` is alone (a one-binary install still works).
+#[tokio::test]
+async fn the_small_shim_beside_the_binary_is_used_and_asg_batch_shim_without_it() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    let exe = bin.path().join("asg-batch");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_asg-batch"), &exe).expect("symlink");
+
+    let alone = Shim::beside(&exe);
+    assert_eq!(alone, Shim::Subcommand(exe.clone()));
+    let (code, line) = shim_command_line(alone).await;
+    assert_eq!(code, Some(3), "{line}");
+    assert!(
+        line.starts_with(&format!("{} shim --state ", exe.display())),
+        "{line}"
+    );
+
+    let small = bin.path().join("asg-batch-shim");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_asg-batch-shim"), &small).expect("symlink");
+    let beside = Shim::beside(&exe);
+    assert_eq!(beside, Shim::Binary(small.clone()));
+    let (code, line) = shim_command_line(beside).await;
+    assert_eq!(code, Some(3), "{line}");
+    assert!(
+        line.starts_with(&format!("{} --state ", small.display())),
+        "{line}"
+    );
+}
+
+/// A shim that does not understand its command line (e.g. an older `asg-batch-shim` left
+/// beside a newer agent) fails the attempt with its own words, not a bare "could not start".
+#[tokio::test]
+async fn a_shim_refusing_its_command_line_says_why() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    let old = bin.path().join("old-shim");
+    std::fs::write(
+        &old,
+        "#!/bin/sh\necho 'error: unexpected argument --state found' >&2\nexit 2\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let o = run_under(Shim::Binary(old), spec("true", None), None).await;
+    assert_eq!(o.reason, EndReason::StartFailed);
+    assert!(
+        o.status_reason.contains("unexpected argument"),
+        "{}",
+        o.status_reason
+    );
+}
+
+/// A program that ends leaving a background process holding its output pipe: its end is
+/// recorded (and reported) once what it wrote is copied, without waiting for the
+/// background process, and its output is all there.
+#[tokio::test]
+async fn a_background_process_holding_the_output_does_not_hold_up_the_end() {
+    let o = tokio::time::timeout(
+        Duration::from_secs(120),
+        run(spec("sleep 600 & echo $!; echo done; exit 4", None), None),
+    )
+    .await
+    .expect("the attempt ended while its background process still ran");
+    let lines: Vec<&str> = o.log_tail.lines().collect();
+    assert_eq!(
+        (o.exit_code, lines.get(1).copied()),
+        (Some(4), Some("done")),
+        "{o:?}"
+    );
+    let background: i32 = lines[0].parse().expect("pid");
+    let state = proc_state(background);
+    assert!(
+        state == "S" || state == "R",
+        "the background process still runs: {state}"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(background),
+        nix::sys::signal::Signal::SIGKILL,
     );
 }
 
@@ -138,7 +237,7 @@ async fn run_cancelled_when(spec: RunSpec, ready: std::path::PathBuf) -> Outcome
         std::future::pending::<()>().await;
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let exec = ProcessExecutor::new(dir.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let exec = ProcessExecutor::new(dir.path(), small_shim());
     let outcome = exec.run(spec, tx, cancel_rx).await;
     canceller.abort();
     outcome
@@ -257,7 +356,7 @@ async fn an_adopted_process_is_stopped_with_sigterm_and_its_grace_too() {
         "trap 'echo cleaned-up > {d}/marker; exit 7' TERM; touch {d}/ready; while :; do sleep 0.1; done"
     );
     let state = tempfile::tempdir().expect("state");
-    let exec = ProcessExecutor::new(state.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let exec = ProcessExecutor::new(state.path(), small_shim());
     // The first agent process starts the attempt, then goes away without stopping it.
     let (tx, _rx) = mpsc::unbounded_channel();
     let first = exec.run(spec(&script, None), tx, watch::channel(false).1);
@@ -322,13 +421,24 @@ async fn run_then_kill_the_shim_alone<'a>(
         .trim()
         .parse()
         .expect("a pid");
-    let record: asg_batch::agent::executor::shim::ShimRecord =
-        asg_batch::agent::executor::shim::read_json(
-            &exec
-                .attempt_dir("proc")
-                .join(asg_batch::agent::executor::shim::SHIM_FILE),
+    // Killed once it recorded the program it runs (killed before, the attempt is one that
+    // never started: its remains are killed and it is run afresh).
+    let shim_file = exec
+        .attempt_dir("proc")
+        .join(asg_batch::agent::executor::shim::SHIM_FILE);
+    let recorded = || {
+        asg_batch::agent::executor::shim::read_json::<asg_batch::agent::executor::shim::ShimRecord>(
+            &shim_file,
         )
-        .expect("shim.json");
+        .filter(|r| r.command_pid.is_some())
+    };
+    support::wait_until_async(
+        "the shim to record the program",
+        Duration::from_secs(60),
+        || recorded().is_some(),
+    )
+    .await;
+    let record = recorded().expect("shim.json");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(record.pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -346,7 +456,7 @@ async fn run_then_kill_the_shim_alone<'a>(
 async fn a_program_whose_shim_was_killed_is_killed_before_the_attempt_is_reported() {
     let work = tempfile::tempdir().expect("tempdir");
     let state = tempfile::tempdir().expect("state");
-    let exec = ProcessExecutor::new(state.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let exec = ProcessExecutor::new(state.path(), small_shim());
     let (program, run) = run_then_kill_the_shim_alone(&exec, work.path()).await;
     let outcome = run.await;
     assert_eq!(outcome.reason, EndReason::Error, "{outcome:?}");
@@ -364,7 +474,7 @@ async fn a_program_whose_shim_was_killed_while_no_agent_ran_is_killed_on_adoptio
     use asg_batch::agent::executor::Adoption;
     let work = tempfile::tempdir().expect("tempdir");
     let state = tempfile::tempdir().expect("state");
-    let exec = ProcessExecutor::new(state.path(), env!("CARGO_BIN_EXE_asg-batch"));
+    let exec = ProcessExecutor::new(state.path(), small_shim());
     // The agent that started the attempt goes away, then the shim is killed.
     let (program, run) = run_then_kill_the_shim_alone(&exec, work.path()).await;
     drop(run);

@@ -39,7 +39,7 @@ fn log_config(node: &str, data: &Path) -> AgentConfig {
 /// The process executor of `config`: state under `<data>/attempts`, logs in its store.
 fn process_executor_of(config: &AgentConfig) -> Arc<dyn Executor> {
     Arc::new(
-        ProcessExecutor::new(config.attempts_dir(), env!("CARGO_BIN_EXE_asg-batch"))
+        ProcessExecutor::new(config.attempts_dir(), crate::support::agent::small_shim())
             .with_logs(config.log_store()),
     )
 }

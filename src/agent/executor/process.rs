@@ -1,7 +1,7 @@
 //! Attempts as plain processes on the instance (executor `process`). No resource limits
 //! are enforced; the scheduler's accounting still keeps the node from being over-committed.
 //!
-//! Each attempt runs under a [`shim`](super::shim) (`asg-batch shim`) in a session of its
+//! Each attempt runs under a [`shim`](super::shim) (`asg-batch-shim`) in a session of its
 //! own, with its state in `<state dir>/<attempt name>/`: the program's output, the
 //! shim's identity and, once the program ends, its exit code. So an attempt outlives the
 //! agent that started it, and a later agent process takes it over ([`Executor::adopt`]) or
@@ -9,7 +9,7 @@
 //! ([`Executor::release`]).
 
 use super::shim::{
-    self, EXIT_FILE, ExitRecord, LOG_FILE, OUTPUT_FILE, SHIM_FILE, STARTED_LINE, STOP_FILE,
+    self, EXIT_FILE, ExitRecord, LOG_FILE, OUTPUT_FILE, SHIM_FILE, STARTED_LINE, STOP_FILE, Shim,
     ShimRecord, StopReason, StopRecord, TAIL_FILE,
 };
 use super::{
@@ -32,26 +32,30 @@ const POLL: Duration = Duration::from_millis(200);
 /// How much of the end of the output file makes the log tail.
 const TAIL_BYTES: u64 = 64 * 1024;
 
-/// Runs attempts as processes under `asg-batch shim`.
+/// Runs attempts as processes under `asg-batch-shim` (or `asg-batch shim`).
 #[derive(Clone, Debug)]
 pub struct ProcessExecutor {
     state_dir: PathBuf,
-    shim: PathBuf,
+    shim: Shim,
     logs: Option<crate::agent::logs::LogStore>,
 }
 
 impl ProcessExecutor {
     /// An executor keeping each attempt's state under `state_dir` (made absolute) and
-    /// starting attempts with `shim`, the `asg-batch` binary (`std::env::current_exe()`
-    /// in the `asg-batch` process).
-    pub fn new(state_dir: impl Into<PathBuf>, shim: impl Into<PathBuf>) -> Self {
+    /// starting attempts under `shim`.
+    pub fn new(state_dir: impl Into<PathBuf>, shim: Shim) -> Self {
         let state_dir = state_dir.into();
         let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
         Self {
             state_dir,
-            shim: shim.into(),
+            shim,
             logs: None,
         }
+    }
+
+    /// The shim it starts attempts under.
+    pub fn shim(&self) -> &Shim {
+        &self.shim
     }
 
     /// Keeps each attempt's whole output in `logs` (capped there), where the agent serves
@@ -69,10 +73,22 @@ impl ProcessExecutor {
         }
     }
 
-    /// An executor under `state_dir` whose shim is this very binary (the `asg-batch`
-    /// process: `asg-batch agent` and `asg-batch dev`).
+    /// An executor under `state_dir` whose shim is `asg-batch-shim` beside this very
+    /// binary (the `asg-batch` process: `asg-batch agent` and `asg-batch dev`), else this
+    /// binary's `shim` subcommand ([`Shim::beside`]).
     pub fn with_current_exe(state_dir: impl Into<PathBuf>) -> std::io::Result<Self> {
-        Ok(Self::new(state_dir, std::env::current_exe()?))
+        let shim = Shim::beside(&std::env::current_exe()?);
+        match &shim {
+            Shim::Binary(path) => {
+                tracing::info!(shim = %path.display(), "process attempts run under the small shim binary");
+            }
+            Shim::Subcommand(path) => tracing::info!(
+                shim = %path.display(),
+                "process attempts run under `asg-batch shim` (no {} beside it: each attempt starts slower)",
+                shim::SHIM_BINARY
+            ),
+        }
+        Ok(Self::new(state_dir, shim))
     }
 
     /// The directory of the attempt named `name`.
@@ -109,18 +125,9 @@ impl ProcessExecutor {
                 format!("cannot create the attempt's state directory {dir:?}: {e}"),
             );
         }
-        let shim_log = match std::fs::File::create(dir.join(LOG_FILE)) {
-            Ok(f) => f,
-            Err(e) => {
-                return Outcome::not_started(
-                    EndReason::StartFailed,
-                    format!("cannot create {:?}: {e}", dir.join(LOG_FILE)),
-                );
-            }
-        };
         let output = self.output_path(&spec.name);
-        let mut cmd = tokio::process::Command::new(&self.shim);
-        cmd.arg("shim").arg("--state").arg(&dir);
+        let mut cmd = self.shim.command();
+        cmd.arg("--state").arg(&dir);
         if let Some(logs) = &self.logs {
             // A fresh start: nothing of an earlier try stays in the log.
             if let Err(e) = tokio::fs::create_dir_all(logs.dir()).await {
@@ -141,7 +148,9 @@ impl ProcessExecutor {
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(shim_log)
+            // The shim writes its own messages to `shim.log`, when it has any; its stderr
+            // says only why it refused to start (its command line), read below.
+            .stderr(Stdio::piped())
             // The attempt outlives this agent process: it is adopted by the next one.
             .kill_on_drop(false);
         if let Some(dir) = working_dir {
@@ -178,18 +187,38 @@ impl ProcessExecutor {
             );
         }
         if line.trim() != STARTED_LINE {
+            // Ends when the shim does (nothing else holds its stderr).
+            let mut refused = Vec::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = tokio::time::timeout(
+                    SHIM_START_TIMEOUT,
+                    tokio::io::AsyncReadExt::read_to_end(&mut err, &mut refused),
+                )
+                .await;
+            }
             let _ = child.wait().await;
+            let nonempty = |s: String| Some(s).filter(|s| !s.trim().is_empty());
             let why = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE))
                 .and_then(|r| r.start_error)
                 .or_else(|| {
                     std::fs::read_to_string(dir.join(LOG_FILE))
                         .ok()
-                        .filter(|s| !s.trim().is_empty())
+                        .and_then(nonempty)
+                })
+                .or_else(|| {
+                    nonempty(String::from_utf8_lossy(&refused).into_owned()).map(|s| {
+                        format!(
+                            "the process shim refused to start {program:?}: {}",
+                            s.trim()
+                        )
+                    })
                 })
                 .unwrap_or_else(|| format!("the process shim could not start {program:?}"));
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Outcome::not_started(EndReason::StartFailed, why.trim().to_string());
         }
+        // Its stderr is done with: the shim no longer writes there.
+        drop(child.stderr.take());
         let started_at = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE))
             .map_or_else(Timestamp::now, |r| r.started_at);
         let _ = progress.send(Progress::Started { at: started_at });
@@ -538,7 +567,7 @@ mod tests {
     #[tokio::test]
     async fn an_attempt_whose_shim_is_starting_its_program_is_adopted_not_lost() {
         let state = tempfile::tempdir().expect("state");
-        let exec = ProcessExecutor::new(state.path(), "/nonexistent");
+        let exec = ProcessExecutor::new(state.path(), Shim::Binary("/nonexistent".into()));
         let dir = exec.attempt_dir("a");
         std::fs::create_dir_all(&dir).expect("dir");
         let (mut child, record) = starting_shim(&dir);
@@ -572,7 +601,7 @@ mod tests {
     #[tokio::test]
     async fn a_shim_that_died_before_starting_its_program_leaves_nothing_to_adopt() {
         let state = tempfile::tempdir().expect("state");
-        let exec = ProcessExecutor::new(state.path(), "/nonexistent");
+        let exec = ProcessExecutor::new(state.path(), Shim::Binary("/nonexistent".into()));
         let dir = exec.attempt_dir("a");
         std::fs::create_dir_all(&dir).expect("dir");
         let (mut child, _) = starting_shim(&dir);

@@ -25,13 +25,104 @@
 //! - `output`: the program's stdout and stderr, through one pipe the shim copies (up to a
 //!   cap; `--output FILE` puts it elsewhere: the agent's log store, see
 //!   [`crate::agent::logs`]); `output.tail`: the last 64 KiB when the output was cut at its
-//!   cap; `shim.log`: the shim's own errors.
+//!   cap; `shim.log`: the shim's own errors, created only when it has one.
+//!
+//! The shim is its own small binary, `asg-batch-shim` (`src/bin/asg-batch-shim.rs`: only
+//! this module's code, so its exec costs a fraction of the whole `asg-batch`'s, once per
+//! attempt), shipped beside `asg-batch`; `asg-batch shim` is the same program, for an
+//! install with the one binary ([`Shim::beside`]).
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+/// The small shim binary's name, looked for beside the `asg-batch` binary.
+pub const SHIM_BINARY: &str = "asg-batch-shim";
+
+/// The program the process executor starts each attempt under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shim {
+    /// The small `asg-batch-shim` binary at this path.
+    Binary(PathBuf),
+    /// `asg-batch shim`: the `asg-batch` binary at this path (slower to start: it is the
+    /// whole operator).
+    Subcommand(PathBuf),
+}
+
+impl Shim {
+    /// `asg-batch-shim` when it sits beside `exe` (the `asg-batch` binary), else
+    /// `exe shim`.
+    pub fn beside(exe: &Path) -> Self {
+        match exe.parent().map(|dir| dir.join(SHIM_BINARY)) {
+            Some(small) if small.is_file() => Self::Binary(small),
+            _ => Self::Subcommand(exe.to_path_buf()),
+        }
+    }
+
+    /// The command that starts a shim, before its own arguments.
+    pub fn command(&self) -> tokio::process::Command {
+        match self {
+            Self::Binary(path) => tokio::process::Command::new(path),
+            Self::Subcommand(path) => {
+                let mut cmd = tokio::process::Command::new(path);
+                cmd.arg("shim");
+                cmd
+            }
+        }
+    }
+}
+
+/// The shim's command line (`asg-batch-shim ARGS`, or `asg-batch shim ARGS`).
+#[derive(Debug, clap::Parser)]
+#[command(name = "asg-batch-shim")]
+pub struct Cli {
+    /// The attempt's state directory.
+    #[arg(long)]
+    state: PathBuf,
+    /// Where the program's output goes (default: `output` in the state directory).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Cap of the output file in bytes; beyond it the output is dropped (one line says so).
+    #[arg(long)]
+    output_max_bytes: Option<u64>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Parses the shim's command line (`args`, the program's name first) and runs it.
+pub fn cli_main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = <Cli as clap::Parser>::parse_from(args);
+    // The shim's messages go to `shim.log`, a panic's too: its stderr is a pipe the agent
+    // reads only while the shim starts (clap's usage errors), gone once it runs.
+    let state = cli.state.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        say(&state, &format!("panicked: {info}"));
+    }));
+    let output = OutputSettings {
+        path: cli.output.unwrap_or_else(|| cli.state.join(OUTPUT_FILE)),
+        max_bytes: cli.output_max_bytes,
+    };
+    let code = main(&cli.state, &output, &cli.command);
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
+}
+
+/// Appends one of the shim's own messages to `state/shim.log` (created by the first).
+fn say(state: &Path, message: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join(LOG_FILE))
+    {
+        let _ = writeln!(f, "asg-batch shim: {message}");
+    }
+}
 
 /// `shim.json`.
 pub const SHIM_FILE: &str = "shim.json";
@@ -52,6 +143,8 @@ pub const TAIL_BYTES: usize = 64 * 1024;
 const TAIL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long the shim waits, once the program ended, for the rest of its output.
 const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the shim checks whether the program ended while its output pipe is open.
+const EXIT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where the program's output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,31 +161,83 @@ struct OutputCopy {
     file: crate::agent::logs::CappedFile,
     path: std::path::PathBuf,
     tail_file: std::path::PathBuf,
+    state: std::path::PathBuf,
 }
 
 impl OutputCopy {
-    fn copy_from(mut self, mut from: impl std::io::Read) -> std::io::Result<()> {
+    /// Copies the program's output from `pipe` until it ends, and waits for the program;
+    /// returns its exit code. One thread: `poll` on the pipe, the program's exit checked
+    /// every [`EXIT_CHECK`]. Once the program ended, what it wrote is copied before its
+    /// end is recorded, but a background process it left holding the pipe does not hold
+    /// the ending up for more than [`OUTPUT_DRAIN`].
+    fn pump(mut self, pipe: std::fs::File, child: &mut std::process::Child) -> i32 {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::io::Read;
+        use std::os::fd::AsFd;
         let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
         let mut last_tail = std::time::Instant::now();
         let mut buf = vec![0u8; 64 * 1024];
         let mut said = false;
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) => break,
+        let mut ended: Option<(i32, std::time::Instant)> = None;
+        let mut last_check = std::time::Instant::now();
+        let mut reader = &pipe;
+        let copied = loop {
+            if ended.is_none() && last_check.elapsed() >= EXIT_CHECK {
+                last_check = std::time::Instant::now();
+                match child.try_wait() {
+                    Ok(Some(status)) => ended = Some((exit_code(status), last_check)),
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            let wait = match ended {
+                Some((_, at)) => match OUTPUT_DRAIN.checked_sub(at.elapsed()) {
+                    Some(left) => left,
+                    None => {
+                        say(
+                            &self.state,
+                            &format!(
+                                "the output pipe is still open {OUTPUT_DRAIN:?} after the program ended (a background process holds it); not waiting for it"
+                            ),
+                        );
+                        break Ok(());
+                    }
+                },
+                None => EXIT_CHECK,
+            };
+            let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                // SIGTERM (the shim's handler) or another signal.
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => break Err(std::io::Error::from(e)),
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             };
             let chunk = &buf[..n];
             tail.extend(chunk);
             let excess = tail.len().saturating_sub(TAIL_BYTES);
             tail.drain(..excess);
-            let truncated = self.file.write(chunk)?;
+            let truncated = match self.file.write(chunk) {
+                Ok(t) => t,
+                Err(e) => break Err(e),
+            };
             if truncated && !said {
                 said = true;
-                eprintln!(
-                    "asg-batch shim: output over its cap: {} keeps the beginning",
-                    self.path.display()
+                say(
+                    &self.state,
+                    &format!(
+                        "output over its cap: {} keeps the beginning",
+                        self.path.display()
+                    ),
                 );
             }
             if truncated && last_tail.elapsed() >= TAIL_EVERY {
@@ -101,12 +246,28 @@ impl OutputCopy {
                 let (a, b) = tail.as_slices();
                 let _ = write_atomic(&self.tail_file, &[a, b].concat());
             }
+        };
+        if let Err(e) = copied {
+            say(&self.state, &format!("copying the output: {e}"));
         }
+        // Not read any more: a program still writing gets EPIPE.
+        drop(pipe);
         if self.file.truncated() {
             let (a, b) = tail.as_slices();
-            write_atomic(&self.tail_file, &[a, b].concat())?;
+            if let Err(e) = write_atomic(&self.tail_file, &[a, b].concat()) {
+                say(&self.state, &format!("cannot write {TAIL_FILE}: {e}"));
+            }
         }
-        Ok(())
+        match ended {
+            Some((code, _)) => code,
+            None => match child.wait() {
+                Ok(status) => exit_code(status),
+                Err(e) => {
+                    say(&self.state, &format!("waiting for the program: {e}"));
+                    -1
+                }
+            },
+        }
     }
 }
 /// What the shim prints on stdout once the program runs (the agent waits for it).
@@ -346,7 +507,7 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         signal_hook::consts::SIGTERM,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     ) {
-        eprintln!("asg-batch shim: cannot handle SIGTERM: {e}");
+        say(state, &format!("cannot handle SIGTERM: {e}"));
     }
     let output = match std::fs::OpenOptions::new()
         .create(true)
@@ -357,6 +518,7 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
             file: crate::agent::logs::CappedFile::new(f, output.max_bytes),
             path: output.path.clone(),
             tail_file: state.join(TAIL_FILE),
+            state: state.to_path_buf(),
         },
         Err(e) => return fail(format!("cannot open the output file: {e}")),
     };
@@ -397,11 +559,6 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {program:?}: {e}")),
     };
-    let (copied_tx, copied_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let result = output.copy_from(reader);
-        let _ = copied_tx.send(result);
-    });
     let started_at = Timestamp::now();
     let record = ShimRecord {
         command_pid: Some(child.id()),
@@ -409,7 +566,7 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         ..record
     };
     if let Err(e) = write_json(&state.join(SHIM_FILE), &record) {
-        eprintln!("asg-batch shim: cannot write {SHIM_FILE}: {e}");
+        say(state, &format!("cannot write {SHIM_FILE}: {e}"));
     }
     {
         // The agent that started the shim may be gone already: a failed write is fine.
@@ -417,22 +574,7 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         let _ = writeln!(out, "{STARTED_LINE}");
         let _ = out.flush();
     }
-    let code = match child.wait() {
-        Ok(status) => exit_code(status),
-        Err(e) => {
-            eprintln!("asg-batch shim: waiting for the program: {e}");
-            -1
-        }
-    };
-    // What the program wrote before it ended is copied before its end is recorded; a
-    // background process it left holding the pipe does not hold the ending up for long.
-    match copied_rx.recv_timeout(OUTPUT_DRAIN) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("asg-batch shim: copying the output: {e}"),
-        Err(_) => eprintln!(
-            "asg-batch shim: the output pipe is still open {OUTPUT_DRAIN:?} after the program ended (a background process holds it); not waiting for it"
-        ),
-    }
+    let code = output.pump(reader, &mut child);
     if let Err(e) = write_json(
         &state.join(EXIT_FILE),
         &ExitRecord {
@@ -441,7 +583,7 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
             stopped_at: Timestamp::now(),
         },
     ) {
-        eprintln!("asg-batch shim: cannot write {EXIT_FILE}: {e}");
+        say(state, &format!("cannot write {EXIT_FILE}: {e}"));
     }
     code
 }

@@ -61,12 +61,17 @@ pub fn config(instance_id: &str, ce: &str) -> AgentConfig {
     .with_shutdown_mode(asg_batch::agent::config::ShutdownMode::Cancel)
 }
 
-/// The process executor with the `asg-batch` binary as its shim and its state in a
-/// directory of this test process (attempt names are unique, so tests share it).
+/// The small shim binary, `asg-batch-shim`, as the agent finds it beside `asg-batch`.
+pub fn small_shim() -> asg_batch::agent::executor::shim::Shim {
+    asg_batch::agent::executor::shim::Shim::Binary(env!("CARGO_BIN_EXE_asg-batch-shim").into())
+}
+
+/// The process executor with the small shim binary and its state in a directory of this
+/// test process (attempt names are unique, so tests share it).
 pub fn process_executor() -> asg_batch::agent::executor::process::ProcessExecutor {
     asg_batch::agent::executor::process::ProcessExecutor::new(
         std::env::temp_dir().join(format!("asgb-test-attempts-{}", std::process::id())),
-        env!("CARGO_BIN_EXE_asg-batch"),
+        small_shim(),
     )
 }
 
