@@ -318,6 +318,68 @@ async fn an_array_job_gets_three_children_and_counts_them() {
     );
 }
 
+/// A job, and array children, that the pass first seeing them can bind are written once,
+/// bound (`Starting`), never `Runnable` first: every write of them as a watch sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fits_at_once_is_written_bound_without_a_runnable_write() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let h = local_with_n1(600).await;
+    let api = h.jobs();
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("resourceVersion");
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    apply_yaml(&h.client, HELLO).await;
+    apply_yaml(&h.client, ARRAY).await;
+    let want = ["hello", "sweep-0", "sweep-1", "sweep-2"];
+    let mut writes: Vec<(String, String)> = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = stream.try_next().await.expect("watch event") {
+            if let WatchEvent::Added(j) | WatchEvent::Modified(j) = e {
+                writes.push((j.metadata.name.clone().unwrap_or_default(), phase(&j)));
+            }
+            if want
+                .iter()
+                .all(|n| writes.iter().any(|(w, p)| w == n && p == "Starting"))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "all four bound: {writes:?}");
+    for n in want {
+        // Created (and labelled with its node just before the status write), then bound.
+        let mut phases: Vec<&str> = writes
+            .iter()
+            .filter(|(w, _)| w == n)
+            .map(|(_, p)| p.as_str())
+            .collect();
+        phases.dedup();
+        assert_eq!(phases, ["-", "Starting"], "{n}: one status write, bound");
+    }
+    let j = api.get("hello").await.expect("hello");
+    let s = j.status.unwrap_or_default();
+    assert_eq!(s.runnable_since, None);
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .expect("Scheduled");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Bound"));
+    h.wait_events("hello", &["Bound"]).await;
+}
+
 const BIG_ARRAY: &str = r#"
 apiVersion: asgbatch.io/v1alpha1
 kind: BatchJob
