@@ -36,6 +36,11 @@ pub struct ControllerArgs {
     /// Seconds between passes when nothing changes (backoff expiry, idle timers, fleets).
     #[arg(long, default_value_t = 10)]
     pub resync: u64,
+    /// Array jobs: at most this many children of one array wait (created, not yet bound)
+    /// at a time; the rest are created as those are bound, so a large array starts at
+    /// once and no pass creates more than this many of its children.
+    #[arg(long, default_value_t = super::decide::ARRAY_CHILDREN_WAITING, value_parser = clap::value_parser!(u32).range(1..))]
+    pub array_children_waiting: u32,
 }
 
 /// An optional listen address (`off`: none).
@@ -96,6 +101,7 @@ pub fn config(args: &ControllerArgs) -> ControllerConfig {
         resync: Duration::from_secs(args.resync.max(1)),
         disruption_threshold_percent: args.unhealthy_threshold_percent,
         metrics_bind_address: args.metrics_bind_address.0,
+        array_children_waiting: args.array_children_waiting,
         instance: args.identity.clone().or_else(|| Some(identity())),
         leader_election,
         ..ControllerConfig::default()

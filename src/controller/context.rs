@@ -45,6 +45,9 @@ pub struct ControllerConfig {
     pub leader_election: Option<LeaderElection>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: nowhere).
     pub metrics_bind_address: Option<std::net::SocketAddr>,
+    /// At most this many children of one array wait (created, not yet bound) at a time:
+    /// the rest are created as those are bound.
+    pub array_children_waiting: u32,
 }
 
 impl Default for ControllerConfig {
@@ -59,6 +62,7 @@ impl Default for ControllerConfig {
             instance: None,
             leader_election: None,
             metrics_bind_address: None,
+            array_children_waiting: super::decide::ARRAY_CHILDREN_WAITING,
         }
     }
 }

@@ -12,7 +12,9 @@
 //!   that failure cascades to the dependent's own dependents in the same pass.
 //!
 //! The snapshot must hold every job a waiting job depends on (and all children of an
-//! array it depends on); a dependency that is not there is reported, never guessed.
+//! array it depends on, or the array's size in [`Snapshot::array_sizes`] while its
+//! children are still being created: the ones not created yet are waited for); a
+//! dependency that is not there is reported, never guessed.
 //! Linear in jobs plus dependency edges, with no recursion (a 10,000-child SEQUENTIAL
 //! array is a 10,000-long chain).
 
@@ -44,13 +46,16 @@ enum Target {
     Array(JobId),
     /// Not in the snapshot (the id names it; array children as `parent:index`).
     Missing(JobId),
+    /// An array child its parent has not created yet (`parent:index`): waited for.
+    NotCreated(JobId),
     /// The job depends on itself.
     SelfLoop,
 }
 
-/// Children of each array parent, by index.
+/// Children of each array parent, by index, and the sizes of arrays still creating them.
 struct Arrays<'a> {
     children: BTreeMap<&'a JobId, BTreeMap<u32, &'a JobId>>,
+    sizes: &'a BTreeMap<JobId, u32>,
 }
 
 impl<'a> Arrays<'a> {
@@ -61,7 +66,28 @@ impl<'a> Arrays<'a> {
                 children.entry(&a.parent).or_default().insert(a.index, id);
             }
         }
-        Arrays { children }
+        Arrays {
+            children,
+            sizes: &snapshot.array_sizes,
+        }
+    }
+
+    /// An array parent: it has children, or is still creating them.
+    fn is_array(&self, parent: &JobId) -> bool {
+        self.children.contains_key(parent) || self.sizes.contains_key(parent)
+    }
+
+    /// Child `index` of `parent` is yet to be created.
+    fn will_create(&self, parent: &JobId, index: u32) -> bool {
+        self.sizes.get(parent).is_some_and(|size| index < *size)
+    }
+
+    /// Every child exists (as far as the snapshot knows the array's size).
+    fn complete(&self, parent: &JobId) -> bool {
+        let have = self.children.get(parent).map_or(0, BTreeMap::len);
+        self.sizes
+            .get(parent)
+            .is_none_or(|size| usize::try_from(*size).is_ok_and(|s| have >= s))
     }
 
     fn child(&self, parent: &JobId, index: u32) -> Option<&'a JobId> {
@@ -86,17 +112,19 @@ fn resolve(id: &JobId, job: &Job, snapshot: &Snapshot, arrays: &Arrays<'_>) -> V
                 },
                 _ => continue,
             },
-            DependencyType::NToN
-                if job.array.is_some() && arrays.children.contains_key(&dep.job) =>
-            {
+            DependencyType::NToN if job.array.is_some() && arrays.is_array(&dep.job) => {
                 let index = job.array.as_ref().map_or(0, |a| a.index);
                 match arrays.child(&dep.job, index) {
                     Some(c) => Target::Job(c.clone()),
+                    // Not created yet: the array creates its children in batches.
+                    None if arrays.will_create(&dep.job, index) => {
+                        Target::NotCreated(child_id(&dep.job, index))
+                    }
                     None => Target::Missing(child_id(&dep.job, index)),
                 }
             }
             _ => {
-                if arrays.children.contains_key(&dep.job) {
+                if arrays.is_array(&dep.job) {
                     Target::Array(dep.job.clone())
                 } else if snapshot.jobs.contains_key(&dep.job) {
                     Target::Job(dep.job.clone())
@@ -171,16 +199,17 @@ pub fn evaluate(snapshot: &Snapshot) -> BTreeMap<JobId, DependencyState> {
         }
     }
 
-    // Array aggregates: all children succeeded?
+    // Array aggregates: all children exist and succeeded?
     let array_done = |parent: &JobId| -> bool {
-        arrays.children.get(parent).is_some_and(|c| {
-            c.values().all(|id| {
-                snapshot
-                    .jobs
-                    .get(*id)
-                    .is_some_and(|j| j.phase == Phase::Succeeded)
+        arrays.complete(parent)
+            && arrays.children.get(parent).is_some_and(|c| {
+                c.values().all(|id| {
+                    snapshot
+                        .jobs
+                        .get(*id)
+                        .is_some_and(|j| j.phase == Phase::Succeeded)
+                })
             })
-        })
     };
 
     let mut out = BTreeMap::new();
@@ -208,6 +237,7 @@ pub fn evaluate(snapshot: &Snapshot) -> BTreeMap<JobId, DependencyState> {
                     (!array_done(&p)).then_some(Reason::WaitingOnDependency { dependency: p })
                 }
                 Target::Missing(j) => Some(Reason::DependencyNotFound { dependency: j }),
+                Target::NotCreated(j) => Some(Reason::WaitingOnDependency { dependency: j }),
                 Target::SelfLoop => Some(Reason::DependencyCycle),
             };
             if let Some(reason) = unmet {
@@ -375,6 +405,43 @@ mod tests {
                 dependency: JobId::new("a:1")
             })
         );
+    }
+
+    #[test]
+    fn an_array_still_creating_its_children_is_waited_for_whole() {
+        let n2n = [("a", DependencyType::NToN)];
+        let mut s = snap(vec![
+            ("a:0", child("a", 0, Phase::Succeeded, &[])),
+            ("a:1", child("a", 1, Phase::Succeeded, &[])),
+            ("b:0", child("b", 0, Phase::Pending, &n2n)),
+            ("b:2", child("b", 2, Phase::Pending, &n2n)),
+            ("b:3", child("b", 3, Phase::Pending, &n2n)),
+            ("after", job(Phase::Pending, &[("a", STD)])),
+            ("later", job(Phase::Pending, &[("c", STD)])),
+        ]);
+        // Array a has 3 children, one not created yet; array c none yet.
+        s.array_sizes = [(JobId::new("a"), 3), (JobId::new("c"), 5)].into();
+        let e = evaluate(&s);
+        let waiting = |d: &str| {
+            DependencyState::Waiting(Reason::WaitingOnDependency {
+                dependency: JobId::new(d),
+            })
+        };
+        assert_eq!(state(&e, "after"), waiting("a"));
+        assert_eq!(state(&e, "later"), waiting("c"));
+        assert_eq!(state(&e, "b:0"), DependencyState::Met);
+        assert_eq!(state(&e, "b:2"), waiting("a:2"));
+        // Beyond the array's size: a dependency that will never exist.
+        assert_eq!(
+            state(&e, "b:3"),
+            DependencyState::Waiting(Reason::DependencyNotFound {
+                dependency: JobId::new("a:3")
+            })
+        );
+        // Once it is created and succeeds, the array is done.
+        s.jobs
+            .insert(JobId::new("a:2"), child("a", 2, Phase::Succeeded, &[]));
+        assert_eq!(state(&evaluate(&s), "after"), DependencyState::Met);
     }
 
     #[test]

@@ -578,6 +578,7 @@ mod tests {
             compute_environments: [("ce".to_string(), ce(0, 10))].into(),
             nodes: nodes.into_iter().map(|(n, x)| (n.to_string(), x)).collect(),
             jobs: jobs.into_iter().map(|(i, j)| (JobId::new(i), j)).collect(),
+            array_sizes: BTreeMap::new(),
         }
     }
 

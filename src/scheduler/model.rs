@@ -271,4 +271,9 @@ pub struct Snapshot {
     /// Jobs by id: waiting and placed ones, plus finished ones that others depend on
     /// or whose attempts count for fair share.
     pub jobs: BTreeMap<JobId, Job>,
+    /// The size of each array parent that is still creating its children (they are
+    /// created in batches): such an array is done only once all of them exist and have
+    /// succeeded, and a child not created yet is waited for, not missing. Arrays not
+    /// listed are judged by the children in [`Snapshot::jobs`].
+    pub array_sizes: BTreeMap<JobId, u32>,
 }

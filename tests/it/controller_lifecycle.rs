@@ -339,6 +339,185 @@ async fn an_array_job_gets_three_children_and_counts_them() {
     );
 }
 
+/// A job, and array children, that the pass first seeing them can bind are written once,
+/// bound (`Starting`), never `Runnable` first: every write of them as a watch sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fits_at_once_is_written_bound_without_a_runnable_write() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let h = local_with_n1(600).await;
+    let api = h.jobs();
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("resourceVersion");
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    apply_yaml(&h.client, HELLO).await;
+    apply_yaml(&h.client, ARRAY).await;
+    let want = ["hello", "sweep-0", "sweep-1", "sweep-2"];
+    let mut writes: Vec<(String, String)> = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = stream.try_next().await.expect("watch event") {
+            if let WatchEvent::Added(j) | WatchEvent::Modified(j) = e {
+                writes.push((j.metadata.name.clone().unwrap_or_default(), phase(&j)));
+            }
+            if want
+                .iter()
+                .all(|n| writes.iter().any(|(w, p)| w == n && p == "Starting"))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "all four bound: {writes:?}");
+    for n in want {
+        // Created (and labelled with its node just before the status write), then bound.
+        let mut phases: Vec<&str> = writes
+            .iter()
+            .filter(|(w, _)| w == n)
+            .map(|(_, p)| p.as_str())
+            .collect();
+        phases.dedup();
+        assert_eq!(phases, ["-", "Starting"], "{n}: one status write, bound");
+    }
+    let j = api.get("hello").await.expect("hello");
+    let s = j.status.unwrap_or_default();
+    assert_eq!(s.runnable_since, None);
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .expect("Scheduled");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Bound"));
+    h.wait_events("hello", &["Bound"]).await;
+}
+
+const BIG_ARRAY: &str = r#"
+apiVersion: asgbatch.io/v1alpha1
+kind: BatchJob
+metadata: {name: sweep}
+spec:
+  queue: q
+  process: {command: ["true"]}
+  resources: {cpu: "1", memory: 1Gi}
+  arrayProperties: {size: 10}
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: BatchJob
+metadata: {name: after}
+spec:
+  queue: q
+  process: {command: ["true"]}
+  resources: {cpu: "1", memory: 1Gi}
+  dependsOn: [{jobName: sweep}]
+"#;
+
+/// The children of `sweep` that exist, by index, with their uids.
+async fn sweep_children(h: &Harness) -> std::collections::BTreeMap<u32, String> {
+    let lp = kube::api::ListParams::default().labels("asgbatch.io/array-parent=sweep");
+    h.jobs()
+        .list(&lp)
+        .await
+        .expect("list children")
+        .items
+        .into_iter()
+        .map(|c| {
+            (
+                c.spec.array_index.expect("arrayIndex"),
+                c.metadata.uid.expect("uid"),
+            )
+        })
+        .collect()
+}
+
+fn counts(j: &asg_batch::api::BatchJob) -> Option<(u32, u32, u32, u32, u32)> {
+    let a = j.status.as_ref()?.array_status.as_ref()?;
+    Some((a.pending, a.runnable, a.starting, a.running, a.succeeded))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_array_creates_its_children_in_batches_and_a_restarted_controller_creates_the_rest_once()
+{
+    let config = asg_batch::controller::ControllerConfig {
+        array_children_waiting: 4,
+        ..test_config(Duration::from_secs(600))
+    };
+    let mut h = start(
+        support::controller::LOCAL_WORLD,
+        config.clone(),
+        HashMap::new(),
+    )
+    .await;
+    h.register_node("n1", "local", "4", "16Gi").await;
+    apply_yaml(&h.client, BIG_ARRAY).await;
+    // Four children bound (the node holds four), four more created and waiting: the window
+    // is full, the last two are not created yet and count as pending.
+    h.wait_job("sweep", "4 starting, 4 runnable, 2 pending", |j| {
+        counts(j) == Some((2, 4, 4, 0, 0))
+    })
+    .await;
+    let first = sweep_children(&h).await;
+    assert_eq!(
+        first.keys().copied().collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    let after = h.jobs().get("after").await.expect("after");
+    assert_eq!(phase(&after), "Pending", "the array has not succeeded");
+
+    // A controller restarted here creates the rest, each once.
+    h.kill_controller(0).await;
+    h.add_controller(config, HashMap::new());
+    for i in 0..4 {
+        h.agent_started(&format!("sweep-{i}"), 1).await;
+        h.agent_exited(&format!("sweep-{i}"), 1, 0).await;
+    }
+    for i in 4..8 {
+        h.wait_job(&format!("sweep-{i}"), "Starting", is(JobPhase::Starting))
+            .await;
+        h.agent_started(&format!("sweep-{i}"), 1).await;
+        h.agent_exited(&format!("sweep-{i}"), 1, 0).await;
+    }
+    h.wait_job("sweep", "8 succeeded, 2 starting", |j| {
+        counts(j) == Some((0, 0, 2, 0, 8))
+    })
+    .await;
+    let after = h.jobs().get("after").await.expect("after");
+    assert_eq!(
+        phase(&after),
+        "Pending",
+        "every child created so far succeeded, but the array has not"
+    );
+    for i in 8..10 {
+        h.agent_started(&format!("sweep-{i}"), 1).await;
+        h.agent_exited(&format!("sweep-{i}"), 1, 0).await;
+    }
+    let p = h
+        .wait_job("sweep", "Succeeded", is(JobPhase::Succeeded))
+        .await;
+    assert_eq!(counts(&p), Some((0, 0, 0, 0, 10)));
+    let all = sweep_children(&h).await;
+    assert_eq!(all.len(), 10);
+    for (i, uid) in &first {
+        assert_eq!(all.get(i), Some(uid), "child {i} was created once");
+    }
+    h.wait_job(
+        "after",
+        "bound once the array succeeded",
+        is(JobPhase::Starting),
+    )
+    .await;
+    h.wait_events("sweep", &["ChildrenCreated"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_too_large_job_says_why_it_is_not_running() {
     let h = local_with_n1(600).await;

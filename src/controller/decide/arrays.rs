@@ -14,8 +14,20 @@ use super::super::{LABEL_ARRAY_PARENT, reasons};
 use super::snapshot::{self, phase};
 use super::{Decisions, NewChild, Work, event, object_ref};
 
-/// Step 4: array children to create and parent status.
-pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, now: Seconds) {
+/// By default at most this many children of one array wait (created, not yet bound) at a
+/// time: the parent creates the next ones as earlier ones are bound, so a large array's
+/// first children run while later ones are still to be created, and no pass creates more
+/// than this many children of one array.
+pub const ARRAY_CHILDREN_WAITING: u32 = 1_000;
+
+/// Step 4: array children to create (in index order, topping up each array's waiting
+/// children to `window`) and parent status.
+pub(super) fn arrays(
+    work: &mut BTreeMap<JobId, Work<'_>>,
+    window: u32,
+    out: &mut Decisions,
+    now: Seconds,
+) {
     // Children by parent id and index, with their desired phase.
     let mut children: BTreeMap<JobId, BTreeMap<u32, (JobId, JobPhase)>> = BTreeMap::new();
     for (id, w) in work.iter() {
@@ -37,31 +49,57 @@ pub(super) fn arrays(work: &mut BTreeMap<JobId, Work<'_>>, out: &mut Decisions, 
         };
         let size = w.job.spec.array_properties.as_ref().map_or(0, |a| a.size);
         let mine = children.get(&pid);
-        let mut missing = Vec::new();
-        for i in 0..size {
-            if mine.is_none_or(|m| !m.contains_key(&i)) {
-                missing.push(i);
+        let existing = mine.map_or(0, |m| u32::try_from(m.len()).unwrap_or(u32::MAX));
+        let missing = size.saturating_sub(existing);
+        let ended = phase(w.desired.phase).is_terminal();
+        if missing > 0 && !ended {
+            let waiting = mine.map_or(0, |m| {
+                m.values()
+                    .filter(|(_, p)| phase(Some(*p)).is_waiting())
+                    .count()
+            });
+            let room = usize::try_from(window.max(1))
+                .unwrap_or(usize::MAX)
+                .saturating_sub(waiting);
+            let create: Vec<u32> = (0..size)
+                .filter(|i| mine.is_none_or(|m| !m.contains_key(i)))
+                .take(room)
+                .collect();
+            if !create.is_empty() {
+                for &i in &create {
+                    out.children.push(NewChild {
+                        job: new_child(w.job, i),
+                    });
+                }
+                let to_come = missing.saturating_sub(u32::try_from(create.len()).unwrap_or(0));
+                event(
+                    &mut out.events,
+                    object_ref(w.job),
+                    false,
+                    reasons::CHILDREN_CREATED,
+                    if to_come == 0 {
+                        format!("creating {} array children", create.len())
+                    } else {
+                        format!(
+                            "creating {} array children ({to_come} more as these are bound)",
+                            create.len()
+                        )
+                    },
+                );
             }
         }
-        if !missing.is_empty() && !phase(w.desired.phase).is_terminal() {
-            for &i in &missing {
-                out.children.push(NewChild {
-                    job: new_child(w.job, i),
-                });
-            }
-            event(
-                &mut out.events,
-                object_ref(w.job),
-                false,
-                reasons::CHILDREN_CREATED,
-                format!("creating {} array children", missing.len()),
-            );
-        }
+        // Children not created yet are pending (AWS Batch counts them as the parent's
+        // children from the start); those of an ended (cancelled) parent never will be,
+        // and count as failed, as AWS Batch fails every child of a cancelled array.
         let mut counts = ArrayStatus {
             size,
-            pending: u32::try_from(missing.len()).unwrap_or(u32::MAX),
             ..ArrayStatus::default()
         };
+        if ended {
+            counts.failed = missing;
+        } else {
+            counts.pending = missing;
+        }
         let mut failed_child: Option<&JobId> = None;
         for (cid, p) in mine.into_iter().flat_map(|m| m.values()) {
             match p {

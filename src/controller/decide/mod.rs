@@ -15,7 +15,9 @@
 //!    and backoff, and its node's allocation; no API object is cloned or rebuilt), then
 //!    [`scheduler::plan`], then its bindings, phase changes, dependency failures and
 //!    "why not running" reasons onto the jobs;
-//! 4. **arrays**: missing children to create, parent `arrayStatus` and phase; then
+//! 4. **arrays**: missing children to create (in batches: at most
+//!    [`DecideConfig::array_children_waiting`] of one array waiting at a time), parent
+//!    `arrayStatus` and phase; then
 //!    **retention** ([`retention`]): finished jobs past their `ttlSecondsAfterFinished`
 //!    to delete (an array parent after its children);
 //! 5. **nodes, environments, queues**: derived status; fleet actions (fences of Lost
@@ -60,7 +62,7 @@ mod tests;
 mod time_limits;
 
 use arrays::arrays;
-pub use arrays::new_child;
+pub use arrays::{ARRAY_CHILDREN_WAITING, new_child};
 use attempts::{NodeFacts, progress};
 pub use cancel::{CancelChild, REASON_CANCELLED, REASON_TERMINATED};
 use derived::{environment_updates, node_updates, queue_updates};
@@ -78,6 +80,10 @@ pub struct DecideConfig {
     /// nodes (at least two) are silent at once, or every node of the cluster is, no node
     /// is declared Lost (kube-controller-manager's `--unhealthy-zone-threshold`).
     pub disruption_threshold_percent: u32,
+    /// At most this many children of one array wait at a time (created, not yet bound):
+    /// an array's children are created in batches as earlier ones are bound
+    /// ([`ARRAY_CHILDREN_WAITING`] by default).
+    pub array_children_waiting: u32,
 }
 
 impl Default for DecideConfig {
@@ -85,6 +91,7 @@ impl Default for DecideConfig {
         Self {
             lost_node_timeout: DEFAULT_LOST_NODE_TIMEOUT,
             disruption_threshold_percent: 55,
+            array_children_waiting: ARRAY_CHILDREN_WAITING,
         }
     }
 }
@@ -566,7 +573,7 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
     time_limits::time_limits(&mut work, &observed.queues, now, &mut out.events);
 
     // 4. Arrays.
-    arrays(&mut work, &mut out, now);
+    arrays(&mut work, config.array_children_waiting, &mut out, now);
 
     // Generation, labels, and the job writes.
     for (id, w) in &work {

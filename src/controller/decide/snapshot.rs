@@ -7,6 +7,8 @@
 //!   known to be busy).
 //! - Array parents are not scheduled; their children (BatchJobs with `spec.arrayIndex`
 //!   and the label [`LABEL_ARRAY_PARENT`]) are, as [`ArrayChild`]ren of the parent's id.
+//!   An unfinished parent's size is in [`Snapshot::array_sizes`]: its children are
+//!   created in batches, and dependents wait for the ones not created yet.
 //! - Finished jobs stay in the snapshot: they are what dependents wait on.
 //! - A node's `allocated` and `jobs` are derived from the jobs placed on it (the
 //!   controller owns those status fields); its capacity comes from its spec.
@@ -371,6 +373,13 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
 
     for job in &inputs.jobs {
         out.progress(job, &definitions, JobState::observed(job), inputs.now);
+        // An array still creating its children (in batches): its size, so that its
+        // dependents wait for all of them.
+        if let Some(a) = &job.spec.array_properties
+            && !phase(job.status.as_ref().and_then(|s| s.phase)).is_terminal()
+        {
+            out.snapshot.array_sizes.insert(job_id(job), a.size);
+        }
     }
     out.set_idle_since(&inputs.idle_since, inputs.now);
     out

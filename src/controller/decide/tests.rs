@@ -943,6 +943,125 @@ fn an_array_job_gets_children_and_counts_them() {
     assert_eq!(a.array_status.as_ref().map(|a| a.succeeded), Some(3));
 }
 
+/// Children `from..to` of `parent`, in the given phase (as an earlier pass left them).
+fn children_in(parent: &BatchJob, from: u32, to: u32, p: JobPhase) -> Vec<BatchJob> {
+    (from..to)
+        .map(|i| {
+            let mut c = child(parent, i);
+            c.status = Some(BatchJobStatus {
+                phase: Some(p),
+                ..BatchJobStatus::default()
+            });
+            c
+        })
+        .collect()
+}
+
+fn created(d: &Decisions) -> Vec<u32> {
+    d.children
+        .iter()
+        .filter_map(|c| c.job.spec.array_index)
+        .collect()
+}
+
+#[test]
+fn a_large_array_creates_its_children_in_batches_as_earlier_ones_are_bound() {
+    let size = 2_500;
+    let mut o = world(vec![array(job("arr", "1", "1Gi", 1), size)], vec![n1()]);
+    // The first pass creates the first ARRAY_CHILDREN_WAITING children, not all.
+    let d = run(&o);
+    assert_eq!(created(&d), (0..1_000).collect::<Vec<_>>());
+    let a = status(&d, "arr");
+    assert_eq!(
+        a.array_status.as_ref().map(|a| (a.size, a.pending)),
+        Some((size, size)),
+        "children not created yet count as pending"
+    );
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == reasons::CHILDREN_CREATED
+                && e.note == "creating 1000 array children (1500 more as these are bound)")
+    );
+    apply(&mut o, &d);
+    // The next pass binds four (a 4-cpu node) and creates four more in their place.
+    let d = run(&o);
+    assert_eq!(d.plan.bindings.len(), 4);
+    assert_eq!(created(&d), [1_000, 1_001, 1_002, 1_003]);
+    let a = status(&d, "arr").array_status.clone().unwrap_or_default();
+    assert_eq!(
+        (a.pending, a.runnable, a.starting),
+        (1_500, 996, 4),
+        "every child counted once, created or not"
+    );
+    apply(&mut o, &d);
+    // Nothing bound, nothing to create: the window is full. A controller restarted here
+    // (decide keeps nothing between passes) creates exactly the same nothing.
+    let d = run(&o);
+    assert!(d.children.is_empty(), "{:?}", created(&d));
+    // The last children are created once the earlier ones are gone through.
+    let parent = array(job("arr", "1", "1Gi", 1), size);
+    let mut jobs = vec![parent.clone()];
+    jobs.extend(children_in(&parent, 0, 1_900, JobPhase::Succeeded));
+    jobs.extend(children_in(&parent, 1_900, 2_000, JobPhase::Runnable));
+    let d = run(&world(jobs, vec![n1()]));
+    assert_eq!(created(&d), (2_000..2_500).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_job_depending_on_an_array_waits_for_the_children_not_created_yet() {
+    let parent = array(job("arr", "1", "1Gi", 1), 1_002);
+    let mut jobs = vec![
+        parent.clone(),
+        depends_on(job("after", "1", "1Gi", 2), "arr"),
+    ];
+    // Every child created so far succeeded; two are still to be created.
+    jobs.extend(children_in(&parent, 0, 1_000, JobPhase::Succeeded));
+    let d = run(&world(jobs, vec![n1()]));
+    assert_eq!(created(&d), [1_000, 1_001]);
+    let s = status(&d, "after");
+    assert_eq!(s.phase, Some(JobPhase::Pending));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("waiting on dependency default/arr")
+    );
+    assert!(d.plan.bindings.iter().all(|b| b.job.0 != "default/after"));
+}
+
+#[test]
+fn a_cancelled_array_creates_no_more_children_and_counts_them_failed() {
+    let mut o = world(vec![array(job("arr", "1", "1Gi", 1), 1_500)], vec![n1()]);
+    step(&mut o);
+    let mut jobs: Vec<BatchJob> = o.jobs.iter().map(|j| (**j).clone()).collect();
+    if let Some(p) = jobs
+        .iter_mut()
+        .find(|j| j.metadata.name.as_deref() == Some("arr"))
+    {
+        p.spec.cancel = Some(crate::api::batch_job::CancelRequest {
+            message: Some("wrong input".into()),
+        });
+    }
+    o.jobs = jobs.into_iter().map(Arc::new).collect();
+    let d = run(&o);
+    assert!(d.children.is_empty(), "{:?}", created(&d));
+    let p = status(&d, "arr");
+    assert_eq!(p.phase, Some(JobPhase::Failed));
+    apply(&mut o, &d);
+    settle(&mut o);
+    assert!(run(&o).children.is_empty());
+    let p = o
+        .jobs
+        .iter()
+        .find(|j| j.metadata.name.as_deref() == Some("arr"))
+        .and_then(|j| j.status.clone())
+        .unwrap_or_default();
+    let a = p.array_status.unwrap_or_default();
+    assert_eq!(
+        (a.size, a.failed, a.pending, a.runnable),
+        (1_500, 1_500, 0, 0)
+    );
+}
+
 #[test]
 fn an_array_fails_when_a_child_fails() {
     let mut o = world(vec![array(job("arr", "1", "1Gi", 1), 2)], vec![n1()]);

@@ -274,6 +274,7 @@ async fn pass(
     let config = DecideConfig {
         lost_node_timeout: ctx.config.lost_node_timeout.as_secs(),
         disruption_threshold_percent: ctx.config.disruption_threshold_percent,
+        array_children_waiting: ctx.config.array_children_waiting,
     };
     let decisions = decide(&observed, &config, now);
     record_state(&ctx.metrics, &observed, &decisions);
