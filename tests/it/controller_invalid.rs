@@ -16,16 +16,26 @@ use support::controller::{LOCAL_WORLD, apply_yaml, start_server_with, test_confi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_job_is_reported_and_the_others_still_run() {
-    // A BatchJob schema that accepts anything, so a malformed job can be stored.
+    // A BatchJob schema that accepts anything, so a malformed job can be stored (but
+    // still declares `status.node`: the real kube-apiserver refuses a selectable field the
+    // schema does not have).
     let mut h = start_server_with(LOCAL_WORLD, |crd| {
         if crd.spec.names.kind == "BatchJob" {
             for v in &mut crd.spec.versions {
                 if let Some(s) = v.schema.as_mut() {
-                    s.open_api_v3_schema = Some(JSONSchemaProps {
+                    let anything = |properties| JSONSchemaProps {
                         type_: Some("object".into()),
                         x_kubernetes_preserve_unknown_fields: Some(true),
+                        properties,
                         ..JSONSchemaProps::default()
-                    });
+                    };
+                    let node = JSONSchemaProps {
+                        type_: Some("string".into()),
+                        ..JSONSchemaProps::default()
+                    };
+                    let status = anything(Some([("node".to_owned(), node)].into()));
+                    s.open_api_v3_schema =
+                        Some(anything(Some([("status".to_owned(), status)].into())));
                 }
             }
         }
