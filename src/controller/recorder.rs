@@ -1,7 +1,7 @@
 //! Publishing Events (`events.k8s.io/v1`) without keeping them.
 //!
 //! kube's `Recorder` keeps every Event it published for six minutes (the whole Event and
-//! its key, about 1.5 KiB each) and scans that cache on every publish: with thousands of
+//! its key) and scans that cache on every publish: with thousands of
 //! jobs finishing within minutes it was the controller's largest heap item (44 MiB of a
 //! 128 MiB peak in a 5,000-job `dev` run, measured with heaptrack) and a scan per Event.
 //! This recorder keeps, per repeated Event, only what a repeat needs: the Event's name,
@@ -222,6 +222,17 @@ impl Recorder {
 mod tests {
     use super::*;
 
+    /// A "Retrying" Event saying `note`.
+    fn ev(note: &str) -> Event {
+        Event {
+            type_: EventType::Warning,
+            reason: "Retrying".into(),
+            note: Some(note.into()),
+            action: "Retry".into(),
+            secondary: None,
+        }
+    }
+
     fn published(name: &str, at: Timestamp) -> Published {
         Published {
             namespace: "default".into(),
@@ -277,13 +288,6 @@ mod tests {
 
     #[test]
     fn a_different_note_is_a_different_event() {
-        let ev = |note: &str| Event {
-            type_: EventType::Normal,
-            reason: "Retrying".into(),
-            note: Some(note.into()),
-            action: "Retry".into(),
-            secondary: None,
-        };
         let r = ObjectReference {
             kind: Some("BatchJob".into()),
             name: Some("j".into()),
@@ -308,13 +312,6 @@ mod tests {
                 instance: None,
             },
         );
-        let ev = |note: &str| Event {
-            type_: EventType::Warning,
-            reason: "Retrying".into(),
-            note: Some(note.into()),
-            action: "Retry".into(),
-            secondary: None,
-        };
         let regarding = ObjectReference {
             api_version: Some("asgbatch.io/v1alpha1".into()),
             kind: Some("BatchJob".into()),

@@ -558,6 +558,21 @@ pub(super) mod tests {
         }
     }
 
+    /// The notes of the Events in `default`, sorted.
+    pub(in super::super) async fn event_notes(client: &kube::Client) -> Vec<String> {
+        let events: Api<ApiEvent> = Api::namespaced(client.clone(), "default");
+        let mut notes: Vec<String> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter_map(|e| e.note)
+            .collect();
+        notes.sort();
+        notes
+    }
+
     /// An in-process API server with the CRDs, a client, and a controller context on it.
     pub(in super::super) async fn server_and_context()
     -> (asg_batch_apiserver::RunningApiServer, kube::Client, Context) {
@@ -650,16 +665,7 @@ pub(super) mod tests {
             Some(JobPhase::Starting)
         );
         assert_eq!(phase(jobs.get("stale").await.expect("get")), None);
-        let events: Api<ApiEvent> = Api::namespaced(client.clone(), "default");
-        let notes: Vec<String> = events
-            .list(&Default::default())
-            .await
-            .expect("events")
-            .items
-            .into_iter()
-            .filter_map(|e| e.note)
-            .collect();
-        assert_eq!(notes, ["bound fresh"]);
+        assert_eq!(event_notes(&client).await, ["bound fresh"]);
         server.shutdown().await;
     }
 

@@ -124,18 +124,10 @@ mod tests {
         }
         drop(queue);
         (&mut task.0).await.expect("the publisher task ends");
-        let events: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(client.clone(), "default");
-        let mut notes: Vec<String> = events
-            .list(&Default::default())
-            .await
-            .expect("events")
-            .items
-            .into_iter()
-            .filter_map(|e| e.note)
-            .collect();
-        notes.sort();
-        assert_eq!(notes, ["bound j0", "bound j1"]);
+        assert_eq!(
+            super::super::apply::tests::event_notes(&client).await,
+            ["bound j0", "bound j1"]
+        );
         server.shutdown().await;
     }
 }
