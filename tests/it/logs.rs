@@ -469,7 +469,15 @@ mod containers {
         first.crash().await;
         let second = TestAgent::start(client.clone(), config.clone(), executor().await, None);
         std::fs::write(go.path().join("go"), b"").expect("go");
-        wait_ended(&client, "default", &name, 1).await;
+        let ended = wait_ended(&client, "default", &name, 1).await;
+        // Taken over and seen to its end, not reported lost (the new agent once took a
+        // container Podman showed in its transient `stopped` state for one that was gone).
+        assert_eq!(
+            attempt(&ended, 1).and_then(|a| a.exit_code),
+            Some(0),
+            "the container's own exit code: {:?}",
+            attempt(&ended, 1)
+        );
         // The ending was reported: the container is removed, the log stays.
         let container = format!("asgb-{name}-{uid}-a1");
         let _ = eventually(

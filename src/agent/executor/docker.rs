@@ -45,6 +45,21 @@ impl Drop for LogCopy {
     }
 }
 
+/// First pause before inspecting a container again after an error, and the longest.
+const INSPECT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const INSPECT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the exit code of a container whose wait failed is asked for.
+const INSPECT_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What inspecting a container found.
+enum Inspected {
+    Found(Box<bollard::models::ContainerInspectResponse>),
+    /// The engine says there is no such container.
+    NoSuchContainer,
+    /// The engine kept failing until the caller gave up.
+    GaveUp,
+}
+
 /// Label naming the attempt a container runs (its value is the container's name).
 pub const ATTEMPT_LABEL: &str = "io.asgbatch.attempt";
 
@@ -238,14 +253,43 @@ impl DockerExecutor {
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
                 i32::try_from(code).ok()
             }
-            _ => self
-                .docker
-                .inspect_container(name, None)
+            _ => match self
+                .inspect(name, tokio::time::sleep(INSPECT_GIVE_UP))
                 .await
-                .ok()
-                .and_then(|c| c.state)
-                .and_then(|s| s.exit_code)
-                .and_then(|c| i32::try_from(c).ok()),
+            {
+                Inspected::Found(c) => c
+                    .state
+                    .and_then(|s| s.exit_code)
+                    .and_then(|c| i32::try_from(c).ok()),
+                Inspected::NoSuchContainer | Inspected::GaveUp => None,
+            },
+        }
+    }
+
+    /// Inspects container `name`. Only the engine's "no such container" means it is gone:
+    /// any other error (the engine unreachable or failing, or an answer this client cannot
+    /// read, such as Podman's transient `stopped` state between `running` and `exited`) is
+    /// asked again, with backoff, until `give_up` resolves. Taking a container that could
+    /// not be inspected for one that is gone would remove it, running or not, and lose its
+    /// output.
+    async fn inspect(&self, name: &str, give_up: impl Future<Output = ()>) -> Inspected {
+        let mut give_up = std::pin::pin!(give_up);
+        let mut delay = INSPECT_RETRY_FIRST;
+        loop {
+            match self.docker.inspect_container(name, None).await {
+                Ok(found) => return Inspected::Found(Box::new(found)),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Inspected::NoSuchContainer,
+                Err(e) => {
+                    tracing::warn!(container = name, error = %e, retry_in = ?delay, "cannot inspect the container; asking again");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut give_up => return Inspected::GaveUp,
+            }
+            delay = (delay * 2).min(INSPECT_RETRY_MAX);
         }
     }
 
@@ -333,7 +377,24 @@ impl DockerExecutor {
         cancel: watch::Receiver<bool>,
     ) -> Option<Outcome> {
         let name = adoption.name.as_str();
-        let found = self.docker.inspect_container(name, None).await.ok()?;
+        let found = match self.inspect(name, cancelled(cancel.clone())).await {
+            Inspected::Found(found) => *found,
+            Inspected::NoSuchContainer => return None,
+            Inspected::GaveUp => {
+                // Cancelled while the engine could not say what the container is: stop it
+                // all the same (stopping needs no inspection).
+                let code = self.stop(name, adoption.grace).await;
+                let (exit_code, reason, status_reason) = classify(Ending::Cancelled(code), false);
+                return Some(Outcome {
+                    exit_code,
+                    reason,
+                    status_reason,
+                    started_at: adoption.started_at,
+                    stopped_at: Timestamp::now(),
+                    log_tail: self.log_tail(name).await,
+                });
+            }
+        };
         let ours = found
             .config
             .as_ref()
@@ -737,5 +798,202 @@ mod tests {
                 .contains(&"NVIDIA_VISIBLE_DEVICES=1,3".to_string())
         );
         assert_eq!((h.binds, h.tmpfs, h.cap_add), (None, None, None));
+    }
+}
+
+/// Taking a container over against an engine that fails or answers oddly: a fake engine
+/// on a unix socket, since the real one cannot be made to (Podman shows its transient
+/// `stopped` state for a moment only).
+#[cfg(test)]
+mod adopt_tests {
+    use super::*;
+    use axum::http::{Method, StatusCode, Uri};
+    use std::sync::{Arc, Mutex};
+
+    const NAME: &str = "asgb-job-u1-a1";
+
+    fn inspection(status: &str) -> String {
+        serde_json::json!({
+            "Id": "c1",
+            "Name": format!("/{NAME}"),
+            "Config": { "Labels": { ATTEMPT_LABEL: NAME } },
+            "HostConfig": { "Memory": 0 },
+            "State": {
+                "Status": status,
+                "Running": false,
+                "ExitCode": 0,
+                "StartedAt": "2026-11-30T10:00:00Z",
+                "FinishedAt": "2026-11-30T10:00:01Z",
+            },
+        })
+        .to_string()
+    }
+
+    /// Serves inspections from `answers` in turn (the last one again once they run out),
+    /// stops a container (which then exited with 143), and "no such container" for
+    /// anything else; returns the executor and the requests.
+    async fn engine(
+        dir: &std::path::Path,
+        answers: Vec<(StatusCode, String)>,
+    ) -> (DockerExecutor, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(answers));
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+            let log = log.clone();
+            let answers = answers.clone();
+            async move {
+                let path = uri.path().to_string();
+                log.lock().expect("log").push(format!("{method} {path}"));
+                let mut answers = answers.lock().expect("answers");
+                if method == Method::GET && path.ends_with(&format!("/containers/{NAME}/json")) {
+                    if answers.len() > 1 {
+                        answers.remove(0)
+                    } else {
+                        answers[0].clone()
+                    }
+                } else if method == Method::POST && path.ends_with("/stop") {
+                    (StatusCode::NO_CONTENT, String::new())
+                } else if method == Method::POST && path.ends_with("/wait") {
+                    (StatusCode::OK, r#"{"StatusCode":143}"#.into())
+                } else {
+                    (
+                        StatusCode::NOT_FOUND,
+                        r#"{"message":"no such container"}"#.into(),
+                    )
+                }
+            }
+        });
+        let socket = dir.join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let docker = Docker::connect_with_unix(
+            &socket.display().to_string(),
+            10,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .expect("client");
+        let executor = DockerExecutor {
+            docker,
+            network_mode: None,
+            logs: None,
+        };
+        (executor, seen)
+    }
+
+    fn adoption() -> Adoption {
+        Adoption {
+            name: NAME.into(),
+            timeout: None,
+            grace: std::time::Duration::from_secs(1),
+            started_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_the_engine_cannot_describe_for_now_is_asked_again_not_taken_for_gone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (executor, seen) = engine(
+            dir.path(),
+            vec![
+                // Podman, between running and exited: a state the client cannot read.
+                (StatusCode::OK, inspection("stopped")),
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    r#"{"message":"engine busy"}"#.into(),
+                ),
+                (StatusCode::OK, inspection("exited")),
+            ],
+        )
+        .await;
+        let (progress, _rx) = mpsc::unbounded_channel();
+        let (_cancel, cancel) = watch::channel(false);
+        let outcome = executor
+            .adopt_inner(adoption(), progress, cancel)
+            .await
+            .expect("the container is taken over, not reported lost");
+        assert_eq!(outcome.exit_code, Some(0));
+        assert_eq!(outcome.reason, EndReason::Completed);
+        assert_eq!(
+            outcome.stopped_at,
+            "2026-11-30T10:00:01Z".parse::<Timestamp>().expect("time")
+        );
+        let seen = seen.lock().expect("seen").clone();
+        let inspections = seen.iter().filter(|r| r.ends_with("/json")).count();
+        assert_eq!(
+            inspections, 3,
+            "asked until it could read the answer: {seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|r| r.starts_with("DELETE")),
+            "nothing removed: {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_no_such_container_means_nothing_is_left_to_take_over() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (executor, seen) = engine(
+            dir.path(),
+            vec![(
+                StatusCode::NOT_FOUND,
+                r#"{"message":"no such container"}"#.into(),
+            )],
+        )
+        .await;
+        let (progress, _rx) = mpsc::unbounded_channel();
+        let (_cancel, cancel) = watch::channel(false);
+        assert!(
+            executor
+                .adopt_inner(adoption(), progress, cancel)
+                .await
+                .is_none()
+        );
+        assert_eq!(seen.lock().expect("seen").len(), 1, "asked once");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_attempt_whose_container_cannot_be_inspected_is_stopped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (executor, seen) = engine(
+            dir.path(),
+            vec![(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"message":"engine broken"}"#.into(),
+            )],
+        )
+        .await;
+        let (progress, _rx) = mpsc::unbounded_channel();
+        let (cancel_tx, cancel) = watch::channel(false);
+        let adopting =
+            tokio::spawn(async move { executor.adopt_inner(adoption(), progress, cancel).await });
+        let inspections = || {
+            seen.lock()
+                .expect("seen")
+                .iter()
+                .filter(|r| r.ends_with("/json"))
+                .count()
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while inspections() < 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("asked again after the error");
+        cancel_tx.send(true).expect("cancel");
+        let outcome = adopting
+            .await
+            .expect("join")
+            .expect("an outcome: the attempt was cancelled");
+        assert_eq!(outcome.reason, EndReason::Cancelled);
+        assert_eq!(outcome.exit_code, Some(143));
+        assert!(
+            seen.lock()
+                .expect("seen")
+                .iter()
+                .any(|r| r.starts_with("POST") && r.ends_with(&format!("/containers/{NAME}/stop"))),
+            "the container was asked to stop"
+        );
     }
 }
