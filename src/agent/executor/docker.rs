@@ -162,10 +162,10 @@ impl DockerExecutor {
 
     /// Waits for a log copy to reach the end of the stopped container's log, then reads
     /// the stopped container's log once more and appends what the followed stream did not
-    /// deliver: a follow stream may end (or fail) when the container stops before it
-    /// delivered everything (the likely cause of a re-adopted container's log found
-    /// 1,145 and 1,500 lines short of 3,000, twice, on a machine at load 25; not
-    /// reproduced on a quiet one).
+    /// deliver, in case a follow stream ends (or fails) when the container stops before it
+    /// delivered everything. (The short logs once blamed on that were an adoption that
+    /// took a container in Podman's transient `stopped` state for a gone one: see
+    /// [`DockerExecutor::inspect`].)
     async fn finish_copy(&self, name: &str, copy: Option<LogCopy>) {
         let Some(mut copy) = copy else { return };
         let copied = match tokio::time::timeout(LOG_COPY_GRACE, &mut copy.0).await {
