@@ -21,7 +21,7 @@ check:
 ## real kube-apiserver + etcd instead of the embedded server (tests/it/realkube.rs and the chart tests use
 ## both in every run).
 KUBE_SUITES = controller_lifecycle controller_leader controller_invalid controller_examples \
-              controller_aws controller_retention controller_estimates aws_iam agent_jobs \
+              controller_aws controller_retention controller_estimates controller_events aws_iam agent_jobs \
               agent_protection agent_cli agent_docker agent_container_settings workload_control \
               agent_spot logs fault_tolerance agent_restart
 test-kube:

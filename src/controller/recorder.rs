@@ -138,21 +138,32 @@ impl Recorder {
             series.expire(now);
             series.by_key.get(&key).cloned()
         };
-        let published = match earlier {
+        let repeated = match earlier {
             Some(p) => {
                 let count = p.count + 1;
                 let patch = serde_json::json!({
                     "series": EventSeries { count, last_observed_time: MicroTime(now) },
                 });
-                self.api(&p.namespace)
+                match self
+                    .api(&p.namespace)
                     .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
-                Published {
-                    count,
-                    last: now,
-                    ..p
+                    .await
+                {
+                    Ok(_) => Some(Published {
+                        count,
+                        last: now,
+                        ..p
+                    }),
+                    // The Event is gone (deleted, or expired by the API server's event
+                    // TTL): the repeat starts a new one.
+                    Err(kube::Error::Api(e)) if e.code == 404 => None,
+                    Err(e) => return Err(e),
                 }
             }
+            None => None,
+        };
+        let published = match repeated {
+            Some(p) => p,
             None => {
                 let event = self.generate(ev, regarding, now);
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();

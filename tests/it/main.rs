@@ -32,6 +32,7 @@ mod commands;
 mod conformance;
 mod controller_aws;
 mod controller_estimates;
+mod controller_events;
 mod controller_examples;
 mod controller_invalid;
 mod controller_leader;
