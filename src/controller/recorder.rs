@@ -13,7 +13,8 @@
 //! [`SERIES_TTL`]: it becomes a series on the first Event (`series.count`,
 //! `series.lastObservedTime`), as client-go's and kube's recorders do. Unlike kube's, the
 //! note is part of the key, so an Event saying something new is published as such rather
-//! than counted under an older note.
+//! than counted under an older note. A repeat of an Event that is gone (deleted, or
+//! expired by the API server's event TTL) starts a new Event.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
