@@ -30,9 +30,36 @@ pub struct LocalFleets {
     made: Mutex<Vec<Arc<LocalFleet>>>,
     /// The agents' tasks, to wait for at shutdown.
     agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    /// Where process jobs keep their state (a directory of this process, removed at
+    /// The agents' data directory (their logs; a directory of this process, removed at
     /// shutdown: dev's agents cancel their attempts when they stop).
+    data_dir: std::path::PathBuf,
+    /// Where process jobs keep their records ([`records_dir`]; removed at shutdown too).
     state_dir: std::path::PathBuf,
+}
+
+/// The directory under which the shared-memory file system keeps files
+/// (`/dev/shm`), when it is one.
+const SHM_DIR: &str = "/dev/shm";
+
+/// Where dev's process jobs keep their records (who their shim is, how the program
+/// ended): `<dir>/asg-batch-dev-<pid>/attempts` on the shared-memory file system when
+/// there is one (`/dev/shm` on tmpfs), else in `fallback`. The records only matter for
+/// the boot they were written in (a shim is found by pid, start time and boot id), so
+/// memory is the place for them, as containerd keeps its shims' state under `/run`; on a
+/// disk file system the several small files each attempt makes and removes cost more than
+/// the attempt's process (issue 13). The logs stay on disk, under the data directory.
+pub fn records_dir(fallback: &std::path::Path) -> std::path::PathBuf {
+    let shm = std::path::Path::new(SHM_DIR);
+    let on_tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let writable = nix::unistd::access(
+        shm,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok();
+    let base = if on_tmpfs && writable { shm } else { fallback };
+    base.join(format!("asg-batch-dev-{}", std::process::id()))
+        .join("attempts")
 }
 
 impl LocalFleets {
@@ -45,9 +72,8 @@ impl LocalFleets {
             fleets: Mutex::default(),
             made: Mutex::default(),
             agents: Arc::default(),
-            state_dir: std::env::temp_dir()
-                .join(format!("asg-batch-dev-{}", std::process::id()))
-                .join("attempts"),
+            data_dir: std::env::temp_dir().join(format!("asg-batch-dev-{}", std::process::id())),
+            state_dir: records_dir(&std::env::temp_dir()),
         }
     }
 
@@ -78,14 +104,12 @@ impl LocalFleets {
         if let Some(dir) = self.state_dir.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 
-    /// The agents' data directory (process jobs' state is under `attempts/`, logs under
-    /// `logs/`).
+    /// The agents' data directory (logs under `logs/`).
     fn data_dir(&self) -> std::path::PathBuf {
-        self.state_dir
-            .parent()
-            .map_or_else(|| self.state_dir.clone(), std::path::Path::to_path_buf)
+        self.data_dir.clone()
     }
 
     /// Where every agent of this process keeps its attempts' logs.
@@ -117,7 +141,10 @@ impl LocalFleets {
             .map_or(ExecutorKind::Docker, |l| l.executor);
         let executor: Arc<dyn Executor> = match kind {
             ExecutorKind::Process => match ProcessExecutor::with_current_exe(&self.state_dir) {
-                Ok(p) => Arc::new(p.with_logs(self.log_store())),
+                Ok(p) => {
+                    info!(records = %self.state_dir.display(), "process jobs keep their records here");
+                    Arc::new(p.with_logs(self.log_store()))
+                }
                 Err(e) => {
                     return unavailable(format!(
                         "compute environment {name} runs processes, but the asg-batch binary \

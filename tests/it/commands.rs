@@ -264,6 +264,86 @@ async fn dev_answers_kubectl_while_it_runs_and_stops_on_sigterm() {
     assert!(status.success(), "clean exit: {status:?}");
 }
 
+/// The attempt directories under `dir` holding a shim record.
+fn shim_records(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path().join("shim.json"))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn dev_keeps_process_records_in_memory_and_its_logs_on_disk_and_leaves_neither() {
+    // Issue 13: an attempt's records (shim.json, exit.json) only matter for the boot that
+    // wrote them, and on a disk file system their files cost more than the attempt's
+    // process; dev keeps them on /dev/shm (tmpfs) when there is one, logs stay in TMPDIR.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("TMPDIR");
+    let manifest = dir.path().join("world.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: asgbatch.io/v1alpha1\nkind: ComputeEnvironment\nmetadata: {name: local}\n\
+         spec:\n  local: {executor: process}\n  minInstances: 0\n  maxInstances: 1\n  \
+         instanceShape: {cpu: '2', memory: 1Gi}\n---\n\
+         apiVersion: asgbatch.io/v1alpha1\nkind: JobQueue\nmetadata: {name: q}\n\
+         spec: {priority: 1, computeEnvironments: [local]}\n---\n\
+         apiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata: {name: long, namespace: default}\n\
+         spec:\n  queue: q\n  process: {command: [sh, -c, 'echo working; sleep 600']}\n  \
+         resources: {cpu: '1', memory: 64Mi}\n",
+    )
+    .expect("write");
+    let mut child = binary()
+        .args(["dev", "--listen", "127.0.0.1:0", "-f"])
+        .arg(&manifest)
+        .env("TMPDIR", &tmp)
+        .current_dir(dir.path())
+        .spawn()
+        .expect("start dev");
+    let pid = child.id().expect("running");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    let shm = std::path::Path::new("/dev/shm");
+    let shm_is_tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let records_base = if shm_is_tmpfs { shm } else { tmp.as_path() };
+    let own = format!("asg-batch-dev-{pid}");
+    let records = records_base.join(&own).join("attempts");
+    let logs = tmp.join(&own).join("logs");
+    // The job runs: its shim recorded itself in memory, its output goes to the disk log.
+    support::wait_until_async(
+        "the running job's shim record and its log",
+        Duration::from_secs(120),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dev exited early: {status:?}");
+            }
+            !shim_records(&records).is_empty()
+                && std::fs::read_dir(&logs).is_ok_and(|entries| {
+                    entries.flatten().any(|e| {
+                        std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("working"))
+                    })
+                })
+        },
+    )
+    .await;
+    if shm_is_tmpfs {
+        assert!(
+            shim_records(&tmp.join(&own).join("attempts")).is_empty(),
+            "no records on disk"
+        );
+    }
+    let status = sigterm_and_wait(&mut child).await;
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(!records_base.join(&own).exists(), "records removed");
+    assert!(!tmp.join(&own).exists(), "logs removed");
+}
+
 #[tokio::test]
 async fn controller_and_agent_binaries_run_a_job_against_an_api_server() {
     let s = support::agent::server_with_crds().await;
