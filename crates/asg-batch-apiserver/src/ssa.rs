@@ -232,14 +232,20 @@ fn walk(
 /// structured-merge-diff's "duplicate entries for key" errors: list-map items with the
 /// same key (`.status.attempts: duplicate entries for key [attempt=3]`).
 pub fn duplicate_keys(obj: &Value, ctx: SchemaCtx<'_>) -> Vec<String> {
-    fn go(v: &Value, schema: Option<&Value>, dotted: &str, out: &mut Vec<String>) {
+    // `dotted`: a buffer extended for each child and cut back (nothing allocated per
+    // field).
+    fn go(v: &Value, schema: Option<&Value>, dotted: &mut String, out: &mut Vec<String>) {
         match v {
             Value::Object(m) => {
                 for (k, c) in m {
                     if dotted.is_empty() && k == "metadata" {
                         continue;
                     }
-                    go(c, child_schema(schema, k), &format!("{dotted}.{k}"), out);
+                    let len = dotted.len();
+                    dotted.push('.');
+                    dotted.push_str(k);
+                    go(c, child_schema(schema, k), dotted, out);
+                    dotted.truncate(len);
                 }
             }
             Value::Array(items) => {
@@ -260,15 +266,18 @@ pub fn duplicate_keys(obj: &Value, ctx: SchemaCtx<'_>) -> Vec<String> {
                     }
                 }
                 let isch = items_schema(schema);
+                let len = dotted.len();
+                dotted.push_str("[]");
                 for it in items {
-                    go(it, isch, &format!("{dotted}[]"), out);
+                    go(it, isch, dotted, out);
                 }
+                dotted.truncate(len);
             }
             _ => {}
         }
     }
     let mut out = vec![];
-    go(obj, ctx.root, "", &mut out);
+    go(obj, ctx.root, &mut String::new(), &mut out);
     out
 }
 
@@ -822,6 +831,45 @@ mod tests {
             subresource: "",
             now: "2026-01-01T00:00:00Z",
         }
+    }
+
+    #[test]
+    fn duplicate_list_map_keys_are_named_by_their_path_at_any_depth() {
+        let schema = json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {"groups": {"type": "array", "items": {
+                "type": "object", "properties": {"ports": {
+                    "type": "array", "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["port", "name"],
+                    "items": {"type": "object"}}}}}}},
+            "status": {"type": "object", "properties": {"attempts": {
+                "type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["attempt"], "items": {"type": "object"}}}}}});
+        let obj = json!({
+            "metadata": {"ownerReferences": [{"uid": "u"}, {"uid": "u"}]},
+            "spec": {"groups": [{"ports": [{"port": 1, "name": "a"}]},
+                                {"ports": [{"port": 1, "name": "a"}, {"name": "a", "port": 1}, {"port": 2, "name": "a"}]}]},
+            "status": {"attempts": [{"attempt": 3}, {"attempt": 3}, {"attempt": 3}]}});
+        assert_eq!(
+            duplicate_keys(
+                &obj,
+                SchemaCtx {
+                    root: Some(&schema)
+                }
+            ),
+            vec![
+                ".spec.groups[].ports: duplicate entries for key [name=\"a\",port=1]",
+                ".status.attempts: duplicate entries for key [attempt=3]",
+            ]
+        );
+        assert!(
+            duplicate_keys(
+                &json!({"spec": {"groups": []}}),
+                SchemaCtx {
+                    root: Some(&schema)
+                }
+            )
+            .is_empty()
+        );
     }
 
     #[test]
