@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 use super::crd::{self, CRD_KEY};
 use super::error::{ApiError, ApiResult, Cause, ObjRef};
 use super::meta::{
-    finalizers_of, is_deleting, metadata_mut, name_of, namespace_of, new_uid, now_rfc3339,
-    random_suffix, remove_meta, rv_of, set_meta, uid_of, validate_labels, validate_name,
+    finalizers_of, is_deleting, meta_field, metadata_mut, name_of, namespace_of, new_uid,
+    now_rfc3339, random_suffix, remove_meta, rv_of, set_meta, uid_of, validate_labels,
+    validate_name,
 };
 use super::patch::{self, PatchType};
 use super::resources::{Registry, ResourceInfo, from_crd};
@@ -1029,8 +1030,7 @@ impl Core {
         if sub == "status" && !info.status_subresource {
             return Err(ApiError::path_not_found());
         }
-        let req_rv = new
-            .pointer("/metadata/resourceVersion")
+        let req_rv = meta_field(&new, "resourceVersion")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
@@ -1090,7 +1090,7 @@ impl Core {
             "deletionGracePeriodSeconds",
             "generation",
         ] {
-            match old_v.pointer(&format!("/metadata/{k}")) {
+            match meta_field(old_v, k) {
                 Some(v) => set_meta(&mut cand, k, v.clone()),
                 None => remove_meta(&mut cand, k),
             }
@@ -1175,7 +1175,7 @@ impl Core {
         if key == CRD_KEY {
             self.rebuild_registry(st);
         }
-        if is_deleting(&stored) || stored.pointer("/metadata/ownerReferences").is_some() {
+        if is_deleting(&stored) || meta_field(&stored, "ownerReferences").is_some() {
             self.gc_wake.notify_one();
         }
         Ok(Self::served(info, st, &key, &stored))

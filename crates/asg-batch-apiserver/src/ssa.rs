@@ -363,33 +363,34 @@ pub fn path_string(path: &[String]) -> String {
     s
 }
 
-#[derive(Default)]
-struct Node {
-    member: bool,
-    children: BTreeMap<String, Node>,
-}
-
-/// Encode a field set as a FieldsV1 object.
+/// Encode a field set as a FieldsV1 object (built in place: a path element is copied
+/// once, when its node is made; a member with children gets `"."`).
 pub fn to_fields_v1(set: &FieldSet) -> Value {
-    let mut root = Node::default();
+    fn node<'a>(
+        root: &'a mut Map<String, Value>,
+        path: &[String],
+    ) -> Option<&'a mut Map<String, Value>> {
+        let mut m = root;
+        for el in path {
+            if !m.contains_key(el.as_str()) {
+                m.insert(el.clone(), Value::Object(Map::new()));
+            }
+            m = m.get_mut(el.as_str())?.as_object_mut()?;
+        }
+        Some(m)
+    }
+    let mut root = Map::new();
     for p in set {
-        let mut n = &mut root;
-        for el in p {
-            n = n.children.entry(el.clone()).or_default();
-        }
-        n.member = true;
+        node(&mut root, p);
     }
-    fn enc(n: &Node) -> Value {
-        let mut m = Map::new();
-        if n.member && !n.children.is_empty() {
-            m.insert(".".into(), json!({}));
+    for p in set {
+        if let Some(m) = node(&mut root, p) {
+            if !m.is_empty() {
+                m.insert(".".into(), json!({}));
+            }
         }
-        for (k, c) in &n.children {
-            m.insert(k.clone(), enc(c));
-        }
-        Value::Object(m)
     }
-    enc(&root)
+    Value::Object(root)
 }
 
 /// Decode a FieldsV1 object.
@@ -475,7 +476,9 @@ pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
     // subresource.
     let mut sorted: Vec<&Entry> = entries.iter().filter(|e| !e.fields.is_empty()).collect();
     sorted.sort_by(|p, q| {
-        let second = |e: &Entry| e.time.get(..19).unwrap_or(&e.time).to_string();
+        fn second(e: &Entry) -> &str {
+            e.time.get(..19).unwrap_or(&e.time)
+        }
         (
             &p.operation,
             second(p),
@@ -870,6 +873,28 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn a_member_with_children_is_encoded_with_a_dot() {
+        let set: FieldSet = [
+            vec!["f:spec"],
+            vec!["f:spec", "f:x"],
+            vec!["f:spec", "f:l", "k:{\"name\":\"a\"}"],
+            vec!["f:spec", "f:l", "k:{\"name\":\"a\"}", "f:v"],
+            vec!["f:metadata", "f:labels", "f:a"],
+        ]
+        .into_iter()
+        .map(|p| p.into_iter().map(str::to_string).collect())
+        .collect();
+        let enc = to_fields_v1(&set);
+        assert_eq!(
+            enc,
+            json!({"f:metadata": {"f:labels": {"f:a": {}}},
+                   "f:spec": {".": {}, "f:x": {}, "f:l": {"k:{\"name\":\"a\"}": {".": {}, "f:v": {}}}}})
+        );
+        assert_eq!(from_fields_v1(&enc), set);
+        assert_eq!(to_fields_v1(&FieldSet::new()), json!({}));
     }
 
     #[test]

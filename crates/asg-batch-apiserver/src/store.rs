@@ -113,8 +113,7 @@ impl GcMeta {
             uid: uid_of(v).to_string(),
             namespace: namespace_of(v).to_string(),
             name: name_of(v).to_string(),
-            owners: v
-                .pointer("/metadata/ownerReferences")
+            owners: super::meta::meta_field(v, "ownerReferences")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -361,7 +360,7 @@ impl State {
     fn put_over(&mut self, key: &str, obj: Value, old: Option<Obj>) -> Obj {
         let mut obj = obj;
         if super::meta::is_deleting(&obj)
-            || obj.pointer("/metadata/ownerReferences").is_some()
+            || super::meta::meta_field(&obj, "ownerReferences").is_some()
             || key.ends_with("/namespaces")
             || key.ends_with("/customresourcedefinitions")
         {
