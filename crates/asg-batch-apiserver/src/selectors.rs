@@ -203,7 +203,10 @@ impl FieldSelector {
             let same = match cur {
                 None | Some(Value::Null) => v.is_empty(),
                 Some(Value::String(s)) => s == v,
-                Some(other) => other.to_string() == *v,
+                Some(other) => {
+                    let json = other.to_string();
+                    json == *v
+                }
             };
             same == *eq
         })
