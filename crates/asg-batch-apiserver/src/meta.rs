@@ -27,30 +27,33 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
+/// `metadata.<field>`.
+pub fn meta_field<'a>(v: &'a Value, field: &str) -> Option<&'a Value> {
+    v.get("metadata").and_then(|m| m.get(field))
+}
+
 /// `metadata.name` (empty if absent).
 pub fn name_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/name")
+    meta_field(obj, "name")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 /// `metadata.namespace` (empty if absent).
 pub fn namespace_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/namespace")
+    meta_field(obj, "namespace")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 /// `metadata.uid`.
 pub fn uid_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    meta_field(obj, "uid").and_then(Value::as_str).unwrap_or("")
 }
 
 /// `metadata.resourceVersion` as a number (0 if absent or malformed).
 pub fn rv_of(obj: &Value) -> u64 {
-    obj.pointer("/metadata/resourceVersion")
+    meta_field(obj, "resourceVersion")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
@@ -58,7 +61,7 @@ pub fn rv_of(obj: &Value) -> u64 {
 
 /// `metadata.finalizers`.
 pub fn finalizers_of(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
+    meta_field(obj, "finalizers")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -70,8 +73,7 @@ pub fn finalizers_of(obj: &Value) -> Vec<String> {
 
 /// Whether `metadata.deletionTimestamp` is set.
 pub fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
+    meta_field(obj, "deletionTimestamp").is_some_and(|v| !v.is_null())
 }
 
 /// `metadata` as a mutable map, creating it; `None` only if `obj` is not an object.
@@ -137,7 +139,7 @@ pub fn validate_name(name: &str, label_only: bool) -> Option<Cause> {
 /// Validate label keys and values.
 pub fn validate_labels(obj: &Value) -> Vec<Cause> {
     let mut out = vec![];
-    if let Some(labels) = obj.pointer("/metadata/labels") {
+    if let Some(labels) = meta_field(obj, "labels") {
         let Some(m) = labels.as_object() else {
             return vec![Cause::new(
                 "FieldValueInvalid",

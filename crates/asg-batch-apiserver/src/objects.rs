@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 use super::crd::{self, CRD_KEY};
 use super::error::{ApiError, ApiResult, Cause, ObjRef};
 use super::meta::{
-    finalizers_of, is_deleting, metadata_mut, name_of, namespace_of, new_uid, now_rfc3339,
-    random_suffix, remove_meta, rv_of, set_meta, uid_of, validate_labels, validate_name,
+    finalizers_of, is_deleting, meta_field, metadata_mut, name_of, namespace_of, new_uid,
+    now_rfc3339, random_suffix, remove_meta, rv_of, set_meta, uid_of, validate_labels,
+    validate_name,
 };
 use super::patch::{self, PatchType};
 use super::resources::{Registry, ResourceInfo, from_crd};
@@ -204,6 +205,19 @@ fn same_but_rv(a: &Value, b: &Value) -> bool {
         }
         (x, y) => x == y,
     }
+}
+
+/// The document of an apply patch: YAML, of which JSON is a part. Clients (kube-rs,
+/// client-go) send JSON, which is read as JSON (a fraction of the cost of a YAML parse,
+/// the same `Value`: both keep the last of a repeated key); anything else is YAML.
+fn apply_document(body: &[u8]) -> ApiResult<Value> {
+    if body.trim_ascii_start().starts_with(b"{") {
+        if let Ok(v) = serde_json::from_slice::<Value>(body) {
+            return Ok(v);
+        }
+    }
+    serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
 fn ensure_object(body: Value) -> ApiResult<Value> {
@@ -823,8 +837,7 @@ impl Core {
         o: &WriteOpts,
     ) -> ApiResult<Outcome> {
         let patch_doc: Value = match pt {
-            PatchType::Apply => serde_yaml::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+            PatchType::Apply => apply_document(body)?,
             _ => serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
         };
@@ -852,7 +865,7 @@ impl Core {
                     )],
                 ));
             }
-            let applied = ensure_object(patch_doc)?;
+            let mut applied = ensure_object(patch_doc)?;
             if applied
                 .get("kind")
                 .and_then(Value::as_str)
@@ -876,11 +889,11 @@ impl Core {
             // What structured-merge-diff refuses to type (kube-apiserver: 500, whatever
             // fieldValidation says): fields the schema does not declare, duplicate keys.
             let mut untyped: Vec<String> = vec![];
+            // Pruned in place: when nothing is pruned it is unchanged, else refused here.
             if let Some(schema) = &info.schema {
-                let mut probe = applied.clone();
                 untyped.extend(
                     schema
-                        .prune(&mut probe)
+                        .prune(&mut applied)
                         .iter()
                         .map(|p| format!(".{p}: field not declared in schema")),
                 );
@@ -944,21 +957,8 @@ impl Core {
                         if !arv.is_empty() && arv != rv_of(&old).to_string() {
                             return Err(ApiError::conflict_modified(objref(info, name)));
                         }
-                        // prune the applied configuration first so unknown fields are not owned
-                        let mut applied = applied.clone();
-                        if let Some(schema) = &info.schema {
-                            let unknown = schema.prune(&mut applied);
-                            if !unknown.is_empty() && o.field_validation == FieldValidation::Strict
-                            {
-                                return Err(ApiError::bad_request(
-                                    super::validation::strict_message(
-                                        &info.kind,
-                                        &info.version,
-                                        &unknown,
-                                    ),
-                                ));
-                            }
-                        }
+                        // (The applied configuration has no unknown field: it was
+                        // refused above if it had one, so none is owned.)
                         let new = ssa::apply(
                             Some(&old),
                             &applied,
@@ -1030,8 +1030,7 @@ impl Core {
         if sub == "status" && !info.status_subresource {
             return Err(ApiError::path_not_found());
         }
-        let req_rv = new
-            .pointer("/metadata/resourceVersion")
+        let req_rv = meta_field(&new, "resourceVersion")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
@@ -1040,20 +1039,26 @@ impl Core {
         }
         let now = now_rfc3339();
         let old_v: &Value = old;
-        let mut cand = if sub == "status" {
-            let mut c = old_v.clone();
-            match new.get("status") {
-                Some(s) => c["status"] = s.clone(),
-                None => {
-                    if let Some(m) = c.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
-            if mf_preset {
-                if let Some(mf) = new.pointer("/metadata/managedFields") {
-                    set_meta(&mut c, "managedFields", mf.clone());
-                }
+        let mut cand = if sub == "status" && mf_preset {
+            // Server-side apply of `/status` built `new` from `old` changing only the
+            // status and managedFields: it is the candidate as it is.
+            new
+        } else if sub == "status" {
+            // The old object but its status (not copied: replaced), with the new status
+            // (moved, not copied).
+            let mut new = new;
+            let status = new.as_object_mut().and_then(|m| m.remove("status"));
+            let mut c = match old_v.as_object() {
+                Some(m) => Value::Object(
+                    m.iter()
+                        .filter(|(k, _)| k.as_str() != "status")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                None => old_v.clone(),
+            };
+            if let (Some(m), Some(s)) = (c.as_object_mut(), status) {
+                m.insert("status".into(), s);
             }
             c
         } else {
@@ -1085,7 +1090,7 @@ impl Core {
             "deletionGracePeriodSeconds",
             "generation",
         ] {
-            match old_v.pointer(&format!("/metadata/{k}")) {
+            match meta_field(old_v, k) {
                 Some(v) => set_meta(&mut cand, k, v.clone()),
                 None => remove_meta(&mut cand, k),
             }
@@ -1166,11 +1171,11 @@ impl Core {
                 .unwrap_or_default(),
             ));
         }
-        let stored = st.put(&key, cand);
+        let stored = st.replace(&key, cand, old);
         if key == CRD_KEY {
             self.rebuild_registry(st);
         }
-        if is_deleting(&stored) || stored.pointer("/metadata/ownerReferences").is_some() {
+        if is_deleting(&stored) || meta_field(&stored, "ownerReferences").is_some() {
             self.gc_wake.notify_one();
         }
         Ok(Self::served(info, st, &key, &stored))
@@ -1333,5 +1338,34 @@ impl Core {
             "kind": info.list_kind, "apiVersion": info.api_version(),
             "metadata": {"resourceVersion": rv.to_string()}, "items": items,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_apply_document_reads_the_same_as_json_and_as_yaml() {
+        let json = br#" {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+            "data": {"a": "x\u00e9\n", "a": "last", "n": "1"}, "list": [1, 2.5, -3, 1e3, true, null]}"#;
+        let v = apply_document(json).expect("JSON");
+        assert_eq!(
+            v["data"],
+            json!({"a": "last", "n": "1"}),
+            "the last of a repeated key"
+        );
+        assert_eq!(v, serde_yaml::from_slice::<Value>(json).expect("YAML"));
+        let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: last\n  n: \"1\"\n";
+        let y = apply_document(yaml).expect("YAML");
+        assert_eq!((&y["metadata"], &y["data"]), (&v["metadata"], &v["data"]));
+        // YAML's own flow syntax, which JSON does not read
+        assert_eq!(apply_document(b"{a: 1}").expect("flow"), json!({"a": 1}));
+        let err = apply_document(b"{\"a\": [").expect_err("neither");
+        assert!(
+            err.message.starts_with("error decoding YAML: "),
+            "{}",
+            err.message
+        );
     }
 }

@@ -117,7 +117,10 @@ impl LabelSelector {
 
     /// Whether an object's labels match.
     pub fn matches(&self, obj: &Value) -> bool {
-        let labels = obj.pointer("/metadata/labels");
+        if self.0.is_empty() {
+            return true;
+        }
+        let labels = obj.get("metadata").and_then(|m| m.get("labels"));
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
             Req::Eq(k, v) => get(k) == Some(v.as_str()),
@@ -197,12 +200,15 @@ impl FieldSelector {
             for part in f.split('.') {
                 cur = cur.and_then(|c| c.get(part));
             }
-            let actual = match cur {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
+            let same = match cur {
+                None | Some(Value::Null) => v.is_empty(),
+                Some(Value::String(s)) => s == v,
+                Some(other) => {
+                    let json = other.to_string();
+                    json == *v
+                }
             };
-            (actual == *v) == *eq
+            same == *eq
         })
     }
 
@@ -258,5 +264,32 @@ mod tests {
         assert!(FieldSelector::parse("spec.x=1", &[]).is_err());
         let extra = vec!["spec.x".to_string()];
         assert!(FieldSelector::parse("spec.x=", &extra).unwrap().matches(&o));
+        // selectable fields of other types compare as their JSON; null as ""
+        let fields = vec![
+            "spec.n".to_string(),
+            "spec.b".to_string(),
+            "status.node".to_string(),
+        ];
+        let o = json!({"spec": {"n": 3, "b": true}, "status": {"node": null}});
+        for (sel, want) in [
+            ("spec.n=3", true),
+            ("spec.n!=3", false),
+            ("spec.n=4", false),
+            ("spec.b=true", true),
+            ("status.node=", true),
+            ("status.node!=", false),
+            ("status.node=a", false),
+            ("status.node!=a", true),
+        ] {
+            assert_eq!(
+                FieldSelector::parse(sel, &fields).unwrap().matches(&o),
+                want,
+                "{sel}"
+            );
+        }
+        assert!(
+            LabelSelector::parse("").unwrap().matches(&o),
+            "an empty selector selects all"
+        );
     }
 }

@@ -232,14 +232,20 @@ fn walk(
 /// structured-merge-diff's "duplicate entries for key" errors: list-map items with the
 /// same key (`.status.attempts: duplicate entries for key [attempt=3]`).
 pub fn duplicate_keys(obj: &Value, ctx: SchemaCtx<'_>) -> Vec<String> {
-    fn go(v: &Value, schema: Option<&Value>, dotted: &str, out: &mut Vec<String>) {
+    // `dotted`: a buffer extended for each child and cut back (nothing allocated per
+    // field).
+    fn go(v: &Value, schema: Option<&Value>, dotted: &mut String, out: &mut Vec<String>) {
         match v {
             Value::Object(m) => {
                 for (k, c) in m {
                     if dotted.is_empty() && k == "metadata" {
                         continue;
                     }
-                    go(c, child_schema(schema, k), &format!("{dotted}.{k}"), out);
+                    let len = dotted.len();
+                    dotted.push('.');
+                    dotted.push_str(k);
+                    go(c, child_schema(schema, k), dotted, out);
+                    dotted.truncate(len);
                 }
             }
             Value::Array(items) => {
@@ -260,15 +266,18 @@ pub fn duplicate_keys(obj: &Value, ctx: SchemaCtx<'_>) -> Vec<String> {
                     }
                 }
                 let isch = items_schema(schema);
+                let len = dotted.len();
+                dotted.push_str("[]");
                 for it in items {
-                    go(it, isch, &format!("{dotted}[]"), out);
+                    go(it, isch, dotted, out);
                 }
+                dotted.truncate(len);
             }
             _ => {}
         }
     }
     let mut out = vec![];
-    go(obj, ctx.root, "", &mut out);
+    go(obj, ctx.root, &mut String::new(), &mut out);
     out
 }
 
@@ -354,33 +363,34 @@ pub fn path_string(path: &[String]) -> String {
     s
 }
 
-#[derive(Default)]
-struct Node {
-    member: bool,
-    children: BTreeMap<String, Node>,
-}
-
-/// Encode a field set as a FieldsV1 object.
+/// Encode a field set as a FieldsV1 object (built in place: a path element is copied
+/// once, when its node is made; a member with children gets `"."`).
 pub fn to_fields_v1(set: &FieldSet) -> Value {
-    let mut root = Node::default();
+    fn node<'a>(
+        root: &'a mut Map<String, Value>,
+        path: &[String],
+    ) -> Option<&'a mut Map<String, Value>> {
+        let mut m = root;
+        for el in path {
+            if !m.contains_key(el.as_str()) {
+                m.insert(el.clone(), Value::Object(Map::new()));
+            }
+            m = m.get_mut(el.as_str())?.as_object_mut()?;
+        }
+        Some(m)
+    }
+    let mut root = Map::new();
     for p in set {
-        let mut n = &mut root;
-        for el in p {
-            n = n.children.entry(el.clone()).or_default();
-        }
-        n.member = true;
+        node(&mut root, p);
     }
-    fn enc(n: &Node) -> Value {
-        let mut m = Map::new();
-        if n.member && !n.children.is_empty() {
-            m.insert(".".into(), json!({}));
+    for p in set {
+        if let Some(m) = node(&mut root, p) {
+            if !m.is_empty() {
+                m.insert(".".into(), json!({}));
+            }
         }
-        for (k, c) in &n.children {
-            m.insert(k.clone(), enc(c));
-        }
-        Value::Object(m)
     }
-    enc(&root)
+    Value::Object(root)
 }
 
 /// Decode a FieldsV1 object.
@@ -466,7 +476,9 @@ pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
     // subresource.
     let mut sorted: Vec<&Entry> = entries.iter().filter(|e| !e.fields.is_empty()).collect();
     sorted.sort_by(|p, q| {
-        let second = |e: &Entry| e.time.get(..19).unwrap_or(&e.time).to_string();
+        fn second(e: &Entry) -> &str {
+            e.time.get(..19).unwrap_or(&e.time)
+        }
         (
             &p.operation,
             second(p),
@@ -822,6 +834,67 @@ mod tests {
             subresource: "",
             now: "2026-01-01T00:00:00Z",
         }
+    }
+
+    #[test]
+    fn duplicate_list_map_keys_are_named_by_their_path_at_any_depth() {
+        let schema = json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {"groups": {"type": "array", "items": {
+                "type": "object", "properties": {"ports": {
+                    "type": "array", "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["port", "name"],
+                    "items": {"type": "object"}}}}}}},
+            "status": {"type": "object", "properties": {"attempts": {
+                "type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["attempt"], "items": {"type": "object"}}}}}});
+        let obj = json!({
+            "metadata": {"ownerReferences": [{"uid": "u"}, {"uid": "u"}]},
+            "spec": {"groups": [{"ports": [{"port": 1, "name": "a"}]},
+                                {"ports": [{"port": 1, "name": "a"}, {"name": "a", "port": 1}, {"port": 2, "name": "a"}]}]},
+            "status": {"attempts": [{"attempt": 3}, {"attempt": 3}, {"attempt": 3}]}});
+        assert_eq!(
+            duplicate_keys(
+                &obj,
+                SchemaCtx {
+                    root: Some(&schema)
+                }
+            ),
+            vec![
+                ".spec.groups[].ports: duplicate entries for key [name=\"a\",port=1]",
+                ".status.attempts: duplicate entries for key [attempt=3]",
+            ]
+        );
+        assert!(
+            duplicate_keys(
+                &json!({"spec": {"groups": []}}),
+                SchemaCtx {
+                    root: Some(&schema)
+                }
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_member_with_children_is_encoded_with_a_dot() {
+        let set: FieldSet = [
+            vec!["f:spec"],
+            vec!["f:spec", "f:x"],
+            vec!["f:spec", "f:l", "k:{\"name\":\"a\"}"],
+            vec!["f:spec", "f:l", "k:{\"name\":\"a\"}", "f:v"],
+            vec!["f:metadata", "f:labels", "f:a"],
+        ]
+        .into_iter()
+        .map(|p| p.into_iter().map(str::to_string).collect())
+        .collect();
+        let enc = to_fields_v1(&set);
+        assert_eq!(
+            enc,
+            json!({"f:metadata": {"f:labels": {"f:a": {}}},
+                   "f:spec": {".": {}, "f:x": {}, "f:l": {"k:{\"name\":\"a\"}": {".": {}, "f:v": {}}}}})
+        );
+        assert_eq!(from_fields_v1(&enc), set);
+        assert_eq!(to_fields_v1(&FieldSet::new()), json!({}));
     }
 
     #[test]

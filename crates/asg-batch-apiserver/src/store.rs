@@ -113,8 +113,7 @@ impl GcMeta {
             uid: uid_of(v).to_string(),
             namespace: namespace_of(v).to_string(),
             name: name_of(v).to_string(),
-            owners: v
-                .pointer("/metadata/ownerReferences")
+            owners: super::meta::meta_field(v, "ownerReferences")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -246,7 +245,9 @@ pub struct State {
     oldest_rv: u64,
     history_limit: usize,
     history_byte_limit: usize,
-    pending: Vec<(Arc<Event>, Obj)>,
+    /// Changes made by the running write: the event, its object parsed and, when the
+    /// writer had it, the previous object parsed.
+    pending: Vec<(Arc<Event>, Obj, Option<Obj>)>,
     /// Set by changes the garbage collector must look at (removals, objects with
     /// ownerReferences or a deletionTimestamp, namespaces and CRDs).
     gc_dirty: bool,
@@ -347,9 +348,19 @@ impl State {
 
     /// Store `obj` (create or replace), assigning the next resourceVersion.
     pub fn put(&mut self, key: &str, obj: Value) -> Obj {
+        self.put_over(key, obj, None)
+    }
+
+    /// [`State::put`] replacing `old`, the stored object as this write read it (parsed):
+    /// watches that need the previous object then take it instead of parsing it again.
+    pub fn replace(&mut self, key: &str, obj: Value, old: &Obj) -> Obj {
+        self.put_over(key, obj, Some(old.clone()))
+    }
+
+    fn put_over(&mut self, key: &str, obj: Value, old: Option<Obj>) -> Obj {
         let mut obj = obj;
         if super::meta::is_deleting(&obj)
-            || obj.pointer("/metadata/ownerReferences").is_some()
+            || super::meta::meta_field(&obj, "ownerReferences").is_some()
             || key.ends_with("/namespaces")
             || key.ends_with("/customresourcedefinitions")
         {
@@ -373,6 +384,7 @@ impl State {
         } else {
             EventType::Added
         };
+        let old = old.filter(|_| prev.is_some());
         self.pending.push((
             Arc::new(Event {
                 rv,
@@ -384,6 +396,7 @@ impl State {
                 prev: prev.map(|p| p.object),
             }),
             obj.clone(),
+            old,
         ));
         obj
     }
@@ -416,6 +429,7 @@ impl State {
                 prev: Some(prev.object),
             }),
             obj.clone(),
+            None,
         ));
         Some(obj)
     }
@@ -616,14 +630,18 @@ impl Store {
                 tracing::error!(error = %e, "persisting to the data store failed");
             }
         }
-        for (event, object) in events {
+        for (event, object, old) in events {
             st.history_bytes += event.size();
             st.history.push_back(event.clone());
+            let prev = match old {
+                Some(old) => OnceLock::from(Some(old)),
+                None => OnceLock::new(),
+            };
             // send fails only when nobody listens.
             let _ = self.tx.send(Arc::new(Live {
                 event,
                 object,
-                prev: OnceLock::new(),
+                prev,
             }));
         }
         st.trim_history();
@@ -672,14 +690,18 @@ impl Store {
     }
 }
 
-fn persist(db: &Database, events: &[(Arc<Event>, Obj)], rv: u64) -> Result<(), ApiError> {
+fn persist(
+    db: &Database,
+    events: &[(Arc<Event>, Obj, Option<Obj>)],
+    rv: u64,
+) -> Result<(), ApiError> {
     let ie = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
     let mut w = db.begin_write().map_err(|e| ie(&e))?;
     w.set_durability(redb::Durability::None)
         .map_err(|e| ie(&e))?;
     {
         let mut t = w.open_table(OBJECTS).map_err(|e| ie(&e))?;
-        for (e, _) in events {
+        for (e, _, _) in events {
             let k = row_key(e);
             match e.kind {
                 EventType::Deleted => {
@@ -728,6 +750,29 @@ mod tests {
             .gc
             .clone();
         assert_eq!((gc.uid.as_str(), gc.name.as_str()), ("u-a", "a"));
+    }
+
+    #[test]
+    fn a_watch_gets_the_previous_object_of_a_change_whether_or_not_the_writer_had_it() {
+        let store = Store::in_memory(100);
+        let first = put(&store, cm("a", "one"));
+        let mut rx = store.subscribe();
+        // A writer that read the stored object hands it over parsed...
+        store
+            .write(|st| Ok(st.replace("core/configmaps", cm("a", "two"), &first)))
+            .expect("replace");
+        // ...one that did not gets it parsed from the history's bytes.
+        put(&store, cm("a", "three"));
+        let handed = rx.try_recv().expect("the first change");
+        let prev = handed.prev().expect("a MODIFIED has its previous object");
+        assert!(Arc::ptr_eq(&prev, &first), "handed over, not parsed again");
+        assert_eq!(prev["data"]["v"], "one");
+        assert_eq!(prev["metadata"]["resourceVersion"], "1");
+        let parsed = rx.try_recv().expect("the second change");
+        let prev = parsed.prev().expect("a MODIFIED has its previous object");
+        assert_eq!(prev["data"]["v"], "two");
+        assert_eq!(prev["metadata"]["resourceVersion"], "2");
+        assert_eq!(*prev, *handed.object, "the object of the change before it");
     }
 
     #[test]

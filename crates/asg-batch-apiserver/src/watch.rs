@@ -96,6 +96,19 @@ impl Watcher {
         }
     }
 
+    /// [`Watcher::render`] of an object the caller owns: a plain watch presents it in
+    /// place (no copy).
+    fn render_owned(&self, mut o: Value) -> Value {
+        if self.p.as_partial || self.p.as_table {
+            return self.render(&o);
+        }
+        if let Some(m) = o.as_object_mut() {
+            m.insert("apiVersion".into(), json!(self.info.api_version()));
+            m.insert("kind".into(), json!(self.info.kind));
+        }
+        o
+    }
+
     /// The stored JSON `p`, when it is exactly what [`Watcher::render`] would send: a
     /// plain watch (no table, no metadata-only) and an object stored as served
     /// ([`super::objects::served_prefix`]); anything else is rendered. Serialised once
@@ -185,7 +198,7 @@ impl Watcher {
             ("DELETED", EventType::Modified, Some(prev)) => {
                 let mut p = (**prev).clone();
                 super::meta::set_meta(&mut p, "resourceVersion", json!(e.rv.to_string()));
-                self.render(&p)
+                self.render_owned(p)
             }
             _ => {
                 if let Some(raw) = self.as_stored(&e.object) {

@@ -2,6 +2,8 @@
 //! apiextensions-apiserver's `structuralpruning.PruneWithOptions` does, and
 //! `metadata` of the root pruned to ObjectMeta's fields.
 
+use std::fmt::Write as _;
+
 use serde_json::Value;
 
 use super::compile::Node;
@@ -41,66 +43,61 @@ pub(crate) fn prune_root(root: &Node, obj: &mut Value) -> Vec<String> {
                 pruned.push(format!("metadata.{k}"));
             }
         }
-        let keys: Vec<String> = m.keys().cloned().collect();
-        for k in keys {
-            if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                continue;
-            }
-            prune_key(root, m, &k, "", &mut pruned);
-        }
+        let mut path = String::new();
+        prune_map(root, m, false, true, &mut path, &mut pruned);
     }
     pruned.sort();
     pruned
 }
 
-fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_string()
-    } else {
-        format!("{parent}.{key}")
-    }
-}
-
-fn prune_key(
+/// Prunes the fields of an object at `path` (a buffer: extended for each child and cut
+/// back, so nothing is allocated unless a field goes); `root` skips `apiVersion`, `kind`
+/// and `metadata` (handled above), `embedded` skips them as an embedded resource's.
+fn prune_map(
     node: &Node,
     m: &mut serde_json::Map<String, Value>,
-    k: &str,
-    parent: &str,
+    embedded: bool,
+    root: bool,
+    path: &mut String,
     pruned: &mut Vec<String>,
 ) {
-    let path = join(parent, k);
-    let child = node.property(k).or(node.additional.as_deref());
-    match child {
-        Some(c) => {
-            if let Some(v) = m.get_mut(k) {
-                prune(c, v, &path, pruned);
+    let mut gone: Vec<String> = Vec::new();
+    for (k, v) in m.iter_mut() {
+        if (root || embedded) && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(k);
+        match node.property(k).or(node.additional.as_deref()) {
+            Some(c) => prune(c, v, path, pruned),
+            None if node.preserve_unknown => {}
+            None => {
+                gone.push(k.clone());
+                pruned.push(path.clone());
             }
         }
-        None if node.preserve_unknown => {}
-        None => {
-            m.remove(k);
-            pruned.push(path);
-        }
+        path.truncate(len);
+    }
+    for k in gone {
+        m.remove(&k);
     }
 }
 
 /// Prunes a value at `path` against `node`.
-fn prune(node: &Node, v: &mut Value, path: &str, pruned: &mut Vec<String>) {
+fn prune(node: &Node, v: &mut Value, path: &mut String, pruned: &mut Vec<String>) {
     match v {
-        Value::Object(m) => {
-            let embedded = node.embedded_resource;
-            let keys: Vec<String> = m.keys().cloned().collect();
-            for k in keys {
-                if embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                    continue;
-                }
-                prune_key(node, m, &k, path, pruned);
-            }
-        }
+        Value::Object(m) => prune_map(node, m, node.embedded_resource, false, path, pruned),
         Value::Array(a) => {
             if let Some(items) = &node.items {
                 for (i, x) in a.iter_mut().enumerate() {
-                    prune(items, x, &format!("{path}[{i}]"), pruned);
+                    let len = path.len();
+                    // (writing to a String cannot fail)
+                    let _ = write!(path, "[{i}]");
+                    prune(items, x, path, pruned);
+                    path.truncate(len);
                 }
             }
         }

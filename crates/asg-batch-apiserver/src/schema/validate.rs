@@ -716,7 +716,11 @@ fn cel_walk(
     }
     if node.rules.iter().any(|r| r.uses_old_self || !unchanged) {
         let this = self_value(node, v, is_root);
-        let old_cel = old.map(|o| self_value(node, o, is_root));
+        // An equal old value converts to the same CEL value: converted once.
+        let old_cel = match old {
+            Some(o) if o == v => Some(this.clone()),
+            o => o.map(|o| self_value(node, o, is_root)),
+        };
         for rule in &node.rules {
             let binding = if !rule.uses_old_self {
                 OldSelf::None
