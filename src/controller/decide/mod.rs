@@ -481,15 +481,18 @@ pub fn decide_with(
         .filter(|q| !q.spec.job_state_time_limit_actions.is_empty())
         .filter_map(|q| q.metadata.name.as_deref())
         .collect();
+    let ttl_defaults = retention::ttl_defaults(&observed.queues);
     let may_settle = |j: &BatchJob| {
         settled::eligible(j)
             && !timed_queues.contains(j.spec.queue.as_str())
+            && !retention::expired(j, &ttl_defaults, now)
             && j.status
                 .as_ref()
                 .and_then(|s| s.runnable_since.as_ref())
                 .is_none_or(|t| seconds(t) <= now)
     };
-    // Settled in an earlier pass at this resourceVersion: decided after the plan.
+    // Settled in an earlier pass at this resourceVersion (waiting, or finished and not
+    // expired): decided after the plan.
     let mut quiet: Vec<&BatchJob> = Vec::new();
     for j in &observed.jobs {
         if settled.get(j).is_some() && may_settle(j) {
@@ -615,10 +618,7 @@ pub fn decide_with(
             id.0.push_str(j.metadata.name.as_deref().unwrap_or_default());
             let stays = !touched.contains(&id)
                 && !built.invalid_jobs.contains_key(&id)
-                && plan
-                    .unplaced
-                    .get(&id)
-                    .is_some_and(|r| settled.get(j) == Some(r))
+                && settled.get(j) == Some(plan.unplaced.get(&id))
                 && super::estimates::queue_fields_stay(j.status.as_ref(), plan.queue.get(&id), now);
             if stays {
                 settled.confirm(j);
@@ -657,13 +657,17 @@ pub fn decide_with(
     let mut kept = kept_settled;
     for (id, w) in &work {
         let wrote = w_finish(id, w, &mut out.jobs);
-        if !wrote
-            && may_settle(w.job)
-            && !built.invalid_jobs.contains_key(id)
-            && let Some(reason) = plan.unplaced.get(id).filter(|r| settled::memorable(r))
-        {
-            settled.remember(w.job, reason);
-            kept += 1;
+        if !wrote && may_settle(w.job) && !built.invalid_jobs.contains_key(id) {
+            let finished = phase(w.desired.phase).is_terminal();
+            let reason = plan.unplaced.get(id);
+            let memorable = match reason {
+                Some(r) => !finished && settled::memorable(r),
+                None => finished,
+            };
+            if memorable {
+                settled.remember(w.job, reason);
+                kept += 1;
+            }
         }
     }
     settled.end(kept);

@@ -1,16 +1,18 @@
-//! PURE: waiting jobs whose status is already right, remembered across passes, so that a
-//! backlog costs a pass little more than its scheduling (issue 13: work per pass grows
-//! with what changed, not with all jobs).
+//! PURE: waiting and finished jobs whose status is already right, remembered across
+//! passes, so that a backlog (or a history of finished jobs) costs a pass little more
+//! than its scheduling (issue 13: work per pass grows with what changed, not with all
+//! jobs).
 //!
 //! A pass that finds a waiting job (Pending or Runnable) needing no write for the reason
-//! the scheduler gave it remembers that fact under the job's uid, with the
-//! resourceVersion it saw and that reason ([`Settled`]). In a later pass, a job seen at
-//! the same uid and resourceVersion, for which the plan gives the same reason, does not
-//! bind, change phase or fail, whose queue fields do not move materially, and on which no
-//! time-dependent rule can act (no `jobStateTimeLimitActions` on its queue, no fleet
-//! error in its message, not an array job, no cancel request, no legacy label) needs no
-//! write either: its status is a function of the object (fixed by its resourceVersion)
-//! and of those inputs. Such a job is not cloned, formatted or compared; any other job
+//! the scheduler gave it, or a finished job (Succeeded or Failed) needing no write,
+//! remembers that fact under the job's uid, with the resourceVersion it saw and that
+//! reason ([`Settled`]). In a later pass, a job seen at the same uid and resourceVersion,
+//! for which the plan gives the same reason (none for a finished job), does not bind,
+//! change phase or fail, whose queue fields do not move materially, and on which no
+//! time-dependent rule can act (no `jobStateTimeLimitActions` on its queue, its TTL not
+//! expired, no fleet error in its message, not an array job, no cancel request, no legacy
+//! label) needs no write either: its status is a function of the object (fixed by its
+//! resourceVersion) and of those inputs. Such a job is not cloned, formatted or compared; any other job
 //! goes through the whole pass as before. So a pass decides with memory exactly as it
 //! does without (the property test `settled_memory_changes_no_decision`).
 
@@ -35,7 +37,9 @@ pub struct Settled {
 #[derive(Debug, Clone)]
 struct Entry {
     resource_version: String,
-    reason: Reason,
+    /// The scheduler's reason (none for a finished job), boxed: most entries are
+    /// finished jobs.
+    reason: Option<Box<Reason>>,
     pass: u64,
 }
 
@@ -55,14 +59,15 @@ impl Settled {
         self.pass = self.pass.wrapping_add(1);
     }
 
-    /// The reason a job was settled with, if it was, at its current resourceVersion.
-    pub(super) fn get(&self, job: &BatchJob) -> Option<&Reason> {
+    /// The reason a job was settled with (`Some(None)`: settled without one), if it
+    /// was, at its current resourceVersion.
+    pub(super) fn get(&self, job: &BatchJob) -> Option<Option<&Reason>> {
         let uid = job.metadata.uid.as_deref()?;
         let rv = job.metadata.resource_version.as_deref()?;
         self.jobs
             .get(uid)
             .filter(|e| e.resource_version == rv)
-            .map(|e| &e.reason)
+            .map(|e| e.reason.as_deref())
     }
 
     /// Confirms that a job is still settled in this pass.
@@ -78,7 +83,7 @@ impl Settled {
     }
 
     /// Remembers a job that needed no write in this pass for `reason`.
-    pub(super) fn remember(&mut self, job: &BatchJob, reason: &Reason) {
+    pub(super) fn remember(&mut self, job: &BatchJob, reason: Option<&Reason>) {
         let (Some(uid), Some(rv)) = (
             job.metadata.uid.as_ref(),
             job.metadata.resource_version.as_ref(),
@@ -87,7 +92,7 @@ impl Settled {
         };
         let entry = Entry {
             resource_version: rv.clone(),
-            reason: reason.clone(),
+            reason: reason.map(|r| Box::new(r.clone())),
             pass: self.pass,
         };
         match self.jobs.get_mut(uid.as_str()) {
@@ -109,14 +114,16 @@ impl Settled {
 }
 
 /// Whether a job may be settled at all, from the object alone: waiting (Pending or
-/// Runnable), not part of an array, no cancel request, no legacy node label, and its
+/// Runnable) or finished (Succeeded or Failed), not part of an array, no cancel request, no legacy node label, and its
 /// status observed at the job's generation.
 pub(super) fn eligible(job: &BatchJob) -> bool {
     let Some(s) = job.status.as_ref() else {
         return false;
     };
-    matches!(s.phase, Some(JobPhase::Pending | JobPhase::Runnable))
-        && job.spec.array_properties.is_none()
+    matches!(
+        s.phase,
+        Some(JobPhase::Pending | JobPhase::Runnable | JobPhase::Succeeded | JobPhase::Failed)
+    ) && job.spec.array_properties.is_none()
         && job.spec.array_index.is_none()
         && job.spec.cancel.is_none()
         && s.observed_generation == job.metadata.generation
