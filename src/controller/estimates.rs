@@ -228,20 +228,42 @@ pub fn set_queue_fields(
     writing: bool,
     now: Seconds,
 ) {
-    let old = written.and_then(|w| {
-        Some((
-            w.queue_position?,
-            w.estimated_start_time.as_ref().map(seconds),
-        ))
-    });
-    let new = (q.position, q.estimated_start);
-    if writing || forecast::material_change(old, new, now) {
+    if writing || moved(written, q, now) {
         desired.queue_position = Some(q.position);
         desired.estimated_start_time = q.estimated_start.map(time);
         desired.estimated_duration = Some(DurationEstimate {
             seconds: estimate.seconds,
             source: estimate.source.as_str().to_owned(),
         });
+    }
+}
+
+/// Whether the queue fields written in `written` move materially with `q`.
+fn moved(written: Option<&BatchJobStatus>, q: &QueueEstimate, now: Seconds) -> bool {
+    let old = written.and_then(|w| {
+        Some((
+            w.queue_position?,
+            w.estimated_start_time.as_ref().map(seconds),
+        ))
+    });
+    forecast::material_change(old, (q.position, q.estimated_start), now)
+}
+
+/// Whether a job's queue fields stay as `written` holds them when its status is not
+/// written otherwise: [`set_queue_fields`] with `q` (the job was forecast) or
+/// [`clear_queue_fields`] (it was not) would change nothing.
+pub fn queue_fields_stay(
+    written: Option<&BatchJobStatus>,
+    q: Option<&QueueEstimate>,
+    now: Seconds,
+) -> bool {
+    match q {
+        Some(q) => !moved(written, q, now),
+        None => written.is_none_or(|w| {
+            w.queue_position.is_none()
+                && w.estimated_start_time.is_none()
+                && w.estimated_duration.is_none()
+        }),
     }
 }
 

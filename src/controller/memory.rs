@@ -35,6 +35,9 @@ pub struct PassMemory {
     /// Fleet calls or describes that failed, by compute environment (shown in its status
     /// until the fleet works again).
     pub fleet_errors: BTreeMap<String, super::decide::FleetProblem>,
+    /// Waiting jobs whose status a pass found already right, by uid and resourceVersion
+    /// (a function of the objects, so no gap in the view invalidates it).
+    pub settled: super::decide::Settled,
 }
 
 impl PassMemory {

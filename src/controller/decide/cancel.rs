@@ -46,7 +46,10 @@ pub struct CancelChild {
 pub(super) fn requests(jobs: &[Arc<BatchJob>]) -> BTreeMap<JobId, CancelRequest> {
     let own: BTreeMap<JobId, &CancelRequest> = jobs
         .iter()
-        .filter_map(|j| Some((job_id(j), j.spec.cancel.as_ref()?)))
+        .filter_map(|j| {
+            let c = j.spec.cancel.as_ref()?;
+            Some((job_id(j), c))
+        })
         .collect();
     let mut out: BTreeMap<JobId, CancelRequest> = own
         .iter()

@@ -433,6 +433,7 @@ pub(super) fn environment_updates(
 pub(super) fn queue_updates(
     observed: &Observed,
     work: &BTreeMap<JobId, Work<'_>>,
+    settled_runnable: &BTreeMap<&str, i32>,
     now: Seconds,
     out: &mut Decisions,
 ) {
@@ -445,7 +446,8 @@ pub(super) fn queue_updates(
         let Some(name) = q.metadata.name.as_deref() else {
             continue;
         };
-        let (mut runnable, mut running) = (0i32, 0i32);
+        // Settled waiting jobs (not in `work`) are Runnable ones of their queue too.
+        let (mut runnable, mut running) = (settled_runnable.get(name).copied().unwrap_or(0), 0i32);
         for w in work.values() {
             if w.job.spec.queue != name || snapshot::is_array_parent(w.job) {
                 continue;

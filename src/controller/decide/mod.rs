@@ -34,7 +34,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 
-use crate::api::batch_job::BatchJobStatus;
+use crate::api::batch_job::{BatchJobStatus, JobPhase};
 use crate::api::batch_node::{BatchNodeStatus, NodePhase as ApiNodePhase};
 use crate::api::compute_environment::ComputeEnvironmentStatus;
 use crate::api::job_queue::JobQueueStatus;
@@ -55,6 +55,7 @@ mod derived;
 mod liveness;
 mod retention;
 mod schedule;
+mod settled;
 pub(crate) mod snapshot;
 pub(crate) mod status;
 #[cfg(test)]
@@ -69,6 +70,7 @@ use derived::{environment_updates, node_updates, queue_updates};
 use liveness::{Liveness, liveness};
 use retention::retention;
 use schedule::apply_plan;
+pub use settled::Settled;
 
 /// Tunables of a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,8 +393,21 @@ fn event(
     });
 }
 
-/// Runs one pass.
+/// Runs one pass, as the first pass of a controller (nothing remembered).
 pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decisions {
+    decide_with(observed, config, now, &mut Settled::default())
+}
+
+/// Runs one pass with what earlier passes remembered of settled waiting jobs
+/// ([`Settled`]), and updates it. The decisions are exactly those of [`decide`]; a
+/// backlog of waiting jobs whose status is already right costs only its scheduling.
+pub fn decide_with(
+    observed: &Observed,
+    config: &DecideConfig,
+    now: Seconds,
+    settled: &mut Settled,
+) -> Decisions {
+    settled.begin();
     let mut out = Decisions::default();
     let definitions: Vec<&JobDefinition> = observed.definitions.iter().map(|d| &**d).collect();
     let defs = snapshot::index_definitions(&definitions);
@@ -459,7 +474,31 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         with_fleet: &with_fleet,
     };
     let mut work: BTreeMap<JobId, Work<'_>> = BTreeMap::new();
+    // Queues whose jobStateTimeLimitActions may act on a waiting job as time passes.
+    let timed_queues: BTreeSet<&str> = observed
+        .queues
+        .iter()
+        .filter(|q| !q.spec.job_state_time_limit_actions.is_empty())
+        .filter_map(|q| q.metadata.name.as_deref())
+        .collect();
+    let ttl_defaults = retention::ttl_defaults(&observed.queues);
+    let may_settle = |j: &BatchJob| {
+        settled::eligible(j)
+            && !timed_queues.contains(j.spec.queue.as_str())
+            && !retention::expired(j, &ttl_defaults, now)
+            && j.status
+                .as_ref()
+                .and_then(|s| s.runnable_since.as_ref())
+                .is_none_or(|t| seconds(t) <= now)
+    };
+    // Settled in an earlier pass at this resourceVersion (waiting, or finished and not
+    // expired): decided after the plan.
+    let mut quiet: Vec<&BatchJob> = Vec::new();
     for j in &observed.jobs {
+        if settled.get(j).is_some() && may_settle(j) {
+            quiet.push(j);
+            continue;
+        }
         let mut w = Work {
             job: j,
             desired: owned_job_status(j.status.as_ref()),
@@ -560,6 +599,45 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
             .get(n)
             .is_some_and(|x| observed.fleets.contains_key(&x.compute_environment))
     });
+    // Settled jobs the plan leaves as they were need nothing; the others are decided.
+    let (kept_settled, quiet_runnable) = {
+        let touched: BTreeSet<&JobId> = plan
+            .bindings
+            .iter()
+            .map(|b| &b.job)
+            .chain(plan.phase_changes.iter().map(|c| &c.job))
+            .chain(plan.dependency_failures.iter().map(|f| &f.job))
+            .collect();
+        let mut id = JobId(String::new());
+        let mut kept = 0usize;
+        let mut runnable: BTreeMap<&str, i32> = BTreeMap::new();
+        for j in quiet {
+            id.0.clear();
+            id.0.push_str(j.metadata.namespace.as_deref().unwrap_or_default());
+            id.0.push('/');
+            id.0.push_str(j.metadata.name.as_deref().unwrap_or_default());
+            let stays = !touched.contains(&id)
+                && !built.invalid_jobs.contains_key(&id)
+                && settled.get(j) == Some(plan.unplaced.get(&id))
+                && super::estimates::queue_fields_stay(j.status.as_ref(), plan.queue.get(&id), now);
+            if stays {
+                settled.confirm(j);
+                kept += 1;
+                if j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Runnable) {
+                    *runnable.entry(j.spec.queue.as_str()).or_default() += 1;
+                }
+            } else {
+                work.insert(
+                    job_id(j),
+                    Work {
+                        job: j,
+                        desired: owned_job_status(j.status.as_ref()),
+                    },
+                );
+            }
+        }
+        (kept, runnable)
+    };
     apply_plan(
         &plan,
         &built,
@@ -576,9 +654,23 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
     arrays(&mut work, config.array_children_waiting, &mut out, now);
 
     // Generation, labels, and the job writes.
+    let mut kept = kept_settled;
     for (id, w) in &work {
-        w_finish(id, w, &mut out.jobs);
+        let wrote = w_finish(id, w, &mut out.jobs);
+        if !wrote && may_settle(w.job) && !built.invalid_jobs.contains_key(id) {
+            let finished = phase(w.desired.phase).is_terminal();
+            let reason = plan.unplaced.get(id);
+            let memorable = match reason {
+                Some(r) => !finished && settled::memorable(r),
+                None => finished,
+            };
+            if memorable {
+                settled.remember(w.job, reason);
+                kept += 1;
+            }
+        }
     }
+    settled.end(kept);
     // Finished jobs past their TTL: deleted (and not written).
     retention(&work, &observed.queues, now, &mut out);
     // Duration histories into the definitions' status (before retention loses them).
@@ -606,7 +698,7 @@ pub fn decide(observed: &Observed, config: &DecideConfig, now: Seconds) -> Decis
         now,
         &mut out,
     );
-    queue_updates(observed, &work, now, &mut out);
+    queue_updates(observed, &work, &quiet_runnable, now, &mut out);
     out.delete_nodes = departed
         .iter()
         .filter(|n| node_phase.get(*n) == Some(&ApiNodePhase::Lost) && !holding.contains(**n))
@@ -733,7 +825,8 @@ fn nodes_holding_jobs(work: &BTreeMap<JobId, Work<'_>>) -> BTreeSet<String> {
         .collect()
 }
 
-fn w_finish(id: &JobId, w: &Work<'_>, jobs: &mut Vec<JobUpdate>) {
+/// Emits the job's write if it needs one; whether it did.
+fn w_finish(id: &JobId, w: &Work<'_>, jobs: &mut Vec<JobUpdate>) -> bool {
     let mut desired = w.desired.clone();
     desired.observed_generation = w.job.metadata.generation;
     let current = owned_job_status(w.job.status.as_ref());
@@ -767,5 +860,8 @@ fn w_finish(id: &JobId, w: &Work<'_>, jobs: &mut Vec<JobUpdate>) {
             binds,
             status,
         });
+        true
+    } else {
+        false
     }
 }

@@ -6,12 +6,42 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::api::JobQueue;
+use crate::api::{BatchJob, JobQueue};
 use crate::scheduler::{JobId, Seconds};
 
 use super::super::time::seconds;
 use super::snapshot::{array_child, is_array_parent, phase};
 use super::{Decisions, JobDeletion, Work};
+
+/// Each queue's `jobTtlSecondsAfterFinished`, by queue name.
+pub(super) fn ttl_defaults(queues: &[Arc<JobQueue>]) -> BTreeMap<&str, u32> {
+    queues
+        .iter()
+        .filter_map(|q| {
+            Some((
+                q.metadata.name.as_deref()?,
+                q.spec.job_ttl_seconds_after_finished?,
+            ))
+        })
+        .collect()
+}
+
+/// Whether a job finished (as observed) at least its TTL ago.
+pub(super) fn expired(job: &BatchJob, defaults: &BTreeMap<&str, u32>, now: Seconds) -> bool {
+    let Some(st) = job.status.as_ref() else {
+        return false;
+    };
+    let ttl = job
+        .spec
+        .ttl_seconds_after_finished
+        .or_else(|| defaults.get(job.spec.queue.as_str()).copied());
+    match (ttl, st.stopped_at.as_ref()) {
+        (Some(ttl), Some(stopped)) if phase(st.phase).is_terminal() => {
+            now >= seconds(stopped).saturating_add(Seconds::from(ttl))
+        }
+        _ => false,
+    }
+}
 
 /// Adds the deletions of this pass to `out.delete_jobs` (children before their parent)
 /// and drops the writes to the jobs it deletes.
@@ -21,32 +51,8 @@ pub(super) fn retention(
     now: Seconds,
     out: &mut Decisions,
 ) {
-    let defaults: BTreeMap<&str, u32> = queues
-        .iter()
-        .filter_map(|q| {
-            Some((
-                q.metadata.name.as_deref()?,
-                q.spec.job_ttl_seconds_after_finished?,
-            ))
-        })
-        .collect();
-    // A job finished (as observed) at least its TTL ago.
-    let expired = |w: &Work<'_>| {
-        let Some(st) = w.job.status.as_ref() else {
-            return false;
-        };
-        let ttl = w
-            .job
-            .spec
-            .ttl_seconds_after_finished
-            .or_else(|| defaults.get(w.job.spec.queue.as_str()).copied());
-        match (ttl, st.stopped_at.as_ref()) {
-            (Some(ttl), Some(stopped)) if phase(st.phase).is_terminal() => {
-                now >= seconds(stopped).saturating_add(Seconds::from(ttl))
-            }
-            _ => false,
-        }
-    };
+    let defaults = ttl_defaults(queues);
+    let expired = |w: &Work<'_>| expired(w.job, &defaults, now);
     let finished = |w: &Work<'_>| phase(w.job.status.as_ref().and_then(|s| s.phase)).is_terminal();
     let mut children: BTreeMap<&JobId, Vec<&JobId>> = BTreeMap::new();
     let mut deleted: BTreeSet<&JobId> = BTreeSet::new();

@@ -102,13 +102,15 @@ pub(super) fn apply_plan(
     for (id, reason) in &plan.unplaced {
         // An array parent is known to the scheduler only through its children: in the
         // pass that creates them, a job depending on it is waiting, not missing it.
-        let reason = &match reason {
+        let waiting_on;
+        let reason = match reason {
             Reason::DependencyNotFound { dependency } if work.contains_key(dependency) => {
-                Reason::WaitingOnDependency {
+                waiting_on = Reason::WaitingOnDependency {
                     dependency: dependency.clone(),
-                }
+                };
+                &waiting_on
             }
-            other => other.clone(),
+            other => other,
         };
         let Some(w) = work.get_mut(id) else {
             continue;

@@ -1921,3 +1921,201 @@ fn finished_jobs_are_deleted_after_their_ttl_an_array_parent_with_its_children()
         ]
     );
 }
+
+/// What a controller remembers of settled waiting jobs ([`Settled`]) changes no decision:
+/// over random histories (submissions, deletions, agents' reports, time passing, nodes
+/// coming and going, every write bumping the object's resourceVersion as the API server
+/// does), a pass with the memory decides exactly what a first pass would.
+mod settled_memory {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Pass,
+        Start(usize),
+        Exit(usize, i32),
+        Wait(u64),
+        /// A new job of this many cpu (8: larger than any instance).
+        Submit(u32),
+        /// A new job depending on job `i`.
+        Depend(usize),
+        Delete(usize),
+        AddNode,
+        RemoveNode,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            5 => Just(Step::Pass),
+            2 => (0..12usize).prop_map(Step::Start),
+            2 => (0..12usize, prop_oneof![Just(0), Just(1)]).prop_map(|(j, c)| Step::Exit(j, c)),
+            1 => (1..400u64).prop_map(Step::Wait),
+            2 => prop_oneof![Just(1u32), Just(2), Just(8)].prop_map(Step::Submit),
+            1 => (0..12usize).prop_map(Step::Depend),
+            1 => (0..12usize).prop_map(Step::Delete),
+            1 => Just(Step::AddNode),
+            1 => Just(Step::RemoveNode),
+        ]
+    }
+
+    /// A job as the API server holds it: a uid and a resourceVersion.
+    fn stored(name: &str, cpu: &str, rv: u64) -> BatchJob {
+        let mut j = retrying(job(name, cpu, "1Gi", 1), 2, Some(30));
+        // Some are deleted a while after they finish.
+        if rv % 2 == 0 {
+            j.spec.ttl_seconds_after_finished = Some(300);
+        }
+        j.metadata.uid = Some(format!("uid-{name}"));
+        j.metadata.resource_version = Some(rv.to_string());
+        j
+    }
+
+    /// Gives every job that changed since `before` a new resourceVersion.
+    fn bump(o: &mut Observed, before: &[Arc<BatchJob>], rv: &mut u64) {
+        for j in &mut o.jobs {
+            let same = before
+                .iter()
+                .any(|b| b.metadata == j.metadata && b.spec == j.spec && b.status == j.status);
+            if !same {
+                *rv += 1;
+                Arc::make_mut(j).metadata.resource_version = Some(rv.to_string());
+            }
+        }
+    }
+
+    fn node_at(i: usize, now: Seconds) -> Arc<BatchNode> {
+        Arc::new(node(&format!("n{i}"), "ce", "2", "8Gi", now))
+    }
+
+    fn same(a: &Decisions, b: &Decisions) {
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn settled_memory_changes_no_decision(steps in proptest::collection::vec(step(), 1..80)) {
+            let mut rv = 100;
+            let jobs: Vec<BatchJob> = (0..6)
+                .map(|i| stored(&format!("j{i}"), "1", i))
+                .collect();
+            let mut o = world(jobs, vec![]);
+            o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 2))];
+            let mut nodes = 1;
+            let mut now = NOW;
+            o.nodes = vec![node_at(0, now)];
+            let mut settled = Settled::default();
+            let mut next = 6;
+            for s in steps {
+                let before = o.jobs.clone();
+                let name = |i: usize| before.get(i % before.len().max(1)).and_then(|j| j.metadata.name.clone());
+                match s {
+                    Step::Pass => {
+                        o.nodes = (0..nodes).map(|i| node_at(i, now)).collect();
+                        let fresh = decide(&o, &DecideConfig::default(), now);
+                        let remembered = decide_with(&o, &DecideConfig::default(), now, &mut settled);
+                        same(&fresh, &remembered);
+                        apply(&mut o, &fresh);
+                    }
+                    Step::Start(i) | Step::Exit(i, _) => {
+                        let Some(name) = name(i) else { continue };
+                        match s {
+                            Step::Exit(_, code) => agent(&mut o, &name, move |a| {
+                                a.started_at = a.started_at.clone().or(Some(time(now)));
+                                if a.stopped_at.is_none() {
+                                    a.stopped_at = Some(time(now));
+                                    a.exit_code = Some(code);
+                                    a.reason = Some(if code == 0 { AttemptReason::Completed } else { AttemptReason::Error });
+                                }
+                            }),
+                            _ => agent(&mut o, &name, move |a| {
+                                a.started_at = a.started_at.clone().or(Some(time(now)));
+                            }),
+                        }
+                    }
+                    Step::Wait(secs) => now += secs,
+                    Step::Submit(cpu) => {
+                        o.jobs.push(Arc::new(stored(&format!("j{next}"), &cpu.to_string(), 0)));
+                        next += 1;
+                    }
+                    Step::Depend(i) => {
+                        let Some(on) = name(i) else { continue };
+                        o.jobs.push(Arc::new(depends_on(stored(&format!("j{next}"), "1", 0), &on)));
+                        next += 1;
+                    }
+                    Step::Delete(i) => {
+                        let Some(name) = name(i) else { continue };
+                        o.jobs.retain(|j| j.metadata.name.as_deref() != Some(name.as_str()));
+                    }
+                    Step::AddNode => nodes = (nodes + 1).min(3),
+                    Step::RemoveNode => nodes = nodes.saturating_sub(1),
+                }
+                bump(&mut o, &before, &mut rv);
+            }
+        }
+    }
+
+    #[test]
+    fn a_settled_backlog_is_remembered_and_decided_the_same() {
+        // One 2-cpu node, at the environment's maximum: one job runs, the rest wait.
+        let mut rv = 100;
+        let mut o = world(
+            (0..20)
+                .map(|i| stored(&format!("w{i:02}"), "2", i))
+                .collect(),
+            vec![node("n0", "ce", "2", "8Gi", NOW)],
+        );
+        o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 1))];
+        let mut settled = Settled::default();
+        let config = DecideConfig::default();
+        for pass in 0..4 {
+            let before = o.jobs.clone();
+            let fresh = decide(&o, &config, NOW);
+            let remembered = decide_with(&o, &config, NOW, &mut settled);
+            same(&fresh, &remembered);
+            if pass >= 2 {
+                assert!(fresh.jobs.is_empty(), "settled: {:?}", fresh.jobs);
+            }
+            apply(&mut o, &fresh);
+            bump(&mut o, &before, &mut rv);
+        }
+        assert_eq!(settled.len(), 19, "every waiting job is remembered");
+        // A new job that fits nowhere joins the backlog; the one running ends and the
+        // next is bound: the memory decides as a first pass does.
+        let before = o.jobs.clone();
+        o.jobs.push(Arc::new(stored("w20", "2", 0)));
+        let running = o
+            .jobs
+            .iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.node.as_ref()).is_some())
+            .and_then(|j| j.metadata.name.clone())
+            .expect("one job runs");
+        agent(&mut o, &running, exited(0));
+        bump(&mut o, &before, &mut rv);
+        let fresh = decide(&o, &config, NOW);
+        let remembered = decide_with(&o, &config, NOW, &mut settled);
+        same(&fresh, &remembered);
+        assert_eq!(fresh.plan.bindings.len(), 1, "{:?}", fresh.plan);
+        // A deleted job is forgotten; the rest stay remembered.
+        let before = o.jobs.clone();
+        apply(&mut o, &fresh);
+        o.jobs.retain(|j| j.metadata.name.as_deref() != Some("w19"));
+        bump(&mut o, &before, &mut rv);
+        for _ in 0..3 {
+            let before = o.jobs.clone();
+            let fresh = decide(&o, &config, NOW);
+            same(&fresh, &decide_with(&o, &config, NOW, &mut settled));
+            apply(&mut o, &fresh);
+            bump(&mut o, &before, &mut rv);
+        }
+        // Every job but the running one: 18 waiting and the finished one.
+        let running = o
+            .jobs
+            .iter()
+            .filter(|j| j.status.as_ref().and_then(|s| s.node.as_ref()).is_some())
+            .count();
+        assert_eq!((settled.len(), o.jobs.len() - running), (19, 19));
+    }
+}

@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::api::batch_job::JobPhase;
 use crate::api::{
     BatchJob, BatchNode, ComputeEnvironment, GROUP, JobDefinition, JobQueue, VERSION,
 };
@@ -34,7 +35,7 @@ use crate::scheduler::Resources;
 use super::context::{Context, ControllerConfig, FleetProvider};
 use super::decide::{
     CancelChild, DecideConfig, Decisions, FleetAction, FleetProblem, JobUpdate, LabelChange,
-    NodeUpdate, Observed, decide,
+    NodeUpdate, Observed, decide_with,
 };
 use super::error::ControllerError;
 use super::memory::PassMemory;
@@ -276,7 +277,7 @@ async fn pass(
         disruption_threshold_percent: ctx.config.disruption_threshold_percent,
         array_children_waiting: ctx.config.array_children_waiting,
     };
-    let decisions = decide(&observed, &config, now);
+    let decisions = decide_with(&observed, &config, now, &mut memory.settled);
     record_state(&ctx.metrics, &observed, &decisions);
     memory.after_pass(decisions.idle.clone());
     // A fleet that was described fine and needs no call this pass has no error left.
@@ -296,20 +297,21 @@ async fn pass(
 /// and in-service capacity per compute environment.
 fn record_state(metrics: &Metrics, observed: &Observed, decisions: &Decisions) {
     use super::metrics::{CeLabels, JobLabels};
-    let mut jobs: BTreeMap<(String, String), i64> = BTreeMap::new();
+    // Counted by borrowed keys: no allocation per job.
+    let mut jobs: BTreeMap<(&str, Option<JobPhase>), i64> = BTreeMap::new();
     for j in &observed.jobs {
-        let phase = j
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .map_or_else(|| "Submitted".to_owned(), |p| format!("{p:?}"));
-        *jobs.entry((j.spec.queue.clone(), phase)).or_default() += 1;
+        let phase = j.status.as_ref().and_then(|s| s.phase);
+        *jobs.entry((j.spec.queue.as_str(), phase)).or_default() += 1;
     }
     metrics.jobs.clear();
     for ((queue, phase), n) in jobs {
+        let phase = phase.map_or_else(|| "Submitted".to_owned(), |p| format!("{p:?}"));
         metrics
             .jobs
-            .get_or_create(&JobLabels { queue, phase })
+            .get_or_create(&JobLabels {
+                queue: queue.to_owned(),
+                phase,
+            })
             .set(n);
     }
     for (ce, fleet) in &observed.fleets {

@@ -1,0 +1,144 @@
+//! PURE: waiting and finished jobs whose status is already right, remembered across
+//! passes, so that a backlog (or a history of finished jobs) costs a pass little more
+//! than its scheduling (issue 13: work per pass grows with what changed, not with all
+//! jobs).
+//!
+//! A pass that finds a waiting job (Pending or Runnable) needing no write for the reason
+//! the scheduler gave it, or a finished job (Succeeded or Failed) needing no write,
+//! remembers that fact under the job's uid, with the resourceVersion it saw and that
+//! reason ([`Settled`]). In a later pass, a job seen at the same uid and resourceVersion,
+//! for which the plan gives the same reason (none for a finished job), does not bind,
+//! change phase or fail, whose queue fields do not move materially, and on which no
+//! time-dependent rule can act (no `jobStateTimeLimitActions` on its queue, its TTL not
+//! expired, no fleet error in its message, not an array job, no cancel request, no legacy
+//! label) needs no write either: its status is a function of the object (fixed by its
+//! resourceVersion) and of those inputs. Such a job is not cloned, formatted or compared; any other job
+//! goes through the whole pass as before. So a pass decides with memory exactly as it
+//! does without (the property test `settled_memory_changes_no_decision`).
+
+use std::collections::HashMap;
+
+use crate::api::BatchJob;
+use crate::api::batch_job::JobPhase;
+use crate::scheduler::Reason;
+
+use super::super::LABEL_NODE;
+
+/// What the controller remembers of settled waiting jobs between passes (owned by the
+/// loop, handed to [`super::decide_with`]). Jobs that are gone are forgotten.
+#[derive(Debug, Clone, Default)]
+pub struct Settled {
+    /// By job uid.
+    jobs: HashMap<String, Entry>,
+    /// The number of the pass that last confirmed an entry (to forget the others).
+    pass: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    resource_version: String,
+    /// The scheduler's reason (none for a finished job), boxed: most entries are
+    /// finished jobs.
+    reason: Option<Box<Reason>>,
+    pass: u64,
+}
+
+impl Settled {
+    /// How many waiting jobs are remembered as settled.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Starts a pass.
+    pub(super) fn begin(&mut self) {
+        self.pass = self.pass.wrapping_add(1);
+    }
+
+    /// The reason a job was settled with (`Some(None)`: settled without one), if it
+    /// was, at its current resourceVersion.
+    pub(super) fn get(&self, job: &BatchJob) -> Option<Option<&Reason>> {
+        let uid = job.metadata.uid.as_deref()?;
+        let rv = job.metadata.resource_version.as_deref()?;
+        self.jobs
+            .get(uid)
+            .filter(|e| e.resource_version == rv)
+            .map(|e| e.reason.as_deref())
+    }
+
+    /// Confirms that a job is still settled in this pass.
+    pub(super) fn confirm(&mut self, job: &BatchJob) {
+        if let Some(e) = job
+            .metadata
+            .uid
+            .as_deref()
+            .and_then(|u| self.jobs.get_mut(u))
+        {
+            e.pass = self.pass;
+        }
+    }
+
+    /// Remembers a job that needed no write in this pass for `reason`.
+    pub(super) fn remember(&mut self, job: &BatchJob, reason: Option<&Reason>) {
+        let (Some(uid), Some(rv)) = (
+            job.metadata.uid.as_ref(),
+            job.metadata.resource_version.as_ref(),
+        ) else {
+            return;
+        };
+        let entry = Entry {
+            resource_version: rv.clone(),
+            reason: reason.map(|r| Box::new(r.clone())),
+            pass: self.pass,
+        };
+        match self.jobs.get_mut(uid.as_str()) {
+            Some(e) => *e = entry,
+            None => {
+                self.jobs.insert(uid.clone(), entry);
+            }
+        }
+    }
+
+    /// Ends a pass: forgets every job not confirmed or remembered in it (`kept` of them
+    /// were).
+    pub(super) fn end(&mut self, kept: usize) {
+        if self.jobs.len() > kept {
+            let pass = self.pass;
+            self.jobs.retain(|_, e| e.pass == pass);
+        }
+    }
+}
+
+/// Whether a job may be settled at all, from the object alone: waiting (Pending or
+/// Runnable) or finished (Succeeded or Failed), not part of an array, no cancel request, no legacy node label, and its
+/// status observed at the job's generation.
+pub(super) fn eligible(job: &BatchJob) -> bool {
+    let Some(s) = job.status.as_ref() else {
+        return false;
+    };
+    matches!(
+        s.phase,
+        Some(JobPhase::Pending | JobPhase::Runnable | JobPhase::Succeeded | JobPhase::Failed)
+    ) && job.spec.array_properties.is_none()
+        && job.spec.array_index.is_none()
+        && job.spec.cancel.is_none()
+        && s.observed_generation == job.metadata.generation
+        && !job
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(LABEL_NODE))
+}
+
+/// Whether a reason's message is a function of the reason and the job alone (not of
+/// which other objects exist, nor of a fleet's error).
+pub(super) fn memorable(reason: &Reason) -> bool {
+    !matches!(
+        reason,
+        Reason::DependencyNotFound { .. } | Reason::WaitingForBoot { .. }
+    )
+}
