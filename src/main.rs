@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use asg_batch::simulate::{self, Output, Policy, Workload};
 
+/// mimalloc instead of glibc's malloc for every command (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// asg-batch: a self-hosted AWS Batch on EC2 Auto Scaling Groups.
 #[derive(Parser)]
 #[command(name = "asg-batch", version, about)]
