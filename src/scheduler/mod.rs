@@ -261,14 +261,13 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
                             .iter()
                             .filter(|c| {
                                 snapshot.compute_environments.get(*c).is_some_and(|ce| {
-                                    ce.state == State::Enabled
-                                        && job.resources.fits_in(&ce.shape)
+                                    ce.state == State::Enabled && job.resources.fits_in(&ce.shape)
                                 })
                             })
                             .map(String::as_str)
                             .collect();
-                        let stuck = !eligible.is_empty()
-                            && eligible.iter().all(|c| saturated.contains(c));
+                        let stuck =
+                            !eligible.is_empty() && eligible.iter().all(|c| saturated.contains(c));
                         (eligible, stuck)
                     });
                 let stuck = *stuck;

@@ -16,7 +16,9 @@ use crate::controller::estimates;
 use crate::scheduler::estimate::Estimate;
 use crate::scheduler::forecast;
 
-/// Step 3: the plan onto the jobs' desired status.
+/// Step 3: the plan onto the jobs' desired status (`definitions`: to resolve the
+/// template a binding pins).
+#[allow(clippy::too_many_arguments)] // the pass's own inputs, each read here
 pub(super) fn apply_plan(
     plan: &Plan,
     built: &snapshot::Built,
