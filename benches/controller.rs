@@ -109,8 +109,9 @@ fn bench(c: &mut Criterion) {
 /// A backlog: `backlog` Runnable jobs that cannot run now (queue `wait` on compute
 /// environment `full`, at its maxInstances with both instances busy), their statuses as
 /// the controller's earlier passes wrote them, and 100 new jobs of queue `q` that fit on
-/// the idle Ready nodes of environment `ce`. Returns the observed state.
-fn backlog(backlog: u32) -> Observed {
+/// the idle Ready nodes of environment `ce`; before them, `finished` jobs of queue `q`
+/// that succeeded (a day's history not yet expired). Returns the observed state.
+fn backlog(backlog: u32, finished: u32) -> Observed {
     let ce = |name: &str, max: u32| {
         from::<ComputeEnvironment>(json!({
             "apiVersion": "asgbatch.io/v1alpha1", "kind": "ComputeEnvironment",
@@ -158,6 +159,16 @@ fn backlog(backlog: u32) -> Observed {
         jobs.push(from::<BatchJob>(j));
     }
     jobs.extend((0..backlog).map(|i| from::<BatchJob>(job(format!("wait-{i:05}"), "wait", "1"))));
+    jobs.extend((0..finished).map(|i| {
+        let mut j = job(format!("done-{i:05}"), "q", "1");
+        let node = format!("i-{:05}", i % 20);
+        j["status"] = json!({
+            "phase": "Succeeded", "attempt": 1, "startedAt": NOW, "stoppedAt": NOW,
+            "attempts": [{"attempt": 1, "node": node, "instanceId": node, "startedAt": NOW,
+                          "stoppedAt": NOW, "exitCode": 0}]
+        });
+        from::<BatchJob>(j)
+    }));
     let mut o = Observed {
         compute_environments: vec![ce("ce", 20), ce("full", 2)],
         queues: vec![queue("q", "ce"), queue("wait", "full")],
@@ -184,8 +195,8 @@ fn backlog(backlog: u32) -> Observed {
 
 fn bench_backlog(c: &mut Criterion) {
     let config = DecideConfig::default();
-    for n in [0, 50_000] {
-        let o = backlog(n);
+    for (n, finished) in [(0, 0), (50_000, 0), (0, 10_000)] {
+        let o = backlog(n, finished);
         let d = decide(&o, &config, NOW_SECONDS);
         assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
         println!(
@@ -195,7 +206,7 @@ fn bench_backlog(c: &mut Criterion) {
             d.jobs.len()
         );
         c.bench_function(
-            &format!("controller pass, {n} unschedulable + 100 new"),
+            &format!("controller pass, {n} unschedulable, {finished} finished + 100 new"),
             |b| b.iter(|| decide(black_box(&o), &config, NOW_SECONDS)),
         );
         // A running controller: its earlier passes saw the backlog settled (the same
@@ -219,7 +230,7 @@ fn bench_backlog(c: &mut Criterion) {
             settled.len()
         );
         c.bench_function(
-            &format!("controller pass, {n} unschedulable (settled) + 100 new"),
+            &format!("controller pass, {n} unschedulable, {finished} finished (settled) + 100 new"),
             |b| b.iter(|| decide_with(black_box(&o), &config, NOW_SECONDS, &mut settled)),
         );
     }

@@ -231,6 +231,7 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
     }
     let saturated = saturated_environments(snapshot);
     let mut holding: BTreeSet<&str> = BTreeSet::new();
+    let mut classes: BTreeMap<(&str, Resources), (Vec<&str>, bool)> = BTreeMap::new();
     let mut unbound: Vec<(&JobId, &Job, &[String])> = Vec::new();
     for id in &ordered {
         let Some(job) = snapshot.jobs.get(id) else {
@@ -250,17 +251,26 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
             None => {
                 // Blocked with no way to grow: hold a node for it (first such job per
                 // environment), so later, smaller jobs cannot starve it by backfilling.
-                let eligible: Vec<&str> = q
-                    .compute_environments
-                    .iter()
-                    .filter(|c| {
-                        snapshot.compute_environments.get(*c).is_some_and(|ce| {
-                            ce.state == State::Enabled && job.resources.fits_in(&ce.shape)
-                        })
-                    })
-                    .map(String::as_str)
-                    .collect();
-                let stuck = !eligible.is_empty() && eligible.iter().all(|c| saturated.contains(c));
+                // The environments that could take it are those of its class (queue and
+                // resources): worked out once per class, not per job of a backlog.
+                let (eligible, stuck) = classes
+                    .entry((job.queue.as_str(), job.resources))
+                    .or_insert_with(|| {
+                        let eligible: Vec<&str> = q
+                            .compute_environments
+                            .iter()
+                            .filter(|c| {
+                                snapshot.compute_environments.get(*c).is_some_and(|ce| {
+                                    ce.state == State::Enabled && job.resources.fits_in(&ce.shape)
+                                })
+                            })
+                            .map(String::as_str)
+                            .collect();
+                        let stuck =
+                            !eligible.is_empty() && eligible.iter().all(|c| saturated.contains(c));
+                        (eligible, stuck)
+                    });
+                let stuck = *stuck;
                 // Or due: its queue's bound runs out within a boot. Then it holds every
                 // node of its environments that could take it, so no later job can push
                 // it past the bound when there is no time left to buy an instance.
@@ -274,7 +284,7 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
                             .is_some_and(|d| now.saturating_add(boot) >= d)
                     });
                 if due {
-                    for ce in &eligible {
+                    for ce in eligible.iter() {
                         for node in pool.reserve_all(ce, &job.resources) {
                             out.reserved.push(Binding {
                                 job: id.clone(),
@@ -286,7 +296,7 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
                     && let Some(ce) = eligible.iter().find(|c| !holding.contains(*c))
                     && let Some(node) = pool.reserve(ce, &job.resources)
                 {
-                    holding.insert(ce);
+                    holding.insert(*ce);
                     out.reserved.push(Binding {
                         job: id.clone(),
                         node,

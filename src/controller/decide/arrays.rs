@@ -20,16 +20,21 @@ use super::{Decisions, NewChild, Work, event, object_ref};
 /// than this many children of one array.
 pub const ARRAY_CHILDREN_WAITING: u32 = 1_000;
 
+/// Array children by parent id and index, with their id and (desired) phase.
+pub(super) type Children = BTreeMap<JobId, BTreeMap<u32, (JobId, JobPhase)>>;
+
 /// Step 4: array children to create (in index order, topping up each array's waiting
-/// children to `window`) and parent status.
+/// children to `window`) and parent status. `settled`: the finished children that are
+/// not in `work` (settled in an earlier pass).
 pub(super) fn arrays(
     work: &mut BTreeMap<JobId, Work<'_>>,
+    settled: Children,
     window: u32,
     out: &mut Decisions,
     now: Seconds,
 ) {
     // Children by parent id and index, with their desired phase.
-    let mut children: BTreeMap<JobId, BTreeMap<u32, (JobId, JobPhase)>> = BTreeMap::new();
+    let mut children = settled;
     for (id, w) in work.iter() {
         if let Some(a) = snapshot::array_child(w.job) {
             children.entry(a.parent).or_default().insert(

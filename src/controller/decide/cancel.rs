@@ -51,6 +51,10 @@ pub(super) fn requests(jobs: &[Arc<BatchJob>]) -> BTreeMap<JobId, CancelRequest>
             Some((job_id(j), c))
         })
         .collect();
+    // Nothing asks for a cancel: no child needs looking at (no id built per job).
+    if own.is_empty() {
+        return BTreeMap::new();
+    }
     let mut out: BTreeMap<JobId, CancelRequest> = own
         .iter()
         .map(|(id, c)| (id.clone(), (*c).clone()))

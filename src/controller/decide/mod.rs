@@ -482,6 +482,32 @@ pub fn decide_with(
         .filter_map(|q| q.metadata.name.as_deref())
         .collect();
     let ttl_defaults = retention::ttl_defaults(&observed.queues);
+    // Array parents by namespace and name: a finished child settles only while its
+    // parent is there, not cancelled and not expired (else retention or cancellation
+    // acts on it with its parent).
+    let array_parents: BTreeMap<(&str, &str), &BatchJob> = observed
+        .jobs
+        .iter()
+        .filter(|j| snapshot::is_array_parent(j))
+        .filter_map(|j| {
+            let ns = j.metadata.namespace.as_deref().unwrap_or_default();
+            Some(((ns, j.metadata.name.as_deref()?), &**j))
+        })
+        .collect();
+    let parent_allows = |j: &BatchJob| {
+        j.spec.array_index.is_none()
+            || j.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(super::LABEL_ARRAY_PARENT))
+                .and_then(|p| {
+                    let ns = j.metadata.namespace.as_deref().unwrap_or_default();
+                    array_parents.get(&(ns, p.as_str()))
+                })
+                .is_some_and(|p| {
+                    p.spec.cancel.is_none() && !retention::expired(p, &ttl_defaults, now)
+                })
+    };
     let may_settle = |j: &BatchJob| {
         settled::eligible(j)
             && !timed_queues.contains(j.spec.queue.as_str())
@@ -490,6 +516,7 @@ pub fn decide_with(
                 .as_ref()
                 .and_then(|s| s.runnable_since.as_ref())
                 .is_none_or(|t| seconds(t) <= now)
+            && parent_allows(j)
     };
     // Settled in an earlier pass at this resourceVersion (waiting, or finished and not
     // expired): decided after the plan.
@@ -600,6 +627,9 @@ pub fn decide_with(
             .is_some_and(|x| observed.fleets.contains_key(&x.compute_environment))
     });
     // Settled jobs the plan leaves as they were need nothing; the others are decided.
+    // Finished array children kept settled, by parent and index (they count in their
+    // parent's arrayStatus).
+    let mut settled_children: arrays::Children = BTreeMap::new();
     let (kept_settled, quiet_runnable) = {
         let touched: BTreeSet<&JobId> = plan
             .bindings
@@ -612,6 +642,33 @@ pub fn decide_with(
         let mut kept = 0usize;
         let mut runnable: BTreeMap<&str, i32> = BTreeMap::new();
         for j in quiet {
+            let observed_phase = j.status.as_ref().and_then(|s| s.phase);
+            // A finished job: the plan never binds, moves, fails or forecasts it, and
+            // it is in the snapshot's invalid jobs only if a finished job needs it
+            // (then still not written: a finished job's status stays).
+            if phase(observed_phase).is_terminal() {
+                if settled.get(j) == Some(None)
+                    && super::estimates::queue_fields_stay(j.status.as_ref(), None, now)
+                {
+                    settled.confirm(j);
+                    kept += 1;
+                    if let (Some(a), Some(p)) = (snapshot::array_child(j), observed_phase) {
+                        settled_children
+                            .entry(a.parent)
+                            .or_default()
+                            .insert(a.index, (job_id(j), p));
+                    }
+                } else {
+                    work.insert(
+                        job_id(j),
+                        Work {
+                            job: j,
+                            desired: owned_job_status(j.status.as_ref()),
+                        },
+                    );
+                }
+                continue;
+            }
             id.0.clear();
             id.0.push_str(j.metadata.namespace.as_deref().unwrap_or_default());
             id.0.push('/');
@@ -641,6 +698,7 @@ pub fn decide_with(
     apply_plan(
         &plan,
         &built,
+        &defs,
         &mut work,
         &nodes,
         &observed.fleet_errors,
@@ -651,7 +709,13 @@ pub fn decide_with(
     time_limits::time_limits(&mut work, &observed.queues, now, &mut out.events);
 
     // 4. Arrays.
-    arrays(&mut work, config.array_children_waiting, &mut out, now);
+    arrays(
+        &mut work,
+        settled_children,
+        config.array_children_waiting,
+        &mut out,
+        now,
+    );
 
     // Generation, labels, and the job writes.
     let mut kept = kept_settled;

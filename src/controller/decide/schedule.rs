@@ -16,10 +16,13 @@ use crate::controller::estimates;
 use crate::scheduler::estimate::Estimate;
 use crate::scheduler::forecast;
 
-/// Step 3: the plan onto the jobs' desired status.
+/// Step 3: the plan onto the jobs' desired status (`definitions`: to resolve the
+/// template a binding pins).
+#[allow(clippy::too_many_arguments)] // the pass's own inputs, each read here
 pub(super) fn apply_plan(
     plan: &Plan,
     built: &snapshot::Built,
+    definitions: &snapshot::Definitions<'_>,
     work: &mut BTreeMap<JobId, Work<'_>>,
     nodes: &BTreeMap<&str, &BatchNode>,
     fleet_errors: &BTreeMap<String, super::FleetProblem>,
@@ -68,12 +71,13 @@ pub(super) fn apply_plan(
         d.phase = Some(JobPhase::Starting);
         d.node = Some(b.node.clone());
         d.attempt = Some(n);
-        // The first binding pins the template the scheduler sized this job by.
+        // The first binding pins the template the scheduler sized this job by (resolved
+        // only now: a waiting job's template is never built).
         if d.template.is_none()
-            && let Some((template, definition)) = built.unpinned.get(&b.job)
+            && let Ok((template, definition)) = snapshot::resolve_template(w.job, definitions)
         {
-            d.template = Some(template.clone());
-            d.definition = definition.clone();
+            d.template = Some(template);
+            d.definition = definition;
         }
         d.not_before = None;
         d.reason = None;

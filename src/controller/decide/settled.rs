@@ -10,8 +10,9 @@
 //! for which the plan gives the same reason (none for a finished job), does not bind,
 //! change phase or fail, whose queue fields do not move materially, and on which no
 //! time-dependent rule can act (no `jobStateTimeLimitActions` on its queue, its TTL not
-//! expired, no fleet error in its message, not an array job, no cancel request, no legacy
-//! label) needs no write either: its status is a function of the object (fixed by its
+//! expired, no fleet error in its message, not an array parent nor a waiting array child,
+//! no cancel request, no legacy label; a finished array child's parent there, not
+//! cancelled nor expired) needs no write either: its status is a function of the object (fixed by its
 //! resourceVersion) and of those inputs. Such a job is not cloned, formatted or compared; any other job
 //! goes through the whole pass as before. So a pass decides with memory exactly as it
 //! does without (the property test `settled_memory_changes_no_decision`).
@@ -114,17 +115,21 @@ impl Settled {
 }
 
 /// Whether a job may be settled at all, from the object alone: waiting (Pending or
-/// Runnable) or finished (Succeeded or Failed), not part of an array, no cancel request, no legacy node label, and its
-/// status observed at the job's generation.
+/// Runnable) or finished (Succeeded or Failed), not an array parent nor a waiting array
+/// child, no cancel request, no legacy node label, and its status observed at the
+/// job's generation. A finished array child settles only while its parent exists, is
+/// not cancelled and has not expired (the pass checks that: [`super::decide_with`]), and
+/// still counts in its parent's `arrayStatus`.
 pub(super) fn eligible(job: &BatchJob) -> bool {
     let Some(s) = job.status.as_ref() else {
         return false;
     };
-    matches!(
-        s.phase,
-        Some(JobPhase::Pending | JobPhase::Runnable | JobPhase::Succeeded | JobPhase::Failed)
-    ) && job.spec.array_properties.is_none()
-        && job.spec.array_index.is_none()
+    let finished = matches!(s.phase, Some(JobPhase::Succeeded | JobPhase::Failed));
+    (finished || matches!(s.phase, Some(JobPhase::Pending | JobPhase::Runnable)))
+        && job.spec.array_properties.is_none()
+        // A finished array child may settle (its parent's facts are checked by the pass);
+        // a waiting one counts for its parent's window of waiting children.
+        && (finished || job.spec.array_index.is_none())
         && job.spec.cancel.is_none()
         && s.observed_generation == job.metadata.generation
         && !job

@@ -9,7 +9,11 @@
 //!   and the label [`LABEL_ARRAY_PARENT`]) are, as [`ArrayChild`]ren of the parent's id.
 //!   An unfinished parent's size is in [`Snapshot::array_sizes`]: its children are
 //!   created in batches, and dependents wait for the ones not created yet.
-//! - Finished jobs stay in the snapshot: they are what dependents wait on.
+//! - Finished jobs stay in the snapshot where a decision needs them ([`Needed`]): those
+//!   dependents wait on, a `SEQUENTIAL` array's children, a fair-share queue's jobs.
+//!   The others are left out, so a history of finished jobs does not weigh on a pass.
+//! - A waiting job's template is not built: only its resources and timeout are looked up
+//!   ([`resolve_template`] builds it for a binding, which pins it).
 //! - A node's `allocated` and `jobs` are derived from the jobs placed on it (the
 //!   controller owns those status fields); its capacity comes from its spec.
 
@@ -73,12 +77,72 @@ pub struct Built {
     pub invalid_compute_environments: BTreeMap<String, String>,
     /// Nodes left out, and why.
     pub invalid_nodes: BTreeMap<String, String>,
-    /// Jobs not pinned yet: the template and definition a binding in this pass pins.
-    pub unpinned: BTreeMap<JobId, (JobTemplate, Option<PinnedDefinition>)>,
     /// Recent successful attempt durations per JobDefinition (duration estimates).
     pub histories: estimates::Histories,
     /// The same as kept in the definitions' status, with the attempts not in it yet.
     pub kept: BTreeMap<(String, String), estimates::Kept>,
+    /// Which finished jobs the scheduler needs (the others are left out).
+    pub needed: Needed,
+}
+
+/// The finished jobs the scheduler looks at: those a job depends on (a job, or every
+/// child of an array), the children of a `SEQUENTIAL` array (each waits on the one
+/// before), and those of queues with a fair-share policy (their attempts are usage).
+/// Any other finished job changes no decision, so it is left out of the snapshot: a
+/// history of finished jobs costs a pass nothing there (issue 13).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Needed {
+    /// Ids named in some job's `dependsOn` (a job, or an array parent).
+    targets: BTreeSet<JobId>,
+    /// Array parents whose children depend on their previous sibling.
+    sequential: BTreeSet<JobId>,
+    /// Queues with a fair-share policy.
+    fair_share: BTreeSet<String>,
+}
+
+impl Needed {
+    /// What the jobs and queues need.
+    pub fn of(jobs: &[&BatchJob], queues: &[&ApiJobQueue]) -> Self {
+        let mut out = Needed {
+            fair_share: queues
+                .iter()
+                .filter(|q| q.spec.fair_share.is_some())
+                .filter_map(|q| q.metadata.name.clone())
+                .collect(),
+            ..Needed::default()
+        };
+        for job in jobs.iter().filter(|j| !j.spec.depends_on.is_empty()) {
+            let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+            for d in &job.spec.depends_on {
+                if d.dependency_type == Some(ApiDependencyType::Sequential) {
+                    let own = match array_child(job) {
+                        Some(a) => a.parent,
+                        None => job_id(job),
+                    };
+                    out.sequential.insert(own);
+                } else {
+                    out.targets.insert(JobId(format!("{ns}/{}", d.job_name)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a finished job is needed.
+    fn finished(&self, job: &BatchJob) -> bool {
+        if self.fair_share.contains(job.spec.queue.as_str()) {
+            return true;
+        }
+        if self.targets.is_empty() && self.sequential.is_empty() {
+            return false;
+        }
+        if let Some(a) = array_child(job)
+            && (self.targets.contains(&a.parent) || self.sequential.contains(&a.parent))
+        {
+            return true;
+        }
+        self.targets.contains(&job_id(job))
+    }
 }
 
 /// The id of a job: `namespace/name`.
@@ -154,6 +218,28 @@ pub fn resolve_template(
     }
 }
 
+/// The resources and timeout of the job's template as [`resolve_template`] would
+/// resolve it (the job's fields over its definition's), without building it.
+fn resolve_needs<'j>(
+    job: &'j BatchJob,
+    definitions: &Definitions<'j>,
+) -> Result<(Option<&'j ApiResources>, Option<u32>), String> {
+    let own = &job.spec.template;
+    let Some(r) = &job.spec.definition_ref else {
+        return Ok((own.resources.as_ref(), own.timeout_seconds));
+    };
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    match definitions.get(&(ns, r.name.as_str())) {
+        Some(d) => Ok((
+            own.resources
+                .as_ref()
+                .or(d.spec.template.resources.as_ref()),
+            own.timeout_seconds.or(d.spec.template.timeout_seconds),
+        )),
+        None => Err(format!("job definition {ns}/{} not found", r.name)),
+    }
+}
+
 /// Converts API resources (quantities) to the scheduler's integers.
 pub fn resources(r: &ApiResources) -> Result<Resources, String> {
     let cpu = r.cpu.millicores().map_err(|e| format!("cpu: {e}"))?;
@@ -161,9 +247,9 @@ pub fn resources(r: &ApiResources) -> Result<Resources, String> {
     Ok(Resources::new(cpu, memory, r.gpu))
 }
 
-/// Resources one attempt of the job needs.
-pub fn job_resources(template: &JobTemplate) -> Result<Resources, String> {
-    match &template.resources {
+/// Resources one attempt needs, from a template's `resources`.
+fn needs_of(needs: Option<&ApiResources>) -> Result<Resources, String> {
+    match needs {
         Some(r) => resources(r).map_err(|e| format!("resources.{e}")),
         None => Err(
             "no resources: set resources.cpu and resources.memory in the job or its job definition"
@@ -371,8 +457,9 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
         );
     }
 
+    out.needed = Needed::of(&inputs.jobs, &inputs.queues);
     for job in &inputs.jobs {
-        out.progress(job, &definitions, JobState::observed(job), inputs.now);
+        out.add(job, &definitions, inputs.now);
         // An array still creating its children (in batches): its size, so that its
         // dependents wait for all of them.
         if let Some(a) = &job.spec.array_properties
@@ -386,6 +473,17 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
 }
 
 impl Built {
+    /// Puts an observed job into a snapshot being built (each job once: nothing to
+    /// replace).
+    fn add(&mut self, job: &BatchJob, definitions: &Definitions<'_>, now: Seconds) {
+        let state = JobState::observed(job);
+        if is_array_parent(job) || (phase(state.phase).is_terminal() && !self.needed.finished(job))
+        {
+            return;
+        }
+        self.insert(job, job_id(job), definitions, state, now);
+    }
+
     /// Puts the job into the snapshot in this state, replacing what it had (and its share
     /// of its node's allocation): how a pass applies a job's attempt progress to the model.
     pub fn progress(
@@ -398,28 +496,42 @@ impl Built {
         if is_array_parent(job) {
             return;
         }
+        let p = phase(state.phase);
+        // A finished job nothing needs: not in the snapshot (nor was it before, unless it
+        // finished in this pass: then it leaves, with its share of its node).
+        if p.is_terminal() && !self.needed.finished(job) {
+            if !phase(job.status.as_ref().and_then(|s| s.phase)).is_terminal() {
+                self.remove_job(&job_id(job));
+            }
+            return;
+        }
         let id = job_id(job);
         self.remove_job(&id);
+        self.insert(job, id, definitions, state, now);
+    }
+
+    /// Puts a job that is not in the snapshot into it.
+    fn insert(
+        &mut self,
+        job: &BatchJob,
+        id: JobId,
+        definitions: &Definitions<'_>,
+        state: JobState<'_>,
+        now: Seconds,
+    ) {
         let p = phase(state.phase);
         let node = if p.is_placed() { state.node } else { None };
         let st = job.status.as_ref();
         let pinned = st.and_then(|s| s.template.as_ref());
-        // The template's timeout feeds the duration estimate.
-        let mut timeout = None;
+        // The template's timeout feeds the duration estimate. An unpinned template is
+        // not built here (only a binding needs it: [`resolve_template`] then): its
+        // resources and timeout are looked up.
         let resolved = match pinned {
-            Some(t) => {
-                timeout = t.timeout_seconds;
-                job_resources(t)
-            }
-            None => resolve_template(job, definitions).and_then(|(t, d)| {
-                timeout = t.timeout_seconds;
-                let needs = job_resources(&t);
-                if !p.is_placed() && !p.is_terminal() {
-                    self.unpinned.insert(id.clone(), (t, d));
-                }
-                needs
-            }),
+            Some(t) => Ok((t.resources.as_ref(), t.timeout_seconds)),
+            None => resolve_needs(job, definitions),
         };
+        let timeout = resolved.as_ref().ok().and_then(|(_, t)| *t);
+        let resolved = resolved.and_then(|(r, _)| needs_of(r));
         let definition = st
             .and_then(|s| s.definition.as_ref())
             .map(|d| d.name.as_str())
@@ -491,7 +603,6 @@ impl Built {
     /// Takes a job out of the snapshot, and out of its node's allocation.
     fn remove_job(&mut self, id: &JobId) {
         self.invalid_jobs.remove(id);
-        self.unpinned.remove(id);
         let Some(old) = self.snapshot.jobs.remove(id) else {
             return;
         };
@@ -841,6 +952,71 @@ mod tests {
     }
 
     #[test]
+    fn finished_jobs_are_in_the_snapshot_only_where_a_decision_needs_them() {
+        let done = |j: BatchJob, p: JobPhase| {
+            with_status(
+                j,
+                BatchJobStatus {
+                    phase: Some(p),
+                    ..Default::default()
+                },
+            )
+        };
+        // Nothing needs these: a finished job, a finished child of an array.
+        let alone = done(job("alone", "1", "1Gi", 0), JobPhase::Succeeded);
+        let free = array(job("free", "1", "1Gi", 0), 2);
+        let free0 = done(child(&free, 0), JobPhase::Failed);
+        // A job depended on, and every child of an array depended on.
+        let extract = done(job("extract", "1", "1Gi", 0), JobPhase::Succeeded);
+        let wide = array(job("wide", "1", "1Gi", 0), 2);
+        let wide0 = done(child(&wide, 0), JobPhase::Succeeded);
+        let load = depends_on(depends_on(job("load", "1", "1Gi", 0), "extract"), "wide");
+        // A SEQUENTIAL array: child 1 waits on child 0.
+        let mut seq = array(job("seq", "1", "1Gi", 0), 2);
+        seq.spec.depends_on.push(crate::api::common::JobDependency {
+            job_name: String::new(),
+            dependency_type: Some(ApiDependencyType::Sequential),
+        });
+        let seq0 = done(child(&seq, 0), JobPhase::Succeeded);
+        let seq1 = child(&seq, 1);
+        // A fair-share queue: finished attempts are usage.
+        let mut shared = done(job("shared", "1", "1Gi", 0), JobPhase::Succeeded);
+        shared.spec.queue = "fs".into();
+        let mut w = World::new(vec![
+            alone, free, free0, extract, wide, wide0, load, seq, seq0, seq1, shared,
+        ]);
+        let mut fs = queue("fs", &["ce"]);
+        fs.spec.fair_share = Some(crate::api::job_queue::FairSharePolicy {
+            share_decay_seconds: 3600,
+            share_distribution: vec![],
+        });
+        w.queues.push(fs);
+        let b = w.build();
+        let ids: Vec<&str> = b.snapshot.jobs.keys().map(|i| i.0.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "default/extract",
+                "default/load",
+                "default/seq-0",
+                "default/seq-1",
+                "default/shared",
+                "default/wide-0"
+            ]
+        );
+        // The scheduler decides as it did with every finished job in: load waits on
+        // nothing missing, seq-1 on nothing.
+        let plan = crate::scheduler::plan(&b.snapshot, 1000);
+        assert!(plan.dependency_failures.is_empty(), "{plan:?}");
+        assert!(
+            plan.unplaced
+                .get(&id("load"))
+                .is_none_or(|r| !matches!(r, crate::scheduler::Reason::DependencyNotFound { .. })),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn nodes_take_allocation_from_placed_jobs() {
         let running = with_status(
             job("r", "1500m", "2Gi", 0),
@@ -903,7 +1079,8 @@ mod tests {
                 stopped_at: None
             }]
         );
-        assert_eq!(b.snapshot.jobs[&id("f")].node, None);
+        // A finished job holds nothing (and nothing needs it: it is left out).
+        assert!(!b.snapshot.jobs.contains_key(&id("f")));
     }
 
     #[test]

@@ -102,6 +102,8 @@ fn apply(o: &mut Observed, d: &Decisions) {
         let mut j = c.job.clone();
         j.metadata.creation_timestamp = Some(time(NOW));
         j.metadata.generation = Some(1);
+        // As the API server gives it.
+        j.metadata.uid = j.metadata.name.as_ref().map(|n| format!("uid-{n}"));
         jobs.push(j);
     }
     jobs.retain(|j| {
@@ -1943,11 +1945,18 @@ mod settled_memory {
         Delete(usize),
         AddNode,
         RemoveNode,
+        /// A new array job of this many children (created by the passes, with a
+        /// window of 2 waiting children).
+        Array(u32),
+        /// A user cancels job `i` (spec.cancel).
+        Cancel(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             5 => Just(Step::Pass),
+            1 => (1..6u32).prop_map(Step::Array),
+            1 => (0..12usize).prop_map(Step::Cancel),
             2 => (0..12usize).prop_map(Step::Start),
             2 => (0..12usize, prop_oneof![Just(0), Just(1)]).prop_map(|(j, c)| Step::Exit(j, c)),
             1 => (1..400u64).prop_map(Step::Wait),
@@ -2014,10 +2023,23 @@ mod settled_memory {
                 match s {
                     Step::Pass => {
                         o.nodes = (0..nodes).map(|i| node_at(i, now)).collect();
-                        let fresh = decide(&o, &DecideConfig::default(), now);
-                        let remembered = decide_with(&o, &DecideConfig::default(), now, &mut settled);
+                        let config = DecideConfig { array_children_waiting: 2, ..DecideConfig::default() };
+                        let fresh = decide(&o, &config, now);
+                        let remembered = decide_with(&o, &config, now, &mut settled);
                         same(&fresh, &remembered);
                         apply(&mut o, &fresh);
+                    }
+                    Step::Array(size) => {
+                        o.jobs.push(Arc::new(array(stored(&format!("j{next}"), "1", 0), size)));
+                        next += 1;
+                    }
+                    Step::Cancel(i) => {
+                        let Some(name) = name(i) else { continue };
+                        if let Some(j) = o.jobs.iter_mut().find(|j| j.metadata.name.as_deref() == Some(name.as_str())) {
+                            Arc::make_mut(j).spec.cancel = Some(crate::api::batch_job::CancelRequest {
+                                message: Some("proptest".into()),
+                            });
+                        }
                     }
                     Step::Start(i) | Step::Exit(i, _) => {
                         let Some(name) = name(i) else { continue };
