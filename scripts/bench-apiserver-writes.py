@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 # The embedded API server's CPU per job (issue 13), apart from everything else dev runs.
 # Usage: scripts/bench-apiserver-writes.py BIN [JOBS=2000]   (PERF_OUT=FILE: perf record it)
+#   CHILDREN=1: the jobs are an array's children (an ownerReference to one parent job, as
+#   the controller creates them), PRELOAD=N: N finished jobs are stored before the timed
+#   part (what the server holds late in a 10,000-job run).
 # Compare builds in the same run, alternating (e.g. base, new, base, new, ...).
 #
 # Drives a standalone `asg-batch apiserver` with the write mix of one BatchJob in
@@ -42,13 +45,24 @@ try:
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     prof = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,32768", "-o", os.environ["PERF_OUT"], "-p", str(srv.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if os.environ.get("PERF_OUT") else None
     time.sleep(1 if prof else 0)
-    t0, c0 = time.time(), cpu()
     now = "2026-11-30T23:39:31Z"
     tmpl = {"process": {"command": ["sh", "-c", "true"]}, "resources": {"cpu": "100m", "memory": "16Mi"}}
+    owner = {}
+    if os.environ.get("CHILDREN") == "1":
+        parent = apply("parent", {"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                                  "metadata": {"name": "parent", "namespace": "default"},
+                                  "spec": {"queue": "bench", "arrayProperties": {"size": N}, **tmpl}}, "asg-batch-dev")
+        owner = {"ownerReferences": [{"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob", "name": "parent",
+                                      "uid": parent["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]}
+    for i in range(int(os.environ.get("PRELOAD", "0"))):
+        apply(f"old-{i}", {"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+                           "metadata": {"name": f"old-{i}", "namespace": "default"},
+                           "spec": {"queue": "bench", **tmpl}}, "asg-batch-dev")
+    t0, c0 = time.time(), cpu()
     for i in range(N):
         name = f"j-{i}"; node = f"local-bench-{i % 10 + 1:04d}"
         o = apply(name, {"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
-                         "metadata": {"name": name, "namespace": "default"},
+                         "metadata": {"name": name, "namespace": "default", **owner},
                          "spec": {"queue": "bench", **tmpl}}, "asg-batch-dev")
         cond = [{"lastTransitionTime": now, "message": f"attempt 1 bound to node {node}", "observedGeneration": 1,
                  "reason": "Bound", "status": "True", "type": "Scheduled"}]

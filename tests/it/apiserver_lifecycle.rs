@@ -220,6 +220,78 @@ async fn owner_references_cascade() {
     assert!(orphan.metadata.deletion_timestamp.is_none());
 }
 
+/// The collector now sweeps only after changes it may act on (issue 13: not after every
+/// status write of an array's children; `store::tests` checks which writes wake it):
+/// what it must still do is done — a dependent updated while its owner lives is kept, a
+/// dependent created with a gone owner, or repointed to one, is collected.
+#[tokio::test]
+async fn dependents_of_a_gone_owner_are_collected_when_created_or_repointed() {
+    let s = server().await;
+    let c = s.client();
+    install_widgets(&c).await;
+    let api: Api<Widget> = Api::namespaced(c.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let live = create_widget(&api, "live", 1).await;
+    let gone = create_widget(&api, "gone", 1).await;
+    api.delete("gone", &DeleteParams::default()).await.unwrap();
+    cms.create(&PostParams::default(), &owned_cm("kept", &live, false))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &owned_cm("repointed", &live, false))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        cms.patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"n": i.to_string()}})),
+        )
+        .await
+        .unwrap();
+    }
+    // A dependent created with a gone owner is collected.
+    cms.create(&PostParams::default(), &owned_cm("orphan", &gone, false))
+        .await
+        .unwrap();
+    let cms2 = cms.clone();
+    support::eventually_within(
+        "a dependent created with a gone owner collected",
+        TIMEOUT,
+        || {
+            let cms = cms2.clone();
+            async move { cms.get_opt("orphan").await.unwrap().is_none() }
+        },
+        |gone| *gone,
+    )
+    .await;
+    // Then one repointed to the gone owner is collected too.
+    cms.patch(
+        "repointed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "example.asgbatch.io/v1", "kind": "Widget",
+            "name": "gone", "uid": gone.metadata.uid,
+        }]}})),
+    )
+    .await
+    .unwrap();
+    let cms2 = cms.clone();
+    support::eventually_within(
+        "a dependent repointed to a gone owner collected",
+        TIMEOUT,
+        || {
+            let cms = cms2.clone();
+            async move { cms.get_opt("repointed").await.unwrap().is_none() }
+        },
+        |gone| *gone,
+    )
+    .await;
+    // Both were collected by sweeps that came after the updates of "kept": it is still
+    // there, with its last update.
+    let kept = cms.get("kept").await.unwrap();
+    assert_eq!(kept.data.unwrap()["n"], "4");
+}
+
 #[tokio::test]
 async fn namespace_and_crd_deletion_remove_contents() {
     let s = server().await;

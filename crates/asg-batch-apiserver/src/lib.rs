@@ -32,6 +32,7 @@ pub(crate) mod meta;
 pub mod objects;
 pub(crate) mod openapi;
 pub mod patch;
+pub(crate) mod project;
 pub(crate) mod protobuf;
 pub(crate) mod resources;
 pub mod schema;

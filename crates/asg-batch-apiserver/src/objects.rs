@@ -13,6 +13,7 @@ use super::meta::{
     validate_name,
 };
 use super::patch::{self, PatchType};
+use super::project::Paths;
 use super::resources::{Registry, ResourceInfo, from_crd};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::ssa::{self, SchemaCtx, Writer};
@@ -359,13 +360,17 @@ impl Core {
             .ok_or_else(|| ApiError::not_found(objref(info, name)))
     }
 
-    /// LIST: returns (items, list metadata).
+    /// LIST: returns (items, list metadata). With `raw`, an object stored as served
+    /// ([`served_prefix`]) is returned as its stored JSON ([`Body::Stored`]: not parsed,
+    /// copied and serialised again — a relist of 10,000 jobs is mostly that); otherwise,
+    /// and for every other object, presented ([`Body::Json`]).
     pub fn list(
         &self,
         info: &ResourceInfo,
         ns: Option<&str>,
         q: &ListQuery,
-    ) -> ApiResult<(Vec<Value>, Value)> {
+        raw: bool,
+    ) -> ApiResult<(Vec<Body>, Value)> {
         let key = info.storage_key();
         let (start_rv, after) = match &q.cont {
             Some(c) if !c.is_empty() => {
@@ -381,46 +386,74 @@ impl Core {
             }
             _ => (None, None),
         };
-        // Read under the lock, parse after it.
-        let (objs, rv) = match (q.exact, &after) {
+        let take = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let plain = q.labels.is_empty() && q.fields.is_empty();
+        // Read under the lock, parse after it. Without selectors only the page is
+        // taken (and parsed) and the rest counted: a paginated list stays linear.
+        let (objs, total, rv) = match (q.exact, &after) {
             (Some(at), None) => {
                 let objs = self.store.read(|st| st.list_at(&key, ns, at));
                 let objs = objs.ok_or_else(|| {
                     ApiError::expired("The resourceVersion for the provided list is too old.")
                 })?;
-                (objs, at)
+                (objs, None, at)
             }
-            _ => self
-                .store
-                .read(|st| (st.list_packed(&key, ns, after.as_ref()), st.rv())),
+            _ if plain => {
+                let (objs, total, rv) = self.store.read(|st| {
+                    let (objs, total) = st.page_packed(&key, ns, after.as_ref(), take);
+                    (objs, total, st.rv())
+                });
+                (objs, Some(total), rv)
+            }
+            _ => {
+                let (objs, rv) = self
+                    .store
+                    .read(|st| (st.list_packed(&key, ns, after.as_ref()), st.rv()));
+                (objs, None, rv)
+            }
         };
         let rv = start_rv.unwrap_or(rv);
         let mut meta = json!({"resourceVersion": rv.to_string()});
-        let take = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        // Without selectors only the page is parsed (a paginated list stays linear).
-        let (page, total): (Vec<Value>, usize) = if q.labels.is_empty() && q.fields.is_empty() {
-            let page = objs
-                .iter()
-                .take(take)
-                .map(|o| Self::present(info, &o.unpack()))
-                .collect();
-            (page, objs.len())
+        let prefix = served_prefix(info);
+        let item = |p: &Packed| -> Body {
+            if raw && p.bytes().starts_with(&prefix) {
+                Body::Stored(p.clone())
+            } else {
+                Body::Json(Self::present(info, &p.unpack()))
+            }
+        };
+        let (page, total): (Vec<Body>, usize) = if plain {
+            let page = objs.iter().take(take).map(item).collect();
+            (page, total.unwrap_or(objs.len()))
         } else {
-            let matching: Vec<Obj> = objs
+            // What the selectors read of each object, not the whole object: most are
+            // not selected (an agent's jobs among all jobs).
+            let mut paths = Paths::default();
+            q.labels.paths(&mut paths);
+            q.fields.paths(&mut paths);
+            let matching: Vec<&Packed> = objs
                 .iter()
-                .map(Packed::unpack)
-                .filter(|o| q.labels.matches(o) && q.fields.matches(o))
+                .filter(|p| {
+                    let o = paths
+                        .project(p.bytes())
+                        .unwrap_or_else(|| (*p.unpack()).clone());
+                    q.labels.matches(&o) && q.fields.matches(&o)
+                })
                 .collect();
-            let page = matching
-                .iter()
-                .take(take)
-                .map(|o| Self::present(info, o))
-                .collect();
+            let page = matching.iter().take(take).map(|p| item(p)).collect();
             (page, matching.len())
         };
         if total > page.len() {
-            if let Some(last) = page.last() {
-                meta["continue"] = json!(format!("{rv}:{}/{}", namespace_of(last), name_of(last)));
+            let last = match page.last() {
+                Some(Body::Json(v)) => Some((namespace_of(v).to_string(), name_of(v).to_string())),
+                Some(Body::Stored(p)) => {
+                    let v = p.unpack();
+                    Some((namespace_of(&v).to_string(), name_of(&v).to_string()))
+                }
+                None => None,
+            };
+            if let Some((n, nm)) = last {
+                meta["continue"] = json!(format!("{rv}:{n}/{nm}"));
                 meta["remainingItemCount"] = json!(total - page.len());
             }
         }

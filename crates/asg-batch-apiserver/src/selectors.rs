@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
+use super::project::Paths;
 
 /// One label requirement.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +116,13 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// Adds what [`LabelSelector::matches`] reads of an object to `p`.
+    pub fn paths(&self, p: &mut Paths) {
+        if !self.0.is_empty() {
+            p.add(["metadata", "labels"]);
+        }
+    }
+
     /// Whether an object's labels match.
     pub fn matches(&self, obj: &Value) -> bool {
         if self.0.is_empty() {
@@ -191,6 +199,13 @@ impl FieldSelector {
             out.push((field.to_string(), eq, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
+    }
+
+    /// Adds what [`FieldSelector::matches`] reads of an object to `p`.
+    pub fn paths(&self, p: &mut Paths) {
+        for (f, _, _) in &self.0 {
+            p.add(f.split('.'));
+        }
     }
 
     /// Whether an object matches (absent fields compare as the empty string).

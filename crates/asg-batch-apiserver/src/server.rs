@@ -97,6 +97,8 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // The query tells a list from a watch (and a relist from its resourceVersion).
+    let query = req.uri().query().unwrap_or_default().to_string();
     let span = tracing::info_span!("request", %method, %path);
     let resp = async {
         match dispatch(&state, req).await {
@@ -110,6 +112,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     tracing::info!(
         status = resp.status().as_u16(),
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        %query,
         "{method} {path}"
     );
     resp
@@ -468,16 +471,18 @@ async fn resource_request(
                 let rx = watch::start(core.clone(), info.clone(), ns, p);
                 return Ok(watch_response(rx));
             }
-            let (items, meta) = core.list(&info, ns.as_deref(), &lq)?;
-            if wants_table {
-                let refs: Vec<&Value> = items.iter().collect();
-                return Ok(json_response(
-                    200,
-                    &table::table(&info, &refs, meta, &include),
-                    &[],
-                ));
-            }
-            if wants_partial {
+            let raw = !wants_table && !wants_partial;
+            let (items, meta) = core.list(&info, ns.as_deref(), &lq, raw)?;
+            if !raw {
+                let items: Vec<Value> = items.into_iter().map(body_value).collect();
+                if wants_table {
+                    let refs: Vec<&Value> = items.iter().collect();
+                    return Ok(json_response(
+                        200,
+                        &table::table(&info, &refs, meta, &include),
+                        &[],
+                    ));
+                }
                 let items: Vec<Value> = items.iter().map(table::partial_metadata).collect();
                 let body = json!({
                     "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
@@ -491,11 +496,16 @@ async fn resource_request(
             if info.custom && meta.get("continue").is_none() {
                 meta["continue"] = json!("");
             }
-            let body = json!({
-                "kind": info.list_kind, "apiVersion": info.api_version(),
-                "metadata": meta, "items": items,
-            });
-            Ok(json_response(200, &body, &[]))
+            Ok(bytes_response(
+                200,
+                Body::from(list_body(
+                    &info.list_kind,
+                    &info.api_version(),
+                    &meta,
+                    &items,
+                )),
+                &[],
+            ))
         }
         (Method::GET, Some(n)) => {
             if is_watch {
@@ -577,6 +587,56 @@ fn outcome(o: Outcome) -> Response {
         super::objects::Body::Stored(p) => {
             bytes_response(o.code, Body::from(p.into_bytes()), &o.warnings)
         }
+    }
+}
+
+/// A stored or built object as a JSON value.
+fn body_value(b: super::objects::Body) -> Value {
+    match b {
+        super::objects::Body::Json(v) => v,
+        super::objects::Body::Stored(p) => (*p.unpack()).clone(),
+    }
+}
+
+/// A list's JSON, its items written as they are (stored objects unparsed).
+fn list_body(
+    kind: &str,
+    api_version: &str,
+    meta: &Value,
+    items: &[super::objects::Body],
+) -> Vec<u8> {
+    let size: usize = items
+        .iter()
+        .map(|i| match i {
+            super::objects::Body::Stored(p) => p.len() + 1,
+            super::objects::Body::Json(_) => 1024,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(b"{\"kind\":");
+    extend_json(&mut out, &Value::String(kind.to_string()));
+    out.extend_from_slice(b",\"apiVersion\":");
+    extend_json(&mut out, &Value::String(api_version.to_string()));
+    out.extend_from_slice(b",\"metadata\":");
+    extend_json(&mut out, meta);
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match item {
+            super::objects::Body::Stored(p) => out.extend_from_slice(p.bytes()),
+            super::objects::Body::Json(v) => extend_json(&mut out, v),
+        }
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn extend_json(out: &mut Vec<u8>, v: &Value) {
+    // Writing a `Value` into a Vec cannot fail (its keys are strings).
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.extend_from_slice(b"null");
     }
 }
 

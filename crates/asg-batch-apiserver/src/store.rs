@@ -206,9 +206,30 @@ pub struct Live {
     /// The object after the change, parsed.
     pub object: Obj,
     prev: OnceLock<Option<Obj>>,
+    line: OnceLock<Bytes>,
+}
+
+/// A watch event's line, `{"type":KIND,"object":OBJECT}` and a newline, from an object
+/// already JSON.
+pub fn watch_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 impl Live {
+    /// The change's watch line as stored (its own type, its object's stored JSON), built
+    /// once and shared by every watch that sends it so.
+    pub fn line(&self) -> Bytes {
+        self.line
+            .get_or_init(|| watch_line(self.event.kind.as_str(), self.event.object.bytes()))
+            .clone()
+    }
+
     /// The object before the change, parsed on first use (only selector watches need it).
     pub fn prev(&self) -> Option<Obj> {
         self.prev
@@ -303,6 +324,35 @@ impl State {
             .map(|s| s.object)
             .collect()
     }
+    /// The first `take` objects of [`State::list_packed`] and how many it would return in
+    /// all (counted, not copied).
+    pub fn page_packed(
+        &self,
+        key: &str,
+        ns: Option<&str>,
+        after: Option<&(String, String)>,
+        take: usize,
+    ) -> (Vec<Packed>, usize) {
+        let Some(m) = self.objects.get(key) else {
+            return (vec![], 0);
+        };
+        let iter: Box<dyn Iterator<Item = (&(String, String), &Stored)>> = match after {
+            Some(a) => Box::new(m.range((
+                std::ops::Bound::Excluded(a.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
+            None => Box::new(m.iter()),
+        };
+        let mut page = Vec::with_capacity(take.min(m.len()));
+        let mut total = 0;
+        for (_, o) in iter.filter(|((n, _), _)| ns.is_none_or(|want| want == n)) {
+            if total < take {
+                page.push(o.object.clone());
+            }
+            total += 1;
+        }
+        (page, total)
+    }
     /// The stored entries of a resource (objects and their garbage-collection metadata).
     pub fn stored(
         &self,
@@ -359,11 +409,7 @@ impl State {
 
     fn put_over(&mut self, key: &str, obj: Value, old: Option<Obj>) -> Obj {
         let mut obj = obj;
-        if super::meta::is_deleting(&obj)
-            || super::meta::meta_field(&obj, "ownerReferences").is_some()
-            || key.ends_with("/namespaces")
-            || key.ends_with("/customresourcedefinitions")
-        {
+        if key.ends_with("/namespaces") || key.ends_with("/customresourcedefinitions") {
             self.gc_dirty = true;
         }
         self.rv += 1;
@@ -374,11 +420,21 @@ impl State {
         let stored = Stored::of(&obj);
         let packed = stored.object.clone();
         let obj = Arc::new(obj);
+        let gc = stored.gc.clone();
         let prev = self
             .objects
             .entry(key.to_string())
             .or_default()
             .insert((ns.clone(), name.clone()), stored);
+        // The collector acts on deleting objects and on dependents whose owners may be
+        // gone or deleting: a new dependent, or one whose ownerReferences changed. A
+        // dependent's other writes (status updates of array children) change nothing it
+        // would act on, and each sweep reads every object.
+        if gc.deleting
+            || (!gc.owners.is_empty() && prev.as_ref().is_none_or(|p| p.gc.owners != gc.owners))
+        {
+            self.gc_dirty = true;
+        }
         let kind = if prev.is_some() {
             EventType::Modified
         } else {
@@ -642,6 +698,7 @@ impl Store {
                 event,
                 object,
                 prev,
+                line: OnceLock::new(),
             }));
         }
         st.trim_history();
@@ -734,6 +791,31 @@ mod tests {
         store
             .write(|st| Ok(st.put("core/configmaps", obj)))
             .expect("put")
+    }
+
+    #[test]
+    fn the_collector_is_woken_by_what_it_acts_on_not_by_every_write_of_a_dependent() {
+        let store = Store::in_memory(100);
+        let dirty = || store.write(|st| Ok(st.take_gc_dirty())).expect("take");
+        put(&store, cm("owner", "x"));
+        assert!(!dirty(), "an object without owners");
+        let mut child = cm("child", "1");
+        child["metadata"]["ownerReferences"] = json!([{"uid": "u-owner", "name": "owner"}]);
+        put(&store, child.clone());
+        assert!(dirty(), "a new dependent (its owner may be gone)");
+        child["data"]["v"] = json!("2");
+        put(&store, child.clone());
+        assert!(!dirty(), "a dependent's update keeping its owners");
+        child["metadata"]["ownerReferences"] = json!([{"uid": "u-other", "name": "other"}]);
+        put(&store, child.clone());
+        assert!(dirty(), "a dependent whose owners changed");
+        child["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        put(&store, child);
+        assert!(dirty(), "a deleting object");
+        store
+            .write(|st| Ok(st.remove("core/configmaps", "default", "owner", None)))
+            .expect("remove");
+        assert!(dirty(), "a removal (its dependents lose an owner)");
     }
 
     #[test]

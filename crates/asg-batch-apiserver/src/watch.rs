@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::objects::Core;
 use super::resources::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
-use super::store::{Event, EventType, Live, Obj, Packed};
+use super::store::{Event, EventType, Live, Obj, Packed, watch_line};
 use super::table;
 
 /// Interval between BOOKMARK events when bookmarks are allowed.
@@ -120,13 +120,7 @@ impl Watcher {
 
     /// Sends an event whose object is already JSON.
     async fn send_raw(&self, kind: &str, object: &[u8]) -> bool {
-        let mut line = Vec::with_capacity(object.len() + 32);
-        line.extend_from_slice(b"{\"type\":\"");
-        line.extend_from_slice(kind.as_bytes());
-        line.extend_from_slice(b"\",\"object\":");
-        line.extend_from_slice(object);
-        line.extend_from_slice(b"}\n");
-        self.tx.send(Bytes::from(line)).await.is_ok()
+        self.tx.send(watch_line(kind, object)).await.is_ok()
     }
 
     async fn send(&self, kind: &str, object: Value) -> bool {
@@ -153,12 +147,14 @@ impl Watcher {
     }
 
     /// Process one store event, `object` and `prev` giving its object and previous object
-    /// parsed (called only for events of this watch); false when the client is gone.
+    /// parsed (called only for events of this watch), `live` the change as broadcast
+    /// (whose line is shared); false when the client is gone.
     async fn event(
         &mut self,
         e: &Event,
         object: &(dyn Fn() -> Obj + Sync),
         prev: &(dyn Fn() -> Option<Obj> + Sync),
+        live: Option<&Live>,
     ) -> bool {
         if e.rv <= self.last_rv {
             return true;
@@ -202,6 +198,10 @@ impl Watcher {
             }
             _ => {
                 if let Some(raw) = self.as_stored(&e.object) {
+                    // Most watches send a change as it is: one line for all of them.
+                    if let Some(live) = live.filter(|_| kind == e.kind.as_str()) {
+                        return self.tx.send(live.line()).await.is_ok();
+                    }
                     return self.send_raw(kind, raw).await;
                 }
                 self.render(&object())
@@ -292,7 +292,7 @@ pub fn start(
                     for e in events {
                         let object = || e.object.unpack();
                         let prev = || e.prev.as_ref().map(Packed::unpack);
-                        if !w.event(&e, &object, &prev).await {
+                        if !w.event(&e, &object, &prev, None).await {
                             return;
                         }
                     }
@@ -315,7 +315,7 @@ pub fn start(
                     Ok(live) => {
                         let object = || live.object.clone();
                         let prev = || live.prev();
-                        if !w.event(&live.event, &object, &prev).await {
+                        if !w.event(&live.event, &object, &prev, Some(&live)).await {
                             return;
                         }
                     }
