@@ -374,6 +374,18 @@ struct Work<'a> {
     desired: BatchJobStatus,
 }
 
+/// A job the pass decides after all (its memory or the plan says it changed): into
+/// `work`, its desired status starting from the observed one.
+fn decide_again<'a>(work: &mut BTreeMap<JobId, Work<'a>>, j: &'a BatchJob) {
+    work.insert(
+        job_id(j),
+        Work {
+            job: j,
+            desired: owned_job_status(j.status.as_ref()),
+        },
+    );
+}
+
 fn object_ref<K: Resource<DynamicType = ()>>(k: &K) -> ObjectReference {
     k.object_ref(&())
 }
@@ -659,13 +671,7 @@ pub fn decide_with(
                             .insert(a.index, (job_id(j), p));
                     }
                 } else {
-                    work.insert(
-                        job_id(j),
-                        Work {
-                            job: j,
-                            desired: owned_job_status(j.status.as_ref()),
-                        },
-                    );
+                    decide_again(&mut work, j);
                 }
                 continue;
             }
@@ -680,17 +686,11 @@ pub fn decide_with(
             if stays {
                 settled.confirm(j);
                 kept += 1;
-                if j.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Runnable) {
+                if observed_phase == Some(JobPhase::Runnable) {
                     *runnable.entry(j.spec.queue.as_str()).or_default() += 1;
                 }
             } else {
-                work.insert(
-                    job_id(j),
-                    Work {
-                        job: j,
-                        desired: owned_job_status(j.status.as_ref()),
-                    },
-                );
+                decide_again(&mut work, j);
             }
         }
         (kept, runnable)
