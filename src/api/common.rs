@@ -554,16 +554,27 @@ impl JobTemplate {
             } else {
                 base.process.clone()
             },
-            resources: self.resources.clone().or_else(|| base.resources.clone()),
+            resources: self.overlay_resources(base).cloned(),
             retry_strategy: self
                 .retry_strategy
                 .clone()
                 .or_else(|| base.retry_strategy.clone()),
-            timeout_seconds: self.timeout_seconds.or(base.timeout_seconds),
+            timeout_seconds: self.overlay_timeout(base),
             termination_grace_period_seconds: self
                 .termination_grace_period_seconds
                 .or(base.termination_grace_period_seconds),
         }
+    }
+
+    /// [`JobTemplate::overlay`]'s `resources`, borrowed (what the scheduler needs of a
+    /// waiting job, without building its whole template).
+    pub fn overlay_resources<'t>(&'t self, base: &'t JobTemplate) -> Option<&'t Resources> {
+        self.resources.as_ref().or(base.resources.as_ref())
+    }
+
+    /// [`JobTemplate::overlay`]'s `timeout_seconds`.
+    pub fn overlay_timeout(&self, base: &JobTemplate) -> Option<u32> {
+        self.timeout_seconds.or(base.timeout_seconds)
     }
 }
 

@@ -231,10 +231,8 @@ fn resolve_needs<'j>(
     let ns = job.metadata.namespace.as_deref().unwrap_or_default();
     match definitions.get(&(ns, r.name.as_str())) {
         Some(d) => Ok((
-            own.resources
-                .as_ref()
-                .or(d.spec.template.resources.as_ref()),
-            own.timeout_seconds.or(d.spec.template.timeout_seconds),
+            own.overlay_resources(&d.spec.template),
+            own.overlay_timeout(&d.spec.template),
         )),
         None => Err(format!("job definition {ns}/{} not found", r.name)),
     }
