@@ -80,6 +80,20 @@ async fn deleted_at<K: kube::Resource>(
         .unwrap_or_else(|_| panic!("resourceVersion {rv:?} of {what}"))
 }
 
+/// Waits (up to [`TIMEOUT`]) until `name` is gone from `api`.
+async fn until_gone<K>(api: &Api<K>, name: &str, what: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    support::eventually_within(
+        what,
+        TIMEOUT,
+        || async move { api.get_opt(name).await.unwrap().is_none() },
+        |gone| *gone,
+    )
+    .await;
+}
+
 fn owned_cm(name: &str, owner: &Widget, block: bool) -> ConfigMap {
     serde_json::from_value(json!({
         "metadata": {"name": name, "ownerReferences": [{
@@ -108,17 +122,7 @@ async fn owner_references_cascade() {
         api.get_opt("bg").await.unwrap().is_none(),
         "owner is gone at once"
     );
-    let cms2 = cms.clone();
-    support::eventually_within(
-        "background cascade",
-        TIMEOUT,
-        || {
-            let cms = cms2.clone();
-            async move { cms.get_opt("bg-child").await.unwrap().is_none() }
-        },
-        |done| *done,
-    )
-    .await;
+    until_gone(&cms, "bg-child", "background cascade").await;
 
     // foreground: owner stays (with foregroundDeletion) until dependents are gone
     let o = create_widget(&api, "fg", 1).await;
@@ -198,17 +202,7 @@ async fn owner_references_cascade() {
     )
     .await
     .unwrap();
-    let api2 = api.clone();
-    support::eventually_within(
-        "orphaning owner removed",
-        TIMEOUT,
-        || {
-            let api = api2.clone();
-            async move { api.get_opt("or").await.unwrap().is_none() }
-        },
-        |done| *done,
-    )
-    .await;
+    until_gone(&api, "or", "orphaning owner removed").await;
     let orphan = cms.get("or-child").await.unwrap();
     assert!(
         orphan
@@ -253,15 +247,10 @@ async fn dependents_of_a_gone_owner_are_collected_when_created_or_repointed() {
     cms.create(&PostParams::default(), &owned_cm("orphan", &gone, false))
         .await
         .unwrap();
-    let cms2 = cms.clone();
-    support::eventually_within(
+    until_gone(
+        &cms,
+        "orphan",
         "a dependent created with a gone owner collected",
-        TIMEOUT,
-        || {
-            let cms = cms2.clone();
-            async move { cms.get_opt("orphan").await.unwrap().is_none() }
-        },
-        |gone| *gone,
     )
     .await;
     // Then one repointed to the gone owner is collected too.
@@ -275,15 +264,10 @@ async fn dependents_of_a_gone_owner_are_collected_when_created_or_repointed() {
     )
     .await
     .unwrap();
-    let cms2 = cms.clone();
-    support::eventually_within(
+    until_gone(
+        &cms,
+        "repointed",
         "a dependent repointed to a gone owner collected",
-        TIMEOUT,
-        || {
-            let cms = cms2.clone();
-            async move { cms.get_opt("repointed").await.unwrap().is_none() }
-        },
-        |gone| *gone,
     )
     .await;
     // Both were collected by sweeps that came after the updates of "kept": it is still
@@ -314,17 +298,7 @@ async fn namespace_and_crd_deletion_remove_contents() {
             .unwrap_err(),
     );
     assert_eq!(err.code, 403);
-    let nss2 = nss.clone();
-    support::eventually_within(
-        "namespace removed",
-        TIMEOUT,
-        || {
-            let nss = nss2.clone();
-            async move { nss.get_opt("tmp").await.unwrap().is_none() }
-        },
-        |done| *done,
-    )
-    .await;
+    until_gone(&nss, "tmp", "namespace removed").await;
     let all: Api<Widget> = Api::all(c.clone());
     assert!(
         all.list(&ListParams::default())
