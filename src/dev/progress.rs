@@ -4,17 +4,122 @@ use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
 use kube::Api;
+use kube::api::ObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
 
 use super::DevError;
-use crate::api::batch_job::{BatchJob, JobPhase};
+use crate::api::batch_job::{BatchJob, BatchJobStatus, JobPhase};
+
+/// A BatchJob as dev's progress reads it: its name and status. The spec and the
+/// metadata's `managedFields` (a tree per writer: the largest part of a job's metadata)
+/// are skipped as they arrive, not decoded — dev follows every job of the cluster.
+#[derive(Debug, Clone, Deserialize)]
+struct Progress {
+    #[serde(deserialize_with = "light_meta")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    status: Option<BatchJobStatus>,
+}
+
+/// The metadata the watch needs: names, and the resourceVersion it resumes from.
+fn light_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Light {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+    }
+    let l = Light::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: l.name,
+        namespace: l.namespace,
+        uid: l.uid,
+        resource_version: l.resource_version,
+        ..ObjectMeta::default()
+    })
+}
+
+impl kube::Resource for Progress {
+    type DynamicType = ();
+    type Scope = <BatchJob as kube::Resource>::Scope;
+
+    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+        BatchJob::kind(dt)
+    }
+    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+        BatchJob::group(dt)
+    }
+    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+        BatchJob::version(dt)
+    }
+    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+        BatchJob::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Every job's phase, and how many are not finished and how many failed, kept as
+/// changes arrive (judging "all done" by walking every job on each change made a run of
+/// n jobs cost O(n²)).
+#[derive(Debug, Default)]
+struct Tally {
+    phases: BTreeMap<String, Option<JobPhase>>,
+    unfinished: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn count(&mut self, phase: Option<JobPhase>, by: isize) {
+        let add = |n: &mut usize| *n = n.saturating_add_signed(by);
+        if !phase.is_some_and(JobPhase::is_terminal) {
+            add(&mut self.unfinished);
+        }
+        if phase == Some(JobPhase::Failed) {
+            add(&mut self.failed);
+        }
+    }
+
+    /// A job's phase now.
+    fn set(&mut self, key: String, phase: Option<JobPhase>) {
+        let before = self.phases.insert(key, phase);
+        if let Some(b) = before {
+            self.count(b, -1);
+        }
+        self.count(phase, 1);
+    }
+
+    /// A job was deleted.
+    fn remove(&mut self, key: &str) {
+        if let Some(b) = self.phases.remove(key) {
+            self.count(b, -1);
+        }
+    }
+
+    /// `(jobs, failed)` once there are jobs and every one has finished.
+    fn done(&self) -> Option<(usize, usize)> {
+        (!self.phases.is_empty() && self.unfinished == 0)
+            .then_some((self.phases.len(), self.failed))
+    }
+}
 
 /// What was last printed for a job.
 type Seen = String;
 
 /// One line describing a job's new state, or `None` when it would repeat the last one.
-fn line(key: &str, job: &BatchJob, before: Option<&Seen>) -> Option<(String, Seen)> {
-    let status = job.status.clone().unwrap_or_default();
+fn line(
+    key: &str,
+    status: Option<&BatchJobStatus>,
+    before: Option<&Seen>,
+) -> Option<(String, Seen)> {
+    let status = status?;
     let phase = status.phase?;
     let mut text = format!("{key}: {phase:?}");
     let last = status.attempts.iter().max_by_key(|a| a.attempt);
@@ -81,9 +186,9 @@ fn line(key: &str, job: &BatchJob, before: Option<&Seen>) -> Option<(String, See
 /// Follows every BatchJob and prints changes; with `exit_when_done`, returns once every
 /// job has finished (an error when any failed). Otherwise runs until the watch ends.
 pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), DevError> {
-    let api: Api<BatchJob> = Api::all(client);
+    let api: Api<Progress> = Api::all(client);
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
-    let mut phases: BTreeMap<String, Option<JobPhase>> = BTreeMap::new();
+    let mut tally = Tally::default();
     let mut listed = false;
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = stream
@@ -91,16 +196,16 @@ pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), De
         .await
         .map_err(|e| DevError::Apply(e.to_string()))?
     {
-        let (jobs, deleted) = match event {
-            watcher::Event::Apply(j) | watcher::Event::InitApply(j) => (vec![j], false),
-            watcher::Event::Delete(j) => (vec![j], true),
-            watcher::Event::Init => (vec![], false),
+        let (job, deleted) = match event {
+            watcher::Event::Apply(j) | watcher::Event::InitApply(j) => (Some(j), false),
+            watcher::Event::Delete(j) => (Some(j), true),
+            watcher::Event::Init => (None, false),
             watcher::Event::InitDone => {
                 listed = true;
-                (vec![], false)
+                (None, false)
             }
         };
-        for job in jobs {
+        if let Some(job) = job {
             let key = format!(
                 "{}/{}",
                 job.metadata.namespace.as_deref().unwrap_or_default(),
@@ -109,40 +214,29 @@ pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), De
             if deleted {
                 println!("{key}: deleted");
                 seen.remove(&key);
-                phases.remove(&key);
-                continue;
+                tally.remove(&key);
+            } else {
+                if let Some((text, s)) = line(&key, job.status.as_ref(), seen.get(&key)) {
+                    println!("{text}");
+                    seen.insert(key.clone(), s);
+                }
+                tally.set(key, job.status.as_ref().and_then(|s| s.phase));
             }
-            if let Some((text, s)) = line(&key, &job, seen.get(&key)) {
-                println!("{text}");
-                seen.insert(key.clone(), s);
-            }
-            phases.insert(key, job.status.as_ref().and_then(|s| s.phase));
         }
         // Judge only once the initial list is complete (with --data-dir, old finished
         // jobs may be listed before the new ones).
         if exit_when_done
             && listed
-            && !phases.is_empty()
-            && phases
-                .values()
-                .all(|p| p.is_some_and(JobPhase::is_terminal))
+            && let Some((total, failed)) = tally.done()
         {
-            let failed = phases
-                .values()
-                .filter(|p| **p == Some(JobPhase::Failed))
-                .count();
             println!(
-                "all {} jobs finished: {} succeeded, {failed} failed",
-                phases.len(),
-                phases.len() - failed
+                "all {total} jobs finished: {} succeeded, {failed} failed",
+                total - failed
             );
             return if failed == 0 {
                 Ok(())
             } else {
-                Err(DevError::JobsFailed {
-                    failed,
-                    total: phases.len(),
-                })
+                Err(DevError::JobsFailed { failed, total })
             };
         }
     }
@@ -173,10 +267,10 @@ mod tests {
             attempt: Some(2),
             ..Default::default()
         });
-        let (text, seen) = line("default/j", &running, None).expect("line");
+        let (text, seen) = line("default/j", running.status.as_ref(), None).expect("line");
         assert_eq!(text, "default/j: Running on local-dev-0001 (attempt 2)");
         assert!(
-            line("default/j", &running, Some(&seen)).is_none(),
+            line("default/j", running.status.as_ref(), Some(&seen)).is_none(),
             "no repeat"
         );
 
@@ -186,7 +280,9 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            line("default/j", &waiting, None).expect("line").0,
+            line("default/j", waiting.status.as_ref(), None)
+                .expect("line")
+                .0,
             "default/j: Runnable — waiting for 1 instance to boot in ce/dev"
         );
         let queued = job(BatchJobStatus {
@@ -197,7 +293,9 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            line("default/j", &queued, None).expect("line").0,
+            line("default/j", queued.status.as_ref(), None)
+                .expect("line")
+                .0,
             "default/j: Runnable (#3 in its queue, starts about 01:02:05) — waiting for 1 instance to boot in ce/dev"
         );
 
@@ -219,7 +317,9 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            line("default/j", &done, None).expect("line").0,
+            line("default/j", done.status.as_ref(), None)
+                .expect("line")
+                .0,
             "default/j: Succeeded, exit code 0, 2 attempts, output: attempt 2 worked"
         );
         let failed = job(BatchJobStatus {
@@ -229,8 +329,67 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            line("default/j", &failed, None).expect("line").0,
+            line("default/j", failed.status.as_ref(), None)
+                .expect("line")
+                .0,
             "default/j: Failed, reason DependencyFailed — dependency default/a failed"
         );
+    }
+
+    #[test]
+    fn progress_reads_names_and_status_and_skips_the_rest() {
+        let p: Progress = serde_json::from_value(serde_json::json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+            "metadata": {
+                "name": "j", "namespace": "team", "uid": "u1", "resourceVersion": "42",
+                "labels": {"a": "b"},
+                "managedFields": [{"manager": "asg-batch-controller", "operation": "Apply",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:phase": {}}}}]
+            },
+            "spec": {"queue": "q", "process": {"command": ["true"]}, "anything": [1, 2]},
+            "status": {"phase": "Running", "node": "n1"}
+        }))
+        .expect("decodes");
+        assert_eq!(p.metadata.name.as_deref(), Some("j"));
+        assert_eq!(p.metadata.namespace.as_deref(), Some("team"));
+        // The watch resumes from the resourceVersion of the last event.
+        assert_eq!(
+            kube::ResourceExt::resource_version(&p).as_deref(),
+            Some("42")
+        );
+        assert!(p.metadata.managed_fields.is_none() && p.metadata.labels.is_none());
+        assert_eq!(
+            line("team/j", p.status.as_ref(), None).expect("line").0,
+            "team/j: Running on n1"
+        );
+        // A job the controller has not seen yet has no status and prints nothing.
+        let fresh: Progress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "k", "namespace": "team"}, "spec": {}
+        }))
+        .expect("decodes");
+        assert!(line("team/k", fresh.status.as_ref(), None).is_none());
+    }
+
+    #[test]
+    fn the_tally_says_done_once_every_job_finished_and_counts_failures() {
+        let mut t = Tally::default();
+        assert_eq!(t.done(), None, "no job yet is not done");
+        t.set("a".into(), None);
+        t.set("b".into(), Some(JobPhase::Runnable));
+        assert_eq!(t.done(), None);
+        t.set("a".into(), Some(JobPhase::Succeeded));
+        t.set("b".into(), Some(JobPhase::Failed));
+        assert_eq!(t.done(), Some((2, 1)));
+        // A finished job seen again (another status write) counts once.
+        t.set("b".into(), Some(JobPhase::Failed));
+        assert_eq!(t.done(), Some((2, 1)));
+        // A retried job (Failed → Runnable is not possible, but a new job is) reopens it.
+        t.set("c".into(), Some(JobPhase::Submitted));
+        assert_eq!(t.done(), None);
+        t.remove("c");
+        t.remove("b");
+        assert_eq!(t.done(), Some((1, 0)));
+        t.remove("a");
+        assert_eq!(t.done(), None, "every job deleted is not done");
     }
 }
