@@ -1,6 +1,9 @@
 //! Applying the CRDs and manifest files with server-side apply.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use futures::{StreamExt, TryStreamExt};
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -17,6 +20,28 @@ pub struct Document {
     pub origin: String,
     /// The object.
     pub object: Value,
+}
+
+impl Document {
+    /// Whether this is a BatchJob: dev applies those while the controller runs, and
+    /// everything else before it starts.
+    pub fn is_batch_job(&self) -> bool {
+        self.object["kind"].as_str() == Some("BatchJob")
+            && self.object["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("asgbatch.io/"))
+    }
+
+    /// `namespace/name` (a namespaced object without a namespace goes to `default`).
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default"),
+            self.object["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    }
 }
 
 /// Splits a multi-document YAML text; empty documents are skipped. Every error names the
@@ -55,57 +80,92 @@ pub async fn crds(client: &kube::Client) -> Result<(), DevError> {
     for crd in crds::all() {
         let object = serde_json::to_value(&crd)
             .map_err(|e| DevError::Apply(format!("CRD {:?}: {e}", crd.metadata.name)))?;
-        apply(
-            client,
-            &mut kinds,
-            &Document {
-                origin: format!("CRD {}", crd.metadata.name.clone().unwrap_or_default()),
-                object,
-            },
-        )
-        .await?;
+        let d = Document {
+            origin: format!("CRD {}", crd.metadata.name.clone().unwrap_or_default()),
+            object,
+        };
+        kind(client, &mut kinds, &d).await?;
+        apply(client, &kinds, &d).await?;
     }
     Ok(())
 }
 
-/// Applies `documents` in order; returns how many.
-pub async fn documents(client: &kube::Client, documents: &[Document]) -> Result<usize, DevError> {
+/// Applies `documents`, up to `parallel` at a time (in order when `parallel` is 1, or
+/// when an object appears twice: a later document must win); returns how many. The first
+/// error stops it and names the document.
+pub async fn documents(
+    client: &kube::Client,
+    documents: &[Document],
+    parallel: usize,
+) -> Result<usize, DevError> {
     // Discovery once per kind, not once per document.
     let mut kinds = HashMap::new();
     for d in documents {
-        apply(client, &mut kinds, d).await?;
+        kind(client, &mut kinds, d).await?;
     }
+    let mut objects = HashSet::new();
+    let repeated = !documents.iter().all(|d| {
+        objects.insert((
+            d.object["apiVersion"].as_str(),
+            d.object["kind"].as_str(),
+            d.key(),
+        ))
+    });
+    let parallel = if repeated { 1 } else { parallel.max(1) };
+    let kinds = &kinds;
+    futures::stream::iter(documents)
+        .map(|d| async move { apply(client, kinds, d).await })
+        .buffer_unordered(parallel)
+        .try_for_each(|()| async { Ok(()) })
+        .await?;
     Ok(documents.len())
 }
 
 type Kinds = HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>;
 
-async fn apply(client: &kube::Client, kinds: &mut Kinds, d: &Document) -> Result<(), DevError> {
+fn gvk(d: &Document) -> GroupVersionKind {
     let api_version = d.object["apiVersion"].as_str().unwrap_or_default();
     let kind = d.object["kind"].as_str().unwrap_or_default();
-    let name = d.object["metadata"]["name"].as_str().unwrap_or_default();
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", api_version),
     };
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (resource, caps) = match kinds.get(&gvk) {
-        Some(found) => found.clone(),
-        None => {
-            let found = pinned_kind(client, &gvk)
-                .await
-                .map_err(|e| DevError::Apply(format!("{}: {api_version} {kind}: {e}", d.origin)))?;
-            kinds.insert(gvk, found.clone());
-            found
-        }
+    GroupVersionKind::gvk(group, version, kind)
+}
+
+/// Looks up a document's kind (once per kind).
+async fn kind(client: &kube::Client, kinds: &mut Kinds, d: &Document) -> Result<(), DevError> {
+    let gvk = gvk(d);
+    if let Entry::Vacant(e) = kinds.entry(gvk) {
+        let found = pinned_kind(client, e.key()).await.map_err(|err| {
+            DevError::Apply(format!(
+                "{}: {} {}: {err}",
+                d.origin,
+                d.object["apiVersion"].as_str().unwrap_or_default(),
+                d.object["kind"].as_str().unwrap_or_default()
+            ))
+        })?;
+        e.insert(found);
+    }
+    Ok(())
+}
+
+async fn apply(client: &kube::Client, kinds: &Kinds, d: &Document) -> Result<(), DevError> {
+    let kind = d.object["kind"].as_str().unwrap_or_default();
+    let name = d.object["metadata"]["name"].as_str().unwrap_or_default();
+    let Some((resource, caps)) = kinds.get(&gvk(d)) else {
+        return Err(DevError::Apply(format!(
+            "{}: {kind}: kind not looked up",
+            d.origin
+        )));
     };
     let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
         let ns = d.object["metadata"]["namespace"]
             .as_str()
             .unwrap_or("default");
-        Api::namespaced_with(client.clone(), ns, &resource)
+        Api::namespaced_with(client.clone(), ns, resource)
     } else {
-        Api::all_with(client.clone(), &resource)
+        Api::all_with(client.clone(), resource)
     };
     api.patch(
         name,

@@ -24,6 +24,10 @@ pub const DEMO: &str = include_str!("../../manifests/dev-demo.yaml");
 /// Field manager of what `dev` applies.
 pub const FIELD_MANAGER: &str = "asg-batch-dev";
 
+/// Job documents applied at a time: enough to keep the API server busy while a reply is
+/// on its way, few enough to leave the controller and the agents their share.
+const APPLY_PARALLEL: usize = 4;
+
 /// Flags of `asg-batch dev`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
@@ -106,9 +110,15 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
             docs,
         )
     };
-    let applied = apply::documents(&client, &documents).await?;
-    // Applied: the API server has them (10,000 parsed jobs would be ~15 MiB kept for the run).
-    drop(documents);
+    // Everything but the jobs first, in order (the compute environments, queues and
+    // definitions the jobs name); the jobs are applied while the controller and the
+    // agents run, as a cluster receives them.
+    let total = documents.len();
+    let (jobs, others): (Vec<_>, Vec<_>) = documents
+        .into_iter()
+        .partition(apply::Document::is_batch_job);
+    apply::documents(&client, &others, 1).await?;
+    drop(others);
     println!(
         "asg-batch dev: API server on {} ({})\n  export KUBECONFIG={}\n  kubectl get asgbatch      # everything\n  kubectl get bj -w         # jobs as they move",
         server.base_url(),
@@ -118,8 +128,6 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
         },
         kubeconfig.display()
     );
-
-    println!("applied {applied} objects from {source}");
 
     let fleets = Arc::new(LocalFleets::new(client.clone(), args.docker_socket.clone()));
     let config = ControllerConfig {
@@ -137,9 +145,21 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
         stopped(stop_rx),
     ));
 
-    let progress = progress::follow(client.clone(), args.exit_when_done);
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(None);
+    let applying = async {
+        apply::documents(&client, &jobs, APPLY_PARALLEL).await?;
+        println!("applied {total} objects from {source}");
+        // Applied: the API server has them (10,000 parsed jobs would be ~15 MiB kept for
+        // the run); progress waits for each of them before it judges the run done.
+        let keys = jobs.iter().map(apply::Document::key).collect();
+        drop(jobs);
+        let _ = applied_tx.send(Some(keys));
+        std::future::pending::<Result<(), DevError>>().await
+    };
+    let progress = progress::follow(client.clone(), args.exit_when_done, applied_rx);
     let outcome = tokio::select! {
         r = progress => r,
+        r = applying => r,
         _ = crate::agent::cli::shutdown_signal() => {
             println!("asg-batch dev: stopping");
             Ok(())

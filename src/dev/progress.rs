@@ -1,6 +1,6 @@
 //! Prints each job's progress as the controller and the agents move it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use futures::TryStreamExt;
 use kube::Api;
@@ -68,12 +68,16 @@ impl kube::Resource for Progress {
 
 /// Every job's phase, and how many are not finished and how many failed, kept as
 /// changes arrive (judging "all done" by walking every job on each change made a run of
-/// n jobs cost O(n²)).
+/// n jobs cost O(n²)). The jobs dev applied are awaited too: the run is not done before each was seen.
 #[derive(Debug, Default)]
 struct Tally {
     phases: BTreeMap<String, Option<JobPhase>>,
     unfinished: usize,
     failed: usize,
+    /// Jobs seen deleted (a TTL may remove one before dev has applied them all).
+    gone: HashSet<String>,
+    /// Applied jobs not seen yet; `None` while dev is still applying.
+    awaiting: Option<BTreeSet<String>>,
 }
 
 impl Tally {
@@ -89,6 +93,9 @@ impl Tally {
 
     /// A job's phase now.
     fn set(&mut self, key: String, phase: Option<JobPhase>) {
+        if let Some(a) = self.awaiting.as_mut() {
+            a.remove(&key);
+        }
         let before = self.phases.insert(key, phase);
         if let Some(b) = before {
             self.count(b, -1);
@@ -101,11 +108,27 @@ impl Tally {
         if let Some(b) = self.phases.remove(key) {
             self.count(b, -1);
         }
+        if let Some(a) = self.awaiting.as_mut() {
+            a.remove(key);
+        }
+        self.gone.insert(key.to_owned());
     }
 
-    /// `(jobs, failed)` once there are jobs and every one has finished.
+    /// dev has applied these jobs.
+    fn applied(&mut self, keys: BTreeSet<String>) {
+        self.awaiting = Some(
+            keys.into_iter()
+                .filter(|k| !self.phases.contains_key(k) && !self.gone.contains(k))
+                .collect(),
+        );
+    }
+
+    /// `(jobs, failed)` once every job applied was seen, and there are jobs and every
+    /// one has finished.
     fn done(&self) -> Option<(usize, usize)> {
-        (!self.phases.is_empty() && self.unfinished == 0)
+        (self.awaiting.as_ref().is_some_and(BTreeSet::is_empty)
+            && !self.phases.is_empty()
+            && self.unfinished == 0)
             .then_some((self.phases.len(), self.failed))
     }
 }
@@ -185,46 +208,61 @@ fn line(
 
 /// Follows every BatchJob and prints changes; with `exit_when_done`, returns once every
 /// job has finished (an error when any failed). Otherwise runs until the watch ends.
-pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), DevError> {
+/// `applied` turns to the keys (`namespace/name`) of the jobs dev applied once it has
+/// applied them all: the run is not done before each of them has been seen.
+pub async fn follow(
+    client: kube::Client,
+    exit_when_done: bool,
+    mut applied: tokio::sync::watch::Receiver<Option<BTreeSet<String>>>,
+) -> Result<(), DevError> {
     let api: Api<Progress> = Api::all(client);
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let mut tally = Tally::default();
     let mut listed = false;
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    while let Some(event) = stream
-        .try_next()
-        .await
-        .map_err(|e| DevError::Apply(e.to_string()))?
-    {
-        let (job, deleted) = match event {
-            watcher::Event::Apply(j) | watcher::Event::InitApply(j) => (Some(j), false),
-            watcher::Event::Delete(j) => (Some(j), true),
-            watcher::Event::Init => (None, false),
-            watcher::Event::InitDone => {
-                listed = true;
-                (None, false)
+    // Whether `applied` may still change.
+    let mut applying = true;
+    loop {
+        let event = tokio::select! {
+            e = stream.try_next() => match e.map_err(|e| DevError::Apply(e.to_string()))? {
+                Some(e) => Some(e),
+                None => return Ok(()),
+            },
+            changed = applied.changed(), if applying => {
+                applying = false;
+                if changed.is_ok()
+                    && let Some(keys) = applied.borrow_and_update().clone()
+                {
+                    tally.applied(keys);
+                } else {
+                    // Applying ended without a list (it failed, and dev says so), or has
+                    // not sent one yet: wait for the next change.
+                    applying = changed.is_ok();
+                }
+                None
             }
         };
-        if let Some(job) = job {
-            let key = format!(
-                "{}/{}",
-                job.metadata.namespace.as_deref().unwrap_or_default(),
-                job.metadata.name.as_deref().unwrap_or_default()
-            );
-            if deleted {
-                println!("{key}: deleted");
-                seen.remove(&key);
-                tally.remove(&key);
-            } else {
+        match event {
+            Some(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
+                let key = key(&job);
                 if let Some((text, s)) = line(&key, job.status.as_ref(), seen.get(&key)) {
                     println!("{text}");
                     seen.insert(key.clone(), s);
                 }
                 tally.set(key, job.status.as_ref().and_then(|s| s.phase));
             }
+            Some(watcher::Event::Delete(job)) => {
+                let key = key(&job);
+                println!("{key}: deleted");
+                seen.remove(&key);
+                tally.remove(&key);
+            }
+            Some(watcher::Event::Init) => {}
+            Some(watcher::Event::InitDone) => listed = true,
+            None => {}
         }
         // Judge only once the initial list is complete (with --data-dir, old finished
-        // jobs may be listed before the new ones).
+        // jobs may be listed before the new ones) and every applied job was seen.
         if exit_when_done
             && listed
             && let Some((total, failed)) = tally.done()
@@ -240,7 +278,14 @@ pub async fn follow(client: kube::Client, exit_when_done: bool) -> Result<(), De
             };
         }
     }
-    Ok(())
+}
+
+fn key(job: &Progress) -> String {
+    format!(
+        "{}/{}",
+        job.metadata.namespace.as_deref().unwrap_or_default(),
+        job.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 #[cfg(test)]
@@ -373,6 +418,7 @@ mod tests {
     #[test]
     fn the_tally_says_done_once_every_job_finished_and_counts_failures() {
         let mut t = Tally::default();
+        t.applied(BTreeSet::new());
         assert_eq!(t.done(), None, "no job yet is not done");
         t.set("a".into(), None);
         t.set("b".into(), Some(JobPhase::Runnable));
@@ -383,7 +429,7 @@ mod tests {
         // A finished job seen again (another status write) counts once.
         t.set("b".into(), Some(JobPhase::Failed));
         assert_eq!(t.done(), Some((2, 1)));
-        // A retried job (Failed → Runnable is not possible, but a new job is) reopens it.
+        // A new job reopens it.
         t.set("c".into(), Some(JobPhase::Submitted));
         assert_eq!(t.done(), None);
         t.remove("c");
@@ -391,5 +437,23 @@ mod tests {
         assert_eq!(t.done(), Some((1, 0)));
         t.remove("a");
         assert_eq!(t.done(), None, "every job deleted is not done");
+    }
+
+    #[test]
+    fn the_tally_waits_for_every_applied_job_even_one_deleted_before_the_list() {
+        let key = |k: &str| k.to_owned();
+        let mut t = Tally::default();
+        // Jobs arrive and finish while dev still applies: not done.
+        t.set(key("a"), Some(JobPhase::Succeeded));
+        t.set(key("ttl"), Some(JobPhase::Succeeded));
+        t.remove("ttl");
+        assert_eq!(t.done(), None, "still applying");
+        // Applied: a, ttl (deleted already: not awaited), b and c (not seen yet).
+        t.applied(["a", "ttl", "b", "c"].map(key).into());
+        assert_eq!(t.done(), None, "b and c not seen");
+        t.set(key("b"), Some(JobPhase::Succeeded));
+        // c is deleted before it was ever seen Running (a relist may skip it): seen.
+        t.remove("c");
+        assert_eq!(t.done(), Some((2, 0)));
     }
 }

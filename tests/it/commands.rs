@@ -181,6 +181,59 @@ async fn dev_with_a_failing_job_says_so_and_exits_non_zero() {
     assert!(stderr.contains("jobs.yaml document 1: no kind"), "{stderr}");
 }
 
+/// dev applies the jobs while the controller and the agents already run: it still waits
+/// for every one of them (`progress::tests` covers a job deleted before the last one is
+/// applied), and a job the API server refuses stops it with the document named.
+#[tokio::test]
+async fn dev_applies_jobs_while_it_runs_and_waits_for_each_of_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("jobs.yaml");
+    let env_and_queue: String = asg_batch::dev::DEMO
+        .split("\n---\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let job = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\n\
+             metadata: {{name: {name}, namespace: default}}\nspec:\n  queue: dev\n  \
+             process: {{command: [sh, -c, 'echo ran {name}']}}\n  \
+             resources: {{cpu: 100m, memory: 16Mi}}\n{extra}"
+        )
+    };
+    let mut docs = vec![env_and_queue.clone()];
+    docs.extend((0..40).map(|i| job(&format!("j-{i}"), "")));
+    std::fs::write(&manifest, docs.join("\n---\n")).expect("write manifest");
+    let out = dev_until_done(dir.path(), &["-f".as_ref(), manifest.as_os_str()]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Every job ran, once, and was seen to the end.
+    for i in 0..40 {
+        let done = format!("default/j-{i}: Succeeded, exit code 0, output: ran j-{i}\n");
+        assert_eq!(stdout.matches(&done).count(), 1, "{done:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("applied 42 objects from"), "{stdout}");
+    assert!(
+        stdout.contains("all 40 jobs finished: 40 succeeded, 0 failed"),
+        "{stdout}"
+    );
+
+    // A job the API server refuses (`lots` is not a quantity) ends the run with an error naming its document; dev exits non-zero.
+    let mut docs = vec![env_and_queue];
+    docs.extend((0..5).map(|i| job(&format!("j-{i}"), "")));
+    docs.push(job("refused", "").replace("cpu: 100m", "cpu: lots"));
+    docs.extend((5..10).map(|i| job(&format!("j-{i}"), "")));
+    std::fs::write(&manifest, docs.join("\n---\n")).expect("write manifest");
+    let out = dev_until_done(dir.path(), &["-f".as_ref(), manifest.as_os_str()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("jobs.yaml document 8: BatchJob refused:"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn dev_answers_kubectl_while_it_runs_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
