@@ -12,7 +12,9 @@
 # Figures:
 # - floor: wall time of 5,000 `sh -c true` forked one after another;
 # - `asg-batch dev --exit-when-done`: wall time and max RSS for N independent trivial jobs
-#   (`sh -c true`, 100m cpu, 16Mi) on a local compute environment of 10 instances × 8 cpu;
+#   (`sh -c true`, 100m cpu, 16Mi) on a local compute environment of 10 instances × 8 cpu,
+#   and "done": the time until dev printed that every job finished (the wall time adds its
+#   shutdown: agents stopped, temporary records and logs removed);
 # - the same for one array job of N children;
 # - 10,000 finished jobs kept (dev's --data-dir), then `asg-batch apiserver` on that data and
 #   `asg-batch controller` against it: RSS of each after the controller's second pass, and
@@ -87,21 +89,28 @@ array_manifest() { # one array job of N children
     printf -- '---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata:\n  name: arr\n  namespace: default\nspec:\n  queue: bench\n  arrayProperties:\n    size: %d\n  process:\n    command: ["sh", "-c", "true"]\n  resources:\n    cpu: 100m\n    memory: 16Mi\n' "$1"
 }
 
-# Runs `dev` on a manifest to completion; prints "wall_seconds max_rss_kib cpu_seconds"
-# (CPU: user + sys of dev and the processes it waited for, its shims and jobs).
+# Runs `dev` on a manifest to completion; prints "wall_seconds max_rss_kib cpu_seconds
+# done_seconds" (CPU: user + sys of dev and the processes it waited for, its shims and
+# jobs; done: until dev printed that every job finished, before it stops its agents and
+# removes its temporary files — the wall time includes that).
 run_dev() {
     local manifest=$1
     shift
-    local port
+    local port t0 done_at
     port=$(free_port)
+    rm -f "$WORK/done"
+    t0=$(now)
     /usr/bin/time -f '%e %M %U %S' -o "$WORK/time" "$BIN" dev --listen "127.0.0.1:$port" \
         --kubeconfig "$WORK/dev.kubeconfig" -f "$manifest" --exit-when-done "$@" \
-        >"$WORK/dev.log" 2>&1 || {
+        2>"$WORK/dev.err" |
+        awk -v stamp="$WORK/done" '/^all [0-9]+ jobs finished/ { system("date +%s.%N > " stamp) } { print }' \
+            >"$WORK/dev.log" || {
         echo "dev failed on $manifest:" >&2
-        tail -20 "$WORK/dev.log" >&2
+        tail -20 "$WORK/dev.log" "$WORK/dev.err" >&2
         exit 1
     }
-    awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$WORK/time"
+    done_at=$(cat "$WORK/done" 2>/dev/null || echo "$t0")
+    awk -v t0="$t0" -v d="$done_at" '{ printf "%s %s %.2f %.2f\n", $1, $2, $3 + $4, d - t0 }' "$WORK/time"
 }
 
 # 1. The floor.
@@ -112,24 +121,24 @@ FLOOR=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 echo
 echo "floor: $FLOOR_N × sh -c true one after another: ${FLOOR} s"
 echo
-printf '%-34s %10s %10s %9s %12s %8s\n' "case" "wall s" "max MiB" "jobs/s" "× floor(N)" "CPU s"
+printf '%-34s %10s %10s %9s %12s %8s %8s\n' "case" "wall s" "max MiB" "jobs/s" "× floor(N)" "CPU s" "done s"
 
 # 2. Independent jobs.
 for n in $SIZES; do
     jobs_manifest "$n" >"$WORK/jobs.yaml"
-    read -r wall rss cpu < <(run_dev "$WORK/jobs.yaml")
+    read -r wall rss cpu done_s < <(run_dev "$WORK/jobs.yaml")
     floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
-    printf '%-34s %10s %10s %9.0f %12s %8s\n' "dev: $n jobs" "$wall" "$(mib "$rss")" \
-        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu"
+    printf '%-34s %10s %10s %9.0f %12s %8s %8s\n' "dev: $n jobs" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu" "$done_s"
 done
 
 # 3. Arrays.
 for n in $ARRAYS; do
     array_manifest "$n" >"$WORK/array.yaml"
-    read -r wall rss cpu < <(run_dev "$WORK/array.yaml")
+    read -r wall rss cpu done_s < <(run_dev "$WORK/array.yaml")
     floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
-    printf '%-34s %10s %10s %9.0f %12s %8s\n' "dev: array of $n children" "$wall" "$(mib "$rss")" \
-        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu"
+    printf '%-34s %10s %10s %9.0f %12s %8s %8s\n' "dev: array of $n children" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu" "$done_s"
 done
 
 # 4. Holding $HOLD finished jobs: dev runs them into a data directory, then the API server
