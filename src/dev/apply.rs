@@ -167,13 +167,17 @@ async fn apply(client: &kube::Client, kinds: &Kinds, d: &Document) -> Result<(),
     } else {
         Api::all_with(client.clone(), resource)
     };
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&d.object),
-    )
-    .await
-    .map_err(|e| DevError::Apply(format!("{}: {kind} {name}: {e}", d.origin)))?;
+    let failed =
+        |e: &dyn std::fmt::Display| DevError::Apply(format!("{}: {kind} {name}: {e}", d.origin));
+    // The reply (the whole object) is not decoded: nothing here reads it.
+    let request = kube::core::Request::new(api.resource_url())
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&d.object),
+        )
+        .map_err(|e| failed(&e))?;
+    client.request_text(request).await.map_err(|e| failed(&e))?;
     Ok(())
 }
 
