@@ -472,29 +472,29 @@ pub fn entries_of(obj: &Value) -> Vec<Entry> {
 
 /// Write entries into `metadata.managedFields` (dropping empty ones).
 pub fn set_entries(obj: &mut Value, entries: &[Entry]) {
-    // kube-apiserver's order: operation, time (to the second), manager, apiVersion,
-    // subresource.
-    let mut sorted: Vec<&Entry> = entries.iter().filter(|e| !e.fields.is_empty()).collect();
-    sorted.sort_by(|p, q| {
-        fn second(e: &Entry) -> &str {
-            e.time.get(..19).unwrap_or(&e.time)
-        }
+    let list: Vec<Value> = entries
+        .iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(Entry::to_json)
+        .collect();
+    set_entry_values(obj, list);
+}
+
+/// Write encoded, non-empty entries into `metadata.managedFields` in kube-apiserver's
+/// order: operation, time (to the second), manager, apiVersion, subresource.
+fn set_entry_values(obj: &mut Value, mut list: Vec<Value>) {
+    fn key(e: &Value) -> (&str, &str, &str, &str, &str) {
+        let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default();
+        let time = s("time");
         (
-            &p.operation,
-            second(p),
-            &p.manager,
-            &p.api_version,
-            &p.subresource,
+            s("operation"),
+            time.get(..19).unwrap_or(time),
+            s("manager"),
+            s("apiVersion"),
+            s("subresource"),
         )
-            .cmp(&(
-                &q.operation,
-                second(q),
-                &q.manager,
-                &q.api_version,
-                &q.subresource,
-            ))
-    });
-    let list: Vec<Value> = sorted.into_iter().map(Entry::to_json).collect();
+    }
+    list.sort_by(|p, q| key(p).cmp(&key(q)));
     if let Some(md) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         if list.is_empty() {
             md.remove("managedFields");
@@ -657,37 +657,36 @@ pub fn apply(
             }
         }
     }
+    // Entries whose fields a forced apply took (re-encoded); the others are written back
+    // as they were stored, not decoded and encoded again.
+    let mut changed = vec![false; entries.len()];
     if !conflicts.is_empty() {
         if !force {
             return Err(conflict_error(&entries, &conflicts));
         }
         for (i, p) in &conflicts {
             entries[*i].fields.remove(p);
+            changed[*i] = true;
         }
     }
     let mut new = live.clone();
     // fields this manager applied before and no longer applies, owned by nobody else
-    let prev: FieldSet = entries
+    let empty = FieldSet::new();
+    let prev: &FieldSet = entries
         .iter()
         .find(|e| is_me(e))
-        .map(|e| e.fields.clone())
-        .unwrap_or_default();
-    let others: FieldSet = entries
-        .iter()
-        .filter(|e| !is_me(e))
-        .flat_map(|e| e.fields.iter().cloned())
-        .collect();
+        .map_or(&empty, |e| &e.fields);
+    let others = || entries.iter().filter(|e| !is_me(e)).map(|e| &e.fields);
     let mut to_remove: Vec<&FPath> = prev
         .iter()
-        .filter(|p| !applied_set.contains(*p) && !others.contains(*p))
+        .filter(|p| !applied_set.contains(*p) && !others().any(|f| f.contains(*p)))
         .collect();
     to_remove.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in to_remove {
         // containers still holding owned children stay
-        let still_owned = applied_set
-            .iter()
-            .chain(others.iter())
-            .any(|q| q.len() > p.len() && q.starts_with(p));
+        let still_owned = std::iter::once(&applied_set)
+            .chain(others())
+            .any(|set| owns_below(set, p));
         if !still_owned {
             remove_at(&mut new, p);
             // like structured-merge-diff, do not leave an emptied list or map behind
@@ -726,11 +725,41 @@ pub fn apply(
         }
     }
     merge_into(&mut new, &body, ctx.root, "");
-    // record ownership
-    entries.retain(|e| !is_me(e));
-    entries.push(w.entry("Apply", applied_set));
-    set_entries(&mut new, &entries);
+    // record ownership: the stored entries of the others as they were (moved out of the
+    // copy of `live`), re-encoded only where a forced apply took fields from them
+    let mut stored: Vec<Value> = match new
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .and_then(|md| md.remove("managedFields"))
+    {
+        Some(Value::Array(a)) if a.len() == entries.len() => a,
+        _ => vec![Value::Null; entries.len()],
+    };
+    let mut list: Vec<Value> = Vec::with_capacity(entries.len() + 1);
+    for ((e, raw), changed) in entries.iter().zip(stored.iter_mut()).zip(changed) {
+        if is_me(e) || e.fields.is_empty() {
+            continue;
+        }
+        if changed || raw.is_null() {
+            list.push(e.to_json());
+        } else {
+            list.push(std::mem::take(raw));
+        }
+    }
+    let mine = w.entry("Apply", applied_set);
+    if !mine.fields.is_empty() {
+        list.push(mine.to_json());
+    }
+    set_entry_values(&mut new, list);
     Ok(new)
+}
+
+/// Whether `set` holds a path below `p` (the sorted set's paths starting with `p` follow
+/// it).
+fn owns_below(set: &FieldSet, p: &FPath) -> bool {
+    set.range::<FPath, _>((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded))
+        .next()
+        .is_some_and(|q| q.starts_with(p))
 }
 
 fn merge_into(target: &mut Value, src: &Value, schema: Option<&Value>, dotted: &str) {
@@ -907,6 +936,65 @@ mod tests {
             json!({"f:metadata": {"f:labels": {"f:a": {}}, "f:finalizers": {"v:\"f\"": {}}}, "f:spec": {"f:x": {}, "f:l": {}}})
         );
         assert_eq!(from_fields_v1(&enc), s);
+    }
+
+    #[test]
+    fn an_apply_keeps_the_entries_it_does_not_change_and_reencodes_those_a_force_takes_from() {
+        let ctx = SchemaCtx { root: None };
+        let at = |m: &'static str, now: &'static str| Writer { now, ..w(m) };
+        let a = apply(
+            None,
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 1, "y": 1}}),
+            ctx,
+            &w("a"),
+            false,
+        )
+        .unwrap();
+        // "c" owns z through an update
+        let mut c = a.clone();
+        c["spec"]["z"] = json!(1);
+        record_update(Some(&a), &mut c, ctx, &at("c", "2026-01-01T00:00:01Z"));
+        let entry = |o: &Value, m: &str| {
+            o["metadata"]["managedFields"]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["manager"] == m))
+                .cloned()
+                .unwrap()
+        };
+        let c_entry = entry(&c, "c");
+        // b forces x: a's entry loses x, c's is as it was, b's is new
+        let b = apply(
+            Some(&c),
+            &json!({"metadata": {"name": "o"}, "spec": {"x": 2}}),
+            ctx,
+            &at("b", "2026-01-01T00:00:02Z"),
+            true,
+        )
+        .unwrap();
+        assert_eq!(b["spec"], json!({"x": 2, "y": 1, "z": 1}));
+        assert_eq!(entry(&b, "c"), c_entry);
+        assert_eq!(entry(&b, "a")["fieldsV1"], json!({"f:spec": {"f:y": {}}}));
+        assert_eq!(entry(&b, "b")["fieldsV1"], json!({"f:spec": {"f:x": {}}}));
+        // kube-apiserver's order: Apply before Update, then by time
+        let order: Vec<&str> = b["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        // a re-applies only y: it keeps y, x stays b's
+        let a2 = apply(
+            Some(&b),
+            &json!({"metadata": {"name": "o"}, "spec": {"y": 1}}),
+            ctx,
+            &at("a", "2026-01-01T00:00:03Z"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(a2["spec"], json!({"x": 2, "y": 1, "z": 1}));
+        assert_eq!(entry(&a2, "b"), entry(&b, "b"));
+        assert_eq!(entry(&a2, "c"), c_entry);
     }
 
     #[test]

@@ -138,6 +138,9 @@ pub struct Stored {
     pub object: Packed,
     /// What the garbage collector reads.
     pub gc: Arc<GcMeta>,
+    /// The object parsed, with its resourceVersion, while it is among the
+    /// [`HOT_OBJECTS`] last written (the next write of a job usually follows soon).
+    hot: Option<(u64, Obj)>,
 }
 
 impl Stored {
@@ -145,9 +148,25 @@ impl Stored {
         Stored {
             object: Packed::pack(v),
             gc: Arc::new(GcMeta::of(v)),
+            hot: None,
+        }
+    }
+
+    /// The object parsed: the kept copy when there is one.
+    fn parsed(&self) -> Obj {
+        match &self.hot {
+            Some((_, o)) => o.clone(),
+            None => self.object.unpack(),
         }
     }
 }
+
+/// How many of the last written objects the store keeps parsed besides their JSON, so
+/// that their next write reads them without parsing (and a watch's previous object is
+/// the same value as the last change's object, freed once). A finished BatchJob parsed
+/// is about 40 KiB (512 of them added 20 MiB to dev's RSS at 10,000 jobs, for no CPU
+/// gain measurable there): 128 of them about 5 MiB.
+const HOT_OBJECTS: usize = 128;
 
 /// Type of a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +291,9 @@ pub struct State {
     /// Set by changes the garbage collector must look at (removals, objects with
     /// ownerReferences or a deletionTimestamp, namespaces and CRDs).
     gc_dirty: bool,
+    /// The last writes whose object may still be kept parsed ([`Stored::hot`]), oldest
+    /// first; at most [`HOT_OBJECTS`].
+    hot: VecDeque<Arc<Event>>,
 }
 
 impl State {
@@ -289,7 +311,7 @@ impl State {
     }
     /// Get one object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Obj> {
-        self.get_stored(key, ns, name).map(|s| s.object.unpack())
+        self.get_stored(key, ns, name).map(Stored::parsed)
     }
     /// One object's JSON, unparsed.
     pub fn packed(&self, key: &str, ns: &str, name: &str) -> Option<Packed> {
@@ -309,7 +331,7 @@ impl State {
     pub fn list(&self, key: &str, ns: Option<&str>, after: Option<&(String, String)>) -> Vec<Obj> {
         self.stored(key, ns, after)
             .into_iter()
-            .map(|s| s.object.unpack())
+            .map(|s| s.parsed())
             .collect()
     }
     /// [`State::list`] unparsed: cheap under the lock; parse after releasing it.
@@ -417,9 +439,10 @@ impl State {
         super::meta::set_meta(&mut obj, "resourceVersion", Value::String(rv.to_string()));
         let ns = super::meta::namespace_of(&obj).to_string();
         let name = super::meta::name_of(&obj).to_string();
-        let stored = Stored::of(&obj);
+        let mut stored = Stored::of(&obj);
         let packed = stored.object.clone();
         let obj = Arc::new(obj);
+        stored.hot = Some((rv, obj.clone()));
         let gc = stored.gc.clone();
         let prev = self
             .objects
@@ -441,20 +464,37 @@ impl State {
             EventType::Added
         };
         let old = old.filter(|_| prev.is_some());
-        self.pending.push((
-            Arc::new(Event {
-                rv,
-                key: key.to_string(),
-                namespace: ns,
-                name,
-                kind,
-                object: packed,
-                prev: prev.map(|p| p.object),
-            }),
-            obj.clone(),
-            old,
-        ));
+        let event = Arc::new(Event {
+            rv,
+            key: key.to_string(),
+            namespace: ns,
+            name,
+            kind,
+            object: packed,
+            prev: prev.map(|p| p.object),
+        });
+        self.keep_hot(event.clone());
+        self.pending.push((event, obj.clone(), old));
         obj
+    }
+
+    /// Remember that `event`'s object is kept parsed; drop the parsed copy of the oldest
+    /// such write beyond [`HOT_OBJECTS`] (unless its object was written again since).
+    fn keep_hot(&mut self, event: Arc<Event>) {
+        self.hot.push_back(event);
+        while self.hot.len() > HOT_OBJECTS {
+            let Some(old) = self.hot.pop_front() else {
+                break;
+            };
+            if let Some(s) = self
+                .objects
+                .get_mut(&old.key)
+                .and_then(|m| m.get_mut(&(old.namespace.clone(), old.name.clone())))
+                .filter(|s| s.hot.as_ref().is_some_and(|(rv, _)| *rv == old.rv))
+            {
+                s.hot = None;
+            }
+        }
     }
 
     /// Remove an object; `last` is its final state (stored into the DELETED event with a
@@ -469,7 +509,7 @@ impl State {
         let rv = self.rv;
         let mut obj = match last {
             Some(v) => v,
-            None => (*prev.object.unpack()).clone(),
+            None => (*prev.parsed()).clone(),
         };
         super::meta::set_meta(&mut obj, "resourceVersion", Value::String(rv.to_string()));
         let packed = Packed::pack(&obj);
@@ -644,6 +684,7 @@ impl Store {
                 let stored = Stored {
                     object: Packed(Bytes::copy_from_slice(v.value())),
                     gc: Arc::new(GcMeta::of(&obj)),
+                    hot: None,
                 };
                 st.objects
                     .entry(key.to_string())
@@ -816,6 +857,38 @@ mod tests {
             .write(|st| Ok(st.remove("core/configmaps", "default", "owner", None)))
             .expect("remove");
         assert!(dirty(), "a removal (its dependents lose an owner)");
+    }
+
+    #[test]
+    fn the_last_written_objects_are_read_without_parsing_and_older_ones_from_their_json() {
+        let store = Store::in_memory(100);
+        let get = |name: &str| {
+            store
+                .read(|st| st.get("core/configmaps", "default", name))
+                .expect("stored")
+        };
+        let a = put(&store, cm("a", "one"));
+        assert!(Arc::ptr_eq(&get("a"), &a), "the written value itself");
+        put(&store, cm("b", "one"));
+        let b = put(&store, cm("b", "two"));
+        for i in 0..HOT_OBJECTS - 1 {
+            put(&store, cm(&format!("o{i}"), "x"));
+        }
+        // a's write and b's first left the window, b's second did not
+        let read = get("a");
+        assert!(!Arc::ptr_eq(&read, &a), "parsed again");
+        assert_eq!(read, a);
+        assert!(Arc::ptr_eq(&get("b"), &b), "b's newest copy is kept");
+        assert_eq!(get("b")["data"]["v"], "two");
+        // a parsed copy is dropped with its object
+        store
+            .write(|st| Ok(st.remove("core/configmaps", "default", "b", None)))
+            .expect("remove");
+        assert!(
+            store
+                .read(|st| st.get("core/configmaps", "default", "b"))
+                .is_none()
+        );
     }
 
     #[test]

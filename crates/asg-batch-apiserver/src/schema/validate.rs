@@ -11,37 +11,72 @@ use super::compile::Node;
 use super::errors::{BadValue, FieldError, FieldErrorKind, go_float, go_quote};
 
 /// A path segment.
-#[derive(Clone, Debug)]
-enum Seg {
-    Prop(String),
-    Key(String),
+#[derive(Clone, Copy, Debug)]
+enum Seg<'a> {
+    Root,
+    Prop(&'a str),
+    Key(&'a str),
     Index(usize),
 }
 
-/// A path into the object, rendered in two styles.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Path(Vec<Seg>);
+/// A path into the object, rendered in two styles only when an error names it: a
+/// segment and a borrow of its parent (extending it allocates nothing; validation of a
+/// valid object renders none).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Path<'a> {
+    parent: Option<&'a Path<'a>>,
+    seg: Seg<'a>,
+}
 
-impl Path {
-    fn prop(&self, k: &str) -> Path {
-        let mut p = self.0.clone();
-        p.push(Seg::Prop(k.to_string()));
-        Path(p)
+impl Default for Path<'_> {
+    fn default() -> Self {
+        Path {
+            parent: None,
+            seg: Seg::Root,
+        }
     }
-    fn key(&self, k: &str) -> Path {
-        let mut p = self.0.clone();
-        p.push(Seg::Key(k.to_string()));
-        Path(p)
+}
+
+impl<'a> Path<'a> {
+    fn prop<'b>(&'b self, k: &'b str) -> Path<'b> {
+        Path {
+            parent: Some(self),
+            seg: Seg::Prop(k),
+        }
     }
-    fn index(&self, i: usize) -> Path {
-        let mut p = self.0.clone();
-        p.push(Seg::Index(i));
-        Path(p)
+    fn key<'b>(&'b self, k: &'b str) -> Path<'b> {
+        Path {
+            parent: Some(self),
+            seg: Seg::Key(k),
+        }
+    }
+    fn index(&self, i: usize) -> Path<'_> {
+        Path {
+            parent: Some(self),
+            seg: Seg::Index(i),
+        }
+    }
+    /// Whether this is the root.
+    fn is_root(&self) -> bool {
+        self.segments().is_empty()
+    }
+    /// The segments from the root.
+    fn segments(&self) -> Vec<Seg<'a>> {
+        let mut segs = vec![];
+        let mut cur = Some(self);
+        while let Some(p) = cur {
+            if !matches!(p.seg, Seg::Root) {
+                segs.push(p.seg);
+            }
+            cur = p.parent;
+        }
+        segs.reverse();
+        segs
     }
     /// kube-openapi's names: `spec.map.key`, `spec.list[0]`; empty at the root.
     fn openapi(&self) -> String {
         let mut s = String::new();
-        for seg in &self.0 {
+        for seg in self.segments() {
             match seg {
                 Seg::Prop(k) | Seg::Key(k) => {
                     if !s.is_empty() {
@@ -50,17 +85,19 @@ impl Path {
                     s.push_str(k);
                 }
                 Seg::Index(i) => s.push_str(&format!("[{i}]")),
+                Seg::Root => {}
             }
         }
         s
     }
     /// apimachinery `field.Path` rendering: `spec.map[key]`, `spec.list[0]`, `<nil>` at the root.
     fn field(&self) -> String {
-        if self.0.is_empty() {
+        let segs = self.segments();
+        if segs.is_empty() {
             return "<nil>".into();
         }
         let mut s = String::new();
-        for seg in &self.0 {
+        for seg in segs {
             match seg {
                 Seg::Prop(k) => {
                     if !s.is_empty() {
@@ -76,17 +113,44 @@ impl Path {
                     }
                 }
                 Seg::Index(i) => s.push_str(&format!("[{i}]")),
+                Seg::Root => {}
             }
         }
         s
     }
     /// The field for an OpenAPI error: `<nil>` at the root, else the kube-openapi name.
     fn openapi_field(&self) -> String {
-        if self.0.is_empty() {
+        if self.is_root() {
             "<nil>".into()
         } else {
             self.openapi()
         }
+    }
+}
+
+/// A path's two renderings for OpenAPI errors, made on first use (most values have no
+/// error).
+struct Names<'p, 'a> {
+    path: &'p Path<'a>,
+    name: std::cell::OnceCell<String>,
+    field: std::cell::OnceCell<String>,
+}
+
+impl<'p, 'a> Names<'p, 'a> {
+    fn new(path: &'p Path<'a>) -> Self {
+        Names {
+            path,
+            name: std::cell::OnceCell::new(),
+            field: std::cell::OnceCell::new(),
+        }
+    }
+    /// kube-openapi's name ([`Path::openapi`]).
+    fn name(&self) -> &str {
+        self.name.get_or_init(|| self.path.openapi())
+    }
+    /// The error's field ([`Path::openapi_field`]).
+    fn field(&self) -> String {
+        self.field.get_or_init(|| self.path.openapi_field()).clone()
     }
 }
 
@@ -195,15 +259,14 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
     if unchanged {
         return;
     }
-    let name = path.openapi();
-    let field = path.openapi_field();
+    let names = Names::new(path);
     let mut errs: Vec<FieldError> = Vec::new();
     // type
     if v.is_null() {
         if let Some(ty) = &node.ty
             && !node.nullable
         {
-            errs.push(type_error(&name, field.clone(), ty, v));
+            errs.push(type_error(names.name(), names.field(), ty, v));
         }
         for e in errs {
             ctx.push(e, unchanged);
@@ -212,11 +275,14 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
     }
     if node.int_or_string && !matches!(v, Value::String(_)) && !type_matches("integer", v) {
         errs.push(FieldError::invalid(
-            field.clone(),
+            names.field(),
             &Value::from(""),
-            format!("{name} in body must validate at least one schema (anyOf)"),
+            format!(
+                "{name} in body must validate at least one schema (anyOf)",
+                name = names.name()
+            ),
         ));
-        errs.push(type_error(&name, field.clone(), "integer", v));
+        errs.push(type_error(names.name(), names.field(), "integer", v));
         for e in errs {
             ctx.push(e, unchanged);
         }
@@ -225,93 +291,109 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
     if let Some(ty) = &node.ty
         && !type_matches(ty, v)
     {
-        errs.push(type_error(&name, field.clone(), ty, v));
-        enum_check(node, v, &field, &mut errs);
+        errs.push(type_error(names.name(), names.field(), ty, v));
+        enum_check(node, v, &names, &mut errs);
         for e in errs {
             ctx.push(e, unchanged);
         }
         return;
     }
     // junctors
-    junctors(node, v, &name, &field, &mut errs);
+    junctors(node, v, &names, &mut errs);
     match v {
         Value::String(s) => {
             let len = i64::try_from(s.chars().count()).unwrap_or(i64::MAX);
             if let Some(max) = node.max_length
                 && len > max
             {
-                errs.push(FieldError::too_long(field.clone(), max));
+                errs.push(FieldError::too_long(names.field(), max));
             }
             if let Some(min) = node.min_length
                 && len < min
             {
                 errs.push(FieldError::invalid(
-                    field.clone(),
+                    names.field(),
                     v,
-                    format!("{name} in body should be at least {min} chars long"),
+                    format!(
+                        "{name} in body should be at least {min} chars long",
+                        name = names.name()
+                    ),
                 ));
             }
             if let Some((p, re)) = &node.pattern
                 && !re.is_match(s)
             {
                 errs.push(FieldError::invalid(
-                    field.clone(),
+                    names.field(),
                     v,
-                    format!("{name} in body should match '{p}'"),
+                    format!("{name} in body should match '{p}'", name = names.name()),
                 ));
             }
             if let Some(f) = &node.format
                 && !super::formats::valid(f, s)
             {
                 errs.push(FieldError::type_invalid(
-                    field.clone(),
+                    names.field(),
                     v,
-                    format!("{name} in body must be of type {f}: {}", go_quote(s)),
+                    format!(
+                        "{name} in body must be of type {f}: {}",
+                        go_quote(s),
+                        name = names.name()
+                    ),
                 ));
             }
         }
-        Value::Number(n) => numbers(node, n, v, &name, &field, &mut errs),
+        Value::Number(n) => numbers(node, n, v, &names, &mut errs),
         Value::Array(a) => {
             let size = i64::try_from(a.len()).unwrap_or(i64::MAX);
             if let Some(min) = node.min_items
                 && size < min
             {
                 errs.push(FieldError::invalid(
-                    field.clone(),
+                    names.field(),
                     &Value::from(size),
-                    format!("{name} in body should have at least {min} items"),
+                    format!(
+                        "{name} in body should have at least {min} items",
+                        name = names.name()
+                    ),
                 ));
             }
             if let Some(max) = node.max_items
                 && size > max
             {
-                errs.push(FieldError::too_many(field.clone(), size, max));
+                errs.push(FieldError::too_many(names.field(), size, max));
             }
             if node.unique_items && has_duplicates(a) {
                 errs.push(FieldError::invalid(
-                    field.clone(),
+                    names.field(),
                     v,
-                    format!("{name} in body shouldn't contain duplicates"),
+                    format!(
+                        "{name} in body shouldn't contain duplicates",
+                        name = names.name()
+                    ),
                 ));
             }
         }
         _ => {}
     }
-    enum_check(node, v, &field, &mut errs);
+    enum_check(node, v, &names, &mut errs);
     if let Value::Object(m) = v {
         let size = i64::try_from(m.len()).unwrap_or(i64::MAX);
         if let Some(max) = node.max_properties
             && size > max
         {
-            errs.push(FieldError::too_many(field.clone(), size, max));
+            errs.push(FieldError::too_many(names.field(), size, max));
         }
         if let Some(min) = node.min_properties
             && size < min
         {
             errs.push(FieldError::invalid(
-                field.clone(),
+                names.field(),
                 &Value::from(size),
-                format!("{name} in body should have at least {min} properties"),
+                format!(
+                    "{name} in body should have at least {min} properties",
+                    name = names.name()
+                ),
             ));
         }
         for r in &node.required {
@@ -381,7 +463,7 @@ fn openapi(node: &Node, v: &Value, old: Option<&Value>, path: &Path, ctx: &mut C
     }
 }
 
-fn enum_check(node: &Node, v: &Value, field: &str, errs: &mut Vec<FieldError>) {
+fn enum_check(node: &Node, v: &Value, names: &Names<'_, '_>, errs: &mut Vec<FieldError>) {
     if let Some(values) = &node.enum_values
         && !values.iter().any(|e| json_eq(e, v))
     {
@@ -392,7 +474,7 @@ fn enum_check(node: &Node, v: &Value, field: &str, errs: &mut Vec<FieldError>) {
                 other => other.to_string(),
             })
             .collect();
-        errs.push(FieldError::not_supported(field.to_string(), v, &shown));
+        errs.push(FieldError::not_supported(names.field(), v, &shown));
     }
 }
 
@@ -413,13 +495,22 @@ fn has_duplicates(a: &[Value]) -> bool {
     false
 }
 
-fn junctors(node: &Node, v: &Value, name: &str, field: &str, errs: &mut Vec<FieldError>) {
+fn junctors(node: &Node, v: &Value, names: &Names<'_, '_>, errs: &mut Vec<FieldError>) {
+    if node.any_of.is_empty()
+        && node.one_of.is_empty()
+        && node.all_of.is_empty()
+        && node.not.is_none()
+    {
+        return;
+    }
+    let name = names.name();
+    let field = names.field();
     let run = |n: &Node| {
         let mut c = Ctx { out: Vec::new() };
         openapi(n, v, None, &path_from_name(name), &mut c, false);
         c.out.into_iter().map(|c| c.err).collect::<Vec<_>>()
     };
-    let composite = |msg: String| FieldError::invalid(field.to_string(), &Value::from(""), msg);
+    let composite = |msg: String| FieldError::invalid(field.clone(), &Value::from(""), msg);
     // kube-openapi's order: anyOf, oneOf, allOf, not.
     if !node.any_of.is_empty() {
         let results: Vec<Vec<FieldError>> = node.any_of.iter().map(run).collect();
@@ -480,11 +571,14 @@ fn junctors(node: &Node, v: &Value, name: &str, field: &str, errs: &mut Vec<Fiel
     }
 }
 
-fn path_from_name(name: &str) -> Path {
+fn path_from_name(name: &str) -> Path<'_> {
     if name.is_empty() {
         Path::default()
     } else {
-        Path(vec![Seg::Prop(name.to_string())])
+        Path {
+            parent: None,
+            seg: Seg::Prop(name),
+        }
     }
 }
 
@@ -492,8 +586,7 @@ fn numbers(
     node: &Node,
     n: &serde_json::Number,
     v: &Value,
-    name: &str,
-    field: &str,
+    names: &Names<'_, '_>,
     errs: &mut Vec<FieldError>,
 ) {
     let is_int = n.is_i64() || n.is_u64();
@@ -513,9 +606,13 @@ fn numbers(
         };
         if bad {
             errs.push(FieldError::invalid(
-                field.to_string(),
+                names.field(),
                 v,
-                format!("{name} in body should be {word} {}", bound(max)),
+                format!(
+                    "{name} in body should be {word} {}",
+                    bound(max),
+                    name = names.name()
+                ),
             ));
         }
     }
@@ -527,9 +624,13 @@ fn numbers(
         };
         if bad {
             errs.push(FieldError::invalid(
-                field.to_string(),
+                names.field(),
                 v,
-                format!("{name} in body should be {word} {}", bound(min)),
+                format!(
+                    "{name} in body should be {word} {}",
+                    bound(min),
+                    name = names.name()
+                ),
             ));
         }
     }
@@ -537,9 +638,13 @@ fn numbers(
         let q = f / m;
         if (q - q.round()).abs() > 1e-9 {
             errs.push(FieldError::invalid(
-                field.to_string(),
+                names.field(),
                 v,
-                format!("{name} in body should be a multiple of {}", bound(m)),
+                format!(
+                    "{name} in body should be a multiple of {}",
+                    bound(m),
+                    name = names.name()
+                ),
             ));
         }
     }
@@ -744,7 +849,7 @@ fn cel_walk(
                 }
                 Outcome::Fail(msg) => {
                     let field = match &rule.field_path {
-                        Some(fp) if path.0.is_empty() => fp.clone(),
+                        Some(fp) if path.is_root() => fp.clone(),
                         Some(fp) if fp.starts_with('[') => format!("{}{fp}", path.field()),
                         Some(fp) => format!("{}.{fp}", path.field()),
                         None => path.field(),
