@@ -78,6 +78,7 @@ pub mod protection;
 mod run;
 pub mod spec;
 pub mod spot;
+pub mod watched;
 
 pub use config::AgentConfig;
 pub use error::AgentError;
