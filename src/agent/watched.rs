@@ -9,12 +9,14 @@
 //! metadata and the error, and one bad job never breaks the watch) at a fraction of the
 //! cost: the event's object is taken as raw JSON text (no tree), decoded into the typed
 //! job with `managedFields` skipped unparsed, and only when that fails is the text read a
-//! second time, for the metadata.
+//! second time, for the metadata. (An event serde has to buffer, its `object` before its
+//! `type`, goes through one `serde_json::Value` instead: still no copy of it.)
 
 use crate::api::{BatchJob, BatchJobSpec, BatchJobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::core::error_boundary::InvalidObject;
 use serde::Deserialize;
+use serde::de::Error as _;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,20 +43,94 @@ impl WatchedJob {
         }
     }
 
+    /// [`WatchedJob::from_json`] for an object already parsed.
+    fn from_value(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        match LeanJob::deserialize(value) {
+            Ok(job) => Ok(Self(Ok(Arc::new(job.into())))),
+            Err(error) => {
+                let Partial { metadata } = Partial::deserialize(value)?;
+                Ok(Self(Err(InvalidObject {
+                    error: error.to_string(),
+                    metadata,
+                })))
+            }
+        }
+    }
+
     /// The typed job, when it deserialised.
     pub fn job(&self) -> Option<&Arc<BatchJob>> {
         self.0.as_ref().ok()
     }
 }
 
+/// serde_json's name for a raw JSON value (`serde_json::value::RawValue`, feature
+/// `raw_value`): asked for a newtype struct of this name, serde_json hands over the value's
+/// text instead of parsing it. Any other deserializer (serde's buffer of an event whose
+/// `object` came before its `type`, as the embedded server writes some; or serde_json,
+/// were the name to change) hands over the value itself, decoded then through a
+/// `serde_json::Value`: slower, same result.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 impl<'de> Deserialize<'de> for WatchedJob {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // kube decodes watch events and lists with serde_json, which hands an object's text
-        // over as it is (a scan, no tree). A watch event whose `object` came before its
-        // `type` would reach here buffered and fail to decode; API servers write the type
-        // first (Go's `WatchEvent` field order, and the embedded server's).
-        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-        Self::from_json(raw.get()).map_err(serde::de::Error::custom)
+        d.deserialize_newtype_struct(RAW_VALUE_TOKEN, JobVisitor)
+    }
+}
+
+struct JobVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JobVisitor {
+    type Value = WatchedJob;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a BatchJob")
+    }
+
+    /// serde_json: one entry, the token and the object's text. Otherwise the object's own
+    /// entries.
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<WatchedJob, A::Error> {
+        let mut object = serde_json::Map::new();
+        if let Some(key) = map.next_key::<String>()? {
+            if key == RAW_VALUE_TOKEN {
+                return map.next_value_seed(FromText);
+            }
+            object.insert(key, map.next_value()?);
+        }
+        while let Some((key, value)) = map.next_entry()? {
+            object.insert(key, value);
+        }
+        WatchedJob::from_value(&serde_json::Value::Object(object)).map_err(A::Error::custom)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<WatchedJob, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        WatchedJob::from_value(&value).map_err(D::Error::custom)
+    }
+}
+
+/// Decodes the job from the object's JSON text, where serde_json holds it (no copy).
+struct FromText;
+
+impl<'de> serde::de::DeserializeSeed<'de> for FromText {
+    type Value = WatchedJob;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<WatchedJob, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for FromText {
+    type Value = WatchedJob;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a BatchJob's JSON text")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, json: &str) -> Result<WatchedJob, E> {
+        WatchedJob::from_json(json).map_err(E::custom)
     }
 }
 
@@ -275,8 +351,32 @@ mod tests {
             panic!("not a modification");
         };
         assert!(same(job.job().unwrap(), &guarded(&v).unwrap()));
+        // The object first (serde_json's map orders keys; the embedded server writes some
+        // events so): serde buffers it, and it still decodes the same.
+        let line = json!({"type": "MODIFIED", "object": v}).to_string();
+        assert!(line.starts_with(r#"{"object""#), "{line}");
+        let event: WatchEvent<WatchedJob> = serde_json::from_str(&line).unwrap();
+        let WatchEvent::Modified(job) = event else {
+            panic!("not a modification");
+        };
+        assert!(same(job.job().unwrap(), &guarded(&v).unwrap()));
         let mut bad = v.clone();
         bad["spec"]["queue"] = json!(5);
+        let line = json!({"type": "ADDED", "object": bad}).to_string();
+        let event: WatchEvent<WatchedJob> = serde_json::from_str(&line).unwrap();
+        let WatchEvent::Added(job) = event else {
+            panic!("not an addition");
+        };
+        assert!(job.job().is_none());
+        assert_eq!(
+            kube::Resource::meta(&job).uid,
+            v["metadata"]["uid"].as_str().map(String::from)
+        );
+        // A deserializer that hands over the object's own entries.
+        let entries = v.as_object().unwrap().clone();
+        let job = WatchedJob::deserialize(serde::de::IntoDeserializer::into_deserializer(entries))
+            .unwrap();
+        assert!(same(job.job().unwrap(), &guarded(&v).unwrap()));
         let list = json!({"apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJobList",
                           "metadata": {"resourceVersion": "30"}, "items": [v, bad]})
         .to_string();
