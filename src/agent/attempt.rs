@@ -9,10 +9,10 @@ use super::patches;
 use super::plan::{AttemptKey, CancelWhy};
 use super::protection::Protection;
 use super::spec;
+use super::watched::WatchedJob;
 use crate::api::BatchJob;
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ pub struct AttemptContext {
     /// Which of the node's GPUs each attempt holds.
     pub gpus: Arc<GpuAllocator>,
     /// The agent's watch cache of the jobs bound to its node: a report checks it first.
-    pub jobs: Store<DeserializeGuard<BatchJob>>,
+    pub jobs: Store<WatchedJob>,
 }
 
 /// Why a cancelled attempt was cancelled, set by the agent loop before it signals.
@@ -108,7 +108,7 @@ fn cached_version(ctx: &AttemptContext, key: &AttemptKey) -> Option<String> {
     let cached = ctx
         .jobs
         .get(&ObjectRef::new(&key.name).within(&key.namespace))?;
-    let job = cached.0.as_ref().ok()?;
+    let job = cached.job()?;
     check_current(job, key, &ctx.config.node_name).ok()?;
     job.metadata.resource_version.clone()
 }

@@ -7,6 +7,8 @@
 //! - [`patches`]: the server-side apply bodies and field managers.
 //! - [`protection`]: scale-in protection while the instance holds an attempt.
 //! - [`attempt`], [`node`], [`run()`]: the I/O around them.
+//! - [`watched`]: the watch's decode of a BatchJob (once, from the event's JSON text,
+//!   without `managedFields`; a job that does not deserialise is kept as its metadata).
 //!
 //! Behaviour worth knowing:
 //! - The agent watches the jobs with `status.node=<node>` that have not ended (field
@@ -78,6 +80,7 @@ pub mod protection;
 mod run;
 pub mod spec;
 pub mod spot;
+pub mod watched;
 
 pub use config::AgentConfig;
 pub use error::AgentError;

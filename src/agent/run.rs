@@ -10,11 +10,11 @@ use super::gpus::GpuAllocator;
 use super::node;
 use super::plan::{self, Action, AttemptKey, CancelWhy, JobView};
 use super::protection::Protection;
+use super::watched::WatchedJob;
 use crate::api::{BatchJob, BatchNode};
 use crate::cloud::Fleet;
 use futures::StreamExt;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{HashMap, HashSet};
@@ -47,7 +47,7 @@ struct Agent {
     gate: Arc<Gate>,
     /// Number of attempts held, read by the heartbeat (idle or not).
     busy: watch::Sender<usize>,
-    store: Store<DeserializeGuard<BatchJob>>,
+    store: Store<WatchedJob>,
     /// uid and resourceVersion of malformed jobs already logged.
     invalid_seen: HashSet<(String, String)>,
     running: HashMap<AttemptKey, Running>,
@@ -156,20 +156,14 @@ async fn run_inner(
         })?;
     health.set_ready(true);
 
-    // One malformed BatchJob must not break the watch: it is logged and skipped.
-    let jobs: Api<DeserializeGuard<BatchJob>> = Api::all(client.clone());
+    // One malformed BatchJob must not break the watch: it is logged and skipped. Each job
+    // is decoded once, without the managedFields nothing here reads ([`WatchedJob`]).
+    let jobs: Api<WatchedJob> = Api::all(client.clone());
     let (store, writer) = reflector::store();
     let selector = plan::agent_field_selector(&node_name);
     let stream = reflector::reflector(
         writer,
-        watcher(jobs, watcher::Config::default().fields(&selector))
-            .default_backoff()
-            // Nothing here reads managedFields; they are most of a job's size.
-            .modify(|g| {
-                if let Ok(job) = &mut g.0 {
-                    job.metadata.managed_fields = None;
-                }
-            }),
+        watcher(jobs, watcher::Config::default().fields(&selector)).default_backoff(),
     );
     let mut stream = std::pin::pin!(stream);
     let grace = config.shutdown_grace;
@@ -273,7 +267,7 @@ impl Agent {
         // The store's objects are shared, not copied: this runs on every watch event, over
         // every job bound here (up to one per 100m of cpu).
         let state = self.store.state();
-        let mut jobs: Vec<&BatchJob> = Vec::with_capacity(state.len());
+        let mut jobs: Vec<&Arc<BatchJob>> = Vec::with_capacity(state.len());
         let mut invalid_uids: HashSet<String> = HashSet::new();
         for guarded in &state {
             match &guarded.0 {
@@ -444,9 +438,9 @@ impl Agent {
     }
 }
 
-/// The job of attempt `key`, copied out of the store for the attempt's task.
-fn find(jobs: &[&BatchJob], key: &AttemptKey) -> Option<Arc<BatchJob>> {
+/// The job of attempt `key`, shared with the store (not copied) for the attempt's task.
+fn find(jobs: &[&Arc<BatchJob>], key: &AttemptKey) -> Option<Arc<BatchJob>> {
     jobs.iter()
         .find(|j| j.metadata.uid.as_deref() == Some(key.uid.as_str()))
-        .map(|j| Arc::new((*j).clone()))
+        .map(|j| Arc::clone(j))
 }

@@ -842,3 +842,115 @@ async fn timeout_secrets_and_array_variables_reach_the_process() {
     assert!(a1.started_at.is_some());
     agent.stop().await.expect("clean stop");
 }
+
+/// A BatchJob schema whose `spec` accepts anything (so a malformed job can be stored; its
+/// CEL rules go with it); the status schema stays (the agent's reports merge into `status.attempts` as a list map).
+fn loose_batchjob_spec(
+    crd: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    if crd.spec.names.kind != "BatchJob" {
+        return;
+    }
+    for v in &mut crd.spec.versions {
+        let root = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut());
+        if let Some(root) = root {
+            if let Some(props) = root.properties.as_mut() {
+                props.insert(
+                    "spec".to_owned(),
+                    JSONSchemaProps {
+                        type_: Some("object".into()),
+                        x_kubernetes_preserve_unknown_fields: Some(true),
+                        ..JSONSchemaProps::default()
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_job_bound_here_is_skipped_until_fixed_and_the_others_run() {
+    let s = server_with_crds_changed(loose_batchjob_spec).await;
+    let client = s.client();
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &kube::api::ApiResource::erase::<BatchJob>(&()),
+    );
+    raw.patch(
+        "garbled",
+        &kube::api::PatchParams::apply("test"),
+        &kube::api::Patch::Apply(serde_json::json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": "garbled"},
+            "spec": {"queue": 5, "resources": "lots"},
+        })),
+    )
+    .await
+    .expect("store a malformed job");
+    // Bound here as the controller binds (the typed client cannot read it back).
+    raw.patch_status(
+        "garbled",
+        &kube::api::PatchParams::apply(CONTROLLER).force(),
+        &kube::api::Patch::Apply(serde_json::json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": "garbled", "namespace": "default"},
+            "status": {"phase": "Starting", "node": NODE, "attempt": 1,
+                       "attempts": [{"attempt": 1, "node": NODE, "instanceId": NODE}]},
+        })),
+    )
+    .await
+    .expect("bind the malformed job");
+    let agent = agent(&client);
+    // A good job bound after it runs: the agent's watch went past the malformed one.
+    create_job(&client, "default", &process_job("fine", "exit 0")).await;
+    bind(&client, "default", "fine", NODE, 1).await;
+    let fine = wait_attempt(&client, "fine", 1, "the good job's attempt to end", |a| {
+        a.stopped_at.is_some()
+    })
+    .await;
+    assert_eq!(attempt(&fine, 1).and_then(|a| a.exit_code), Some(0));
+    let garbled = raw.get("garbled").await.expect("get garbled");
+    let attempts = &garbled.data["status"]["attempts"];
+    assert_eq!(
+        attempts[0].get("startedAt"),
+        None,
+        "a job the agent cannot read is not started: {attempts}"
+    );
+    assert!(
+        garbled.metadata.managed_fields.iter().flatten().all(|m| !m
+            .manager
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("asg-batch-agent")),
+        "the agent wrote nothing to it"
+    );
+    // Fixed, it runs: the agent kept it (as its metadata) and reads it again on change.
+    raw.patch(
+        "garbled",
+        &kube::api::PatchParams::apply("test").force(),
+        &kube::api::Patch::Apply(serde_json::json!({
+            "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": "garbled"},
+            "spec": {"queue": "q", "process": {"command": ["sh", "-c", "exit 4"]}},
+        })),
+    )
+    .await
+    .expect("fix the malformed job");
+    let fixed = wait_attempt(
+        &client,
+        "garbled",
+        1,
+        "the fixed job's attempt to end",
+        |a| a.stopped_at.is_some(),
+    )
+    .await;
+    let a1 = attempt(&fixed, 1).expect("attempt 1");
+    assert!(a1.started_at.is_some(), "{a1:?}");
+    assert_eq!(a1.exit_code, Some(4));
+    agent.stop().await.expect("clean stop");
+}

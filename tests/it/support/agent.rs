@@ -23,6 +23,14 @@ pub use asg_batch::api::protocol::CONTROLLER_MANAGER as CONTROLLER;
 /// A server (the embedded one, or the real one: [`ServerUnderTest`]) with every CRD of
 /// `crds/` created and Established.
 pub async fn server_with_crds() -> ServerUnderTest {
+    server_with_crds_changed(|_| {}).await
+}
+
+/// [`server_with_crds`], with each CRD passed through `change` before it is created (e.g.
+/// a schema loose enough to store a malformed object).
+pub async fn server_with_crds_changed(
+    change: impl Fn(&mut CustomResourceDefinition),
+) -> ServerUnderTest {
     let s = ServerUnderTest::start().await;
     let crds: Api<CustomResourceDefinition> = Api::all(s.client());
     let dir = super::repo_root().join("crds");
@@ -33,7 +41,8 @@ pub async fn server_with_crds() -> ServerUnderTest {
     files.sort();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read crd");
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("parse crd");
+        let mut crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("parse crd");
+        change(&mut crd);
         let created = crds
             .create(&PostParams::default(), &crd)
             .await
