@@ -183,6 +183,14 @@ async fn raw_watch_semantics() {
     .await;
     let evs = lines(&body);
     assert_eq!(evs.len(), 3, "{body}");
+    // Each line names its type before its object, as kube-apiserver writes them (a client
+    // that decodes the object by its type need not buffer it), the bookmark included.
+    assert!(
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| l.starts_with("{\"type\":")),
+        "{body}"
+    );
     assert_eq!(
         (evs[0]["type"].as_str(), evs[1]["type"].as_str()),
         (Some("ADDED"), Some("ADDED"))

@@ -124,7 +124,18 @@ impl Watcher {
     }
 
     async fn send(&self, kind: &str, object: Value) -> bool {
-        let Ok(mut line) = serde_json::to_vec(&json!({"type": kind, "object": object})) else {
+        /// `type` first, as kube-apiserver writes it (and [`watch_line`]): a client that
+        /// reads the object by its type need not buffer it (`json!` sorts the keys).
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            object: &'a Value,
+        }
+        let Ok(mut line) = serde_json::to_vec(&Line {
+            kind,
+            object: &object,
+        }) else {
             return true;
         };
         line.push(b'\n');
