@@ -9,16 +9,44 @@ pub(super) type Guarded<K> = Store<Checked<K>>;
 
 /// An object as a reflector store keeps it: the typed object behind its own `Arc`, so a
 /// pass takes it without copying it (a copy of every job per pass doubled the
-/// controller's memory), or why it did not deserialise ([`DeserializeGuard`]'s error).
+/// controller's memory), or why it did not deserialise (as [`DeserializeGuard`](kube::core::DeserializeGuard) reports
+/// it: the error and the object's metadata).
 #[derive(Debug, Clone)]
 pub(super) struct Checked<K>(Result<Arc<K>, kube::core::error_boundary::InvalidObject>);
 
 impl<'de, K> serde::Deserialize<'de> for Checked<K>
 where
-    K: serde::Deserialize<'de> + kube::Resource,
+    K: serde::de::DeserializeOwned + kube::Resource,
 {
+    /// The object's JSON text is taken as it is (one copy of the bytes) and decoded into
+    /// `K` directly; only when that fails is it read again, for its metadata.
+    /// ([`DeserializeGuard`](kube::core::DeserializeGuard) buffers every object into a tree of values, copies that tree
+    /// and decodes `K` from the copy: most of the controller's watch decode, issue 13.)
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        DeserializeGuard::<K>::deserialize(d).map(|g| Checked(g.0.map(Arc::new)))
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        Ok(Checked(
+            checked(raw.get()).map_err(serde::de::Error::custom)?,
+        ))
+    }
+}
+
+/// `K` from JSON text, or why not with the object's metadata; an error only when the
+/// text is not even an object with metadata.
+fn checked<K>(
+    text: &str,
+) -> Result<Result<Arc<K>, kube::core::error_boundary::InvalidObject>, serde_json::Error>
+where
+    K: serde::de::DeserializeOwned + kube::Resource,
+{
+    match serde_json::from_str::<K>(text) {
+        Ok(k) => Ok(Ok(Arc::new(k))),
+        Err(error) => {
+            let meta = serde_json::from_str::<kube::core::PartialObjectMeta<K>>(text)?;
+            Ok(Err(kube::core::error_boundary::InvalidObject {
+                error: error.to_string(),
+                metadata: meta.metadata,
+            }))
+        }
     }
 }
 
@@ -325,4 +353,84 @@ pub(super) async fn shape(
     let r = Resources::new(info.cpu_millis, info.memory_bytes, info.gpus);
     ctx.shapes.lock().await.insert(instance_type.to_owned(), r);
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use kube::core::WatchEvent;
+
+    const JOB: &str = r#"{"apiVersion":"asgbatch.io/v1alpha1","kind":"BatchJob",
+        "metadata":{"name":"fine","namespace":"default","uid":"u1","resourceVersion":"7"},
+        "spec":{"queue":"q","process":{"command":["true"]},"resources":{"cpu":"1","memory":"1Gi"}},
+        "status":{"phase":"Runnable"}}"#;
+    const GARBLED: &str = r#"{"apiVersion":"asgbatch.io/v1alpha1","kind":"BatchJob",
+        "metadata":{"name":"garbled","namespace":"default","uid":"u2","resourceVersion":"8"},
+        "spec":{"queue":5,"resources":"lots"}}"#;
+
+    fn event(object: &str) -> Checked<BatchJob> {
+        let line = format!(r#"{{"type":"MODIFIED","object":{object}}}"#);
+        match serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(&line).expect("decodes") {
+            WatchEvent::Modified(c) => c,
+            other => panic!("not a modification: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_watch_event_decodes_into_the_typed_object() {
+        let c = event(JOB);
+        let job = c.0.as_ref().expect("a valid job");
+        assert_eq!(job.spec.queue, "q");
+        assert_eq!(
+            job.status.as_ref().and_then(|s| s.phase),
+            Some(crate::api::batch_job::JobPhase::Runnable)
+        );
+        assert_eq!(
+            kube::Resource::meta(&c).resource_version.as_deref(),
+            Some("7")
+        );
+    }
+
+    #[test]
+    fn an_object_that_does_not_deserialise_keeps_its_metadata_and_says_why() {
+        let c = event(GARBLED);
+        let e = c.0.as_ref().expect_err("garbled");
+        assert_eq!(e.metadata.name.as_deref(), Some("garbled"));
+        assert_eq!(e.metadata.uid.as_deref(), Some("u2"));
+        assert!(e.error.contains("invalid type"), "{}", e.error);
+        // What the pass reports about it: the object and the error.
+        let store = {
+            let (store, mut writer) = reflector::store::<Checked<BatchJob>>();
+            writer.apply_watcher_event(&watcher::Event::Apply(c.clone()));
+            writer.apply_watcher_event(&watcher::Event::Apply(event(JOB)));
+            store
+        };
+        let mut invalid = Vec::new();
+        let valid = valid(&store, &mut invalid);
+        assert_eq!(valid.len(), 1);
+        assert_eq!(invalid.len(), 1);
+        assert_eq!(invalid[0].reference.name.as_deref(), Some("garbled"));
+        assert_eq!(invalid[0].error, e.error);
+    }
+
+    #[test]
+    fn a_list_decodes_each_item_on_its_own() {
+        let list = format!(
+            r#"{{"apiVersion":"v1","kind":"List","metadata":{{"resourceVersion":"9"}},"items":[{JOB},{GARBLED}]}}"#
+        );
+        let l: kube::core::ObjectList<Checked<BatchJob>> =
+            serde_json::from_str(&list).expect("a list with one bad item still decodes");
+        let ok: Vec<bool> = l.items.iter().map(|c| c.0.is_ok()).collect();
+        assert_eq!(ok, [true, false]);
+    }
+
+    #[test]
+    fn text_that_is_no_object_is_an_error() {
+        let r = serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(
+            r#"{"type":"MODIFIED","object":[1,2]}"#,
+        );
+        assert!(r.is_err());
+    }
 }
