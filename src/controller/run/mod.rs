@@ -48,6 +48,9 @@ mod apply;
 mod events;
 mod observe;
 
+/// How the controller's watches decode each object (public for the controller bench).
+pub use observe::Checked;
+
 use apply::apply;
 use apply::truncate;
 use observe::{Stores, observe_fleets, report_invalid, valid, watch, with_timeout};

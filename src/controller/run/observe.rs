@@ -12,7 +12,14 @@ pub(super) type Guarded<K> = Store<Checked<K>>;
 /// controller's memory), or why it did not deserialise (as [`DeserializeGuard`](kube::core::DeserializeGuard) reports
 /// it: the error and the object's metadata).
 #[derive(Debug, Clone)]
-pub(super) struct Checked<K>(Result<Arc<K>, kube::core::error_boundary::InvalidObject>);
+pub struct Checked<K>(pub(super) Result<Arc<K>, kube::core::error_boundary::InvalidObject>);
+
+impl<K> Checked<K> {
+    /// The typed object, or why it did not deserialise.
+    pub fn object(&self) -> Result<&K, &kube::core::error_boundary::InvalidObject> {
+        self.0.as_deref()
+    }
+}
 
 impl<'de, K> serde::Deserialize<'de> for Checked<K>
 where
