@@ -25,15 +25,79 @@ impl<'de, K> serde::Deserialize<'de> for Checked<K>
 where
     K: serde::de::DeserializeOwned + kube::Resource,
 {
-    /// The object's JSON text is taken as it is (one copy of the bytes) and decoded into
-    /// `K` directly; only when that fails is it read again, for its metadata.
-    /// ([`DeserializeGuard`](kube::core::DeserializeGuard) buffers every object into a tree of values, copies that tree
-    /// and decodes `K` from the copy: most of the controller's watch decode, issue 13.)
+    /// From serde_json (a watch event whose `type` comes before its `object`, as both
+    /// API servers send it, and every list), the object's JSON text is taken as it is
+    /// (one copy of the bytes, serde_json's `RawValue`) and decoded into `K` directly;
+    /// only when that fails is it read again, for its metadata. From anything else (an
+    /// event whose `object` comes first is buffered by serde), through a value tree.
+    /// ([`DeserializeGuard`](kube::core::DeserializeGuard) buffers every object into a
+    /// tree of values, copies that tree and decodes `K` from the copy: most of the
+    /// controller's watch decode, issue 13.)
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-        Ok(Checked(
-            checked(raw.get()).map_err(serde::de::Error::custom)?,
-        ))
+        d.deserialize_newtype_struct(RAW_VALUE, CheckedVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The name under which serde_json hands a deserialiser the text of a value (what its
+/// `RawValue` asks for): a map of one entry, this name to the text.
+const RAW_VALUE: &str = "$serde_json::private::RawValue";
+
+struct CheckedVisitor<K>(std::marker::PhantomData<K>);
+
+impl<'de, K> serde::de::Visitor<'de> for CheckedVisitor<K>
+where
+    K: serde::de::DeserializeOwned + kube::Resource,
+{
+    type Value = Checked<K>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let Some(key) = map.next_key::<String>()? else {
+            return checked_value(serde_json::Value::Object(serde_json::Map::new()))
+                .map_err(A::Error::custom);
+        };
+        if key == RAW_VALUE {
+            let text: String = map.next_value()?;
+            return checked(&text).map(Checked).map_err(A::Error::custom);
+        }
+        // A plain map (another deserialiser): the object as a value tree.
+        let mut object = serde_json::Map::new();
+        object.insert(key, map.next_value()?);
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            object.insert(k, v);
+        }
+        checked_value(serde_json::Value::Object(object)).map_err(A::Error::custom)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<Self::Value, D::Error> {
+        use serde::de::Error;
+        let value = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+        checked_value(value).map_err(D::Error::custom)
+    }
+}
+
+/// [`checked`] from a value tree (read in place: not copied).
+fn checked_value<K>(value: serde_json::Value) -> Result<Checked<K>, serde_json::Error>
+where
+    K: serde::de::DeserializeOwned + kube::Resource,
+{
+    match K::deserialize(&value) {
+        Ok(k) => Ok(Checked(Ok(Arc::new(k)))),
+        Err(error) => {
+            let meta =
+                <kube::core::PartialObjectMeta<K> as serde::Deserialize>::deserialize(&value)?;
+            Ok(Checked(Err(kube::core::error_boundary::InvalidObject {
+                error: error.to_string(),
+                metadata: meta.metadata,
+            })))
+        }
     }
 }
 
@@ -431,6 +495,27 @@ mod tests {
             serde_json::from_str(&list).expect("a list with one bad item still decodes");
         let ok: Vec<bool> = l.items.iter().map(|c| c.0.is_ok()).collect();
         assert_eq!(ok, [true, false]);
+    }
+
+    #[test]
+    fn an_event_listing_its_object_before_its_type_decodes_the_same() {
+        for object in [JOB, GARBLED] {
+            let line = format!(r#"{{"object":{object},"type":"MODIFIED"}}"#);
+            let late = match serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(&line)
+                .expect("decodes")
+            {
+                WatchEvent::Modified(c) => c,
+                other => panic!("not a modification: {other:?}"),
+            };
+            let early = event(object);
+            let json = |c: &Checked<BatchJob>| {
+                serde_json::to_value(c.object().map_err(|e| (&e.error, &e.metadata)).ok())
+                    .expect("serialises")
+            };
+            assert_eq!(json(&late), json(&early));
+            assert_eq!(late.0.is_ok(), early.0.is_ok());
+            assert_eq!(kube::Resource::meta(&late), kube::Resource::meta(&early));
+        }
     }
 
     #[test]
