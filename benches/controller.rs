@@ -269,7 +269,11 @@ fn bench_decode(c: &mut Criterion) {
             "attempts": [{"attempt": 1, "node": "i-00007", "instanceId": "i-00007", "startedAt": NOW}]
         }
     });
-    let line = serde_json::to_string(&json!({"type": "MODIFIED", "object": object})).unwrap();
+    // `type` before `object`, as both API servers write an event.
+    let line = format!(
+        r#"{{"type":"MODIFIED","object":{}}}"#,
+        serde_json::to_string(&object).unwrap()
+    );
     let guarded = serde_json::from_str::<WatchEvent<DeserializeGuard<BatchJob>>>(&line).unwrap();
     let checked = serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(&line).unwrap();
     match (guarded, checked) {
