@@ -236,10 +236,70 @@ fn bench_backlog(c: &mut Criterion) {
     }
 }
 
+/// One BatchJob watch event as the API server sends it (a Running job with its attempt,
+/// conditions and the managedFields of three field managers), decoded as kube's
+/// `DeserializeGuard` does and as the controller's watches do (`Checked`).
+fn bench_decode(c: &mut Criterion) {
+    use asg_batch::controller::run::Checked;
+    use kube::core::{DeserializeGuard, WatchEvent};
+    let fields = |f: serde_json::Value| {
+        json!({"manager": "m", "operation": "Apply", "apiVersion": "asgbatch.io/v1alpha1",
+               "time": NOW, "fieldsType": "FieldsV1", "fieldsV1": f})
+    };
+    let object = json!({
+        "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
+        "metadata": {"name": "job-00042", "namespace": "default", "uid": "0b7c2a9e-5d1f-4c8e-9a53-2f1e8d7c6b5a",
+                     "generation": 1, "resourceVersion": "123456", "creationTimestamp": NOW,
+                     "labels": {"app": "etl", "team": "data"},
+                     "managedFields": [
+                         fields(json!({"f:spec": {"f:queue": {}, "f:process": {"f:command": {}},
+                                                  "f:resources": {"f:cpu": {}, "f:memory": {}}}})),
+                         fields(json!({"f:status": {"f:phase": {}, "f:node": {}, "f:attempt": {},
+                                                    "f:conditions": {"k:{\"type\":\"Scheduled\"}": {".": {}}}}})),
+                         fields(json!({"f:status": {"f:attempts": {}, "f:startedAt": {}}})),
+                     ]},
+        "spec": {"queue": "q", "process": {"command": ["sh", "-c", "true"]},
+                 "resources": {"cpu": "100m", "memory": "64Mi"}, "retryStrategy": {"attempts": 3}},
+        "status": {
+            "phase": "Running", "node": "i-00007", "attempt": 1, "startedAt": NOW,
+            "observedGeneration": 1, "message": "attempt 1 bound to node i-00007",
+            "conditions": [{"type": "Scheduled", "status": "True", "reason": "Bound",
+                            "message": "attempt 1 bound to node i-00007",
+                            "lastTransitionTime": NOW, "observedGeneration": 1}],
+            "attempts": [{"attempt": 1, "node": "i-00007", "instanceId": "i-00007", "startedAt": NOW}]
+        }
+    });
+    // `type` before `object`, as both API servers write an event.
+    let line = format!(
+        r#"{{"type":"MODIFIED","object":{}}}"#,
+        serde_json::to_string(&object).unwrap()
+    );
+    let guarded = serde_json::from_str::<WatchEvent<DeserializeGuard<BatchJob>>>(&line).unwrap();
+    let checked = serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(&line).unwrap();
+    match (guarded, checked) {
+        (WatchEvent::Modified(g), WatchEvent::Modified(c)) => {
+            let json = |j: Option<&BatchJob>| serde_json::to_value(j).unwrap();
+            assert_eq!(
+                json(g.0.as_ref().ok()),
+                json(c.object().ok()),
+                "both decode the same job"
+            );
+        }
+        other => panic!("not both modifications: {other:?}"),
+    }
+    c.bench_function("watch event decode, DeserializeGuard<BatchJob>", |b| {
+        b.iter(|| serde_json::from_str::<WatchEvent<DeserializeGuard<BatchJob>>>(black_box(&line)));
+    });
+    c.bench_function("watch event decode, Checked<BatchJob>", |b| {
+        b.iter(|| serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(black_box(&line)));
+    });
+}
+
+criterion_group!(decode_benches, bench_decode);
 criterion_group! {
     name = backlog_benches;
     config = Criterion::default().sample_size(10);
     targets = bench_backlog
 }
 criterion_group!(benches, bench);
-criterion_main!(benches, backlog_benches);
+criterion_main!(benches, backlog_benches, decode_benches);

@@ -145,10 +145,19 @@ fn resolve(id: &JobId, job: &Job, snapshot: &Snapshot, arrays: &Arrays<'_>) -> V
 
 /// Evaluates the dependencies of every waiting (Submitted, Pending, Runnable) job.
 pub fn evaluate(snapshot: &Snapshot) -> BTreeMap<JobId, DependencyState> {
+    evaluate_in_order(snapshot)
+        .into_iter()
+        .map(|(id, _, state)| (id.clone(), state))
+        .collect()
+}
+
+/// [`evaluate`], as a list of the waiting jobs in id order with their job (no map is
+/// built and no id copied: a pass over a backlog of waiting jobs looks each up once).
+pub fn evaluate_in_order(snapshot: &Snapshot) -> Vec<(&JobId, &Job, DependencyState)> {
     let arrays = Arrays::index(snapshot);
 
-    // Resolve targets of waiting jobs and the reverse edges.
-    let mut targets: BTreeMap<&JobId, Vec<Target>> = BTreeMap::new();
+    // Resolve targets of waiting jobs and the reverse edges (in id order).
+    let mut targets: Vec<(&JobId, &Job, Vec<Target>)> = Vec::new();
     let mut dependents: BTreeMap<Target, Vec<&JobId>> = BTreeMap::new();
     for (id, job) in &snapshot.jobs {
         if !job.phase.is_waiting() {
@@ -160,7 +169,7 @@ pub fn evaluate(snapshot: &Snapshot) -> BTreeMap<JobId, DependencyState> {
                 dependents.entry(t.clone()).or_default().push(id);
             }
         }
-        targets.insert(id, resolved);
+        targets.push((id, job, resolved));
     }
 
     // Failure cascade, breadth-first from every failed job and failed array.
@@ -212,15 +221,16 @@ pub fn evaluate(snapshot: &Snapshot) -> BTreeMap<JobId, DependencyState> {
             })
     };
 
-    let mut out = BTreeMap::new();
-    for (id, resolved) in targets {
+    let mut out = Vec::with_capacity(targets.len());
+    for (id, job, resolved) in targets {
         if let Some(cause) = failed.get(id) {
-            out.insert(
-                id.clone(),
+            out.push((
+                id,
+                job,
                 DependencyState::Failed {
                     dependency: cause.clone(),
                 },
-            );
+            ));
             continue;
         }
         let mut state = DependencyState::Met;
@@ -245,7 +255,7 @@ pub fn evaluate(snapshot: &Snapshot) -> BTreeMap<JobId, DependencyState> {
                 break;
             }
         }
-        out.insert(id.clone(), state);
+        out.push((id, job, state));
     }
     out
 }

@@ -184,17 +184,19 @@ fn expected_ends(snapshot: &Snapshot, now: Seconds) -> BTreeMap<&str, Seconds> {
 /// [`plan`] with explicit [`Options`].
 pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
     let mut out = Plan::default();
-    let deps = deps::evaluate(snapshot);
+    // Every waiting job once, in id order, with its job (no lookups by id, no copies of
+    // ids for the jobs that stay where they are).
+    let deps = deps::evaluate_in_order(snapshot);
+    // Why each waiting job is not placed, in id order (the map is built at the end, in
+    // one go, not by inserting one by one).
+    let mut unplaced: Vec<(JobId, Reason)> = Vec::new();
 
-    let mut candidates: Vec<JobId> = Vec::new();
-    for (id, state) in deps {
-        let Some(job) = snapshot.jobs.get(&id) else {
-            continue;
-        };
+    let mut candidates: Vec<(&JobId, &Job)> = Vec::new();
+    for (id, job, state) in deps {
         match state {
             DependencyState::Failed { dependency } => {
                 out.dependency_failures.push(DependencyFailure {
-                    job: id,
+                    job: id.clone(),
                     dependency,
                 });
             }
@@ -205,7 +207,7 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
                         to: Phase::Pending,
                     });
                 }
-                out.unplaced.insert(id, reason);
+                unplaced.push((id.clone(), reason));
             }
             DependencyState::Met => {
                 if job.phase != Phase::Runnable {
@@ -215,16 +217,14 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
                     });
                 }
                 match blocked(snapshot, job, now) {
-                    Some(reason) => {
-                        out.unplaced.insert(id, reason);
-                    }
-                    None => candidates.push(id),
+                    Some(reason) => unplaced.push((id.clone(), reason)),
+                    None => candidates.push((id, job)),
                 }
             }
         }
     }
 
-    let ordered = queue::order(snapshot, &candidates, now);
+    let ordered = queue::order_jobs(snapshot, &candidates, now);
     let mut pool = NodePool::from_snapshot(snapshot);
     if options.drain_friendly {
         pool = pool.with_expected_ends(&expected_ends(snapshot, now));
@@ -233,10 +233,7 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
     let mut holding: BTreeSet<&str> = BTreeSet::new();
     let mut classes: BTreeMap<(&str, Resources), (Vec<&str>, bool)> = BTreeMap::new();
     let mut unbound: Vec<(&JobId, &Job, &[String])> = Vec::new();
-    for id in &ordered {
-        let Some(job) = snapshot.jobs.get(id) else {
-            continue;
-        };
+    for (id, job) in ordered {
         let Some(q) = snapshot.queues.get(&job.queue) else {
             continue;
         };
@@ -423,7 +420,9 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
     } else {
         timeline.project(&waiting, now)
     };
-    out.unplaced.extend(capacity.reasons);
+    // Reasons from dependency evaluation and from the capacity plan: one map, built in
+    // one go from both lists in id order.
+    out.unplaced = merge_reasons(unplaced, capacity.reasons);
 
     // Queue positions (every unbound job, in scheduling order) and estimated starts.
     let mut positions: BTreeMap<&str, u32> = BTreeMap::new();
@@ -432,17 +431,20 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
         .zip(&projection.starts)
         .filter_map(|((id, _, _), s)| Some((*id, s.as_ref()?.at)))
         .collect();
+    let mut queue: Vec<(JobId, QueueEstimate)> = Vec::with_capacity(unbound.len());
     for (id, job, _) in &unbound {
         let p = positions.entry(job.queue.as_str()).or_default();
         *p += 1;
-        out.queue.insert(
+        queue.push((
             (*id).clone(),
             QueueEstimate {
                 position: *p,
                 estimated_start: starts.get(id).copied(),
             },
-        );
+        ));
     }
+    // Built in one go (each job once; a queue's jobs are mostly in id order already).
+    out.queue = queue.into_iter().collect();
 
     let used: BTreeSet<&str> = pool.used_nodes().collect();
     let growing: BTreeSet<&str> = capacity
@@ -484,6 +486,28 @@ pub fn plan_with(snapshot: &Snapshot, now: Seconds, options: &Options) -> Plan {
     out.drain = scale_in.drain;
     out.terminate = scale_in.terminate;
     out
+}
+
+/// One map of the reasons of `first` (in id order, each id once) and of `then`; `then`'s
+/// reason wins for an id in both.
+fn merge_reasons(
+    first: Vec<(JobId, Reason)>,
+    then: BTreeMap<JobId, Reason>,
+) -> BTreeMap<JobId, Reason> {
+    let mut out = Vec::with_capacity(first.len() + then.len());
+    let mut then = then.into_iter().peekable();
+    for (id, reason) in first {
+        while let Some(t) = then.next_if(|(t, _)| *t < id) {
+            out.push(t);
+        }
+        match then.next_if(|(t, _)| *t == id) {
+            Some(t) => out.push(t),
+            None => out.push((id, reason)),
+        }
+    }
+    out.extend(then);
+    // Sorted and unique: the map is built without a search per entry.
+    out.into_iter().collect()
 }
 
 /// Enabled compute environments that cannot grow: nothing booting and at least
@@ -863,5 +887,24 @@ mod tests {
         let p = plan(&s, 10_000);
         assert_eq!(bound(&p), [("j", "n1")]);
         assert!(p.drain.is_empty());
+    }
+
+    #[test]
+    fn merged_reasons_are_every_id_once_the_capacity_plans_reason_winning() {
+        let r = |s: u64| Reason::Backoff { remaining: s };
+        let first = vec![(JobId::new("a"), r(1)), (JobId::new("c"), r(2))];
+        let then: BTreeMap<JobId, Reason> = [("b", r(3)), ("c", r(4)), ("d", r(5))]
+            .into_iter()
+            .map(|(i, x)| (JobId::new(i), x))
+            .collect();
+        let got: Vec<(String, Reason)> = merge_reasons(first, then)
+            .into_iter()
+            .map(|(i, x)| (i.0, x))
+            .collect();
+        let want: Vec<(String, Reason)> = [("a", r(1)), ("b", r(3)), ("c", r(4)), ("d", r(5))]
+            .into_iter()
+            .map(|(i, x)| (i.to_owned(), x))
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -465,4 +465,36 @@ proptest! {
         prop_assert_eq!(&first, &plan(&r, now));
         prop_assert_eq!(&first, &plan(&s, now));
     }
+
+    #[test]
+    fn fifo_queues_order_by_priority_then_submission_then_id((s, now) in world()) {
+        // Every job of a queue that exists, given in a shuffled (reversed) order.
+        let candidates: Vec<JobId> = s
+            .jobs
+            .iter()
+            .filter(|(_, j)| s.queues.contains_key(&j.queue))
+            .map(|(id, _)| id.clone())
+            .rev()
+            .collect();
+        let got = queue::order(&s, &candidates, now);
+        prop_assert_eq!(got.len(), candidates.len());
+        // Reference, for jobs of queues without fair share: priority (higher first),
+        // queue name, submission time, id.
+        let key = |id: &JobId| {
+            let j = &s.jobs[id];
+            let q = &s.queues[&j.queue];
+            (std::cmp::Reverse(q.priority), j.queue.clone(), j.submitted_at, id.clone())
+        };
+        let fifo = |id: &&JobId| s.queues[&s.jobs[*id].queue].fair_share.is_none();
+        let mut want: Vec<&JobId> = candidates.iter().filter(fifo).collect();
+        want.sort_by_key(|id| key(id));
+        let got_fifo: Vec<&JobId> = got.iter().filter(fifo).collect();
+        prop_assert_eq!(got_fifo, want);
+        // Queues stay contiguous, in priority order, fair-share ones included.
+        let queues: Vec<&str> = got.iter().map(|id| s.jobs[id].queue.as_str()).collect();
+        let mut runs = queues.clone();
+        runs.dedup();
+        let distinct: BTreeSet<&str> = queues.iter().copied().collect();
+        prop_assert_eq!(runs.len(), distinct.len(), "a queue's jobs are not contiguous");
+    }
 }

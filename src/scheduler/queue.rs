@@ -5,17 +5,38 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::fairshare::{self, DEFAULT_SHARE};
-use super::model::{JobId, Seconds, Snapshot};
+use super::model::{Job, JobId, Seconds, Snapshot};
 
 /// Orders `candidates` (ids of jobs in `snapshot` whose queue exists) for placement.
 /// Candidates whose queue is not in the snapshot are left out.
 pub fn order(snapshot: &Snapshot, candidates: &[JobId], now: Seconds) -> Vec<JobId> {
-    let mut by_queue: BTreeMap<&str, Vec<&JobId>> = BTreeMap::new();
-    for id in candidates {
-        if let Some(job) = snapshot.jobs.get(id)
-            && snapshot.queues.contains_key(&job.queue)
-        {
-            by_queue.entry(job.queue.as_str()).or_default().push(id);
+    let mut sorted: Vec<&JobId> = candidates.iter().collect();
+    sorted.sort();
+    let jobs: Vec<(&JobId, &Job)> = sorted
+        .into_iter()
+        .filter_map(|id| Some((id, snapshot.jobs.get(id)?)))
+        .collect();
+    order_jobs(snapshot, &jobs, now)
+        .into_iter()
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// [`order`] of candidates given with their jobs, **in id order** (as the snapshot
+/// lists them): within a first-in first-out queue a stable sort by submission time
+/// alone then keeps ties in id order, without comparing ids.
+pub fn order_jobs<'s>(
+    snapshot: &'s Snapshot,
+    candidates: &[(&'s JobId, &'s Job)],
+    now: Seconds,
+) -> Vec<(&'s JobId, &'s Job)> {
+    let mut by_queue: BTreeMap<&str, Vec<(&JobId, &Job)>> = BTreeMap::new();
+    for &(id, job) in candidates {
+        if snapshot.queues.contains_key(&job.queue) {
+            by_queue
+                .entry(job.queue.as_str())
+                .or_default()
+                .push((id, job));
         }
     }
     let mut queues: Vec<(&str, i32)> = by_queue
@@ -26,22 +47,20 @@ pub fn order(snapshot: &Snapshot, candidates: &[JobId], now: Seconds) -> Vec<Job
 
     let mut out = Vec::with_capacity(candidates.len());
     for (name, _) in queues {
-        let Some(mut ids) = by_queue.remove(name) else {
+        let Some(mut jobs) = by_queue.remove(name) else {
             continue;
         };
-        ids.sort_by_cached_key(|id| (snapshot.jobs.get(*id).map_or(0, |j| j.submitted_at), *id));
+        // Stable: equal submission times stay in id order.
+        jobs.sort_by_key(|(_, j)| j.submitted_at);
         match snapshot
             .queues
             .get(name)
             .and_then(|q| q.fair_share.as_ref())
         {
-            None => out.extend(ids.into_iter().cloned()),
+            None => out.extend(jobs),
             Some(policy) => {
                 let mut by_share: BTreeMap<String, VecDeque<(JobId, u64)>> = BTreeMap::new();
-                for id in ids {
-                    let Some(job) = snapshot.jobs.get(id) else {
-                        continue;
-                    };
+                for (id, job) in &jobs {
                     let share = job
                         .share_identifier
                         .clone()
@@ -49,10 +68,15 @@ pub fn order(snapshot: &Snapshot, candidates: &[JobId], now: Seconds) -> Vec<Job
                     by_share
                         .entry(share)
                         .or_default()
-                        .push_back((id.clone(), job.resources.cpu_millis));
+                        .push_back(((*id).clone(), job.resources.cpu_millis));
                 }
                 let usage = fairshare::usage(snapshot, name, policy, now);
-                out.extend(fairshare::interleave(policy, by_share, &usage));
+                let ids: BTreeMap<&JobId, &Job> = jobs.iter().copied().collect();
+                out.extend(
+                    fairshare::interleave(policy, by_share, &usage)
+                        .into_iter()
+                        .filter_map(|id| ids.get_key_value(&id).map(|(k, v)| (*k, *v))),
+                );
             }
         }
     }

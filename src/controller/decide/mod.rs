@@ -659,10 +659,9 @@ pub fn decide_with(
             // it is in the snapshot's invalid jobs only if a finished job needs it
             // (then still not written: a finished job's status stays).
             if phase(observed_phase).is_terminal() {
-                if settled.get(j) == Some(None)
-                    && super::estimates::queue_fields_stay(j.status.as_ref(), None, now)
+                if super::estimates::queue_fields_stay(j.status.as_ref(), None, now)
+                    && settled.confirm_if(j, None)
                 {
-                    settled.confirm(j);
                     kept += 1;
                     if let (Some(a), Some(p)) = (snapshot::array_child(j), observed_phase) {
                         settled_children
@@ -681,10 +680,9 @@ pub fn decide_with(
             id.0.push_str(j.metadata.name.as_deref().unwrap_or_default());
             let stays = !touched.contains(&id)
                 && !built.invalid_jobs.contains_key(&id)
-                && settled.get(j) == Some(plan.unplaced.get(&id))
-                && super::estimates::queue_fields_stay(j.status.as_ref(), plan.queue.get(&id), now);
+                && super::estimates::queue_fields_stay(j.status.as_ref(), plan.queue.get(&id), now)
+                && settled.confirm_if(j, plan.unplaced.get(&id));
             if stays {
-                settled.confirm(j);
                 kept += 1;
                 if observed_phase == Some(JobPhase::Runnable) {
                     *runnable.entry(j.spec.queue.as_str()).or_default() += 1;

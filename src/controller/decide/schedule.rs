@@ -103,7 +103,16 @@ pub(super) fn apply_plan(
         );
         event(events, object_ref(w.job), false, reasons::BOUND, msg);
     }
-    for (id, reason) in &plan.unplaced {
+    // The reasons of the jobs being decided, looked up from the smaller side (a
+    // remembered backlog has reasons but is not in `work`); in id order either way.
+    let reasons: Vec<(&JobId, &Reason)> = if work.len() < plan.unplaced.len() {
+        work.keys()
+            .filter_map(|id| plan.unplaced.get_key_value(id))
+            .collect()
+    } else {
+        plan.unplaced.iter().collect()
+    };
+    for (id, reason) in reasons {
         // An array parent is known to the scheduler only through its children: in the
         // pass that creates them, a job depending on it is waiting, not missing it.
         let waiting_on;

@@ -71,15 +71,22 @@ impl Settled {
             .map(|e| e.reason.as_deref())
     }
 
-    /// Confirms that a job is still settled in this pass.
-    pub(super) fn confirm(&mut self, job: &BatchJob) {
-        if let Some(e) = job
-            .metadata
-            .uid
-            .as_deref()
-            .and_then(|u| self.jobs.get_mut(u))
-        {
-            e.pass = self.pass;
+    /// Confirms that a job is still settled in this pass if it was settled with
+    /// `reason` at its current resourceVersion (one lookup: [`Settled::get`] compared,
+    /// then confirmed); whether it was.
+    pub(super) fn confirm_if(&mut self, job: &BatchJob, reason: Option<&Reason>) -> bool {
+        let (Some(uid), Some(rv)) = (
+            job.metadata.uid.as_deref(),
+            job.metadata.resource_version.as_deref(),
+        ) else {
+            return false;
+        };
+        match self.jobs.get_mut(uid) {
+            Some(e) if e.resource_version == rv && e.reason.as_deref() == reason => {
+                e.pass = self.pass;
+                true
+            }
+            _ => false,
         }
     }
 

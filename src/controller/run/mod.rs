@@ -17,7 +17,6 @@ use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -48,6 +47,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 mod apply;
 mod events;
 mod observe;
+
+/// How the controller's watches decode each object (public for the controller bench).
+pub use observe::Checked;
 
 use apply::apply;
 use apply::truncate;

@@ -9,16 +9,115 @@ pub(super) type Guarded<K> = Store<Checked<K>>;
 
 /// An object as a reflector store keeps it: the typed object behind its own `Arc`, so a
 /// pass takes it without copying it (a copy of every job per pass doubled the
-/// controller's memory), or why it did not deserialise ([`DeserializeGuard`]'s error).
+/// controller's memory), or why it did not deserialise (as [`DeserializeGuard`](kube::core::DeserializeGuard) reports
+/// it: the error and the object's metadata).
 #[derive(Debug, Clone)]
-pub(super) struct Checked<K>(Result<Arc<K>, kube::core::error_boundary::InvalidObject>);
+pub struct Checked<K>(pub(super) Result<Arc<K>, kube::core::error_boundary::InvalidObject>);
+
+impl<K> Checked<K> {
+    /// The typed object, or why it did not deserialise.
+    pub fn object(&self) -> Result<&K, &kube::core::error_boundary::InvalidObject> {
+        self.0.as_deref()
+    }
+}
 
 impl<'de, K> serde::Deserialize<'de> for Checked<K>
 where
-    K: serde::Deserialize<'de> + kube::Resource,
+    K: serde::de::DeserializeOwned + kube::Resource,
 {
+    /// From serde_json (a watch event whose `type` comes before its `object`, as both
+    /// API servers send it, and every list), the object's JSON text is taken as it is
+    /// (one copy of the bytes, serde_json's `RawValue`) and decoded into `K` directly;
+    /// only when that fails is it read again, for its metadata. From anything else (an
+    /// event whose `object` comes first is buffered by serde), through a value tree.
+    /// ([`DeserializeGuard`](kube::core::DeserializeGuard) buffers every object into a
+    /// tree of values, copies that tree and decodes `K` from the copy: most of the
+    /// controller's watch decode, issue 13.)
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        DeserializeGuard::<K>::deserialize(d).map(|g| Checked(g.0.map(Arc::new)))
+        d.deserialize_newtype_struct(RAW_VALUE, CheckedVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The name under which serde_json hands a deserialiser the text of a value (what its
+/// `RawValue` asks for): a map of one entry, this name to the text.
+const RAW_VALUE: &str = "$serde_json::private::RawValue";
+
+struct CheckedVisitor<K>(std::marker::PhantomData<K>);
+
+impl<'de, K> serde::de::Visitor<'de> for CheckedVisitor<K>
+where
+    K: serde::de::DeserializeOwned + kube::Resource,
+{
+    type Value = Checked<K>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let Some(key) = map.next_key::<String>()? else {
+            return checked_value(serde_json::Value::Object(serde_json::Map::new()))
+                .map_err(A::Error::custom);
+        };
+        if key == RAW_VALUE {
+            let text: String = map.next_value()?;
+            return checked(&text).map(Checked).map_err(A::Error::custom);
+        }
+        // A plain map (another deserialiser): the object as a value tree.
+        let mut object = serde_json::Map::new();
+        object.insert(key, map.next_value()?);
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            object.insert(k, v);
+        }
+        checked_value(serde_json::Value::Object(object)).map_err(A::Error::custom)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<Self::Value, D::Error> {
+        use serde::de::Error;
+        let value = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+        checked_value(value).map_err(D::Error::custom)
+    }
+}
+
+/// [`checked`] from a value tree (read in place: not copied).
+fn checked_value<K>(value: serde_json::Value) -> Result<Checked<K>, serde_json::Error>
+where
+    K: serde::de::DeserializeOwned + kube::Resource,
+{
+    match K::deserialize(&value) {
+        Ok(k) => Ok(Checked(Ok(Arc::new(k)))),
+        Err(error) => {
+            let meta =
+                <kube::core::PartialObjectMeta<K> as serde::Deserialize>::deserialize(&value)?;
+            Ok(Checked(Err(kube::core::error_boundary::InvalidObject {
+                error: error.to_string(),
+                metadata: meta.metadata,
+            })))
+        }
+    }
+}
+
+/// `K` from JSON text, or why not with the object's metadata; an error only when the
+/// text is not even an object with metadata.
+fn checked<K>(
+    text: &str,
+) -> Result<Result<Arc<K>, kube::core::error_boundary::InvalidObject>, serde_json::Error>
+where
+    K: serde::de::DeserializeOwned + kube::Resource,
+{
+    match serde_json::from_str::<K>(text) {
+        Ok(k) => Ok(Ok(Arc::new(k))),
+        Err(error) => {
+            let meta = serde_json::from_str::<kube::core::PartialObjectMeta<K>>(text)?;
+            Ok(Err(kube::core::error_boundary::InvalidObject {
+                error: error.to_string(),
+                metadata: meta.metadata,
+            }))
+        }
     }
 }
 
@@ -325,4 +424,105 @@ pub(super) async fn shape(
     let r = Resources::new(info.cpu_millis, info.memory_bytes, info.gpus);
     ctx.shapes.lock().await.insert(instance_type.to_owned(), r);
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use kube::core::WatchEvent;
+
+    const JOB: &str = r#"{"apiVersion":"asgbatch.io/v1alpha1","kind":"BatchJob",
+        "metadata":{"name":"fine","namespace":"default","uid":"u1","resourceVersion":"7"},
+        "spec":{"queue":"q","process":{"command":["true"]},"resources":{"cpu":"1","memory":"1Gi"}},
+        "status":{"phase":"Runnable"}}"#;
+    const GARBLED: &str = r#"{"apiVersion":"asgbatch.io/v1alpha1","kind":"BatchJob",
+        "metadata":{"name":"garbled","namespace":"default","uid":"u2","resourceVersion":"8"},
+        "spec":{"queue":5,"resources":"lots"}}"#;
+
+    fn event(object: &str) -> Checked<BatchJob> {
+        let line = format!(r#"{{"type":"MODIFIED","object":{object}}}"#);
+        match serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(&line).expect("decodes") {
+            WatchEvent::Modified(c) => c,
+            other => panic!("not a modification: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_watch_event_decodes_into_the_typed_object() {
+        let c = event(JOB);
+        let job = c.0.as_ref().expect("a valid job");
+        assert_eq!(job.spec.queue, "q");
+        assert_eq!(
+            job.status.as_ref().and_then(|s| s.phase),
+            Some(crate::api::batch_job::JobPhase::Runnable)
+        );
+        assert_eq!(
+            kube::Resource::meta(&c).resource_version.as_deref(),
+            Some("7")
+        );
+    }
+
+    #[test]
+    fn an_object_that_does_not_deserialise_keeps_its_metadata_and_says_why() {
+        let c = event(GARBLED);
+        let e = c.0.as_ref().expect_err("garbled");
+        assert_eq!(e.metadata.name.as_deref(), Some("garbled"));
+        assert_eq!(e.metadata.uid.as_deref(), Some("u2"));
+        assert!(e.error.contains("invalid type"), "{}", e.error);
+        // What the pass reports about it: the object and the error.
+        let store = {
+            let (store, mut writer) = reflector::store::<Checked<BatchJob>>();
+            writer.apply_watcher_event(&watcher::Event::Apply(c.clone()));
+            writer.apply_watcher_event(&watcher::Event::Apply(event(JOB)));
+            store
+        };
+        let mut invalid = Vec::new();
+        let valid = valid(&store, &mut invalid);
+        assert_eq!(valid.len(), 1);
+        assert_eq!(invalid.len(), 1);
+        assert_eq!(invalid[0].reference.name.as_deref(), Some("garbled"));
+        assert_eq!(invalid[0].error, e.error);
+    }
+
+    #[test]
+    fn a_list_decodes_each_item_on_its_own() {
+        let list = format!(
+            r#"{{"apiVersion":"v1","kind":"List","metadata":{{"resourceVersion":"9"}},"items":[{JOB},{GARBLED}]}}"#
+        );
+        let l: kube::core::ObjectList<Checked<BatchJob>> =
+            serde_json::from_str(&list).expect("a list with one bad item still decodes");
+        let ok: Vec<bool> = l.items.iter().map(|c| c.0.is_ok()).collect();
+        assert_eq!(ok, [true, false]);
+    }
+
+    #[test]
+    fn an_event_listing_its_object_before_its_type_decodes_the_same() {
+        for object in [JOB, GARBLED] {
+            let line = format!(r#"{{"object":{object},"type":"MODIFIED"}}"#);
+            let late = match serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(&line)
+                .expect("decodes")
+            {
+                WatchEvent::Modified(c) => c,
+                other => panic!("not a modification: {other:?}"),
+            };
+            let early = event(object);
+            let json = |c: &Checked<BatchJob>| {
+                serde_json::to_value(c.object().map_err(|e| (&e.error, &e.metadata)).ok())
+                    .expect("serialises")
+            };
+            assert_eq!(json(&late), json(&early));
+            assert_eq!(late.0.is_ok(), early.0.is_ok());
+            assert_eq!(kube::Resource::meta(&late), kube::Resource::meta(&early));
+        }
+    }
+
+    #[test]
+    fn text_that_is_no_object_is_an_error() {
+        let r = serde_json::from_str::<WatchEvent<Checked<BatchJob>>>(
+            r#"{"type":"MODIFIED","object":[1,2]}"#,
+        );
+        assert!(r.is_err());
+    }
 }
