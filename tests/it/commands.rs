@@ -137,13 +137,8 @@ async fn dev_runs_the_demo_to_the_end() {
 async fn dev_with_a_failing_job_says_so_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = dir.path().join("jobs.yaml");
-    let demo = asg_batch::dev::DEMO;
     // The demo's environment and queue, and one job that fails for good.
-    let env_and_queue: String = demo
-        .split("\n---\n")
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n---\n");
+    let env_and_queue = support::dev_demo_environment_and_queue();
     std::fs::write(
         &manifest,
         format!(
@@ -188,11 +183,7 @@ async fn dev_with_a_failing_job_says_so_and_exits_non_zero() {
 async fn dev_applies_jobs_while_it_runs_and_waits_for_each_of_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = dir.path().join("jobs.yaml");
-    let env_and_queue: String = asg_batch::dev::DEMO
-        .split("\n---\n")
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n---\n");
+    let env_and_queue = support::dev_demo_environment_and_queue();
     let job = |name: &str, extra: &str| {
         format!(
             "apiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\n\

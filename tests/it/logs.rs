@@ -772,11 +772,7 @@ mod authorized {
 async fn dev_serves_its_jobs_logs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = dir.path().join("jobs.yaml");
-    let env_and_queue: String = asg_batch::dev::DEMO
-        .split("\n---\n")
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n---\n");
+    let env_and_queue = support::dev_demo_environment_and_queue();
     std::fs::write(
         &manifest,
         format!(

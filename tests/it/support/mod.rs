@@ -21,6 +21,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The repository root.
+/// The built-in demo's compute environment and queue (its first two documents), for a
+/// test's own `asg-batch dev -f` manifest.
+pub fn dev_demo_environment_and_queue() -> String {
+    asg_batch::dev::DEMO
+        .split("\n---\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
