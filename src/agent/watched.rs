@@ -16,7 +16,6 @@ use crate::api::{BatchJob, BatchJobSpec, BatchJobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::core::error_boundary::InvalidObject;
 use serde::Deserialize;
-use serde::de::Error as _;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,74 +62,18 @@ impl WatchedJob {
     }
 }
 
-/// serde_json's name for a raw JSON value (`serde_json::value::RawValue`, feature
-/// `raw_value`): asked for a newtype struct of this name, serde_json hands over the value's
-/// text instead of parsing it. Any other deserializer (serde's buffer of an event whose
-/// `object` came before its `type`, as the embedded server writes some; or serde_json,
-/// were the name to change) hands over the value itself, decoded then through a
-/// `serde_json::Value`: slower, same result.
-const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
-
 impl<'de> Deserialize<'de> for WatchedJob {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_newtype_struct(RAW_VALUE_TOKEN, JobVisitor)
+        crate::api::raw_json::deserialize(d)
     }
 }
 
-struct JobVisitor;
-
-impl<'de> serde::de::Visitor<'de> for JobVisitor {
-    type Value = WatchedJob;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a BatchJob")
+impl crate::api::raw_json::FromJson for WatchedJob {
+    fn from_text(text: &str) -> Result<Self, serde_json::Error> {
+        Self::from_json(text)
     }
-
-    /// serde_json: one entry, the token and the object's text. Otherwise the object's own
-    /// entries.
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<WatchedJob, A::Error> {
-        let mut object = serde_json::Map::new();
-        if let Some(key) = map.next_key::<String>()? {
-            if key == RAW_VALUE_TOKEN {
-                return map.next_value_seed(FromText);
-            }
-            object.insert(key, map.next_value()?);
-        }
-        while let Some((key, value)) = map.next_entry()? {
-            object.insert(key, value);
-        }
-        WatchedJob::from_value(&serde_json::Value::Object(object)).map_err(A::Error::custom)
-    }
-
-    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> Result<WatchedJob, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
-        WatchedJob::from_value(&value).map_err(D::Error::custom)
-    }
-}
-
-/// Decodes the job from the object's JSON text, where serde_json holds it (no copy).
-struct FromText;
-
-impl<'de> serde::de::DeserializeSeed<'de> for FromText {
-    type Value = WatchedJob;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<WatchedJob, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl serde::de::Visitor<'_> for FromText {
-    type Value = WatchedJob;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a BatchJob's JSON text")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, json: &str) -> Result<WatchedJob, E> {
-        WatchedJob::from_json(json).map_err(E::custom)
+    fn from_value(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        Self::from_value(value)
     }
 }
 

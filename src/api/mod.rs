@@ -14,6 +14,7 @@ pub mod job_queue;
 pub mod parameters;
 pub mod protocol;
 pub mod quantity;
+pub mod raw_json;
 
 pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
 pub use batch_node::{BatchNode, BatchNodeSpec, BatchNodeStatus, NodePhase};

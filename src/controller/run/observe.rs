@@ -25,99 +25,41 @@ impl<'de, K> serde::Deserialize<'de> for Checked<K>
 where
     K: serde::de::DeserializeOwned + kube::Resource,
 {
-    /// From serde_json (a watch event whose `type` comes before its `object`, as both
-    /// API servers send it, and every list), the object's JSON text is taken as it is
-    /// (one copy of the bytes, serde_json's `RawValue`) and decoded into `K` directly;
-    /// only when that fails is it read again, for its metadata. From anything else (an
-    /// event whose `object` comes first is buffered by serde), through a value tree.
-    /// ([`DeserializeGuard`](kube::core::DeserializeGuard) buffers every object into a
-    /// tree of values, copies that tree and decodes `K` from the copy: most of the
-    /// controller's watch decode, issue 13.)
+    /// Through [`raw_json`](crate::api::raw_json): `K` straight from the object's text;
+    /// only when that fails is the text read again, for its metadata.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_newtype_struct(RAW_VALUE, CheckedVisitor(std::marker::PhantomData))
+        crate::api::raw_json::deserialize(d)
     }
 }
 
-/// The name under which serde_json hands a deserialiser the text of a value (what its
-/// `RawValue` asks for): a map of one entry, this name to the text.
-const RAW_VALUE: &str = "$serde_json::private::RawValue";
-
-struct CheckedVisitor<K>(std::marker::PhantomData<K>);
-
-impl<'de, K> serde::de::Visitor<'de> for CheckedVisitor<K>
+impl<K> crate::api::raw_json::FromJson for Checked<K>
 where
     K: serde::de::DeserializeOwned + kube::Resource,
 {
-    type Value = Checked<K>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a Kubernetes object")
+    fn from_text(text: &str) -> Result<Self, serde_json::Error> {
+        checked(serde_json::from_str::<K>(text), || {
+            serde_json::from_str::<kube::core::PartialObjectMeta<K>>(text)
+        })
     }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        use serde::de::Error;
-        let Some(key) = map.next_key::<String>()? else {
-            return checked_value(serde_json::Value::Object(serde_json::Map::new()))
-                .map_err(A::Error::custom);
-        };
-        if key == RAW_VALUE {
-            let text: String = map.next_value()?;
-            return checked(&text).map(Checked).map_err(A::Error::custom);
-        }
-        // A plain map (another deserialiser): the object as a value tree.
-        let mut object = serde_json::Map::new();
-        object.insert(key, map.next_value()?);
-        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
-            object.insert(k, v);
-        }
-        checked_value(serde_json::Value::Object(object)).map_err(A::Error::custom)
-    }
-
-    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> Result<Self::Value, D::Error> {
-        use serde::de::Error;
-        let value = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
-        checked_value(value).map_err(D::Error::custom)
+    fn from_value(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        checked(K::deserialize(value), || {
+            <kube::core::PartialObjectMeta<K> as serde::Deserialize>::deserialize(value)
+        })
     }
 }
 
-/// [`checked`] from a value tree (read in place: not copied).
-fn checked_value<K>(value: serde_json::Value) -> Result<Checked<K>, serde_json::Error>
-where
-    K: serde::de::DeserializeOwned + kube::Resource,
-{
-    match K::deserialize(&value) {
-        Ok(k) => Ok(Checked(Ok(Arc::new(k)))),
-        Err(error) => {
-            let meta =
-                <kube::core::PartialObjectMeta<K> as serde::Deserialize>::deserialize(&value)?;
-            Ok(Checked(Err(kube::core::error_boundary::InvalidObject {
-                error: error.to_string(),
-                metadata: meta.metadata,
-            })))
-        }
-    }
-}
-
-/// `K` from JSON text, or why not with the object's metadata; an error only when the
-/// text is not even an object with metadata.
+/// The decoded object, or its metadata (read by `meta`) and why it did not decode; an
+/// error only when not even the metadata can be read.
 fn checked<K>(
-    text: &str,
-) -> Result<Result<Arc<K>, kube::core::error_boundary::InvalidObject>, serde_json::Error>
-where
-    K: serde::de::DeserializeOwned + kube::Resource,
-{
-    match serde_json::from_str::<K>(text) {
-        Ok(k) => Ok(Ok(Arc::new(k))),
-        Err(error) => {
-            let meta = serde_json::from_str::<kube::core::PartialObjectMeta<K>>(text)?;
-            Ok(Err(kube::core::error_boundary::InvalidObject {
-                error: error.to_string(),
-                metadata: meta.metadata,
-            }))
-        }
+    decoded: Result<K, serde_json::Error>,
+    meta: impl FnOnce() -> Result<kube::core::PartialObjectMeta<K>, serde_json::Error>,
+) -> Result<Checked<K>, serde_json::Error> {
+    match decoded {
+        Ok(k) => Ok(Checked(Ok(Arc::new(k)))),
+        Err(error) => Ok(Checked(Err(kube::core::error_boundary::InvalidObject {
+            error: error.to_string(),
+            metadata: meta()?.metadata,
+        }))),
     }
 }
 
