@@ -145,7 +145,7 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
         stopped(stop_rx),
     ));
 
-    let (applied_tx, applied_rx) = tokio::sync::watch::channel(None);
+    let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
     let applying = async {
         apply::documents(&client, &jobs, APPLY_PARALLEL).await?;
         println!("applied {total} objects from {source}");
@@ -153,7 +153,7 @@ pub async fn main(args: DevArgs) -> Result<(), DevError> {
         // the run); progress waits for each of them before it judges the run done.
         let keys = jobs.iter().map(apply::Document::key).collect();
         drop(jobs);
-        let _ = applied_tx.send(Some(keys));
+        let _ = applied_tx.send(keys);
         std::future::pending::<Result<(), DevError>>().await
     };
     let progress = progress::follow(client.clone(), args.exit_when_done, applied_rx);

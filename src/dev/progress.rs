@@ -208,19 +208,20 @@ fn line(
 
 /// Follows every BatchJob and prints changes; with `exit_when_done`, returns once every
 /// job has finished (an error when any failed). Otherwise runs until the watch ends.
-/// `applied` turns to the keys (`namespace/name`) of the jobs dev applied once it has
+/// `applied` gives the keys (`namespace/name`) of the jobs dev applied once it has
 /// applied them all: the run is not done before each of them has been seen.
 pub async fn follow(
     client: kube::Client,
     exit_when_done: bool,
-    mut applied: tokio::sync::watch::Receiver<Option<BTreeSet<String>>>,
+    mut applied: tokio::sync::oneshot::Receiver<BTreeSet<String>>,
 ) -> Result<(), DevError> {
     let api: Api<Progress> = Api::all(client);
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let mut tally = Tally::default();
     let mut listed = false;
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    // Whether `applied` may still change.
+    // Whether `applied` is still to come (a closed channel means applying failed, and
+    // dev says so).
     let mut applying = true;
     loop {
         let event = tokio::select! {
@@ -228,16 +229,10 @@ pub async fn follow(
                 Some(e) => Some(e),
                 None => return Ok(()),
             },
-            changed = applied.changed(), if applying => {
+            keys = &mut applied, if applying => {
                 applying = false;
-                if changed.is_ok()
-                    && let Some(keys) = applied.borrow_and_update().clone()
-                {
+                if let Ok(keys) = keys {
                     tally.applied(keys);
-                } else {
-                    // Applying ended without a list (it failed, and dev says so), or has
-                    // not sent one yet: wait for the next change.
-                    applying = changed.is_ok();
                 }
                 None
             }
