@@ -69,8 +69,8 @@ async fn exit_codes_and_output() {
     );
 }
 
-/// The command line of the process that ran the attempt's program (its parent: the shim),
-/// as the program printed it, and the exit code.
+/// The command line of the process that ran the attempt's program (its parent: the node
+/// supervisor), as the program printed it, and the exit code.
 async fn shim_command_line(shim: Shim) -> (Option<i32>, String) {
     let o = run_under(
         shim,
@@ -81,9 +81,10 @@ async fn shim_command_line(shim: Shim) -> (Option<i32>, String) {
     (o.exit_code, o.log_tail)
 }
 
-/// The agent starts attempts under `asg-batch-shim` when it sits beside `asg-batch` (as
-/// installed: image, AWS user data, `cargo build --bins`), and under `asg-batch shim`
-/// when `asg-batch` is alone (a one-binary install still works).
+/// The agent starts attempts under `asg-batch-shim --serve` (the node supervisor) when it
+/// sits beside `asg-batch` (as installed: image, AWS user data, `cargo build --bins`), and
+/// under `asg-batch shim --serve` when `asg-batch` is alone (a one-binary install still
+/// works).
 #[tokio::test]
 async fn the_small_shim_beside_the_binary_is_used_and_asg_batch_shim_without_it() {
     let bin = tempfile::tempdir().expect("tempdir");
@@ -95,7 +96,7 @@ async fn the_small_shim_beside_the_binary_is_used_and_asg_batch_shim_without_it(
     let (code, line) = shim_command_line(alone).await;
     assert_eq!(code, Some(3), "{line}");
     assert!(
-        line.starts_with(&format!("{} shim --state ", exe.display())),
+        line.starts_with(&format!("{} shim --serve", exe.display())),
         "{line}"
     );
 
@@ -106,7 +107,7 @@ async fn the_small_shim_beside_the_binary_is_used_and_asg_batch_shim_without_it(
     let (code, line) = shim_command_line(beside).await;
     assert_eq!(code, Some(3), "{line}");
     assert!(
-        line.starts_with(&format!("{} --state ", small.display())),
+        line.starts_with(&format!("{} --serve", small.display())),
         "{line}"
     );
 }
@@ -119,7 +120,7 @@ async fn a_shim_refusing_its_command_line_says_why() {
     let old = bin.path().join("old-shim");
     std::fs::write(
         &old,
-        "#!/bin/sh\necho 'error: unexpected argument --state found' >&2\nexit 2\n",
+        "#!/bin/sh\necho 'error: unexpected argument --serve found' >&2\nexit 2\n",
     )
     .expect("script");
     std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -503,4 +504,76 @@ async fn a_program_whose_shim_was_killed_while_no_agent_ran_is_killed_on_adoptio
         || matches!(proc_state(program).as_str(), "gone" | "Z" | "X"),
     )
     .await;
+}
+
+/// One node supervisor runs every attempt of an executor (no program is exec'd per
+/// attempt beside the job's own), each program in a process group of its own: stopping
+/// one attempt (SIGTERM, then SIGKILL to its group) leaves the others running, and they
+/// end with their own exit codes.
+#[tokio::test]
+async fn one_supervisor_runs_every_attempt_and_stopping_one_leaves_the_others() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("state");
+    let exec = ProcessExecutor::new(state.path(), small_shim());
+    let d = work.path().display().to_string();
+    // Each records its parent and process group, then waits for the file `go`.
+    let script = |i: usize| {
+        format!(
+            "ps -o ppid=,pgid= -p $$ > {d}/who-{i}; while [ ! -e {d}/go ]; do sleep 0.05; done; exit {i}"
+        )
+    };
+    let mut runs = Vec::new();
+    let mut cancels = Vec::new();
+    for i in 1..=3 {
+        let mut s = spec(&script(i), None);
+        s.name = format!("proc-{i}");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        cancels.push(cancel_tx);
+        let exec = exec.clone();
+        runs.push(tokio::spawn(
+            async move { exec.run(s, tx, cancel_rx).await },
+        ));
+    }
+    let who = |i: usize| std::fs::read_to_string(work.path().join(format!("who-{i}"))).ok();
+    support::wait_until_async("every program to run", Duration::from_secs(60), || {
+        (1..=3).all(|i| who(i).is_some_and(|w| w.split_whitespace().count() == 2))
+    })
+    .await;
+    let ids: Vec<(String, String)> = (1..=3)
+        .map(|i| {
+            let w = who(i).expect("who");
+            let mut f = w.split_whitespace().map(String::from);
+            (f.next().expect("ppid"), f.next().expect("pgid"))
+        })
+        .collect();
+    assert!(
+        ids.iter().all(|(ppid, _)| *ppid == ids[0].0),
+        "one parent for all: {ids:?}"
+    );
+    let groups: std::collections::BTreeSet<&String> = ids.iter().map(|(_, g)| g).collect();
+    assert_eq!(groups.len(), 3, "a process group each: {ids:?}");
+    assert!(
+        !groups.contains(&ids[0].0),
+        "not the supervisor's group: {ids:?}"
+    );
+
+    // Stop the first; the others still run, then end on their own.
+    cancels[0].send(true).expect("cancel");
+    let mut runs = runs.into_iter();
+    let first = runs.next().expect("run").await.expect("joined");
+    assert_eq!(first.reason, EndReason::Cancelled, "{first:?}");
+    assert!(
+        runs.as_slice().iter().all(|r| !r.is_finished()),
+        "the others still run"
+    );
+    std::fs::write(work.path().join("go"), "").expect("go");
+    for (i, run) in (2..).zip(runs) {
+        let o = run.await.expect("joined");
+        assert_eq!(
+            (o.reason, o.exit_code),
+            (EndReason::Error, Some(i)),
+            "{o:?}"
+        );
+    }
 }

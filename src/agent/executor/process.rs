@@ -1,16 +1,18 @@
 //! Attempts as plain processes on the instance (executor `process`). No resource limits
 //! are enforced; the scheduler's accounting still keeps the node from being over-committed.
 //!
-//! Each attempt runs under a [`shim`](super::shim) (`asg-batch-shim`) in a session of its
-//! own, with its state in `<state dir>/<attempt name>/`: the program's output, the
-//! shim's identity and, once the program ends, its exit code. So an attempt outlives the
+//! Each attempt runs under the node supervisor ([`shim::serve`], `asg-batch-shim --serve`,
+//! started once per executor and kept in a session of its own), in a process group of its
+//! own, with its state in `<state dir>/<attempt name>/`: the program's output, who
+//! supervises it and, once the program ends, its exit code. So an attempt outlives the
 //! agent that started it, and a later agent process takes it over ([`Executor::adopt`]) or
 //! reports how it ended while no agent ran. The state stays until the ending is reported
-//! ([`Executor::release`]).
+//! ([`Executor::release`]). Attempts of a per-attempt shim (`asg-batch-shim --state DIR`,
+//! how agents before the supervisor ran them) are adopted the same way.
 
 use super::shim::{
-    self, EXIT_FILE, ExitRecord, LOG_FILE, OUTPUT_FILE, SHIM_FILE, STARTED_LINE, STOP_FILE, Shim,
-    ShimRecord, StopReason, StopRecord, TAIL_FILE,
+    self, EXIT_FILE, ExitRecord, OUTPUT_FILE, SHIM_FILE, STOP_FILE, Shim, ShimRecord, StartRequest,
+    StopReason, StopRecord, SupervisorEvent, TAIL_FILE,
 };
 use super::{
     Adoption, EndReason, Ending, Executor, LogTail, Outcome, Progress, RunSpec, SIGKILL_EXIT,
@@ -18,9 +20,11 @@ use super::{
 };
 use futures::future::BoxFuture;
 use jiff::Timestamp;
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
@@ -32,12 +36,172 @@ const POLL: Duration = Duration::from_millis(200);
 /// How much of the end of the output file makes the log tail.
 const TAIL_BYTES: u64 = 64 * 1024;
 
-/// Runs attempts as processes under `asg-batch-shim` (or `asg-batch shim`).
+/// Runs attempts as processes under the node supervisor, `asg-batch-shim --serve` (or
+/// `asg-batch shim --serve`), started once by this executor ([`shim::serve`]).
 #[derive(Clone, Debug)]
 pub struct ProcessExecutor {
     state_dir: PathBuf,
     shim: Shim,
     logs: Option<crate::agent::logs::LogStore>,
+    supervisor: Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>,
+}
+
+/// What an attempt hears from the supervisor, or of its end.
+#[derive(Debug)]
+enum Heard {
+    /// An event about the attempt.
+    Event(SupervisorEvent),
+    /// The supervisor ended (what it wrote on stderr, e.g. why it refused its command
+    /// line); its attempts' programs may still run.
+    Gone(String),
+}
+
+/// This executor's node supervisor: its stdin (closed when the executor is dropped: the
+/// supervisor then starts nothing more and exits once its attempts ended), and the
+/// routes of its events.
+#[derive(Debug)]
+struct Connection {
+    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    routes: Arc<Routes>,
+}
+
+/// Who waits for which attempt of a supervisor, and whether it ended.
+#[derive(Debug)]
+struct Routes {
+    pid: Option<u32>,
+    waiting: std::sync::Mutex<Waiting>,
+    /// Its stdout ended: a new attempt needs a new supervisor.
+    gone: std::sync::atomic::AtomicBool,
+}
+
+/// The attempts waiting for a supervisor's events; once it ended (and was reaped), what
+/// it said on stderr, told to each attempt that asks after that.
+#[derive(Debug, Default)]
+struct Waiting {
+    attempts: HashMap<PathBuf, mpsc::UnboundedSender<Heard>>,
+    ended: Option<String>,
+}
+
+impl Connection {
+    /// Starts a supervisor with `shim` and the task that routes its events.
+    fn start(shim: &Shim) -> std::io::Result<Arc<Self>> {
+        let mut cmd = shim.command();
+        cmd.arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its attempts outlive this agent process: they are adopted by the next one.
+            .kill_on_drop(false);
+        let mut child = cmd.spawn()?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(std::io::Error::other("the supervisor's pipes are missing"));
+        };
+        let routes = Arc::new(Routes {
+            pid: child.id(),
+            waiting: std::sync::Mutex::new(Waiting::default()),
+            gone: std::sync::atomic::AtomicBool::new(false),
+        });
+        tracing::debug!(pid = ?routes.pid, "node supervisor started");
+        let routing = routes.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<SupervisorEvent>(&line) {
+                    Ok(SupervisorEvent::Refused { error }) => {
+                        tracing::error!(%error, "the node supervisor refused a request");
+                    }
+                    Ok(event) => routing.tell(event),
+                    Err(e) => {
+                        tracing::warn!(%line, error = %e, "unreadable line from the node supervisor")
+                    }
+                }
+            }
+            routing
+                .gone
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut said = Vec::new();
+            let _ = tokio::time::timeout(
+                SHIM_START_TIMEOUT,
+                tokio::io::AsyncReadExt::read_to_end(
+                    &mut tokio::io::AsyncReadExt::take(stderr, 64 * 1024),
+                    &mut said,
+                ),
+            )
+            .await;
+            let said = String::from_utf8_lossy(&said).trim().to_string();
+            let status = child.wait().await;
+            tracing::info!(pid = ?routing.pid, ?status, stderr = %said, "node supervisor ended");
+            let waiting = {
+                let mut w = routing.lock_waiting();
+                w.ended = Some(said.clone());
+                std::mem::take(&mut w.attempts)
+            };
+            for tx in waiting.into_values() {
+                let _ = tx.send(Heard::Gone(said.clone()));
+            }
+        });
+        Ok(Arc::new(Self {
+            stdin: tokio::sync::Mutex::new(stdin),
+            routes,
+        }))
+    }
+
+    /// Asks the supervisor to run `request`; what it says of it arrives on the receiver.
+    async fn run(&self, request: &StartRequest) -> std::io::Result<mpsc::UnboundedReceiver<Heard>> {
+        let line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut w = self.routes.lock_waiting();
+            if let Some(said) = &w.ended {
+                let _ = tx.send(Heard::Gone(said.clone()));
+                return Ok(rx);
+            }
+            w.attempts.insert(request.state.clone(), tx);
+        }
+        let mut stdin = self.stdin.lock().await;
+        let written = async {
+            tokio::io::AsyncWriteExt::write_all(&mut *stdin, &line).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut *stdin, b"\n").await?;
+            tokio::io::AsyncWriteExt::flush(&mut *stdin).await
+        }
+        .await;
+        if let Err(e) = written {
+            // A broken pipe: the supervisor ended (its stdin is open while it runs); the
+            // attempt hears that, with what it said, from the routing task.
+            tracing::debug!(error = %e, "the node supervisor did not take a request");
+        }
+        Ok(rx)
+    }
+}
+
+impl Routes {
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Routes an event to the attempt it is about (forgotten once it ended).
+    fn tell(&self, event: SupervisorEvent) {
+        let (state, last) = match &event {
+            SupervisorEvent::Started { state, .. } => (state, false),
+            SupervisorEvent::Failed { state, .. } | SupervisorEvent::Exited { state, .. } => {
+                (state, true)
+            }
+            SupervisorEvent::Refused { .. } => return,
+        };
+        let mut waiting = self.lock_waiting();
+        let tx = if last {
+            waiting.attempts.remove(state)
+        } else {
+            waiting.attempts.get(state).cloned()
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(Heard::Event(event));
+        }
+    }
 }
 
 impl ProcessExecutor {
@@ -50,6 +214,27 @@ impl ProcessExecutor {
             state_dir,
             shim,
             logs: None,
+            supervisor: Arc::default(),
+        }
+    }
+
+    /// Stops routing the supervisor's events about the attempt in `state`.
+    async fn forget(&self, state: &Path) {
+        if let Some(c) = &*self.supervisor.lock().await {
+            c.routes.lock_waiting().attempts.remove(state);
+        }
+    }
+
+    /// The running node supervisor, started when there is none (or it ended).
+    async fn supervisor(&self) -> std::io::Result<Arc<Connection>> {
+        let mut current = self.supervisor.lock().await;
+        match &*current {
+            Some(c) if !c.routes.gone.load(std::sync::atomic::Ordering::SeqCst) => Ok(c.clone()),
+            _ => {
+                let c = Connection::start(&self.shim)?;
+                *current = Some(c.clone());
+                Ok(c)
+            }
         }
     }
 
@@ -126,8 +311,14 @@ impl ProcessExecutor {
             );
         }
         let output = self.output_path(&spec.name);
-        let mut cmd = self.shim.command();
-        cmd.arg("--state").arg(&dir);
+        let mut request = StartRequest {
+            state: dir.clone(),
+            output: output.clone(),
+            output_max_bytes: None,
+            command: command.clone(),
+            env: spec.env.clone(),
+            working_dir: working_dir.as_ref().map(PathBuf::from),
+        };
         if let Some(logs) = &self.logs {
             // A fresh start: nothing of an earlier try stays in the log.
             if let Err(e) = tokio::fs::create_dir_all(logs.dir()).await {
@@ -138,106 +329,81 @@ impl ProcessExecutor {
             }
             let _ = tokio::fs::remove_file(logs.end_path(&spec.name)).await;
             let _ = tokio::fs::remove_file(&output).await;
-            cmd.arg("--output")
-                .arg(&output)
-                .arg("--output-max-bytes")
-                .arg(logs.max_bytes().to_string());
-        }
-        cmd.arg("--")
-            .args(command)
-            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // The shim writes its own messages to `shim.log`, when it has any; its stderr
-            // says only why it refused to start (its command line), read below.
-            .stderr(Stdio::piped())
-            // The attempt outlives this agent process: it is adopted by the next one.
-            .kill_on_drop(false);
-        if let Some(dir) = working_dir {
-            cmd.current_dir(dir);
+            request.output_max_bytes = Some(logs.max_bytes());
         }
         let program = &command[0];
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
+        let asked = match self.supervisor().await {
+            Ok(conn) => conn.run(&request).await,
+            Err(e) => Err(e),
+        };
+        let mut heard = match asked {
+            Ok(rx) => rx,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Outcome::not_started(
                     EndReason::StartFailed,
-                    format!("cannot start {program:?}: {e}"),
+                    format!("cannot start {program:?}: the process supervisor: {e}"),
                 );
             }
         };
-        // The shim says `started` once the program runs, or `error ...`.
-        let mut line = String::new();
-        let handshake = async {
-            let Some(out) = child.stdout.take() else {
-                return;
-            };
-            let _ = BufReader::new(out).read_line(&mut line).await;
-        };
-        if tokio::time::timeout(SHIM_START_TIMEOUT, handshake)
-            .await
-            .is_err()
-        {
-            kill_child_group(&child);
-            let _ = child.wait().await;
-            return Outcome::not_started(
-                EndReason::StartFailed,
-                format!("the process shim did not start {program:?} in time"),
-            );
-        }
-        if line.trim() != STARTED_LINE {
-            // Ends when the shim does (nothing else holds its stderr).
-            let mut refused = Vec::new();
-            if let Some(mut err) = child.stderr.take() {
-                let _ = tokio::time::timeout(
-                    SHIM_START_TIMEOUT,
-                    tokio::io::AsyncReadExt::read_to_end(&mut err, &mut refused),
-                )
-                .await;
+        // The supervisor says `started` once the program runs, or why it could not.
+        let first = tokio::time::timeout(SHIM_START_TIMEOUT, heard.recv()).await;
+        let group = match first {
+            Ok(Some(Heard::Event(SupervisorEvent::Started { pid, .. }))) => pid,
+            Ok(Some(Heard::Event(SupervisorEvent::Failed { error, .. }))) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Outcome::not_started(EndReason::StartFailed, error);
             }
-            let _ = child.wait().await;
-            let nonempty = |s: String| Some(s).filter(|s| !s.trim().is_empty());
-            let why = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE))
-                .and_then(|r| r.start_error)
-                .or_else(|| {
-                    std::fs::read_to_string(dir.join(LOG_FILE))
-                        .ok()
-                        .and_then(nonempty)
-                })
-                .or_else(|| {
-                    nonempty(String::from_utf8_lossy(&refused).into_owned()).map(|s| {
-                        format!(
-                            "the process shim refused to start {program:?}: {}",
-                            s.trim()
-                        )
+            Err(_) => {
+                // Whatever it did not say in time, it must not start now.
+                if let Some(r) = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE)) {
+                    r.kill();
+                }
+                self.forget(&request.state).await;
+                return Outcome::not_started(
+                    EndReason::StartFailed,
+                    format!("the process supervisor did not start {program:?} in time"),
+                );
+            }
+            Ok(other) => {
+                // The supervisor ended first (or answered out of turn): what it recorded,
+                // else what it said on stderr (a shim refusing its command line).
+                let said = match other {
+                    Some(Heard::Gone(said)) => said,
+                    _ => String::new(),
+                };
+                let why = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE))
+                    .and_then(|r| r.start_error)
+                    .or_else(|| {
+                        (!said.is_empty()).then(|| {
+                            format!("the process shim refused to start {program:?}: {said}")
+                        })
                     })
-                })
-                .unwrap_or_else(|| format!("the process shim could not start {program:?}"));
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Outcome::not_started(EndReason::StartFailed, why.trim().to_string());
-        }
-        // Its stderr is done with: the shim no longer writes there.
-        drop(child.stderr.take());
+                    .unwrap_or_else(|| format!("the process shim could not start {program:?}"));
+                kill_remains(&dir, &spec.name);
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Outcome::not_started(EndReason::StartFailed, why.trim().to_string());
+            }
+        };
         let started_at = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE))
             .map_or_else(Timestamp::now, |r| r.started_at);
         let _ = progress.send(Progress::Started { at: started_at });
 
         let ending = tokio::select! {
-            status = child.wait() => Ending::Exited(status.map(shim::exit_code).unwrap_or(-1)),
+            code = ended(&mut heard) => Ending::Exited(code.unwrap_or(SIGKILL_EXIT)),
             () = expires(spec.timeout) => {
                 stop_intent(&dir, StopReason::Timeout);
-                Ending::TimedOut(stop_child(&mut child, spec.grace).await)
+                Ending::TimedOut(stop_group(&dir, group, &mut heard, spec.grace).await)
             }
             () = cancelled(cancel) => {
                 stop_intent(&dir, StopReason::Cancelled);
-                Ending::Cancelled(stop_child(&mut child, spec.grace).await)
+                Ending::Cancelled(stop_group(&dir, group, &mut heard, spec.grace).await)
             }
         };
-        // The shim mirrors the program's code; its record says when the program stopped.
+        // The supervisor's record says how and when the program stopped.
         let record = shim::read_json::<ExitRecord>(&dir.join(EXIT_FILE));
         if record.is_none() {
-            // The shim died without recording the end: what it ran may still run.
+            // The supervisor died without recording the end: what it ran may still run.
             kill_remains(&dir, &spec.name);
         }
         let ending = match (ending, record.as_ref().and_then(|r| r.exit_code)) {
@@ -319,15 +485,17 @@ impl ProcessExecutor {
         if let Some(reason) = killed {
             stop_intent(&dir, reason);
             record.terminate();
+            // Over once recorded (a node supervisor lives on) or once its shim is gone.
+            let over = || !record.alive() || dir.join(EXIT_FILE).exists();
             let ended = async {
-                while record.alive() {
+                while !over() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             };
             if tokio::time::timeout(adoption.grace, ended).await.is_err() {
                 tracing::info!(attempt = %adoption.name, grace = ?adoption.grace, "still running after the grace period: killing it");
                 record.kill();
-                while record.alive() {
+                while !over() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -409,35 +577,53 @@ fn stop_intent(dir: &Path, reason: StopReason) {
     let _ = shim::write_json(&dir.join(STOP_FILE), &StopRecord { reason });
 }
 
-/// Sends `signal` to the shim's process group (the shim leads it: it called setsid).
-fn signal_child_group(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let pid = nix::unistd::Pid::from_raw(pid);
-        if nix::sys::signal::killpg(pid, signal).is_err() {
-            // Not a group leader yet (it had not reached setsid): the shim alone.
-            let _ = nix::sys::signal::kill(pid, signal);
+/// The program's exit code once the supervisor says it ended; `None` when the supervisor
+/// ended first (its attempts are then judged by their records).
+async fn ended(heard: &mut mpsc::UnboundedReceiver<Heard>) -> Option<i32> {
+    loop {
+        match heard.recv().await {
+            Some(Heard::Event(SupervisorEvent::Exited { code, .. })) => return Some(code),
+            Some(Heard::Event(_)) => {}
+            Some(Heard::Gone(_)) | None => return None,
         }
     }
-}
-
-/// SIGKILLs the shim's process group.
-fn kill_child_group(child: &tokio::process::Child) {
-    signal_child_group(child, nix::sys::signal::Signal::SIGKILL);
 }
 
 /// Stops a running attempt as `docker stop` does: SIGTERM to the program's process group
-/// (the shim survives it and records the program's exit), then SIGKILL to the group when
-/// it still runs after `grace`. Returns the code the shim exited with.
-async fn stop_child(child: &mut tokio::process::Child, grace: Duration) -> Option<i32> {
+/// (the supervisor records the program's exit), then SIGKILL to the group when it still
+/// runs after `grace`. Signalled through the attempt's record (in `dir`, naming the
+/// program `group`), which checks that the group is still the attempt's. Returns the
+/// program's exit code as the supervisor reported it.
+async fn stop_group(
+    dir: &Path,
+    group: u32,
+    heard: &mut mpsc::UnboundedReceiver<Heard>,
+    grace: Duration,
+) -> Option<i32> {
+    let record = shim::read_json::<ShimRecord>(&dir.join(SHIM_FILE))
+        .filter(|r| r.group.and_then(|g| u32::try_from(g).ok()) == Some(group));
     if !grace.is_zero() {
-        signal_child_group(child, nix::sys::signal::Signal::SIGTERM);
-        if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
-            return status.ok().map(shim::exit_code);
+        if let Some(r) = &record {
+            r.terminate();
+        }
+        if let Ok(code) = tokio::time::timeout(grace, ended(heard)).await {
+            return code;
         }
         tracing::info!(?grace, "still running after the grace period: killing it");
     }
-    kill_child_group(child);
-    child.wait().await.ok().map(shim::exit_code)
+    match &record {
+        Some(r) => r.kill(),
+        // No record to check the group by (removed?): the group the supervisor named.
+        None => {
+            if let Ok(pid) = i32::try_from(group) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    ended(heard).await
 }
 
 /// The outcome of an ended attempt, its log tail read from its output file (or, when
@@ -549,6 +735,8 @@ mod tests {
             start_ticks: shim::start_ticks(pid).expect("start ticks"),
             boot_id: shim::boot_id(),
             command_pid: None,
+            group: None,
+            shared: false,
             started_at: Timestamp::now(),
         };
         shim::write_json(&dir.join(SHIM_FILE), &record).expect("record");

@@ -1,6 +1,9 @@
 //! `asg-batch shim`: what keeps a process job restart-safe. The process executor starts
-//! each attempt as `asg-batch shim --state DIR -- program args...`; the shim puts itself in
-//! a session (and process group) of its own, runs the program with its output going to
+//! one node supervisor, `asg-batch shim --serve` ([`serve`]), which runs each attempt on a
+//! thread exactly as the per-attempt form, `asg-batch shim --state DIR -- program
+//! args...`, runs one, except that the program leads a process group of its own (the
+//! per-attempt shim leads its attempt's session and group itself; what follows says "the
+//! shim" for either). The shim runs the program with its output going to
 //! `DIR/output`, and records in `DIR` who it is and, when the program ends, its exit code.
 //! The agent that started it waits for it as a child; an agent started later (after a
 //! crash or an upgrade) finds it by `DIR/shim.json`, checks that the pid is still that
@@ -78,9 +81,13 @@ impl Shim {
 #[derive(Debug, clap::Parser)]
 #[command(name = "asg-batch-shim")]
 pub struct Cli {
+    /// Run as the node's supervisor ([`serve`]): attempts are requested as JSON lines on
+    /// stdin and announced as JSON lines on stdout.
+    #[arg(long, conflicts_with_all = ["state", "output", "output_max_bytes", "command"])]
+    serve: bool,
     /// The attempt's state directory.
-    #[arg(long)]
-    state: PathBuf,
+    #[arg(long, required_unless_present = "serve")]
+    state: Option<PathBuf>,
     /// Where the program's output goes (default: `output` in the state directory).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -88,7 +95,7 @@ pub struct Cli {
     #[arg(long)]
     output_max_bytes: Option<u64>,
     /// The program and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "serve")]
     command: Vec<String>,
 }
 
@@ -99,17 +106,20 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = <Cli as clap::Parser>::parse_from(args);
+    let Some(state) = cli.state.clone().filter(|_| !cli.serve) else {
+        return ExitCode::from(u8::try_from(serve()).unwrap_or(255));
+    };
     // The shim's messages go to `shim.log`, a panic's too: its stderr is a pipe the agent
     // reads only while the shim starts (clap's usage errors), gone once it runs.
-    let state = cli.state.clone();
+    let hook_state = state.clone();
     std::panic::set_hook(Box::new(move |info| {
-        say(&state, &format!("panicked: {info}"));
+        say(&hook_state, &format!("panicked: {info}"));
     }));
     let output = OutputSettings {
-        path: cli.output.unwrap_or_else(|| cli.state.join(OUTPUT_FILE)),
+        path: cli.output.unwrap_or_else(|| state.join(OUTPUT_FILE)),
         max_bytes: cli.output_max_bytes,
     };
-    let code = main(&cli.state, &output, &cli.command);
+    let code = main(&state, &output, &cli.command);
     ExitCode::from(u8::try_from(code).unwrap_or(255))
 }
 
@@ -286,6 +296,16 @@ pub struct ShimRecord {
     /// The program's pid; `None` while the shim is still starting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_pid: Option<u32>,
+    /// Under a node supervisor ([`serve`], whose pid and start time `pid` and
+    /// `start_ticks` are): the process group the program leads (its pid), which the
+    /// agent signals to stop the attempt. `None`: a per-attempt shim, which leads the
+    /// attempt's session and process group itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<i32>,
+    /// Written by the node supervisor, which serves other attempts too: its own process
+    /// group is never signalled, only `group`, once the program leads it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// When the program started.
     pub started_at: Timestamp,
 }
@@ -361,6 +381,8 @@ pub fn boot_id() -> String {
 struct ProcStat {
     /// Its state (`R`, `S`, `Z`, ...).
     state: char,
+    /// Its process group id.
+    group: i32,
     /// Its session id.
     session: i32,
     /// Its start time in clock ticks since boot.
@@ -381,6 +403,8 @@ fn proc_stat(pid: i32) -> Option<ProcStat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(ProcStat {
         state: fields.first()?.chars().next()?,
+        // Field 5 of the whole line.
+        group: fields.get(2)?.parse().ok()?,
         // Field 6 of the whole line, the 4th from the state (field 3).
         session: fields.get(3)?.parse().ok()?,
         // Field 22, the 20th from the state.
@@ -425,33 +449,42 @@ impl ShimRecord {
             Some(s) if !s.ended() => return 0,
             _ => {}
         }
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0;
-        };
         let mut killed = 0;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Some(s) = proc_stat(pid) else { continue };
-            if pid != self.pid
-                && s.session == self.pid
-                && s.start >= self.start_ticks
-                && !s.ended()
-                && nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .is_ok()
+        for (pid, _) in self.members() {
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
             {
                 killed += 1;
             }
         }
         killed
+    }
+
+    /// The live processes of the attempt, other than the shim: in the shim's session
+    /// (a per-attempt shim), or in the program's process group within the supervisor's
+    /// session (a supervisor's attempt: the other attempts share that session), started
+    /// no earlier than the shim (a later session on a recycled pid cannot hold those).
+    fn members(&self) -> Vec<(i32, ProcStat)> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+                let s = proc_stat(pid)?;
+                (pid != self.pid
+                    && !(self.shared && self.group.is_none())
+                    && s.session == self.pid
+                    && self.group.is_none_or(|g| s.group == g)
+                    && s.start >= self.start_ticks
+                    && !s.ended())
+                .then_some((pid, s))
+            })
+            .collect()
     }
 
     /// SIGKILLs the shim's process group (the shim and everything the program started),
@@ -468,9 +501,26 @@ impl ShimRecord {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        if self.alive() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid), signal);
+        if !self.alive() {
+            return;
         }
+        let group = match self.group {
+            // The supervisor's record of a program not started yet: nothing to signal.
+            None if self.shared => return,
+            None => self.pid,
+            // Still the attempt's group: its leader (the program) or, once that ended,
+            // another member in the supervisor's session (a group id cannot be reused
+            // while a member lives).
+            Some(g) => {
+                let ours = proc_stat(g).is_some_and(|s| s.session == self.pid && !s.ended())
+                    || !self.members().is_empty();
+                if !ours {
+                    return;
+                }
+                g
+            }
+        };
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), signal);
     }
 }
 
@@ -481,7 +531,82 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
     // A session of its own: no signal aimed at the agent's group or terminal reaches the
     // attempt, and killing the process group kills everything the program started.
     let _ = nix::unistd::setsid();
-    let fail = |message: String| -> i32 {
+    survive_sigterm(state);
+    let me = nix::unistd::getpid().as_raw();
+    let who = Supervisor {
+        pid: me,
+        start_ticks: start_ticks(me).unwrap_or(0),
+        boot_id: boot_id(),
+    };
+    let launch = Launch {
+        env: &[],
+        working_dir: None,
+        own_group: false,
+    };
+    let mut announce = |a: Announce| {
+        let mut out = std::io::stdout();
+        let _ = match a {
+            Announce::Started(_) => writeln!(out, "{STARTED_LINE}"),
+            Announce::Failed(message) => writeln!(out, "error {message}"),
+        };
+        let _ = out.flush();
+    };
+    run_attempt(&who, state, output, command, &launch, &mut announce).unwrap_or(127)
+}
+
+/// The agent stops a per-attempt shim's attempt with SIGTERM to the whole process group,
+/// then SIGKILL after the grace period: the shim must outlive the SIGTERM to record the
+/// program's exit. A handler (a flag nobody reads) replaces the default action for the
+/// shim's lifetime; exec resets it to the default in the program. Neither SIG_IGN nor a
+/// blocked signal: the program would inherit both.
+fn survive_sigterm(state: &Path) {
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGTERM,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        say(state, &format!("cannot handle SIGTERM: {e}"));
+    }
+}
+
+/// The process that supervises an attempt, as its records name it.
+#[derive(Debug, Clone)]
+struct Supervisor {
+    pid: i32,
+    start_ticks: u64,
+    boot_id: String,
+}
+
+/// How an attempt's program is started.
+struct Launch<'a> {
+    /// Added to the supervisor's environment.
+    env: &'a [(String, String)],
+    /// Its working directory (default: the supervisor's).
+    working_dir: Option<&'a Path>,
+    /// It leads a process group of its own (under the node supervisor); else it stays in
+    /// the per-attempt shim's.
+    own_group: bool,
+}
+
+/// What the supervisor of an attempt says once its program runs, or could not start.
+enum Announce {
+    /// The program runs, with this pid.
+    Started(u32),
+    /// Why it could not start (also in `exit.json`).
+    Failed(String),
+}
+
+/// Runs one attempt to its end: its records in `state`, the program's output into
+/// `output`; `announce` is told once whether the program started. Returns the program's
+/// exit code, `None` when it could not start.
+fn run_attempt(
+    who: &Supervisor,
+    state: &Path,
+    output: &OutputSettings,
+    command: &[String],
+    launch: &Launch<'_>,
+    announce: &mut dyn FnMut(Announce),
+) -> Option<i32> {
+    let mut fail = |message: String| -> Option<i32> {
         let _ = write_json(
             &state.join(EXIT_FILE),
             &ExitRecord {
@@ -490,25 +615,12 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
                 stopped_at: Timestamp::now(),
             },
         );
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "error {message}");
-        let _ = out.flush();
-        127
+        announce(Announce::Failed(message));
+        None
     };
     let Some((program, args)) = command.split_first() else {
         return fail("empty command".into());
     };
-    // The agent stops an attempt with SIGTERM to the whole process group, then SIGKILL
-    // after the grace period: the shim must outlive the SIGTERM to record the program's
-    // exit. A handler (a flag nobody reads) replaces the default action for the shim's
-    // lifetime; exec resets it to the default in the program. Neither SIG_IGN nor a
-    // blocked signal: the program would inherit both.
-    if let Err(e) = signal_hook::flag::register(
-        signal_hook::consts::SIGTERM,
-        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    ) {
-        say(state, &format!("cannot handle SIGTERM: {e}"));
-    }
     let output = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -533,12 +645,13 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
         Ok(w) => w,
         Err(e) => return fail(format!("cannot make the output pipe: {e}")),
     };
-    let me = nix::unistd::getpid().as_raw();
     let record = ShimRecord {
-        pid: me,
-        start_ticks: start_ticks(me).unwrap_or(0),
-        boot_id: boot_id(),
+        pid: who.pid,
+        start_ticks: who.start_ticks,
+        boot_id: who.boot_id.clone(),
         command_pid: None,
+        group: None,
+        shared: launch.own_group,
         started_at: Timestamp::now(),
     };
     // Who the shim is goes on disk before the program starts: the program may act (and
@@ -547,14 +660,22 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
     if let Err(e) = write_json(&state.join(SHIM_FILE), &record) {
         return fail(format!("cannot write {SHIM_FILE}: {e}"));
     }
-    let spawned = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(writer)
-        .stderr(stderr)
-        .spawn();
+        .stderr(stderr);
+    if let Some(dir) = launch.working_dir {
+        cmd.current_dir(dir);
+    }
+    if launch.own_group {
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
+    let spawned = cmd.spawn();
     // The writing ends now belong to the program alone (dropped with the Command), so
     // the pipe ends when the program (and whatever it started that kept it) closes it.
+    drop(cmd);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {program:?}: {e}")),
@@ -562,18 +683,18 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
     let started_at = Timestamp::now();
     let record = ShimRecord {
         command_pid: Some(child.id()),
+        group: launch
+            .own_group
+            .then(|| i32::try_from(child.id()).ok())
+            .flatten(),
         started_at,
         ..record
     };
     if let Err(e) = write_json(&state.join(SHIM_FILE), &record) {
         say(state, &format!("cannot write {SHIM_FILE}: {e}"));
     }
-    {
-        // The agent that started the shim may be gone already: a failed write is fine.
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "{STARTED_LINE}");
-        let _ = out.flush();
-    }
+    // The agent that started the shim may be gone already: a failed write is fine.
+    announce(Announce::Started(child.id()));
     let code = output.pump(reader, &mut child);
     if let Err(e) = write_json(
         &state.join(EXIT_FILE),
@@ -585,7 +706,187 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
     ) {
         say(state, &format!("cannot write {EXIT_FILE}: {e}"));
     }
-    code
+    Some(code)
+}
+
+/// One attempt the agent asks the node supervisor to run (a JSON line on its stdin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartRequest {
+    /// The attempt's state directory (it exists); also the attempt's key in the
+    /// supervisor's [`SupervisorEvent`]s.
+    pub state: PathBuf,
+    /// Where the program's output goes.
+    pub output: PathBuf,
+    /// Cap of the output file in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_max_bytes: Option<u64>,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Added to the supervisor's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// The program's working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<PathBuf>,
+}
+
+/// What the node supervisor says about an attempt (a JSON line on its stdout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum SupervisorEvent {
+    /// The program runs (its records say so too).
+    Started {
+        /// The attempt's state directory.
+        state: PathBuf,
+        /// The program's pid, which also names its process group.
+        pid: u32,
+    },
+    /// It could not start (`exit.json` says why too).
+    Failed {
+        /// The attempt's state directory.
+        state: PathBuf,
+        /// Why.
+        error: String,
+    },
+    /// It ended, with this exit code (recorded in `exit.json` first).
+    Exited {
+        /// The attempt's state directory.
+        state: PathBuf,
+        /// Its exit code (128 + the signal that killed it).
+        code: i32,
+    },
+    /// A request line it could not read (the agent and the supervisor disagree on the
+    /// protocol: e.g. an older `asg-batch-shim` beside a newer agent).
+    Refused {
+        /// Why.
+        error: String,
+    },
+}
+
+/// `asg-batch-shim --serve`: the node supervisor. The process executor starts one per
+/// agent process, once, instead of one shim per attempt: an exec of a program costs its
+/// dynamic loading (glibc's CPU and cache probing alone was 8–14 % of all CPU of a
+/// 5,000-job `asg-batch dev` run with a shim per attempt), a thread costs microseconds.
+/// Each attempt runs on a thread of its own exactly as under a per-attempt shim
+/// ([`run_attempt`]: the same records, output copy and exit record), except that the
+/// program leads a process group of its own (the record's `group`), which the agent
+/// signals to stop it; the supervisor itself leads a session of its own, so the programs
+/// share that session, not the agent's.
+///
+/// Requests ([`StartRequest`]) come as JSON lines on stdin; events
+/// ([`SupervisorEvent`]) go out as JSON lines on stdout. When stdin ends (the agent
+/// stopped or died), it starts nothing more, supervises what runs to its end (a later
+/// agent adopts those attempts from their records, as a per-attempt shim's), and exits.
+pub fn serve() -> i32 {
+    use std::io::BufRead;
+    let _ = nix::unistd::setsid();
+    let me = nix::unistd::getpid().as_raw();
+    let who = Supervisor {
+        pid: me,
+        start_ticks: start_ticks(me).unwrap_or(0),
+        boot_id: boot_id(),
+    };
+    // A SIGTERM to the supervisor (e.g. a group signal meant for something else) must not
+    // end the supervision of every attempt.
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGTERM,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        eprintln!("asg-batch shim --serve: cannot handle SIGTERM: {e}");
+    }
+    let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let emit = |out: &std::sync::Mutex<std::io::Stdout>, event: &SupervisorEvent| {
+        if let (Ok(line), Ok(mut out)) = (serde_json::to_string(event), out.lock()) {
+            // The agent that asked may be gone: a failed write is fine.
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    };
+    let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request: StartRequest = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                emit(
+                    &out,
+                    &SupervisorEvent::Refused {
+                        error: format!("unreadable request: {e}"),
+                    },
+                );
+                continue;
+            }
+        };
+        threads.retain(|t| !t.is_finished());
+        let (out2, who) = (out.clone(), who.clone());
+        let state = request.state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("attempt".into())
+            .spawn(move || {
+                let output = OutputSettings {
+                    path: request.output.clone(),
+                    max_bytes: request.output_max_bytes,
+                };
+                let launch = Launch {
+                    env: &request.env,
+                    working_dir: request.working_dir.as_deref(),
+                    own_group: true,
+                };
+                let state = &request.state;
+                let mut announce = |a: Announce| {
+                    let event = match a {
+                        Announce::Started(pid) => SupervisorEvent::Started {
+                            state: state.clone(),
+                            pid,
+                        },
+                        Announce::Failed(error) => SupervisorEvent::Failed {
+                            state: state.clone(),
+                            error,
+                        },
+                    };
+                    emit(&out2, &event);
+                };
+                if let Some(code) = run_attempt(
+                    &who,
+                    state,
+                    &output,
+                    &request.command,
+                    &launch,
+                    &mut announce,
+                ) {
+                    emit(
+                        &out2,
+                        &SupervisorEvent::Exited {
+                            state: state.clone(),
+                            code,
+                        },
+                    );
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                let error = format!("cannot start a thread for the attempt: {e}");
+                let _ = write_json(
+                    &state.join(EXIT_FILE),
+                    &ExitRecord {
+                        exit_code: None,
+                        start_error: Some(error.clone()),
+                        stopped_at: Timestamp::now(),
+                    },
+                );
+                emit(&out, &SupervisorEvent::Failed { state, error });
+            }
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    0
 }
 
 /// The exit code of a status: the code, or 128 + the signal that killed it.
@@ -609,6 +910,8 @@ mod tests {
             start_ticks: start_ticks(me).expect("own start time"),
             boot_id: boot_id(),
             command_pid: None,
+            group: None,
+            shared: false,
             started_at: Timestamp::now(),
         };
         assert!(record.alive());
