@@ -264,6 +264,21 @@ fn bench_backlog(c: &mut Criterion) {
             &format!("controller pass, {n} unschedulable, {finished} finished (settled){new}"),
             |b| b.iter(|| decide_with(black_box(&o), &config, NOW_SECONDS, &mut settled)),
         );
+        // The same memory, every pass a full pass (nothing parked): the pass before
+        // parking, measured in the same run.
+        let full = DecideConfig {
+            full_pass_interval: 0,
+            ..config
+        };
+        let d = decide_with(&o, &full, NOW_SECONDS, &mut settled);
+        assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
+        assert_eq!(d.parked_jobs, 0, "a full pass parks nothing");
+        c.bench_function(
+            &format!(
+                "controller pass, {n} unschedulable, {finished} finished (settled, full passes){new}"
+            ),
+            |b| b.iter(|| decide_with(black_box(&o), &full, NOW_SECONDS, &mut settled)),
+        );
     }
 }
 

@@ -745,12 +745,16 @@ pub fn decide_with(
         let mut id = JobId(String::new());
         let mut kept = 0usize;
         let mut runnable: BTreeMap<&str, i32> = BTreeMap::new();
+        // Left out of the snapshot (parked): Runnable, their status as written, and
+        // confirmed in the memory already (counted by queue, not one by one).
+        for (queue, keys) in &parked.keys {
+            kept += keys.len();
+            let n = i32::try_from(keys.len()).unwrap_or(i32::MAX);
+            let e = runnable.entry(*queue).or_default();
+            *e = e.saturating_add(n);
+        }
         for (qi, j) in quiet.into_iter().enumerate() {
-            // Left out of the snapshot (parked): Runnable, its status as written, and
-            // confirmed in the memory already.
             if left_out.get(qi).copied().unwrap_or(false) {
-                kept += 1;
-                *runnable.entry(j.spec.queue.as_str()).or_default() += 1;
                 continue;
             }
             let observed_phase = j.status.as_ref().and_then(|s| s.phase);
