@@ -26,8 +26,8 @@ use crate::api::batch_job::JobPhase;
 use crate::scheduler::park::{ParkedKey, Parking};
 use crate::scheduler::{JobId, Reason, Resources, Seconds};
 
-use super::snapshot::{self, Built, Definitions};
 use super::super::time::seconds;
+use super::snapshot::{self, Built, Definitions};
 
 /// A settled Runnable job set aside until its class is known to park or not.
 pub(super) struct Aside<'a> {
