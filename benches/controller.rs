@@ -110,47 +110,53 @@ fn bench(c: &mut Criterion) {
 /// environment `full`, at its maxInstances with both instances busy), their statuses as
 /// the controller's earlier passes wrote them, and 100 new jobs of queue `q` that fit on
 /// the idle Ready nodes of environment `ce`; before them, `finished` jobs of queue `q`
-/// that succeeded (a day's history not yet expired). Returns the observed state.
-fn backlog(backlog: u32, finished: u32) -> Observed {
-    let ce = |name: &str, max: u32| {
+/// that succeeded (a day's history not yet expired). With `same_queue`, `full` is a GPU
+/// environment, the backlog needs a GPU each, queue `wait` lists `full` then `ce`, and
+/// the 100 new jobs (no GPU) go into `wait` too: a class of the backlog's own queue
+/// that fits. Returns the observed state.
+fn backlog(backlog: u32, finished: u32, same_queue: bool) -> Observed {
+    let gpu = u32::from(same_queue);
+    let ce = |name: &str, max: u32, gpu: u32| {
         from::<ComputeEnvironment>(json!({
             "apiVersion": "asgbatch.io/v1alpha1", "kind": "ComputeEnvironment",
             "metadata": {"name": name},
             "spec": {"local": {"executor": "process"}, "minInstances": 0, "maxInstances": max,
-                     "instanceShape": {"cpu": "16", "memory": "64Gi"}}
+                     "instanceShape": {"cpu": "16", "memory": "64Gi", "gpu": gpu}}
         }))
     };
-    let queue = |name: &str, ce: &str| {
+    let queue = |name: &str, ces: &[&str]| {
         from::<JobQueue>(json!({
             "apiVersion": "asgbatch.io/v1alpha1", "kind": "JobQueue",
             "metadata": {"name": name},
-            "spec": {"priority": 1, "computeEnvironments": [ce]}
+            "spec": {"priority": 1, "computeEnvironments": ces}
         }))
     };
-    let node = |name: String, ce: &str| {
+    let node = |name: String, ce: &str, gpu: u32| {
         from::<BatchNode>(json!({
             "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchNode",
             "metadata": {"name": name, "creationTimestamp": NOW},
             "spec": {"instanceId": name, "computeEnvironment": ce,
-                     "capacity": {"cpu": "16", "memory": "64Gi"}},
+                     "capacity": {"cpu": "16", "memory": "64Gi", "gpu": gpu}},
             "status": {"phase": "Ready", "heartbeatTime": NOW}
         }))
     };
-    let job = |name: String, queue: &str, cpu: &str| {
+    let job = |name: String, queue: &str, cpu: &str, gpu: u32| {
         json!({
             "apiVersion": "asgbatch.io/v1alpha1", "kind": "BatchJob",
             "metadata": {"name": name, "namespace": "default", "uid": name.clone(),
                          "generation": 1, "resourceVersion": "1", "creationTimestamp": NOW},
             "spec": {"queue": queue, "process": {"command": ["true"]},
-                     "resources": {"cpu": cpu, "memory": "1Gi"}}
+                     "resources": {"cpu": cpu, "memory": "1Gi", "gpu": gpu}}
         })
     };
-    let mut nodes: Vec<_> = (0..20).map(|i| node(format!("i-{i:05}"), "ce")).collect();
+    let mut nodes: Vec<_> = (0..20)
+        .map(|i| node(format!("i-{i:05}"), "ce", 0))
+        .collect();
     let mut jobs = Vec::new();
     for i in 0..2 {
         let name = format!("full-{i}");
-        nodes.push(node(name.clone(), "full"));
-        let mut j = job(format!("busy-{i}"), "wait", "16");
+        nodes.push(node(name.clone(), "full", gpu));
+        let mut j = job(format!("busy-{i}"), "wait", "16", gpu);
         j["metadata"]["labels"] = json!({"asgbatch.io/node": name});
         j["status"] = json!({
             "phase": "Running", "node": name, "attempt": 1, "startedAt": NOW,
@@ -158,9 +164,11 @@ fn backlog(backlog: u32, finished: u32) -> Observed {
         });
         jobs.push(from::<BatchJob>(j));
     }
-    jobs.extend((0..backlog).map(|i| from::<BatchJob>(job(format!("wait-{i:05}"), "wait", "1"))));
+    jobs.extend(
+        (0..backlog).map(|i| from::<BatchJob>(job(format!("wait-{i:05}"), "wait", "1", gpu))),
+    );
     jobs.extend((0..finished).map(|i| {
-        let mut j = job(format!("done-{i:05}"), "q", "1");
+        let mut j = job(format!("done-{i:05}"), "q", "1", 0);
         let node = format!("i-{:05}", i % 20);
         j["status"] = json!({
             "phase": "Succeeded", "attempt": 1, "startedAt": NOW, "stoppedAt": NOW,
@@ -170,8 +178,18 @@ fn backlog(backlog: u32, finished: u32) -> Observed {
         from::<BatchJob>(j)
     }));
     let mut o = Observed {
-        compute_environments: vec![ce("ce", 20), ce("full", 2)],
-        queues: vec![queue("q", "ce"), queue("wait", "full")],
+        compute_environments: vec![ce("ce", 20, 0), ce("full", 2, gpu)],
+        queues: vec![
+            queue("q", &["ce"]),
+            queue(
+                "wait",
+                if same_queue {
+                    &["full", "ce"]
+                } else {
+                    &["full"]
+                },
+            ),
+        ],
         nodes,
         jobs,
         ..Observed::default()
@@ -188,15 +206,26 @@ fn backlog(backlog: u32, finished: u32) -> Observed {
             Arc::make_mut(j).status = Some(status.clone());
         }
     }
+    let new_queue = if same_queue { "wait" } else { "q" };
     o.jobs
-        .extend((0..100).map(|i| from::<BatchJob>(job(format!("new-{i:03}"), "q", "1"))));
+        .extend((0..100).map(|i| from::<BatchJob>(job(format!("new-{i:03}"), new_queue, "1", 0))));
     o
 }
 
 fn bench_backlog(c: &mut Criterion) {
     let config = DecideConfig::default();
-    for (n, finished) in [(0, 0), (50_000, 0), (0, 10_000)] {
-        let o = backlog(n, finished);
+    for (n, finished, same_queue) in [
+        (0, 0, false),
+        (50_000, 0, false),
+        (0, 10_000, false),
+        (50_000, 0, true),
+    ] {
+        let o = backlog(n, finished, same_queue);
+        let new = if same_queue {
+            " + 100 new in its queue"
+        } else {
+            " + 100 new"
+        };
         let d = decide(&o, &config, NOW_SECONDS);
         assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
         println!(
@@ -206,7 +235,7 @@ fn bench_backlog(c: &mut Criterion) {
             d.jobs.len()
         );
         c.bench_function(
-            &format!("controller pass, {n} unschedulable, {finished} finished + 100 new"),
+            &format!("controller pass, {n} unschedulable, {finished} finished{new}"),
             |b| b.iter(|| decide(black_box(&o), &config, NOW_SECONDS)),
         );
         // A running controller: its earlier passes saw the backlog settled (the same
@@ -223,15 +252,32 @@ fn bench_backlog(c: &mut Criterion) {
         let d = decide_with(&o, &config, NOW_SECONDS, &mut settled);
         assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
         println!(
-            "controller pass with a remembered backlog: {} jobs -> {} bindings, {} job writes, {} settled",
+            "controller pass with a remembered backlog: {} jobs -> {} bindings, {} job writes, {} settled, {} parked in {} classes",
             o.jobs.len(),
             d.plan.bindings.len(),
             d.jobs.len(),
-            settled.len()
+            settled.len(),
+            d.parked_jobs,
+            d.parked_classes
         );
         c.bench_function(
-            &format!("controller pass, {n} unschedulable, {finished} finished (settled) + 100 new"),
+            &format!("controller pass, {n} unschedulable, {finished} finished (settled){new}"),
             |b| b.iter(|| decide_with(black_box(&o), &config, NOW_SECONDS, &mut settled)),
+        );
+        // The same memory, every pass a full pass (nothing parked): the pass before
+        // parking, measured in the same run.
+        let full = DecideConfig {
+            full_pass_interval: 0,
+            ..config
+        };
+        let d = decide_with(&o, &full, NOW_SECONDS, &mut settled);
+        assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
+        assert_eq!(d.parked_jobs, 0, "a full pass parks nothing");
+        c.bench_function(
+            &format!(
+                "controller pass, {n} unschedulable, {finished} finished (settled, full passes){new}"
+            ),
+            |b| b.iter(|| decide_with(black_box(&o), &full, NOW_SECONDS, &mut settled)),
         );
     }
 }

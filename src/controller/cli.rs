@@ -41,6 +41,11 @@ pub struct ControllerArgs {
     /// once and no pass creates more than this many of its children.
     #[arg(long, default_value_t = super::decide::ARRAY_CHILDREN_WAITING, value_parser = clap::value_parser!(u32).range(1..))]
     pub array_children_waiting: u32,
+    /// Seconds between full passes: other passes leave the later members of a parked
+    /// backlog (Runnable jobs that nothing in the cluster can take) out, and only their
+    /// queue positions wait for a full pass. 0: every pass is full.
+    #[arg(long, default_value_t = super::decide::DEFAULT_FULL_PASS_INTERVAL)]
+    pub full_pass_interval: u64,
 }
 
 /// An optional listen address (`off`: none).
@@ -102,6 +107,7 @@ pub fn config(args: &ControllerArgs) -> ControllerConfig {
         disruption_threshold_percent: args.unhealthy_threshold_percent,
         metrics_bind_address: args.metrics_bind_address.0,
         array_children_waiting: args.array_children_waiting,
+        full_pass_interval: Duration::from_secs(args.full_pass_interval),
         instance: args.identity.clone().or_else(|| Some(identity())),
         leader_election,
         ..ControllerConfig::default()

@@ -48,6 +48,9 @@ pub struct ControllerConfig {
     /// At most this many children of one array wait (created, not yet bound) at a time:
     /// the rest are created as those are bound.
     pub array_children_waiting: u32,
+    /// Passes leave parked backlog jobs out, and one pass at least this often takes
+    /// them all in (their queue positions): [`super::decide::DecideConfig::full_pass_interval`].
+    pub full_pass_interval: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -63,6 +66,7 @@ impl Default for ControllerConfig {
             leader_election: None,
             metrics_bind_address: None,
             array_children_waiting: super::decide::ARRAY_CHILDREN_WAITING,
+            full_pass_interval: Duration::from_secs(super::decide::DEFAULT_FULL_PASS_INTERVAL),
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod fairshare;
 pub mod forecast;
 pub mod model;
 pub mod packing;
+pub mod park;
 pub mod queue;
 pub mod reasons;
 pub mod resources;

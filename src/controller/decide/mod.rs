@@ -53,6 +53,7 @@ mod boot;
 mod cancel;
 mod derived;
 mod liveness;
+mod park;
 mod retention;
 mod schedule;
 mod settled;
@@ -86,6 +87,15 @@ pub struct DecideConfig {
     /// an array's children are created in batches as earlier ones are bound
     /// ([`ARRAY_CHILDREN_WAITING`] by default).
     pub array_children_waiting: u32,
+    /// A pass that remembers settled jobs ([`decide_with`]) leaves the later members of
+    /// a parked class of Runnable jobs out ([`crate::scheduler::park`]), their status
+    /// as written; a **full pass** (nothing parked) refreshes their queue position at
+    /// least this often ([`DEFAULT_FULL_PASS_INTERVAL`]). 0: every pass is full.
+    pub full_pass_interval: Seconds,
+    /// A parked class keeps at least its first this many members in the snapshot, and
+    /// every queue its first this many parked jobs ([`crate::scheduler::forecast::MAX_PROJECTED`]
+    /// by default: the forecast projects no more, so every estimated start is exact).
+    pub parked_kept: usize,
 }
 
 impl Default for DecideConfig {
@@ -94,9 +104,20 @@ impl Default for DecideConfig {
             lost_node_timeout: DEFAULT_LOST_NODE_TIMEOUT,
             disruption_threshold_percent: 55,
             array_children_waiting: ARRAY_CHILDREN_WAITING,
+            full_pass_interval: DEFAULT_FULL_PASS_INTERVAL,
+            parked_kept: crate::scheduler::forecast::MAX_PROJECTED,
         }
     }
 }
+
+/// The default [`DecideConfig::full_pass_interval`] in seconds: three resyncs (10 s
+/// each by default). A parked job's position is the only thing a pass with parking
+/// leaves stale, and only beyond the [`DecideConfig::parked_kept`] first parked jobs
+/// of its queue, where it is rewritten only when it moves by a factor of 4
+/// ([`crate::scheduler::forecast::material_change`]): a 30 s lag on such a figure is
+/// not seen, while a full pass over a 50,000-job backlog costs about 200 ms (the
+/// `controller pass` bench), so at most one pass in three pays it.
+pub const DEFAULT_FULL_PASS_INTERVAL: Seconds = 30;
 
 /// The default lost-node timeout in seconds: Kubernetes pods tolerate a node being
 /// `unreachable` for 300 s before they are evicted.
@@ -360,6 +381,11 @@ pub struct Decisions {
     pub events: Vec<Note>,
     /// The scheduler's plan of this pass (for logs and tests).
     pub plan: Plan,
+    /// Parked classes whose later members this pass left out of the scheduler's snapshot
+    /// ([`crate::scheduler::park`]; 0 in a full pass).
+    pub parked_classes: usize,
+    /// The jobs those classes left out (their status as written).
+    pub parked_jobs: usize,
     /// Since when each node holding no attempt after this pass has been idle, as this
     /// controller saw it (the next pass's [`Observed::idle_seen`]).
     pub idle: BTreeMap<String, Seconds>,
@@ -531,10 +557,25 @@ pub fn decide_with(
             && parent_allows(j)
     };
     // Settled in an earlier pass at this resourceVersion (waiting, or finished and not
-    // expired): decided after the plan.
+    // expired): decided after the plan. In a pass that may park, the settled Runnable
+    // ones are set aside until the scheduler says whether their class parks.
+    let may_park =
+        config.full_pass_interval > 0 && settled.may_park(now, config.full_pass_interval);
     let mut quiet: Vec<&BatchJob> = Vec::new();
-    for j in &observed.jobs {
-        if settled.get(j).is_some() && may_settle(j) {
+    let mut aside: Vec<park::Aside<'_>> = Vec::new();
+    let mut set_aside = vec![false; if may_park { observed.jobs.len() } else { 0 }];
+    for (i, j) in observed.jobs.iter().enumerate() {
+        if may_park && park::may_set_aside(j, now) && may_settle(j) {
+            // One lookup: confirmed now, its reason compared after the plan.
+            if let Some(reason) = settled.touch(j) {
+                if let Some(a) = park::Aside::of(quiet.len(), j, reason, &defs, now) {
+                    aside.push(a);
+                    set_aside[i] = true;
+                }
+                quiet.push(j);
+                continue;
+            }
+        } else if settled.get(j).is_some() && may_settle(j) {
             quiet.push(j);
             continue;
         }
@@ -602,7 +643,13 @@ pub fn decide_with(
         compute_environments: observed.compute_environments.iter().map(|c| &**c).collect(),
         queues: observed.queues.iter().map(|q| &**q).collect(),
         definitions: definitions.clone(),
-        jobs: observed.jobs.iter().map(|j| &**j).collect(),
+        jobs: observed
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !set_aside.get(*i).copied().unwrap_or(false))
+            .map(|(_, j)| &**j)
+            .collect(),
         nodes: observed.nodes.iter().map(|n| &**n).collect(),
         node_phases,
         booting,
@@ -629,7 +676,52 @@ pub fn decide_with(
         built.remove_node(name);
     }
     built.set_idle_since(&idle_before, now);
+    // Parked classes: their later members stay out of the snapshot.
+    let mut parked = park::park(&mut built, &aside, &defs, config.parked_kept, now);
     let mut plan = scheduler::plan(&built.snapshot, now);
+    let mut left_out = vec![false; if parked.jobs > 0 { quiet.len() } else { 0 }];
+    if parked.jobs > 0 {
+        // A member left out keeps its status: its reason must be its head's. (It is,
+        // unless what it was settled with changed, e.g. its environment's maxInstances.)
+        let reasons_hold = parked.classes.iter().all(|(head, members)| {
+            let reason = plan.unplaced.get(head);
+            members
+                .iter()
+                .all(|&i| aside[i].reason.as_deref() == reason)
+        });
+        let moved = settled.queues_moved(
+            positioned(&built, &parked)
+                .into_iter()
+                .filter(|(q, _)| parked.keys.contains_key(q)),
+        );
+        if reasons_hold && !moved {
+            scheduler::park::count_parked_ahead(&mut plan, &built.snapshot, &parked.keys);
+            for (_, members) in &parked.classes {
+                for &i in members {
+                    left_out[aside[i].quiet] = true;
+                }
+            }
+        } else {
+            // A full pass after all.
+            for (_, members) in &parked.classes {
+                for &i in members {
+                    built.add_aside(aside[i].job, &defs, now);
+                }
+            }
+            parked = park::Parked::default();
+            left_out.clear();
+            plan = scheduler::plan(&built.snapshot, now);
+        }
+    }
+    if parked.jobs == 0 {
+        let counts = positioned(&built, &parked)
+            .into_iter()
+            .map(|(q, n)| (q.to_owned(), n))
+            .collect();
+        settled.full_pass(now, counts);
+    }
+    out.parked_classes = parked.classes.len();
+    out.parked_jobs = parked.jobs;
     // Only a fleet can terminate a drained node: never drain where there is none.
     plan.drain.retain(|n| {
         built
@@ -653,7 +745,18 @@ pub fn decide_with(
         let mut id = JobId(String::new());
         let mut kept = 0usize;
         let mut runnable: BTreeMap<&str, i32> = BTreeMap::new();
-        for j in quiet {
+        // Left out of the snapshot (parked): Runnable, their status as written, and
+        // confirmed in the memory already (counted by queue, not one by one).
+        for (queue, keys) in &parked.keys {
+            kept += keys.len();
+            let n = i32::try_from(keys.len()).unwrap_or(i32::MAX);
+            let e = runnable.entry(*queue).or_default();
+            *e = e.saturating_add(n);
+        }
+        for (qi, j) in quiet.into_iter().enumerate() {
+            if left_out.get(qi).copied().unwrap_or(false) {
+                continue;
+            }
             let observed_phase = j.status.as_ref().and_then(|s| s.phase);
             // A finished job: the plan never binds, moves, fails or forecasts it, and
             // it is in the snapshot's invalid jobs only if a finished job needs it
@@ -768,6 +871,23 @@ pub fn decide_with(
         .collect();
     out.plan = plan;
     out.grants = super::grants::desired(&observed.jobs, &out.jobs);
+    out
+}
+
+/// How many Runnable jobs each queue has: in the snapshot, and left out of it (queues
+/// with none are not listed). One walk over the snapshot's jobs, no lookups.
+fn positioned<'p>(built: &'p snapshot::Built, parked: &park::Parked<'p>) -> BTreeMap<&'p str, u32> {
+    let mut out: BTreeMap<&str, u32> = BTreeMap::new();
+    for j in built.snapshot.jobs.values() {
+        if j.phase == scheduler::Phase::Runnable {
+            *out.entry(j.queue.as_str()).or_default() += 1;
+        }
+    }
+    for (q, keys) in &parked.keys {
+        let n = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+        let e = out.entry(*q).or_default();
+        *e = e.saturating_add(n);
+    }
     out
 }
 

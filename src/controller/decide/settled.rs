@@ -17,11 +17,12 @@
 //! goes through the whole pass as before. So a pass decides with memory exactly as it
 //! does without (the property test `settled_memory_changes_no_decision`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::api::BatchJob;
 use crate::api::batch_job::JobPhase;
-use crate::scheduler::Reason;
+use crate::scheduler::{Reason, Seconds};
 
 use super::super::LABEL_NODE;
 
@@ -33,14 +34,25 @@ pub struct Settled {
     jobs: HashMap<String, Entry>,
     /// The number of the pass that last confirmed an entry (to forget the others).
     pass: u64,
+    /// The last full pass (nothing parked), if any: passes in between may park.
+    full: Option<FullPass>,
+}
+
+/// What a full pass saw of the queues, for the passes after it that park.
+#[derive(Debug, Clone, Default)]
+struct FullPass {
+    /// When it ran.
+    at: Seconds,
+    /// How many jobs had a queue position in each queue.
+    positioned: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
     resource_version: String,
-    /// The scheduler's reason (none for a finished job), boxed: most entries are
-    /// finished jobs.
-    reason: Option<Box<Reason>>,
+    /// The scheduler's reason (none for a finished job), behind a pointer: most entries
+    /// are finished jobs, and a pass that parks hands it out ([`Settled::touch`]).
+    reason: Option<Arc<Reason>>,
     pass: u64,
 }
 
@@ -69,6 +81,20 @@ impl Settled {
             .get(uid)
             .filter(|e| e.resource_version == rv)
             .map(|e| e.reason.as_deref())
+    }
+
+    /// The reason a job was settled with (`Some(None)`: without one), if it was, at its
+    /// current resourceVersion; and confirms it in this pass (one lookup, for a job
+    /// that a pass may leave out of its snapshot, comparing the reason later).
+    pub(super) fn touch(&mut self, job: &BatchJob) -> Option<Option<Arc<Reason>>> {
+        let uid = job.metadata.uid.as_deref()?;
+        let rv = job.metadata.resource_version.as_deref()?;
+        let e = self
+            .jobs
+            .get_mut(uid)
+            .filter(|e| e.resource_version == rv)?;
+        e.pass = self.pass;
+        Some(e.reason.clone())
     }
 
     /// Confirms that a job is still settled in this pass if it was settled with
@@ -100,7 +126,7 @@ impl Settled {
         };
         let entry = Entry {
             resource_version: rv.clone(),
-            reason: reason.map(|r| Box::new(r.clone())),
+            reason: reason.map(|r| Arc::new(r.clone())),
             pass: self.pass,
         };
         match self.jobs.get_mut(uid.as_str()) {
@@ -109,6 +135,40 @@ impl Settled {
                 self.jobs.insert(uid.clone(), entry);
             }
         }
+    }
+
+    /// Whether a pass at `now` may park ([`crate::scheduler::park`]): a full pass ran
+    /// less than `interval` seconds ago (never with memory of none, nor when the clock
+    /// went back).
+    pub(super) fn may_park(&self, now: Seconds, interval: Seconds) -> bool {
+        self.full
+            .as_ref()
+            .is_some_and(|f| now >= f.at && now - f.at < interval)
+    }
+
+    /// Whether the number of jobs with a queue position in a queue with parked jobs
+    /// (`positioned`, parked ones included) halved or doubled since the last full pass:
+    /// then the parked jobs' positions may have moved materially, and a full pass
+    /// refreshes them now.
+    pub(super) fn queues_moved<'q>(
+        &self,
+        mut positioned: impl Iterator<Item = (&'q str, u32)>,
+    ) -> bool {
+        let Some(full) = &self.full else {
+            return true;
+        };
+        positioned.any(|(queue, n)| {
+            let then = full.positioned.get(queue).copied().unwrap_or(0);
+            n.saturating_mul(2) < then || then.saturating_mul(2) < n
+        })
+    }
+
+    /// Records a full pass at `now` that positioned `positioned` jobs in each queue.
+    pub(super) fn full_pass(&mut self, now: Seconds, positioned: BTreeMap<String, u32>) {
+        self.full = Some(FullPass {
+            at: now,
+            positioned,
+        });
     }
 
     /// Ends a pass: forgets every job not confirmed or remembered in it (`kept` of them

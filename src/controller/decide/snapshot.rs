@@ -128,6 +128,12 @@ impl Needed {
         out
     }
 
+    /// Whether some job depends on the job `namespace/name` (or on an array it belongs
+    /// to: array children are never asked).
+    pub fn is_target(&self, namespace: &str, name: &str) -> bool {
+        !self.targets.is_empty() && self.targets.contains(&JobId(format!("{namespace}/{name}")))
+    }
+
     /// Whether a finished job is needed.
     fn finished(&self, job: &BatchJob) -> bool {
         if self.fair_share.contains(job.spec.queue.as_str()) {
@@ -236,6 +242,26 @@ fn resolve_needs<'j>(
         )),
         None => Err(format!("job definition {ns}/{} not found", r.name)),
     }
+}
+
+/// What one attempt of a job needs, as [`build`] puts it into the snapshot (its pinned
+/// template, else its own overlaid on its definition); `None` when that cannot be
+/// worked out (the snapshot says why).
+pub fn job_needs(job: &BatchJob, definitions: &Definitions<'_>) -> Option<Resources> {
+    let pinned = job.status.as_ref().and_then(|s| s.template.as_ref());
+    let r = match pinned {
+        Some(t) => t.resources.as_ref(),
+        None => resolve_needs(job, definitions).ok()?.0,
+    };
+    needs_of(r).ok()
+}
+
+/// When a job was submitted, as the snapshot has it.
+pub fn submitted_at(job: &BatchJob, now: Seconds) -> Seconds {
+    job.metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, seconds)
 }
 
 /// Converts API resources (quantities) to the scheduler's integers.
@@ -471,6 +497,12 @@ pub fn build(inputs: &Inputs<'_>) -> Built {
 }
 
 impl Built {
+    /// Puts an observed job that [`build`] was not given into the snapshot (a job set
+    /// aside until the pass knew whether its class parks).
+    pub fn add_aside(&mut self, job: &BatchJob, definitions: &Definitions<'_>, now: Seconds) {
+        self.add(job, definitions, now);
+    }
+
     /// Puts an observed job into a snapshot being built (each job once: nothing to
     /// replace).
     fn add(&mut self, job: &BatchJob, definitions: &Definitions<'_>, now: Seconds) {
@@ -581,11 +613,7 @@ impl Built {
             Job {
                 queue: job.spec.queue.clone(),
                 resources: needs,
-                submitted_at: job
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map_or(now, seconds),
+                submitted_at: submitted_at(job, now),
                 phase: p,
                 node: node.map(str::to_owned),
                 depends_on,

@@ -1928,6 +1928,17 @@ fn finished_jobs_are_deleted_after_their_ttl_an_array_parent_with_its_children()
 /// over random histories (submissions, deletions, agents' reports, time passing, nodes
 /// coming and going, every write bumping the object's resourceVersion as the API server
 /// does), a pass with the memory decides exactly what a first pass would.
+///
+/// With parking ([`crate::scheduler::park`]: later members of a backlog class nothing
+/// can take are left out of the snapshot between full passes) the check is relaxed in
+/// one place only, the queue fields: a member left out keeps its written position and
+/// estimated start until the next full pass, and here, where a class keeps only its
+/// first [`DecideConfig::parked_kept`] (0–2) members in the snapshot instead of the
+/// forecast's 1,000, the other waiting jobs' estimated starts are projected without
+/// the members left out. So job writes are compared without those fields (a write of
+/// them alone is left out on both sides), the plan's positions must still be equal
+/// for every job it positions (first-in first-out counts the members left out), and
+/// its reasons equal for every job it gives one; everything else is compared whole.
 mod settled_memory {
     use super::*;
     use proptest::prelude::*;
@@ -2001,8 +2012,185 @@ mod settled_memory {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
     }
 
+    /// `fresh` (a first pass) and `parked` (a pass with memory that may park) decide the
+    /// same, queue fields aside (see the module documentation).
+    fn same_but_parked(o: &Observed, fresh: &Decisions, parked: &Decisions) {
+        let observed = |name: &str| {
+            let j = o
+                .jobs
+                .iter()
+                .find(|j| j.metadata.name.as_deref() == Some(name));
+            let mut s = status::owned_job_status(j.and_then(|j| j.status.as_ref()));
+            crate::controller::estimates::clear_queue_fields(&mut s);
+            s
+        };
+        let strip = |d: &Decisions| {
+            let mut d = d.clone();
+            d.jobs = d
+                .jobs
+                .into_iter()
+                .filter_map(|mut u| {
+                    if let Some(s) = u.status.as_mut() {
+                        crate::controller::estimates::clear_queue_fields(s);
+                        let mut current = observed(&u.name);
+                        current.observed_generation = s.observed_generation;
+                        if *s == current {
+                            u.status = None;
+                        }
+                    }
+                    (u.status.is_some() || u.label.is_some()).then_some(u)
+                })
+                .collect();
+            d.plan.unplaced.clear();
+            d.plan.queue.clear();
+            d.parked_classes = 0;
+            d.parked_jobs = 0;
+            d
+        };
+        same(&strip(fresh), &strip(parked));
+        for (id, q) in &parked.plan.queue {
+            assert_eq!(
+                fresh.plan.queue.get(id).map(|f| f.position),
+                Some(q.position),
+                "position of {id}"
+            );
+        }
+        for (id, r) in &parked.plan.unplaced {
+            assert_eq!(fresh.plan.unplaced.get(id), Some(r), "reason of {id}");
+        }
+        assert_eq!(
+            fresh.plan.unplaced.len(),
+            parked.plan.unplaced.len() + parked.parked_jobs,
+            "only the jobs left out have no reason"
+        );
+        assert_eq!(
+            fresh.plan.queue.len(),
+            parked.plan.queue.len() + parked.parked_jobs,
+            "only the jobs left out have no position"
+        );
+    }
+
+    /// Queues of the parking world: `q` on `ce` (2 cpu, max 2, 1–3 nodes: at and below
+    /// its maximum), `r` on `small` (2 cpu, max 1, one node: always at its maximum), `s`
+    /// on both (two environments: a class of it never parks unless too large).
+    const QUEUES: [&str; 3] = ["q", "r", "s"];
+
+    fn parking_step() -> impl Strategy<Value = (Step, usize, u64)> {
+        (step(), 0..3usize, 0..3u64)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// [`settled_memory_changes_no_decision`] in a world whose backlogs park: three
+        /// queues over two environments, jobs of 1, 2 and 8 cpu (8: larger than every
+        /// instance), submitted at mixed times (a new job may come before older waiting
+        /// ones in its queue), full passes every 100 s, classes keeping 0–2 members.
+        #[test]
+        fn parked_backlogs_change_no_decision(
+            steps in proptest::collection::vec(parking_step(), 1..80),
+            parked_kept in 0..3usize,
+        ) {
+            let mut rv = 100;
+            let at = |queue: &str, j: BatchJob, created: u64| {
+                let mut j = j;
+                j.spec.queue = queue.to_owned();
+                j.metadata.creation_timestamp = Some(time(created));
+                j
+            };
+            let jobs: Vec<BatchJob> = [0u64, 1, 2, 3, 4, 5]
+                .into_iter()
+                .zip(QUEUES.iter().cycle())
+                .map(|(i, q)| at(q, stored(&format!("j{i}"), "1", i), 1))
+                .collect();
+            let mut o = world(jobs, vec![]);
+            o.compute_environments = vec![
+                Arc::new(ce("ce", "2", "8Gi", 2)),
+                Arc::new(ce("small", "2", "8Gi", 1)),
+            ];
+            o.queues = vec![
+                Arc::new(queue("q", &["ce"])),
+                Arc::new(queue("r", &["small"])),
+                Arc::new(queue("s", &["ce", "small"])),
+            ];
+            let mut nodes = 1;
+            let mut now = NOW;
+            let fleet = |nodes: usize, now: Seconds| {
+                let mut v: Vec<Arc<BatchNode>> = (0..nodes).map(|i| node_at(i, now)).collect();
+                v.push(Arc::new(node("m0", "small", "2", "8Gi", now)));
+                v
+            };
+            o.nodes = fleet(nodes, now);
+            let mut settled = Settled::default();
+            let mut next = 6;
+            let config = DecideConfig {
+                array_children_waiting: 2,
+                full_pass_interval: 100,
+                parked_kept,
+                ..DecideConfig::default()
+            };
+            for (s, queue_index, created) in steps {
+                let q = QUEUES[queue_index];
+                let before = o.jobs.clone();
+                let name = |i: usize| before.get(i % before.len().max(1)).and_then(|j| j.metadata.name.clone());
+                match s {
+                    Step::Pass => {
+                        o.nodes = fleet(nodes, now);
+                        let fresh = decide(&o, &config, now);
+                        let remembered = decide_with(&o, &config, now, &mut settled);
+                        same_but_parked(&o, &fresh, &remembered);
+                        apply(&mut o, &fresh);
+                    }
+                    Step::Array(size) => {
+                        o.jobs.push(Arc::new(array(stored(&format!("j{next}"), "1", 0), size)));
+                        next += 1;
+                    }
+                    Step::Cancel(i) => {
+                        let Some(name) = name(i) else { continue };
+                        if let Some(j) = o.jobs.iter_mut().find(|j| j.metadata.name.as_deref() == Some(name.as_str())) {
+                            Arc::make_mut(j).spec.cancel = Some(crate::api::batch_job::CancelRequest {
+                                message: Some("proptest".into()),
+                            });
+                        }
+                    }
+                    Step::Start(i) | Step::Exit(i, _) => {
+                        let Some(name) = name(i) else { continue };
+                        match s {
+                            Step::Exit(_, code) => agent(&mut o, &name, move |a| {
+                                a.started_at = a.started_at.clone().or(Some(time(now)));
+                                if a.stopped_at.is_none() {
+                                    a.stopped_at = Some(time(now));
+                                    a.exit_code = Some(code);
+                                    a.reason = Some(if code == 0 { AttemptReason::Completed } else { AttemptReason::Error });
+                                }
+                            }),
+                            _ => agent(&mut o, &name, move |a| {
+                                a.started_at = a.started_at.clone().or(Some(time(now)));
+                            }),
+                        }
+                    }
+                    Step::Wait(secs) => now += secs,
+                    Step::Submit(cpu) => {
+                        let j = stored(&format!("j{next}"), &cpu.to_string(), 0);
+                        o.jobs.push(Arc::new(at(q, j, created)));
+                        next += 1;
+                    }
+                    Step::Depend(i) => {
+                        let Some(on) = name(i) else { continue };
+                        let j = depends_on(stored(&format!("j{next}"), "1", 0), &on);
+                        o.jobs.push(Arc::new(at(q, j, created)));
+                        next += 1;
+                    }
+                    Step::Delete(i) => {
+                        let Some(name) = name(i) else { continue };
+                        o.jobs.retain(|j| j.metadata.name.as_deref() != Some(name.as_str()));
+                    }
+                    Step::AddNode => nodes = (nodes + 1).min(3),
+                    Step::RemoveNode => nodes = nodes.saturating_sub(1),
+                }
+                bump(&mut o, &before, &mut rv);
+            }
+        }
 
         #[test]
         fn settled_memory_changes_no_decision(steps in proptest::collection::vec(step(), 1..80)) {
@@ -2139,5 +2327,65 @@ mod settled_memory {
             .filter(|j| j.status.as_ref().and_then(|s| s.node.as_ref()).is_some())
             .count();
         assert_eq!((settled.len(), o.jobs.len() - running), (19, 19));
+    }
+
+    #[test]
+    fn a_parked_backlog_is_left_out_until_a_member_could_run() {
+        // One 2-cpu node, at the environment's maximum: one job runs, 19 wait. Classes
+        // keep their first 2 members; full passes every 100 s.
+        let mut rv = 100;
+        let mut o = world(
+            (0..20)
+                .map(|i| stored(&format!("w{i:02}"), "2", i))
+                .collect(),
+            vec![node("n0", "ce", "2", "8Gi", NOW)],
+        );
+        o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 1))];
+        let mut settled = Settled::default();
+        let config = DecideConfig {
+            full_pass_interval: 100,
+            parked_kept: 2,
+            ..DecideConfig::default()
+        };
+        let mut left_out = Vec::new();
+        for _ in 0..4 {
+            let before = o.jobs.clone();
+            let fresh = decide(&o, &config, NOW);
+            let remembered = decide_with(&o, &config, NOW, &mut settled);
+            same_but_parked(&o, &fresh, &remembered);
+            left_out.push(remembered.parked_jobs);
+            apply(&mut o, &fresh);
+            bump(&mut o, &before, &mut rv);
+        }
+        // Once settled, the 19 waiting jobs are one class: its first 2 stay, 17 are
+        // left out; the memory still holds them all.
+        assert_eq!(left_out.last(), Some(&17), "{left_out:?}");
+        assert_eq!(settled.len(), 19);
+        // The running job ends: the node is free, the class no longer parks, and the
+        // next job is bound as a first pass binds it.
+        let before = o.jobs.clone();
+        let running = o
+            .jobs
+            .iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.node.as_ref()).is_some())
+            .and_then(|j| j.metadata.name.clone())
+            .expect("one job runs");
+        agent(&mut o, &running, exited(0));
+        bump(&mut o, &before, &mut rv);
+        let fresh = decide(&o, &config, NOW);
+        let remembered = decide_with(&o, &config, NOW, &mut settled);
+        same(&fresh, &remembered);
+        assert_eq!(remembered.parked_jobs, 0);
+        assert_eq!(fresh.plan.bindings.len(), 1, "{:?}", fresh.plan);
+        // After the interval, a full pass: nothing left out, the same decisions.
+        let before = o.jobs.clone();
+        apply(&mut o, &fresh);
+        bump(&mut o, &before, &mut rv);
+        let later = NOW + 100;
+        let _ = decide_with(&o, &config, NOW + 1, &mut settled);
+        let fresh = decide(&o, &config, later);
+        let remembered = decide_with(&o, &config, later, &mut settled);
+        assert_eq!(remembered.parked_jobs, 0, "a full pass");
+        same(&fresh, &remembered);
     }
 }

@@ -278,8 +278,17 @@ async fn pass(
         lost_node_timeout: ctx.config.lost_node_timeout.as_secs(),
         disruption_threshold_percent: ctx.config.disruption_threshold_percent,
         array_children_waiting: ctx.config.array_children_waiting,
+        full_pass_interval: ctx.config.full_pass_interval.as_secs(),
+        ..DecideConfig::default()
     };
     let decisions = decide_with(&observed, &config, now, &mut memory.settled);
+    if decisions.parked_jobs > 0 {
+        debug!(
+            classes = decisions.parked_classes,
+            jobs = decisions.parked_jobs,
+            "pass left parked backlog jobs out (their status as written)"
+        );
+    }
     record_state(&ctx.metrics, &observed, &decisions);
     memory.after_pass(decisions.idle.clone());
     // A fleet that was described fine and needs no call this pass has no error left.

@@ -1,0 +1,208 @@
+//! PURE: which settled Runnable jobs a pass leaves out of the scheduler's snapshot
+//! (issue 13, "Backlog": a 50,000-job backlog that cannot run does not slow the binding
+//! of new work that fits).
+//!
+//! A pass that may park ([`super::DecideConfig::full_pass_interval`]) sets aside the
+//! settled Runnable jobs without dependencies nor backoff (and that no job depends on),
+//! groups them by class (queue and resources), and asks the scheduler whether each
+//! class is parkable ([`crate::scheduler::park`]: no member can be bound, hold a node or
+//! get an instance in this pass). The members of a parkable class are left out, except
+//! its first member in queue order (its head: the one that may hold a node) and the
+//! first [`super::DecideConfig::parked_kept`] parked jobs of each queue (so that the
+//! forecast, which projects only the first [`crate::scheduler::forecast::MAX_PROJECTED`]
+//! waiting jobs, sees exactly what it would with them; their positions stay exact too).
+//! Every other set-aside job goes into the snapshot as usual.
+//!
+//! A member left out keeps its status as written: its reason is its head's (checked
+//! after the plan: otherwise the pass plans again with nothing left out), and its queue
+//! position is refreshed by the next full pass.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::api::BatchJob;
+use crate::api::batch_job::JobPhase;
+use crate::scheduler::park::{ParkedKey, Parking};
+use crate::scheduler::{JobId, Reason, Resources, Seconds};
+
+use super::super::time::seconds;
+use super::snapshot::{self, Built, Definitions};
+
+/// A settled Runnable job set aside until its class is known to park or not.
+pub(super) struct Aside<'a> {
+    /// Its index among the pass's quiet jobs.
+    pub quiet: usize,
+    /// The job.
+    pub job: &'a BatchJob,
+    /// What one attempt needs.
+    pub resources: Resources,
+    /// When it was submitted (the snapshot's figure).
+    pub submitted_at: Seconds,
+    /// The reason it was settled with.
+    pub reason: Option<Arc<Reason>>,
+}
+
+/// Whether a job could be set aside, from the object alone: Runnable, no dependencies,
+/// not an array child, no backoff left.
+pub(super) fn may_set_aside(job: &BatchJob, now: Seconds) -> bool {
+    job.status.as_ref().is_some_and(|s| {
+        s.phase == Some(JobPhase::Runnable)
+            && job.spec.depends_on.is_empty()
+            && job.spec.array_index.is_none()
+            && s.not_before.as_ref().is_none_or(|t| seconds(t) <= now)
+    })
+}
+
+impl<'a> Aside<'a> {
+    /// A settled job (`quiet` index, settled with `reason`) that [`may_set_aside`], if
+    /// its needs are known.
+    pub fn of(
+        quiet: usize,
+        job: &'a BatchJob,
+        reason: Option<Arc<Reason>>,
+        definitions: &Definitions<'_>,
+        now: Seconds,
+    ) -> Option<Self> {
+        Some(Aside {
+            quiet,
+            job,
+            resources: snapshot::job_needs(job, definitions)?,
+            submitted_at: snapshot::submitted_at(job, now),
+            reason,
+        })
+    }
+
+    fn namespace(&self) -> &'a str {
+        self.job.metadata.namespace.as_deref().unwrap_or_default()
+    }
+
+    fn name(&self) -> &'a str {
+        self.job.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// Its key in first-in first-out order.
+    fn key(&self) -> ParkedKey<'a> {
+        ParkedKey {
+            submitted_at: self.submitted_at,
+            id: [self.namespace(), "/", self.name()],
+        }
+    }
+}
+
+/// First-in first-out order of two set-aside jobs of one queue: submission time, then
+/// id (`namespace/name` as text, as [`JobId`]s compare).
+fn fifo(a: &Aside<'_>, b: &Aside<'_>) -> Ordering {
+    a.submitted_at.cmp(&b.submitted_at).then_with(|| {
+        let (na, nb) = (a.namespace(), b.namespace());
+        if na == nb {
+            // `ns/` is common to both: the names decide (one memcmp).
+            return a.name().cmp(b.name());
+        }
+        let (ka, kb) = (a.key(), b.key());
+        ka.id
+            .iter()
+            .flat_map(|p| p.bytes())
+            .cmp(kb.id.iter().flat_map(|p| p.bytes()))
+    })
+}
+
+/// The jobs a pass left out of its snapshot.
+#[derive(Default)]
+pub(super) struct Parked<'a> {
+    /// Each class with members left out: its head's id (in the snapshot) and the
+    /// members left out (indices into the set-aside jobs).
+    pub classes: Vec<(JobId, Vec<usize>)>,
+    /// The keys of the members left out, by queue ([`crate::scheduler::park::count_parked_ahead`]).
+    pub keys: BTreeMap<&'a str, Vec<ParkedKey<'a>>>,
+    /// How many were left out.
+    pub jobs: usize,
+}
+
+/// Puts the set-aside jobs into `built`'s snapshot except the members of parkable
+/// classes beyond the heads and each queue's first `kept` (see the module
+/// documentation); returns those left out.
+pub(super) fn park<'a>(
+    built: &mut Built,
+    aside: &[Aside<'a>],
+    definitions: &Definitions<'_>,
+    kept: usize,
+    now: Seconds,
+) -> Parked<'a> {
+    // Classes, by queue and resources (a backlog is mostly a few classes in a row).
+    let mut classes: BTreeMap<(&'a str, Resources), usize> = BTreeMap::new();
+    let mut members_of: Vec<Vec<usize>> = Vec::new();
+    let mut last: Option<((&'a str, Resources), usize)> = None;
+    for (i, a) in aside.iter().enumerate() {
+        // A job another depends on stays in the snapshot (its dependents look it up).
+        if built.needed.is_target(a.namespace(), a.name()) {
+            built.add_aside(a.job, definitions, now);
+            continue;
+        }
+        let key = (a.job.spec.queue.as_str(), a.resources);
+        let c = match last {
+            Some((k, c)) if k == key => c,
+            _ => *classes.entry(key).or_insert_with(|| {
+                members_of.push(Vec::new());
+                members_of.len() - 1
+            }),
+        };
+        members_of[c].push(i);
+        last = Some((key, c));
+    }
+    let parkable: Vec<(&'a str, usize, bool)> = {
+        let test = Parking::new(&built.snapshot);
+        classes
+            .iter()
+            .map(|(k, c)| (k.0, *c, test.parkable(k.0, &k.1)))
+            .collect()
+    };
+    // Parkable classes by queue; the others go into the snapshot.
+    let mut by_queue: BTreeMap<&'a str, Vec<usize>> = BTreeMap::new();
+    for (queue, c, park) in parkable {
+        if park {
+            by_queue.entry(queue).or_default().push(c);
+        } else {
+            for &i in &members_of[c] {
+                built.add_aside(aside[i].job, definitions, now);
+            }
+        }
+    }
+    let mut out = Parked::default();
+    let mut left_out = vec![false; aside.len()];
+    for (queue, cs) in by_queue {
+        let mut all: Vec<usize> = cs
+            .iter()
+            .flat_map(|c| members_of[*c].iter().copied())
+            .collect();
+        if all.len() > kept {
+            // Beyond the first `kept` of the queue in first-in first-out order (O(n)).
+            let (_, _, beyond) =
+                all.select_nth_unstable_by(kept, |x, y| fifo(&aside[*x], &aside[*y]));
+            for &i in beyond.iter() {
+                left_out[i] = true;
+            }
+            left_out[all[kept]] = true;
+        }
+        for c in cs {
+            let members = &members_of[c];
+            let Some(&head) = members.iter().min_by(|x, y| fifo(&aside[**x], &aside[**y])) else {
+                continue;
+            };
+            left_out[head] = false;
+            let left: Vec<usize> = members.iter().copied().filter(|i| left_out[*i]).collect();
+            if !left.is_empty() {
+                out.classes.push((snapshot::job_id(aside[head].job), left));
+            }
+        }
+        for i in all {
+            if left_out[i] {
+                out.keys.entry(queue).or_default().push(aside[i].key());
+                out.jobs += 1;
+            } else {
+                built.add_aside(aside[i].job, definitions, now);
+            }
+        }
+    }
+    out
+}
