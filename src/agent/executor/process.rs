@@ -114,7 +114,7 @@ impl Connection {
                     }
                     Ok(event) => routing.tell(event),
                     Err(e) => {
-                        tracing::warn!(%line, error = %e, "unreadable line from the node supervisor")
+                        tracing::warn!(%line, error = %e, "unreadable line from the node supervisor");
                     }
                 }
             }
