@@ -55,6 +55,10 @@ pub(crate) struct CompiledRule {
     pub shown: String,
     /// The deepest expression tree of the rule and its message expression.
     pub depth: usize,
+    /// The fields of `self`/`oldSelf` the rule and its message expression read, when
+    /// they read them only by selecting fields ([`selected_fields`]); `None`: they use
+    /// a whole value.
+    pub fields: Option<Vec<String>>,
 }
 
 /// Functions (beyond operators) a rule may call.
@@ -754,6 +758,72 @@ pub(crate) fn to_cel(v: &serde_json::Value, as_double: bool) -> Value {
     }
 }
 
+/// The top-level fields of `self` and `oldSelf` that `exprs` read, when they read
+/// them only by selecting a field (`self.a`, `has(self.a)`, `oldSelf.a.b`, `self.l.all(..)`);
+/// `None` when one uses a whole value (`self == oldSelf`, `size(self)`, `self.all(..)`,
+/// `oldSelf.value()`, `self.?a`) or binds a comprehension variable of either name.
+///
+/// Why: binding `self` and `oldSelf` to maps holding only these fields gives such an
+/// expression exactly the result (and error) the whole objects give: each field it
+/// selects is present or absent, with the same value, in both, and it can observe
+/// nothing else. Validation then converts only those fields into CEL values: the
+/// BatchJob spec's transition rule on `cancel`, evaluated on every status write
+/// (kube-apiserver does not ratchet rules that use `oldSelf`), converted the whole
+/// spec twice per write.
+pub(crate) fn selected_fields(exprs: &[&cel::common::ast::IdedExpr]) -> Option<Vec<String>> {
+    use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+    fn is_bound(name: &str) -> bool {
+        name == "self" || name == "oldSelf"
+    }
+    fn walk(e: &IdedExpr, out: &mut Vec<String>) -> bool {
+        match &e.expr {
+            Expr::Select(s) => match &s.operand.expr {
+                Expr::Ident(n) if is_bound(n) => {
+                    out.push(s.field.clone());
+                    true
+                }
+                _ => walk(&s.operand, out),
+            },
+            Expr::Ident(n) => !is_bound(n),
+            Expr::Call(c) => {
+                c.target.as_deref().is_none_or(|t| walk(t, out))
+                    && c.args.iter().all(|a| walk(a, out))
+            }
+            Expr::Comprehension(c) => {
+                !is_bound(&c.iter_var)
+                    && !c.iter_var2.as_deref().is_some_and(is_bound)
+                    && !is_bound(&c.accu_var)
+                    && [
+                        &c.iter_range,
+                        &c.accu_init,
+                        &c.loop_cond,
+                        &c.loop_step,
+                        &c.result,
+                    ]
+                    .into_iter()
+                    .all(|x| walk(x, out))
+            }
+            Expr::List(l) => l.elements.iter().all(|x| walk(x, out)),
+            Expr::Map(m) => m.entries.iter().all(|en| entry(&en.expr, out)),
+            Expr::Struct(s) => s.entries.iter().all(|en| entry(&en.expr, out)),
+            Expr::Literal(_) | Expr::Unspecified => true,
+        }
+    }
+    fn entry(e: &EntryExpr, out: &mut Vec<String>) -> bool {
+        match e {
+            EntryExpr::MapEntry(me) => walk(&me.key, out) && walk(&me.value, out),
+            EntryExpr::StructField(f) => walk(&f.value, out),
+        }
+    }
+    let mut out = Vec::new();
+    if !exprs.iter().all(|e| walk(e, &mut out)) {
+        return None;
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
 /// The nesting depth of an expression tree.
 pub(crate) fn ast_depth(e: &cel::common::ast::IdedExpr) -> usize {
     use cel::common::ast::{EntryExpr, Expr};
@@ -922,6 +992,7 @@ mod tests {
             optional_old_self: false,
             shown: String::new(),
             depth: 1,
+            fields: None,
         }
     }
 
@@ -1125,5 +1196,82 @@ mod tests {
             evaluate(&r, &Value::Int(0), OldSelf::Optional(Some(&Value::Int(1)))),
             Outcome::Fail("failed rule: !oldSelf.hasValue() || self >= oldSelf.value()".into())
         );
+    }
+
+    fn fields(src: &str) -> Option<Vec<String>> {
+        let p = compile_expression(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        selected_fields(&[p.expression()])
+    }
+
+    #[test]
+    fn selected_fields_are_the_fields_a_rule_can_observe() {
+        assert_eq!(
+            fields("!has(oldSelf.cancel) || (has(self.cancel) && self.cancel == oldSelf.cancel)"),
+            Some(vec!["cancel".to_string()])
+        );
+        assert_eq!(
+            fields("self.b.c == 1 && self.a.all(x, x > 0) && oldSelf.d.size() == 0"),
+            Some(vec!["a".to_string(), "b".to_string(), "d".to_string()])
+        );
+        assert_eq!(fields("1 == 1"), Some(vec![]));
+        // whole values: no projection
+        for src in [
+            "self == oldSelf",
+            "size(self) > 0",
+            "self.size() > 0",
+            "self.all(k, k != '')",
+            "'a' in self",
+            "self.?a.hasValue()",
+            "[{'a': 1}].all(self, self.a == 1) && self.b == 1",
+            "[self][0].a == 1",
+            "{'k': self}.k.a == 1",
+        ] {
+            assert_eq!(fields(src), None, "{src}");
+        }
+    }
+
+    /// A rule with selected fields gives the same outcome on the objects cut to those
+    /// fields as on the whole objects (what validation binds).
+    #[test]
+    fn a_rule_on_its_selected_fields_gives_what_it_gives_on_the_whole_objects() {
+        let cut = |v: &serde_json::Value, keep: &[String]| {
+            let m = v.as_object().map(|m| {
+                m.iter()
+                    .filter(|(k, _)| keep.contains(k))
+                    .map(|(k, x)| (k.clone(), x.clone()))
+                    .collect::<serde_json::Map<_, _>>()
+            });
+            serde_json::Value::Object(m.unwrap_or_default())
+        };
+        let objects = [
+            serde_json::json!({}),
+            serde_json::json!({"queue": "q", "cancel": {"reason": "r"}}),
+            serde_json::json!({"queue": "q", "cancel": {"reason": "other"}, "a": [1, 2]}),
+            serde_json::json!({"cancel": null, "a": [], "b": {"c": 1}}),
+            serde_json::json!({"a": [0, -1], "b": {"c": 2}, "d": "x"}),
+        ];
+        let rules = [
+            "!has(oldSelf.cancel) || (has(self.cancel) && self.cancel == oldSelf.cancel)",
+            "self.b.c == 1",
+            "has(self.a) && self.a.all(x, x > 0)",
+            "self.missing == 1",
+            "has(self.d) ? self.d.startsWith('x') : oldSelf.queue == 'q'",
+        ];
+        for src in rules {
+            let r = rule(src);
+            let keep = fields(src).unwrap_or_else(|| panic!("{src}: no fields"));
+            for new in &objects {
+                for old in &objects {
+                    let whole =
+                        evaluate(&r, &to_cel(new, false), OldSelf::Value(&to_cel(old, false)));
+                    let projected = evaluate(
+                        &r,
+                        &to_cel(&cut(new, &keep), false),
+                        OldSelf::Value(&to_cel(&cut(old, &keep), false)),
+                    );
+                    assert_eq!(whole, projected, "{src} on {new} (old {old})");
+                }
+            }
+        }
     }
 }

@@ -649,6 +649,15 @@ impl Compiler {
             return None;
         }
         let message_depth = message_expression_program.as_ref().map_or(0, |c| c.depth);
+        let fields = cel::selected_fields(
+            &std::iter::once(program.expression())
+                .chain(
+                    message_expression_program
+                        .as_ref()
+                        .map(|c| c.program.expression()),
+                )
+                .collect::<Vec<_>>(),
+        );
         Some(CompiledRule {
             rule,
             program,
@@ -660,6 +669,7 @@ impl Compiler {
             uses_old_self,
             optional_old_self: optional_old_self.unwrap_or(false),
             shown: shown_text,
+            fields,
         })
     }
 }

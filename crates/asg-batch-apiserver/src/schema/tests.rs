@@ -260,6 +260,83 @@ fn transition_rules_and_ratcheting() {
     assert_eq!(s.validate(&changed, Some(&bad_old)).len(), 1);
 }
 
+/// The BatchJob spec's transition rule (on `cancel`) and an immutability rule on a whole
+/// object, as kube-apiserver evaluates them on update: a status write leaves them holding,
+/// a change of the fields they guard is refused, naming the field.
+#[test]
+fn transition_rules_refuse_a_changed_field_and_pass_a_status_write() {
+    let schema = json!({"type": "object", "properties": {
+        "metadata": {"type": "object"},
+        "spec": {"type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "has(self.definitionRef) || has(self.process)", "message": "a job needs definitionRef or process"},
+                {"rule": "!has(oldSelf.cancel) || (has(self.cancel) && self.cancel == oldSelf.cancel)",
+                 "message": "cancel cannot be changed or removed once set", "fieldPath": ".cancel"}],
+            "properties": {
+                "queue": {"type": "string"},
+                "definitionRef": {"type": "string", "nullable": true},
+                "process": {"type": "object", "nullable": true, "properties": {"command": {"type": "array", "items": {"type": "string"}}}},
+                "cancel": {"type": "object", "nullable": true, "properties": {"reason": {"type": "string"}}},
+                "pinned": {"type": "object", "nullable": true,
+                    "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "pinned is immutable"}],
+                    "properties": {"node": {"type": "string"}, "slot": {"type": "integer"}}}}},
+        "status": {"type": "object", "nullable": true, "x-kubernetes-preserve-unknown-fields": true}}});
+    let s = StructuralSchema::compile(&schema).unwrap_or_else(|e| panic!("{e:?}"));
+    let obj = |spec: Value, status: Value| json!({"metadata": {"name": "j"}, "spec": spec, "status": status});
+    let spec = json!({"queue": "q", "process": {"command": ["true"]}, "cancel": {"reason": "user"},
+        "pinned": {"node": "n1", "slot": 1}});
+    let old = obj(spec.clone(), json!({"phase": "Running"}));
+    // a status write: the spec is unchanged, the transition rules hold
+    assert!(
+        s.validate(
+            &obj(spec.clone(), json!({"phase": "Succeeded"})),
+            Some(&old)
+        )
+        .is_empty()
+    );
+    // a change elsewhere in the spec leaves cancel and pinned alone
+    let mut other = spec.clone();
+    other["queue"] = json!("q2");
+    assert!(
+        s.validate(&obj(other, json!({"phase": "Running"})), Some(&old))
+            .is_empty()
+    );
+    let cancel_error = vec![
+        "spec.cancel: Invalid value: cancel cannot be changed or removed once set".to_string(),
+    ];
+    // cancel changed, or removed
+    let mut changed = spec.clone();
+    changed["cancel"]["reason"] = json!("timeout");
+    assert_eq!(
+        messages(&s.validate(&obj(changed, json!(null)), Some(&old))),
+        cancel_error
+    );
+    let mut removed = spec.clone();
+    if let Some(m) = removed.as_object_mut() {
+        m.remove("cancel");
+    }
+    assert_eq!(
+        messages(&s.validate(&obj(removed, json!(null)), Some(&old))),
+        cancel_error
+    );
+    // a whole-object rule (`self == oldSelf`) sees every field of the object
+    let mut moved = spec.clone();
+    moved["pinned"]["slot"] = json!(2);
+    assert_eq!(
+        messages(&s.validate(&obj(moved, json!(null)), Some(&old))),
+        vec!["spec.pinned: Invalid value: pinned is immutable".to_string()]
+    );
+    // the other spec rule is still evaluated on a changed spec
+    let mut bare = spec.clone();
+    if let Some(m) = bare.as_object_mut() {
+        m.remove("process");
+    }
+    assert_eq!(
+        messages(&s.validate(&obj(bare, json!(null)), Some(&old))),
+        vec!["spec: Invalid value: a job needs definitionRef or process".to_string()]
+    );
+}
+
 #[test]
 fn optional_old_self() {
     let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"x": {"type": "integer",

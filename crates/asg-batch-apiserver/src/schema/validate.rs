@@ -778,22 +778,51 @@ fn to_cel_typed(node: Option<&Node>, v: &Value) -> ::cel::Value {
     }
 }
 
-/// The value `self` is bound to; at the root, metadata keeps only name and generateName.
-fn self_value(node: &Node, v: &Value, is_root: bool) -> ::cel::Value {
-    if is_root && let Value::Object(m) = v {
-        let mut m = m.clone();
-        if let Some(Value::Object(meta)) = m.get("metadata") {
-            let mut kept = serde_json::Map::new();
-            for k in ["name", "generateName"] {
-                if let Some(x) = meta.get(k) {
-                    kept.insert(k.to_string(), x.clone());
-                }
-            }
-            m.insert("metadata".into(), Value::Object(kept));
-        }
-        return to_cel_typed(Some(node), &Value::Object(m));
+/// The fields of `self` that `rules` read (see [`cel::selected_fields`]); `None`: the
+/// whole value.
+fn fields_read<'r>(rules: impl Iterator<Item = &'r cel::CompiledRule>) -> Option<Vec<&'r str>> {
+    let mut out: Vec<&str> = Vec::new();
+    for r in rules {
+        out.extend(r.fields.as_ref()?.iter().map(String::as_str));
     }
-    to_cel_typed(Some(node), v)
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// The value `self` is bound to; at the root, metadata keeps only name and generateName.
+/// With `fields`, an object keeps only those fields (what the rules evaluated read).
+fn self_value(node: &Node, v: &Value, is_root: bool, fields: Option<&[&str]>) -> ::cel::Value {
+    use std::sync::Arc;
+    let Value::Object(m) = v else {
+        return to_cel_typed(Some(node), v);
+    };
+    if !is_root && fields.is_none() {
+        return to_cel_typed(Some(node), v);
+    }
+    let entry = |(k, x): (&String, &Value)| {
+        let value = match x {
+            Value::Object(meta) if is_root && k == "metadata" => {
+                let kept: serde_json::Map<String, Value> = ["name", "generateName"]
+                    .into_iter()
+                    .filter_map(|n| meta.get_key_value(n))
+                    .map(|(n, x)| (n.clone(), x.clone()))
+                    .collect();
+                to_cel_typed(node.child(k), &Value::Object(kept))
+            }
+            x => to_cel_typed(node.child(k), x),
+        };
+        (::cel::objects::Key::String(Arc::new(k.clone())), value)
+    };
+    let map: std::collections::HashMap<::cel::objects::Key, ::cel::Value> = match fields {
+        Some(f) => f
+            .iter()
+            .filter_map(|k| m.get_key_value(*k))
+            .map(entry)
+            .collect(),
+        None => m.iter().map(entry).collect(),
+    };
+    ::cel::Value::Map(::cel::objects::Map { map: Arc::new(map) })
 }
 
 fn cel_walk(
@@ -810,21 +839,26 @@ fn cel_walk(
         return;
     }
     let old = old.filter(|o| !o.is_null());
+    let equal = old.is_some_and(|o| o == v);
     // Inside an unchanged value everything is unchanged (ratcheting), even
     // where old and new cannot be correlated (atomic lists).
-    let unchanged = parent_unchanged || old.is_some_and(|o| o == v);
+    let unchanged = parent_unchanged || equal;
     // Ratcheting drops every error of a rule without oldSelf on an unchanged value: such
     // rules are not evaluated there at all (the spec, on a status update), nor is a
     // subtree without transition rules walked.
     if unchanged && !node.has_transition_rules() {
         return;
     }
-    if node.rules.iter().any(|r| r.uses_old_self || !unchanged) {
-        let this = self_value(node, v, is_root);
+    let evaluated = |r: &&cel::CompiledRule| r.uses_old_self || !unchanged;
+    if node.rules.iter().any(|r| evaluated(&r)) {
+        // Only the fields the rules evaluated here read are converted (the spec's
+        // transition rule on `cancel`, on a status write: none of the spec).
+        let fields = fields_read(node.rules.iter().filter(evaluated));
+        let this = self_value(node, v, is_root, fields.as_deref());
         // An equal old value converts to the same CEL value: converted once.
         let old_cel = match old {
-            Some(o) if o == v => Some(this.clone()),
-            o => o.map(|o| self_value(node, o, is_root)),
+            Some(_) if equal => Some(this.clone()),
+            o => o.map(|o| self_value(node, o, is_root, fields.as_deref())),
         };
         for rule in &node.rules {
             let binding = if !rule.uses_old_self {
