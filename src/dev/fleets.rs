@@ -30,6 +30,8 @@ pub struct LocalFleets {
     made: Mutex<Vec<Arc<LocalFleet>>>,
     /// The agents' tasks, to wait for at shutdown.
     agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// The agents' executors, closed at shutdown once the agents stopped.
+    executors: Mutex<Vec<Arc<dyn Executor>>>,
     /// The agents' data directory (their logs; a directory of this process, removed at
     /// shutdown: dev's agents cancel their attempts when they stop).
     data_dir: std::path::PathBuf,
@@ -72,6 +74,7 @@ impl LocalFleets {
             fleets: Mutex::default(),
             made: Mutex::default(),
             agents: Arc::default(),
+            executors: Mutex::default(),
             data_dir: std::env::temp_dir().join(format!("asg-batch-dev-{}", std::process::id())),
             state_dir: records_dir(&std::env::temp_dir()),
         }
@@ -101,6 +104,15 @@ impl LocalFleets {
         {
             tracing::warn!(?grace, "node agents did not stop in time");
         }
+        // Their executors' helpers (the node supervisors of process jobs) end with them,
+        // reaped here rather than left to outlive this process.
+        let executors = std::mem::take(
+            &mut *self
+                .executors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        futures::future::join_all(executors.iter().map(|e| e.close(grace))).await;
         if let Some(dir) = self.state_dir.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -163,6 +175,10 @@ impl LocalFleets {
                 }
             },
         };
+        self.executors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(executor.clone());
         let group = LocalGroup {
             name: name.to_owned(),
             min: u32::try_from(ce.spec.min_instances).unwrap_or(0),

@@ -657,7 +657,17 @@ async fn an_attempt_with_nothing_left_after_a_restart_is_reported_lost_not_rerun
         .and_then(|a| a.started_at)
         .expect("startedAt");
     agent1.crash().await;
-    // Everything of it goes: its processes (the shim leads their group) and its state.
+    // Everything of it goes: its supervisor (first: it would record the program's end),
+    // its processes (the program leads their group) and its state.
+    let record = asg_batch::agent::executor::shim::read_json::<
+        asg_batch::agent::executor::shim::ShimRecord,
+    >(&state_dir("lost", &uid, 1).join(asg_batch::agent::executor::shim::SHIM_FILE))
+    .expect("the attempt's record");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(record.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the supervisor");
     let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).expect("pgid");
     nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).expect("kill");
     std::fs::remove_dir_all(state_dir("lost", &uid, 1)).expect("remove state");

@@ -417,8 +417,9 @@ async fn play(
                 // Whatever its jobs started dies with the instance.
                 for runs in truth(&dir).values() {
                     for r in runs.iter().filter(|r| r.instance == id && r.stop.is_none()) {
-                        // The job's group is led by its shim (`asg-batch shim`), which
-                        // outlives the agent like the job does.
+                        // The job leads its own process group (under the agent's node
+                        // supervisor, `asg-batch shim --serve`, which outlives the agent like
+                        // the job does and ends once the jobs it ran are gone).
                         let pid = nix::unistd::Pid::from_raw(r.pid);
                         let group = nix::unistd::getpgid(Some(pid)).unwrap_or(pid);
                         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);

@@ -235,6 +235,17 @@ pub trait Executor: Send + Sync {
         let _ = name;
         Box::pin(async {})
     }
+
+    /// Ends what the executor keeps running for attempts to come, waiting up to `grace`
+    /// for it to end (the process executor's node supervisor: it is told no attempt
+    /// comes any more and ends once those it runs ended). For a process that goes away
+    /// with its attempts (`asg-batch dev`), after its agents stopped them; an agent that
+    /// leaves its attempts running for the next agent process does not call it. Nothing
+    /// to do by default.
+    fn close(&self, grace: std::time::Duration) -> BoxFuture<'_, ()> {
+        let _ = grace;
+        Box::pin(async {})
+    }
 }
 
 /// An attempt an earlier agent process started, to be taken over ([`Executor::adopt`]).

@@ -61,8 +61,11 @@ enum Heard {
 /// routes of its events.
 #[derive(Debug)]
 struct Connection {
-    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    /// `None` once closed ([`Executor::close`]).
+    stdin: tokio::sync::Mutex<Option<tokio::process::ChildStdin>>,
     routes: Arc<Routes>,
+    /// The task routing its events, which ends once the supervisor ended and was reaped.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Who waits for which attempt of a supervisor, and whether it ended.
@@ -105,7 +108,7 @@ impl Connection {
         });
         tracing::debug!(pid = ?routes.pid, "node supervisor started");
         let routing = routes.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<SupervisorEvent>(&line) {
@@ -143,8 +146,9 @@ impl Connection {
             }
         });
         Ok(Arc::new(Self {
-            stdin: tokio::sync::Mutex::new(stdin),
+            stdin: tokio::sync::Mutex::new(Some(stdin)),
             routes,
+            task: std::sync::Mutex::new(Some(task)),
         }))
     }
 
@@ -162,9 +166,12 @@ impl Connection {
         }
         let mut stdin = self.stdin.lock().await;
         let written = async {
-            tokio::io::AsyncWriteExt::write_all(&mut *stdin, &line).await?;
-            tokio::io::AsyncWriteExt::write_all(&mut *stdin, b"\n").await?;
-            tokio::io::AsyncWriteExt::flush(&mut *stdin).await
+            let Some(stdin) = stdin.as_mut() else {
+                return Err(std::io::Error::other("the node supervisor was closed"));
+            };
+            tokio::io::AsyncWriteExt::write_all(stdin, &line).await?;
+            tokio::io::AsyncWriteExt::write_all(stdin, b"\n").await?;
+            tokio::io::AsyncWriteExt::flush(stdin).await
         }
         .await;
         if let Err(e) = written {
@@ -695,6 +702,26 @@ impl Executor for ProcessExecutor {
     fn release<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let _ = tokio::fs::remove_dir_all(self.attempt_dir(name)).await;
+        })
+    }
+
+    fn close(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(conn) = self.supervisor.lock().await.take() else {
+                return;
+            };
+            // Its stdin closed: it starts nothing more and ends once its attempts ended.
+            conn.stdin.lock().await.take();
+            let task = conn
+                .task
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(task) = task
+                && tokio::time::timeout(grace, task).await.is_err()
+            {
+                tracing::warn!(?grace, pid = ?conn.routes.pid, "the node supervisor did not end in time");
+            }
         })
     }
 
