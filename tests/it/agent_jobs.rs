@@ -661,7 +661,9 @@ async fn an_attempt_with_nothing_left_after_a_restart_is_reported_lost_not_rerun
     // its processes (the program leads their group) and its state.
     let record = asg_batch::agent::executor::shim::read_json::<
         asg_batch::agent::executor::shim::ShimRecord,
-    >(&state_dir("lost", &uid, 1).join(asg_batch::agent::executor::shim::SHIM_FILE))
+    >(
+        &state_dir("lost", &uid, 1).join(asg_batch::agent::executor::shim::SHIM_FILE)
+    )
     .expect("the attempt's record");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(record.pid),
