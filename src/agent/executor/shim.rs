@@ -531,7 +531,9 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
     // A session of its own: no signal aimed at the agent's group or terminal reaches the
     // attempt, and killing the process group kills everything the program started.
     let _ = nix::unistd::setsid();
-    survive_sigterm(state);
+    if let Err(e) = survive_sigterm() {
+        say(state, &format!("cannot handle SIGTERM: {e}"));
+    }
     let me = nix::unistd::getpid().as_raw();
     let who = Supervisor {
         pid: me,
@@ -559,13 +561,24 @@ pub fn main(state: &Path, output: &OutputSettings, command: &[String]) -> i32 {
 /// program's exit. A handler (a flag nobody reads) replaces the default action for the
 /// shim's lifetime; exec resets it to the default in the program. Neither SIG_IGN nor a
 /// blocked signal: the program would inherit both.
-fn survive_sigterm(state: &Path) {
-    if let Err(e) = signal_hook::flag::register(
+fn survive_sigterm() -> std::io::Result<()> {
+    signal_hook::flag::register(
         signal_hook::consts::SIGTERM,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    ) {
-        say(state, &format!("cannot handle SIGTERM: {e}"));
-    }
+    )
+    .map(drop)
+}
+
+/// Records in `state` that the attempt's program could not start, and why.
+fn record_start_error(state: &Path, message: &str) {
+    let _ = write_json(
+        &state.join(EXIT_FILE),
+        &ExitRecord {
+            exit_code: None,
+            start_error: Some(message.to_string()),
+            stopped_at: Timestamp::now(),
+        },
+    );
 }
 
 /// The process that supervises an attempt, as its records name it.
@@ -607,14 +620,7 @@ fn run_attempt(
     announce: &mut dyn FnMut(Announce),
 ) -> Option<i32> {
     let mut fail = |message: String| -> Option<i32> {
-        let _ = write_json(
-            &state.join(EXIT_FILE),
-            &ExitRecord {
-                exit_code: None,
-                start_error: Some(message.clone()),
-                stopped_at: Timestamp::now(),
-            },
-        );
+        record_start_error(state, &message);
         announce(Announce::Failed(message));
         None
     };
@@ -789,10 +795,7 @@ pub fn serve() -> i32 {
     };
     // A SIGTERM to the supervisor (e.g. a group signal meant for something else) must not
     // end the supervision of every attempt.
-    if let Err(e) = signal_hook::flag::register(
-        signal_hook::consts::SIGTERM,
-        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    ) {
+    if let Err(e) = survive_sigterm() {
         eprintln!("asg-batch shim --serve: cannot handle SIGTERM: {e}");
     }
     let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
@@ -871,14 +874,7 @@ pub fn serve() -> i32 {
             Ok(t) => threads.push(t),
             Err(e) => {
                 let error = format!("cannot start a thread for the attempt: {e}");
-                let _ = write_json(
-                    &state.join(EXIT_FILE),
-                    &ExitRecord {
-                        exit_code: None,
-                        start_error: Some(error.clone()),
-                        stopped_at: Timestamp::now(),
-                    },
-                );
+                record_start_error(&state, &error);
                 emit(&out, &SupervisorEvent::Failed { state, error });
             }
         }
