@@ -8,6 +8,8 @@
 #   BENCH_SIZES= BENCH_ARRAYS= scripts/bench-e2e.sh        # only the hold part (empty skips a part)
 #   BENCH_SCALE=100 (default): with the latency part, created → SetDesiredCapacity for N jobs
 #   at 100/s, each needing an instance of its own (0 skips it)
+#   BENCH_BACKLOG=50000 (default): the latency part again beside that many settled Runnable
+#   jobs of another queue (0 skips it)
 #
 # Figures:
 # - floor: wall time of 5,000 `sh -c true` forked one after another;
@@ -27,6 +29,7 @@ ARRAYS=${BENCH_ARRAYS-"3000 10000"}
 HOLD=${BENCH_HOLD-10000}
 LATENCY_N=${BENCH_LATENCY-1000}
 SCALE_N=${BENCH_SCALE-100}
+BACKLOG_N=${BENCH_BACKLOG-50000}
 FLOOR_N=${BENCH_FLOOR:-5000}
 WORK=$(mktemp -d /tmp/asg-batch-bench.XXXXXX)
 PIDS=()
@@ -44,6 +47,8 @@ else
     BIN=$ASG_BATCH_BIN
 fi
 echo "binary: $BIN"
+py=python3
+[[ -x .venv/bin/python ]] && py=.venv/bin/python
 echo "machine: $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -213,14 +218,61 @@ EOF
     dev=$!
     PIDS+=("$dev")
     for _ in $(seq 600); do grep -q "^applied" "$WORK/lat.log" 2>/dev/null && break; sleep 0.1; done
-    py=python3
-    [[ -x .venv/bin/python ]] && py=.venv/bin/python
     echo
     "$py" scripts/bench-latency.py "$WORK/lat.kubeconfig" bench "$LATENCY_N" 100
     if [[ "$SCALE_N" -gt 0 ]]; then
         "$py" scripts/bench-scale-latency.py "$WORK/lat.kubeconfig" scale scale 1 "$SCALE_N" 100
     fi
     kill "$dev" 2>/dev/null || true
+    wait "$dev" 2>/dev/null || true
+fi
+# 6. The same latency beside a Runnable backlog: BACKLOG_N jobs of a queue whose one
+#    environment is at its maxInstances (one instance, busy with the first of them), settled
+#    (every one Runnable, nothing written for 3 s), then 1,000 new jobs at 100/s into the
+#    queue of the 10 Ready instances (issue 13: "a 50,000-job Runnable backlog does not slow
+#    the binding of new work that fits"). Compare with part 5's line, measured just before.
+if [[ "$LATENCY_N" -gt 0 && "$BACKLOG_N" -gt 0 ]]; then
+    environment | sed 's/minInstances: 0/minInstances: 10/' >"$WORK/backlog.yaml"
+    cat >>"$WORK/backlog.yaml" <<EOF
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: ComputeEnvironment
+metadata:
+  name: held
+spec:
+  local:
+    executor: process
+  minInstances: 1
+  maxInstances: 1
+  instanceShape:
+    cpu: "1"
+    memory: 4Gi
+  scaleInAfterIdleSeconds: 600
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: JobQueue
+metadata:
+  name: held
+spec:
+  priority: 1
+  computeEnvironments: [held]
+EOF
+    for ((i = 0; i < BACKLOG_N; i++)); do
+        printf -- '---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata:\n  name: held-%d\n  namespace: default\nspec:\n  queue: held\n  process:\n    command: ["sleep", "3600"]\n  resources:\n    cpu: "1"\n    memory: 16Mi\n' "$i"
+    done >>"$WORK/backlog.yaml"
+    port=$(free_port)
+    "$BIN" dev --listen "127.0.0.1:$port" --kubeconfig "$WORK/backlog.kubeconfig" \
+        -f "$WORK/backlog.yaml" >"$WORK/backlog.log" 2>&1 &
+    dev=$!
+    PIDS+=("$dev")
+    for _ in $(seq 6000); do grep -q "^applied" "$WORK/backlog.log" 2>/dev/null && break; sleep 0.1; done
+    echo
+    "$py" scripts/bench-backlog-settle.py "$WORK/backlog.kubeconfig" held "$BACKLOG_N"
+    echo "  dev with the backlog: RSS $(mib "$(awk '/^VmRSS/ { print $2 }' "/proc/$dev/status")") MiB"
+    "$py" scripts/bench-latency.py "$WORK/backlog.kubeconfig" bench "$LATENCY_N" 100 11 |
+        sed "s/^/beside $BACKLOG_N Runnable: /"
+    kill "$dev" 2>/dev/null || true
+    wait "$dev" 2>/dev/null || true
 fi
 echo
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
