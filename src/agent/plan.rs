@@ -2,7 +2,7 @@
 //! here, which attempts to start, which to cancel, and which to take over after a restart.
 
 use crate::api::{BatchJob, JobPhase};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// The field selector of this node's watch (PROTOCOL.md, "Names").
 pub use crate::api::protocol::agent_field_selector;
@@ -26,19 +26,21 @@ impl std::fmt::Display for AttemptKey {
     }
 }
 
-/// What the plan needs to know about one watched job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobView {
+/// What the plan needs to know about one watched job, borrowed from it: the agent builds
+/// one per job bound here on every watch event (up to one per 100m of cpu), so a view
+/// copies no string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobView<'a> {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: &'a str,
     /// Name.
-    pub name: String,
+    pub name: &'a str,
     /// uid.
-    pub uid: String,
+    pub uid: &'a str,
     /// `status.phase`.
     pub phase: Option<JobPhase>,
     /// `status.node`.
-    pub node: Option<String>,
+    pub node: Option<&'a str>,
     /// `status.attempt`.
     pub attempt: Option<u32>,
     /// Whether `attempts[attempt].startedAt` is set.
@@ -50,19 +52,19 @@ pub struct JobView {
     pub cancel_requested: bool,
 }
 
-impl JobView {
+impl<'a> JobView<'a> {
     /// Extracts the view of a job; `None` when it has no name, namespace or uid.
-    pub fn of(job: &BatchJob) -> Option<Self> {
+    pub fn of(job: &'a BatchJob) -> Option<Self> {
         let meta = &job.metadata;
         let status = job.status.as_ref();
         let attempt = status.and_then(|s| s.attempt);
         let entry = status.and_then(|s| s.attempts.iter().find(|a| Some(a.attempt) == attempt));
         Some(Self {
-            namespace: meta.namespace.clone()?,
-            name: meta.name.clone()?,
-            uid: meta.uid.clone()?,
+            namespace: meta.namespace.as_deref()?,
+            name: meta.name.as_deref()?,
+            uid: meta.uid.as_deref()?,
             phase: status.and_then(|s| s.phase),
-            node: status.and_then(|s| s.node.clone()),
+            node: status.and_then(|s| s.node.as_deref()),
             attempt,
             current_started: entry.as_ref().is_some_and(|e| e.started_at.is_some()),
             current_stopped: entry.as_ref().is_some_and(|e| e.stopped_at.is_some()),
@@ -73,15 +75,15 @@ impl JobView {
     /// The key of its current attempt.
     pub fn current_key(&self) -> Option<AttemptKey> {
         Some(AttemptKey {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            uid: self.uid.clone(),
+            namespace: self.namespace.to_owned(),
+            name: self.name.to_owned(),
+            uid: self.uid.to_owned(),
             attempt: self.attempt?,
         })
     }
 
     fn bound_to(&self, node: &str) -> bool {
-        self.node.as_deref() == Some(node)
+        self.node == Some(node)
     }
 }
 
@@ -139,21 +141,31 @@ pub enum Action {
 }
 
 /// Decides what to do. `running` are the attempts this agent runs now (including those
-/// starting or reporting); `done` the attempts it ran to an end (or adopted) since
+/// starting or reporting; each once); `done` the attempts it ran to an end (or adopted) since
 /// it started, which are never started again.
-pub fn plan(
+pub fn plan<'k>(
     node: &str,
-    jobs: &[JobView],
-    running: &HashSet<AttemptKey>,
+    jobs: &[JobView<'_>],
+    running: impl IntoIterator<Item = &'k AttemptKey>,
     done: &HashSet<AttemptKey>,
 ) -> Vec<Action> {
-    let mut actions = Vec::new();
-    let mut running_sorted: Vec<&AttemptKey> = running.iter().collect();
+    // Looked up by uid (a uid names one job): one pass over each input, no string copied
+    // but for the keys of the actions.
+    let mut running_sorted: Vec<&AttemptKey> = running.into_iter().collect();
     running_sorted.sort();
+    let by_uid: HashMap<&str, &JobView<'_>> = jobs.iter().map(|j| (j.uid, j)).collect();
+    let running_uids: HashSet<&str> = running_sorted.iter().map(|k| k.uid.as_str()).collect();
+    let running_attempts: HashSet<(&str, u32)> = running_sorted
+        .iter()
+        .map(|k| (k.uid.as_str(), k.attempt))
+        .collect();
+    let done_attempts: HashSet<(&str, u32)> =
+        done.iter().map(|k| (k.uid.as_str(), k.attempt)).collect();
+    let mut actions = Vec::new();
     for key in running_sorted {
-        let why = match jobs.iter().find(|j| j.uid == key.uid) {
+        let why = match by_uid.get(key.uid.as_str()) {
             None => Some(CancelWhy::Gone),
-            Some(j) if j.node.as_deref() != Some(node) => Some(CancelWhy::BoundElsewhere),
+            Some(j) if j.node != Some(node) => Some(CancelWhy::BoundElsewhere),
             Some(j) if j.phase.is_some_and(JobPhase::is_terminal) => Some(CancelWhy::Terminal),
             Some(j) if j.attempt != Some(key.attempt) => Some(CancelWhy::Superseded),
             Some(j) if j.cancel_requested => Some(CancelWhy::Requested),
@@ -167,22 +179,30 @@ pub fn plan(
         if !job.bound_to(node) || job.current_stopped {
             continue;
         }
-        let Some(key) = job.current_key() else {
+        let Some(attempt) = job.attempt else {
             continue;
         };
-        if running.contains(&key) || done.contains(&key) {
+        let current = (job.uid, attempt);
+        if running_attempts.contains(&current) || done_attempts.contains(&current) {
             continue;
         }
         let phase = job.phase;
-        if !job.current_started && phase == Some(JobPhase::Starting) && !job.cancel_requested {
-            // At most one attempt of a job at a time: wait for an older one to stop.
-            if !running.iter().any(|r| r.uid == job.uid) {
-                actions.push(Action::Start(key));
-            }
-        } else if job.current_started
-            && matches!(phase, Some(JobPhase::Starting | JobPhase::Running))
-        {
-            actions.push(Action::Adopt(key));
+        let action: fn(AttemptKey) -> Action =
+            if !job.current_started && phase == Some(JobPhase::Starting) && !job.cancel_requested {
+                // At most one attempt of a job at a time: wait for an older one to stop.
+                if running_uids.contains(job.uid) {
+                    continue;
+                }
+                Action::Start
+            } else if job.current_started
+                && matches!(phase, Some(JobPhase::Starting | JobPhase::Running))
+            {
+                Action::Adopt
+            } else {
+                continue;
+            };
+        if let Some(key) = job.current_key() {
+            actions.push(action(key));
         }
     }
     actions
@@ -191,11 +211,12 @@ pub fn plan(
 /// Drops from `done` the attempts the watch no longer shows as current, so the set does
 /// not grow without bound. An attempt still shown as current stays, so it is never
 /// started (or adopted) again while the watch lags behind this agent's own report.
-pub fn prune_done(done: &mut HashSet<AttemptKey>, jobs: &[JobView]) {
-    done.retain(|key| {
-        jobs.iter()
-            .any(|j| j.uid == key.uid && j.attempt == Some(key.attempt))
-    });
+pub fn prune_done(done: &mut HashSet<AttemptKey>, jobs: &[JobView<'_>]) {
+    let current: HashSet<(&str, u32)> = jobs
+        .iter()
+        .filter_map(|j| Some((j.uid, j.attempt?)))
+        .collect();
+    done.retain(|key| current.contains(&(key.uid.as_str(), key.attempt)));
 }
 
 #[cfg(test)]
@@ -204,13 +225,14 @@ mod tests {
 
     const ME: &str = "i-me";
 
-    fn job(name: &str, phase: JobPhase, attempt: u32) -> JobView {
+    /// A view of job `name` (its uid `uid-<name>`, leaked: a test's few strings).
+    fn job(name: &str, phase: JobPhase, attempt: u32) -> JobView<'static> {
         JobView {
-            namespace: "default".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
+            namespace: "default",
+            name: name.to_owned().leak(),
+            uid: format!("uid-{name}").leak(),
             phase: Some(phase),
-            node: Some(ME.into()),
+            node: Some(ME),
             attempt: Some(attempt),
             current_started: false,
             current_stopped: false,
@@ -254,7 +276,7 @@ mod tests {
         let mut unbound = job("a", JobPhase::Starting, 1);
         unbound.node = None;
         let mut other_node = job("b", JobPhase::Starting, 1);
-        other_node.node = Some("i-other".into());
+        other_node.node = Some("i-other");
         let runnable = job("c", JobPhase::Runnable, 1);
         let mut started = job("d", JobPhase::Starting, 1);
         started.current_started = true;
@@ -268,7 +290,7 @@ mod tests {
     #[test]
     fn cancels_gone_elsewhere_terminal_and_superseded() {
         let mut elsewhere = job("b", JobPhase::Running, 1);
-        elsewhere.node = Some("i-other".into());
+        elsewhere.node = Some("i-other");
         let failed = job("c", JobPhase::Failed, 1);
         let bumped = job("d", JobPhase::Starting, 2);
         let fine = job("e", JobPhase::Running, 1);

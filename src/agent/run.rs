@@ -291,16 +291,15 @@ impl Agent {
         }
         self.invalid_seen
             .retain(|(uid, _)| invalid_uids.contains(uid));
-        let views: Vec<JobView> = jobs.iter().filter_map(|j| JobView::of(j)).collect();
+        let views: Vec<JobView<'_>> = jobs.iter().filter_map(|j| JobView::of(j)).collect();
         plan::prune_done(&mut self.done, &views);
         // An attempt of a job that became unreadable keeps running: that is no reason to stop it.
-        let running: HashSet<AttemptKey> = self
+        let running = self
             .running
             .keys()
-            .filter(|k| !invalid_uids.contains(&k.uid))
-            .cloned()
-            .collect();
-        for action in plan::plan(self.node(), &views, &running, &self.done) {
+            .filter(|k| !invalid_uids.contains(&k.uid));
+        let actions = plan::plan(self.node(), &views, running, &self.done);
+        for action in actions {
             match action {
                 Action::Start(key) => {
                     if let Some(job) = find(&jobs, &key) {
@@ -330,7 +329,13 @@ impl Agent {
         }
         // GPUs held by attempts this agent neither runs nor reports any more (a crash
         // between an attempt's report and its release) are free again.
-        let live: HashSet<String> = self.running.keys().map(super::spec::attempt_name).collect();
+        // Their names are made only when some GPU is held (this runs on every watch event).
+        let live = std::cell::LazyCell::new(|| {
+            self.running
+                .keys()
+                .map(super::spec::attempt_name)
+                .collect::<HashSet<String>>()
+        });
         self.ctx.gpus.retain(|name| live.contains(name));
     }
 
