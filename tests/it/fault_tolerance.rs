@@ -1,5 +1,7 @@
 //! Fault tests with real processes: a moto Auto Scaling Group, the API server
-//! (`asg-batch apiserver`) and the controller (`asg-batch controller`) as processes, and a
+//! (`asg-batch apiserver`, or etcd and the real kube-apiserver under
+//! `ASG_BATCH_TEST_SERVER=kube-apiserver`) and the controller (`asg-batch controller`) as
+//! processes, and a
 //! fleet player that starts one real `asg-batch agent` process per InService instance and,
 //! when an instance leaves the group, kills its agent and everything its jobs started (what
 //! a terminated instance does). Ground truth is what the jobs themselves wrote (start and
@@ -113,11 +115,33 @@ impl Default for Options {
     }
 }
 
+/// The API server of a world: the embedded one as a process, or a kube-apiserver (and
+/// its etcd) of the world's own.
+enum Server {
+    Embedded(ChildGuard),
+    Real(support::kube::RealKube),
+}
+
+impl Server {
+    /// The API server's process (the one a pause stops; etcd runs on).
+    fn pid(&self) -> nix::unistd::Pid {
+        let pid = match self {
+            Server::Embedded(c) => i32::try_from(c.child.id()).expect("pid"),
+            Server::Real(k) => std::fs::read_to_string(k.dir().join("kube-apiserver.pid"))
+                .expect("kube-apiserver.pid (written by scripts/kube-up.sh)")
+                .trim()
+                .parse()
+                .expect("a pid"),
+        };
+        nix::unistd::Pid::from_raw(pid)
+    }
+}
+
 struct World {
     dir: tempfile::TempDir,
     _moto: support::moto::MotoServer,
     aws: AwsFaultProxy,
-    apiserver: ChildGuard,
+    apiserver: Server,
     controllers: Vec<Option<ChildGuard>>,
     /// Each controller's `/metrics` address, by index.
     metrics: Vec<SocketAddr>,
@@ -132,10 +156,7 @@ impl Drop for World {
     fn drop(&mut self) {
         self.player.abort();
         // Resume a paused API server so it can be killed and reaped.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.apiserver.child.id()).expect("pid")),
-            nix::sys::signal::Signal::SIGCONT,
-        );
+        let _ = nix::sys::signal::kill(self.apiserver.pid(), nix::sys::signal::Signal::SIGCONT);
     }
 }
 
@@ -161,22 +182,37 @@ impl World {
             support::moto::create_group(&config, group, 4, 0).await;
         }
 
-        let port = support::free_port();
-        let kubeconfig = dir.path().join("kubeconfig");
-        let apiserver = ChildGuard {
-            child: std::process::Command::new(bin())
-                .args(["apiserver", "--listen", &format!("127.0.0.1:{port}")])
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .stdout(Stdio::null())
-                .stderr(log_file(dir.path(), "apiserver.log"))
-                .spawn()
-                .expect("spawn apiserver"),
-            name: "apiserver",
+        let (apiserver, kubeconfig, port) = if support::kube::selected() {
+            let real = tokio::task::spawn_blocking(support::kube::RealKube::start)
+                .await
+                .expect("start kube-apiserver");
+            let port: u16 = real
+                .url()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("the server URL's port");
+            let kubeconfig = real.kubeconfig();
+            (Server::Real(real), kubeconfig, port)
+        } else {
+            let port = support::free_port();
+            let kubeconfig = dir.path().join("kubeconfig");
+            let apiserver = ChildGuard {
+                child: std::process::Command::new(bin())
+                    .args(["apiserver", "--listen", &format!("127.0.0.1:{port}")])
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(dir.path(), "apiserver.log"))
+                    .spawn()
+                    .expect("spawn apiserver"),
+                name: "apiserver",
+            };
+            support::wait_until("the API server", Duration::from_secs(30), || {
+                kubeconfig.is_file() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            (Server::Embedded(apiserver), kubeconfig, port)
         };
-        support::wait_until("the API server", Duration::from_secs(30), || {
-            kubeconfig.is_file() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
@@ -348,11 +384,7 @@ impl World {
     }
 
     fn signal_apiserver(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.apiserver.child.id()).expect("pid")),
-            sig,
-        )
-        .expect("signal the API server");
+        nix::sys::signal::kill(self.apiserver.pid(), sig).expect("signal the API server");
     }
 }
 
@@ -883,7 +915,6 @@ spec:
 "#;
 
 /// What a controller reported parked, and what had really happened by then.
-#[derive(Debug)]
 struct ParkedSeen {
     /// `asg_batch_controller_parked_jobs`.
     jobs: f64,
@@ -893,6 +924,16 @@ struct ParkedSeen {
     started: usize,
     /// ... and ended.
     ended: usize,
+}
+
+impl std::fmt::Display for ParkedSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} jobs of {} class(es) parked while {} backlog jobs had started and {} ended",
+            self.jobs, self.classes, self.started, self.ended
+        )
+    }
 }
 
 /// Backlog jobs (named `b*`) that started, and that ended, by the jobs' own records.
@@ -1057,7 +1098,7 @@ async fn a_parked_backlog_survives_a_paused_api_server_and_a_killed_leader_and_r
     assert!(most <= 2, "{most} backlog jobs ran at once on one instance");
     let (instance_seconds, job_seconds) = usage(&w);
     eprintln!(
-        "parked backlog of {backlog} jobs (--parked-kept 2): parked as reported by the leader vs backlog jobs started/ended by then: {parked_before:?} before the pause, {parked_beside:?} beside the other queue, {parked_after:?} after a {:.1}s pause (lost-node timeout {lost}s), {parked_new:?} on controller-{new_leader} after controller-{leader} was killed (took over {:.1}s later); {total} jobs, 1 attempt each, at most {most} backlog jobs at once, none on an instance terminated while busy ({terminated} terminated in all); the other queue's 4 jobs started before the backlog's last; all Succeeded {:.1}s after the resume; {instance_seconds:.0} instance-seconds for {job_seconds:.0} job-seconds",
+        "parked backlog of {backlog} jobs (--parked-kept 2): {parked_before} before the pause; {parked_beside} beside the other queue; {parked_after} after a {:.1}s pause (lost-node timeout {lost}s), {parked_new} on controller-{new_leader} after controller-{leader} was killed (took over {:.1}s later); {total} jobs, 1 attempt each, at most {most} backlog jobs at once, none on an instance terminated while busy ({terminated} terminated in all); the other queue's 4 jobs started before the backlog's last; all Succeeded {:.1}s after the resume; {instance_seconds:.0} instance-seconds for {job_seconds:.0} job-seconds",
         resumed - paused,
         took_over - killed,
         epoch() - resumed,
