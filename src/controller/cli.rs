@@ -46,6 +46,12 @@ pub struct ControllerArgs {
     /// queue positions wait for a full pass. 0: every pass is full.
     #[arg(long, default_value_t = super::decide::DEFAULT_FULL_PASS_INTERVAL)]
     pub full_pass_interval: u64,
+    /// A parked class keeps its first this many members in every pass, and each queue
+    /// its first this many parked jobs (their estimated starts and queue positions are
+    /// refreshed in every pass; the default, 1000, is as many as the forecast projects).
+    /// Lower values leave more of a backlog out of a pass.
+    #[arg(long, default_value_t = crate::scheduler::forecast::MAX_PROJECTED)]
+    pub parked_kept: usize,
 }
 
 /// An optional listen address (`off`: none).
@@ -108,6 +114,7 @@ pub fn config(args: &ControllerArgs) -> ControllerConfig {
         metrics_bind_address: args.metrics_bind_address.0,
         array_children_waiting: args.array_children_waiting,
         full_pass_interval: Duration::from_secs(args.full_pass_interval),
+        parked_kept: args.parked_kept,
         instance: args.identity.clone().or_else(|| Some(identity())),
         leader_election,
         ..ControllerConfig::default()
@@ -156,6 +163,13 @@ mod tests {
             ("batch", "pod-a")
         );
         assert_eq!(c.lost_node_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.parked_kept,
+            crate::scheduler::forecast::MAX_PROJECTED,
+            "as many as the forecast projects by default"
+        );
+        let cli = Cli::parse_from(["x", "--parked-kept", "2"]);
+        assert_eq!(config(&cli.args).parked_kept, 2);
         let cli = Cli::parse_from(["x", "--leader-elect=false"]);
         assert!(config(&cli.args).leader_election.is_none());
         assert_eq!(

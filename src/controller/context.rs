@@ -51,6 +51,9 @@ pub struct ControllerConfig {
     /// Passes leave parked backlog jobs out, and one pass at least this often takes
     /// them all in (their queue positions): [`super::decide::DecideConfig::full_pass_interval`].
     pub full_pass_interval: Duration,
+    /// A parked class keeps its first this many members in every pass, and each queue
+    /// its first this many parked jobs: [`super::decide::DecideConfig::parked_kept`].
+    pub parked_kept: usize,
 }
 
 impl Default for ControllerConfig {
@@ -67,6 +70,7 @@ impl Default for ControllerConfig {
             metrics_bind_address: None,
             array_children_waiting: super::decide::ARRAY_CHILDREN_WAITING,
             full_pass_interval: Duration::from_secs(super::decide::DEFAULT_FULL_PASS_INTERVAL),
+            parked_kept: crate::scheduler::forecast::MAX_PROJECTED,
         }
     }
 }

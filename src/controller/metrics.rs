@@ -1,6 +1,7 @@
 //! The controller's metrics: pass durations, jobs by queue and phase, API writes and
 //! conflicts, fleet calls and errors by kind, desired vs in-service capacity per compute
-//! environment, view gaps, and whether this replica leads.
+//! environment, view gaps, the parked backlog left out of the last pass, and whether this
+//! replica leads.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -66,6 +67,11 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Events dropped because the queue of Events to publish was full.
     pub events_dropped: Counter,
+    /// Runnable jobs the last pass left out of its snapshot (parked backlog: their
+    /// status as written; 0 after a full pass, and on a replica that does not lead).
+    pub parked_jobs: Gauge,
+    /// Classes (queue and resources) the parked jobs of the last pass belong to.
+    pub parked_classes: Gauge,
 }
 
 impl Metrics {
@@ -81,6 +87,8 @@ impl Metrics {
             view_gaps: Counter::default(),
             leader: Gauge::default(),
             events_dropped: Counter::default(),
+            parked_jobs: Gauge::default(),
+            parked_classes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("asg_batch_controller");
         r.register(
@@ -119,6 +127,16 @@ impl Metrics {
             "events_dropped",
             "Events dropped because the API server fell behind publishing them",
             m.events_dropped.clone(),
+        );
+        r.register(
+            "parked_jobs",
+            "Runnable jobs the last pass left out as a parked backlog (nothing can take them; status as written)",
+            m.parked_jobs.clone(),
+        );
+        r.register(
+            "parked_classes",
+            "Classes (queue and resources) of the jobs the last pass left out as a parked backlog",
+            m.parked_classes.clone(),
         );
         m
     }

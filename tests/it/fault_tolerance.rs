@@ -1,9 +1,12 @@
 //! Fault tests with real processes: a moto Auto Scaling Group, the API server
-//! (`asg-batch apiserver`) and the controller (`asg-batch controller`) as processes, and a
+//! (`asg-batch apiserver`, or etcd and the real kube-apiserver under
+//! `ASG_BATCH_TEST_SERVER=kube-apiserver`) and the controller (`asg-batch controller`) as
+//! processes, and a
 //! fleet player that starts one real `asg-batch agent` process per InService instance and,
 //! when an instance leaves the group, kills its agent and everything its jobs started (what
 //! a terminated instance does). Ground truth is what the jobs themselves wrote (start and
-//! stop times, the instance), never the status alone.
+//! stop times, the instance), never the status alone; the controllers' own view (such as
+//! whether a backlog is parked) is read from their `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed set-up is a failed test
 
 use crate::support;
@@ -94,14 +97,55 @@ struct Options {
     lost_node_timeout: u64,
     /// Controllers with leader election (1: none).
     controllers: usize,
+    /// The Auto Scaling Groups (in moto, 4 instances at most each) and the compute
+    /// environment whose agents each one's instances run.
+    groups: &'static [(&'static str, &'static str)],
+    /// More flags for every controller.
+    controller_args: &'static [&'static str],
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lost_node_timeout: 30,
+            controllers: 1,
+            groups: &[("batch", "cloud")],
+            controller_args: &[],
+        }
+    }
+}
+
+/// The API server of a world: the embedded one as a process, or a kube-apiserver (and
+/// its etcd) of the world's own.
+enum Server {
+    Embedded(ChildGuard),
+    Real(support::kube::RealKube),
+}
+
+impl Server {
+    /// The API server's process (the one a pause stops; etcd runs on).
+    fn pid(&self) -> nix::unistd::Pid {
+        let pid = match self {
+            Server::Embedded(c) => i32::try_from(c.child.id()).expect("pid"),
+            Server::Real(k) => std::fs::read_to_string(k.dir().join("kube-apiserver.pid"))
+                .expect("kube-apiserver.pid (written by scripts/kube-up.sh)")
+                .trim()
+                .parse()
+                .expect("a pid"),
+        };
+        nix::unistd::Pid::from_raw(pid)
+    }
 }
 
 struct World {
     dir: tempfile::TempDir,
     _moto: support::moto::MotoServer,
     aws: AwsFaultProxy,
-    apiserver: ChildGuard,
+    apiserver: Server,
     controllers: Vec<Option<ChildGuard>>,
+    /// Each controller's `/metrics` address, by index.
+    metrics: Vec<SocketAddr>,
+    /// The first group's fleet.
     fleet: AwsFleet,
     client: kube::Client,
     played: Arc<Mutex<Played>>,
@@ -112,10 +156,7 @@ impl Drop for World {
     fn drop(&mut self) {
         self.player.abort();
         // Resume a paused API server so it can be killed and reaped.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.apiserver.child.id()).expect("pid")),
-            nix::sys::signal::Signal::SIGCONT,
-        );
+        let _ = nix::sys::signal::kill(self.apiserver.pid(), nix::sys::signal::Signal::SIGCONT);
     }
 }
 
@@ -137,24 +178,41 @@ impl World {
         std::fs::create_dir_all(dir.path().join("truth")).expect("truth dir");
         let moto = support::moto::MotoServer::start();
         let config = moto.sdk_config().await;
-        support::moto::create_group(&config, "batch", 4, 0).await;
+        for (group, _) in opts.groups {
+            support::moto::create_group(&config, group, 4, 0).await;
+        }
 
-        let port = support::free_port();
-        let kubeconfig = dir.path().join("kubeconfig");
-        let apiserver = ChildGuard {
-            child: std::process::Command::new(bin())
-                .args(["apiserver", "--listen", &format!("127.0.0.1:{port}")])
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .stdout(Stdio::null())
-                .stderr(log_file(dir.path(), "apiserver.log"))
-                .spawn()
-                .expect("spawn apiserver"),
-            name: "apiserver",
+        let (apiserver, kubeconfig, port) = if support::kube::selected() {
+            let real = tokio::task::spawn_blocking(support::kube::RealKube::start)
+                .await
+                .expect("start kube-apiserver");
+            let port: u16 = real
+                .url()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("the server URL's port");
+            let kubeconfig = real.kubeconfig();
+            (Server::Real(real), kubeconfig, port)
+        } else {
+            let port = support::free_port();
+            let kubeconfig = dir.path().join("kubeconfig");
+            let apiserver = ChildGuard {
+                child: std::process::Command::new(bin())
+                    .args(["apiserver", "--listen", &format!("127.0.0.1:{port}")])
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(dir.path(), "apiserver.log"))
+                    .spawn()
+                    .expect("spawn apiserver"),
+                name: "apiserver",
+            };
+            support::wait_until("the API server", Duration::from_secs(30), || {
+                kubeconfig.is_file() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            (Server::Embedded(apiserver), kubeconfig, port)
         };
-        support::wait_until("the API server", Duration::from_secs(30), || {
-            kubeconfig.is_file() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
@@ -185,7 +243,9 @@ impl World {
         // The controllers reach AWS through a proxy that can inject faults.
         let aws = AwsFaultProxy::start(&moto.endpoint).await;
         let mut controllers = Vec::new();
+        let mut metrics = Vec::new();
         for i in 0..opts.controllers {
+            let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
             let mut cmd = std::process::Command::new(bin());
             cmd.args([
                 "controller",
@@ -195,7 +255,11 @@ impl World {
                 &opts.lost_node_timeout.to_string(),
                 "--identity",
                 &format!("controller-{i}"),
-            ]);
+                "--metrics-bind-address",
+                &addr.to_string(),
+            ])
+            .args(opts.controller_args);
+            metrics.push(addr);
             if opts.controllers == 1 {
                 cmd.arg("--leader-elect=false");
             }
@@ -211,7 +275,10 @@ impl World {
 
         let played = Arc::new(Mutex::new(Played::default()));
         let player = tokio::spawn(play(
-            AwsFleet::new(&config, "batch"),
+            opts.groups
+                .iter()
+                .map(|(group, ce)| ((*ce).to_owned(), AwsFleet::new(&config, *group)))
+                .collect(),
             moto.endpoint.clone(),
             kubeconfig,
             port,
@@ -224,7 +291,8 @@ impl World {
             aws,
             apiserver,
             controllers,
-            fleet: AwsFleet::new(&config, "batch"),
+            metrics,
+            fleet: AwsFleet::new(&config, opts.groups[0].0),
             client,
             played,
             player,
@@ -243,6 +311,41 @@ impl World {
         let l = leases.get("asg-batch-controller").await.ok()?;
         let holder = l.spec?.holder_identity?;
         holder.strip_prefix("controller-")?.parse().ok()
+    }
+
+    /// The controller holding the leader Lease once there is one other than `not` (60 s
+    /// at most).
+    async fn wait_leader(&self, not: Option<usize>) -> usize {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.leader().await
+                && Some(l) != not
+            {
+                return l;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "a leader other than {not:?} is elected"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The value of the unlabelled metric `name` on controller `i`'s `/metrics`, if it
+    /// answers.
+    async fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics[i]).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        out.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     async fn jobs(&self) -> Vec<BatchJob> {
@@ -281,11 +384,7 @@ impl World {
     }
 
     fn signal_apiserver(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.apiserver.child.id()).expect("pid")),
-            sig,
-        )
-        .expect("signal the API server");
+        nix::sys::signal::kill(self.apiserver.pid(), sig).expect("signal the API server");
     }
 }
 
@@ -331,10 +430,11 @@ impl Drop for Agents {
     }
 }
 
-/// The fleet player: one agent process per live instance; an instance that leaves the
-/// group takes its agent and its jobs with it.
+/// The fleet player: one agent process per live instance of each group (an agent of the
+/// group's compute environment); an instance that leaves its group takes its agent and its
+/// jobs with it.
 async fn play(
-    fleet: AwsFleet,
+    fleets: Vec<(String, AwsFleet)>,
     endpoint: String,
     kubeconfig: PathBuf,
     apiserver_port: u16,
@@ -347,12 +447,22 @@ async fn play(
     };
     let admin = std::fs::read_to_string(&kubeconfig).unwrap_or_default();
     loop {
-        if let Ok(state) = fleet.describe().await {
-            let live: Vec<String> = state
-                .live_instances()
-                .map(|i| i.instance_id.clone())
-                .collect();
-            for id in &live {
+        // The live instances of every group, with their compute environment (none are
+        // taken as gone while a group cannot be described).
+        let mut live: BTreeMap<String, &str> = BTreeMap::new();
+        let mut described = true;
+        for (ce, fleet) in &fleets {
+            match fleet.describe().await {
+                Ok(state) => live.extend(
+                    state
+                        .live_instances()
+                        .map(|i| (i.instance_id.clone(), ce.as_str())),
+                ),
+                Err(_) => described = false,
+            }
+        }
+        if described {
+            for (id, &ce) in &live {
                 if agents.contains_key(id) {
                     continue;
                 }
@@ -372,7 +482,7 @@ async fn play(
                 cmd.args([
                     "agent",
                     "--compute-environment",
-                    "cloud",
+                    ce,
                     "--instance-id",
                     id,
                     "--instance-type",
@@ -402,7 +512,7 @@ async fn play(
             }
             let gone: Vec<String> = agents
                 .keys()
-                .filter(|id| !live.contains(id))
+                .filter(|id| !live.contains_key(*id))
                 .cloned()
                 .collect();
             for id in gone {
@@ -451,13 +561,13 @@ spec:
   computeEnvironments: [cloud]
 "#;
 
-/// A process job that records its own start and stop (time, instance, pid).
+/// A process job of queue `q` that records its own start and stop (time, instance, pid).
 fn job(dir: &Path, name: &str, seconds: f64) -> String {
-    job_with(dir, name, seconds, "2", 1)
+    job_with(dir, "q", name, seconds, "2", 1)
 }
 
-/// [`job`] with `cpu` and `attempts`.
-fn job_with(dir: &Path, name: &str, seconds: f64, cpu: &str, attempts: u32) -> String {
+/// [`job`] in `queue`, with `cpu` and `attempts`.
+fn job_with(dir: &Path, queue: &str, name: &str, seconds: f64, cpu: &str, attempts: u32) -> String {
     let f = dir.join("truth").join(name);
     let script = format!(
         "f={f}; echo \"start $(date +%s.%N) $INSTANCE $$\" >> $f; sleep {seconds}; echo \"stop $(date +%s.%N) $INSTANCE $$\" >> $f",
@@ -469,7 +579,7 @@ apiVersion: asgbatch.io/v1alpha1
 kind: BatchJob
 metadata: {{name: {name}}}
 spec:
-  queue: q
+  queue: {queue}
   process: {{command: ["sh", "-c", {script:?}]}}
   resources: {{cpu: "{cpu}", memory: 1Gi}}
   retryStrategy: {{attempts: {attempts}}}
@@ -534,14 +644,7 @@ fn check_ground_truth(world: &World, jobs: usize, idle: f64) -> (f64, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_in_never_terminates_an_instance_within_its_idle_window_of_a_job() {
-    let w = World::start(
-        WORLD,
-        Options {
-            lost_node_timeout: 30,
-            controllers: 1,
-        },
-    )
-    .await;
+    let w = World::start(WORLD, Options::default()).await;
     let durations = [1.0, 4.0, 2.0, 6.0, 1.5, 3.0, 5.0, 2.5, 1.0, 4.5, 2.0, 3.5];
     for (i, s) in durations.iter().enumerate() {
         apply_yaml(&w.client, &job(w.dir.path(), &format!("m{i}"), *s)).await;
@@ -589,7 +692,7 @@ async fn a_paused_api_server_fails_no_job_and_terminates_no_busy_instance() {
         WORLD,
         Options {
             lost_node_timeout: lost,
-            controllers: 1,
+            ..Options::default()
         },
     )
     .await;
@@ -639,13 +742,17 @@ async fn an_agent_cut_off_from_the_api_server_is_fenced_before_its_job_runs_agai
         WORLD,
         Options {
             lost_node_timeout: lost,
-            controllers: 1,
+            ..Options::default()
         },
     )
     .await;
     // Two 3-cpu jobs: one per 4-cpu instance.
-    apply_yaml(&w.client, &job_with(w.dir.path(), "cut", 45.0, "3", 2)).await;
-    apply_yaml(&w.client, &job_with(w.dir.path(), "other", 45.0, "3", 1)).await;
+    apply_yaml(&w.client, &job_with(w.dir.path(), "q", "cut", 45.0, "3", 2)).await;
+    apply_yaml(
+        &w.client,
+        &job_with(w.dir.path(), "q", "other", 45.0, "3", 1),
+    )
+    .await;
     support::wait_until("both jobs running", Duration::from_secs(120), || {
         truth(w.dir.path()).len() == 2
     });
@@ -719,24 +826,12 @@ async fn a_killed_leader_under_aws_throttling_and_errors_loses_no_job_and_does_n
     let w = World::start(
         WORLD,
         Options {
-            lost_node_timeout: 30,
             controllers: 2,
+            ..Options::default()
         },
     )
     .await;
-    let leader = {
-        let start = Instant::now();
-        loop {
-            if let Some(l) = w.leader().await {
-                break l;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "a leader is elected"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let leader = w.wait_leader(None).await;
     // AWS throttles, then fails, while jobs arrive and the leader dies mid-way.
     w.aws.set(Fault::Throttle);
     for i in 0..4 {
@@ -755,21 +850,7 @@ async fn a_killed_leader_under_aws_throttling_and_errors_loses_no_job_and_does_n
     let killed = epoch();
     tokio::time::sleep(Duration::from_secs(3)).await;
     w.aws.set(Fault::Pass);
-    let new_leader = {
-        let start = Instant::now();
-        loop {
-            if let Some(l) = w.leader().await
-                && l != leader
-            {
-                break l;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the standby takes over"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let new_leader = w.wait_leader(Some(leader)).await;
     let took_over = epoch();
     let jobs = w
         .wait_all(4, JobPhase::Succeeded, Duration::from_secs(240))
@@ -796,5 +877,230 @@ async fn a_killed_leader_under_aws_throttling_and_errors_loses_no_job_and_does_n
         "leader controller-{leader} killed under AWS faults; controller-{new_leader} led {:.1}s later; 4 jobs, 1 attempt each; SetDesiredCapacity values {seq:?} (desired now {live}); requests by action and fault: {:?}",
         took_over - killed,
         w.aws.counts()
+    );
+}
+
+/// A backlog environment of one instance (two 2-cpu jobs at a time) and another
+/// environment, of one instance too, for a second queue.
+const BACKLOG_WORLD: &str = r#"
+apiVersion: asgbatch.io/v1alpha1
+kind: ComputeEnvironment
+metadata: {name: cloud}
+spec:
+  aws: {autoScalingGroupName: batch, region: us-east-1}
+  minInstances: 0
+  maxInstances: 1
+  scaleInAfterIdleSeconds: 3
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: ComputeEnvironment
+metadata: {name: other}
+spec:
+  aws: {autoScalingGroupName: batch2, region: us-east-1}
+  minInstances: 0
+  maxInstances: 1
+  scaleInAfterIdleSeconds: 3
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: JobQueue
+metadata: {name: q}
+spec:
+  computeEnvironments: [cloud]
+---
+apiVersion: asgbatch.io/v1alpha1
+kind: JobQueue
+metadata: {name: q2}
+spec:
+  computeEnvironments: [other]
+"#;
+
+/// What a controller reported parked, and what had really happened by then.
+struct ParkedSeen {
+    /// `asg_batch_controller_parked_jobs`.
+    jobs: f64,
+    /// `asg_batch_controller_parked_classes`.
+    classes: f64,
+    /// Backlog jobs that had started (ground truth).
+    started: usize,
+    /// ... and ended.
+    ended: usize,
+}
+
+impl std::fmt::Display for ParkedSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} jobs of {} class(es) parked while {} backlog jobs had started and {} ended",
+            self.jobs, self.classes, self.started, self.ended
+        )
+    }
+}
+
+/// Backlog jobs (named `b*`) that started, and that ended, by the jobs' own records.
+fn backlog_progress(dir: &Path) -> (usize, usize) {
+    let t = truth(dir);
+    let runs = t.iter().filter(|(k, _)| k.starts_with('b'));
+    let started = runs.clone().count();
+    let ended = runs
+        .filter(|(_, r)| r.iter().any(|r| r.stop.is_some()))
+        .count();
+    (started, ended)
+}
+
+/// Waits until controller `i` reports a parked backlog from a pass begun after this call
+/// (`asg_batch_controller_parked_jobs` above 0 once its pass count has grown by two);
+/// fails if the backlog (the jobs named `b*`, `backlog` of them) has all started first, as
+/// then nothing after this point is tested with a parked backlog.
+async fn wait_parked(w: &World, i: usize, backlog: usize, when: &str) -> ParkedSeen {
+    const PASSES: &str = "asg_batch_controller_pass_duration_seconds_count";
+    let start = Instant::now();
+    let passes = w.metric(i, PASSES).await.unwrap_or(0.0);
+    loop {
+        let fresh = w.metric(i, PASSES).await.unwrap_or(0.0) >= passes + 2.0;
+        let jobs = w
+            .metric(i, "asg_batch_controller_parked_jobs")
+            .await
+            .unwrap_or(0.0);
+        if fresh && jobs > 0.0 {
+            let classes = w
+                .metric(i, "asg_batch_controller_parked_classes")
+                .await
+                .unwrap_or(0.0);
+            let (started, ended) = backlog_progress(w.dir.path());
+            return ParkedSeen {
+                jobs,
+                classes,
+                started,
+                ended,
+            };
+        }
+        let (started, _) = backlog_progress(w.dir.path());
+        assert!(
+            started < backlog,
+            "{when}: controller-{i} never parked the backlog before all of it started (logs in {})",
+            w.dir.path().display()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{when}: controller-{i} parked nothing in 120 s (logs in {})",
+            w.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_backlog_survives_a_paused_api_server_and_a_killed_leader_and_runs_once() {
+    let lost = 8;
+    let backlog = 16;
+    let mut w = World::start(
+        BACKLOG_WORLD,
+        Options {
+            lost_node_timeout: lost,
+            controllers: 2,
+            groups: &[("batch", "cloud"), ("batch2", "other")],
+            // Parks all but each queue's first 2 waiting jobs, with a full pass every 5 s.
+            controller_args: &["--parked-kept", "2", "--full-pass-interval", "5"],
+        },
+    )
+    .await;
+    // Sixteen 2-cpu jobs for one 4-cpu instance: a backlog that no node and no new
+    // instance can take while two of them run.
+    for i in 0..backlog {
+        apply_yaml(
+            &w.client,
+            &job_with(w.dir.path(), "q", &format!("b{i:02}"), 4.0, "2", 1),
+        )
+        .await;
+    }
+    let leader = w.wait_leader(None).await;
+    let parked_before = wait_parked(&w, leader, backlog, "before the pause").await;
+    // New work of the other queue binds while the backlog is parked.
+    for name in ["n0", "n1"] {
+        apply_yaml(&w.client, &job_with(w.dir.path(), "q2", name, 3.0, "2", 1)).await;
+    }
+    support::wait_until(
+        "the other queue's jobs running",
+        Duration::from_secs(120),
+        || {
+            let t = truth(w.dir.path());
+            t.contains_key("n0") && t.contains_key("n1")
+        },
+    );
+    let parked_beside = wait_parked(&w, leader, backlog, "beside the other queue").await;
+
+    // The API server stops answering for twice the lost-node timeout (and longer than the
+    // 15 s Lease: the leader steps down).
+    w.signal_apiserver(nix::sys::signal::Signal::SIGSTOP);
+    let paused = epoch();
+    tokio::time::sleep(Duration::from_secs(2 * lost)).await;
+    w.signal_apiserver(nix::sys::signal::Signal::SIGCONT);
+    let resumed = epoch();
+    let leader = w.wait_leader(None).await;
+    let parked_after = wait_parked(&w, leader, backlog, "after the resume").await;
+
+    // The leader dies (SIGKILL: no Lease release) with the backlog parked; the standby
+    // takes over with no memory of what was settled, and parks it again.
+    w.controllers[leader] = None;
+    let killed = epoch();
+    let new_leader = w.wait_leader(Some(leader)).await;
+    let took_over = epoch();
+    for name in ["n2", "n3"] {
+        apply_yaml(&w.client, &job_with(w.dir.path(), "q2", name, 3.0, "2", 1)).await;
+    }
+    let parked_new = wait_parked(&w, new_leader, backlog, "after the takeover").await;
+
+    let total = backlog + 4;
+    let jobs = w
+        .wait_all(total, JobPhase::Succeeded, Duration::from_secs(300))
+        .await;
+    for j in &jobs {
+        let s = j.status.clone().unwrap_or_default();
+        assert_eq!(
+            (s.attempt, s.attempts.len()),
+            (Some(1), 1),
+            "{:?} succeeded on its first attempt",
+            j.metadata.name
+        );
+    }
+    // Ground truth: every job ran once to its end; no instance was terminated busy.
+    let (_, terminated) = check_ground_truth(&w, total, 0.0);
+    let t = truth(w.dir.path());
+    let backlog_starts: Vec<f64> = t
+        .iter()
+        .filter(|(k, _)| k.starts_with('b'))
+        .map(|(_, r)| r[0].start)
+        .collect();
+    let last_backlog_start = backlog_starts.iter().copied().fold(0.0, f64::max);
+    for name in ["n0", "n1", "n2", "n3"] {
+        let start = t[name][0].start;
+        assert!(
+            start < last_backlog_start,
+            "{name} started {:.1}s after the whole backlog had started: it did not bind beside the parked backlog",
+            start - last_backlog_start
+        );
+    }
+    // The backlog's environment never ran more than its one instance's two jobs at once.
+    let runs: Vec<&Ran> = t
+        .iter()
+        .filter(|(k, _)| k.starts_with('b'))
+        .flat_map(|(_, r)| r)
+        .collect();
+    let most = runs
+        .iter()
+        .map(|a| {
+            runs.iter()
+                .filter(|b| b.start <= a.start && b.stop.is_none_or(|s| s > a.start))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 2, "{most} backlog jobs ran at once on one instance");
+    let (instance_seconds, job_seconds) = usage(&w);
+    eprintln!(
+        "parked backlog of {backlog} jobs (--parked-kept 2): {parked_before} before the pause; {parked_beside} beside the other queue; {parked_after} after a {:.1}s pause (lost-node timeout {lost}s), {parked_new} on controller-{new_leader} after controller-{leader} was killed (took over {:.1}s later); {total} jobs, 1 attempt each, at most {most} backlog jobs at once, none on an instance terminated while busy ({terminated} terminated in all); the other queue's 4 jobs started before the backlog's last; all Succeeded {:.1}s after the resume; {instance_seconds:.0} instance-seconds for {job_seconds:.0} job-seconds",
+        resumed - paused,
+        took_over - killed,
+        epoch() - resumed,
     );
 }

@@ -188,6 +188,9 @@ pub async fn run(
                         }
                     }
                 } else {
+                    // A standby parks nothing: what it parked while it led is stale.
+                    ctx.metrics.parked_jobs.set(0);
+                    ctx.metrics.parked_classes.set(0);
                     debug!("standing by: another replica holds the lease");
                 }
                 if memory.last_gap() != gap_before {
@@ -279,9 +282,15 @@ async fn pass(
         disruption_threshold_percent: ctx.config.disruption_threshold_percent,
         array_children_waiting: ctx.config.array_children_waiting,
         full_pass_interval: ctx.config.full_pass_interval.as_secs(),
-        ..DecideConfig::default()
+        parked_kept: ctx.config.parked_kept,
     };
     let decisions = decide_with(&observed, &config, now, &mut memory.settled);
+    ctx.metrics
+        .parked_jobs
+        .set(i64::try_from(decisions.parked_jobs).unwrap_or(i64::MAX));
+    ctx.metrics
+        .parked_classes
+        .set(i64::try_from(decisions.parked_classes).unwrap_or(i64::MAX));
     if decisions.parked_jobs > 0 {
         debug!(
             classes = decisions.parked_classes,
@@ -554,6 +563,12 @@ spec:
             metrics.contains(
                 r#"asg_batch_controller_in_service_instances{compute_environment="local"} 0"#
             ),
+            "{metrics}"
+        );
+        // Nothing parks: the environment can still grow.
+        assert!(
+            metrics.contains("asg_batch_controller_parked_jobs 0")
+                && metrics.contains("asg_batch_controller_parked_classes 0"),
             "{metrics}"
         );
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
