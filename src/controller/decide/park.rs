@@ -27,6 +27,7 @@ use crate::scheduler::park::{ParkedKey, Parking};
 use crate::scheduler::{JobId, Reason, Resources, Seconds};
 
 use super::super::time::seconds;
+use super::settled::Facts;
 use super::snapshot::{self, Built, Definitions};
 
 /// A settled Runnable job set aside until its class is known to park or not.
@@ -35,6 +36,10 @@ pub(super) struct Aside<'a> {
     pub quiet: usize,
     /// The job.
     pub job: &'a BatchJob,
+    /// Its namespace and name (read in every comparison of the first-in first-out
+    /// order: kept here, next to its other keys).
+    namespace: &'a str,
+    name: &'a str,
     /// What one attempt needs.
     pub resources: Resources,
     /// When it was submitted (the snapshot's figure).
@@ -43,42 +48,58 @@ pub(super) struct Aside<'a> {
     pub reason: Option<Arc<Reason>>,
 }
 
-/// Whether a job could be set aside, from the object alone: Runnable, no dependencies,
-/// not an array child, no backoff left.
-pub(super) fn may_set_aside(job: &BatchJob, now: Seconds) -> bool {
-    job.status.as_ref().is_some_and(|s| {
-        s.phase == Some(JobPhase::Runnable)
+/// What the object says of a settled job for [`Facts::ready`] (whether it could be set
+/// aside: Runnable, no dependencies, not an array child, no backoff left) and
+/// [`Aside::of`],
+/// kept in its memory entry while its resourceVersion is ([`Facts`]).
+pub(super) fn facts(job: &BatchJob, definitions: &Definitions<'_>) -> Facts {
+    let s = job.status.as_ref();
+    let pinned = s.is_some_and(|s| s.template.is_some());
+    Facts {
+        may_set_aside: super::settled::eligible(job)
+            && s.is_some_and(|s| s.phase == Some(JobPhase::Runnable))
             && job.spec.depends_on.is_empty()
-            && job.spec.array_index.is_none()
-            && s.not_before.as_ref().is_none_or(|t| seconds(t) <= now)
-    })
+            && job.spec.array_index.is_none(),
+        not_before: s.and_then(|s| s.not_before.as_ref()).map(seconds),
+        runnable_since: s.and_then(|s| s.runnable_since.as_ref()).map(seconds),
+        created: job.metadata.creation_timestamp.as_ref().map(seconds),
+        needs: (pinned || job.spec.definition_ref.is_none())
+            .then(|| snapshot::job_needs(job, definitions)),
+    }
 }
 
 impl<'a> Aside<'a> {
-    /// A settled job (`quiet` index, settled with `reason`) that [`may_set_aside`], if
-    /// its needs are known.
+    /// A settled job (`quiet` index, settled with `reason`, its [`facts`]) that is
+    /// [`Facts::ready`], if its needs are known.
     pub fn of(
         quiet: usize,
         job: &'a BatchJob,
         reason: Option<Arc<Reason>>,
+        facts: &Facts,
         definitions: &Definitions<'_>,
         now: Seconds,
     ) -> Option<Self> {
+        let resources = match facts.needs {
+            Some(needs) => needs?,
+            None => snapshot::job_needs(job, definitions)?,
+        };
         Some(Aside {
             quiet,
             job,
-            resources: snapshot::job_needs(job, definitions)?,
-            submitted_at: snapshot::submitted_at(job, now),
+            namespace: job.metadata.namespace.as_deref().unwrap_or_default(),
+            name: job.metadata.name.as_deref().unwrap_or_default(),
+            resources,
+            submitted_at: facts.created.unwrap_or(now),
             reason,
         })
     }
 
     fn namespace(&self) -> &'a str {
-        self.job.metadata.namespace.as_deref().unwrap_or_default()
+        self.namespace
     }
 
     fn name(&self) -> &'a str {
-        self.job.metadata.name.as_deref().unwrap_or_default()
+        self.name
     }
 
     /// Its key in first-in first-out order.
@@ -186,7 +207,27 @@ pub(super) fn park<'a>(
         }
         for c in cs {
             let members = &members_of[c];
-            let Some(&head) = members.iter().min_by(|x, y| fifo(&aside[**x], &aside[**y])) else {
+            // Its head: the first of its members in the queue's first `kept`, if one is
+            // there (every member left out comes after those), else the first of all.
+            let mut front: Option<usize> = None;
+            let mut any_left = false;
+            for &i in members {
+                if left_out[i] {
+                    any_left = true;
+                } else if front.is_none_or(|f| fifo(&aside[i], &aside[f]).is_lt()) {
+                    front = Some(i);
+                }
+            }
+            if !any_left {
+                continue;
+            }
+            let first = || {
+                members
+                    .iter()
+                    .copied()
+                    .min_by(|x, y| fifo(&aside[*x], &aside[*y]))
+            };
+            let Some(head) = front.or_else(first) else {
                 continue;
             };
             left_out[head] = false;
