@@ -561,8 +561,9 @@ pub fn decide_with(
     // ones are set aside until the scheduler says whether their class parks.
     let may_park =
         config.full_pass_interval > 0 && settled.may_park(now, config.full_pass_interval);
-    let mut quiet: Vec<&BatchJob> = Vec::new();
-    let mut aside: Vec<park::Aside<'_>> = Vec::new();
+    let mut quiet: Vec<&BatchJob> = Vec::with_capacity(observed.jobs.len());
+    let mut aside: Vec<park::Aside<'_>> =
+        Vec::with_capacity(if may_park { observed.jobs.len() } else { 0 });
     let mut set_aside = vec![false; if may_park { observed.jobs.len() } else { 0 }];
     for (i, j) in observed.jobs.iter().enumerate() {
         if may_park {

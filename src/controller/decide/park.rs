@@ -44,6 +44,8 @@ pub(super) struct Aside<'a> {
     pub resources: Resources,
     /// When it was submitted (the snapshot's figure).
     pub submitted_at: Seconds,
+    /// Its id's [`order_prefix`].
+    order: [u128; 2],
     /// The reason it was settled with.
     pub reason: Option<Arc<Reason>>,
 }
@@ -63,9 +65,31 @@ pub(super) fn facts(job: &BatchJob, definitions: &Definitions<'_>) -> Facts {
         not_before: s.and_then(|s| s.not_before.as_ref()).map(seconds),
         runnable_since: s.and_then(|s| s.runnable_since.as_ref()).map(seconds),
         created: job.metadata.creation_timestamp.as_ref().map(seconds),
+        order: order_prefix(
+            job.metadata.namespace.as_deref().unwrap_or_default(),
+            job.metadata.name.as_deref().unwrap_or_default(),
+        ),
         needs: (pinned || job.spec.definition_ref.is_none())
             .then(|| snapshot::job_needs(job, definitions)),
     }
+}
+
+/// The first 32 bytes of a job's id text (`namespace/name`), zero-padded, as two
+/// big-endian numbers: two ids whose prefixes differ compare as their prefixes do (a
+/// shorter id, padded with zeros, comes before a longer one it begins), so the
+/// first-in first-out order compares ids as text only when these are equal.
+fn order_prefix(namespace: &str, name: &str) -> [u128; 2] {
+    let mut bytes = [0u8; 32];
+    let id = namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(name.bytes());
+    for (b, c) in bytes.iter_mut().zip(id) {
+        *b = c;
+    }
+    let (hi, lo) = bytes.split_at(16);
+    let number = |half: &[u8]| half.iter().fold(0u128, |n, b| (n << 8) | u128::from(*b));
+    [number(hi), number(lo)]
 }
 
 impl<'a> Aside<'a> {
@@ -90,6 +114,7 @@ impl<'a> Aside<'a> {
             name: job.metadata.name.as_deref().unwrap_or_default(),
             resources,
             submitted_at: facts.created.unwrap_or(now),
+            order: facts.order,
             reason,
         })
     }
@@ -114,18 +139,21 @@ impl<'a> Aside<'a> {
 /// First-in first-out order of two set-aside jobs of one queue: submission time, then
 /// id (`namespace/name` as text, as [`JobId`]s compare).
 fn fifo(a: &Aside<'_>, b: &Aside<'_>) -> Ordering {
-    a.submitted_at.cmp(&b.submitted_at).then_with(|| {
-        let (na, nb) = (a.namespace(), b.namespace());
-        if na == nb {
-            // `ns/` is common to both: the names decide (one memcmp).
-            return a.name().cmp(b.name());
-        }
-        let (ka, kb) = (a.key(), b.key());
-        ka.id
-            .iter()
-            .flat_map(|p| p.bytes())
-            .cmp(kb.id.iter().flat_map(|p| p.bytes()))
-    })
+    a.submitted_at
+        .cmp(&b.submitted_at)
+        .then_with(|| a.order.cmp(&b.order))
+        .then_with(|| {
+            let (na, nb) = (a.namespace(), b.namespace());
+            if na == nb {
+                // `ns/` is common to both: the names decide (one memcmp).
+                return a.name().cmp(b.name());
+            }
+            let (ka, kb) = (a.key(), b.key());
+            ka.id
+                .iter()
+                .flat_map(|p| p.bytes())
+                .cmp(kb.id.iter().flat_map(|p| p.bytes()))
+        })
 }
 
 /// The jobs a pass left out of its snapshot.
@@ -236,13 +264,17 @@ pub(super) fn park<'a>(
                 out.classes.push((snapshot::job_id(aside[head].job), left));
             }
         }
+        let mut keys = Vec::new();
         for i in all {
             if left_out[i] {
-                out.keys.entry(queue).or_default().push(aside[i].key());
-                out.jobs += 1;
+                keys.push(aside[i].key());
             } else {
                 built.add_aside(aside[i].job, definitions, now);
             }
+        }
+        if !keys.is_empty() {
+            out.jobs += keys.len();
+            out.keys.insert(queue, keys);
         }
     }
     out
