@@ -279,3 +279,42 @@ pub(super) fn park<'a>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::order_prefix;
+
+    #[test]
+    fn id_prefixes_order_ids_as_their_text_does() {
+        // Ids that differ within, at and beyond the 32 bytes, shorter and longer ones,
+        // other namespaces ('-' sorts before '/'), and a NUL byte.
+        let ids = [
+            ("default", "wait-00012"),
+            ("default", "wait-00002"),
+            ("default", "wait-0001"),
+            ("default", "wait-00012-and-a-much-longer-name-a"),
+            ("default", "wait-00012-and-a-much-longer-name-b"),
+            ("default", "wait-00012-and-a-much-longer-name"),
+            ("def", "ault"),
+            ("default-x", "a"),
+            ("a", "b\0"),
+            ("a", "b"),
+            ("a", ""),
+            ("", "a"),
+        ];
+        for (na, a) in ids {
+            for (nb, b) in ids {
+                let text = format!("{na}/{a}").cmp(&format!("{nb}/{b}"));
+                let prefixes = order_prefix(na, a).cmp(&order_prefix(nb, b));
+                // Prefixes that differ decide as the text does; equal ones leave it.
+                assert!(
+                    prefixes.is_eq() || prefixes == text,
+                    "{na}/{a} against {nb}/{b}"
+                );
+                if text.is_eq() {
+                    assert!(prefixes.is_eq());
+                }
+            }
+        }
+    }
+}

@@ -329,3 +329,28 @@ pub(super) fn memorable(reason: &Reason) -> bool {
         Reason::DependencyNotFound { .. } | Reason::WaitingForBoot { .. }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Version;
+
+    #[test]
+    fn a_remembered_resource_version_matches_only_its_own_text() {
+        let n = Version::of("42");
+        assert_eq!(n, Version::Number(42));
+        assert!(n.is("42"));
+        // The same number written otherwise is another resourceVersion.
+        for other in ["042", "+42", "43", "", "42a"] {
+            assert!(!n.is(other), "{other:?}");
+        }
+        assert!(Version::of("0").is("0"));
+        assert!(!Version::of("0").is("00"));
+        // Not a canonical number: kept and compared as text.
+        for text in ["007", "+1", "abc", "", "18446744073709551616"] {
+            let v = Version::of(text);
+            assert_eq!(v, Version::Text(text.to_owned()));
+            assert!(v.is(text));
+            assert!(!v.is("7"));
+        }
+    }
+}
