@@ -99,7 +99,7 @@ struct FullPass {
 struct Entry {
     resource_version: Version,
     /// The scheduler's reason (none for a finished job), behind a pointer: most entries
-    /// are finished jobs, and a pass that parks hands it out ([`Settled::touch`]).
+    /// are finished jobs, and a pass that parks hands it out ([`Settled::touch_with`]).
     reason: Option<Arc<Reason>>,
     pass: u64,
     /// Worked out by the first pass that may park at this resourceVersion.
