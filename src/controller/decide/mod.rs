@@ -561,19 +561,33 @@ pub fn decide_with(
     // ones are set aside until the scheduler says whether their class parks.
     let may_park =
         config.full_pass_interval > 0 && settled.may_park(now, config.full_pass_interval);
-    let mut quiet: Vec<&BatchJob> = Vec::new();
-    let mut aside: Vec<park::Aside<'_>> = Vec::new();
+    let mut quiet: Vec<&BatchJob> = Vec::with_capacity(observed.jobs.len());
+    let mut aside: Vec<park::Aside<'_>> =
+        Vec::with_capacity(if may_park { observed.jobs.len() } else { 0 });
     let mut set_aside = vec![false; if may_park { observed.jobs.len() } else { 0 }];
     for (i, j) in observed.jobs.iter().enumerate() {
-        if may_park && park::may_set_aside(j, now) && may_settle(j) {
-            // One lookup: confirmed now, its reason compared after the plan.
-            if let Some(reason) = settled.touch(j) {
-                if let Some(a) = park::Aside::of(quiet.len(), j, reason, &defs, now) {
-                    aside.push(a);
-                    set_aside[i] = true;
+        if may_park {
+            // One lookup: confirmed now if set aside, its reason compared after the plan;
+            // what the object says is worked out once per resourceVersion.
+            let touched = settled.touch_with(
+                j,
+                |j| park::facts(j, &defs),
+                |f| f.ready(now) && !timed_queues.contains(j.spec.queue.as_str()),
+            );
+            match touched {
+                settled::Touched::Aside(reason, facts) => {
+                    if let Some(a) = park::Aside::of(quiet.len(), j, reason, &facts, &defs, now) {
+                        aside.push(a);
+                        set_aside[i] = true;
+                    }
+                    quiet.push(j);
+                    continue;
                 }
-                quiet.push(j);
-                continue;
+                settled::Touched::Settled if may_settle(j) => {
+                    quiet.push(j);
+                    continue;
+                }
+                settled::Touched::Settled | settled::Touched::No => {}
             }
         } else if settled.get(j).is_some() && may_settle(j) {
             quiet.push(j);
@@ -685,9 +699,17 @@ pub fn decide_with(
         // unless what it was settled with changed, e.g. its environment's maxInstances.)
         let reasons_hold = parked.classes.iter().all(|(head, members)| {
             let reason = plan.unplaced.get(head);
-            members
-                .iter()
-                .all(|&i| aside[i].reason.as_deref() == reason)
+            // Members remembered with an equal reason share it ([`Settled`]): one
+            // comparison per distinct reason.
+            let mut held: Option<*const scheduler::Reason> = None;
+            members.iter().all(|&i| match &aside[i].reason {
+                Some(r) if held == Some(Arc::as_ptr(r)) => true,
+                Some(r) if Some(&**r) == reason => {
+                    held = Some(Arc::as_ptr(r));
+                    true
+                }
+                r => r.as_deref() == reason,
+            })
         });
         let moved = settled.queues_moved(
             positioned(&built, &parked)
@@ -870,7 +892,9 @@ pub fn decide_with(
         .map(|n| (*n).to_owned())
         .collect();
     out.plan = plan;
-    out.grants = super::grants::desired(&observed.jobs, &out.jobs);
+    // Every job a write may bind, or that is bound, is decided in `work`: the others
+    // (settled: waiting or finished, no write) hold no grant.
+    out.grants = super::grants::desired_of(work.values().map(|w| w.job), &out.jobs);
     out
 }
 

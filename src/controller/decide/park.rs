@@ -16,6 +16,11 @@
 //! A member left out keeps its status as written: its reason is its head's (checked
 //! after the plan: otherwise the pass plans again with nothing left out), and its queue
 //! position is refreshed by the next full pass.
+//!
+//! A set-aside job costs a pass one lookup in the memory and no parsing: what its
+//! object says (needs, times, the first bytes of its id for the order) is worked out
+//! once per resourceVersion and kept in its entry ([`Facts`]); the first-in first-out
+//! order compares those integers, and text only on a tie.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -27,6 +32,7 @@ use crate::scheduler::park::{ParkedKey, Parking};
 use crate::scheduler::{JobId, Reason, Resources, Seconds};
 
 use super::super::time::seconds;
+use super::settled::Facts;
 use super::snapshot::{self, Built, Definitions};
 
 /// A settled Runnable job set aside until its class is known to park or not.
@@ -35,50 +41,94 @@ pub(super) struct Aside<'a> {
     pub quiet: usize,
     /// The job.
     pub job: &'a BatchJob,
+    /// Its namespace and name (read in every comparison of the first-in first-out
+    /// order: kept here, next to its other keys).
+    namespace: &'a str,
+    name: &'a str,
     /// What one attempt needs.
     pub resources: Resources,
     /// When it was submitted (the snapshot's figure).
     pub submitted_at: Seconds,
+    /// Its id's [`order_prefix`].
+    order: [u128; 2],
     /// The reason it was settled with.
     pub reason: Option<Arc<Reason>>,
 }
 
-/// Whether a job could be set aside, from the object alone: Runnable, no dependencies,
-/// not an array child, no backoff left.
-pub(super) fn may_set_aside(job: &BatchJob, now: Seconds) -> bool {
-    job.status.as_ref().is_some_and(|s| {
-        s.phase == Some(JobPhase::Runnable)
+/// What the object says of a settled job for [`Facts::ready`] (whether it could be set
+/// aside: Runnable, no dependencies, not an array child, no backoff left) and for
+/// [`Aside::of`]; kept in its memory entry while its resourceVersion is.
+pub(super) fn facts(job: &BatchJob, definitions: &Definitions<'_>) -> Facts {
+    let s = job.status.as_ref();
+    let pinned = s.is_some_and(|s| s.template.is_some());
+    Facts {
+        may_set_aside: super::settled::eligible(job)
+            && s.is_some_and(|s| s.phase == Some(JobPhase::Runnable))
             && job.spec.depends_on.is_empty()
-            && job.spec.array_index.is_none()
-            && s.not_before.as_ref().is_none_or(|t| seconds(t) <= now)
-    })
+            && job.spec.array_index.is_none(),
+        not_before: s.and_then(|s| s.not_before.as_ref()).map(seconds),
+        runnable_since: s.and_then(|s| s.runnable_since.as_ref()).map(seconds),
+        created: job.metadata.creation_timestamp.as_ref().map(seconds),
+        order: order_prefix(
+            job.metadata.namespace.as_deref().unwrap_or_default(),
+            job.metadata.name.as_deref().unwrap_or_default(),
+        ),
+        needs: (pinned || job.spec.definition_ref.is_none())
+            .then(|| snapshot::job_needs(job, definitions)),
+    }
+}
+
+/// The first 32 bytes of a job's id text (`namespace/name`), zero-padded, as two
+/// big-endian numbers: two ids whose prefixes differ compare as their prefixes do (a
+/// shorter id, padded with zeros, comes before a longer one it begins), so the
+/// first-in first-out order compares ids as text only when these are equal.
+fn order_prefix(namespace: &str, name: &str) -> [u128; 2] {
+    let mut bytes = [0u8; 32];
+    let id = namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(name.bytes());
+    for (b, c) in bytes.iter_mut().zip(id) {
+        *b = c;
+    }
+    let (hi, lo) = bytes.split_at(16);
+    let number = |half: &[u8]| half.iter().fold(0u128, |n, b| (n << 8) | u128::from(*b));
+    [number(hi), number(lo)]
 }
 
 impl<'a> Aside<'a> {
-    /// A settled job (`quiet` index, settled with `reason`) that [`may_set_aside`], if
-    /// its needs are known.
+    /// A settled job (`quiet` index, settled with `reason`, its [`facts`]) that is
+    /// [`Facts::ready`], if its needs are known.
     pub fn of(
         quiet: usize,
         job: &'a BatchJob,
         reason: Option<Arc<Reason>>,
+        facts: &Facts,
         definitions: &Definitions<'_>,
         now: Seconds,
     ) -> Option<Self> {
+        let resources = match facts.needs {
+            Some(needs) => needs?,
+            None => snapshot::job_needs(job, definitions)?,
+        };
         Some(Aside {
             quiet,
             job,
-            resources: snapshot::job_needs(job, definitions)?,
-            submitted_at: snapshot::submitted_at(job, now),
+            namespace: job.metadata.namespace.as_deref().unwrap_or_default(),
+            name: job.metadata.name.as_deref().unwrap_or_default(),
+            resources,
+            submitted_at: facts.created.unwrap_or(now),
+            order: facts.order,
             reason,
         })
     }
 
     fn namespace(&self) -> &'a str {
-        self.job.metadata.namespace.as_deref().unwrap_or_default()
+        self.namespace
     }
 
     fn name(&self) -> &'a str {
-        self.job.metadata.name.as_deref().unwrap_or_default()
+        self.name
     }
 
     /// Its key in first-in first-out order.
@@ -93,18 +143,21 @@ impl<'a> Aside<'a> {
 /// First-in first-out order of two set-aside jobs of one queue: submission time, then
 /// id (`namespace/name` as text, as [`JobId`]s compare).
 fn fifo(a: &Aside<'_>, b: &Aside<'_>) -> Ordering {
-    a.submitted_at.cmp(&b.submitted_at).then_with(|| {
-        let (na, nb) = (a.namespace(), b.namespace());
-        if na == nb {
-            // `ns/` is common to both: the names decide (one memcmp).
-            return a.name().cmp(b.name());
-        }
-        let (ka, kb) = (a.key(), b.key());
-        ka.id
-            .iter()
-            .flat_map(|p| p.bytes())
-            .cmp(kb.id.iter().flat_map(|p| p.bytes()))
-    })
+    a.submitted_at
+        .cmp(&b.submitted_at)
+        .then_with(|| a.order.cmp(&b.order))
+        .then_with(|| {
+            let (na, nb) = (a.namespace(), b.namespace());
+            if na == nb {
+                // `ns/` is common to both: the names decide (one memcmp).
+                return a.name().cmp(b.name());
+            }
+            let (ka, kb) = (a.key(), b.key());
+            ka.id
+                .iter()
+                .flat_map(|p| p.bytes())
+                .cmp(kb.id.iter().flat_map(|p| p.bytes()))
+        })
 }
 
 /// The jobs a pass left out of its snapshot.
@@ -186,7 +239,27 @@ pub(super) fn park<'a>(
         }
         for c in cs {
             let members = &members_of[c];
-            let Some(&head) = members.iter().min_by(|x, y| fifo(&aside[**x], &aside[**y])) else {
+            // Its head: the first of its members in the queue's first `kept`, if one is
+            // there (every member left out comes after those), else the first of all.
+            let mut front: Option<usize> = None;
+            let mut any_left = false;
+            for &i in members {
+                if left_out[i] {
+                    any_left = true;
+                } else if front.is_none_or(|f| fifo(&aside[i], &aside[f]).is_lt()) {
+                    front = Some(i);
+                }
+            }
+            if !any_left {
+                continue;
+            }
+            let first = || {
+                members
+                    .iter()
+                    .copied()
+                    .min_by(|x, y| fifo(&aside[*x], &aside[*y]))
+            };
+            let Some(head) = front.or_else(first) else {
                 continue;
             };
             left_out[head] = false;
@@ -195,14 +268,57 @@ pub(super) fn park<'a>(
                 out.classes.push((snapshot::job_id(aside[head].job), left));
             }
         }
+        let mut keys = Vec::new();
         for i in all {
             if left_out[i] {
-                out.keys.entry(queue).or_default().push(aside[i].key());
-                out.jobs += 1;
+                keys.push(aside[i].key());
             } else {
                 built.add_aside(aside[i].job, definitions, now);
             }
         }
+        if !keys.is_empty() {
+            out.jobs += keys.len();
+            out.keys.insert(queue, keys);
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_prefix;
+
+    #[test]
+    fn id_prefixes_order_ids_as_their_text_does() {
+        // Ids that differ within, at and beyond the 32 bytes, shorter and longer ones,
+        // other namespaces ('-' sorts before '/'), and a NUL byte.
+        let ids = [
+            ("default", "wait-00012"),
+            ("default", "wait-00002"),
+            ("default", "wait-0001"),
+            ("default", "wait-00012-and-a-much-longer-name-a"),
+            ("default", "wait-00012-and-a-much-longer-name-b"),
+            ("default", "wait-00012-and-a-much-longer-name"),
+            ("def", "ault"),
+            ("default-x", "a"),
+            ("a", "b\0"),
+            ("a", "b"),
+            ("a", ""),
+            ("", "a"),
+        ];
+        for (na, a) in ids {
+            for (nb, b) in ids {
+                let text = format!("{na}/{a}").cmp(&format!("{nb}/{b}"));
+                let prefixes = order_prefix(na, a).cmp(&order_prefix(nb, b));
+                // Prefixes that differ decide as the text does; equal ones leave it.
+                assert!(
+                    prefixes.is_eq() || prefixes == text,
+                    "{na}/{a} against {nb}/{b}"
+                );
+                if text.is_eq() {
+                    assert!(prefixes.is_eq());
+                }
+            }
+        }
+    }
 }

@@ -2079,6 +2079,103 @@ mod settled_memory {
         (step(), 0..3usize, 0..3u64)
     }
 
+    /// Plays `steps` (each with a queue index and a creation time for the job it
+    /// submits) on a world of six stored jobs and one environment `ce` (2 cpu, max 2):
+    /// `place` gives a new job its queue and creation time, `set_up` adjusts the world,
+    /// `fleet(nodes, now)` is its nodes (1–3 of `ce`), and `pass` checks each pass and
+    /// returns the decisions then applied. The world of both property tests below.
+    fn play(
+        steps: Vec<(Step, usize, u64)>,
+        place: impl Fn(BatchJob, usize, u64) -> BatchJob,
+        set_up: impl FnOnce(&mut Observed),
+        fleet: impl Fn(usize, Seconds) -> Vec<Arc<BatchNode>>,
+        mut pass: impl FnMut(&Observed, Seconds) -> Decisions,
+    ) {
+        let mut rv = 100;
+        let jobs: Vec<BatchJob> = (0..6u64)
+            .map(|i| place(stored(&format!("j{i}"), "1", i), (i % 3) as usize, 1))
+            .collect();
+        let mut o = world(jobs, vec![]);
+        o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 2))];
+        set_up(&mut o);
+        let mut nodes = 1;
+        let mut now = NOW;
+        o.nodes = fleet(nodes, now);
+        let mut next = 6;
+        for (s, queue_index, created) in steps {
+            let before = o.jobs.clone();
+            let name = |i: usize| {
+                before
+                    .get(i % before.len().max(1))
+                    .and_then(|j| j.metadata.name.clone())
+            };
+            match s {
+                Step::Pass => {
+                    o.nodes = fleet(nodes, now);
+                    let d = pass(&o, now);
+                    apply(&mut o, &d);
+                }
+                Step::Array(size) => {
+                    o.jobs
+                        .push(Arc::new(array(stored(&format!("j{next}"), "1", 0), size)));
+                    next += 1;
+                }
+                Step::Cancel(i) => {
+                    let Some(name) = name(i) else { continue };
+                    if let Some(j) = o
+                        .jobs
+                        .iter_mut()
+                        .find(|j| j.metadata.name.as_deref() == Some(name.as_str()))
+                    {
+                        Arc::make_mut(j).spec.cancel = Some(crate::api::batch_job::CancelRequest {
+                            message: Some("proptest".into()),
+                        });
+                    }
+                }
+                Step::Start(i) | Step::Exit(i, _) => {
+                    let Some(name) = name(i) else { continue };
+                    match s {
+                        Step::Exit(_, code) => agent(&mut o, &name, move |a| {
+                            a.started_at = a.started_at.clone().or(Some(time(now)));
+                            if a.stopped_at.is_none() {
+                                a.stopped_at = Some(time(now));
+                                a.exit_code = Some(code);
+                                a.reason = Some(if code == 0 {
+                                    AttemptReason::Completed
+                                } else {
+                                    AttemptReason::Error
+                                });
+                            }
+                        }),
+                        _ => agent(&mut o, &name, move |a| {
+                            a.started_at = a.started_at.clone().or(Some(time(now)));
+                        }),
+                    }
+                }
+                Step::Wait(secs) => now += secs,
+                Step::Submit(cpu) => {
+                    let j = stored(&format!("j{next}"), &cpu.to_string(), 0);
+                    o.jobs.push(Arc::new(place(j, queue_index, created)));
+                    next += 1;
+                }
+                Step::Depend(i) => {
+                    let Some(on) = name(i) else { continue };
+                    let j = depends_on(stored(&format!("j{next}"), "1", 0), &on);
+                    o.jobs.push(Arc::new(place(j, queue_index, created)));
+                    next += 1;
+                }
+                Step::Delete(i) => {
+                    let Some(name) = name(i) else { continue };
+                    o.jobs
+                        .retain(|j| j.metadata.name.as_deref() != Some(name.as_str()));
+                }
+                Step::AddNode => nodes = (nodes + 1).min(3),
+                Step::RemoveNode => nodes = nodes.saturating_sub(1),
+            }
+            bump(&mut o, &before, &mut rv);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -2091,179 +2188,51 @@ mod settled_memory {
             steps in proptest::collection::vec(parking_step(), 1..80),
             parked_kept in 0..3usize,
         ) {
-            let mut rv = 100;
-            let at = |queue: &str, j: BatchJob, created: u64| {
-                let mut j = j;
-                j.spec.queue = queue.to_owned();
+            let place = |mut j: BatchJob, queue_index: usize, created: u64| {
+                j.spec.queue = QUEUES[queue_index].to_owned();
                 j.metadata.creation_timestamp = Some(time(created));
                 j
             };
-            let jobs: Vec<BatchJob> = [0u64, 1, 2, 3, 4, 5]
-                .into_iter()
-                .zip(QUEUES.iter().cycle())
-                .map(|(i, q)| at(q, stored(&format!("j{i}"), "1", i), 1))
-                .collect();
-            let mut o = world(jobs, vec![]);
-            o.compute_environments = vec![
-                Arc::new(ce("ce", "2", "8Gi", 2)),
-                Arc::new(ce("small", "2", "8Gi", 1)),
-            ];
-            o.queues = vec![
-                Arc::new(queue("q", &["ce"])),
-                Arc::new(queue("r", &["small"])),
-                Arc::new(queue("s", &["ce", "small"])),
-            ];
-            let mut nodes = 1;
-            let mut now = NOW;
+            let set_up = |o: &mut Observed| {
+                o.compute_environments.push(Arc::new(ce("small", "2", "8Gi", 1)));
+                o.queues = vec![
+                    Arc::new(queue("q", &["ce"])),
+                    Arc::new(queue("r", &["small"])),
+                    Arc::new(queue("s", &["ce", "small"])),
+                ];
+            };
             let fleet = |nodes: usize, now: Seconds| {
                 let mut v: Vec<Arc<BatchNode>> = (0..nodes).map(|i| node_at(i, now)).collect();
                 v.push(Arc::new(node("m0", "small", "2", "8Gi", now)));
                 v
             };
-            o.nodes = fleet(nodes, now);
             let mut settled = Settled::default();
-            let mut next = 6;
             let config = DecideConfig {
                 array_children_waiting: 2,
                 full_pass_interval: 100,
                 parked_kept,
                 ..DecideConfig::default()
             };
-            for (s, queue_index, created) in steps {
-                let q = QUEUES[queue_index];
-                let before = o.jobs.clone();
-                let name = |i: usize| before.get(i % before.len().max(1)).and_then(|j| j.metadata.name.clone());
-                match s {
-                    Step::Pass => {
-                        o.nodes = fleet(nodes, now);
-                        let fresh = decide(&o, &config, now);
-                        let remembered = decide_with(&o, &config, now, &mut settled);
-                        same_but_parked(&o, &fresh, &remembered);
-                        apply(&mut o, &fresh);
-                    }
-                    Step::Array(size) => {
-                        o.jobs.push(Arc::new(array(stored(&format!("j{next}"), "1", 0), size)));
-                        next += 1;
-                    }
-                    Step::Cancel(i) => {
-                        let Some(name) = name(i) else { continue };
-                        if let Some(j) = o.jobs.iter_mut().find(|j| j.metadata.name.as_deref() == Some(name.as_str())) {
-                            Arc::make_mut(j).spec.cancel = Some(crate::api::batch_job::CancelRequest {
-                                message: Some("proptest".into()),
-                            });
-                        }
-                    }
-                    Step::Start(i) | Step::Exit(i, _) => {
-                        let Some(name) = name(i) else { continue };
-                        match s {
-                            Step::Exit(_, code) => agent(&mut o, &name, move |a| {
-                                a.started_at = a.started_at.clone().or(Some(time(now)));
-                                if a.stopped_at.is_none() {
-                                    a.stopped_at = Some(time(now));
-                                    a.exit_code = Some(code);
-                                    a.reason = Some(if code == 0 { AttemptReason::Completed } else { AttemptReason::Error });
-                                }
-                            }),
-                            _ => agent(&mut o, &name, move |a| {
-                                a.started_at = a.started_at.clone().or(Some(time(now)));
-                            }),
-                        }
-                    }
-                    Step::Wait(secs) => now += secs,
-                    Step::Submit(cpu) => {
-                        let j = stored(&format!("j{next}"), &cpu.to_string(), 0);
-                        o.jobs.push(Arc::new(at(q, j, created)));
-                        next += 1;
-                    }
-                    Step::Depend(i) => {
-                        let Some(on) = name(i) else { continue };
-                        let j = depends_on(stored(&format!("j{next}"), "1", 0), &on);
-                        o.jobs.push(Arc::new(at(q, j, created)));
-                        next += 1;
-                    }
-                    Step::Delete(i) => {
-                        let Some(name) = name(i) else { continue };
-                        o.jobs.retain(|j| j.metadata.name.as_deref() != Some(name.as_str()));
-                    }
-                    Step::AddNode => nodes = (nodes + 1).min(3),
-                    Step::RemoveNode => nodes = nodes.saturating_sub(1),
-                }
-                bump(&mut o, &before, &mut rv);
-            }
+            play(steps, place, set_up, fleet, |o, now| {
+                let fresh = decide(o, &config, now);
+                let remembered = decide_with(o, &config, now, &mut settled);
+                same_but_parked(o, &fresh, &remembered);
+                fresh
+            });
         }
 
         #[test]
         fn settled_memory_changes_no_decision(steps in proptest::collection::vec(step(), 1..80)) {
-            let mut rv = 100;
-            let jobs: Vec<BatchJob> = (0..6)
-                .map(|i| stored(&format!("j{i}"), "1", i))
-                .collect();
-            let mut o = world(jobs, vec![]);
-            o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 2))];
-            let mut nodes = 1;
-            let mut now = NOW;
-            o.nodes = vec![node_at(0, now)];
+            let steps = steps.into_iter().map(|s| (s, 0, 0)).collect();
+            let fleet = |nodes: usize, now: Seconds| (0..nodes).map(|i| node_at(i, now)).collect();
             let mut settled = Settled::default();
-            let mut next = 6;
-            for s in steps {
-                let before = o.jobs.clone();
-                let name = |i: usize| before.get(i % before.len().max(1)).and_then(|j| j.metadata.name.clone());
-                match s {
-                    Step::Pass => {
-                        o.nodes = (0..nodes).map(|i| node_at(i, now)).collect();
-                        let config = DecideConfig { array_children_waiting: 2, ..DecideConfig::default() };
-                        let fresh = decide(&o, &config, now);
-                        let remembered = decide_with(&o, &config, now, &mut settled);
-                        same(&fresh, &remembered);
-                        apply(&mut o, &fresh);
-                    }
-                    Step::Array(size) => {
-                        o.jobs.push(Arc::new(array(stored(&format!("j{next}"), "1", 0), size)));
-                        next += 1;
-                    }
-                    Step::Cancel(i) => {
-                        let Some(name) = name(i) else { continue };
-                        if let Some(j) = o.jobs.iter_mut().find(|j| j.metadata.name.as_deref() == Some(name.as_str())) {
-                            Arc::make_mut(j).spec.cancel = Some(crate::api::batch_job::CancelRequest {
-                                message: Some("proptest".into()),
-                            });
-                        }
-                    }
-                    Step::Start(i) | Step::Exit(i, _) => {
-                        let Some(name) = name(i) else { continue };
-                        match s {
-                            Step::Exit(_, code) => agent(&mut o, &name, move |a| {
-                                a.started_at = a.started_at.clone().or(Some(time(now)));
-                                if a.stopped_at.is_none() {
-                                    a.stopped_at = Some(time(now));
-                                    a.exit_code = Some(code);
-                                    a.reason = Some(if code == 0 { AttemptReason::Completed } else { AttemptReason::Error });
-                                }
-                            }),
-                            _ => agent(&mut o, &name, move |a| {
-                                a.started_at = a.started_at.clone().or(Some(time(now)));
-                            }),
-                        }
-                    }
-                    Step::Wait(secs) => now += secs,
-                    Step::Submit(cpu) => {
-                        o.jobs.push(Arc::new(stored(&format!("j{next}"), &cpu.to_string(), 0)));
-                        next += 1;
-                    }
-                    Step::Depend(i) => {
-                        let Some(on) = name(i) else { continue };
-                        o.jobs.push(Arc::new(depends_on(stored(&format!("j{next}"), "1", 0), &on)));
-                        next += 1;
-                    }
-                    Step::Delete(i) => {
-                        let Some(name) = name(i) else { continue };
-                        o.jobs.retain(|j| j.metadata.name.as_deref() != Some(name.as_str()));
-                    }
-                    Step::AddNode => nodes = (nodes + 1).min(3),
-                    Step::RemoveNode => nodes = nodes.saturating_sub(1),
-                }
-                bump(&mut o, &before, &mut rv);
-            }
+            let config = DecideConfig { array_children_waiting: 2, ..DecideConfig::default() };
+            play(steps, |j, _, _| j, |_| {}, fleet, |o, now| {
+                let fresh = decide(o, &config, now);
+                let remembered = decide_with(o, &config, now, &mut settled);
+                same(&fresh, &remembered);
+                fresh
+            });
         }
     }
 
