@@ -94,6 +94,18 @@ array_manifest() { # one array job of N children
     printf -- '---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata:\n  name: arr\n  namespace: default\nspec:\n  queue: bench\n  arrayProperties:\n    size: %d\n  process:\n    command: ["sh", "-c", "true"]\n  resources:\n    cpu: 100m\n    memory: 16Mi\n' "$1"
 }
 
+# Starts `dev` in the background on MANIFEST, its kubeconfig $WORK/NAME.kubeconfig and its
+# log $WORK/NAME.log; sets $dev to its pid once it applied the manifest (or after SECONDS).
+start_dev() { # NAME MANIFEST SECONDS
+    local port
+    port=$(free_port)
+    "$BIN" dev --listen "127.0.0.1:$port" --kubeconfig "$WORK/$1.kubeconfig" \
+        -f "$2" >"$WORK/$1.log" 2>&1 &
+    dev=$!
+    PIDS+=("$dev")
+    for _ in $(seq $(($3 * 10))); do grep -q "^applied" "$WORK/$1.log" 2>/dev/null && break; sleep 0.1; done
+}
+
 # Runs `dev` on a manifest to completion; prints "wall_seconds max_rss_kib cpu_seconds
 # done_seconds" (CPU: user + sys of dev and the processes it waited for, its shims and
 # jobs; done: until dev printed that every job finished, before it stops its agents and
@@ -212,12 +224,7 @@ spec:
   priority: 1
   computeEnvironments: [scale]
 EOF
-    port=$(free_port)
-    "$BIN" dev --listen "127.0.0.1:$port" --kubeconfig "$WORK/lat.kubeconfig" \
-        -f "$WORK/latency.yaml" >"$WORK/lat.log" 2>&1 &
-    dev=$!
-    PIDS+=("$dev")
-    for _ in $(seq 600); do grep -q "^applied" "$WORK/lat.log" 2>/dev/null && break; sleep 0.1; done
+    start_dev lat "$WORK/latency.yaml" 60
     echo
     "$py" scripts/bench-latency.py "$WORK/lat.kubeconfig" bench "$LATENCY_N" 100
     if [[ "$SCALE_N" -gt 0 ]]; then
@@ -260,12 +267,7 @@ EOF
     for ((i = 0; i < BACKLOG_N; i++)); do
         printf -- '---\napiVersion: asgbatch.io/v1alpha1\nkind: BatchJob\nmetadata:\n  name: held-%d\n  namespace: default\nspec:\n  queue: held\n  process:\n    command: ["sleep", "3600"]\n  resources:\n    cpu: "1"\n    memory: 16Mi\n' "$i"
     done >>"$WORK/backlog.yaml"
-    port=$(free_port)
-    "$BIN" dev --listen "127.0.0.1:$port" --kubeconfig "$WORK/backlog.kubeconfig" \
-        -f "$WORK/backlog.yaml" >"$WORK/backlog.log" 2>&1 &
-    dev=$!
-    PIDS+=("$dev")
-    for _ in $(seq 6000); do grep -q "^applied" "$WORK/backlog.log" 2>/dev/null && break; sleep 0.1; done
+    start_dev backlog "$WORK/backlog.yaml" 600
     echo
     "$py" scripts/bench-backlog-settle.py "$WORK/backlog.kubeconfig" held "$BACKLOG_N"
     echo "  dev with the backlog: RSS $(mib "$(awk '/^VmRSS/ { print $2 }' "/proc/$dev/status")") MiB"

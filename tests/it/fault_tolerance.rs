@@ -383,6 +383,20 @@ impl World {
         }
     }
 
+    /// Waits until the `n` jobs all Succeeded ([`World::wait_all`]), each on its first
+    /// attempt (asserted).
+    async fn wait_all_succeeded_once(&self, n: usize, timeout: Duration) {
+        for j in self.wait_all(n, JobPhase::Succeeded, timeout).await {
+            let s = j.status.unwrap_or_default();
+            assert_eq!(
+                (s.attempt, s.attempts.len()),
+                (Some(1), 1),
+                "{:?} succeeded on its first attempt",
+                j.metadata.name
+            );
+        }
+    }
+
     fn signal_apiserver(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(self.apiserver.pid(), sig).expect("signal the API server");
     }
@@ -709,18 +723,7 @@ async fn a_paused_api_server_fails_no_job_and_terminates_no_busy_instance() {
     tokio::time::sleep(Duration::from_secs(2 * lost)).await;
     w.signal_apiserver(nix::sys::signal::Signal::SIGCONT);
     let resumed = epoch();
-    let jobs = w
-        .wait_all(4, JobPhase::Succeeded, Duration::from_secs(180))
-        .await;
-    for j in &jobs {
-        let s = j.status.clone().unwrap_or_default();
-        assert_eq!(
-            (s.attempt, s.attempts.len()),
-            (Some(1), 1),
-            "{:?} succeeded on its first attempt",
-            j.metadata.name
-        );
-    }
+    w.wait_all_succeeded_once(4, Duration::from_secs(180)).await;
     let (_, terminated) = check_ground_truth(&w, 4, 0.0);
     let last_stop = truth(w.dir.path())
         .values()
@@ -852,18 +855,7 @@ async fn a_killed_leader_under_aws_throttling_and_errors_loses_no_job_and_does_n
     w.aws.set(Fault::Pass);
     let new_leader = w.wait_leader(Some(leader)).await;
     let took_over = epoch();
-    let jobs = w
-        .wait_all(4, JobPhase::Succeeded, Duration::from_secs(240))
-        .await;
-    for j in &jobs {
-        let s = j.status.clone().unwrap_or_default();
-        assert_eq!(
-            (s.attempt, s.attempts.len()),
-            (Some(1), 1),
-            "{:?} succeeded on its first attempt",
-            j.metadata.name
-        );
-    }
+    w.wait_all_succeeded_once(4, Duration::from_secs(240)).await;
     check_ground_truth(&w, 4, 0.0);
     // No capacity thrash: desired goes up, then (once idle) down; never down and up again.
     let seq = desired_sequence(&w.aws);
@@ -1051,18 +1043,8 @@ async fn a_parked_backlog_survives_a_paused_api_server_and_a_killed_leader_and_r
     let parked_new = wait_parked(&w, new_leader, backlog, "after the takeover").await;
 
     let total = backlog + 4;
-    let jobs = w
-        .wait_all(total, JobPhase::Succeeded, Duration::from_secs(300))
+    w.wait_all_succeeded_once(total, Duration::from_secs(300))
         .await;
-    for j in &jobs {
-        let s = j.status.clone().unwrap_or_default();
-        assert_eq!(
-            (s.attempt, s.attempts.len()),
-            (Some(1), 1),
-            "{:?} succeeded on its first attempt",
-            j.metadata.name
-        );
-    }
     // Ground truth: every job ran once to its end; no instance was terminated busy.
     let (_, terminated) = check_ground_truth(&w, total, 0.0);
     let t = truth(w.dir.path());

@@ -220,6 +220,25 @@ fn exited(code: i32) -> impl Fn(&mut AttemptStatus) {
     }
 }
 
+/// What an agent reports at `now` in a property test's step: the attempt started, and
+/// with `code` also ended with that exit code (an end is reported once).
+fn reported_at(now: Seconds, code: Option<i32>) -> impl Fn(&mut AttemptStatus) {
+    move |a| {
+        a.started_at = a.started_at.clone().or(Some(time(now)));
+        if let Some(code) = code {
+            if a.stopped_at.is_none() {
+                a.stopped_at = Some(time(now));
+                a.exit_code = Some(code);
+                a.reason = Some(if code == 0 {
+                    AttemptReason::Completed
+                } else {
+                    AttemptReason::Error
+                });
+            }
+        }
+    }
+}
+
 fn started(a: &mut AttemptStatus) {
     a.started_at = Some(time(NOW - 5));
 }
@@ -1380,19 +1399,8 @@ mod invariants {
                                 })
                         });
                         if placed {
-                            match s {
-                                Step::Exit(_, code) => agent(&mut o, &name, move |a| {
-                                    a.started_at = a.started_at.clone().or(Some(time(now)));
-                                    if a.stopped_at.is_none() {
-                                        a.stopped_at = Some(time(now));
-                                        a.exit_code = Some(code);
-                                        a.reason = Some(if code == 0 { AttemptReason::Completed } else { AttemptReason::Error });
-                                    }
-                                }),
-                                _ => agent(&mut o, &name, move |a| {
-                                    a.started_at = a.started_at.clone().or(Some(time(now)));
-                                }),
-                            }
+                            let code = if let Step::Exit(_, code) = s { Some(code) } else { None };
+                            agent(&mut o, &name, reported_at(now, code));
                         }
                     }
                     Step::Wait(secs) => now += secs,
@@ -2134,23 +2142,12 @@ mod settled_memory {
                 }
                 Step::Start(i) | Step::Exit(i, _) => {
                     let Some(name) = name(i) else { continue };
-                    match s {
-                        Step::Exit(_, code) => agent(&mut o, &name, move |a| {
-                            a.started_at = a.started_at.clone().or(Some(time(now)));
-                            if a.stopped_at.is_none() {
-                                a.stopped_at = Some(time(now));
-                                a.exit_code = Some(code);
-                                a.reason = Some(if code == 0 {
-                                    AttemptReason::Completed
-                                } else {
-                                    AttemptReason::Error
-                                });
-                            }
-                        }),
-                        _ => agent(&mut o, &name, move |a| {
-                            a.started_at = a.started_at.clone().or(Some(time(now)));
-                        }),
-                    }
+                    let code = if let Step::Exit(_, code) = s {
+                        Some(code)
+                    } else {
+                        None
+                    };
+                    agent(&mut o, &name, reported_at(now, code));
                 }
                 Step::Wait(secs) => now += secs,
                 Step::Submit(cpu) => {
