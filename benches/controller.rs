@@ -12,6 +12,7 @@ use asg_batch::api::batch_job::BatchJob;
 use asg_batch::api::batch_node::BatchNode;
 use asg_batch::api::compute_environment::ComputeEnvironment;
 use asg_batch::api::job_queue::JobQueue;
+use asg_batch::controller::decide::carry::{JobIndex, index_key};
 use asg_batch::controller::decide::{DecideConfig, Observed, Settled, decide, decide_with};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -263,6 +264,43 @@ fn bench_backlog(c: &mut Criterion) {
         c.bench_function(
             &format!("controller pass, {n} unschedulable, {finished} finished (settled){new}"),
             |b| b.iter(|| decide_with(black_box(&o), &config, NOW_SECONDS, &mut settled)),
+        );
+        // As the controller's loop runs it: the parked jobs carried outside the observed
+        // jobs, a job index handing each pass only the others.
+        let carrying_config = DecideConfig {
+            carry_parked: true,
+            ..config
+        };
+        let mut carrying = Settled::default();
+        let mut index = JobIndex::default();
+        let mut handed = Observed {
+            jobs: Vec::new(),
+            ..o.clone()
+        };
+        let pass = |handed: &mut Observed, index: &mut JobIndex, carrying: &mut Settled| {
+            (handed.jobs, handed.released) = (index.active(), index.released());
+            let d = decide_with(handed, &carrying_config, NOW_SECONDS, carrying);
+            index.after_pass(handed.released.len(), &d.carry);
+            d
+        };
+        index.replace_all(before.jobs.iter().map(|j| (index_key(j), j.clone())));
+        for _ in 0..2 {
+            pass(&mut handed, &mut index, &mut carrying);
+        }
+        index.replace_all(o.jobs.iter().map(|j| (index_key(j), j.clone())));
+        let d = pass(&mut handed, &mut index, &mut carrying);
+        assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
+        println!(
+            "controller pass with a carried backlog: {} jobs handed, {} carried -> {} bindings, {} job writes, {} parked",
+            handed.jobs.len(),
+            index.carried(),
+            d.plan.bindings.len(),
+            d.jobs.len(),
+            d.parked_jobs,
+        );
+        c.bench_function(
+            &format!("controller pass, {n} unschedulable, {finished} finished (carried){new}"),
+            |b| b.iter(|| pass(&mut handed, &mut index, &mut carrying)),
         );
         // The same memory, every pass a full pass (nothing parked): the pass before
         // parking, measured in the same run.

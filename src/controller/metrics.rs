@@ -46,11 +46,26 @@ pub struct CeLabels {
     pub compute_environment: String,
 }
 
+/// Labels of a pass's stage.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `observe` (stores, nodes, fleets), `decide` (the pure pass and the gauges) or
+    /// `apply` (writes and fleet calls).
+    pub stage: &'static str,
+}
+
+/// A histogram of pass durations (5 ms to 41 s).
+fn pass_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
 /// Every metric of the controller.
 #[derive(Debug)]
 pub struct Metrics {
     /// Pass duration, seconds.
     pub pass_seconds: Histogram,
+    /// Pass duration by stage, seconds (where a slow pass spends its time).
+    pub pass_stage_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
     /// Jobs by queue and phase (as of the last pass).
     pub jobs: Family<JobLabels, Gauge>,
     /// API writes by kind and outcome.
@@ -78,7 +93,8 @@ impl Metrics {
     /// The metrics, registered in `registry` under the `asg_batch_controller` prefix.
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
-            pass_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            pass_seconds: pass_histogram(),
+            pass_stage_seconds: Family::new_with_constructor(pass_histogram),
             jobs: Family::default(),
             writes: Family::default(),
             fleet_calls: Family::default(),
@@ -95,6 +111,11 @@ impl Metrics {
             "pass_duration_seconds",
             "Duration of a controller pass",
             m.pass_seconds.clone(),
+        );
+        r.register(
+            "pass_stage_duration_seconds",
+            "Duration of each stage of a controller pass",
+            m.pass_stage_seconds.clone(),
         );
         r.register("jobs", "BatchJobs by queue and phase", m.jobs.clone());
         r.register(

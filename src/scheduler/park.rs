@@ -179,6 +179,24 @@ pub fn count_parked_ahead(
     }
 }
 
+/// Adds to the queue position of every job in `plan.queue` the parked jobs `ahead`
+/// counts before it (by its queue, submission time and id): for parked jobs kept
+/// sorted elsewhere, counted without a walk over them (see [`count_parked_ahead`]).
+pub fn add_ahead(
+    plan: &mut Plan,
+    snapshot: &Snapshot,
+    ahead: impl Fn(&str, Seconds, &JobId) -> u32,
+) {
+    for (id, q) in &mut plan.queue {
+        let Some(job) = snapshot.jobs.get(id) else {
+            continue;
+        };
+        q.position = q
+            .position
+            .saturating_add(ahead(job.queue.as_str(), job.submitted_at, id));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

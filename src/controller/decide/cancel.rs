@@ -43,7 +43,7 @@ pub struct CancelChild {
 
 /// The cancel request that applies to each job: its own, or its array parent's (with the
 /// parent named in the message).
-pub(super) fn requests(jobs: &[Arc<BatchJob>]) -> BTreeMap<JobId, CancelRequest> {
+pub(super) fn requests(jobs: &[&Arc<BatchJob>]) -> BTreeMap<JobId, CancelRequest> {
     let own: BTreeMap<JobId, &CancelRequest> = jobs
         .iter()
         .filter_map(|j| {

@@ -51,6 +51,7 @@ mod arrays;
 mod attempts;
 mod boot;
 mod cancel;
+pub mod carry;
 mod derived;
 mod liveness;
 mod park;
@@ -96,6 +97,11 @@ pub struct DecideConfig {
     /// every queue its first this many parked jobs ([`crate::scheduler::forecast::MAX_PROJECTED`]
     /// by default: the forecast projects no more, so every estimated start is exact).
     pub parked_kept: usize,
+    /// Whether the parked jobs a pass leaves out are carried to the next passes
+    /// outside the observed jobs ([`carry`]): only for a caller that feeds the passes
+    /// through a [`carry::JobIndex`] (the controller's loop), since the observed jobs
+    /// must then leave the carried ones out.
+    pub carry_parked: bool,
 }
 
 impl Default for DecideConfig {
@@ -106,6 +112,7 @@ impl Default for DecideConfig {
             array_children_waiting: ARRAY_CHILDREN_WAITING,
             full_pass_interval: DEFAULT_FULL_PASS_INTERVAL,
             parked_kept: crate::scheduler::forecast::MAX_PROJECTED,
+            carry_parked: false,
         }
     }
 }
@@ -135,8 +142,11 @@ pub struct Observed {
     pub queues: Vec<Arc<JobQueue>>,
     /// Every JobDefinition.
     pub definitions: Vec<Arc<JobDefinition>>,
-    /// Every BatchJob.
+    /// Every BatchJob, but those carried by the memory ([`carry::JobIndex`]).
     pub jobs: Vec<Arc<BatchJob>>,
+    /// Carried jobs (as carried) that changed or went since the last pass
+    /// ([`carry::JobIndex::released`]).
+    pub released: Vec<Arc<BatchJob>>,
     /// Every BatchNode.
     pub nodes: Vec<Arc<BatchNode>>,
     /// The fleet of each compute environment that has one, as described now.
@@ -386,6 +396,8 @@ pub struct Decisions {
     pub parked_classes: usize,
     /// The jobs those classes left out (their status as written).
     pub parked_jobs: usize,
+    /// What the pass changed in its carry of parked jobs, for the job index.
+    pub carry: carry::CarryChanges,
     /// Since when each node holding no attempt after this pass has been idle, as this
     /// controller saw it (the next pass's [`Observed::idle_seen`]).
     pub idle: BTreeMap<String, Seconds>,
@@ -446,6 +458,46 @@ pub fn decide_with(
     settled: &mut Settled,
 ) -> Decisions {
     settled.begin();
+    // Carried jobs that changed or went since: their entries are stale.
+    settled.drop_released(&observed.released);
+    let may_park =
+        config.full_pass_interval > 0 && settled.may_park(now, config.full_pass_interval);
+    // A pass that does not park sees every job.
+    let mut back: Vec<Arc<BatchJob>> = if may_park {
+        Vec::new()
+    } else {
+        let all = settled.carry.take_all();
+        settled.give_back(all)
+    };
+    loop {
+        match decide_once(observed, &back, may_park, config, now, settled) {
+            Ok(mut out) => {
+                out.carry.unparked = back;
+                out.carry.by_queue = settled
+                    .carry
+                    .by_queue()
+                    .into_iter()
+                    .map(|(q, n)| (q.to_owned(), n))
+                    .collect();
+                return out;
+            }
+            // Carried jobs this pass must see after all: decided again with them.
+            Err(members) => back.extend(settled.give_back(members)),
+        }
+    }
+}
+
+/// One attempt at a pass over the observed jobs and `back` (carried jobs taken back);
+/// `Err` with more carried jobs it must see.
+fn decide_once(
+    observed: &Observed,
+    back: &[Arc<BatchJob>],
+    may_park: bool,
+    config: &DecideConfig,
+    now: Seconds,
+    settled: &mut Settled,
+) -> Result<Decisions, Vec<carry::Member>> {
+    let jobs: Vec<&Arc<BatchJob>> = observed.jobs.iter().chain(back).collect();
     let mut out = Decisions::default();
     let definitions: Vec<&JobDefinition> = observed.definitions.iter().map(|d| &**d).collect();
     let defs = snapshot::index_definitions(&definitions);
@@ -523,13 +575,12 @@ pub fn decide_with(
     // Array parents by namespace and name: a finished child settles only while its
     // parent is there, not cancelled and not expired (else retention or cancellation
     // acts on it with its parent).
-    let array_parents: BTreeMap<(&str, &str), &BatchJob> = observed
-        .jobs
+    let array_parents: BTreeMap<(&str, &str), &BatchJob> = jobs
         .iter()
         .filter(|j| snapshot::is_array_parent(j))
         .filter_map(|j| {
             let ns = j.metadata.namespace.as_deref().unwrap_or_default();
-            Some(((ns, j.metadata.name.as_deref()?), &**j))
+            Some(((ns, j.metadata.name.as_deref()?), &***j))
         })
         .collect();
     let parent_allows = |j: &BatchJob| {
@@ -559,13 +610,10 @@ pub fn decide_with(
     // Settled in an earlier pass at this resourceVersion (waiting, or finished and not
     // expired): decided after the plan. In a pass that may park, the settled Runnable
     // ones are set aside until the scheduler says whether their class parks.
-    let may_park =
-        config.full_pass_interval > 0 && settled.may_park(now, config.full_pass_interval);
-    let mut quiet: Vec<&BatchJob> = Vec::with_capacity(observed.jobs.len());
-    let mut aside: Vec<park::Aside<'_>> =
-        Vec::with_capacity(if may_park { observed.jobs.len() } else { 0 });
-    let mut set_aside = vec![false; if may_park { observed.jobs.len() } else { 0 }];
-    for (i, j) in observed.jobs.iter().enumerate() {
+    let mut quiet: Vec<&BatchJob> = Vec::with_capacity(jobs.len());
+    let mut aside: Vec<park::Aside<'_>> = Vec::with_capacity(if may_park { jobs.len() } else { 0 });
+    let mut set_aside = vec![false; if may_park { jobs.len() } else { 0 }];
+    for (i, &j) in jobs.iter().enumerate() {
         if may_park {
             // One lookup: confirmed now if set aside, its reason compared after the plan;
             // what the object says is worked out once per resourceVersion.
@@ -603,13 +651,7 @@ pub fn decide_with(
         work.insert(job_id(j), w);
     }
     // 2b. Cancel and terminate.
-    cancel::cancel(
-        &mut work,
-        &cancel::requests(&observed.jobs),
-        &facts,
-        now,
-        &mut out,
-    );
+    cancel::cancel(&mut work, &cancel::requests(&jobs), &facts, now, &mut out);
 
     // 3. Schedule: the snapshot is built once, from what was observed, and the attempt
     //    progress of step 2 is applied to it (only phase, node and backoff change).
@@ -657,12 +699,11 @@ pub fn decide_with(
         compute_environments: observed.compute_environments.iter().map(|c| &**c).collect(),
         queues: observed.queues.iter().map(|q| &**q).collect(),
         definitions: definitions.clone(),
-        jobs: observed
-            .jobs
+        jobs: jobs
             .iter()
             .enumerate()
             .filter(|(i, _)| !set_aside.get(*i).copied().unwrap_or(false))
-            .map(|(_, j)| &**j)
+            .map(|(_, j)| &***j)
             .collect(),
         nodes: observed.nodes.iter().map(|n| &**n).collect(),
         node_phases,
@@ -691,42 +732,65 @@ pub fn decide_with(
     }
     built.set_idle_since(&idle_before, now);
     // Parked classes: their later members stay out of the snapshot.
-    let mut parked = park::park(&mut built, &aside, &defs, config.parked_kept, now);
+    let mut parked = park::park(
+        &mut built,
+        &aside,
+        &defs,
+        config.parked_kept,
+        now,
+        &mut settled.carry,
+    )?;
     let mut plan = scheduler::plan(&built.snapshot, now);
     let mut left_out = vec![false; if parked.jobs > 0 { quiet.len() } else { 0 }];
     if parked.jobs > 0 {
         // A member left out keeps its status: its reason must be its head's. (It is,
         // unless what it was settled with changed, e.g. its environment's maxInstances.)
-        let reasons_hold = parked.classes.iter().all(|(head, members)| {
-            let reason = plan.unplaced.get(head);
+        let carry = &settled.carry;
+        let reasons_hold = parked.classes.iter().all(|c| {
+            let reason = plan.unplaced.get(&c.head);
             // Members remembered with an equal reason share it ([`Settled`]): one
             // comparison per distinct reason.
             let mut held: Option<*const scheduler::Reason> = None;
-            members.iter().all(|&i| match &aside[i].reason {
+            c.members.iter().all(|&i| match &aside[i].reason {
                 Some(r) if held == Some(Arc::as_ptr(r)) => true,
                 Some(r) if Some(&**r) == reason => {
                     held = Some(Arc::as_ptr(r));
                     true
                 }
                 r => r.as_deref() == reason,
-            })
+            }) && carry.reasons(&c.class).all(|r| r == reason)
         });
+        let carried = carry.by_queue();
         let moved = settled.queues_moved(
             positioned(&built, &parked)
                 .into_iter()
-                .filter(|(q, _)| parked.keys.contains_key(q)),
+                .filter(|(q, _)| parked.keys.contains_key(q) || carried.contains_key(q))
+                .map(|(q, n)| {
+                    let c = carried.get(q).copied().unwrap_or(0);
+                    (q, n.saturating_add(u32::try_from(c).unwrap_or(u32::MAX)))
+                }),
         );
+        if (!reasons_hold || moved) && !settled.carry.is_empty() {
+            // A full pass after all, with every carried job.
+            return Err(settled.carry.take_all());
+        }
         if reasons_hold && !moved {
             scheduler::park::count_parked_ahead(&mut plan, &built.snapshot, &parked.keys);
-            for (_, members) in &parked.classes {
-                for &i in members {
+            if !settled.carry.is_empty() {
+                let carry = &settled.carry;
+                scheduler::park::add_ahead(&mut plan, &built.snapshot, |q, at, id| {
+                    carry.ahead(q, at, id)
+                });
+            }
+            for c in &parked.classes {
+                for &i in &c.members {
                     left_out[aside[i].quiet] = true;
                 }
             }
         } else {
             // A full pass after all.
-            for (_, members) in &parked.classes {
-                for &i in members {
+            for c in &parked.classes {
+                for &i in &c.members {
                     built.add_aside(aside[i].job, &defs, now);
                 }
             }
@@ -774,6 +838,19 @@ pub fn decide_with(
             let n = i32::try_from(keys.len()).unwrap_or(i32::MAX);
             let e = runnable.entry(*queue).or_default();
             *e = e.saturating_add(n);
+        }
+        // Carried from earlier passes (not in the memory's entries: not counted in
+        // `kept`), by queue.
+        for (queue, n) in settled.carry.by_queue() {
+            if let Some(q) = observed
+                .queues
+                .iter()
+                .find_map(|x| x.metadata.name.as_deref().filter(|name| *name == queue))
+            {
+                let n = i32::try_from(n).unwrap_or(i32::MAX);
+                let e = runnable.entry(q).or_default();
+                *e = e.saturating_add(n);
+            }
         }
         for (qi, j) in quiet.into_iter().enumerate() {
             if left_out.get(qi).copied().unwrap_or(false) {
@@ -857,6 +934,15 @@ pub fn decide_with(
             }
         }
     }
+    // Members left out are carried to the next passes, outside the observed jobs.
+    if config.carry_parked {
+        for c in &parked.classes {
+            let members = c.members.iter().map(|&i| aside[i].carried());
+            let carried = settled.carry_in(c.class.clone(), members);
+            kept = kept.saturating_sub(carried.len());
+            out.carry.parked.extend(carried);
+        }
+    }
     settled.end(kept);
     // Finished jobs past their TTL: deleted (and not written).
     retention(&work, &observed.queues, now, &mut out);
@@ -895,7 +981,7 @@ pub fn decide_with(
     // Every job a write may bind, or that is bound, is decided in `work`: the others
     // (settled: waiting or finished, no write) hold no grant.
     out.grants = super::grants::desired_of(work.values().map(|w| w.job), &out.jobs);
-    out
+    Ok(out)
 }
 
 /// How many Runnable jobs each queue has: in the snapshot, and left out of it (queues

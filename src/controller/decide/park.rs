@@ -23,7 +23,7 @@
 //! order compares those integers, and text only on a tie.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::api::BatchJob;
@@ -32,6 +32,7 @@ use crate::scheduler::park::{ParkedKey, Parking};
 use crate::scheduler::{JobId, Reason, Resources, Seconds};
 
 use super::super::time::seconds;
+use super::carry::{Carry, ClassKey, Member};
 use super::settled::Facts;
 use super::snapshot::{self, Built, Definitions};
 
@@ -40,7 +41,7 @@ pub(super) struct Aside<'a> {
     /// Its index among the pass's quiet jobs.
     pub quiet: usize,
     /// The job.
-    pub job: &'a BatchJob,
+    pub job: &'a Arc<BatchJob>,
     /// Its namespace and name (read in every comparison of the first-in first-out
     /// order: kept here, next to its other keys).
     namespace: &'a str,
@@ -101,7 +102,7 @@ impl<'a> Aside<'a> {
     /// [`Facts::ready`], if its needs are known.
     pub fn of(
         quiet: usize,
-        job: &'a BatchJob,
+        job: &'a Arc<BatchJob>,
         reason: Option<Arc<Reason>>,
         facts: &Facts,
         definitions: &Definitions<'_>,
@@ -121,6 +122,11 @@ impl<'a> Aside<'a> {
             order: facts.order,
             reason,
         })
+    }
+
+    /// What the carry keeps of it: the object, its submission time and order prefix.
+    pub fn carried(&self) -> (Arc<BatchJob>, Seconds, [u128; 2]) {
+        (Arc::clone(self.job), self.submitted_at, self.order)
     }
 
     fn namespace(&self) -> &'a str {
@@ -160,28 +166,63 @@ fn fifo(a: &Aside<'_>, b: &Aside<'_>) -> Ordering {
         })
 }
 
+/// A class with members left out: its head (in the snapshot), the set-aside members
+/// left out (indices), and whether it has carried members ([`super::carry`]).
+pub(super) struct ParkedClass {
+    pub head: JobId,
+    pub members: Vec<usize>,
+    pub class: ClassKey,
+}
+
 /// The jobs a pass left out of its snapshot.
 #[derive(Default)]
 pub(super) struct Parked<'a> {
-    /// Each class with members left out: its head's id (in the snapshot) and the
-    /// members left out (indices into the set-aside jobs).
-    pub classes: Vec<(JobId, Vec<usize>)>,
-    /// The keys of the members left out, by queue ([`crate::scheduler::park::count_parked_ahead`]).
+    /// Each class with members left out.
+    pub classes: Vec<ParkedClass>,
+    /// The keys of the set-aside members left out, by queue
+    /// ([`crate::scheduler::park::count_parked_ahead`]); carried ones are counted by
+    /// the carry ([`Carry::ahead`]).
     pub keys: BTreeMap<&'a str, Vec<ParkedKey<'a>>>,
-    /// How many were left out.
+    /// How many were left out: set-aside members and carried ones.
     pub jobs: usize,
+}
+
+/// First-in first-out order of a set-aside job against a carried one.
+fn fifo_carried(a: &Aside<'_>, m: &Member) -> Ordering {
+    a.submitted_at
+        .cmp(&m.submitted_at)
+        .then_with(|| a.order.cmp(&m.order))
+        .then_with(|| a.key().id.iter().flat_map(|p| p.bytes()).cmp(m.id.bytes()))
 }
 
 /// Puts the set-aside jobs into `built`'s snapshot except the members of parkable
 /// classes beyond the heads and each queue's first `kept` (see the module
-/// documentation); returns those left out.
+/// documentation); returns those left out. With carried members (`carry`), the same
+/// rule holds over the set-aside and carried jobs together: carried members that a
+/// pass must see (a class no longer parkable, a job another depends on, a queue's first
+/// `kept`, a class's head) are taken out of the carry and returned as `Err`, for the
+/// pass to be decided again with them.
 pub(super) fn park<'a>(
     built: &mut Built,
     aside: &[Aside<'a>],
     definitions: &Definitions<'_>,
     kept: usize,
     now: Seconds,
-) -> Parked<'a> {
+    carry: &mut Carry,
+) -> Result<Parked<'a>, Vec<Member>> {
+    let mut back: Vec<Member> = Vec::new();
+    // Carried jobs another job depends on (its dependents look them up).
+    if !carry.is_empty() {
+        let wanted: BTreeSet<&str> = built
+            .needed
+            .targets()
+            .map(|t| t.0.as_str())
+            .filter(|id| carry.may_hold(id))
+            .collect();
+        if !wanted.is_empty() {
+            back.extend(carry.take_ids(&wanted));
+        }
+    }
     // Classes, by queue and resources (a backlog is mostly a few classes in a row).
     let mut classes: BTreeMap<(&'a str, Resources), usize> = BTreeMap::new();
     let mut members_of: Vec<Vec<usize>> = Vec::new();
@@ -203,13 +244,21 @@ pub(super) fn park<'a>(
         members_of[c].push(i);
         last = Some((key, c));
     }
-    let parkable: Vec<(&'a str, usize, bool)> = {
-        let test = Parking::new(&built.snapshot);
-        classes
-            .iter()
-            .map(|(k, c)| (k.0, *c, test.parkable(k.0, &k.1)))
-            .collect()
-    };
+    let test = Parking::new(&built.snapshot);
+    // Carried classes no longer parkable go back whole.
+    let unparkable: Vec<ClassKey> = carry
+        .classes()
+        .filter(|k| !test.parkable(&k.0, &k.1))
+        .cloned()
+        .collect();
+    for k in &unparkable {
+        back.extend(carry.take_class(k));
+    }
+    let parkable: Vec<(&'a str, usize, bool)> = classes
+        .iter()
+        .map(|(k, c)| (k.0, *c, test.parkable(k.0, &k.1)))
+        .collect();
+    drop(test);
     // Parkable classes by queue; the others go into the snapshot.
     let mut by_queue: BTreeMap<&'a str, Vec<usize>> = BTreeMap::new();
     for (queue, c, park) in parkable {
@@ -221,28 +270,89 @@ pub(super) fn park<'a>(
             }
         }
     }
+    // Queues with carried members only: their heads are carried.
+    let carried_queues: BTreeSet<String> = carry.classes().map(|k| k.0.clone()).collect();
     let mut out = Parked::default();
     let mut left_out = vec![false; aside.len()];
-    for (queue, cs) in by_queue {
+    let class_keys: Vec<(&'a str, Resources)> = {
+        let mut v = vec![("", Resources::default()); members_of.len()];
+        for (k, c) in &classes {
+            v[*c] = *k;
+        }
+        v
+    };
+    let queues: BTreeSet<&str> = by_queue
+        .keys()
+        .copied()
+        .chain(carried_queues.iter().map(String::as_str))
+        .collect();
+    for queue in queues {
+        let cs: &[usize] = by_queue.get(queue).map_or(&[], Vec::as_slice);
         let mut all: Vec<usize> = cs
             .iter()
             .flat_map(|c| members_of[*c].iter().copied())
             .collect();
-        if all.len() > kept {
-            // Beyond the first `kept` of the queue in first-in first-out order (O(n)).
+        // The queue's first `kept` set-aside members, sorted (the others are left out).
+        let window: Vec<usize> = if all.len() > kept {
             let (_, _, beyond) =
                 all.select_nth_unstable_by(kept, |x, y| fifo(&aside[*x], &aside[*y]));
             for &i in beyond.iter() {
                 left_out[i] = true;
             }
             left_out[all[kept]] = true;
+            let mut w = all[..kept].to_vec();
+            w.sort_by(|x, y| fifo(&aside[*x], &aside[*y]));
+            w
+        } else {
+            let mut w = all.clone();
+            w.sort_by(|x, y| fifo(&aside[*x], &aside[*y]));
+            w
+        };
+        // Carried members among the first `kept` of set-aside and carried together go
+        // back (the first of the queue are in the snapshot).
+        let carried = carry.first_of_queue(queue, kept);
+        let mut taken: BTreeMap<ClassKey, usize> = BTreeMap::new();
+        {
+            let (mut w, mut k) = (window.iter().peekable(), carried.iter().peekable());
+            for _ in 0..kept {
+                match (w.peek(), k.peek()) {
+                    (Some(&&i), Some((_, m))) if fifo_carried(&aside[i], m).is_lt() => {
+                        w.next();
+                    }
+                    (_, Some((class, _))) => {
+                        *taken.entry((*class).clone()).or_default() += 1;
+                        k.next();
+                    }
+                    (Some(_), None) => {
+                        w.next();
+                    }
+                    (None, None) => break,
+                }
+            }
+            // Set-aside members pushed out of the window by carried ones stay in it:
+            // the pass is decided again with those carried ones back.
         }
-        for c in cs {
-            let members = &members_of[c];
-            // Its head: the first of its members in the queue's first `kept`, if one is
-            // there (every member left out comes after those), else the first of all.
+        for (class, n) in &taken {
+            back.extend(carry.take_first(class, *n));
+        }
+        if !taken.is_empty() {
+            continue;
+        }
+        // Heads: for each class with members left out (set aside or carried), its first
+        // member in the window, else its first member overall.
+        let mut class_list: BTreeSet<ClassKey> =
+            carry.classes().filter(|k| k.0 == queue).cloned().collect();
+        class_list.extend(
+            cs.iter()
+                .map(|c| (class_keys[*c].0.to_owned(), class_keys[*c].1)),
+        );
+        for class in class_list {
+            let members: &[usize] = classes
+                .get(&(queue, class.1))
+                .map_or(&[], |c| members_of[*c].as_slice());
+            let first_carried = carry.first(&class);
             let mut front: Option<usize> = None;
-            let mut any_left = false;
+            let mut any_left = first_carried.is_some();
             for &i in members {
                 if left_out[i] {
                     any_left = true;
@@ -253,19 +363,32 @@ pub(super) fn park<'a>(
             if !any_left {
                 continue;
             }
-            let first = || {
-                members
-                    .iter()
-                    .copied()
-                    .min_by(|x, y| fifo(&aside[*x], &aside[*y]))
-            };
-            let Some(head) = front.or_else(first) else {
-                continue;
+            let head = match front {
+                Some(f) => f,
+                None => {
+                    let first_aside = members
+                        .iter()
+                        .copied()
+                        .min_by(|x, y| fifo(&aside[*x], &aside[*y]));
+                    match (first_aside, first_carried) {
+                        (Some(a), Some(m)) if fifo_carried(&aside[a], m).is_lt() => a,
+                        (Some(a), None) => a,
+                        (_, Some(_)) => {
+                            back.extend(carry.take_first(&class, 1));
+                            continue;
+                        }
+                        (None, None) => continue,
+                    }
+                }
             };
             left_out[head] = false;
             let left: Vec<usize> = members.iter().copied().filter(|i| left_out[*i]).collect();
-            if !left.is_empty() {
-                out.classes.push((snapshot::job_id(aside[head].job), left));
+            if !left.is_empty() || carry.first(&class).is_some() {
+                out.classes.push(ParkedClass {
+                    head: snapshot::job_id(aside[head].job),
+                    members: left,
+                    class,
+                });
             }
         }
         let mut keys = Vec::new();
@@ -276,12 +399,18 @@ pub(super) fn park<'a>(
                 built.add_aside(aside[i].job, definitions, now);
             }
         }
-        if !keys.is_empty() {
+        if let Some((&q, _)) = by_queue.get_key_value(queue)
+            && !keys.is_empty()
+        {
             out.jobs += keys.len();
-            out.keys.insert(queue, keys);
+            out.keys.insert(q, keys);
         }
     }
-    out
+    if !back.is_empty() {
+        return Err(back);
+    }
+    out.jobs += carry.len();
+    Ok(out)
 }
 
 #[cfg(test)]

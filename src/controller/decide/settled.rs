@@ -25,6 +25,7 @@ use crate::api::batch_job::JobPhase;
 use crate::scheduler::{Reason, Resources, Seconds};
 
 use super::super::LABEL_NODE;
+use super::carry::{Carry, ClassKey, Member};
 
 /// What the controller remembers of settled waiting jobs between passes (owned by the
 /// loop, handed to [`super::decide_with`]). Jobs that are gone are forgotten.
@@ -39,6 +40,9 @@ pub struct Settled {
     /// The reason last remembered: entries remembered with an equal reason share it, so
     /// that a pass compares a parked class's reasons once, not once per member.
     last_reason: Option<Arc<Reason>>,
+    /// Parked jobs carried outside the observed jobs, with their entries
+    /// ([`super::carry`]).
+    pub(super) carry: Carry,
 }
 
 /// What a pass that may park needs of a settled job beyond its memory entry, from the
@@ -96,11 +100,11 @@ struct FullPass {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
+pub(super) struct Entry {
     resource_version: Version,
     /// The scheduler's reason (none for a finished job), behind a pointer: most entries
     /// are finished jobs, and a pass that parks hands it out ([`Settled::touch_with`]).
-    reason: Option<Arc<Reason>>,
+    pub(super) reason: Option<Arc<Reason>>,
     pass: u64,
     /// Worked out by the first pass that may park at this resourceVersion.
     facts: Option<Facts>,
@@ -140,14 +144,86 @@ impl Version {
 }
 
 impl Settled {
-    /// How many waiting jobs are remembered as settled.
+    /// How many jobs are remembered as settled (carried ones included).
     pub fn len(&self) -> usize {
-        self.jobs.len()
+        self.jobs.len() + self.carry.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
+        self.len() == 0
+    }
+
+    /// How many parked jobs are carried outside the observed jobs.
+    pub fn carried(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Carries jobs of a class a pass left out (each with its submission time and
+    /// order prefix): their entries move into the carry. A job without an entry at its
+    /// resourceVersion is not carried (it cannot be: it was set aside because it had
+    /// one); those carried are returned.
+    pub(super) fn carry_in(
+        &mut self,
+        class: ClassKey,
+        jobs: impl IntoIterator<Item = (Arc<BatchJob>, Seconds, [u128; 2])>,
+    ) -> Vec<Arc<BatchJob>> {
+        let mut members = Vec::new();
+        for (job, submitted_at, order) in jobs {
+            let (Some(uid), Some(rv)) = (
+                job.metadata.uid.as_deref(),
+                job.metadata.resource_version.as_deref(),
+            ) else {
+                continue;
+            };
+            if !self
+                .jobs
+                .get(uid)
+                .is_some_and(|e| e.resource_version.is(rv))
+            {
+                continue;
+            }
+            let Some((uid, entry)) = self.jobs.remove_entry(uid) else {
+                continue;
+            };
+            let id = format!(
+                "{}/{}",
+                job.metadata.namespace.as_deref().unwrap_or_default(),
+                job.metadata.name.as_deref().unwrap_or_default()
+            )
+            .into_boxed_str();
+            members.push(Member {
+                submitted_at,
+                order,
+                id,
+                job,
+                uid,
+                entry,
+            });
+        }
+        let jobs = members.iter().map(|m| Arc::clone(&m.job)).collect();
+        self.carry.add(class, members);
+        jobs
+    }
+
+    /// Takes carried members back: their entries return to the memory (confirmed in
+    /// this pass), their objects are returned for the pass to decide.
+    pub(super) fn give_back(&mut self, members: Vec<Member>) -> Vec<Arc<BatchJob>> {
+        let pass = self.pass;
+        members
+            .into_iter()
+            .map(|mut m| {
+                m.entry.pass = pass;
+                self.jobs.insert(m.uid, m.entry);
+                m.job
+            })
+            .collect()
+    }
+
+    /// Drops carried objects that changed or went ([`super::carry::JobIndex`]): their
+    /// entries are stale.
+    pub(super) fn drop_released(&mut self, released: &[Arc<BatchJob>]) {
+        drop(self.carry.take_jobs(released));
     }
 
     /// Starts a pass.

@@ -128,6 +128,11 @@ impl Needed {
         out
     }
 
+    /// The ids some job depends on.
+    pub fn targets(&self) -> impl Iterator<Item = &JobId> {
+        self.targets.iter()
+    }
+
     /// Whether some job depends on the job `namespace/name` (or on an array it belongs
     /// to: array children are never asked).
     pub fn is_target(&self, namespace: &str, name: &str) -> bool {

@@ -2053,6 +2053,7 @@ mod settled_memory {
             d.plan.queue.clear();
             d.parked_classes = 0;
             d.parked_jobs = 0;
+            d.carry = carry::CarryChanges::default();
             d
         };
         same(&strip(fresh), &strip(parked));
@@ -2210,10 +2211,27 @@ mod settled_memory {
                 parked_kept,
                 ..DecideConfig::default()
             };
+            // And with the parked jobs carried between passes, as the controller's
+            // loop runs them: through a job index that hands a pass only the jobs it
+            // does not carry.
+            let mut carrying = Settled::default();
+            let mut index = carry::JobIndex::default();
+            let carried = DecideConfig { carry_parked: true, ..config };
             play(steps, place, set_up, fleet, |o, now| {
+                // In the index's order (events come in the order of the jobs).
+                let mut o = o.clone();
+                o.jobs.sort_by_key(|j| carry::index_key(j));
+                let o = &o;
                 let fresh = decide(o, &config, now);
                 let remembered = decide_with(o, &config, now, &mut settled);
                 same_but_parked(o, &fresh, &remembered);
+                index.replace_all(o.jobs.iter().map(|j| (carry::index_key(j), Arc::clone(j))));
+                let mut handed = o.clone();
+                (handed.jobs, handed.released) = (index.active(), index.released());
+                let with_carry = decide_with(&handed, &carried, now, &mut carrying);
+                index.after_pass(handed.released.len(), &with_carry.carry);
+                same_but_parked(o, &fresh, &with_carry);
+                assert_eq!(index.carried(), carrying.carried(), "the index and the memory carry the same jobs");
                 fresh
             });
         }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -32,13 +32,14 @@ use crate::cloud::{CloudError, Fleet};
 use crate::scheduler::Resources;
 
 use super::context::{Context, ControllerConfig, FleetProvider};
+use super::decide::carry::{CarryChanges, JobIndex};
 use super::decide::{
     CancelChild, DecideConfig, Decisions, FleetAction, FleetProblem, JobUpdate, LabelChange,
     NodeUpdate, Observed, decide_with,
 };
 use super::error::ControllerError;
 use super::memory::PassMemory;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, StageLabels};
 use super::{FIELD_MANAGER, LABEL_NODE, leader, reasons, time};
 use crate::scheduler::Seconds;
 use crate::telemetry::{self, Health};
@@ -53,7 +54,7 @@ pub use observe::Checked;
 
 use apply::apply;
 use apply::truncate;
-use observe::{Stores, observe_fleets, report_invalid, valid, watch, with_timeout};
+use observe::{Stores, observe_fleets, report_invalid, valid, watch, watch_jobs, with_timeout};
 
 /// A spawned task that is aborted when this is dropped, so that a cancelled [`run`]
 /// leaves no watch or lease renewal behind.
@@ -102,7 +103,7 @@ pub async fn run(
     let (ces, s1) = watch::<ComputeEnvironment>(&client);
     let (queues, s2) = watch::<JobQueue>(&client);
     let (definitions, s3) = watch::<JobDefinition>(&client);
-    let (jobs, s4) = watch::<BatchJob>(&client);
+    let (jobs, s4) = watch_jobs(&client);
     let (nodes, s5) = watch::<BatchNode>(&client);
     let stores = Stores {
         compute_environments: ces,
@@ -248,6 +249,7 @@ async fn pass(
     leading: &watch::Receiver<bool>,
 ) -> Summary {
     let now = time::now();
+    let began = Instant::now();
     let gap = watch_gap.load(Ordering::Relaxed);
     if gap > 0 {
         memory.view_gap(gap);
@@ -257,10 +259,11 @@ async fn pass(
         compute_environments: valid(&stores.compute_environments, &mut invalid),
         queues: valid(&stores.queues, &mut invalid),
         definitions: valid(&stores.definitions, &mut invalid),
-        jobs: valid(&stores.jobs, &mut invalid),
+        jobs: Vec::new(),
         nodes: valid(&stores.nodes, &mut invalid),
         ..Observed::default()
     };
+    stores.jobs.invalid(&mut invalid);
     report_invalid(ctx, invalid).await;
     memory.observe_nodes(&observed.nodes, now);
     confirm_silence(ctx, &observed, memory, now).await;
@@ -283,8 +286,16 @@ async fn pass(
         array_children_waiting: ctx.config.array_children_waiting,
         full_pass_interval: ctx.config.full_pass_interval.as_secs(),
         parked_kept: ctx.config.parked_kept,
+        carry_parked: true,
     };
+    let observed_at = Instant::now();
+    // Taken now, with no wait before the pass: a pass cut short by its timeout keeps
+    // the job index as it was.
+    (observed.jobs, observed.released) = stores.jobs.for_pass();
     let decisions = decide_with(&observed, &config, now, &mut memory.settled);
+    stores
+        .jobs
+        .after_pass(observed.released.len(), &decisions.carry);
     ctx.metrics
         .parked_jobs
         .set(i64::try_from(decisions.parked_jobs).unwrap_or(i64::MAX));
@@ -310,7 +321,27 @@ async fn pass(
             memory.fleet_errors.remove(ce);
         }
     }
-    apply(ctx, decisions, &fleets, memory, leading, now).await
+    let decided_at = Instant::now();
+    let summary = apply(ctx, decisions, &fleets, memory, leading, now).await;
+    let stages = [
+        ("observe", observed_at - began),
+        ("decide", decided_at - observed_at),
+        ("apply", decided_at.elapsed()),
+    ];
+    for (stage, took) in stages {
+        ctx.metrics
+            .pass_stage_seconds
+            .get_or_create(&StageLabels { stage })
+            .observe(took.as_secs_f64());
+    }
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    debug!(
+        observe_ms = ms(stages[0].1),
+        decide_ms = ms(stages[1].1),
+        apply_ms = ms(stages[2].1),
+        "pass stages"
+    );
+    summary
 }
 
 /// Sets the gauges from what a pass saw and decided: jobs by queue and phase, desired
@@ -322,6 +353,12 @@ fn record_state(metrics: &Metrics, observed: &Observed, decisions: &Decisions) {
     for j in &observed.jobs {
         let phase = j.status.as_ref().and_then(|s| s.phase);
         *jobs.entry((j.spec.queue.as_str(), phase)).or_default() += 1;
+    }
+    // Carried parked jobs (not handed to the pass): Runnable.
+    for (queue, n) in &decisions.carry.by_queue {
+        *jobs
+            .entry((queue.as_str(), Some(JobPhase::Runnable)))
+            .or_default() += i64::try_from(*n).unwrap_or(i64::MAX);
     }
     metrics.jobs.clear();
     for ((queue, phase), n) in jobs {

@@ -127,7 +127,7 @@ pub(super) struct Stores {
     pub(super) compute_environments: Guarded<ComputeEnvironment>,
     pub(super) queues: Guarded<JobQueue>,
     pub(super) definitions: Guarded<JobDefinition>,
-    pub(super) jobs: Guarded<BatchJob>,
+    pub(super) jobs: Arc<JobStore>,
     pub(super) nodes: Guarded<BatchNode>,
 }
 
@@ -146,21 +146,158 @@ where
     for g in store.state() {
         match &g.0 {
             Ok(k) => out.push(k.clone()),
-            Err(e) => invalid.push(Invalid {
-                reference: ObjectReference {
-                    api_version: Some(K::api_version(&()).into_owned()),
-                    kind: Some(K::kind(&()).into_owned()),
-                    name: e.metadata.name.clone(),
-                    namespace: e.metadata.namespace.clone(),
-                    uid: e.metadata.uid.clone(),
-                    resource_version: e.metadata.resource_version.clone(),
-                    ..ObjectReference::default()
-                },
-                error: e.error.clone(),
-            }),
+            Err(e) => invalid.push(Invalid::of::<K>(e)),
         }
     }
     out
+}
+
+impl Invalid {
+    /// An object of kind `K` that failed to deserialise.
+    fn of<K: kube::Resource<DynamicType = ()>>(
+        e: &kube::core::error_boundary::InvalidObject,
+    ) -> Self {
+        Invalid {
+            reference: ObjectReference {
+                api_version: Some(K::api_version(&()).into_owned()),
+                kind: Some(K::kind(&()).into_owned()),
+                name: e.metadata.name.clone(),
+                namespace: e.metadata.namespace.clone(),
+                uid: e.metadata.uid.clone(),
+                resource_version: e.metadata.resource_version.clone(),
+                ..ObjectReference::default()
+            },
+            error: e.error.clone(),
+        }
+    }
+}
+
+/// The controller's BatchJobs, fed by their watch: a [`JobIndex`] (the jobs a pass
+/// looks at, and the parked ones its memory carries: a pass does not walk those;
+/// issue 13, "Backlog") and the objects that do not deserialise.
+pub(super) struct JobStore {
+    state: std::sync::Mutex<JobsState>,
+    ready: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct JobsState {
+    index: JobIndex,
+    /// By `namespace/name`.
+    invalid: BTreeMap<String, kube::core::error_boundary::InvalidObject>,
+    /// Objects listed since the watch (re)started, until the list is complete.
+    relist: Option<Vec<Checked<BatchJob>>>,
+}
+
+/// An object's key: `namespace/name`.
+fn key_of(o: &Checked<BatchJob>) -> String {
+    let m = kube::Resource::meta(o);
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl JobsState {
+    fn put(&mut self, o: Checked<BatchJob>) {
+        let key = key_of(&o);
+        match o.0 {
+            Ok(job) => {
+                self.invalid.remove(&key);
+                self.index.upsert(key, job);
+            }
+            Err(e) => {
+                self.index.remove(&key);
+                self.invalid.insert(key, e);
+            }
+        }
+    }
+}
+
+impl JobStore {
+    fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::default(),
+            ready: watch::Sender::new(false),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, JobsState> {
+        // A panic while holding it leaves whole entries (each change is one call).
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes in one watch event.
+    fn apply(&self, event: watcher::Event<Checked<BatchJob>>) {
+        let mut st = self.state();
+        match event {
+            watcher::Event::Apply(o) => st.put(o),
+            watcher::Event::Delete(o) => {
+                let key = key_of(&o);
+                st.index.remove(&key);
+                st.invalid.remove(&key);
+            }
+            watcher::Event::Init => st.relist = Some(Vec::new()),
+            watcher::Event::InitApply(o) => st.relist.get_or_insert_with(Vec::new).push(o),
+            watcher::Event::InitDone => {
+                let listed = st.relist.take().unwrap_or_default();
+                let mut valid = Vec::with_capacity(listed.len());
+                st.invalid.clear();
+                for o in listed {
+                    let key = key_of(&o);
+                    match o.0 {
+                        Ok(job) => valid.push((key, job)),
+                        Err(e) => {
+                            st.invalid.insert(key, e);
+                        }
+                    }
+                }
+                st.index.replace_all(valid);
+                drop(st);
+                self.ready.send_replace(true);
+            }
+        }
+    }
+
+    /// Waits for the first complete list.
+    pub(super) async fn wait_until_ready(&self) -> Result<(), watch::error::RecvError> {
+        self.ready.subscribe().wait_for(|r| *r).await.map(|_| ())
+    }
+
+    /// The objects that do not deserialise, into `invalid`.
+    pub(super) fn invalid(&self, invalid: &mut Vec<Invalid>) {
+        invalid.extend(self.state().invalid.values().map(Invalid::of::<BatchJob>));
+    }
+
+    /// The jobs a pass looks at, and the carried ones released since the last pass.
+    pub(super) fn for_pass(&self) -> (Vec<Arc<BatchJob>>, Vec<Arc<BatchJob>>) {
+        let st = self.state();
+        (st.index.active(), st.index.released())
+    }
+
+    /// After a pass that was handed `released` released jobs.
+    pub(super) fn after_pass(&self, released: usize, changes: &CarryChanges) {
+        self.state().index.after_pass(released, changes);
+    }
+}
+
+/// Watches the BatchJobs into a [`JobStore`]; the stream yields `()` per event.
+pub(super) fn watch_jobs(
+    client: &kube::Client,
+) -> (
+    Arc<JobStore>,
+    BoxStream<'static, Result<(), watcher::Error>>,
+) {
+    let store = Arc::new(JobStore::new());
+    let fed = store.clone();
+    let stream = trimmed::<BatchJob>(client)
+        .default_backoff()
+        .map_ok(move |event| fed.apply(event))
+        .boxed();
+    (store, stream)
 }
 
 /// Logs and reports (a Warning Event, once per resourceVersion) objects that failed
@@ -213,7 +350,10 @@ impl Stores {
             .wait_until_ready()
             .await
             .map_err(e("JobDefinition"))?;
-        self.jobs.wait_until_ready().await.map_err(e("BatchJob"))?;
+        self.jobs
+            .wait_until_ready()
+            .await
+            .map_err(|_| ControllerError::StoreNotReady("BatchJob"))?;
         self.nodes
             .wait_until_ready()
             .await
@@ -240,12 +380,34 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<Checked<K>>();
+    let stream = reflector::reflector(writer, trimmed::<K>(client))
+        .default_backoff()
+        .touched_objects()
+        .map_ok(|_| ())
+        .boxed();
+    (store, stream)
+}
+
+/// The watch events of one kind, with what the controller never reads dropped.
+fn trimmed<K>(
+    client: &kube::Client,
+) -> impl futures::Stream<Item = Result<watcher::Event<Checked<K>>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = (), Scope: Send + Sync>
+        + Trim
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let api: Api<Checked<K>> = Api::all(client.clone());
     // managedFields are never read by the controller: not kept (a large part of every
     // stored object, one entry per field manager); nor what `Trim` drops. The
     // controller's writes are server-side applies of its own fields and merge patches,
     // so what its copies lack is never written back.
-    let trimmed = watcher(api, watcher::Config::default()).modify(|o| {
+    watcher(api, watcher::Config::default()).modify(|o| {
         let meta = kube::Resource::meta_mut(o);
         meta.managed_fields = None;
         // `kubectl apply`'s copy of the whole manifest: never read here either.
@@ -255,13 +417,7 @@ where
         if let Ok(k) = &mut o.0 {
             Arc::make_mut(k).trim();
         }
-    });
-    let stream = reflector::reflector(writer, trimmed)
-        .default_backoff()
-        .touched_objects()
-        .map_ok(|_| ())
-        .boxed();
-    (store, stream)
+    })
 }
 
 pub(super) async fn with_timeout<T>(
