@@ -4,19 +4,19 @@
 //! A pass that parks leaves the later members of a parkable class out of its snapshot
 //! ([`super::park`]). Before this module it still walked every one of them (a lookup
 //! in the memory, its object read, its key compared): with 50,000 parked jobs, about
-//! 80 % of a pass. Now the members a pass left out are *carried*: their memory entry
-//! moves here, sorted by class in first-in first-out order, and the controller's job
-//! index ([`JobIndex`]) leaves them out of the jobs it hands the next pass. A pass
-//! reads the carry by class (its size, its first member, its distinct reasons), never
-//! member by member.
+//! 80 % of a pass. Now the members a pass left out are *carried*: kept here, sorted by
+//! class in first-in first-out order (their memory entries stay, marked carried), and
+//! the controller's job index ([`JobIndex`]) leaves them out of the jobs it hands the
+//! next pass. A pass that parks reads the carry by class (its size, its first member,
+//! its distinct reasons), never member by member.
 //!
-//! A carried job goes back into the pass (its entry back into the memory: it is
-//! decided as any settled job) when its object changes or goes (the index reports it:
-//! [`JobIndex::released`]), when a pass does not park (a full pass, every
-//! `full_pass_interval`), when its class stops being parkable, when another job
-//! depends on it, when it is among its queue's first `parked_kept` or its class's head,
-//! and when the parked reasons or queue sizes no longer hold (then everything goes
-//! back, and the pass is planned again). So a pass decides with a carry exactly as it
+//! A carried job goes back into the passes (decided as any settled job) when its
+//! object changes or goes (the index reports it: [`JobIndex::released`]), when its
+//! class stops being parkable, when another job depends on it, when it is among its
+//! queue's first `parked_kept` or its class's head, and when the parked reasons or
+//! queue sizes no longer hold (then everything goes back, and the pass is planned
+//! again). A full pass (every `full_pass_interval`) decides the carried jobs with the
+//! others, from the carry; those it does not leave as they are go back. So a pass decides with a carry exactly as it
 //! does without (the property test `parked_backlogs_change_no_decision` runs the index
 //! too).
 
@@ -27,8 +27,6 @@ use std::sync::Arc;
 
 use crate::api::BatchJob;
 use crate::scheduler::{JobId, Reason, Resources, Seconds};
-
-use super::settled::Entry;
 
 /// A carried job: its place in its queue, its object as last seen, and its memory
 /// entry (given back when it goes back into a pass).
@@ -42,9 +40,9 @@ pub(super) struct Member {
     pub id: Box<str>,
     /// The object as the pass that carried it saw it.
     pub job: Arc<BatchJob>,
-    /// Its uid and memory entry.
-    pub uid: String,
-    pub entry: Entry,
+    /// The reason it was settled with (its memory entry's: the entry stays in the
+    /// memory, marked carried).
+    pub reason: Option<Arc<Reason>>,
 }
 
 impl Member {
@@ -64,7 +62,7 @@ impl Member {
 
     /// The reason it was settled with.
     pub fn reason(&self) -> Option<&Arc<Reason>> {
-        self.entry.reason.as_ref()
+        self.reason.as_ref()
     }
 }
 
@@ -269,6 +267,14 @@ impl Carry {
             }
             None => Vec::new(),
         }
+    }
+
+    /// The carried objects (for a full pass, which decides them too).
+    pub(super) fn jobs(&self) -> Vec<Arc<BatchJob>> {
+        self.classes
+            .values()
+            .flat_map(|c| c.members.iter().map(|m| Arc::clone(&m.job)))
+            .collect()
     }
 
     /// Takes out every member.

@@ -462,17 +462,19 @@ pub fn decide_with(
     settled.drop_released(&observed.released);
     let may_park =
         config.full_pass_interval > 0 && settled.may_park(now, config.full_pass_interval);
-    // A pass that does not park sees every job.
+    // A pass that does not park sees every job: the carried ones from the carry (which
+    // keeps those it leaves as they are).
     let mut back: Vec<Arc<BatchJob>> = if may_park {
         Vec::new()
     } else {
-        let all = settled.carry.take_all();
-        settled.give_back(all)
+        settled.carry.jobs()
     };
     loop {
         match decide_once(observed, &back, may_park, config, now, settled) {
             Ok(mut out) => {
-                out.carry.unparked = back;
+                if may_park {
+                    out.carry.unparked = back;
+                }
                 out.carry.by_queue = settled
                     .carry
                     .by_queue()
@@ -732,13 +734,20 @@ fn decide_once(
     }
     built.set_idle_since(&idle_before, now);
     // Parked classes: their later members stay out of the snapshot.
+    // A full pass has nothing set aside and parks nothing (its carried jobs are in
+    // the snapshot).
+    let mut no_carry = carry::Carry::default();
     let mut parked = park::park(
         &mut built,
         &aside,
         &defs,
         config.parked_kept,
         now,
-        &mut settled.carry,
+        if may_park {
+            &mut settled.carry
+        } else {
+            &mut no_carry
+        },
     )?;
     let mut plan = scheduler::plan(&built.snapshot, now);
     let mut left_out = vec![false; if parked.jobs > 0 { quiet.len() } else { 0 }];
@@ -770,13 +779,13 @@ fn decide_once(
                     (q, n.saturating_add(u32::try_from(c).unwrap_or(u32::MAX)))
                 }),
         );
-        if (!reasons_hold || moved) && !settled.carry.is_empty() {
+        if (!reasons_hold || moved) && may_park && !settled.carry.is_empty() {
             // A full pass after all, with every carried job.
             return Err(settled.carry.take_all());
         }
         if reasons_hold && !moved {
             scheduler::park::count_parked_ahead(&mut plan, &built.snapshot, &parked.keys);
-            if !settled.carry.is_empty() {
+            if may_park && !settled.carry.is_empty() {
                 let carry = &settled.carry;
                 scheduler::park::add_ahead(&mut plan, &built.snapshot, |q, at, id| {
                     carry.ahead(q, at, id)
@@ -839,9 +848,14 @@ fn decide_once(
             let e = runnable.entry(*queue).or_default();
             *e = e.saturating_add(n);
         }
-        // Carried from earlier passes (not in the memory's entries: not counted in
-        // `kept`), by queue.
-        for (queue, n) in settled.carry.by_queue() {
+        // Carried from earlier passes and not seen by this one (a full pass sees them:
+        // counted one by one), by queue.
+        let unseen = if may_park {
+            settled.carry.by_queue()
+        } else {
+            BTreeMap::new()
+        };
+        for (queue, n) in unseen {
             if let Some(q) = observed
                 .queues
                 .iter()
@@ -934,16 +948,31 @@ fn decide_once(
             }
         }
     }
+    // A full pass: the carried jobs it decided again (a write, or no longer settled) go
+    // back; the others stay carried.
+    let mut carried_unseen = settled.carry.len();
+    if !may_park && !settled.carry.is_empty() {
+        carried_unseen = 0;
+        let ids: BTreeSet<&str> = work
+            .keys()
+            .map(|id| id.0.as_str())
+            .filter(|id| settled.carry.may_hold(id))
+            .collect();
+        if !ids.is_empty() {
+            let members = settled.carry.take_ids(&ids);
+            out.carry.unparked = settled.give_back(members);
+        }
+    }
     // Members left out are carried to the next passes, outside the observed jobs.
     if config.carry_parked {
         for c in &parked.classes {
             let members = c.members.iter().map(|&i| aside[i].carried());
-            let carried = settled.carry_in(c.class.clone(), members);
-            kept = kept.saturating_sub(carried.len());
-            out.carry.parked.extend(carried);
+            out.carry
+                .parked
+                .extend(settled.carry_in(c.class.clone(), members));
         }
     }
-    settled.end(kept);
+    settled.end(kept, carried_unseen);
     // Finished jobs past their TTL: deleted (and not written).
     retention(&work, &observed.queues, now, &mut out);
     // Duration histories into the definitions' status (before retention loses them).

@@ -108,6 +108,9 @@ pub(super) struct Entry {
     pass: u64,
     /// Worked out by the first pass that may park at this resourceVersion.
     facts: Option<Facts>,
+    /// Its job is carried ([`super::carry`]): passes that park do not see it, and it is
+    /// kept without them.
+    carried: bool,
 }
 
 /// A remembered resourceVersion: an opaque string, in practice a decimal number (etcd's
@@ -146,12 +149,12 @@ impl Version {
 impl Settled {
     /// How many jobs are remembered as settled (carried ones included).
     pub fn len(&self) -> usize {
-        self.jobs.len() + self.carry.len()
+        self.jobs.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.jobs.is_empty()
     }
 
     /// How many parked jobs are carried outside the observed jobs.
@@ -160,7 +163,7 @@ impl Settled {
     }
 
     /// Carries jobs of a class a pass left out (each with its submission time and
-    /// order prefix): their entries move into the carry. A job without an entry at its
+    /// order prefix): their entries are marked carried. A job without an entry at its
     /// resourceVersion is not carried (it cannot be: it was set aside because it had
     /// one); those carried are returned.
     pub(super) fn carry_in(
@@ -176,16 +179,11 @@ impl Settled {
             ) else {
                 continue;
             };
-            if !self
-                .jobs
-                .get(uid)
-                .is_some_and(|e| e.resource_version.is(rv))
-            {
-                continue;
-            }
-            let Some((uid, entry)) = self.jobs.remove_entry(uid) else {
+            let Some(e) = self.jobs.get_mut(uid).filter(|e| e.resource_version.is(rv)) else {
                 continue;
             };
+            e.carried = true;
+            let reason = e.reason.clone();
             let id = format!(
                 "{}/{}",
                 job.metadata.namespace.as_deref().unwrap_or_default(),
@@ -197,8 +195,7 @@ impl Settled {
                 order,
                 id,
                 job,
-                uid,
-                entry,
+                reason,
             });
         }
         let jobs = members.iter().map(|m| Arc::clone(&m.job)).collect();
@@ -206,24 +203,42 @@ impl Settled {
         jobs
     }
 
-    /// Takes carried members back: their entries return to the memory (confirmed in
-    /// this pass), their objects are returned for the pass to decide.
+    /// Takes carried members back: their entries are no longer carried (and confirmed
+    /// in this pass), their objects are returned for the pass to decide.
     pub(super) fn give_back(&mut self, members: Vec<Member>) -> Vec<Arc<BatchJob>> {
         let pass = self.pass;
         members
             .into_iter()
-            .map(|mut m| {
-                m.entry.pass = pass;
-                self.jobs.insert(m.uid, m.entry);
+            .map(|m| {
+                if let Some(e) = m
+                    .job
+                    .metadata
+                    .uid
+                    .as_deref()
+                    .and_then(|u| self.jobs.get_mut(u))
+                {
+                    e.carried = false;
+                    e.pass = pass;
+                }
                 m.job
             })
             .collect()
     }
 
     /// Drops carried objects that changed or went ([`super::carry::JobIndex`]): their
-    /// entries are stale.
+    /// entries are stale (forgotten unless a pass remembers the new object).
     pub(super) fn drop_released(&mut self, released: &[Arc<BatchJob>]) {
-        drop(self.carry.take_jobs(released));
+        for m in self.carry.take_jobs(released) {
+            if let Some(e) = m
+                .job
+                .metadata
+                .uid
+                .as_deref()
+                .and_then(|u| self.jobs.get_mut(u))
+            {
+                e.carried = false;
+            }
+        }
     }
 
     /// Starts a pass.
@@ -322,6 +337,7 @@ impl Settled {
                         reason,
                         pass: self.pass,
                         facts: None,
+                        carried: false,
                     },
                 );
             }
@@ -363,11 +379,11 @@ impl Settled {
     }
 
     /// Ends a pass: forgets every job not confirmed or remembered in it (`kept` of them
-    /// were).
-    pub(super) fn end(&mut self, kept: usize) {
-        if self.jobs.len() > kept {
+    /// were) and not carried (`carried_unseen` of those were not seen by the pass).
+    pub(super) fn end(&mut self, kept: usize, carried_unseen: usize) {
+        if self.jobs.len() > kept.saturating_add(carried_unseen) {
             let pass = self.pass;
-            self.jobs.retain(|_, e| e.pass == pass);
+            self.jobs.retain(|_, e| e.pass == pass || e.carried);
         }
     }
 }

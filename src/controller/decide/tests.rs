@@ -2372,4 +2372,76 @@ mod settled_memory {
         assert_eq!(remembered.parked_jobs, 0, "a full pass");
         same(&fresh, &remembered);
     }
+
+    #[test]
+    fn a_carried_backlog_is_not_handed_to_passes_and_stays_carried_through_a_full_pass() {
+        // The world above, run as the controller's loop runs it: through a job index,
+        // the parked jobs carried.
+        let mut rv = 100;
+        let mut o = world(
+            (0..20)
+                .map(|i| stored(&format!("w{i:02}"), "2", i))
+                .collect(),
+            vec![node("n0", "ce", "2", "8Gi", NOW)],
+        );
+        o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 1))];
+        let mut settled = Settled::default();
+        let config = DecideConfig {
+            full_pass_interval: 100,
+            parked_kept: 2,
+            carry_parked: true,
+            ..DecideConfig::default()
+        };
+        let mut index = carry::JobIndex::default();
+        let mut pass = |o: &Observed, now: Seconds| {
+            index.replace_all(o.jobs.iter().map(|j| (carry::index_key(j), Arc::clone(j))));
+            let mut handed = o.clone();
+            (handed.jobs, handed.released) = (index.active(), index.released());
+            let d = decide_with(&handed, &config, now, &mut settled);
+            index.after_pass(handed.released.len(), &d.carry);
+            (d, handed.jobs.len(), index.carried())
+        };
+        for _ in 0..4 {
+            let before = o.jobs.clone();
+            let fresh = decide(&o, &config, NOW);
+            let (remembered, _, _) = pass(&o, NOW);
+            same_but_parked(&o, &fresh, &remembered);
+            apply(&mut o, &fresh);
+            bump(&mut o, &before, &mut rv);
+        }
+        // Settled: 17 carried, only the running job and the class's first 2 handed to
+        // a pass, which changes nothing.
+        let (d, handed, carried) = pass(&o, NOW);
+        assert_eq!((d.parked_jobs, handed, carried), (17, 3, 17));
+        assert!(d.jobs.is_empty() && d.carry.parked.is_empty() && d.carry.unparked.is_empty());
+        // A full pass decides them all, as a first pass does, and leaves them carried
+        // (none needs anything): the pass after it hands the same 3 again.
+        let later = NOW + 100;
+        let fresh = decide(&o, &config, later);
+        let (d, handed, carried) = pass(&o, later);
+        assert_eq!(d.parked_jobs, 0, "a full pass");
+        same_but_parked(&o, &fresh, &d);
+        assert!(d.carry.unparked.is_empty(), "{:?}", d.carry.unparked.len());
+        assert_eq!((handed, carried), (3, 17));
+        let (d, handed, carried) = pass(&o, later + 1);
+        assert_eq!((d.parked_jobs, handed, carried), (17, 3, 17));
+        // One of them is cancelled: its new object is handed to the next pass, which
+        // decides it as a first pass does.
+        let before = o.jobs.clone();
+        let last = o
+            .jobs
+            .iter_mut()
+            .find(|j| j.metadata.name.as_deref() == Some("w19"))
+            .expect("w19");
+        Arc::make_mut(last).spec.cancel = Some(Default::default());
+        bump(&mut o, &before, &mut rv);
+        let fresh = decide(&o, &config, later + 2);
+        let (d, handed, carried) = pass(&o, later + 2);
+        same_but_parked(&o, &fresh, &d);
+        assert_eq!((handed, carried), (4, 16));
+        assert!(
+            d.jobs.iter().any(|u| u.name == "w19"),
+            "the cancel is decided"
+        );
+    }
 }
