@@ -95,23 +95,31 @@ fn key_element(item: &Value, keys: &[String]) -> Option<String> {
 /// The fields of an object that a manager can own: everything except apiVersion, kind,
 /// the server-set parts of metadata, and status (or only status for the subresource).
 pub fn fields_of(obj: &Value, ctx: SchemaCtx<'_>, status_only: Option<bool>) -> FieldSet {
-    fields_of_with(obj, ctx, status_only, None)
+    fields_of_with(obj, ctx, status_only, None, None)
 }
 
 /// [`fields_of`], and into `extra` the paths an Update also owns because it adds them:
 /// every (non-atomic, non-empty) map holding fields and every non-empty set or map list
 /// (`"."` in FieldsV1); an Apply owns only what it sets. One walk for both.
+///
+/// With `unless_in`, the fields (top-level, or of `metadata`) whose value is the same
+/// there are left out: what an update compares of two objects is only what differs.
 fn fields_of_with(
     obj: &Value,
     ctx: SchemaCtx<'_>,
     status_only: Option<bool>,
     mut extra: Option<&mut FieldSet>,
+    unless_in: Option<&Value>,
 ) -> FieldSet {
     let mut out = FieldSet::new();
     let Some(m) = obj.as_object() else {
         return out;
     };
+    let other_md = unless_in.and_then(|o| o.get("metadata"));
     for (k, v) in m {
+        if k != "metadata" && unless_in.and_then(|o| o.get(k)) == Some(v) {
+            continue;
+        }
         match k.as_str() {
             "apiVersion" | "kind" => continue,
             "status" if status_only == Some(false) => continue,
@@ -124,7 +132,8 @@ fn fields_of_with(
                         if matches!(
                             mk.as_str(),
                             "labels" | "annotations" | "finalizers" | "ownerReferences"
-                        ) {
+                        ) && other_md.and_then(|o| o.get(mk)) != Some(mv)
+                        {
                             let mut p = vec!["f:metadata".to_string(), format!("f:{mk}")];
                             let dotted = format!(".metadata.{mk}");
                             walk(mv, None, &mut p, &dotted, extra.as_deref_mut(), &mut out);
@@ -561,11 +570,14 @@ fn status_filter(subresource: &str) -> Option<bool> {
 /// ([`keeps_all`]).
 pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w: &Writer<'_>) {
     let filter = status_filter(w.subresource);
-    let old_set = old.map(|o| fields_of(o, ctx, filter)).unwrap_or_default();
+    // Only the fields that differ are compared: in the others nothing changes hands.
+    let old_set = old
+        .map(|o| fields_of_with(o, ctx, filter, None, Some(new)))
+        .unwrap_or_default();
     // The maps this update adds are its own too (structured-merge-diff's Compare
     // reports them added).
     let mut containers = FieldSet::new();
-    let new_set = fields_of_with(new, ctx, filter, Some(&mut containers));
+    let new_set = fields_of_with(new, ctx, filter, Some(&mut containers), old);
     let changed: FieldSet = new_set
         .iter()
         .filter(|p| old.and_then(|o| value_at(o, p)) != value_at(new, p))
@@ -598,16 +610,13 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w
         _ => vec![],
     };
     let stored = if cleared { &[] } else { stored };
-    // `fields_of(new, None)`: `new_set` itself when that was not filtered, else made when
-    // a path is first found absent (rarely: a removed field).
+    // `fields_of(new, None)`, made when a path is first found absent (rarely: a removed
+    // field).
     let mut all_new: Option<FieldSet> = None;
     let mut all_new_has = |p: &FPath| -> bool {
-        match filter {
-            None => new_set.contains(p),
-            Some(_) => all_new
-                .get_or_insert_with(|| fields_of(new, ctx, None))
-                .contains(p),
-        }
+        all_new
+            .get_or_insert_with(|| fields_of(new, ctx, None))
+            .contains(p)
     };
     let is_writer = |e: &Value| {
         let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default();
