@@ -1401,6 +1401,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_status_write_takes_every_other_field_from_the_old_object() {
+        let old = json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "a", "labels": {"x": "1"}},
+                         "spec": {"n": 1, "deep": {"k": [1, 2]}}, "old": true, "status": {"p": "A"}});
+        let mut c = json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "a", "labels": {"x": "2"}},
+                           "spec": {"n": 1, "deep": {"k": [1, 2]}}, "added": 1, "status": {"p": "B"}});
+        let from = old.as_object().expect("object");
+        take_fields(&mut c, from, |k| k != "status");
+        assert_eq!(
+            c,
+            json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "a", "labels": {"x": "1"}},
+                   "spec": {"n": 1, "deep": {"k": [1, 2]}}, "old": true, "status": {"p": "B"}})
+        );
+        let mut not_object = json!([1]);
+        take_fields(&mut not_object, from, |k| k == "spec");
+        assert_eq!(not_object, json!({"spec": {"n": 1, "deep": {"k": [1, 2]}}}));
+    }
+
+    #[test]
     fn an_apply_document_reads_the_same_as_json_and_as_yaml() {
         let json = br#" {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
             "data": {"a": "x\u00e9\n", "a": "last", "n": "1"}, "list": [1, 2.5, -3, 1e3, true, null]}"#;
