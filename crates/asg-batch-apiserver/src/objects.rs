@@ -163,7 +163,8 @@ fn objref<'a>(info: &'a ResourceInfo, name: &'a str) -> ObjRef<'a> {
 }
 
 /// Makes the top-level fields of `c` for which `keep` holds those of `from` (as many
-/// as it has, and no other), copying only the values that differ. `c` must be an object.
+/// as it has, and no other), copying only the values that differ (a `c` that is not an
+/// object becomes one).
 fn take_fields(c: &mut Value, from: &serde_json::Map<String, Value>, keep: impl Fn(&str) -> bool) {
     let Some(m) = c.as_object_mut() else {
         *c = Value::Object(
