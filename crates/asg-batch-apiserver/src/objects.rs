@@ -162,6 +162,31 @@ fn objref<'a>(info: &'a ResourceInfo, name: &'a str) -> ObjRef<'a> {
     }
 }
 
+/// Makes the top-level fields of `c` for which `keep` holds those of `from` (as many
+/// as it has, and no other), copying only the values that differ (a `c` that is not an
+/// object becomes one).
+fn take_fields(c: &mut Value, from: &serde_json::Map<String, Value>, keep: impl Fn(&str) -> bool) {
+    let Some(m) = c.as_object_mut() else {
+        *c = Value::Object(
+            from.iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        return;
+    };
+    m.retain(|k, _| !keep(k) || from.contains_key(k));
+    for (k, v) in from.iter().filter(|(k, _)| keep(k)) {
+        match m.get_mut(k) {
+            Some(x) if x == v => {}
+            Some(x) => *x = v.clone(),
+            None => {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// Whether two objects are equal but for the top-level keys in `skip` (compared in
 /// place: no copy of either object).
 fn equal_except(a: &Value, b: &Value, skip: &[&str]) -> bool {
@@ -1077,19 +1102,15 @@ impl Core {
             // status and managedFields: it is the candidate as it is.
             new
         } else if sub == "status" {
-            // The old object but its status (not copied: replaced), with the new status
-            // (moved, not copied).
-            let mut new = new;
-            let status = new.as_object_mut().and_then(|m| m.remove("status"));
-            let mut c = match old_v.as_object() {
-                Some(m) => Value::Object(
-                    m.iter()
-                        .filter(|(k, _)| k.as_str() != "status")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                ),
-                None => old_v.clone(),
-            };
+            // The old object but its status, with the new status: `new` (usually the
+            // old object patched) with the fields that differ from the old object's put
+            // back (compared, not copied: most are the same).
+            let mut c = new;
+            let status = c.as_object_mut().and_then(|m| m.remove("status"));
+            match old_v.as_object() {
+                Some(om) => take_fields(&mut c, om, |k| k != "status"),
+                None => c = old_v.clone(),
+            }
             if let (Some(m), Some(s)) = (c.as_object_mut(), status) {
                 m.insert("status".into(), s);
             }
@@ -1099,6 +1120,8 @@ impl Core {
             if info.status_subresource {
                 if let Some(m) = c.as_object_mut() {
                     match old_v.get("status") {
+                        // (usually the same: then not copied)
+                        Some(s) if m.get("status") == Some(s) => {}
                         Some(s) => {
                             m.insert("status".into(), s.clone());
                         }
@@ -1377,6 +1400,24 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_write_takes_every_other_field_from_the_old_object() {
+        let old = json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "a", "labels": {"x": "1"}},
+                         "spec": {"n": 1, "deep": {"k": [1, 2]}}, "old": true, "status": {"p": "A"}});
+        let mut c = json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "a", "labels": {"x": "2"}},
+                           "spec": {"n": 1, "deep": {"k": [1, 2]}}, "added": 1, "status": {"p": "B"}});
+        let from = old.as_object().expect("object");
+        take_fields(&mut c, from, |k| k != "status");
+        assert_eq!(
+            c,
+            json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "a", "labels": {"x": "1"}},
+                   "spec": {"n": 1, "deep": {"k": [1, 2]}}, "old": true, "status": {"p": "B"}})
+        );
+        let mut not_object = json!([1]);
+        take_fields(&mut not_object, from, |k| k == "spec");
+        assert_eq!(not_object, json!({"spec": {"n": 1, "deep": {"k": [1, 2]}}}));
+    }
 
     #[test]
     fn an_apply_document_reads_the_same_as_json_and_as_yaml() {

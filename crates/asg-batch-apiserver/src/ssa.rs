@@ -95,22 +95,31 @@ fn key_element(item: &Value, keys: &[String]) -> Option<String> {
 /// The fields of an object that a manager can own: everything except apiVersion, kind,
 /// the server-set parts of metadata, and status (or only status for the subresource).
 pub fn fields_of(obj: &Value, ctx: SchemaCtx<'_>, status_only: Option<bool>) -> FieldSet {
-    fields_of_with(obj, ctx, status_only, false)
+    fields_of_with(obj, ctx, status_only, None, None)
 }
 
-/// [`fields_of`], with `containers` also every (non-atomic) map holding fields: an
-/// Update owns the maps it adds (`"."` in FieldsV1), an Apply only what it sets.
+/// [`fields_of`], and into `extra` the paths an Update also owns because it adds them:
+/// every (non-atomic, non-empty) map holding fields and every non-empty set or map list
+/// (`"."` in FieldsV1); an Apply owns only what it sets. One walk for both.
+///
+/// With `unless_in`, the fields (top-level, or of `metadata`) whose value is the same
+/// there are left out: what an update compares of two objects is only what differs.
 fn fields_of_with(
     obj: &Value,
     ctx: SchemaCtx<'_>,
     status_only: Option<bool>,
-    containers: bool,
+    mut extra: Option<&mut FieldSet>,
+    unless_in: Option<&Value>,
 ) -> FieldSet {
     let mut out = FieldSet::new();
     let Some(m) = obj.as_object() else {
         return out;
     };
+    let other_md = unless_in.and_then(|o| o.get("metadata"));
     for (k, v) in m {
+        if k != "metadata" && unless_in.and_then(|o| o.get(k)) == Some(v) {
+            continue;
+        }
         match k.as_str() {
             "apiVersion" | "kind" => continue,
             "status" if status_only == Some(false) => continue,
@@ -123,10 +132,11 @@ fn fields_of_with(
                         if matches!(
                             mk.as_str(),
                             "labels" | "annotations" | "finalizers" | "ownerReferences"
-                        ) {
+                        ) && other_md.and_then(|o| o.get(mk)) != Some(mv)
+                        {
                             let mut p = vec!["f:metadata".to_string(), format!("f:{mk}")];
                             let dotted = format!(".metadata.{mk}");
-                            walk(mv, None, &mut p, &dotted, containers, &mut out);
+                            walk(mv, None, &mut p, &dotted, extra.as_deref_mut(), &mut out);
                         }
                     }
                 }
@@ -141,7 +151,7 @@ fn fields_of_with(
             child_schema(ctx.root, k),
             &mut p,
             &format!(".{k}"),
-            containers,
+            extra.as_deref_mut(),
             &mut out,
         );
     }
@@ -149,19 +159,22 @@ fn fields_of_with(
 }
 
 /// Like structured-merge-diff's `ToFieldSet`: leaves, atomic values, list items, empty
-/// maps and the (map) values of granular maps, whose keys are not declared fields.
+/// maps and the (map) values of granular maps, whose keys are not declared fields; the
+/// containers an Update adds into `extra` (see [`fields_of_with`]).
 fn walk(
     v: &Value,
     schema: Option<&Value>,
     path: &mut FPath,
     dotted: &str,
-    containers: bool,
+    mut extra: Option<&mut FieldSet>,
     out: &mut FieldSet,
 ) {
     match v {
         Value::Object(m) if !is_atomic_map(schema) => {
-            if m.is_empty() || containers {
+            if m.is_empty() {
                 out.insert(path.clone());
+            } else if let Some(x) = extra.as_deref_mut() {
+                x.insert(path.clone());
             }
             let granular = is_granular_map(schema, dotted);
             for (k, child) in m {
@@ -174,7 +187,7 @@ fn walk(
                     child_schema(schema, k),
                     path,
                     &format!("{dotted}.{k}"),
-                    containers,
+                    extra.as_deref_mut(),
                     out,
                 );
                 path.pop();
@@ -185,8 +198,8 @@ fn walk(
                 out.insert(path.clone());
             }
             ListKind::Set => {
-                if containers && !items.is_empty() {
-                    out.insert(path.clone());
+                if let Some(x) = extra.filter(|_| !items.is_empty()) {
+                    x.insert(path.clone());
                 }
                 for it in items {
                     path.push(format!("v:{it}"));
@@ -195,8 +208,8 @@ fn walk(
                 }
             }
             ListKind::Map(keys) => {
-                if containers && !items.is_empty() {
-                    out.insert(path.clone());
+                if let Some(x) = extra.as_deref_mut().filter(|_| !items.is_empty()) {
+                    x.insert(path.clone());
                 }
                 let isch = items_schema(schema);
                 for it in items {
@@ -213,7 +226,7 @@ fn walk(
                                 child_schema(isch, k),
                                 path,
                                 &format!("{dotted}[].{k}"),
-                                containers,
+                                extra.as_deref_mut(),
                                 out,
                             );
                             path.pop();
@@ -282,25 +295,25 @@ pub fn duplicate_keys(obj: &Value, ctx: SchemaCtx<'_>) -> Vec<String> {
 }
 
 /// The value at a path, if present.
-pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
-    let mut cur = obj;
-    for el in path {
-        if let Some(f) = el.strip_prefix("f:") {
-            cur = cur.get(f)?;
-        } else if let Some(k) = el.strip_prefix("k:") {
-            let keys: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur
-                .as_array()?
-                .iter()
-                .find(|it| keys.iter().all(|(kk, kv)| it.get(kk) == Some(kv)))?;
-        } else if let Some(vs) = el.strip_prefix("v:") {
-            let want: Value = serde_json::from_str(vs).ok()?;
-            cur = cur.as_array()?.iter().find(|it| **it == want)?;
-        } else {
-            return None;
-        }
+pub fn value_at<'a, S: AsRef<str>>(obj: &'a Value, path: &[S]) -> Option<&'a Value> {
+    path.iter().try_fold(obj, |cur, el| step(cur, el.as_ref()))
+}
+
+/// The child of `cur` that the FieldsV1 path element `el` names, if present.
+fn step<'a>(cur: &'a Value, el: &str) -> Option<&'a Value> {
+    if let Some(f) = el.strip_prefix("f:") {
+        cur.get(f)
+    } else if let Some(k) = el.strip_prefix("k:") {
+        let keys: Map<String, Value> = serde_json::from_str(k).ok()?;
+        cur.as_array()?
+            .iter()
+            .find(|it| keys.iter().all(|(kk, kv)| it.get(kk) == Some(kv)))
+    } else if let Some(vs) = el.strip_prefix("v:") {
+        let want: Value = serde_json::from_str(vs).ok()?;
+        cur.as_array()?.iter().find(|it| **it == want)
+    } else {
+        None
     }
-    Some(cur)
 }
 
 fn remove_at(obj: &mut Value, path: &[String]) {
@@ -455,19 +468,28 @@ impl Entry {
 pub fn entries_of(obj: &Value) -> Vec<Entry> {
     obj.pointer("/metadata/managedFields")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|e| Entry {
-                    manager: e["manager"].as_str().unwrap_or_default().to_string(),
-                    operation: e["operation"].as_str().unwrap_or("Update").to_string(),
-                    api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
-                    time: e["time"].as_str().unwrap_or_default().to_string(),
-                    subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
-                    fields: from_fields_v1(&e["fieldsV1"]),
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(entry_of).collect())
         .unwrap_or_default()
+}
+
+/// Parse one managedFields entry.
+fn entry_of(e: &Value) -> Entry {
+    Entry {
+        fields: from_fields_v1(&e["fieldsV1"]),
+        ..entry_head(e)
+    }
+}
+
+/// One managedFields entry but its fields (left empty).
+fn entry_head(e: &Value) -> Entry {
+    Entry {
+        manager: e["manager"].as_str().unwrap_or_default().to_string(),
+        operation: e["operation"].as_str().unwrap_or("Update").to_string(),
+        api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+        time: e["time"].as_str().unwrap_or_default().to_string(),
+        subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
+        fields: FieldSet::new(),
+    }
 }
 
 /// Write entries into `metadata.managedFields` (dropping empty ones).
@@ -541,14 +563,21 @@ fn status_filter(subresource: &str) -> Option<bool> {
 
 /// Record an Update operation by `w` that turned `old` into `new` (either may be absent
 /// for creates). Writes the result into `new.metadata.managedFields`.
+///
+/// The entries this update takes nothing from (most of them: a status update touches
+/// none of the spec's owners) are written back as they were stored (moved out of `new`,
+/// which holds them when it is a copy of `old`'s), not decoded and encoded again
+/// ([`keeps_all`]).
 pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w: &Writer<'_>) {
+    let filter = status_filter(w.subresource);
+    // Only the fields that differ are compared: in the others nothing changes hands.
     let old_set = old
-        .map(|o| fields_of(o, ctx, status_filter(w.subresource)))
+        .map(|o| fields_of_with(o, ctx, filter, None, Some(new)))
         .unwrap_or_default();
-    let new_set = fields_of(new, ctx, status_filter(w.subresource));
     // The maps this update adds are its own too (structured-merge-diff's Compare
     // reports them added).
-    let containers = fields_of_with(new, ctx, status_filter(w.subresource), true);
+    let mut containers = FieldSet::new();
+    let new_set = fields_of_with(new, ctx, filter, Some(&mut containers), old);
     let changed: FieldSet = new_set
         .iter()
         .filter(|p| old.and_then(|o| value_at(o, p)) != value_at(new, p))
@@ -560,40 +589,152 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, ctx: SchemaCtx<'_>, w
         .cloned()
         .collect();
     let removed: FieldSet = old_set.difference(&new_set).cloned().collect();
-    let mut entries = old.map(entries_of).unwrap_or_default();
-    // A client may not rewrite managedFields through an update; if it sent its own,
-    // kube-apiserver would take them, but the common case is echoing them back.
-    if let Some(req) = new
-        .pointer("/metadata/managedFields")
+    let stored: &[Value] = old
+        .and_then(|o| o.pointer("/metadata/managedFields"))
         .and_then(Value::as_array)
-    {
-        if req.is_empty() {
-            entries.clear();
+        .map_or(&[], Vec::as_slice);
+    // A client may not rewrite managedFields through an update; if it sent its own,
+    // kube-apiserver would take them, but the common case is echoing them back (or a
+    // copy of the old object carrying them): then they are moved out and kept as they
+    // are where nothing changes them.
+    let sent = new
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .and_then(|md| md.remove("managedFields"));
+    let cleared = sent
+        .as_ref()
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty);
+    let mut reusable: Vec<Value> = match sent {
+        Some(Value::Array(a)) if a.as_slice() == stored => a,
+        _ => vec![],
+    };
+    let stored = if cleared { &[] } else { stored };
+    // `fields_of(new, None)`, made when a path is first found absent (rarely: a removed
+    // field).
+    let mut all_new: Option<FieldSet> = None;
+    let mut all_new_has = |p: &FPath| -> bool {
+        all_new
+            .get_or_insert_with(|| fields_of(new, ctx, None))
+            .contains(p)
+    };
+    let is_writer = |e: &Value| {
+        let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default();
+        s("manager") == w.manager
+            && e.get("operation")
+                .and_then(Value::as_str)
+                .unwrap_or("Update")
+                == "Update"
+            && s("subresource") == w.subresource
+            && s("apiVersion") == w.api_version
+    };
+    // Each stored entry in its order, kept as stored (`Ok`) or decoded (`Err`); then a
+    // new one for this writer.
+    let mut list: Vec<Result<Value, Entry>> = Vec::with_capacity(stored.len() + 1);
+    for (i, raw) in stored.iter().enumerate() {
+        let extended = !changed.is_empty() && is_writer(raw);
+        if !extended && !reusable.is_empty() && keeps_all(&raw["fieldsV1"], new, &removed, &changed)
+        {
+            list.push(Ok(std::mem::take(&mut reusable[i])));
+            continue;
         }
-    }
-    let all_new: FieldSet = fields_of(new, ctx, None);
-    for e in &mut entries {
+        let mut e = entry_of(raw);
         e.fields
             .retain(|p| !removed.contains(p) && !changed.contains(p));
         // drop ownership of paths that disappeared
         e.fields
-            .retain(|p| all_new.contains(p) || value_at(new, p).is_some());
+            .retain(|p| value_at(new, p).is_some() || all_new_has(p));
+        list.push(Err(e));
     }
     if !changed.is_empty() {
-        match entries.iter_mut().find(|e| {
-            e.manager == w.manager
-                && e.operation == "Update"
-                && e.subresource == w.subresource
-                && e.api_version == w.api_version
+        match list.iter_mut().find_map(|e| match e {
+            Err(e)
+                if e.manager == w.manager
+                    && e.operation == "Update"
+                    && e.subresource == w.subresource
+                    && e.api_version == w.api_version =>
+            {
+                Some(e)
+            }
+            _ => None,
         }) {
             Some(e) => {
                 e.fields.extend(changed);
                 e.time = w.now.to_string();
             }
-            None => entries.push(w.entry("Update", changed)),
+            None => list.push(Err(w.entry("Update", changed))),
         }
     }
-    set_entries(new, &entries);
+    let list = list
+        .into_iter()
+        .filter_map(|e| match e {
+            Ok(v) => Some(v),
+            Err(e) => (!e.fields.is_empty()).then(|| e.to_json()),
+        })
+        .collect();
+    set_entry_values(new, list);
+}
+
+/// Whether an update keeps every field of the stored FieldsV1 `fv1` with its owner: none
+/// is `removed` or `changed`, and each is still in `new` (then the entry is written back
+/// as it is). Walks the encoding with the object; nothing is decoded. False for an
+/// encoding that owns nothing (such entries are dropped).
+fn keeps_all(fv1: &Value, new: &Value, removed: &FieldSet, changed: &FieldSet) -> bool {
+    fn hit(set: &FieldSet, path: &[&str]) -> bool {
+        if set.len() <= 16 {
+            set.iter()
+                .any(|p| p.iter().map(String::as_str).eq(path.iter().copied()))
+        } else {
+            set.contains(&path.iter().map(|s| (*s).to_string()).collect::<FPath>())
+        }
+    }
+    fn go<'a>(
+        node: &'a Map<String, Value>,
+        at: Option<&Value>,
+        path: &mut Vec<&'a str>,
+        sets: [&FieldSet; 2],
+        members: &mut usize,
+    ) -> bool {
+        // A member of the set: `"."`, or a leaf (an empty object below the root).
+        let member = |path: &[&str], at: Option<&Value>, members: &mut usize| {
+            *members += 1;
+            at.is_some() && !sets.iter().any(|s| hit(s, path))
+        };
+        for (k, child) in node {
+            if k == "." {
+                if path.is_empty() || !member(path, at, members) {
+                    return false;
+                }
+                continue;
+            }
+            let Some(child) = child.as_object() else {
+                return false;
+            };
+            path.push(k);
+            let next = at.and_then(|v| step(v, k));
+            let ok = if child.is_empty() {
+                member(path, next, members)
+            } else {
+                go(child, next, path, sets, members)
+            };
+            path.pop();
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+    let Some(root) = fv1.as_object() else {
+        return false;
+    };
+    let mut members = 0;
+    go(
+        root,
+        Some(new),
+        &mut vec![],
+        [removed, changed],
+        &mut members,
+    ) && members > 0
 }
 
 fn print_manager(e: &Entry) -> String {
@@ -630,17 +771,25 @@ pub fn apply(
         set_entries(&mut new, &entries);
         return Ok(new);
     };
-    let mut entries = entries_of(live);
+    // The stored entries are read in place (`Fv1`): only this manager's, and those a
+    // forced apply takes fields from, are decoded.
+    let stored: &[Value] = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    let heads: Vec<Entry> = stored.iter().map(entry_head).collect();
+    let fv1 = |i: usize| Fv1(&stored[i]["fieldsV1"]);
     let is_me = |e: &Entry| {
         e.manager == w.manager && e.operation == "Apply" && e.subresource == w.subresource
     };
     // conflicts on leaves whose value would change
     let mut conflicts: Vec<(usize, FPath)> = vec![];
-    for (i, e) in entries.iter().enumerate() {
+    for (i, e) in heads.iter().enumerate() {
         if is_me(e) {
             continue;
         }
-        for p in applied_set.intersection(&e.fields) {
+        let theirs = fv1(i);
+        for p in applied_set.iter().filter(|p| theirs.owns(p)) {
             let Some(av) = value_at(applied, p) else {
                 continue;
             };
@@ -657,36 +806,42 @@ pub fn apply(
             }
         }
     }
-    // Entries whose fields a forced apply took (re-encoded); the others are written back
-    // as they were stored, not decoded and encoded again.
-    let mut changed = vec![false; entries.len()];
+    // Entries whose fields a forced apply took (decoded, re-encoded); the others are
+    // written back as they were stored, not decoded and encoded again.
+    let mut taken: Vec<Option<FieldSet>> = vec![None; heads.len()];
     if !conflicts.is_empty() {
         if !force {
-            return Err(conflict_error(&entries, &conflicts));
+            return Err(conflict_error(&heads, &conflicts));
         }
         for (i, p) in &conflicts {
-            entries[*i].fields.remove(p);
-            changed[*i] = true;
+            taken[*i]
+                .get_or_insert_with(|| from_fields_v1(&stored[*i]["fieldsV1"]))
+                .remove(p);
         }
     }
     let mut new = live.clone();
     // fields this manager applied before and no longer applies, owned by nobody else
-    let empty = FieldSet::new();
-    let prev: &FieldSet = entries
+    let prev: FieldSet = heads
         .iter()
-        .find(|e| is_me(e))
-        .map_or(&empty, |e| &e.fields);
-    let others = || entries.iter().filter(|e| !is_me(e)).map(|e| &e.fields);
+        .position(is_me)
+        .map(|i| from_fields_v1(&stored[i]["fieldsV1"]))
+        .unwrap_or_default();
+    let others = || {
+        (0..heads.len())
+            .filter(|i| !is_me(&heads[*i]))
+            .map(|i| match &taken[i] {
+                Some(f) => Owned::Decoded(f),
+                None => Owned::Stored(fv1(i)),
+            })
+    };
     let mut to_remove: Vec<&FPath> = prev
         .iter()
-        .filter(|p| !applied_set.contains(*p) && !others().any(|f| f.contains(*p)))
+        .filter(|p| !applied_set.contains(*p) && !others().any(|f| f.owns(p)))
         .collect();
     to_remove.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in to_remove {
         // containers still holding owned children stay
-        let still_owned = std::iter::once(&applied_set)
-            .chain(others())
-            .any(|set| owns_below(set, p));
+        let still_owned = owns_below(&applied_set, p) || others().any(|set| set.owns_below(p));
         if !still_owned {
             remove_at(&mut new, p);
             // like structured-merge-diff, do not leave an emptied list or map behind
@@ -727,23 +882,31 @@ pub fn apply(
     merge_into(&mut new, &body, ctx.root, "");
     // record ownership: the stored entries of the others as they were (moved out of the
     // copy of `live`), re-encoded only where a forced apply took fields from them
-    let mut stored: Vec<Value> = match new
+    let mut kept: Vec<Value> = match new
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
         .and_then(|md| md.remove("managedFields"))
     {
-        Some(Value::Array(a)) if a.len() == entries.len() => a,
-        _ => vec![Value::Null; entries.len()],
+        Some(Value::Array(a)) if a.len() == heads.len() => a,
+        _ => vec![Value::Null; heads.len()],
     };
-    let mut list: Vec<Value> = Vec::with_capacity(entries.len() + 1);
-    for ((e, raw), changed) in entries.iter().zip(stored.iter_mut()).zip(changed) {
-        if is_me(e) || e.fields.is_empty() {
+    let mut list: Vec<Value> = Vec::with_capacity(heads.len() + 1);
+    for (i, (e, raw)) in heads.iter().zip(kept.iter_mut()).enumerate() {
+        if is_me(e) {
             continue;
         }
-        if changed || raw.is_null() {
-            list.push(e.to_json());
-        } else {
-            list.push(std::mem::take(raw));
+        match &taken[i] {
+            Some(fields) if fields.is_empty() => {}
+            Some(fields) => list.push(
+                Entry {
+                    fields: fields.clone(),
+                    ..e.clone()
+                }
+                .to_json(),
+            ),
+            None if !fv1(i).owns_any() => {}
+            None if raw.is_null() => list.push(entry_of(&stored[i]).to_json()),
+            None => list.push(std::mem::take(raw)),
         }
     }
     let mine = w.entry("Apply", applied_set);
@@ -760,6 +923,59 @@ fn owns_below(set: &FieldSet, p: &FPath) -> bool {
     set.range::<FPath, _>((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded))
         .next()
         .is_some_and(|q| q.starts_with(p))
+}
+
+/// A stored FieldsV1 encoding, queried in place (not decoded into a [`FieldSet`]).
+#[derive(Clone, Copy)]
+struct Fv1<'a>(&'a Value);
+
+impl<'a> Fv1<'a> {
+    /// The node of path `p`.
+    fn node(self, p: &[String]) -> Option<&'a Map<String, Value>> {
+        p.iter()
+            .try_fold(self.0.as_object()?, |m, el| m.get(el.as_str())?.as_object())
+    }
+
+    /// Whether the set holds `p` (a leaf, or a node with `"."`).
+    fn owns(self, p: &[String]) -> bool {
+        !p.is_empty()
+            && self
+                .node(p)
+                .is_some_and(|m| m.is_empty() || m.contains_key("."))
+    }
+
+    /// Whether the set holds a path below `p` (every child of a node holds one).
+    fn owns_below(self, p: &[String]) -> bool {
+        self.node(p).is_some_and(|m| m.keys().any(|k| k != "."))
+    }
+
+    /// Whether the set holds any path.
+    fn owns_any(self) -> bool {
+        self.0.as_object().is_some_and(|m| !m.is_empty())
+    }
+}
+
+/// The fields of another manager in an apply: as stored, or decoded when a forced apply
+/// took some of them.
+enum Owned<'a> {
+    Stored(Fv1<'a>),
+    Decoded(&'a FieldSet),
+}
+
+impl Owned<'_> {
+    fn owns(&self, p: &FPath) -> bool {
+        match self {
+            Owned::Stored(f) => f.owns(p),
+            Owned::Decoded(s) => s.contains(p),
+        }
+    }
+
+    fn owns_below(&self, p: &FPath) -> bool {
+        match self {
+            Owned::Stored(f) => f.owns_below(p),
+            Owned::Decoded(s) => owns_below(s, p),
+        }
+    }
 }
 
 fn merge_into(target: &mut Value, src: &Value, schema: Option<&Value>, dotted: &str) {
@@ -995,6 +1211,112 @@ mod tests {
         assert_eq!(a2["spec"], json!({"x": 2, "y": 1, "z": 1}));
         assert_eq!(entry(&a2, "b"), entry(&b, "b"));
         assert_eq!(entry(&a2, "c"), c_entry);
+    }
+
+    #[test]
+    fn an_update_keeps_the_entries_it_takes_nothing_from_and_takes_the_fields_it_changes() {
+        let ctx = SchemaCtx { root: None };
+        let by = |m: &'static str, sub: &'static str, now: &'static str| Writer {
+            subresource: sub,
+            now,
+            ..w(m)
+        };
+        let entry = |o: &Value, m: &str| {
+            o["metadata"]["managedFields"]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["manager"] == m))
+                .cloned()
+        };
+        let mut a = json!({"metadata": {"name": "o", "labels": {"k": "1", "l": "1"}},
+                           "spec": {"x": 1, "y": {"z": 1}}});
+        record_update(None, &mut a, ctx, &by("ctl", "", "2026-01-01T00:00:00Z"));
+        let ctl = entry(&a, "ctl").unwrap();
+        assert_eq!(
+            ctl["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {".": {}, "f:k": {}, "f:l": {}}},
+                   "f:spec": {".": {}, "f:x": {}, "f:y": {".": {}, "f:z": {}}}})
+        );
+        // a status update: the spec's owner as it was, the status's new
+        let mut b = a.clone();
+        b["status"] = json!({"phase": "Running"});
+        record_update(
+            Some(&a),
+            &mut b,
+            ctx,
+            &by("agent", "status", "2026-01-01T00:00:01Z"),
+        );
+        assert_eq!(entry(&b, "ctl").unwrap(), ctl);
+        let agent = entry(&b, "agent").unwrap();
+        assert_eq!(agent["subresource"], "status");
+        assert_eq!(
+            agent["fieldsV1"],
+            json!({"f:status": {".": {}, "f:phase": {}}})
+        );
+        // the same status again: nothing changes hands, the entry keeps its time
+        let mut b2 = b.clone();
+        record_update(
+            Some(&b),
+            &mut b2,
+            ctx,
+            &by("agent", "status", "2026-01-01T00:00:09Z"),
+        );
+        assert_eq!(
+            b2["metadata"]["managedFields"],
+            b["metadata"]["managedFields"]
+        );
+        // a label changed and one removed: their owner loses them, the others are kept
+        let mut c = b.clone();
+        c["metadata"]["labels"] = json!({"k": "2"});
+        record_update(
+            Some(&b),
+            &mut c,
+            ctx,
+            &by("lab", "", "2026-01-01T00:00:02Z"),
+        );
+        assert_eq!(
+            entry(&c, "ctl").unwrap()["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {}},
+                   "f:spec": {".": {}, "f:x": {}, "f:y": {".": {}, "f:z": {}}}})
+        );
+        assert_eq!(entry(&c, "ctl").unwrap()["time"], ctl["time"]);
+        assert_eq!(entry(&c, "agent").unwrap(), agent);
+        assert_eq!(
+            entry(&c, "lab").unwrap()["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {"f:k": {}}}})
+        );
+        // a map emptied: its owner no longer owns it or what it held, its writer does
+        let mut d = c.clone();
+        d["spec"]["y"] = json!({});
+        record_update(Some(&c), &mut d, ctx, &by("ed", "", "2026-01-01T00:00:03Z"));
+        assert_eq!(
+            entry(&d, "ctl").unwrap()["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {}}, "f:spec": {".": {}, "f:x": {}}})
+        );
+        assert_eq!(
+            entry(&d, "ed").unwrap()["fieldsV1"],
+            json!({"f:spec": {"f:y": {}}})
+        );
+        // managedFields sent as written by another client are not taken; an empty list
+        // clears them
+        let mut e = d.clone();
+        e["metadata"]["managedFields"] = json!([{"manager": "forged", "operation": "Update",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:x": {}}}}]);
+        record_update(Some(&d), &mut e, ctx, &by("ed", "", "2026-01-01T00:00:04Z"));
+        assert_eq!(
+            e["metadata"]["managedFields"],
+            d["metadata"]["managedFields"]
+        );
+        let mut f = d.clone();
+        f["metadata"]["managedFields"] = json!([]);
+        f["spec"]["x"] = json!(2);
+        record_update(Some(&d), &mut f, ctx, &by("ed", "", "2026-01-01T00:00:05Z"));
+        let managers: Vec<&str> = f["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        assert_eq!(managers, ["ed"]);
     }
 
     #[test]
