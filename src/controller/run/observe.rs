@@ -612,6 +612,46 @@ mod tests {
     }
 
     #[test]
+    fn the_job_store_follows_its_watch_and_keeps_objects_that_do_not_deserialise_apart() {
+        let store = JobStore::new();
+        let invalid = |store: &JobStore| {
+            let mut out = Vec::new();
+            store.invalid(&mut out);
+            out.into_iter()
+                .filter_map(|i| i.reference.name)
+                .collect::<Vec<_>>()
+        };
+        store.apply(watcher::Event::Init);
+        store.apply(watcher::Event::InitApply(event(JOB)));
+        store.apply(watcher::Event::InitApply(event(GARBLED)));
+        // Nothing is served before the list is complete.
+        assert!(!*store.ready.borrow());
+        assert!(store.for_pass().0.is_empty());
+        store.apply(watcher::Event::InitDone);
+        assert!(*store.ready.borrow());
+        let (jobs, released) = store.for_pass();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].metadata.name.as_deref(), Some("fine"));
+        assert!(released.is_empty());
+        assert_eq!(invalid(&store), ["garbled"]);
+        // A job that stops deserialising leaves the jobs and is reported.
+        let broken = JOB.replace(r#""queue":"q""#, r#""queue":7"#);
+        store.apply(watcher::Event::Apply(event(&broken)));
+        assert!(store.for_pass().0.is_empty());
+        assert_eq!(invalid(&store), ["fine", "garbled"]);
+        // Fixed again, then deleted.
+        store.apply(watcher::Event::Apply(event(JOB)));
+        assert_eq!(store.for_pass().0.len(), 1);
+        assert_eq!(invalid(&store), ["garbled"]);
+        store.apply(watcher::Event::Delete(event(JOB)));
+        assert!(store.for_pass().0.is_empty());
+        // A re-list without the garbled object forgets it.
+        store.apply(watcher::Event::Init);
+        store.apply(watcher::Event::InitDone);
+        assert!(invalid(&store).is_empty());
+    }
+
+    #[test]
     fn a_list_decodes_each_item_on_its_own() {
         let list = format!(
             r#"{{"apiVersion":"v1","kind":"List","metadata":{{"resourceVersion":"9"}},"items":[{JOB},{GARBLED}]}}"#
