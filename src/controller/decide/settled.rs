@@ -210,13 +210,7 @@ impl Settled {
         members
             .into_iter()
             .map(|m| {
-                if let Some(e) = m
-                    .job
-                    .metadata
-                    .uid
-                    .as_deref()
-                    .and_then(|u| self.jobs.get_mut(u))
-                {
+                if let Some(e) = self.entry_of(&m.job) {
                     e.carried = false;
                     e.pass = pass;
                 }
@@ -229,16 +223,18 @@ impl Settled {
     /// entries are stale (forgotten unless a pass remembers the new object).
     pub(super) fn drop_released(&mut self, released: &[Arc<BatchJob>]) {
         for m in self.carry.take_jobs(released) {
-            if let Some(e) = m
-                .job
-                .metadata
-                .uid
-                .as_deref()
-                .and_then(|u| self.jobs.get_mut(u))
-            {
+            if let Some(e) = self.entry_of(&m.job) {
                 e.carried = false;
             }
         }
+    }
+
+    /// A job's entry (at whatever resourceVersion).
+    fn entry_of(&mut self, job: &BatchJob) -> Option<&mut Entry> {
+        job.metadata
+            .uid
+            .as_deref()
+            .and_then(|u| self.jobs.get_mut(u))
     }
 
     /// Starts a pass.

@@ -2255,13 +2255,7 @@ mod settled_memory {
     fn a_settled_backlog_is_remembered_and_decided_the_same() {
         // One 2-cpu node, at the environment's maximum: one job runs, the rest wait.
         let mut rv = 100;
-        let mut o = world(
-            (0..20)
-                .map(|i| stored(&format!("w{i:02}"), "2", i))
-                .collect(),
-            vec![node("n0", "ce", "2", "8Gi", NOW)],
-        );
-        o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 1))];
+        let mut o = one_node_backlog();
         let mut settled = Settled::default();
         let config = DecideConfig::default();
         for pass in 0..4 {
@@ -2313,11 +2307,9 @@ mod settled_memory {
         assert_eq!((settled.len(), o.jobs.len() - running), (19, 19));
     }
 
-    #[test]
-    fn a_parked_backlog_is_left_out_until_a_member_could_run() {
-        // One 2-cpu node, at the environment's maximum: one job runs, 19 wait. Classes
-        // keep their first 2 members; full passes every 100 s.
-        let mut rv = 100;
+    /// One 2-cpu node, at its environment's maximum, and 20 jobs of 2 cpu: one runs,
+    /// 19 wait.
+    fn one_node_backlog() -> Observed {
         let mut o = world(
             (0..20)
                 .map(|i| stored(&format!("w{i:02}"), "2", i))
@@ -2325,6 +2317,15 @@ mod settled_memory {
             vec![node("n0", "ce", "2", "8Gi", NOW)],
         );
         o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 1))];
+        o
+    }
+
+    #[test]
+    fn a_parked_backlog_is_left_out_until_a_member_could_run() {
+        // One 2-cpu node, at the environment's maximum: one job runs, 19 wait. Classes
+        // keep their first 2 members; full passes every 100 s.
+        let mut rv = 100;
+        let mut o = one_node_backlog();
         let mut settled = Settled::default();
         let config = DecideConfig {
             full_pass_interval: 100,
@@ -2378,13 +2379,7 @@ mod settled_memory {
         // The world above, run as the controller's loop runs it: through a job index,
         // the parked jobs carried.
         let mut rv = 100;
-        let mut o = world(
-            (0..20)
-                .map(|i| stored(&format!("w{i:02}"), "2", i))
-                .collect(),
-            vec![node("n0", "ce", "2", "8Gi", NOW)],
-        );
-        o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 1))];
+        let mut o = one_node_backlog();
         let mut settled = Settled::default();
         let config = DecideConfig {
             full_pass_interval: 100,

@@ -365,11 +365,20 @@ impl Stores {
 /// The annotation in which client-side `kubectl apply` keeps the applied manifest.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Watches one kind into a store; the stream yields `()` per change.
-pub(super) fn watch<K>(
-    client: &kube::Client,
-) -> (Guarded<K>, BoxStream<'static, Result<(), watcher::Error>>)
-where
+/// A kind the controller watches.
+pub(super) trait Watched:
+    kube::Resource<DynamicType = (), Scope: Send + Sync>
+    + Trim
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: kube::Resource<DynamicType = (), Scope: Send + Sync>
         + Trim
         + Clone
@@ -377,8 +386,14 @@ where
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// Watches one kind into a store; the stream yields `()` per change.
+pub(super) fn watch<K: Watched>(
+    client: &kube::Client,
+) -> (Guarded<K>, BoxStream<'static, Result<(), watcher::Error>>) {
     let (store, writer) = reflector::store::<Checked<K>>();
     let stream = reflector::reflector(writer, trimmed::<K>(client))
         .default_backoff()
@@ -389,18 +404,9 @@ where
 }
 
 /// The watch events of one kind, with what the controller never reads dropped.
-fn trimmed<K>(
+fn trimmed<K: Watched>(
     client: &kube::Client,
 ) -> impl futures::Stream<Item = Result<watcher::Event<Checked<K>>, watcher::Error>> + Send + 'static
-where
-    K: kube::Resource<DynamicType = (), Scope: Send + Sync>
-        + Trim
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
 {
     let api: Api<Checked<K>> = Api::all(client.clone());
     // managedFields are never read by the controller: not kept (a large part of every
