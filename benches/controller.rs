@@ -12,7 +12,7 @@ use asg_batch::api::batch_job::BatchJob;
 use asg_batch::api::batch_node::BatchNode;
 use asg_batch::api::compute_environment::ComputeEnvironment;
 use asg_batch::api::job_queue::JobQueue;
-use asg_batch::controller::decide::carry::{JobIndex, index_key};
+use asg_batch::controller::decide::carry::JobIndex;
 use asg_batch::controller::decide::{DecideConfig, Observed, Settled, decide, decide_with};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -278,16 +278,13 @@ fn bench_backlog(c: &mut Criterion) {
             ..o.clone()
         };
         let pass = |handed: &mut Observed, index: &mut JobIndex, carrying: &mut Settled| {
-            (handed.jobs, handed.released) = (index.active(), index.released());
-            let d = decide_with(handed, &carrying_config, NOW_SECONDS, carrying);
-            index.after_pass(handed.released.len(), &d.carry);
-            d
+            index.decide(handed, &carrying_config, NOW_SECONDS, carrying)
         };
-        index.replace_all(before.jobs.iter().map(|j| (index_key(j), j.clone())));
+        index.sync(&before.jobs);
         for _ in 0..2 {
             pass(&mut handed, &mut index, &mut carrying);
         }
-        index.replace_all(o.jobs.iter().map(|j| (index_key(j), j.clone())));
+        index.sync(&o.jobs);
         let d = pass(&mut handed, &mut index, &mut carrying);
         assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
         println!(

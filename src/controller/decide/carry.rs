@@ -431,6 +431,29 @@ impl JobIndex {
     }
 }
 
+impl JobIndex {
+    /// Takes in `jobs` as the whole set, as a re-list does (for callers that hold every
+    /// job at each pass: tests and benchmarks).
+    pub fn sync(&mut self, jobs: &[Arc<BatchJob>]) {
+        self.replace_all(jobs.iter().map(|j| (index_key(j), Arc::clone(j))));
+    }
+
+    /// One pass as the controller's loop runs it: over `observed` with the jobs this
+    /// index hands out (set into it), the index updated after the pass.
+    pub fn decide(
+        &mut self,
+        observed: &mut super::Observed,
+        config: &super::DecideConfig,
+        now: Seconds,
+        settled: &mut super::Settled,
+    ) -> super::Decisions {
+        (observed.jobs, observed.released) = (self.active(), self.released());
+        let d = super::decide_with(observed, config, now, settled);
+        self.after_pass(observed.released.len(), &d.carry);
+        d
+    }
+}
+
 /// What a pass changed in its carry, for the job index ([`JobIndex::after_pass`]).
 #[derive(Debug, Clone, Default)]
 pub struct CarryChanges {

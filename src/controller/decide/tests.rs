@@ -2225,11 +2225,8 @@ mod settled_memory {
                 let fresh = decide(o, &config, now);
                 let remembered = decide_with(o, &config, now, &mut settled);
                 same_but_parked(o, &fresh, &remembered);
-                index.replace_all(o.jobs.iter().map(|j| (carry::index_key(j), Arc::clone(j))));
-                let mut handed = o.clone();
-                (handed.jobs, handed.released) = (index.active(), index.released());
-                let with_carry = decide_with(&handed, &carried, now, &mut carrying);
-                index.after_pass(handed.released.len(), &with_carry.carry);
+                index.sync(&o.jobs);
+                let with_carry = index.decide(&mut o.clone(), &carried, now, &mut carrying);
                 same_but_parked(o, &fresh, &with_carry);
                 assert_eq!(index.carried(), carrying.carried(), "the index and the memory carry the same jobs");
                 fresh
@@ -2389,11 +2386,9 @@ mod settled_memory {
         };
         let mut index = carry::JobIndex::default();
         let mut pass = |o: &Observed, now: Seconds| {
-            index.replace_all(o.jobs.iter().map(|j| (carry::index_key(j), Arc::clone(j))));
+            index.sync(&o.jobs);
             let mut handed = o.clone();
-            (handed.jobs, handed.released) = (index.active(), index.released());
-            let d = decide_with(&handed, &config, now, &mut settled);
-            index.after_pass(handed.released.len(), &d.carry);
+            let d = index.decide(&mut handed, &config, now, &mut settled);
             (d, handed.jobs.len(), index.carried())
         };
         for _ in 0..4 {
