@@ -32,10 +32,10 @@ pub struct LocalFleets {
     agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// The agents' executors, closed at shutdown once the agents stopped.
     executors: Mutex<Vec<Arc<dyn Executor>>>,
-    /// The agents' data directory (their logs; a directory of this process, removed at
-    /// shutdown: dev's agents cancel their attempts when they stop).
+    /// The agents' data directory (their logs; [`run_dir`], removed at shutdown: dev's
+    /// agents cancel their attempts when they stop).
     data_dir: std::path::PathBuf,
-    /// Where process jobs keep their records ([`records_dir`]; removed at shutdown too).
+    /// Where process jobs keep their records (`attempts/` in [`run_dir`]).
     state_dir: std::path::PathBuf,
 }
 
@@ -43,14 +43,18 @@ pub struct LocalFleets {
 /// (`/dev/shm`), when it is one.
 const SHM_DIR: &str = "/dev/shm";
 
-/// Where dev's process jobs keep their records (who their shim is, how the program
-/// ended): `<dir>/asg-batch-dev-<pid>/attempts` on the shared-memory file system when
-/// there is one (`/dev/shm` on tmpfs), else in `fallback`. The records only matter for
-/// the boot they were written in (a shim is found by pid, start time and boot id), so
-/// memory is the place for them, as containerd keeps its shims' state under `/run`; on a
-/// disk file system the several small files each attempt makes and removes cost more than
-/// the attempt's process (issue 13). The logs stay on disk, under the data directory.
-pub fn records_dir(fallback: &std::path::Path) -> std::path::PathBuf {
+/// dev's own directory for its agents' files: `<dir>/asg-batch-dev-<pid>` on the
+/// shared-memory file system when there is one (`/dev/shm` on tmpfs), else in `fallback`.
+/// Everything in it lives only as long as dev does (removed when it exits): process jobs'
+/// records (who their shim is, how the program ended: they only matter for the boot they
+/// were written in, a shim being found by pid, start time and boot id; containerd keeps its
+/// shims' state under `/run` for the same reason) under `attempts/`, and the attempts' logs
+/// under `logs/`. On a disk file system the small files each attempt makes and removes
+/// cost more than a trivial attempt's process: on this project's test machines (ext4
+/// without a journal, where allocating an inode skips recently deleted ones by reading
+/// their inode table blocks) creating the log files alone took ~15 % of dev's wall time
+/// for 5,000 trivial jobs (issue 13). An agent on an instance keeps its logs on disk (`--data-dir`).
+pub fn run_dir(fallback: &std::path::Path) -> std::path::PathBuf {
     let shm = std::path::Path::new(SHM_DIR);
     let on_tmpfs = nix::sys::statfs::statfs(shm)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
@@ -61,7 +65,6 @@ pub fn records_dir(fallback: &std::path::Path) -> std::path::PathBuf {
     .is_ok();
     let base = if on_tmpfs && writable { shm } else { fallback };
     base.join(format!("asg-batch-dev-{}", std::process::id()))
-        .join("attempts")
 }
 
 impl LocalFleets {
@@ -75,8 +78,8 @@ impl LocalFleets {
             made: Mutex::default(),
             agents: Arc::default(),
             executors: Mutex::default(),
-            data_dir: std::env::temp_dir().join(format!("asg-batch-dev-{}", std::process::id())),
-            state_dir: records_dir(&std::env::temp_dir()),
+            data_dir: run_dir(&std::env::temp_dir()),
+            state_dir: run_dir(&std::env::temp_dir()).join("attempts"),
         }
     }
 
@@ -113,9 +116,7 @@ impl LocalFleets {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         futures::future::join_all(executors.iter().map(|e| e.close(grace))).await;
-        if let Some(dir) = self.state_dir.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        // The records (`attempts/`) and the logs.
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 
