@@ -294,6 +294,9 @@ pub struct State {
     /// The last writes whose object may still be kept parsed ([`Stored::hot`]), oldest
     /// first; at most [`HOT_OBJECTS`].
     hot: VecDeque<Arc<Event>>,
+    /// A persistent store's rows changed since its last flush ([`Store::flush`]), by row
+    /// key: the object as stored (shared with the store), `None` when deleted.
+    dirty: HashMap<String, Option<Packed>>,
 }
 
 impl State {
@@ -601,6 +604,8 @@ pub struct Store {
     state: Mutex<State>,
     tx: broadcast::Sender<Arc<Live>>,
     db: Option<Database>,
+    /// Held through a flush, so flushes commit their snapshots in order.
+    flushing: Mutex<()>,
 }
 
 fn db_err(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -637,6 +642,7 @@ impl Store {
             state: Mutex::new(state(history_limit)),
             tx,
             db: None,
+            flushing: Mutex::new(()),
         }
     }
 
@@ -699,6 +705,7 @@ impl Store {
             state: Mutex::new(st),
             tx,
             db: Some(db),
+            flushing: Mutex::new(()),
         })
     }
 
@@ -722,9 +729,14 @@ impl Store {
         if events.is_empty() {
             return result;
         }
-        if let Some(db) = &self.db {
-            if let Err(e) = persist(db, &events, st.rv) {
-                tracing::error!(error = %e, "persisting to the data store failed");
+        if self.db.is_some() {
+            // Written behind: the next flush (within a second) commits the rows' last state.
+            for (e, _, _) in &events {
+                let row = match e.kind {
+                    EventType::Deleted => None,
+                    _ => Some(e.object.clone()),
+                };
+                st.dirty.insert(row_key(e), row);
             }
         }
         for (event, object, old) in events {
@@ -771,42 +783,52 @@ impl Store {
         self.tx.subscribe()
     }
 
-    /// Make all writes durable (persistent stores commit lazily).
+    /// Make all writes durable: one transaction with every row changed since the last
+    /// flush and the resourceVersion counter, committed durably. A persistent store writes
+    /// behind: the server flushes every second and at shutdown, so a crash loses at most
+    /// the last second of writes (as when each write was committed non-durably: redb
+    /// persists such commits only with the next durable one). One transaction a second
+    /// instead of one per write: each write's transaction cost CPU, and redb keeps the pages
+    /// of non-durable commits until a durable one (dev's RSS with 10,000 jobs: +60 MiB).
     pub fn flush(&self) {
-        if let Some(db) = &self.db {
-            let _guard = self.lock();
-            let r: Result<(), Box<dyn std::error::Error>> = (|| {
-                let mut w = db.begin_write()?;
-                w.set_durability(redb::Durability::Immediate)?;
-                w.commit()?;
-                Ok(())
-            })();
-            if let Err(e) = r {
-                tracing::error!(error = %e, "flushing the data store failed");
+        let Some(db) = &self.db else {
+            return;
+        };
+        let _order = self
+            .flushing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (rows, rv) = {
+            let mut st = self.lock();
+            (std::mem::take(&mut st.dirty), st.rv)
+        };
+        if let Err(e) = persist(db, &rows, rv) {
+            tracing::error!(error = %e, rows = rows.len(), "persisting to the data store failed; kept for the next flush");
+            // Rows changed again since are newer: they stay.
+            let mut st = self.lock();
+            for (k, row) in rows {
+                st.dirty.entry(k).or_insert(row);
             }
         }
     }
 }
 
-fn persist(
-    db: &Database,
-    events: &[(Arc<Event>, Obj, Option<Obj>)],
-    rv: u64,
-) -> Result<(), ApiError> {
+/// Commits `rows` (by row key: the object, or `None` to delete it) and the counter `rv`
+/// in one durable transaction.
+fn persist(db: &Database, rows: &HashMap<String, Option<Packed>>, rv: u64) -> Result<(), ApiError> {
     let ie = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
     let mut w = db.begin_write().map_err(|e| ie(&e))?;
-    w.set_durability(redb::Durability::None)
+    w.set_durability(redb::Durability::Immediate)
         .map_err(|e| ie(&e))?;
     {
         let mut t = w.open_table(OBJECTS).map_err(|e| ie(&e))?;
-        for (e, _, _) in events {
-            let k = row_key(e);
-            match e.kind {
-                EventType::Deleted => {
+        for (k, row) in rows {
+            match row {
+                None => {
                     t.remove(k.as_str()).map_err(|e| ie(&e))?;
                 }
-                _ => {
-                    t.insert(k.as_str(), e.object.bytes()).map_err(|e| ie(&e))?;
+                Some(object) => {
+                    t.insert(k.as_str(), object.bytes()).map_err(|e| ie(&e))?;
                 }
             }
         }
@@ -832,6 +854,43 @@ mod tests {
         store
             .write(|st| Ok(st.put("core/configmaps", obj)))
             .expect("put")
+    }
+
+    #[test]
+    fn a_persistent_store_reopens_with_what_its_flushes_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let get =
+            |store: &Store, name: &str| store.read(|st| st.get("core/configmaps", "default", name));
+        let rv = {
+            let store = Store::open(dir.path(), 100).expect("open");
+            put(&store, cm("kept", "one"));
+            put(&store, cm("gone", "one"));
+            store.flush();
+            // Changed again, deleted, created after the first flush: each row's last
+            // state is committed by the next.
+            put(&store, cm("kept", "two"));
+            put(&store, cm("kept", "three"));
+            store
+                .write(|st| Ok(st.remove("core/configmaps", "default", "gone", None)))
+                .expect("remove");
+            put(&store, cm("new", "one"));
+            store.flush();
+            store.flush();
+            store.read(State::rv)
+        };
+        let store = Store::open(dir.path(), 100).expect("reopen");
+        assert_eq!(store.read(State::rv), rv, "the counter");
+        let kept = get(&store, "kept").expect("kept");
+        assert_eq!(kept["data"]["v"], "three");
+        assert!(get(&store, "gone").is_none(), "deleted");
+        assert_eq!(get(&store, "new").expect("new")["data"]["v"], "one");
+        // Writes go on from the counter: a new object's resourceVersion is above it.
+        let later = put(&store, cm("later", "x"));
+        let later_rv: u64 = later["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("resourceVersion");
+        assert!(later_rv > rv);
     }
 
     #[test]
