@@ -308,35 +308,32 @@ impl ProcessExecutor {
             return Outcome::not_started(EndReason::StartFailed, "empty command");
         }
         let dir = self.attempt_dir(&spec.name);
-        // What an earlier try left without a shim to adopt (e.g. a shim that never
-        // started its program) is cleared; the attempt starts afresh.
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            return Outcome::not_started(
-                EndReason::StartFailed,
-                format!("cannot create the attempt's state directory {dir:?}: {e}"),
-            );
-        }
         let output = self.output_path(&spec.name);
-        let mut request = StartRequest {
+        let request = StartRequest {
             state: dir.clone(),
             output: output.clone(),
-            output_max_bytes: None,
+            output_max_bytes: self
+                .logs
+                .as_ref()
+                .map(crate::agent::logs::LogStore::max_bytes),
             command: command.clone(),
             env: spec.env.clone(),
             working_dir: working_dir.as_ref().map(PathBuf::from),
         };
-        if let Some(logs) = &self.logs {
-            // A fresh start: nothing of an earlier try stays in the log.
-            if let Err(e) = tokio::fs::create_dir_all(logs.dir()).await {
-                return Outcome::not_started(
-                    EndReason::StartFailed,
-                    format!("cannot create the log directory {:?}: {e}", logs.dir()),
-                );
-            }
-            let _ = tokio::fs::remove_file(logs.end_path(&spec.name)).await;
-            let _ = tokio::fs::remove_file(&output).await;
-            request.output_max_bytes = Some(logs.max_bytes());
+        // The attempt's directories, in one trip to a blocking thread (five file system
+        // calls as five trips cost more than the calls, per attempt).
+        let prepared = {
+            let (dir, output) = (dir.clone(), output.clone());
+            let logs = self
+                .logs
+                .as_ref()
+                .map(|l| (l.dir().to_path_buf(), l.end_path(&spec.name)));
+            tokio::task::spawn_blocking(move || prepare(&dir, &output, logs))
+                .await
+                .unwrap_or_else(|e| Err(format!("preparing the attempt failed: {e}")))
+        };
+        if let Err(why) = prepared {
+            return Outcome::not_started(EndReason::StartFailed, why);
         }
         let program = &command[0];
         let asked = match self.supervisor().await {
@@ -743,6 +740,23 @@ impl Executor for ProcessExecutor {
             let _ = tokio::fs::remove_dir_all(&dir).await;
         })
     }
+}
+
+/// Makes an attempt's state directory afresh (what an earlier try left without a shim to
+/// adopt, e.g. a shim that never started its program, is cleared) and, when logs are kept
+/// (`logs`: their directory and the attempt's end mark), the log directory, with nothing
+/// of an earlier try left in the attempt's log (`output`) or end mark.
+fn prepare(dir: &Path, output: &Path, logs: Option<(PathBuf, PathBuf)>) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the attempt's state directory {dir:?}: {e}"))?;
+    if let Some((logs, end)) = logs {
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| format!("cannot create the log directory {logs:?}: {e}"))?;
+        let _ = std::fs::remove_file(end);
+        let _ = std::fs::remove_file(output);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
