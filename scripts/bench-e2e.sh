@@ -12,7 +12,10 @@
 #   jobs of another queue (0 skips it)
 #
 # Figures:
-# - floor: wall time of 5,000 `sh -c true` forked one after another;
+# - floor: wall time of 5,000 `sh -c true` forked one after another, and its CPU time (the
+#   shell's and the 5,000 processes'); "CPU × floor" compares dev's CPU (its own, its shims'
+#   and its jobs') with that CPU for as many jobs: a ratio that a busy machine disturbs less
+#   than the wall-clock one;
 # - `asg-batch dev --exit-when-done`: wall time and max RSS for N independent trivial jobs
 #   (`sh -c true`, 100m cpu, 16Mi) on a local compute environment of 10 instances × 8 cpu,
 #   and "done": the time until dev printed that every job finished (the wall time adds its
@@ -130,23 +133,28 @@ run_dev() {
     awk -v t0="$t0" -v d="$done_at" '{ printf "%s %s %.2f %.2f\n", $1, $2, $3 + $4, d - t0 }' "$WORK/time"
 }
 
-# 1. The floor.
+# 1. The floor (its CPU: user + sys of the shell and of the processes it waited for).
 t0=$(now)
-for ((i = 0; i < FLOOR_N; i++)); do sh -c true; done
+/usr/bin/time -f '%U %S' -o "$WORK/floor.time" \
+    bash -c 'for ((i = 0; i < $1; i++)); do sh -c true; done' floor "$FLOOR_N"
 t1=$(now)
 FLOOR=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+FLOOR_CPU=$(awk '{ printf "%.2f", $1 + $2 }' "$WORK/floor.time")
 echo
-echo "floor: $FLOOR_N × sh -c true one after another: ${FLOOR} s"
+echo "floor: $FLOOR_N × sh -c true one after another: ${FLOOR} s (CPU ${FLOOR_CPU} s)"
 echo
-printf '%-34s %10s %10s %9s %12s %8s %8s\n' "case" "wall s" "max MiB" "jobs/s" "× floor(N)" "CPU s" "done s"
+printf '%-34s %10s %10s %9s %12s %8s %8s %12s\n' "case" "wall s" "max MiB" "jobs/s" "× floor(N)" "CPU s" "done s" "CPU × floor"
+# dev's CPU over the floor's for N jobs.
+cpu_ratio() { awk -v c="$1" -v f="$FLOOR_CPU" -v n="$2" -v m="$FLOOR_N" 'BEGIN { printf "%.2f", c / (f * n / m) }'; }
 
 # 2. Independent jobs.
 for n in $SIZES; do
     jobs_manifest "$n" >"$WORK/jobs.yaml"
     read -r wall rss cpu done_s < <(run_dev "$WORK/jobs.yaml")
     floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
-    printf '%-34s %10s %10s %9.0f %12s %8s %8s\n' "dev: $n jobs" "$wall" "$(mib "$rss")" \
-        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu" "$done_s"
+    printf '%-34s %10s %10s %9.0f %12s %8s %8s %12s\n' "dev: $n jobs" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu" "$done_s" \
+        "$(cpu_ratio "$cpu" "$n")"
 done
 
 # 3. Arrays.
@@ -154,8 +162,9 @@ for n in $ARRAYS; do
     array_manifest "$n" >"$WORK/array.yaml"
     read -r wall rss cpu done_s < <(run_dev "$WORK/array.yaml")
     floor_n=$(awk -v f="$FLOOR" -v n="$n" -v m="$FLOOR_N" 'BEGIN { print f * n / m }')
-    printf '%-34s %10s %10s %9.0f %12s %8s %8s\n' "dev: array of $n children" "$wall" "$(mib "$rss")" \
-        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu" "$done_s"
+    printf '%-34s %10s %10s %9.0f %12s %8s %8s %12s\n' "dev: array of $n children" "$wall" "$(mib "$rss")" \
+        "$(awk -v n="$n" -v w="$wall" 'BEGIN { print n / w }')" "$(ratio "$wall" "$floor_n")" "$cpu" "$done_s" \
+        "$(cpu_ratio "$cpu" "$n")"
 done
 
 # 4. Holding $HOLD finished jobs: dev runs them into a data directory, then the API server
