@@ -788,8 +788,9 @@ impl Store {
     /// behind: the server flushes every second and at shutdown, so a crash loses at most
     /// the last second of writes (as when each write was committed non-durably: redb
     /// persists such commits only with the next durable one). One transaction a second
-    /// instead of one per write: each write's transaction cost CPU, and redb keeps the pages
-    /// of non-durable commits until a durable one (dev's RSS with 10,000 jobs: +60 MiB).
+    /// instead of one per write: each write's transaction cost CPU, and redb frees the pages
+    /// of non-durable commits only at a durable one (dev with `--data-dir` after 10,000
+    /// jobs: 18.5 → 14.6 s, RSS 256 → 230 MiB).
     pub fn flush(&self) {
         let Some(db) = &self.db else {
             return;
