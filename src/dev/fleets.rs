@@ -32,11 +32,9 @@ pub struct LocalFleets {
     agents: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// The agents' executors, closed at shutdown once the agents stopped.
     executors: Mutex<Vec<Arc<dyn Executor>>>,
-    /// The agents' data directory (their logs; [`run_dir`], removed at shutdown: dev's
-    /// agents cancel their attempts when they stop).
+    /// The agents' data directory ([`run_dir`]: their logs, and process jobs' records under
+    /// `attempts/`; removed at shutdown: dev's agents cancel their attempts when they stop).
     data_dir: std::path::PathBuf,
-    /// Where process jobs keep their records (`attempts/` in [`run_dir`]).
-    state_dir: std::path::PathBuf,
 }
 
 /// The directory under which the shared-memory file system keeps files
@@ -53,7 +51,8 @@ const SHM_DIR: &str = "/dev/shm";
 /// cost more than a trivial attempt's process: on this project's test machines (ext4
 /// without a journal, where allocating an inode skips recently deleted ones by reading
 /// their inode table blocks) creating the log files alone took ~15 % of dev's wall time
-/// for 5,000 trivial jobs (issue 13). An agent on an instance keeps its logs on disk (`--data-dir`).
+/// for 5,000 trivial jobs (issue 13). An agent on an instance keeps its logs on disk
+/// (`--data-dir`).
 pub fn run_dir(fallback: &std::path::Path) -> std::path::PathBuf {
     let shm = std::path::Path::new(SHM_DIR);
     let on_tmpfs = nix::sys::statfs::statfs(shm)
@@ -79,7 +78,6 @@ impl LocalFleets {
             agents: Arc::default(),
             executors: Mutex::default(),
             data_dir: run_dir(&std::env::temp_dir()),
-            state_dir: run_dir(&std::env::temp_dir()).join("attempts"),
         }
     }
 
@@ -125,6 +123,11 @@ impl LocalFleets {
         self.data_dir.clone()
     }
 
+    /// Where process jobs keep their records.
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.data_dir.join("attempts")
+    }
+
     /// Where every agent of this process keeps its attempts' logs.
     fn log_store(&self) -> crate::agent::logs::LogStore {
         crate::agent::logs::LogStore::new(
@@ -152,10 +155,11 @@ impl LocalFleets {
             .local
             .as_ref()
             .map_or(ExecutorKind::Docker, |l| l.executor);
+        let records = self.state_dir();
         let executor: Arc<dyn Executor> = match kind {
-            ExecutorKind::Process => match ProcessExecutor::with_current_exe(&self.state_dir) {
+            ExecutorKind::Process => match ProcessExecutor::with_current_exe(&records) {
                 Ok(p) => {
-                    info!(records = %self.state_dir.display(), "process jobs keep their records here");
+                    info!(records = %records.display(), "process jobs keep their records here");
                     Arc::new(p.with_logs(self.log_store()))
                 }
                 Err(e) => {
