@@ -299,6 +299,32 @@ fn bench_backlog(c: &mut Criterion) {
             &format!("controller pass, {n} unschedulable, {finished} finished (carried){new}"),
             |b| b.iter(|| pass(&mut handed, &mut index, &mut carrying)),
         );
+        // The same, every pass a refresh (every `full_pass_interval`): the carried jobs'
+        // positions worked out.
+        carrying.age(carrying_config.full_pass_interval);
+        let d = pass(&mut handed, &mut index, &mut carrying);
+        assert!(d.full_pass, "a refresh");
+        println!(
+            "controller refresh with a carried backlog: {} jobs handed, {} carried -> {} bindings, {} job writes, {} parked",
+            handed.jobs.len(),
+            index.carried(),
+            d.plan.bindings.len(),
+            d.jobs.len(),
+            d.parked_jobs,
+        );
+        c.bench_function(
+            &format!(
+                "controller pass, {n} unschedulable, {finished} finished (carried, refresh){new}"
+            ),
+            |b| {
+                b.iter(|| {
+                    carrying.age(carrying_config.full_pass_interval);
+                    let d = pass(&mut handed, &mut index, &mut carrying);
+                    assert!(d.full_pass, "a refresh");
+                    d
+                });
+            },
+        );
         // The same memory, every pass a full pass (nothing parked): the pass before
         // parking, measured in the same run.
         let full = DecideConfig {

@@ -41,9 +41,10 @@ pub struct ControllerArgs {
     /// once and no pass creates more than this many of its children.
     #[arg(long, default_value_t = super::decide::ARRAY_CHILDREN_WAITING, value_parser = clap::value_parser!(u32).range(1..))]
     pub array_children_waiting: u32,
-    /// Seconds between full passes: other passes leave the later members of a parked
-    /// backlog (Runnable jobs that nothing in the cluster can take) out, and only their
-    /// queue positions wait for a full pass. 0: every pass is full.
+    /// Seconds between refreshes of a parked backlog's queue positions: passes leave the
+    /// later members of a parked backlog (Runnable jobs that nothing in the cluster can
+    /// take) out, and only their queue positions wait for a refresh, which works them
+    /// out and writes those that moved. 0: every pass is full (no backlog left out).
     #[arg(long, default_value_t = super::decide::DEFAULT_FULL_PASS_INTERVAL)]
     pub full_pass_interval: u64,
     /// A parked class keeps its first this many members in every pass, and each queue

@@ -84,6 +84,7 @@ pub struct Metrics {
     pub events_dropped: Counter,
     /// Runnable jobs the last pass left out of its snapshot (parked backlog: their
     /// status as written; 0 after a full pass, and on a replica that does not lead).
+    /// A refresh leaves them out too.
     pub parked_jobs: Gauge,
     /// Classes (queue and resources) the parked jobs of the last pass belong to.
     pub parked_classes: Gauge,

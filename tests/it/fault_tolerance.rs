@@ -991,7 +991,7 @@ async fn a_parked_backlog_survives_a_paused_api_server_and_a_killed_leader_and_r
             lost_node_timeout: lost,
             controllers: 2,
             groups: &[("batch", "cloud"), ("batch2", "other")],
-            // Parks all but each queue's first 2 waiting jobs, with a full pass every 5 s.
+            // Parks all but each queue's first 2 waiting jobs, with a refresh every 5 s.
             controller_args: &["--parked-kept", "2", "--full-pass-interval", "5"],
         },
     )

@@ -803,12 +803,21 @@ impl Store {
             let mut st = self.lock();
             (std::mem::take(&mut st.dirty), st.rv)
         };
-        if let Err(e) = persist(db, &rows, rv) {
-            tracing::error!(error = %e, rows = rows.len(), "persisting to the data store failed; kept for the next flush");
-            // Rows changed again since are newer: they stay.
-            let mut st = self.lock();
-            for (k, row) in rows {
-                st.dirty.entry(k).or_insert(row);
+        match persist(db, &rows, rv) {
+            Ok(()) => {
+                tracing::debug!(
+                    rows = rows.len(),
+                    resource_version = rv,
+                    "data store flushed"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = rows.len(), "persisting to the data store failed; kept for the next flush");
+                // Rows changed again since are newer: they stay.
+                let mut st = self.lock();
+                for (k, row) in rows {
+                    st.dirty.entry(k).or_insert(row);
+                }
             }
         }
     }

@@ -15,10 +15,14 @@
 //! class stops being parkable, when another job depends on it, when it is among its
 //! queue's first `parked_kept` or its class's head, and when the parked reasons or
 //! queue sizes no longer hold (then everything goes back, and the pass is planned
-//! again). A full pass (every `full_pass_interval`) decides the carried jobs with the
-//! others, from the carry; those it does not leave as they are go back. So a pass decides with a carry exactly as it
+//! again). A refresh (every `full_pass_interval`) works out every carried job's queue
+//! position without planning it ([`super::park::stale`]); those whose written position
+//! moved materially go back, planned and written. A full pass (the first, or after the
+//! clock went back) decides the carried jobs with the others, from the carry; those it
+//! does not leave as they are go back. So a pass decides with a carry exactly as it
 //! does without (the property test `parked_backlogs_change_no_decision` runs the index
-//! too).
+//! too), and a refresh leaves every queue position as a full pass would
+//! (`positions_refreshed` in the same test).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -43,6 +47,10 @@ pub(super) struct Member {
     /// The reason it was settled with (its memory entry's: the entry stays in the
     /// memory, marked carried).
     pub reason: Option<Arc<Reason>>,
+    /// Its queue position and estimated start as its status holds them (the object's:
+    /// fixed while it is carried), for a refresh ([`super::park::stale`]) that reads no
+    /// object.
+    pub written: Option<(u32, Option<Seconds>)>,
 }
 
 impl Member {
@@ -56,7 +64,7 @@ impl Member {
     }
 
     /// Whether it comes before the snapshot job `(submitted_at, id)` in its queue.
-    fn before(&self, submitted_at: Seconds, id: &JobId) -> bool {
+    pub(super) fn before(&self, submitted_at: Seconds, id: &JobId) -> bool {
         (self.submitted_at, &*self.id) < (submitted_at, id.0.as_str())
     }
 
@@ -187,6 +195,14 @@ impl Carry {
             .get(class)
             .into_iter()
             .flat_map(|c| c.reasons.iter().map(|(r, _)| r.as_deref()))
+    }
+
+    /// The members of each class of `queue`, each list in first-in first-out order.
+    pub(super) fn of_queue<'c>(&'c self, queue: &str) -> impl Iterator<Item = &'c [Member]> {
+        self.classes
+            .range((queue.to_owned(), Resources::default())..)
+            .take_while(move |(k, _)| k.0 == queue)
+            .map(|(_, c)| c.members.as_slice())
     }
 
     /// How many members each queue has.

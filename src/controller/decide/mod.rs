@@ -90,8 +90,11 @@ pub struct DecideConfig {
     pub array_children_waiting: u32,
     /// A pass that remembers settled jobs ([`decide_with`]) leaves the later members of
     /// a parked class of Runnable jobs out ([`crate::scheduler::park`]), their status
-    /// as written; a **full pass** (nothing parked) refreshes their queue position at
-    /// least this often ([`DEFAULT_FULL_PASS_INTERVAL`]). 0: every pass is full.
+    /// as written; their queue positions are refreshed at least this often
+    /// ([`DEFAULT_FULL_PASS_INTERVAL`]): by a **refresh** when they are carried
+    /// (`carry_parked`: their positions worked out without planning them, the stale
+    /// ones planned: see [`carry`]), else by a **full pass** (nothing parked). 0: every
+    /// pass is full.
     pub full_pass_interval: Seconds,
     /// A parked class keeps at least its first this many members in the snapshot, and
     /// every queue its first this many parked jobs ([`crate::scheduler::forecast::MAX_PROJECTED`]
@@ -122,8 +125,9 @@ impl Default for DecideConfig {
 /// leaves stale, and only beyond the [`DecideConfig::parked_kept`] first parked jobs
 /// of its queue, where it is rewritten only when it moves by a factor of 4
 /// ([`crate::scheduler::forecast::material_change`]): a 30 s lag on such a figure is
-/// not seen, while a full pass over a 50,000-job backlog costs about 200 ms (the
-/// `controller pass` bench), so at most one pass in three pays it.
+/// not seen. A refresh of a carried 50,000-job backlog costs a few milliseconds more
+/// than a pass that parks; a full pass over it about 200 ms (the `controller pass`
+/// bench).
 pub const DEFAULT_FULL_PASS_INTERVAL: Seconds = 30;
 
 /// The default lost-node timeout in seconds: Kubernetes pods tolerate a node being
@@ -396,6 +400,10 @@ pub struct Decisions {
     pub parked_classes: usize,
     /// The jobs those classes left out (their status as written).
     pub parked_jobs: usize,
+    /// Every waiting job's queue fields are as a full pass leaves them after this pass:
+    /// it was a full pass (nothing left out) or a refresh (the left-out jobs' positions
+    /// worked out, the stale ones planned), every `full_pass_interval` at least.
+    pub full_pass: bool,
     /// What the pass changed in its carry of parked jobs, for the job index.
     pub carry: carry::CarryChanges,
     /// Since when each node holding no attempt after this pass has been idle, as this
@@ -460,8 +468,14 @@ pub fn decide_with(
     settled.begin();
     // Carried jobs that changed or went since: their entries are stale.
     settled.drop_released(&observed.released);
-    let may_park =
-        config.full_pass_interval > 0 && settled.may_park(now, config.full_pass_interval);
+    // Every `full_pass_interval`, the queue fields of the jobs passes leave out are
+    // refreshed: by a refresh when they are carried (the controller's loop), else by a
+    // full pass.
+    let (may_park, refresh) = match settled.kind(now, config.full_pass_interval) {
+        settled::PassKind::Park => (true, false),
+        settled::PassKind::Refresh if config.carry_parked => (true, true),
+        settled::PassKind::Refresh | settled::PassKind::Full => (false, false),
+    };
     // A pass that does not park sees every job: the carried ones from the carry (which
     // keeps those it leaves as they are).
     let mut back: Vec<Arc<BatchJob>> = if may_park {
@@ -469,8 +483,16 @@ pub fn decide_with(
     } else {
         settled.carry.jobs()
     };
+    // Jobs a refresh found stale: planned (their queue fields written) after all.
+    let mut refreshed: BTreeSet<*const BatchJob> = BTreeSet::new();
     loop {
-        match decide_once(observed, &back, may_park, config, now, settled) {
+        let pass = Pass {
+            back: &back,
+            may_park,
+            refresh,
+            refreshed: &refreshed,
+        };
+        match decide_once(observed, &pass, config, now, settled) {
             Ok(mut out) => {
                 if may_park {
                     out.carry.unparked = back;
@@ -483,22 +505,60 @@ pub fn decide_with(
                     .collect();
                 return out;
             }
-            // Carried jobs this pass must see after all: decided again with them.
-            Err(members) => back.extend(settled.give_back(members)),
+            // Carried jobs this pass must see after all: decided again with them (and
+            // the stale ones of a refresh planned).
+            Err(again) => {
+                refreshed.extend(again.refreshed);
+                back.extend(settled.give_back(again.back));
+            }
         }
     }
 }
 
-/// One attempt at a pass over the observed jobs and `back` (carried jobs taken back);
-/// `Err` with more carried jobs it must see.
+/// How one attempt at a pass runs ([`decide_once`]).
+struct Pass<'p> {
+    /// Carried jobs taken back.
+    back: &'p [Arc<BatchJob>],
+    /// It may park.
+    may_park: bool,
+    /// It is a refresh ([`settled::PassKind::Refresh`]).
+    refresh: bool,
+    /// Jobs a refresh found stale, to plan.
+    refreshed: &'p BTreeSet<*const BatchJob>,
+}
+
+/// Why an attempt at a pass must be made again.
+struct Again {
+    /// Carried jobs it must see.
+    back: Vec<carry::Member>,
+    /// Jobs (set aside or among `back`) a refresh found stale, to plan.
+    refreshed: Vec<*const BatchJob>,
+}
+
+impl From<Vec<carry::Member>> for Again {
+    fn from(back: Vec<carry::Member>) -> Self {
+        Again {
+            back,
+            refreshed: Vec::new(),
+        }
+    }
+}
+
+/// One attempt at a pass over the observed jobs and `pass.back` (carried jobs taken
+/// back); `Err` with more carried jobs it must see.
 fn decide_once(
     observed: &Observed,
-    back: &[Arc<BatchJob>],
-    may_park: bool,
+    pass: &Pass<'_>,
     config: &DecideConfig,
     now: Seconds,
     settled: &mut Settled,
-) -> Result<Decisions, Vec<carry::Member>> {
+) -> Result<Decisions, Again> {
+    let Pass {
+        back,
+        may_park,
+        refresh,
+        refreshed,
+    } = *pass;
     let jobs: Vec<&Arc<BatchJob>> = observed.jobs.iter().chain(back).collect();
     let mut out = Decisions::default();
     let definitions: Vec<&JobDefinition> = observed.definitions.iter().map(|d| &**d).collect();
@@ -748,6 +808,7 @@ fn decide_once(
         } else {
             &mut no_carry
         },
+        refreshed,
     )?;
     let mut plan = scheduler::plan(&built.snapshot, now);
     let mut left_out = vec![false; if parked.jobs > 0 { quiet.len() } else { 0 }];
@@ -769,19 +830,27 @@ fn decide_once(
                 r => r.as_deref() == reason,
             }) && carry.reasons(&c.class).all(|r| r == reason)
         });
+        // Runnable jobs by queue: positioned, left out and carried.
         let carried = carry.by_queue();
+        let mut counts: BTreeMap<String, u32> = positioned(&built, &parked)
+            .into_iter()
+            .map(|(q, n)| (q.to_owned(), n))
+            .collect();
+        for (q, c) in &carried {
+            let n = counts.entry((*q).to_owned()).or_default();
+            *n = n.saturating_add(u32::try_from(*c).unwrap_or(u32::MAX));
+        }
         let moved = settled.queues_moved(
-            positioned(&built, &parked)
-                .into_iter()
-                .filter(|(q, _)| parked.keys.contains_key(q) || carried.contains_key(q))
-                .map(|(q, n)| {
-                    let c = carried.get(q).copied().unwrap_or(0);
-                    (q, n.saturating_add(u32::try_from(c).unwrap_or(u32::MAX)))
-                }),
+            counts
+                .iter()
+                .filter(|(q, _)| {
+                    parked.keys.contains_key(q.as_str()) || carried.contains_key(q.as_str())
+                })
+                .map(|(q, n)| (q.as_str(), *n)),
         );
         if (!reasons_hold || moved) && may_park && !settled.carry.is_empty() {
             // A full pass after all, with every carried job.
-            return Err(settled.carry.take_all());
+            return Err(settled.carry.take_all().into());
         }
         if reasons_hold && !moved {
             scheduler::park::count_parked_ahead(&mut plan, &built.snapshot, &parked.keys);
@@ -790,6 +859,29 @@ fn decide_once(
                 scheduler::park::add_ahead(&mut plan, &built.snapshot, |q, at, id| {
                     carry.ahead(q, at, id)
                 });
+            }
+            if refresh {
+                // The left-out jobs' queue fields, as a full pass would leave them: the
+                // stale ones are planned after all.
+                let stale =
+                    park::stale(&plan, &built.snapshot, &aside, &parked, &settled.carry, now);
+                if !stale.is_empty() {
+                    let back = if stale.carried.is_empty() {
+                        Vec::new()
+                    } else {
+                        let ids = stale.carried.iter().map(String::as_str).collect();
+                        settled.carry.take_ids(&ids)
+                    };
+                    let refreshed = stale
+                        .aside
+                        .iter()
+                        .map(|&i| Arc::as_ptr(aside[i].job))
+                        .chain(back.iter().map(|m| Arc::as_ptr(&m.job)))
+                        .collect();
+                    return Err(Again { back, refreshed });
+                }
+                settled.full_pass(now, counts);
+                out.full_pass = true;
             }
             for c in &parked.classes {
                 for &i in &c.members {
@@ -814,6 +906,7 @@ fn decide_once(
             .map(|(q, n)| (q.to_owned(), n))
             .collect();
         settled.full_pass(now, counts);
+        out.full_pass = true;
     }
     out.parked_classes = parked.classes.len();
     out.parked_jobs = parked.jobs;

@@ -15,7 +15,7 @@
 //!
 //! A member left out keeps its status as written: its reason is its head's (checked
 //! after the plan: otherwise the pass plans again with nothing left out), and its queue
-//! position is refreshed by the next full pass.
+//! position is refreshed by the next refresh ([`stale`]) or full pass.
 //!
 //! A set-aside job costs a pass one lookup in the memory and no parsing: what its
 //! object says (needs, times, the first bytes of its id for the order) is worked out
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use crate::api::BatchJob;
 use crate::api::batch_job::JobPhase;
 use crate::scheduler::park::{ParkedKey, Parking};
-use crate::scheduler::{JobId, Reason, Resources, Seconds};
+use crate::scheduler::{JobId, Reason, Resources, Seconds, forecast};
 
 use super::super::time::seconds;
 use super::carry::{Carry, ClassKey, Member};
@@ -197,11 +197,13 @@ fn fifo_carried(a: &Aside<'_>, m: &Member) -> Ordering {
 
 /// Puts the set-aside jobs into `built`'s snapshot except the members of parkable
 /// classes beyond the heads and each queue's first `kept` (see the module
-/// documentation); returns those left out. With carried members (`carry`), the same
+/// documentation), and those `refreshed` (a refresh found their queue fields stale:
+/// [`stale`]); returns those left out. With carried members (`carry`), the same
 /// rule holds over the set-aside and carried jobs together: carried members that a
 /// pass must see (a class no longer parkable, a job another depends on, a queue's first
 /// `kept`, a class's head) are taken out of the carry and returned as `Err`, for the
 /// pass to be decided again with them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn park<'a>(
     built: &mut Built,
     aside: &[Aside<'a>],
@@ -209,6 +211,7 @@ pub(super) fn park<'a>(
     kept: usize,
     now: Seconds,
     carry: &mut Carry,
+    refreshed: &BTreeSet<*const BatchJob>,
 ) -> Result<Parked<'a>, Vec<Member>> {
     let mut back: Vec<Member> = Vec::new();
     // Carried jobs another job depends on (its dependents look them up).
@@ -228,8 +231,11 @@ pub(super) fn park<'a>(
     let mut members_of: Vec<Vec<usize>> = Vec::new();
     let mut last: Option<((&'a str, Resources), usize)> = None;
     for (i, a) in aside.iter().enumerate() {
-        // A job another depends on stays in the snapshot (its dependents look it up).
-        if built.needed.is_target(a.namespace(), a.name()) {
+        // A job another depends on stays in the snapshot (its dependents look it up),
+        // and so does one a refresh found stale (its queue fields are written).
+        if built.needed.is_target(a.namespace(), a.name())
+            || refreshed.contains(&Arc::as_ptr(a.job))
+        {
             built.add_aside(a.job, definitions, now);
             continue;
         }
@@ -411,6 +417,169 @@ pub(super) fn park<'a>(
     }
     out.jobs += carry.len();
     Ok(out)
+}
+
+/// A job left out of a pass's snapshot: set aside in it (an index into its set-aside
+/// jobs) or carried.
+#[derive(Clone, Copy)]
+enum Left<'x, 'a> {
+    Aside(usize, &'x Aside<'a>),
+    Carried(&'x Member),
+}
+
+impl Left<'_, '_> {
+    fn submitted_at(&self) -> Seconds {
+        match self {
+            Left::Aside(_, a) => a.submitted_at,
+            Left::Carried(m) => m.submitted_at,
+        }
+    }
+
+    fn order(&self) -> [u128; 2] {
+        match self {
+            Left::Aside(_, a) => a.order,
+            Left::Carried(m) => m.order,
+        }
+    }
+
+    /// Its id's text, byte by byte.
+    fn id(&self) -> impl Iterator<Item = u8> + '_ {
+        let (a, b, c) = match self {
+            Left::Aside(_, a) => (a.namespace(), "/", a.name()),
+            Left::Carried(m) => (&*m.id, "", ""),
+        };
+        a.bytes().chain(b.bytes()).chain(c.bytes())
+    }
+
+    /// First-in first-out order of two left-out jobs of one queue.
+    fn fifo(&self, other: &Self) -> Ordering {
+        self.submitted_at()
+            .cmp(&other.submitted_at())
+            .then_with(|| self.order().cmp(&other.order()))
+            .then_with(|| self.id().cmp(other.id()))
+    }
+
+    /// Whether the snapshot job `(submitted_at, id)` comes before it in its queue.
+    fn after(&self, submitted_at: Seconds, id: &JobId) -> bool {
+        match self {
+            // Ids are distinct: after it is not before it.
+            Left::Carried(m) => !m.before(submitted_at, id),
+            Left::Aside(_, a) => a
+                .submitted_at
+                .cmp(&submitted_at)
+                .then_with(|| {
+                    a.namespace()
+                        .bytes()
+                        .chain(std::iter::once(b'/'))
+                        .chain(a.name().bytes())
+                        .cmp(id.0.bytes())
+                })
+                .is_gt(),
+        }
+    }
+
+    /// Its queue position and estimated start as its status holds them.
+    fn written(&self) -> Option<(u32, Option<Seconds>)> {
+        match self {
+            Left::Carried(m) => m.written,
+            Left::Aside(_, a) => a.job.status.as_ref().and_then(|s| {
+                Some((
+                    s.queue_position?,
+                    s.estimated_start_time.as_ref().map(seconds),
+                ))
+            }),
+        }
+    }
+}
+
+/// The jobs left out of a pass whose written queue fields a full pass would rewrite.
+#[derive(Debug, Default)]
+pub(super) struct Stale {
+    /// Set-aside jobs left out (indices into the pass's set-aside jobs).
+    pub aside: Vec<usize>,
+    /// Carried jobs (their ids, `namespace/name`).
+    pub carried: BTreeSet<String>,
+}
+
+impl Stale {
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.aside.is_empty() && self.carried.is_empty()
+    }
+}
+
+/// A **refresh** of the jobs a pass left out (`parked`'s set-aside members, and
+/// `carry`): the queue position a full pass would give each, without planning them,
+/// and those whose written queue fields that position moves materially
+/// ([`crate::scheduler::forecast::material_change`]), for the pass to plan them after
+/// all (then their fields are written as a full pass writes them).
+///
+/// A left-out job is Runnable, never bound, and waits in a first-in first-out queue
+/// ([`crate::scheduler::park`]), so its position in a full pass is one plus the jobs of
+/// its queue before it in that order: those the plan positioned (`plan.queue`, after
+/// [`crate::scheduler::park::count_parked_ahead`]) and the other left-out ones. One walk
+/// over each queue's left-out jobs in that order (the carry keeps each class sorted),
+/// integers compared, no object read: O(left out + positioned).
+///
+/// A left-out job is never projected: it has at least its queue's first `parked_kept`
+/// waiting jobs before it, as many as the forecast projects by default
+/// ([`crate::scheduler::forecast::MAX_PROJECTED`]), so its estimated start is none; one
+/// written with an estimated start is stale. (With a lower `--parked-kept` a left-out
+/// job could have one: it gets it when it is among its queue's first `parked_kept`.)
+pub(super) fn stale(
+    plan: &crate::scheduler::Plan,
+    snapshot: &crate::scheduler::Snapshot,
+    aside: &[Aside<'_>],
+    parked: &Parked<'_>,
+    carry: &Carry,
+    now: Seconds,
+) -> Stale {
+    // Left-out jobs by queue (each list sorted below).
+    let mut left: BTreeMap<&str, Vec<Left<'_, '_>>> = BTreeMap::new();
+    for c in &parked.classes {
+        let l = left.entry(c.class.0.as_str()).or_default();
+        l.extend(c.members.iter().map(|&i| Left::Aside(i, &aside[i])));
+    }
+    for (queue, _) in carry.by_queue() {
+        let l = left.entry(queue).or_default();
+        for members in carry.of_queue(queue) {
+            l.extend(members.iter().map(Left::Carried));
+        }
+    }
+    // The positioned jobs of those queues, in first-in first-out order.
+    let mut positioned: BTreeMap<&str, Vec<(Seconds, &JobId)>> =
+        left.keys().map(|q| (*q, Vec::new())).collect();
+    for id in plan.queue.keys() {
+        if let Some(job) = snapshot.jobs.get(id)
+            && let Some(v) = positioned.get_mut(job.queue.as_str())
+        {
+            v.push((job.submitted_at, id));
+        }
+    }
+    let mut out = Stale::default();
+    for (queue, mut jobs) in left {
+        // Sorted runs (a class each, and the set-aside ones): merged.
+        jobs.sort_by(Left::fifo);
+        let mut before: Vec<(Seconds, &JobId)> = positioned.remove(queue).unwrap_or_default();
+        before.sort_unstable();
+        let mut p = 0usize;
+        for (i, job) in jobs.iter().enumerate() {
+            while before.get(p).is_some_and(|(at, id)| job.after(*at, id)) {
+                p += 1;
+            }
+            let position = u32::try_from(i.saturating_add(p).saturating_add(1)).unwrap_or(u32::MAX);
+            if !forecast::material_change(job.written(), (position, None), now) {
+                continue;
+            }
+            match job {
+                Left::Aside(i, _) => out.aside.push(*i),
+                Left::Carried(m) => {
+                    out.carried.insert(m.id.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use crate::api::batch_job::JobPhase;
 use crate::scheduler::{Reason, Resources, Seconds};
 
 use super::super::LABEL_NODE;
+use super::super::time::seconds;
 use super::carry::{Carry, ClassKey, Member};
 
 /// What the controller remembers of settled waiting jobs between passes (owned by the
@@ -35,7 +36,8 @@ pub struct Settled {
     jobs: HashMap<String, Entry>,
     /// The number of the pass that last confirmed an entry (to forget the others).
     pass: u64,
-    /// The last full pass (nothing parked), if any: passes in between may park.
+    /// The last full pass (nothing parked) or refresh, if any: passes in between may
+    /// park.
     full: Option<FullPass>,
     /// The reason last remembered: entries remembered with an equal reason share it, so
     /// that a pass compares a parked class's reasons once, not once per member.
@@ -80,6 +82,19 @@ impl Facts {
     }
 }
 
+/// What kind of pass [`Settled::kind`] says a pass is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PassKind {
+    /// Every job in the snapshot (carried ones from the carry): nothing parked.
+    Full,
+    /// A pass that may park, and refreshes the queue positions of the jobs it leaves
+    /// out ([`super::park::stale`]): every waiting job's queue fields are then as a
+    /// full pass would leave them.
+    Refresh,
+    /// A pass that may park.
+    Park,
+}
+
 /// What [`Settled::touch_with`] found.
 pub(super) enum Touched {
     /// Not settled at this resourceVersion.
@@ -90,7 +105,7 @@ pub(super) enum Touched {
     Aside(Option<Arc<Reason>>, Facts),
 }
 
-/// What a full pass saw of the queues, for the passes after it that park.
+/// What a full pass or refresh saw of the queues, for the passes after it that park.
 #[derive(Debug, Clone, Default)]
 struct FullPass {
     /// When it ran.
@@ -190,12 +205,19 @@ impl Settled {
                 job.metadata.name.as_deref().unwrap_or_default()
             )
             .into_boxed_str();
+            let written = job.status.as_ref().and_then(|s| {
+                Some((
+                    s.queue_position?,
+                    s.estimated_start_time.as_ref().map(seconds),
+                ))
+            });
             members.push(Member {
                 submitted_at,
                 order,
                 id,
                 job,
                 reason,
+                written,
             });
         }
         let jobs = members.iter().map(|m| Arc::clone(&m.job)).collect();
@@ -340,19 +362,27 @@ impl Settled {
         }
     }
 
-    /// Whether a pass at `now` may park ([`crate::scheduler::park`]): a full pass ran
-    /// less than `interval` seconds ago (never with memory of none, nor when the clock
-    /// went back).
-    pub(super) fn may_park(&self, now: Seconds, interval: Seconds) -> bool {
-        self.full
-            .as_ref()
-            .is_some_and(|f| now >= f.at && now - f.at < interval)
+    /// What kind of pass a pass at `now` is: it may park ([`crate::scheduler::park`])
+    /// when a full pass or a refresh ran less than `interval` seconds ago; a refresh is
+    /// due when one ran longer ago; a full pass when none ran (no memory), `interval`
+    /// is 0, or the clock went back.
+    pub(super) fn kind(&self, now: Seconds, interval: Seconds) -> PassKind {
+        match &self.full {
+            Some(f) if interval > 0 && now >= f.at => {
+                if now - f.at < interval {
+                    PassKind::Park
+                } else {
+                    PassKind::Refresh
+                }
+            }
+            _ => PassKind::Full,
+        }
     }
 
     /// Whether the number of jobs with a queue position in a queue with parked jobs
-    /// (`positioned`, parked ones included) halved or doubled since the last full pass:
-    /// then the parked jobs' positions may have moved materially, and a full pass
-    /// refreshes them now.
+    /// (`positioned`, parked ones included) halved or doubled since the last full pass or
+    /// refresh: then the parked jobs' positions may have moved materially, and a full
+    /// pass refreshes them now.
     pub(super) fn queues_moved<'q>(
         &self,
         mut positioned: impl Iterator<Item = (&'q str, u32)>,
@@ -366,7 +396,17 @@ impl Settled {
         })
     }
 
-    /// Records a full pass at `now` that positioned `positioned` jobs in each queue.
+    /// Moves the last full pass or refresh `seconds` back, as if it had run that much
+    /// earlier: the next pass at the same clock is a refresh when it is `interval` back
+    /// (benchmarks measure refreshes so, without moving the world's clock).
+    pub fn age(&mut self, seconds: Seconds) {
+        if let Some(f) = self.full.as_mut() {
+            f.at = f.at.saturating_sub(seconds);
+        }
+    }
+
+    /// Records a full pass or a refresh at `now` that positioned `positioned` jobs in
+    /// each queue (parked and carried ones included).
     pub(super) fn full_pass(&mut self, now: Seconds, positioned: BTreeMap<String, u32>) {
         self.full = Some(FullPass {
             at: now,

@@ -2016,8 +2016,14 @@ mod settled_memory {
         Arc::new(node(&format!("n{i}"), "ce", "2", "8Gi", now))
     }
 
+    /// `a` and `b` decide the same (whether each was a full pass aside).
     fn same(a: &Decisions, b: &Decisions) {
-        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let text = |d: &Decisions| {
+            let mut d = d.clone();
+            d.full_pass = false;
+            format!("{d:?}")
+        };
+        assert_eq!(text(a), text(b));
     }
 
     /// `fresh` (a first pass) and `parked` (a pass with memory that may park) decide the
@@ -2077,6 +2083,43 @@ mod settled_memory {
             parked.plan.queue.len() + parked.parked_jobs,
             "only the jobs left out have no position"
         );
+    }
+
+    /// After `pass` (a full pass or a refresh), every waiting job's queue position, as
+    /// it writes it or as observed, is the one `fresh` (a first pass) gives it, up to a
+    /// move that is not material ([`crate::scheduler::forecast::material_change`]).
+    fn positions_refreshed(o: &Observed, fresh: &Decisions, pass: &Decisions, now: Seconds) {
+        for (id, q) in &fresh.plan.queue {
+            let (ns, name) = id.0.split_once('/').unwrap_or_default();
+            let written = pass
+                .jobs
+                .iter()
+                .find(|u| u.namespace == ns && u.name == name)
+                .and_then(|u| u.status.as_ref())
+                .or_else(|| {
+                    o.jobs
+                        .iter()
+                        .find(|j| j.metadata.name.as_deref() == Some(name))
+                        .and_then(|j| j.status.as_ref())
+                })
+                .and_then(|s| s.queue_position);
+            assert!(
+                !crate::scheduler::forecast::material_change(
+                    written.map(|p| (p, None)),
+                    (q.position, None),
+                    now
+                ),
+                "{id}: position {written:?} after the pass, {} in a full pass; in pass plan {:?}; parked {} classes {}; written {:?}",
+                q.position,
+                pass.plan.queue.get(id),
+                pass.parked_jobs,
+                pass.parked_classes,
+                pass.jobs
+                    .iter()
+                    .find(|u| u.name == name)
+                    .map(|u| u.status.as_ref().map(|s| s.queue_position))
+            );
+        }
     }
 
     /// Queues of the parking world: `q` on `ce` (2 cpu, max 2, 1–3 nodes: at and below
@@ -2228,6 +2271,9 @@ mod settled_memory {
                 index.sync(&o.jobs);
                 let with_carry = index.decide(&mut o.clone(), &carried, now, &mut carrying);
                 same_but_parked(o, &fresh, &with_carry);
+                if with_carry.full_pass {
+                    positions_refreshed(o, &fresh, &with_carry, now);
+                }
                 assert_eq!(index.carried(), carrying.carried(), "the index and the memory carry the same jobs");
                 fresh
             });
@@ -2304,6 +2350,104 @@ mod settled_memory {
         assert_eq!((settled.len(), o.jobs.len() - running), (19, 19));
     }
 
+    #[test]
+    fn a_refresh_writes_the_positions_a_full_pass_writes_and_keeps_the_rest_carried() {
+        // Jobs of 4 cpu in an environment of 2-cpu instances: never placed, no
+        // estimated start; 20 of them wait, carried beyond their queue's first 2. The
+        // controller's loop: the carrying passes' writes are what the world gets.
+        let mut rv = 100;
+        let mut o = world(
+            (0..20)
+                .map(|i| stored(&format!("w{i:02}"), "4", i))
+                .collect(),
+            vec![node("n0", "ce", "2", "8Gi", NOW)],
+        );
+        o.compute_environments = vec![Arc::new(ce("ce", "2", "8Gi", 1))];
+        let config = DecideConfig {
+            full_pass_interval: 100,
+            parked_kept: 2,
+            carry_parked: true,
+            ..DecideConfig::default()
+        };
+        let mut settled = Settled::default();
+        let mut index = carry::JobIndex::default();
+        let mut pass = |o: &mut Observed, now: Seconds| {
+            index.sync(&o.jobs);
+            let before = o.jobs.clone();
+            let d = index.decide(&mut o.clone(), &config, now, &mut settled);
+            apply(o, &d);
+            bump(o, &before, &mut rv);
+            (d, index.carried())
+        };
+        for _ in 0..4 {
+            pass(&mut o, NOW);
+        }
+        let position = |o: &Observed, name: &str| {
+            o.jobs
+                .iter()
+                .find(|j| j.metadata.name.as_deref() == Some(name))
+                .and_then(|j| j.status.as_ref()?.queue_position)
+        };
+        assert_eq!(
+            (position(&o, "w00"), position(&o, "w19")),
+            (Some(1), Some(20))
+        );
+        let (d, carried) = pass(&mut o, NOW);
+        assert_eq!((d.parked_jobs, carried), (18, 18));
+        // Three jobs submitted as early, whose names come first: they go ahead of the
+        // backlog, which moves back by three; the passes that park leave the carried
+        // jobs' positions as written.
+        for (i, name) in ["a0", "a1", "a2"].into_iter().enumerate() {
+            o.jobs.push(Arc::new(stored(name, "4", 10_000 + i as u64)));
+        }
+        for _ in 0..3 {
+            let (d, _) = pass(&mut o, NOW + 1);
+            assert!(!d.full_pass);
+        }
+        // The new jobs and the first of the backlog came into those passes' snapshots
+        // (the queue's first parked jobs) and were written (a0..a2, w00..w03: 1..7);
+        // w04.. kept theirs (5..20, now 8..23).
+        let positions = |o: &Observed, names: &[&str]| -> Vec<Option<u32>> {
+            names.iter().map(|n| position(o, n)).collect()
+        };
+        assert_eq!(
+            positions(&o, &["a0", "a2", "w00", "w03", "w04", "w05", "w19"]),
+            [1, 3, 4, 7, 5, 6, 20].map(Some),
+            "not refreshed yet"
+        );
+        // The refresh writes what a full pass writes: the positions that moved
+        // materially (w04: 5 → 8, the first five positions are exact; w05..w19 moved
+        // by less than a factor of 4), and nothing else; the others stay carried.
+        let later = NOW + 101;
+        let fresh = decide(&o, &config, later);
+        let (d, carried) = pass(&mut o, later);
+        assert!(d.full_pass, "a refresh");
+        let written = |d: &Decisions| -> Vec<(String, Option<u32>)> {
+            d.jobs
+                .iter()
+                .map(|u| {
+                    (
+                        u.name.clone(),
+                        u.status.as_ref().and_then(|s| s.queue_position),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(written(&d), written(&fresh));
+        assert_eq!(d.jobs, fresh.jobs);
+        let names: Vec<String> = written(&d).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["w04"]);
+        assert_eq!(position(&o, "w04"), Some(8));
+        assert_eq!(carried, 20, "the rest stay carried: {carried}");
+        // The written ones are decided again, and carried again once settled.
+        for _ in 0..3 {
+            pass(&mut o, later + 1);
+        }
+        let (d, carried) = pass(&mut o, later + 1);
+        assert!(d.jobs.is_empty(), "{:?}", d.jobs);
+        assert_eq!((d.parked_jobs, carried), (21, 21));
+    }
+
     /// One 2-cpu node, at its environment's maximum, and 20 jobs of 2 cpu: one runs,
     /// 19 wait.
     fn one_node_backlog() -> Observed {
@@ -2372,7 +2516,7 @@ mod settled_memory {
     }
 
     #[test]
-    fn a_carried_backlog_is_not_handed_to_passes_and_stays_carried_through_a_full_pass() {
+    fn a_carried_backlog_is_not_handed_to_passes_and_is_carried_again_after_a_refresh() {
         // The world above, run as the controller's loop runs it: through a job index,
         // the parked jobs carried.
         let mut rv = 100;
@@ -2404,15 +2548,22 @@ mod settled_memory {
         let (d, handed, carried) = pass(&o, NOW);
         assert_eq!((d.parked_jobs, handed, carried), (17, 3, 17));
         assert!(d.jobs.is_empty() && d.carry.parked.is_empty() && d.carry.unparked.is_empty());
-        // A full pass decides them all, as a first pass does, and leaves them carried
-        // (none needs anything): the pass after it hands the same 3 again.
+        // After the interval, a refresh. These jobs wait behind a running one and have
+        // an estimated start, which a refresh cannot confirm without planning them when
+        // classes keep fewer than the forecast projects: it plans them (as a full
+        // pass), writes nothing (nothing moved), and hands them back to the index.
         let later = NOW + 100;
         let fresh = decide(&o, &config, later);
         let (d, handed, carried) = pass(&o, later);
-        assert_eq!(d.parked_jobs, 0, "a full pass");
+        assert!(d.full_pass, "a refresh");
         same_but_parked(&o, &fresh, &d);
-        assert!(d.carry.unparked.is_empty(), "{:?}", d.carry.unparked.len());
-        assert_eq!((handed, carried), (3, 17));
+        positions_refreshed(&o, &fresh, &d, later);
+        assert!(d.jobs.is_empty(), "{:?}", d.jobs);
+        assert_eq!((d.parked_jobs, d.carry.unparked.len()), (0, 17));
+        assert_eq!((handed, carried), (3, 0));
+        // The pass after it carries them again.
+        let (d, handed, carried) = pass(&o, later + 1);
+        assert_eq!((d.parked_jobs, handed, carried), (17, 20, 17));
         let (d, handed, carried) = pass(&o, later + 1);
         assert_eq!((d.parked_jobs, handed, carried), (17, 3, 17));
         // One of them is cancelled: its new object is handed to the next pass, which

@@ -322,6 +322,7 @@ async fn pass(
         }
     }
     let decided_at = Instant::now();
+    let full_pass = decisions.full_pass;
     let summary = apply(ctx, decisions, &fleets, memory, leading, now).await;
     let stages = [
         ("observe", observed_at - began),
@@ -339,6 +340,7 @@ async fn pass(
         observe_ms = ms(stages[0].1),
         decide_ms = ms(stages[1].1),
         apply_ms = ms(stages[2].1),
+        full_pass,
         "pass stages"
     );
     summary
