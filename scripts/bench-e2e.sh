@@ -278,9 +278,9 @@ EOF
     done >>"$WORK/backlog.yaml"
     start_dev backlog "$WORK/backlog.yaml" 600
     echo
-    # Quiet for longer than the controller's full-pass interval (30 s): the first full
-    # pass after the backlog parks refreshes the queue positions that moved while it was
-    # being created (thousands of writes once), and the measurement is of the steady state.
+    # Quiet for longer than the controller's full-pass interval (30 s): the first refresh
+    # after the backlog parks writes the queue positions that moved while it was being
+    # created (thousands of writes once), and the measurement is of the steady state.
     "$py" scripts/bench-backlog-settle.py "$WORK/backlog.kubeconfig" held "$BACKLOG_N" 35
     echo "  dev with the backlog: RSS $(mib "$(awk '/^VmRSS/ { print $2 }' "/proc/$dev/status")") MiB"
     "$py" scripts/bench-latency.py "$WORK/backlog.kubeconfig" bench "$LATENCY_N" 100 11 |
