@@ -126,7 +126,7 @@ run_dev() {
         awk -v stamp="$WORK/done" '/^all [0-9]+ jobs finished/ { system("date +%s.%N > " stamp) } { print }' \
             >"$WORK/dev.log" || {
         echo "dev failed on $manifest:" >&2
-        tail -20 "$WORK/dev.log" "$WORK/dev.err" >&2
+        tail -n 20 "$WORK/dev.log" "$WORK/dev.err" >&2
         exit 1
     }
     done_at=$(cat "$WORK/done" 2>/dev/null || echo "$t0")
