@@ -34,6 +34,11 @@ pub const DEFAULT_HISTORY_BYTES: usize = 64 << 20;
 /// kept in memory), so redb's default of 1 GiB would only hold copies of those pages.
 const DB_CACHE_BYTES: usize = 8 << 20;
 
+/// How far a persistent store's resourceVersion counter jumps when it is opened: more than
+/// the writes a crash can lose (those of the last second before it; the server writes a
+/// few thousand a second), so that none of their numbers is handed out again.
+pub const RESTART_GAP: u64 = 1 << 20;
+
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -731,6 +736,15 @@ impl Store {
                     .insert((ns.to_string(), name.to_string()), stored);
             }
         }
+        // A crash loses the writes since the last flush (at most about a second's), whose
+        // resourceVersions were handed out: the counter jumps past any such number (and the
+        // jump is committed before anything is served), so that no number names two
+        // changes, and a client resuming from one is told to relist (410: older than the
+        // start).
+        if st.rv > 0 {
+            st.rv = st.rv.saturating_add(RESTART_GAP);
+            persist(&db, &HashMap::new(), st.rv).map_err(|e| db_err(&path, e))?;
+        }
         st.oldest_rv = st.rv;
         st.gc_dirty = true;
         let (tx, _) = broadcast::channel(live_capacity(history_limit));
@@ -944,7 +958,11 @@ mod tests {
             store.read(State::rv)
         };
         let store = Store::open(dir.path(), 100).expect("reopen");
-        assert_eq!(store.read(State::rv), rv, "the counter");
+        assert_eq!(
+            store.read(State::rv),
+            rv + RESTART_GAP,
+            "the counter, past a crash's"
+        );
         let kept = get(&store, "kept").expect("kept");
         assert_eq!(kept["data"]["v"], "three");
         assert!(get(&store, "gone").is_none(), "deleted");
@@ -956,6 +974,11 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .expect("resourceVersion");
         assert!(later_rv > rv);
+        drop(store);
+        // A crash (no flush): `later` is lost, and its number is not handed out again.
+        let store = Store::open(dir.path(), 100).expect("reopen after a crash");
+        assert!(get(&store, "later").is_none());
+        assert!(store.read(State::rv) > later_rv);
     }
 
     /// A file whose syncs fail while `fail` is set: a durable commit meets an I/O error
@@ -1041,7 +1064,7 @@ mod tests {
             store.read(State::rv)
         };
         let store = Store::open(dir.path(), 100).expect("reopen");
-        assert_eq!(store.read(State::rv), rv, "the counter");
+        assert_eq!(store.read(State::rv), rv + RESTART_GAP, "the counter");
         for (name, v) in [("early", "two"), ("during", "two"), ("after", "one")] {
             assert_eq!(get(&store, name).expect(name)["data"]["v"], v, "{name}");
         }
