@@ -13,7 +13,9 @@ use asg_batch::api::batch_node::BatchNode;
 use asg_batch::api::compute_environment::ComputeEnvironment;
 use asg_batch::api::job_queue::JobQueue;
 use asg_batch::controller::decide::carry::JobIndex;
-use asg_batch::controller::decide::{DecideConfig, Observed, Settled, decide, decide_with};
+use asg_batch::controller::decide::{
+    DecideConfig, Decisions, Observed, Settled, decide, decide_with,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -287,14 +289,17 @@ fn bench_backlog(c: &mut Criterion) {
         index.sync(&o.jobs);
         let d = pass(&mut handed, &mut index, &mut carrying);
         assert_eq!(d.plan.bindings.len(), 100, "the new jobs are bound");
-        println!(
-            "controller pass with a carried backlog: {} jobs handed, {} carried -> {} bindings, {} job writes, {} parked",
-            handed.jobs.len(),
-            index.carried(),
-            d.plan.bindings.len(),
-            d.jobs.len(),
-            d.parked_jobs,
-        );
+        let show = |what: &str, handed: &Observed, index: &JobIndex, d: &Decisions| {
+            println!(
+                "controller {what} with a carried backlog: {} jobs handed, {} carried -> {} bindings, {} job writes, {} parked",
+                handed.jobs.len(),
+                index.carried(),
+                d.plan.bindings.len(),
+                d.jobs.len(),
+                d.parked_jobs,
+            );
+        };
+        show("pass", &handed, &index, &d);
         c.bench_function(
             &format!("controller pass, {n} unschedulable, {finished} finished (carried){new}"),
             |b| b.iter(|| pass(&mut handed, &mut index, &mut carrying)),
@@ -304,14 +309,7 @@ fn bench_backlog(c: &mut Criterion) {
         carrying.age(carrying_config.full_pass_interval);
         let d = pass(&mut handed, &mut index, &mut carrying);
         assert!(d.full_pass, "a refresh");
-        println!(
-            "controller refresh with a carried backlog: {} jobs handed, {} carried -> {} bindings, {} job writes, {} parked",
-            handed.jobs.len(),
-            index.carried(),
-            d.plan.bindings.len(),
-            d.jobs.len(),
-            d.parked_jobs,
-        );
+        show("refresh", &handed, &index, &d);
         c.bench_function(
             &format!(
                 "controller pass, {n} unschedulable, {finished} finished (carried, refresh){new}"

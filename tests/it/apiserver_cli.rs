@@ -40,53 +40,19 @@ impl Drop for Kill {
 #[test]
 fn serves_kubectl_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let kc = dir.path().join("kubeconfig");
-    let mut child = Kill(
-        bin()
-            .args([
-                "apiserver",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--kubeconfig",
-            ])
-            .arg(&kc)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    support::wait_until("the kubeconfig written", Duration::from_secs(20), || {
-        kc.exists()
-    });
-    let text = std::fs::read_to_string(&kc).unwrap();
+    let s = Server::start(dir.path(), "first", "info");
+    let text = std::fs::read_to_string(&s.kubeconfig).unwrap();
     assert!(
-        text.contains(&format!("server: http://127.0.0.1:{port}")),
+        text.contains(&format!("server: http://127.0.0.1:{}", s.port)),
         "{text}"
     );
-    let kubectl = std::env::var_os("ASG_BATCH_KUBECTL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/kubectl"));
-    let o = Command::new(&kubectl)
-        .args(["get", "namespaces", "-o", "name"])
-        .env("KUBECONFIG", &kc)
-        .env("KUBECACHEDIR", dir.path().join("cache"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let names = String::from_utf8_lossy(&o.stdout);
+    let names = s.kubectl(&["get", "namespaces", "-o", "name"]);
     assert!(
         names.contains("namespace/default") && names.contains("namespace/kube-system"),
         "{names}"
     );
     // SIGTERM: clean exit 0
+    let Server { mut child, log, .. } = s;
     let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -100,31 +66,26 @@ fn serves_kubectl_and_stops_on_sigterm() {
         status = child.0.try_wait().unwrap();
         status.is_some()
     });
-    let status = status.unwrap();
-    assert_eq!(status.code(), Some(0));
-    let mut log = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    assert_eq!(status.unwrap().code(), Some(0));
+    support::wait_until("the log read to its end", Duration::from_secs(10), || {
+        log.lock().unwrap().contains("shutting down")
+    });
+    let log = log.lock().unwrap();
     assert!(log.contains("GET /api"), "requests are logged: {log}");
     assert!(log.contains("status=200"), "{log}");
-    assert!(log.contains("shutting down"), "{log}");
 }
 
-/// `asg-batch apiserver --data-dir` on a free loopback port, its stderr collected.
+/// `asg-batch apiserver --data-dir DIR/data` on a free loopback port, its stderr
+/// (`RUST_LOG` as given) collected.
 struct Server {
     child: Kill,
+    port: u16,
     kubeconfig: std::path::PathBuf,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
-    fn start(dir: &std::path::Path, name: &str) -> Self {
+    fn start(dir: &std::path::Path, name: &str, rust_log: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -142,7 +103,7 @@ impl Server {
                 .arg(&kubeconfig)
                 .arg("--data-dir")
                 .arg(dir.join("data"))
-                .env("RUST_LOG", "warn,asg_batch_apiserver::store=debug")
+                .env("RUST_LOG", rust_log)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -165,6 +126,7 @@ impl Server {
         });
         Server {
             child,
+            port,
             kubeconfig,
             log,
         }
@@ -236,7 +198,8 @@ fn a_killed_server_restarts_with_every_write_it_flushed_and_a_consistent_rest() 
     // writes of the last second, never what a flush committed, and what survives is the
     // state as of one resourceVersion (a flush is one transaction).
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), "first");
+    const LOG: &str = "warn,asg_batch_apiserver::store=debug";
+    let s = Server::start(dir.path(), "first", LOG);
     for i in 0..5 {
         s.kubectl(&[
             "create",
@@ -274,7 +237,7 @@ fn a_killed_server_restarts_with_every_write_it_flushed_and_a_consistent_rest() 
     child.0.kill().unwrap();
     child.0.wait().unwrap();
 
-    let s = Server::start(dir.path(), "second");
+    let s = Server::start(dir.path(), "second", LOG);
     let after = s.config_maps();
     // Everything flushed, at the same resourceVersions (the patch too; the deletion kept).
     for (name, rv) in &before {
